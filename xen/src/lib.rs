@@ -12,3 +12,4 @@ pub mod abi;
 pub mod page;
 pub mod pvusb;
 pub mod ring;
+pub mod xenstore;
