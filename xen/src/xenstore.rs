@@ -978,7 +978,7 @@ mod tests {
         }];
         let reqs = [
             Request::Read("/a"),
-            Request::Write("/a", b"1\02"),
+            Request::Write("/a", b"1\x002"),
             Request::Mkdir("/a"),
             Request::Rm("/a"),
             Request::Directory("/a"),
