@@ -13,3 +13,5 @@ pub mod page;
 pub mod pvusb;
 pub mod ring;
 pub mod xenstore;
+#[cfg(feature = "sim")]
+pub mod sim;
