@@ -9,9 +9,11 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod hypervisor;
 pub mod page;
 pub mod pvusb;
 pub mod ring;
-pub mod xenstore;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod xenbus;
+pub mod xenstore;

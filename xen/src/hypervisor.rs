@@ -1,0 +1,165 @@
+//! What a backend needs from the hypervisor, as traits: grant mapping and copying, and event
+//! channels. (The xenstore transport is [`crate::xenstore::XsTransport`].)
+//!
+//! The driver domain implements them with hypercalls; [`crate::sim`] implements them in
+//! process. Code above them never sees a hypercall.
+
+use heapless::Vec;
+
+use crate::abi::grant_table::GntStatus;
+use crate::abi::{DomId, EvtchnPort, Gfn, GrantRef, GuestPhysAddr};
+use crate::page::SharedPage;
+
+/// The most grant operations in one batch: a PVUSB request's segments.
+pub const MAX_GRANT_BATCH: usize = crate::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
+
+/// A hypercall's negative errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// Operation not permitted.
+    pub const EPERM: Errno = Errno(1);
+    /// No such domain.
+    pub const ESRCH: Errno = Errno(3);
+    /// Busy (a grant still mapped).
+    pub const EBUSY: Errno = Errno(16);
+    /// Invalid argument (bad port, wrong state).
+    pub const EINVAL: Errno = Errno(22);
+    /// No space left (ports, grant entries).
+    pub const ENOSPC: Errno = Errno(28);
+    /// Not implemented.
+    pub const ENOSYS: Errno = Errno(38);
+
+    /// The errno's name, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::EPERM => "EPERM",
+            Errno::ESRCH => "ESRCH",
+            Errno::EBUSY => "EBUSY",
+            Errno::EINVAL => "EINVAL",
+            Errno::ENOSPC => "ENOSPC",
+            Errno::ENOSYS => "ENOSYS",
+            _ => "errno",
+        }
+    }
+}
+
+impl core::fmt::Display for Errno {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}({})", self.name(), self.0)
+    }
+}
+
+/// One grant to map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapRequest {
+    /// The granting domain.
+    pub dom: DomId,
+    /// Its grant reference.
+    pub gref: GrantRef,
+    /// Map read-only (`GNTMAP_readonly`): required for a read-only grant.
+    pub readonly: bool,
+}
+
+/// The handle Xen returns for a mapping; needed to unmap it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GrantHandle(pub u32);
+
+/// A mapped foreign page.
+#[derive(Debug)]
+pub struct GrantMapping<P> {
+    /// What was mapped.
+    pub request: MapRequest,
+    /// Xen's handle for it.
+    pub handle: GrantHandle,
+    /// Where it sits in our guest-physical space (also its bus address for device DMA when
+    /// Xen reports IOMMU mappings for grants).
+    pub addr: GuestPhysAddr,
+    /// Access to its bytes.
+    pub page: P,
+}
+
+/// Results of one map batch, one per request, in order.
+pub type MapResults<P> = Vec<Result<GrantMapping<P>, GntStatus>, MAX_GRANT_BATCH>;
+
+/// A batch larger than [`MAX_GRANT_BATCH`]: refused before any hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchTooLarge(pub usize);
+
+/// Mapping other domains' grants into our physical address space.
+pub trait GrantMapper {
+    /// Access to a mapped page.
+    type Page: SharedPage;
+
+    /// Maps every request in one batch (one hypercall). Each result is separate: a failed
+    /// entry leaves the others mapped, and the caller unmaps those.
+    fn map(&mut self, requests: &[MapRequest]) -> Result<MapResults<Self::Page>, BatchTooLarge>;
+
+    /// Unmaps in one batch. Every mapping is attempted; the first failure is returned.
+    fn unmap<I>(&mut self, mappings: I) -> Result<(), GntStatus>
+    where
+        I: IntoIterator<Item = GrantMapping<Self::Page>>;
+}
+
+/// One side of a grant copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyPtr {
+    /// Bytes in a page another domain granted us.
+    Grant {
+        /// The granting domain.
+        dom: DomId,
+        /// Its grant reference.
+        gref: GrantRef,
+        /// Offset within the page.
+        offset: u16,
+    },
+    /// Bytes in one of our own frames.
+    Local {
+        /// Our frame.
+        gfn: Gfn,
+        /// Offset within the page.
+        offset: u16,
+    },
+}
+
+/// One `GNTTABOP_copy`: `len` bytes, within one page on each side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyOp {
+    /// Where to copy from.
+    pub source: CopyPtr,
+    /// Where to copy to.
+    pub dest: CopyPtr,
+    /// Bytes to copy.
+    pub len: u16,
+}
+
+/// Statuses of one copy batch, one per op, in order.
+pub type CopyResults = Vec<GntStatus, MAX_GRANT_BATCH>;
+
+/// Copying to and from granted pages by the hypervisor, without mapping them.
+pub trait GrantCopier {
+    /// Runs every op in one batch (one hypercall).
+    fn copy(&mut self, ops: &[CopyOp]) -> Result<CopyResults, BatchTooLarge>;
+}
+
+/// Event channels (2-level ABI).
+pub trait EventChannels {
+    /// A new port that `remote` may bind to.
+    fn alloc_unbound(&mut self, remote: DomId) -> Result<EvtchnPort, Errno>;
+    /// Connects a new local port to `remote_port` of `remote`, which must be unbound and
+    /// offered to us.
+    fn bind_interdomain(
+        &mut self,
+        remote: DomId,
+        remote_port: EvtchnPort,
+    ) -> Result<EvtchnPort, Errno>;
+    /// Notifies the other end.
+    fn send(&mut self, port: EvtchnPort) -> Result<(), Errno>;
+    /// Clears the port's mask; a pending event is then delivered.
+    fn unmask(&mut self, port: EvtchnPort) -> Result<(), Errno>;
+    /// Closes the port; the other end becomes unbound.
+    fn close(&mut self, port: EvtchnPort) -> Result<(), Errno>;
+    /// Calls `f` for each pending, unmasked port, lowest first, clearing its pending bit.
+    fn take_pending(&mut self, f: &mut dyn FnMut(EvtchnPort));
+}
