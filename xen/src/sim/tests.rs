@@ -153,72 +153,29 @@ fn grant_copy_checks_access_and_page_bounds() {
     let (rw, rw_page) = frontend_page(&fe, &be, false);
     ro_page.write(10, b"out data");
     let (local, local_page) = be.alloc_page();
+    let fe_id = fe.domid();
+    let grant = |gref, offset| CopyPtr::Grant {
+        dom: fe_id,
+        gref,
+        offset,
+    };
+    let mine = |gfn, offset| CopyPtr::Local { gfn, offset };
+    let op = |source, dest| CopyOp {
+        source,
+        dest,
+        len: 8,
+    };
     let ops = [
         // Read from a read-only grant: fine.
-        CopyOp {
-            source: CopyPtr::Grant {
-                dom: fe.domid(),
-                gref: ro,
-                offset: 10,
-            },
-            dest: CopyPtr::Local {
-                gfn: local,
-                offset: 0,
-            },
-            len: 8,
-        },
+        op(grant(ro, 10), mine(local, 0)),
         // Write into a read-only grant: refused.
-        CopyOp {
-            source: CopyPtr::Local {
-                gfn: local,
-                offset: 0,
-            },
-            dest: CopyPtr::Grant {
-                dom: fe.domid(),
-                gref: ro,
-                offset: 0,
-            },
-            len: 8,
-        },
+        op(mine(local, 0), grant(ro, 0)),
         // Write into a writable grant: fine.
-        CopyOp {
-            source: CopyPtr::Local {
-                gfn: local,
-                offset: 0,
-            },
-            dest: CopyPtr::Grant {
-                dom: fe.domid(),
-                gref: rw,
-                offset: 4000,
-            },
-            len: 8,
-        },
+        op(mine(local, 0), grant(rw, 4000)),
         // Crossing the end of the page.
-        CopyOp {
-            source: CopyPtr::Local {
-                gfn: local,
-                offset: 0,
-            },
-            dest: CopyPtr::Grant {
-                dom: fe.domid(),
-                gref: rw,
-                offset: 4090,
-            },
-            len: 8,
-        },
+        op(mine(local, 0), grant(rw, 4090)),
         // A frame we do not have.
-        CopyOp {
-            source: CopyPtr::Local {
-                gfn: Gfn(1),
-                offset: 0,
-            },
-            dest: CopyPtr::Grant {
-                dom: fe.domid(),
-                gref: rw,
-                offset: 0,
-            },
-            len: 8,
-        },
+        op(mine(Gfn(1), 0), grant(rw, 0)),
     ];
     let st = be.copy(&ops).unwrap();
     assert_eq!(
