@@ -1,0 +1,96 @@
+//! The kernel command line (`hvm_start_info.cmdline_paddr`, QEMU's `-append`, xl's `extra=`).
+//!
+//! Words are `key=value` or bare flags. Unknown words are kept so boot can log them instead
+//! of silently ignoring a typo.
+
+use heapless::{String, Vec};
+use log::LevelFilter;
+
+/// Most unknown words kept for the log.
+pub const MAX_UNKNOWN: usize = 8;
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cmdline {
+    /// `loglevel=error|warn|info|debug|trace` (default info).
+    pub log_level: LevelFilter,
+    /// `qemu_exit`: leave QEMU through `isa-debug-exit` after `event=ready` (and on panic);
+    /// used by the boot tests.
+    pub qemu_exit: bool,
+    /// Words not understood, cut to 32 bytes each.
+    pub unknown: Vec<String<32>, MAX_UNKNOWN>,
+    /// A `loglevel=` value that is not a level.
+    pub bad_log_level: bool,
+}
+
+impl Default for Cmdline {
+    fn default() -> Self {
+        Cmdline {
+            log_level: LevelFilter::Info,
+            qemu_exit: false,
+            unknown: Vec::new(),
+            bad_log_level: false,
+        }
+    }
+}
+
+impl Cmdline {
+    /// Parses the whole command line.
+    pub fn parse(text: &str) -> Cmdline {
+        let mut c = Cmdline::default();
+        for word in text.split_ascii_whitespace() {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word, None),
+            };
+            match (key, value) {
+                ("loglevel", Some(v)) => match v.parse() {
+                    Ok(level) => c.log_level = level,
+                    Err(_) => c.bad_log_level = true,
+                },
+                ("qemu_exit", None) => c.qemu_exit = true,
+                _ => {
+                    let mut s = String::new();
+                    for ch in word.chars() {
+                        if s.push(ch).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c.unknown.push(s);
+                }
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_words_and_keeps_the_rest() {
+        let c = Cmdline::parse("  loglevel=debug qemu_exit  foo=bar baz ");
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert!(c.qemu_exit && !c.bad_log_level);
+        assert_eq!(
+            c.unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<std::vec::Vec<_>>(),
+            ["foo=bar", "baz"]
+        );
+        let c = Cmdline::parse("loglevel=loud");
+        assert!(c.bad_log_level);
+        assert_eq!(c.log_level, LevelFilter::Info);
+        assert_eq!(Cmdline::parse(""), Cmdline::default());
+    }
+
+    #[test]
+    fn overlong_and_numerous_unknown_words_are_bounded() {
+        let long = "x".repeat(100);
+        let c = Cmdline::parse(&format!("{long} a b c d e f g h i j"));
+        assert_eq!(c.unknown.len(), MAX_UNKNOWN);
+        assert_eq!(c.unknown[0].len(), 32);
+    }
+}

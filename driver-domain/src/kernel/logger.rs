@@ -1,0 +1,64 @@
+//! The `log` backend: one line per event (see `platform::logfmt`) to every sink.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+use super::{serial, time};
+
+static COM1_PRESENT: AtomicBool = AtomicBool::new(false);
+static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+struct Sinks;
+
+impl Write for Sinks {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        serial::write(s.as_bytes(), COM1_PRESENT.load(Ordering::Relaxed));
+        Ok(())
+    }
+}
+
+struct Logger;
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // Interrupt handlers log too: keep them out while a line is half written.
+        super::cpu::without_interrupts(|| {
+            let _guard = LOCK.lock();
+            let _ = platform::logfmt::write_line(
+                &mut Sinks,
+                time::now_micros(),
+                record.level(),
+                record.args(),
+            );
+        });
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+/// Sets up the sinks and installs the logger.
+pub fn init(level: LevelFilter) {
+    COM1_PRESENT.store(serial::init(), Ordering::Relaxed);
+    // Only fails if a logger is already set, which nothing else does.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// Writes a line for a panic even if the logger's lock is held (the panic may have struck
+/// inside a log call): the line may interleave, but it is never lost.
+pub fn emergency(args: fmt::Arguments<'_>) {
+    let guard = LOCK.try_lock();
+    let _ = platform::logfmt::write_line(&mut Sinks, time::now_micros(), log::Level::Error, &args);
+    drop(guard);
+}

@@ -1,0 +1,214 @@
+//! The kernel: boot order, the main loop, and the panic path.
+
+mod apic;
+mod boot;
+mod cpu;
+mod interrupts;
+mod logger;
+mod memory;
+mod pci;
+mod serial;
+mod time;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use log::{info, warn};
+use platform::cmdline::Cmdline;
+use platform::frames::Range;
+use xen::abi::start_info::{
+    HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_START_MAGIC_VALUE,
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+use memory::PhysMem;
+use platform::PhysRead;
+
+/// `isa-debug-exit` (QEMU): the boot tests leave QEMU through it.
+const QEMU_EXIT_PORT: u16 = 0xf4;
+/// Exit value meaning success: QEMU exits with status (0x10 << 1) | 1 = 33.
+const QEMU_EXIT_SUCCESS: u32 = 0x10;
+/// Exit value meaning failure: status 35.
+const QEMU_EXIT_FAILURE: u32 = 0x11;
+/// Most memory map entries read.
+const MAX_MEMMAP: usize = 128;
+/// Grant-window size reserved for later.
+const GRANT_WINDOW_SIZE: u64 = 1 << 30;
+
+static QEMU_EXIT: AtomicBool = AtomicBool::new(false);
+
+fn read_struct<T: FromBytes + IntoBytes>(phys: u64) -> Option<T> {
+    let mut v = T::new_zeroed();
+    PhysMem.read(phys, v.as_mut_bytes()).then_some(v)
+}
+
+/// The command line, at most 1 KiB, up to its NUL.
+fn read_cmdline(phys: u64, buf: &mut [u8; 1024]) -> &str {
+    if phys == 0 || !PhysMem.read(phys, &mut buf[..]) {
+        // Near the end of the map a full KiB may not be readable: take what is.
+        let mut n = 0;
+        while phys != 0
+            && n < buf.len()
+            && PhysMem.read(phys + n as u64, &mut buf[n..n + 1])
+            && buf[n] != 0
+        {
+            n += 1;
+        }
+        return core::str::from_utf8(&buf[..n]).unwrap_or("");
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    core::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+fn page_range(start: u64, len: u64) -> Range {
+    Range {
+        start: start / 4096 * 4096,
+        end: (start + len).div_ceil(4096) * 4096,
+    }
+}
+
+#[no_mangle]
+extern "C" fn kernel_main(start_info_phys: u32) -> ! {
+    let (tsc_hz, tsc_source) = time::init();
+    logger::init(log::LevelFilter::Info);
+
+    let si_phys = u64::from(start_info_phys);
+    let si: HvmStartInfo = match read_struct::<HvmStartInfo>(si_phys) {
+        Some(si) if si.magic == XEN_HVM_START_MAGIC_VALUE => si,
+        _ => panic!("no hvm_start_info at {si_phys:#x}: boot through the PVH entry"),
+    };
+    let mut cmdline_buf = [0u8; 1024];
+    let cmdline_text = read_cmdline(si.cmdline_paddr, &mut cmdline_buf);
+    let cmdline = Cmdline::parse(cmdline_text);
+    log::set_max_level(cmdline.log_level);
+    QEMU_EXIT.store(cmdline.qemu_exit, Ordering::Relaxed);
+    info!(
+        "event=boot image=usbdom version={} start_info={si_phys:#x} start_info_version={} cmdline={cmdline_text:?} tsc_hz={tsc_hz} tsc_source={}",
+        env!("CARGO_PKG_VERSION"),
+        si.version,
+        tsc_source.name()
+    );
+    if cmdline.bad_log_level {
+        warn!("event=cmdline_bad_value key=loglevel expected=error|warn|info|debug|trace");
+    }
+    for word in &cmdline.unknown {
+        warn!("event=cmdline_unknown word={word:?}");
+    }
+
+    // Memory: the map, minus the first MiB, the image and what the start info points at.
+    if si.memmap_paddr == 0 || si.memmap_entries == 0 {
+        panic!("the start info has no memory map (version {})", si.version);
+    }
+    let entries = (si.memmap_entries as usize).min(MAX_MEMMAP);
+    let mut ram: heapless::Vec<Range, MAX_MEMMAP> = heapless::Vec::new();
+    let mut occupied: heapless::Vec<Range, { MAX_MEMMAP + pci::MAX_BARS }> = heapless::Vec::new();
+    for i in 0..entries {
+        let at = si.memmap_paddr + (i * core::mem::size_of::<HvmMemmapTableEntry>()) as u64;
+        let Some(e) = read_struct::<HvmMemmapTableEntry>(at) else {
+            continue;
+        };
+        info!(
+            "event=memmap addr={:#x} size={:#x} type={}",
+            e.addr, e.size, e.entry_type
+        );
+        if e.entry_type == XEN_HVM_MEMMAP_TYPE_RAM {
+            let _ = ram.push(Range {
+                start: e.addr,
+                end: e.addr.saturating_add(e.size),
+            });
+        }
+    }
+    let reserved = [
+        Range {
+            start: 0,
+            end: 1 << 20,
+        },
+        memory::image(),
+        page_range(si_phys, core::mem::size_of::<HvmStartInfo>() as u64),
+        page_range(
+            si.memmap_paddr,
+            (entries * core::mem::size_of::<HvmMemmapTableEntry>()) as u64,
+        ),
+        page_range(si.cmdline_paddr, 1024),
+    ];
+    let (free, heap, dropped) = memory::init(ram.iter().copied(), &reserved);
+    info!(
+        "event=memory ram_mib={} free_mib={} heap_kib={} image={:#x}-{:#x} dropped={dropped}",
+        ram.iter().map(|r| r.end - r.start).sum::<u64>() >> 20,
+        free >> 20,
+        heap >> 10,
+        reserved[1].start,
+        reserved[1].end
+    );
+    let dma =
+        memory::dma_alloc(64 * 1024, 64 * 1024, true).expect("64 KiB of DMA memory below 4 GiB");
+    info!(
+        "event=dma_check phys={:#x} len={:#x} below_4g={}",
+        dma.phys,
+        dma.len,
+        dma.phys + dma.len <= 1 << 32
+    );
+    memory::dma_free(dma);
+
+    // Interrupts: IDT, local APIC, a 100 Hz timer.
+    interrupts::init();
+    apic::init();
+    let timer_hz = apic::start_timer(100);
+    cpu::enable_interrupts();
+    info!(
+        "event=interrupts apic={} apic_id={} timer_input_hz={timer_hz} tick_hz=100",
+        apic::mode(),
+        apic::id()
+    );
+
+    // PCI: find and take over the xHCI controller.
+    let mut cfg = pci::config_access(si.rsdp_paddr);
+    let (xhci, bars) = pci::probe(&mut cfg);
+    occupied.extend(bars);
+    match platform::frames::grant_window(&occupied, GRANT_WINDOW_SIZE) {
+        Some(base) => info!("event=grant_window base={base:#x} size={GRANT_WINDOW_SIZE:#x}"),
+        None => warn!("event=grant_window_missing size={GRANT_WINDOW_SIZE:#x}"),
+    }
+
+    // Prove the timer interrupt is delivered: wait (in hlt) for five ticks.
+    let start = apic::ticks();
+    let deadline = time::deadline(1_000_000);
+    while apic::ticks() < start + 5 && time::now_micros() < deadline {
+        cpu::enable_and_halt();
+    }
+    let ticks = apic::ticks() - start;
+    if ticks < 5 {
+        panic!("timer interrupts not delivered: {ticks} ticks in 1 s");
+    }
+    info!("event=timer_ok ticks={ticks}");
+
+    match &xhci {
+        Some(x) => info!(
+            "event=ready uptime_us={} xhci={} xhci_vector={:#x} xhci_interrupts={}",
+            time::now_micros(),
+            x.bdf,
+            x.vector.unwrap_or(0),
+            pci::xhci_interrupts()
+        ),
+        None => info!("event=ready uptime_us={} xhci=none", time::now_micros()),
+    }
+    if QEMU_EXIT.load(Ordering::Relaxed) {
+        cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
+    }
+    loop {
+        cpu::enable_and_halt();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    cpu::disable_interrupts();
+    let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+    logger::emergency(format_args!(
+        "event=panic location={file}:{line} message=\"{}\"",
+        info.message()
+    ));
+    if QEMU_EXIT.load(Ordering::Relaxed) {
+        cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_FAILURE);
+    }
+    cpu::halt_forever()
+}

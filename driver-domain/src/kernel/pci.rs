@@ -1,0 +1,276 @@
+//! PCI on the machine: configuration access (ECAM when ACPI has an MCFG, else ports
+//! 0xCF8/0xCFC), the device list for the log, and taking over the xHCI controller: halt the
+//! controller firmware left running, map BAR0 uncached, enable memory and bus mastering, and
+//! route its interrupts through MSI-X (or MSI).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use log::{info, warn};
+use platform::frames::Range;
+use platform::msi::{self, Message};
+use platform::pci::{self, Bar, Bdf, ConfigSpace};
+use platform::Mmio32;
+
+use super::cpu::{inl, outl};
+use super::memory::{self, Mmio};
+use super::{apic, interrupts, time};
+
+/// Configuration access through the legacy port pair.
+pub struct PortConfig;
+
+impl ConfigSpace for PortConfig {
+    fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+        outl(0xcf8, bdf.legacy_address(offset));
+        inl(0xcfc)
+    }
+
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+        outl(0xcf8, bdf.legacy_address(offset));
+        outl(0xcfc, value);
+    }
+}
+
+/// Configuration access through an ECAM window (256 buses, 4 KiB each per function).
+pub struct EcamConfig(Mmio);
+
+impl ConfigSpace for EcamConfig {
+    fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+        self.0.read32(bdf.ecam_offset(offset) as usize)
+    }
+
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+        self.0.write32(bdf.ecam_offset(offset) as usize, value)
+    }
+}
+
+/// Either access method.
+pub enum Config {
+    /// Ports 0xCF8/0xCFC.
+    Ports(PortConfig),
+    /// Memory-mapped.
+    Ecam(EcamConfig),
+}
+
+impl ConfigSpace for Config {
+    fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+        match self {
+            Config::Ports(p) => p.read32(bdf, offset),
+            Config::Ecam(e) => e.read32(bdf, offset),
+        }
+    }
+
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+        match self {
+            Config::Ports(p) => p.write32(bdf, offset, value),
+            Config::Ecam(e) => e.write32(bdf, offset, value),
+        }
+    }
+}
+
+/// ECAM from ACPI's MCFG (segment 0, starting at bus 0) when present, else the ports.
+pub fn config_access(rsdp_hint: u64) -> Config {
+    let windows = platform::acpi::find_rsdp(&memory::PhysMem, rsdp_hint)
+        .and_then(|rsdp| platform::acpi::ecam_windows(&memory::PhysMem, rsdp));
+    match windows {
+        Ok(w) => {
+            if let Some(win) = w.iter().find(|w| w.segment == 0 && w.start_bus == 0) {
+                let len = (u64::from(win.end_bus) + 1) << 20;
+                if let Some(mmio) = memory::map_mmio(win.base, len) {
+                    info!(
+                        "event=pci_access method=ecam base={:#x} buses={}",
+                        win.base,
+                        u32::from(win.end_bus) + 1
+                    );
+                    return Config::Ecam(EcamConfig(mmio));
+                }
+            }
+            info!("event=pci_access method=ports reason=no_usable_ecam_window");
+        }
+        Err(e) => info!("event=pci_access method=ports reason={e:?}"),
+    }
+    Config::Ports(PortConfig)
+}
+
+/// The xHCI controller after takeover.
+pub struct Xhci {
+    /// Where it sits.
+    pub bdf: Bdf,
+    /// The interrupt vector its first MSI/MSI-X message raises, if one is routed.
+    pub vector: Option<u8>,
+}
+
+static XHCI_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+fn on_xhci_interrupt(_: &mut interrupts::Frame) {
+    XHCI_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    apic::eoi();
+}
+
+/// Most memory BARs [`probe`] reports.
+pub const MAX_BARS: usize = 64;
+
+/// Logs every function and takes over the first xHCI controller.
+/// Returns it and the ranges every memory BAR decodes.
+pub fn probe(cfg: &mut Config) -> (Option<Xhci>, heapless::Vec<Range, MAX_BARS>) {
+    let devices = pci::scan(cfg);
+    let mut bars = heapless::Vec::new();
+    let mut xhci = None;
+    for (bdf, h) in &devices {
+        info!(
+            "event=pci_device bdf={bdf} vid={:04x} did={:04x} class={:06x}",
+            h.vendor, h.device, h.class
+        );
+        if h.header_type != 0 {
+            continue;
+        }
+        let mut index = 0;
+        while index < 6 {
+            let bar = pci::read_bar(cfg, *bdf, index);
+            if let Some(Bar::Memory { base, size, .. }) = bar {
+                let _ = bars.push(Range {
+                    start: base,
+                    end: base.saturating_add(size),
+                });
+            }
+            index += if matches!(bar, Some(Bar::Memory { is_64: true, .. })) {
+                2
+            } else {
+                1
+            };
+        }
+        if h.class == pci::CLASS_XHCI && xhci.is_none() {
+            xhci = take_over(cfg, *bdf, h.vendor, h.device);
+        }
+    }
+    if xhci.is_none() {
+        warn!("event=xhci_missing reason=no_function_with_class_0c0330");
+    }
+    (xhci, bars)
+}
+
+fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16) -> Option<Xhci> {
+    let Some(Bar::Memory { base, size, .. }) = pci::read_bar(cfg, bdf, 0) else {
+        warn!("event=xhci_refused bdf={bdf} reason=bar0_not_memory");
+        return None;
+    };
+    if base == 0 {
+        warn!("event=xhci_refused bdf={bdf} reason=bar0_unassigned");
+        return None;
+    }
+    let Some(regs) = memory::map_mmio(base, size) else {
+        warn!("event=xhci_refused bdf={bdf} reason=bar0_unmappable base={base:#x} size={size:#x}");
+        return None;
+    };
+    // Memory decoding on, bus mastering still off, legacy INTx off.
+    let cmd = cfg.read16(bdf, pci::reg::COMMAND);
+    cfg.write16(
+        bdf,
+        pci::reg::COMMAND,
+        (cmd | pci::COMMAND_MEMORY | pci::COMMAND_INTX_DISABLE) & !pci::COMMAND_BUS_MASTER,
+    );
+    // Capability registers are read 32 bits wide: QEMU returns 0 for a 16-bit HCIVERSION read.
+    let cap = regs.read32(0);
+    let caplength = (cap & 0xff) as usize;
+    let hciversion = cap >> 16;
+    let hcsparams1 = regs.read32(4);
+    let halted = quiesce(&regs, caplength);
+    // Firmware (SeaBIOS) leaves the controller running with DMA into memory that is ours
+    // now: only a halted, reset controller may master the bus.
+    if !halted {
+        warn!("event=xhci_refused bdf={bdf} reason=reset_timeout");
+        return None;
+    }
+    let cmd = cfg.read16(bdf, pci::reg::COMMAND);
+    cfg.write16(bdf, pci::reg::COMMAND, cmd | pci::COMMAND_BUS_MASTER);
+    let vector = route_interrupt(cfg, bdf, &regs);
+    info!(
+        "event=xhci_found bdf={bdf} vid={vendor:04x} did={device:04x} bar0={base:#x} size={size:#x} hciversion={hciversion:#x} slots={} ports={}",
+        hcsparams1 & 0xff,
+        hcsparams1 >> 24
+    );
+    Some(Xhci { bdf, vector })
+}
+
+/// Clears Run/Stop, waits for HCHalted, then resets the controller (xHCI 4.2, 5.4.1).
+fn quiesce(regs: &Mmio, caplength: usize) -> bool {
+    const USBCMD: usize = 0;
+    const USBSTS: usize = 4;
+    const RUN: u32 = 1 << 0;
+    const HCRST: u32 = 1 << 1;
+    const HCH: u32 = 1 << 0;
+    const CNR: u32 = 1 << 11;
+    let op = |r: usize| caplength + r;
+    let was_running = regs.read32(op(USBCMD)) & RUN != 0;
+    regs.write32(op(USBCMD), regs.read32(op(USBCMD)) & !RUN);
+    let wait = |done: &dyn Fn() -> bool, micros: u64| {
+        let end = time::deadline(micros);
+        while !done() {
+            if time::now_micros() > end {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+        true
+    };
+    if !wait(&|| regs.read32(op(USBSTS)) & HCH != 0, 20_000) {
+        return false;
+    }
+    regs.write32(op(USBCMD), HCRST);
+    let reset = wait(
+        &|| regs.read32(op(USBCMD)) & HCRST == 0 && regs.read32(op(USBSTS)) & CNR == 0,
+        1_000_000,
+    );
+    info!("event=xhci_reset was_running={was_running} ok={reset}");
+    reset
+}
+
+/// Routes the controller's first interrupter to a fresh vector on this CPU: MSI-X entry 0
+/// (programmed masked, then unmasked), else MSI. The driver turns interrupts on in the
+/// controller.
+fn route_interrupt(cfg: &mut Config, bdf: Bdf, regs: &Mmio) -> Option<u8> {
+    let vector = interrupts::allocate()?;
+    let msg = Message::fixed(apic::id(), vector)?;
+    interrupts::register(vector, on_xhci_interrupt);
+    if let Some(m) = pci::msix(cfg, bdf) {
+        let table_len = u64::from(m.table_size) * msi::MSIX_ENTRY_SIZE as u64;
+        let Some(table) = (m.table_bar == 0)
+            .then(|| regs.slice(u64::from(m.table_offset), table_len))
+            .flatten()
+        else {
+            warn!(
+                "event=msix_unusable bdf={bdf} table_bar={} offset={:#x}",
+                m.table_bar, m.table_offset
+            );
+            return None;
+        };
+        // Function-masked while the table is written; every entry masked, entry 0 programmed.
+        pci::set_msix_control(cfg, bdf, &m, true, true);
+        for i in 0..usize::from(m.table_size) {
+            msi::set_entry_masked(&table, i, true);
+        }
+        msi::program_entry(&table, 0, msg);
+        msi::set_entry_masked(&table, 0, false);
+        pci::set_msix_control(cfg, bdf, &m, true, false);
+        info!(
+            "event=msix_routed bdf={bdf} entries={} vector={vector:#x} apic_id={}",
+            m.table_size,
+            apic::id()
+        );
+        return Some(vector);
+    }
+    if let Some(cap) = pci::find_capability(cfg, bdf, pci::CAP_MSI) {
+        pci::configure_msi(cfg, bdf, cap, msg);
+        info!(
+            "event=msi_routed bdf={bdf} vector={vector:#x} apic_id={}",
+            apic::id()
+        );
+        return Some(vector);
+    }
+    warn!("event=interrupt_unrouted bdf={bdf} reason=no_msi_or_msix");
+    None
+}
+
+/// Interrupts the controller has raised.
+pub fn xhci_interrupts() -> u64 {
+    XHCI_INTERRUPTS.load(Ordering::Relaxed)
+}

@@ -1,0 +1,207 @@
+//! A harness that boots the usbdom image in QEMU (TCG), collects the serial log line by line
+//! with arrival times, and ends QEMU by `isa-debug-exit` or a time limit.
+//!
+//! The image is `target/usbdom.elf` (built by `cargo xtask image`; `cargo xtask test` builds
+//! it first) or `$USBDOM_IMAGE`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// QEMU's exit status when the guest wrote the success value (0x10) to `isa-debug-exit`.
+pub const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+
+/// The image to boot.
+pub fn image() -> PathBuf {
+    let path = std::env::var_os("USBDOM_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/usbdom.elf"));
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo xtask image`",
+        path.display()
+    );
+    path
+}
+
+/// A QEMU machine to boot the image on.
+pub struct Machine {
+    args: Vec<String>,
+    append: String,
+    limit: Duration,
+    scratch: PathBuf,
+}
+
+impl Machine {
+    /// A `machine` (q35, pc) with 256 MiB, no display or default devices, the serial on
+    /// stdout, `isa-debug-exit`, and an xHCI controller `xhci`.
+    pub fn new(machine: &str, name: &str) -> Machine {
+        let scratch = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/tmp")
+            .join(name);
+        std::fs::create_dir_all(&scratch).unwrap();
+        let args = [
+            "-machine",
+            machine,
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-device",
+            "qemu-xhci,id=xhci",
+        ]
+        .map(String::from)
+        .to_vec();
+        Machine {
+            args,
+            append: "qemu_exit".into(),
+            limit: Duration::from_secs(60),
+            scratch,
+        }
+    }
+
+    /// Adds QEMU arguments.
+    pub fn arg(mut self, a: &str) -> Machine {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Attaches a USB stick backed by a fresh 16 MiB raw image.
+    pub fn usb_stick(self, id: &str) -> Machine {
+        let img = self.scratch.join(format!("{id}.img"));
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(16 << 20).unwrap();
+        let drive = format!("if=none,id={id},file={},format=raw", img.display());
+        self.arg("-drive")
+            .arg(&drive)
+            .arg("-device")
+            .arg(&format!("usb-storage,bus=xhci.0,drive={id}"))
+    }
+
+    /// Adds words to the kernel command line.
+    pub fn append(mut self, words: &str) -> Machine {
+        self.append.push(' ');
+        self.append.push_str(words);
+        self
+    }
+
+    /// Boots and waits for QEMU to exit (or kills it at the time limit).
+    pub fn boot(self) -> Run {
+        let started = Instant::now();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(&self.args)
+            .arg("-kernel")
+            .arg(image())
+            .arg("-append")
+            .arg(&self.append)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-system-x86_64 (`cargo xtask test` installs Debian's qemu-system-x86)");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((started.elapsed(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > self.limit {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        reader.join().unwrap();
+        let lines: Vec<(Duration, String)> = rx.try_iter().collect();
+        Run {
+            exit: status.code(),
+            timed_out,
+            lines,
+            stderr: err_reader.join().unwrap(),
+            command: format!(
+                "qemu-system-x86_64 {} -kernel {} -append {:?}",
+                self.args.join(" "),
+                image().display(),
+                self.append
+            ),
+        }
+    }
+}
+
+/// A finished boot.
+pub struct Run {
+    /// QEMU's exit status (`None` when killed by a signal).
+    pub exit: Option<i32>,
+    /// Whether the time limit ended it.
+    pub timed_out: bool,
+    /// Serial lines with their arrival time after QEMU started.
+    pub lines: Vec<(Duration, String)>,
+    /// QEMU's own messages.
+    pub stderr: String,
+    /// The command, for the failure report.
+    pub command: String,
+}
+
+impl Run {
+    /// The first line of `event`, with its arrival time.
+    pub fn event(&self, event: &str) -> Option<(Duration, &str)> {
+        let tag = format!("event={event}");
+        self.lines
+            .iter()
+            .find(|(_, l)| l.split_whitespace().any(|w| w == tag))
+            .map(|(t, l)| (*t, l.as_str()))
+    }
+
+    /// Every line of `event`.
+    pub fn events<'a>(&'a self, event: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let tag = format!("event={event}");
+        self.lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .filter(move |l| l.split_whitespace().any(|w| w == tag))
+    }
+
+    /// Checks `check`, printing the whole log and QEMU's messages if it fails.
+    pub fn check(&self, check: impl FnOnce(&Run)) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(self)));
+        if let Err(e) = result {
+            eprintln!("---- {}", self.command);
+            eprintln!("---- exit={:?} timed_out={}", self.exit, self.timed_out);
+            for (t, l) in &self.lines {
+                eprintln!("[{:>8.3}] {l}", t.as_secs_f64());
+            }
+            eprintln!("---- qemu stderr:\n{}", self.stderr);
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+/// The value of `key=` in a log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
