@@ -38,6 +38,13 @@ impl Machine {
     /// A `machine` (q35, pc) with 256 MiB, no display or default devices, the serial on
     /// stdout, `isa-debug-exit`, and an xHCI controller `xhci`.
     pub fn new(machine: &str, name: &str) -> Machine {
+        Self::bare(machine, name)
+            .arg("-device")
+            .arg("qemu-xhci,id=xhci")
+    }
+
+    /// The same machine without the xHCI controller.
+    pub fn bare(machine: &str, name: &str) -> Machine {
         let scratch = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/tmp")
             .join(name);
@@ -55,8 +62,6 @@ impl Machine {
             "stdio",
             "-device",
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-device",
-            "qemu-xhci,id=xhci",
         ]
         .map(String::from)
         .to_vec();
