@@ -100,60 +100,72 @@ impl Machine {
 
     /// Boots and waits for QEMU to exit (or kills it at the time limit).
     pub fn boot(self) -> Run {
-        let started = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(&self.args)
-            .arg("-kernel")
-            .arg(image())
-            .arg("-append")
-            .arg(&self.append)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64 (`cargo xtask test` installs Debian's qemu-system-x86)");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((started.elapsed(), line)).is_err() {
-                    break;
-                }
+        let mut args = self.args.clone();
+        args.extend([
+            "-kernel".into(),
+            image().display().to_string(),
+            "-append".into(),
+            self.append.clone(),
+        ]);
+        run_qemu(&args, self.limit, |_| false)
+    }
+}
+
+/// Runs `qemu-system-x86_64 args`, collecting its serial output (stdout) line by line, until
+/// it exits, `done` returns true for a line (QEMU is then killed), or `limit` passes.
+pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 (`cargo xtask test` installs Debian's qemu-system-x86)");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((started.elapsed(), line)).is_err() {
+                break;
             }
-        });
-        let mut stderr = child.stderr.take().unwrap();
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if started.elapsed() > self.limit {
-                timed_out = true;
-                let _ = child.kill();
-                break child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        reader.join().unwrap();
-        let lines: Vec<(Duration, String)> = rx.try_iter().collect();
-        Run {
-            exit: status.code(),
-            timed_out,
-            lines,
-            stderr: err_reader.join().unwrap(),
-            command: format!(
-                "qemu-system-x86_64 {} -kernel {} -append {:?}",
-                self.args.join(" "),
-                image().display(),
-                self.append
-            ),
         }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    let status = loop {
+        while let Ok((t, line)) = rx.try_recv() {
+            let finished = done(&line);
+            lines.push((t, line));
+            if finished {
+                let _ = child.kill();
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    Run {
+        exit: status.code(),
+        timed_out,
+        lines,
+        stderr: err_reader.join().unwrap(),
+        command: format!("qemu-system-x86_64 {}", args.join(" ")),
     }
 }
 

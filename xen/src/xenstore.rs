@@ -794,6 +794,13 @@ impl<P: SharedPage> XsRing<P> {
         Ok((cons, prod))
     }
 
+    /// Bytes waiting to be read.
+    pub fn readable(&self) -> Result<usize, XsError> {
+        let (_, cons_off, prod_off) = self.in_dir();
+        let (cons, prod) = self.indices(cons_off, prod_off)?;
+        Ok(prod.wrapping_sub(cons) as usize)
+    }
+
     /// Copies as much of `data` as fits; returns the bytes written.
     pub fn write(&self, data: &[u8]) -> Result<usize, XsError> {
         let (base, cons_off, prod_off) = self.out_dir();
@@ -1043,6 +1050,7 @@ mod tests {
         }
         assert_eq!(got, data);
         assert_eq!(server.write(b"reply").unwrap(), 5);
+        assert_eq!(client.readable(), Ok(5));
         let mut buf = [0u8; 16];
         assert_eq!(client.read(&mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"reply");

@@ -6,6 +6,7 @@
 //! - `cargo xtask run [-- WORDS]`: builds the image and boots it in QEMU with USB devices,
 //!   streaming the serial log; extra words go to the kernel command line.
 //! - `cargo xtask demo`: the PVUSB connection played out on `xen::sim`.
+//! - `cargo xtask e2e`: the end-to-end run: Xen 4.17 inside QEMU, dom0, usbdom, a guest.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ fn main() {
         Some("run") => run(&args[1..]),
         Some("image") => image().map(|_| ()),
         Some("demo") => demo(),
+        Some("e2e") => e2e(),
         Some("install") => install(),
         _ => {
             eprintln!(
@@ -41,6 +43,7 @@ fn main() {
                  \x20 image    build the driver-domain kernel to target/usbdom.elf\n\
                  \x20 run      boot it in QEMU with USB devices (extra words: `run -- loglevel=debug`)\n\
                  \x20 demo     the PVUSB connection played out on xen::sim\n\
+                 \x20 e2e      the end-to-end run on real Xen inside QEMU\n\
                  \x20 install  only install prerequisites"
             );
             exit(2);
@@ -299,6 +302,74 @@ fn image() -> Result<PathBuf> {
         ));
     }
     Ok(out)
+}
+
+/// Where the end-to-end artefacts are cached between runs (they take minutes to build).
+fn e2e_cache() -> PathBuf {
+    let base = env::var_os("USBDOM_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("usbdom")))
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/usbdom")))
+        .unwrap_or_else(|| root().join("target/cache"));
+    base.join("e2e")
+}
+
+fn timed<T>(phase: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let start = std::time::Instant::now();
+    let r = f();
+    eprintln!(
+        "xtask: e2e phase={phase} seconds={:.1}",
+        start.elapsed().as_secs_f64()
+    );
+    r
+}
+
+/// Builds (or takes from the cache) Xen, the kernels, dom0's root and the guest's initramfs,
+/// packs this run's dom0 initramfs, and runs the end-to-end test.
+fn e2e() -> Result {
+    install()?;
+    let image = timed("image", image)?;
+    let cache = e2e_cache();
+    let here = root().join("tests/e2e");
+    timed("artefacts", || {
+        step("prepare", Command::new(here.join("prepare.sh")).arg(&cache))
+    })?;
+    let out = root().join("target/e2e");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let initrd = out.join("dom0.cpio");
+    timed("pack", || {
+        step(
+            "pack",
+            Command::new(here.join("pack.sh"))
+                .arg(&cache)
+                .arg(&image)
+                .arg(&initrd),
+        )
+    })?;
+    let stick = out.join("stick.img");
+    std::fs::File::create(&stick)
+        .and_then(|f| f.set_len(64 << 20))
+        .map_err(|e| format!("{}: {e}", stick.display()))?;
+    timed("run", || {
+        step(
+            "end-to-end test",
+            cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "usbdom-tests",
+                    "--test",
+                    "e2e",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("USBDOM_E2E_XEN", cache.join("xen.elf"))
+                .env("USBDOM_E2E_KERNEL", cache.join("vmlinuz"))
+                .env("USBDOM_E2E_INITRD", &initrd)
+                .env("USBDOM_E2E_STICK", &stick),
+        )
+    })
 }
 
 /// Boots the image on q35 with a USB stick, a keyboard and a hub; the serial log streams to

@@ -9,12 +9,16 @@ use super::{serial, time};
 
 static COM1_PRESENT: AtomicBool = AtomicBool::new(false);
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+static XEN_CONSOLE: spin::Mutex<Option<super::xen_guest::XenConsole>> = spin::Mutex::new(None);
 
 struct Sinks;
 
 impl Write for Sinks {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         serial::write(s.as_bytes(), COM1_PRESENT.load(Ordering::Relaxed));
+        if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
+            console.write(s.as_bytes());
+        }
         Ok(())
     }
 }
@@ -61,4 +65,14 @@ pub fn emergency(args: fmt::Arguments<'_>) {
     let guard = LOCK.try_lock();
     let _ = platform::logfmt::write_line(&mut Sinks, time::now_micros(), log::Level::Error, &args);
     drop(guard);
+}
+
+/// Adds the Xen PV console ring as a sink.
+pub fn set_xen_console(console: super::xen_guest::XenConsole) {
+    super::cpu::without_interrupts(|| *XEN_CONSOLE.lock() = Some(console));
+}
+
+/// Whether COM1 answered at boot (a Xen HVM domU and plain QEMU have one, a PVH domU not).
+pub fn com1_present() -> bool {
+    COM1_PRESENT.load(Ordering::Relaxed)
 }

@@ -107,42 +107,54 @@ pub fn dma_free(region: DmaRegion) {
 /// Maps `[phys, phys + len)` uncached (identity), for device registers. Works up to
 /// 512 GiB; above 4 GiB the page directories come from the frame allocator.
 pub fn map_mmio(phys: u64, len: u64) -> Option<Mmio> {
+    map_range(phys, len, true)?;
+    Some(Mmio { base: phys, len })
+}
+
+/// Maps `[phys, phys + len)` write-back (identity): memory that is not ours but behaves as
+/// RAM, such as foreign pages granted to us.
+pub fn map_identity(phys: u64, len: u64) -> Option<()> {
+    map_range(phys, len, false)
+}
+
+fn map_range(phys: u64, len: u64, uncached: bool) -> Option<()> {
     let end = phys.checked_add(len)?;
     if end > 512 * GIB || len == 0 {
         return None;
     }
     let mut page = phys / TWO_MIB * TWO_MIB;
     while page < end {
-        set_uncached(page)?;
+        set_entry(page, uncached)?;
         cpu::invlpg(page);
         page += TWO_MIB;
     }
-    Some(Mmio { base: phys, len })
+    Some(())
 }
 
-fn set_uncached(page: u64) -> Option<()> {
+fn set_entry(page: u64, uncached: bool) -> Option<()> {
     let gib = (page / GIB) as usize;
     let index = ((page % GIB) / TWO_MIB) as usize;
+    let caching = if uncached { PTE_UNCACHED } else { 0 };
     // SAFETY: the boot page tables are only changed here and in the boot code, with one CPU
     // running; the entries written keep the identity mapping and only change caching, or add
     // a directory for a GiB that was unmapped.
     unsafe {
         let pdpt = &mut *core::ptr::addr_of_mut!(boot_pdpt);
-        if gib < 4 {
+        let table: &mut [u64] = if gib < 4 {
             let pd = &mut *core::ptr::addr_of_mut!(boot_pd);
-            pd[gib * 512 + index] |= PTE_UNCACHED;
-            return Some(());
-        }
-        if pdpt[gib] == 0 {
-            let frame = FRAMES.lock().as_mut()?.alloc(1, FRAME, IDENTITY_MAPPED)?;
-            let table = &mut *(frame as *mut [u64; 512]);
-            for (i, e) in table.iter_mut().enumerate() {
-                *e = (gib as u64 * GIB + i as u64 * TWO_MIB) | PTE_PRESENT_WRITABLE | PTE_LARGE;
+            &mut pd[gib * 512..(gib + 1) * 512]
+        } else {
+            if pdpt[gib] == 0 {
+                let frame = FRAMES.lock().as_mut()?.alloc(1, FRAME, IDENTITY_MAPPED)?;
+                let table = &mut *(frame as *mut [u64; 512]);
+                for (i, e) in table.iter_mut().enumerate() {
+                    *e = (gib as u64 * GIB + i as u64 * TWO_MIB) | PTE_PRESENT_WRITABLE | PTE_LARGE;
+                }
+                pdpt[gib] = frame | PTE_PRESENT_WRITABLE;
             }
-            pdpt[gib] = frame | PTE_PRESENT_WRITABLE;
-        }
-        let table = &mut *((pdpt[gib] & !0xfff) as *mut [u64; 512]);
-        table[index] |= PTE_UNCACHED;
+            &mut *((pdpt[gib] & !0xfff) as *mut [u64; 512])
+        };
+        table[index] = (table[index] & !PTE_UNCACHED) | caching;
     }
     Some(())
 }

@@ -9,6 +9,7 @@ mod memory;
 mod pci;
 mod serial;
 mod time;
+mod xen_guest;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -81,8 +82,15 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     let cmdline = Cmdline::parse(cmdline_text);
     log::set_max_level(cmdline.log_level);
     QEMU_EXIT.store(cmdline.qemu_exit, Ordering::Relaxed);
+    let xen = xen_guest::detect();
+    // Xen HVM runs a device model (QEMU with its COM1); a PVH domU has no emulated devices.
+    let platform = match (xen, logger::com1_present()) {
+        (Some(_), true) => "xen-hvm",
+        (Some(_), false) => "xen-pvh",
+        (None, _) => "native",
+    };
     info!(
-        "event=boot image=usbdom version={} start_info={si_phys:#x} start_info_version={} cmdline={cmdline_text:?} tsc_hz={tsc_hz} tsc_source={}",
+        "event=boot image=usbdom version={} platform={platform} start_info={si_phys:#x} start_info_version={} cmdline={cmdline_text:?} tsc_hz={tsc_hz} tsc_source={}",
         env!("CARGO_PKG_VERSION"),
         si.version,
         tsc_source.name()
@@ -164,9 +172,40 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     let mut cfg = pci::config_access(si.rsdp_paddr);
     let (xhci, bars) = pci::probe(&mut cfg);
     occupied.extend(bars);
-    match platform::frames::grant_window(&occupied, GRANT_WINDOW_SIZE) {
+    let window = platform::frames::grant_window(&occupied, GRANT_WINDOW_SIZE);
+    match window {
         Some(base) => info!("event=grant_window base={base:#x} size={GRANT_WINDOW_SIZE:#x}"),
         None => warn!("event=grant_window_missing size={GRANT_WINDOW_SIZE:#x}"),
+    }
+
+    // Xen: hypercalls, events, console, xenstore.
+    let xen = match (xen, window) {
+        (Some(detected), Some(base)) => {
+            match xen_guest::init(detected, (base, GRANT_WINDOW_SIZE)) {
+                Ok(x) => {
+                    info!(
+                        "event=xen version={}.{} domid={} callback_vector={:#x}",
+                        x.detected.version.0, x.detected.version.1, x.domid, x.vector
+                    );
+                    Some(x)
+                }
+                Err(e) => panic!("Xen setup failed: {} (rc {})", e.0, e.1),
+            }
+        }
+        _ => None,
+    };
+    let mut store = xen
+        .as_ref()
+        .map(|x| xen::xenstore::XenStore::new(xen_guest::StoreTransport::new(x)));
+    if let Some(xs) = store.as_mut() {
+        match xs.read_string(xen::xenstore::TxId::NONE, "domid") {
+            Ok(d) => info!(
+                "event=xenstore domid={d} home={:?}",
+                xs.get_domain_path(xen.as_ref().map_or(xen::abi::DomId(0), |x| x.domid))
+                    .unwrap_or_default()
+            ),
+            Err(e) => warn!("event=xenstore_error op=read key=domid error={e}"),
+        }
     }
 
     // Prove the timer interrupt is delivered: wait (in hlt) for five ticks.

@@ -143,7 +143,7 @@ pub fn probe(cfg: &mut Config) -> (Option<Xhci>, heapless::Vec<Range, MAX_BARS>)
         }
     }
     if xhci.is_none() {
-        warn!("event=xhci_missing reason=no_function_with_class_0c0330");
+        warn!("event=no_controller reason=no_function_with_class_0c0330");
     }
     (xhci, bars)
 }

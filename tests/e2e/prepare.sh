@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Builds (once, cached) what the end-to-end run needs, all from Debian's archive through the
+# machine's own apt configuration and debootstrap's default mirror:
+#   xen.elf        Xen 4.17 (Debian's xen-hypervisor-4.17-amd64), gunzipped for QEMU -kernel
+#   vmlinuz        Debian's kernel, for dom0 and the guest
+#   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
+#   xen-hcd.ko     Linux's PVUSB frontend, built from Debian's linux-source for that kernel
+#   guest.cpio     the guest's initramfs: busybox, usbcore and xen-hcd
+# Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
+set -euo pipefail
+cache=${1:?cache dir}
+mkdir -p "$cache"
+cd "$cache"
+log() { echo "prepare: $*" >&2; }
+
+kver=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {sub("linux-image-", "", $2); print $2; exit}')
+[ -n "$kver" ] || { echo "prepare: cannot tell the kernel version (apt-get update first?)" >&2; exit 1; }
+
+need=()
+for p in debootstrap cpio xz-utils "linux-headers-$kver" make gcc; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+
+mkdir -p debs
+if [ ! -f xen.elf ] || [ ! -f vmlinuz ] || [ ! -f "linux-source.stamp" ]; then
+  log "downloading Xen, the kernel and the kernel source"
+  (cd debs && apt-get download -q xen-hypervisor-4.17-amd64 "linux-image-$kver" linux-source-6.1 >&2)
+fi
+if [ ! -f xen.elf ]; then
+  rm -rf x && mkdir x && dpkg -x debs/xen-hypervisor-4.17-amd64_*.deb x
+  gunzip -c x/boot/xen-4.17-amd64.gz > xen.elf.tmp && mv xen.elf.tmp xen.elf
+  rm -rf x
+fi
+if [ ! -f vmlinuz ]; then
+  rm -rf k && mkdir k && dpkg -x "debs/linux-image-${kver}_"*.deb k
+  cp "k/boot/vmlinuz-$kver" vmlinuz
+  rm -rf k
+fi
+
+if [ ! -f xen-hcd.ko ] || [ ! -f linux-source.stamp ]; then
+  log "building xen-hcd.ko for $kver"
+  rm -rf src hcd && mkdir src hcd
+  dpkg -x debs/linux-source-6.1_*.deb src
+  tar -xJf src/usr/src/linux-source-6.1.tar.xz -C hcd --strip-components=4 \
+    linux-source-6.1/drivers/usb/host/xen-hcd.c
+  echo 'obj-m := xen-hcd.o' > hcd/Kbuild
+  make -s -C "/usr/src/linux-headers-$kver" M="$PWD/hcd" modules >&2
+  cp hcd/xen-hcd.ko xen-hcd.ko
+  rm -rf src hcd
+  touch linux-source.stamp
+fi
+
+if [ ! -f dom0-base.cpio ]; then
+  log "debootstrap of dom0's root (cached after the first run)"
+  rm -rf dom0
+  debootstrap --variant=minbase \
+    --include=xen-utils-4.17,xenstore-utils,kmod,iproute2,procps,pciutils,usbutils,busybox-static,udev,qemu-system-xen,seabios \
+    bookworm dom0 >&2
+  # The kernel and the Xen tools must match what the host's apt sees (its security updates
+  # included): give the chroot the machine's own apt sources, then install and upgrade.
+  cp /etc/apt/sources.list dom0/etc/apt/ 2>/dev/null || true
+  cp -r /etc/apt/sources.list.d/. dom0/etc/apt/sources.list.d/ 2>/dev/null || true
+  mount -t proc proc dom0/proc
+  trap 'umount dom0/proc 2>/dev/null || true' EXIT
+  chroot dom0 apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive chroot dom0 apt-get install -y -q --no-install-recommends "linux-image-$kver" >&2
+  DEBIAN_FRONTEND=noninteractive chroot dom0 apt-get dist-upgrade -y -q >&2
+  chroot dom0 apt-get clean
+  umount dom0/proc
+  trap - EXIT
+  rm -rf dom0/usr/share/doc dom0/usr/share/man dom0/usr/share/locale dom0/usr/share/info \
+         dom0/var/cache/apt/archives/*.deb dom0/var/lib/apt/lists/* dom0/boot/initrd.img* \
+         dom0/usr/lib/firmware
+  # dom0 needs Xen's back ends and PCI; the guest's USB modules are copied before pruning.
+  mods="dom0/lib/modules/$kver/kernel"
+  mkdir -p usbmods
+  find "$mods/drivers/usb/common" "$mods/drivers/usb/core" -name '*.ko*' -exec cp {} usbmods/ \;
+  find "$mods" -mindepth 1 -maxdepth 1 ! -name drivers ! -name lib ! -name arch ! -name crypto -exec rm -rf {} +
+  find "$mods/drivers" -mindepth 1 -maxdepth 1 ! -name xen ! -name pci ! -name block ! -name net -exec rm -rf {} +
+  find "$mods/drivers/net" -mindepth 1 -maxdepth 1 ! -name xen-netback -exec rm -rf {} +
+  depmod -b dom0 "$kver"
+  (cd dom0 && find . | cpio -o -H newc --quiet) > dom0-base.cpio.tmp
+  mv dom0-base.cpio.tmp dom0-base.cpio
+fi
+
+if [ ! -f guest.cpio ] || [ guest.cpio -ot xen-hcd.ko ]; then
+  log "guest initramfs"
+  rm -rf g && mkdir -p g/bin g/lib/modules g/proc g/sys g/dev
+  cp dom0/bin/busybox g/bin/busybox
+  for m in usbmods/usb-common.ko* usbmods/usbcore.ko*; do cp "$m" g/lib/modules/; done
+  cp xen-hcd.ko g/lib/modules/
+  cat > g/init <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "guest: init"
+for m in usb-common usbcore xen-hcd; do
+  f=$(ls /lib/modules/$m.ko* 2>/dev/null | head -n1)
+  [ -n "$f" ] && { xz -dc "$f" > /tmp.ko 2>/dev/null || cp "$f" /tmp.ko; insmod /tmp.ko && echo "guest: loaded $m"; }
+done
+echo "guest: ready"
+while true; do
+  for hc in /sys/bus/usb/devices/usb*; do
+    [ -e "$hc/maxchild" ] && echo "guest: hc $(basename $hc) ports=$(cat $hc/maxchild) product=$(cat $hc/product 2>/dev/null)"
+  done
+  sleep 5
+done
+INIT
+  chmod +x g/init
+  (cd g && find . | cpio -o -H newc --quiet) > guest.cpio
+  rm -rf g
+fi
+echo "$kver"

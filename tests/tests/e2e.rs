@@ -1,0 +1,83 @@
+//! The end-to-end run on real Xen: QEMU (TCG) runs Xen 4.17 with a Debian dom0; dom0 passes
+//! the xHCI controller to usbdom (an HVM domU) and plays the scenario in
+//! `tests/e2e/dom0-init.sh`, reporting `E2E: …` lines; every guest's log comes back as
+//! `LOG <file>: …` lines. `cargo xtask e2e` prepares the artefacts and runs this.
+
+use std::time::Duration;
+
+use usbdom_tests::{field, run_qemu};
+
+fn artefact(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run `cargo xtask e2e`"))
+}
+
+#[test]
+#[ignore = "needs the e2e artefacts: cargo xtask e2e"]
+fn xen_end_to_end() {
+    let (xen, kernel, initrd, stick) = (
+        artefact("USBDOM_E2E_XEN"),
+        artefact("USBDOM_E2E_KERNEL"),
+        artefact("USBDOM_E2E_INITRD"),
+        artefact("USBDOM_E2E_STICK"),
+    );
+    // The outer machine of ../shared/docs/xen-in-qemu.md: q35, an IOMMU for passthrough,
+    // `max,-smap` (plain max crashes the PV dom0), the xHCI away from 00:02.0.
+    let args: Vec<String> = [
+        "-M", "q35", "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-smap", "-smp", "2",
+        "-m", "2048", "-display", "none", "-nodefaults", "-no-reboot", "-serial", "stdio",
+        "-device", "intel-iommu,intremap=on", "-device", "qemu-xhci,id=xhci,addr=0x5",
+        "-drive", &format!("if=none,id=usbdisk,file={stick},format=raw"),
+        "-device", "usb-storage,bus=xhci.0,drive=usbdisk",
+        "-device", "usb-kbd,bus=xhci.0", "-device", "usb-hub,bus=xhci.0,port=3",
+        "-kernel", &xen,
+        "-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot",
+        "-initrd", &format!("{kernel} console=hvc0 loglevel=6 rdinit=/init,{initrd}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = run_qemu(&args, Duration::from_secs(20 * 60), |l| {
+        l.starts_with("E2E: done")
+    });
+    let marks: Vec<(Duration, &str)> = run
+        .lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("E2E: "))
+        .map(|(t, l)| (*t, l.as_str()))
+        .collect();
+    for (t, l) in &marks {
+        println!("e2e: {:>7.1} s  {}", t.as_secs_f64(), &l[5..]);
+    }
+    let usbdom: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|(_, l)| l.strip_prefix("LOG usbdom-serial.log: "))
+        .collect();
+    let usbdom_event = |name: &str| {
+        usbdom
+            .iter()
+            .copied()
+            .find(|l| l.split_whitespace().any(|w| w == format!("event={name}")))
+    };
+    run.check(|r| {
+        assert!(!r.timed_out, "the run did not finish in 20 minutes");
+        assert!(
+            marks.iter().any(|(_, l)| l.contains("result=pass")),
+            "the dom0 scenario failed"
+        );
+        let boot = usbdom_event("boot").expect("usbdom logged event=boot");
+        assert_eq!(field(boot, "platform"), Some("xen-hvm"));
+        let xen = usbdom_event("xen").expect("usbdom set Xen up");
+        assert!(
+            field(xen, "version").is_some_and(|v| v.starts_with("4.17")),
+            "{xen}"
+        );
+        assert!(
+            usbdom_event("xenstore").is_some(),
+            "usbdom reached xenstore"
+        );
+        let found = usbdom_event("xhci_found").expect("the passed-through controller is found");
+        assert_eq!(field(found, "vid"), Some("1b36"));
+        assert!(usbdom_event("msix_routed").is_some());
+        assert!(usbdom_event("ready").is_some());
+    });
+}
