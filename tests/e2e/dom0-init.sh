@@ -48,5 +48,25 @@ xl create /tmp/usbdom.cfg || fail "xl_create_usbdom"
 wait_for /var/log/xen/usbdom-serial.log "event=ready" 90 || fail "usbdom_not_ready"
 mark "phase=usbdom_ready"
 
+# A Linux guest with the PVUSB frontend, then a virtual controller served by usbdom.
+xl create /e2e/xen-cfg/guest-pvh.cfg || fail "xl_create_guest"
+glog=/var/log/xen/console/guest-guest.log
+wait_for "$glog" "guest: ready" 120 || fail "guest_not_ready"
+mark "phase=guest_ready"
+usbctl hc-create guest 2 8 || fail "hc_create"
+mark "phase=hc_created"
+wait_for /var/log/xen/usbdom-serial.log "event=frontend_connected" 60 || fail "frontend_not_connected"
+mark "phase=frontend_connected"
+wait_for "$glog" "guest: hc usb[0-9]* ports=8" 60 || fail "guest_hc_missing"
+mark "phase=guest_hc_registered"
+usbctl list guest | sed 's|^|usbctl-list: |'
+usbdom_id=$(xl domid usbdom)
+guest_id=$(xl domid guest)
+usbctl hc-destroy guest 0 || fail "hc_destroy"
+xenstore-exists "/local/domain/$usbdom_id/backend/vusb/$guest_id/0" && fail "backend_dir_left"
+xenstore-exists "/local/domain/$guest_id/device/vusb/0" && fail "frontend_dir_left"
+wait_for /var/log/xen/usbdom-serial.log "event=vusb_removed" 30 || fail "usbdom_did_not_remove"
+mark "phase=hc_destroyed"
+
 mark "result=pass"
 finish

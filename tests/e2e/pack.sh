@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs dom0's initramfs for one end-to-end run: the cached root (dom0-base.cpio) followed by
-# a small archive with /init (dom0-init.sh), the usbdom image, the xl configs, the guest's
-# kernel and initramfs. Linux unpacks concatenated cpio archives in order.
+# a small archive with /init (dom0-init.sh), the usbdom image, the xl configs, usbctl, the
+# guest's kernel and initramfs. Linux unpacks concatenated cpio archives in order.
 # Usage: pack.sh CACHE_DIR IMAGE OUT
 set -euo pipefail
 cache=$1 image=$2 out=$3
@@ -14,7 +14,14 @@ install -m 0755 "$here/dom0-init.sh" "$stage/init"
 cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
-cp "$cache/guest.cpio" "$stage/boot/guest-initrd.img"
+# The guest's initramfs: busybox, the USB core modules, xen-hcd.ko and guest-init.sh.
+guest=$(mktemp -d)
+mkdir -p "$guest/bin" "$guest/lib/modules" "$guest/proc" "$guest/sys" "$guest/dev"
+cp "$cache/dom0/bin/busybox" "$guest/bin/busybox"
+cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.ko" "$guest/lib/modules/"
+install -m 0755 "$here/guest-init.sh" "$guest/init"
+(cd "$guest" && find . | cpio -o -H newc --quiet) > "$stage/boot/guest-initrd.img"
+rm -rf "$guest"
 if [ -n "${USBCTL:-}" ]; then mkdir -p "$stage/usr/local/bin"; cp "$USBCTL" "$stage/usr/local/bin/usbctl"; fi
 (cd "$stage" && find . | cpio -o -H newc --quiet) > "$out.extra"
 cat "$cache/dom0-base.cpio" "$out.extra" > "$out"

@@ -5,7 +5,7 @@
 #   vmlinuz        Debian's kernel, for dom0 and the guest
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
 #   xen-hcd.ko     Linux's PVUSB frontend, built from Debian's linux-source for that kernel
-#   guest.cpio     the guest's initramfs: busybox, usbcore and xen-hcd
+#   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
 # Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
 set -euo pipefail
 cache=${1:?cache dir}
@@ -54,9 +54,9 @@ if [ ! -f xen-hcd.ko ] || [ ! -f linux-source.stamp ]; then
   touch linux-source.stamp
 fi
 
-if [ ! -f dom0-base.cpio ]; then
+if [ ! -f dom0/.usbdom-root-done ]; then
   log "debootstrap of dom0's root (cached after the first run)"
-  rm -rf dom0
+  rm -rf dom0 dom0-base.cpio
   debootstrap --variant=minbase \
     --include=xen-utils-4.17,xenstore-utils,kmod,iproute2,procps,pciutils,usbutils,busybox-static,udev,qemu-system-xen,seabios \
     bookworm dom0 >&2
@@ -72,48 +72,26 @@ if [ ! -f dom0-base.cpio ]; then
   chroot dom0 apt-get clean
   umount dom0/proc
   trap - EXIT
+  touch dom0/.usbdom-root-done
+fi
+
+if [ ! -f dom0-base.cpio ]; then
+  log "trimming and packing dom0's root"
   rm -rf dom0/usr/share/doc dom0/usr/share/man dom0/usr/share/locale dom0/usr/share/info \
          dom0/var/cache/apt/archives/*.deb dom0/var/lib/apt/lists/* dom0/boot/initrd.img* \
          dom0/usr/lib/firmware
-  # dom0 needs Xen's back ends and PCI; the guest's USB modules are copied before pruning.
+  # dom0 needs Xen's back ends and PCI; the guest's USB modules are kept aside first.
   mods="dom0/lib/modules/$kver/kernel"
   mkdir -p usbmods
-  find "$mods/drivers/usb/common" "$mods/drivers/usb/core" -name '*.ko*' -exec cp {} usbmods/ \;
+  if [ -d "$mods/drivers/usb" ]; then
+    find "$mods/drivers/usb/common" "$mods/drivers/usb/core" -name '*.ko*' -exec cp {} usbmods/ \;
+  fi
   find "$mods" -mindepth 1 -maxdepth 1 ! -name drivers ! -name lib ! -name arch ! -name crypto -exec rm -rf {} +
   find "$mods/drivers" -mindepth 1 -maxdepth 1 ! -name xen ! -name pci ! -name block ! -name net -exec rm -rf {} +
   find "$mods/drivers/net" -mindepth 1 -maxdepth 1 ! -name xen-netback -exec rm -rf {} +
-  depmod -b dom0 "$kver"
+  chroot dom0 depmod "$kver"
   (cd dom0 && find . | cpio -o -H newc --quiet) > dom0-base.cpio.tmp
   mv dom0-base.cpio.tmp dom0-base.cpio
 fi
 
-if [ ! -f guest.cpio ] || [ guest.cpio -ot xen-hcd.ko ]; then
-  log "guest initramfs"
-  rm -rf g && mkdir -p g/bin g/lib/modules g/proc g/sys g/dev
-  cp dom0/bin/busybox g/bin/busybox
-  for m in usbmods/usb-common.ko* usbmods/usbcore.ko*; do cp "$m" g/lib/modules/; done
-  cp xen-hcd.ko g/lib/modules/
-  cat > g/init <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-echo "guest: init"
-for m in usb-common usbcore xen-hcd; do
-  f=$(ls /lib/modules/$m.ko* 2>/dev/null | head -n1)
-  [ -n "$f" ] && { xz -dc "$f" > /tmp.ko 2>/dev/null || cp "$f" /tmp.ko; insmod /tmp.ko && echo "guest: loaded $m"; }
-done
-echo "guest: ready"
-while true; do
-  for hc in /sys/bus/usb/devices/usb*; do
-    [ -e "$hc/maxchild" ] && echo "guest: hc $(basename $hc) ports=$(cat $hc/maxchild) product=$(cat $hc/product 2>/dev/null)"
-  done
-  sleep 5
-done
-INIT
-  chmod +x g/init
-  (cd g && find . | cpio -o -H newc --quiet) > guest.cpio
-  rm -rf g
-fi
 echo "$kver"

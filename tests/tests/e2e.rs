@@ -52,6 +52,20 @@ fn xen_end_to_end() {
         .iter()
         .filter_map(|(_, l)| l.strip_prefix("LOG usbdom-serial.log: "))
         .collect();
+    for l in &usbdom {
+        println!("usbdom| {l}");
+    }
+    let guest: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|(_, l)| l.strip_prefix("LOG guest-guest.log: "))
+        .collect();
+    for l in guest
+        .iter()
+        .filter(|l| l.contains("guest:") || l.contains("xen_hcd") || l.contains("usb"))
+    {
+        println!("guest | {l}");
+    }
     let usbdom_event = |name: &str| {
         usbdom
             .iter()
@@ -79,5 +93,33 @@ fn xen_end_to_end() {
         assert_eq!(field(found, "vid"), Some("1b36"));
         assert!(usbdom_event("msix_routed").is_some());
         assert!(usbdom_event("ready").is_some());
+        let phases: Vec<&str> = marks
+            .iter()
+            .filter_map(|(_, l)| field(l, "phase"))
+            .collect();
+        for p in [
+            "usbdom_ready",
+            "guest_ready",
+            "hc_created",
+            "frontend_connected",
+            "guest_hc_registered",
+            "hc_destroyed",
+        ] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
+        let connected = usbdom_event("frontend_connected").expect("event=frontend_connected");
+        assert_eq!(
+            (field(connected, "ports"), field(connected, "usb_ver")),
+            (Some("8"), Some("2"))
+        );
+        let hc = guest
+            .iter()
+            .find(|l| l.contains("guest: hc "))
+            .expect("the guest registered a controller");
+        assert_eq!(field(hc, "ports"), Some("8"));
+        assert!(
+            usbdom_event("vusb_removed").is_some(),
+            "usbdom removed the device"
+        );
     });
 }

@@ -242,6 +242,8 @@ fn test() -> Result {
             "--nocapture",
         ]),
     )?;
+    // The end-to-end run on real Xen (minutes; its artefacts are cached between runs).
+    e2e()?;
     eprintln!("xtask: all checks passed");
     Ok(())
 }
@@ -337,13 +339,21 @@ fn e2e() -> Result {
     let out = root().join("target/e2e");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let initrd = out.join("dom0.cpio");
+    let usbctl = timed("usbctl", || {
+        step(
+            "usbctl build",
+            cargo().args(["build", "--release", "-p", "usbctl"]),
+        )?;
+        Ok(root().join("target/release/usbctl"))
+    })?;
     timed("pack", || {
         step(
             "pack",
             Command::new(here.join("pack.sh"))
                 .arg(&cache)
                 .arg(&image)
-                .arg(&initrd),
+                .arg(&initrd)
+                .env("USBCTL", &usbctl),
         )
     })?;
     let stick = out.join("stick.img");

@@ -194,19 +194,19 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         }
         _ => None,
     };
-    let mut store = xen
-        .as_ref()
-        .map(|x| xen::xenstore::XenStore::new(xen_guest::StoreTransport::new(x)));
-    if let Some(xs) = store.as_mut() {
-        match xs.read_string(xen::xenstore::TxId::NONE, "domid") {
-            Ok(d) => info!(
-                "event=xenstore domid={d} home={:?}",
-                xs.get_domain_path(xen.as_ref().map_or(xen::abi::DomId(0), |x| x.domid))
-                    .unwrap_or_default()
-            ),
+    // The PVUSB backend, on Xen.
+    let mut backend = xen.map(|x| {
+        let domid = x.domid;
+        let mut store = xen::xenstore::XenStore::new(xen_guest::StoreTransport::new(&x));
+        match store.read_string(xen::xenstore::TxId::NONE, "domid") {
+            Ok(d) => info!("event=xenstore domid={d}"),
             Err(e) => warn!("event=xenstore_error op=read key=domid error={e}"),
         }
-    }
+        match usbback::Backend::new(x, store, domid) {
+            Ok(b) => b,
+            Err(e) => panic!("xenstore: cannot watch the backend directory: {e}"),
+        }
+    });
 
     // Prove the timer interrupt is delivered: wait (in hlt) for five ticks.
     let start = apic::ticks();
@@ -233,10 +233,39 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     if QEMU_EXIT.load(Ordering::Relaxed) {
         cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
     }
+    main_loop(backend.as_mut())
+}
+
+/// Waits for interrupts and serves what they brought: xenstore watch events and frontend
+/// notifications. Pending events are looked for with interrupts off, so one that arrives
+/// between the look and the `hlt` still wakes it.
+fn main_loop(mut backend: Option<&mut Backend>) -> ! {
+    use xen::hypervisor::EventChannels;
     loop {
-        cpu::enable_and_halt();
+        let Some(be) = backend.as_deref_mut() else {
+            cpu::enable_and_halt();
+            continue;
+        };
+        if let Err(e) = be.poll_xenstore() {
+            warn!("event=xenstore_error op=poll error={e}");
+        }
+        cpu::disable_interrupts();
+        let mut ports: heapless::Vec<xen::abi::EvtchnPort, 64> = heapless::Vec::new();
+        be.hypervisor().take_pending(&mut |p| {
+            let _ = ports.push(p);
+        });
+        if ports.is_empty() {
+            cpu::enable_and_halt();
+            continue;
+        }
+        cpu::enable_interrupts();
+        for p in ports {
+            be.handle_event(p);
+        }
     }
 }
+
+type Backend = usbback::Backend<xen_guest::Xen, xen_guest::StoreTransport>;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

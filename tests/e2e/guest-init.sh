@@ -1,0 +1,21 @@
+#!/bin/busybox sh
+# The guest's /init: load the PVUSB frontend and report the USB host controllers it gets.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "guest: init"
+for m in usb-common usbcore xen-hcd; do
+  f=$(ls /lib/modules/$m.ko* 2>/dev/null | head -n1)
+  case "$f" in
+    *.xz) xz -dc "$f" > /lib/modules/$m.unpacked.ko && f=/lib/modules/$m.unpacked.ko ;;
+  esac
+  if insmod "$f"; then echo "guest: loaded $m"; else echo "guest: failed to load $m"; fi
+done
+echo "guest: ready"
+while true; do
+  for hc in /sys/bus/usb/devices/usb*; do
+    [ -e "$hc/maxchild" ] && echo "guest: hc $(basename "$hc") ports=$(cat "$hc/maxchild") product=\"$(cat "$hc/product" 2>/dev/null)\""
+  done
+  sleep 2
+done

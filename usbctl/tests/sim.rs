@@ -1,0 +1,196 @@
+//! usbctl's xenstore writes and its error messages, against `xen::sim` with the real usbback
+//! answering as the driver domain.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use usbback::Backend;
+use usbctl::{Error, Usbctl};
+use xen::abi::DomId;
+use xen::sim::{Domain, SimXsTransport, Xen};
+use xen::xenbus::XenbusState;
+use xen::xenstore::{Access, Perm, TxId};
+
+type Be = Rc<RefCell<Option<Backend<Domain, SimXsTransport>>>>;
+
+struct World {
+    xen: Xen,
+    backend: Be,
+    guest: DomId,
+    usbdom: DomId,
+}
+
+fn name(xen: &Xen, dom: DomId, n: &str) {
+    xen.dom0()
+        .xenstore()
+        .write(
+            TxId::NONE,
+            &format!("/local/domain/{dom}/name"),
+            n.as_bytes(),
+        )
+        .unwrap();
+}
+
+fn world(with_backend: bool) -> World {
+    let xen = Xen::new();
+    let usbdom = xen.create_domain();
+    let guest = xen.create_domain();
+    name(&xen, usbdom.domid(), "usbdom");
+    name(&xen, guest.domid(), "guest");
+    let backend = Rc::new(RefCell::new(with_backend.then(|| {
+        Backend::new(usbdom.clone(), usbdom.xenstore(), usbdom.domid()).unwrap()
+    })));
+    World {
+        xen,
+        backend,
+        guest: guest.domid(),
+        usbdom: usbdom.domid(),
+    }
+}
+
+fn usbctl(w: &World) -> Usbctl<SimXsTransport> {
+    let be = w.backend.clone();
+    let tick = Box::new(move || {
+        if let Some(b) = be.borrow_mut().as_mut() {
+            b.poll_xenstore().unwrap();
+        }
+    });
+    Usbctl::new(w.xen.dom0().xenstore(), tick).with_timeout(Duration::from_millis(200))
+}
+
+#[test]
+fn hc_create_writes_what_libxl_writes_and_waits_for_initwait() {
+    let w = world(true);
+    let mut u = usbctl(&w);
+    assert_eq!(u.domain("guest"), Ok(w.guest));
+    assert_eq!(u.domain(&w.usbdom.to_string()), Ok(w.usbdom));
+    assert_eq!(u.hc_create(w.guest, w.usbdom, 2, 8), Ok(0));
+    assert_eq!(u.hc_create(w.guest, w.usbdom, 1, 4), Ok(1));
+
+    let xs = u.xenstore();
+    let b = format!("/local/domain/{}/backend/vusb/{}/0", w.usbdom, w.guest);
+    let f = format!("/local/domain/{}/device/vusb/0", w.guest);
+    let read = |xs: &mut xen::xenstore::XenStore<SimXsTransport>, p: &str| {
+        xs.read_string(TxId::NONE, p).unwrap()
+    };
+    assert_eq!(read(xs, &format!("{b}/frontend")), f);
+    assert_eq!(read(xs, &format!("{b}/frontend-id")), w.guest.to_string());
+    assert_eq!(read(xs, &format!("{b}/num-ports")), "8");
+    assert_eq!(read(xs, &format!("{b}/usb-ver")), "2");
+    assert_eq!(read(xs, &format!("{b}/online")), "1");
+    assert_eq!(read(xs, &format!("{b}/type")), "pv");
+    assert_eq!(read(xs, &format!("{b}/port/8")), "");
+    assert_eq!(
+        read(xs, &format!("{b}/state")),
+        "2",
+        "the backend reached InitWait"
+    );
+    assert_eq!(read(xs, &format!("{f}/backend")), b);
+    assert_eq!(read(xs, &format!("{f}/backend-id")), w.usbdom.to_string());
+    assert_eq!(read(xs, &format!("{f}/state")), "1");
+    assert_eq!(
+        xs.get_perms(TxId::NONE, &b).unwrap(),
+        [
+            Perm {
+                domid: w.usbdom,
+                access: Access::None
+            },
+            Perm {
+                domid: w.guest,
+                access: Access::Read
+            }
+        ]
+    );
+    assert_eq!(
+        xs.get_perms(TxId::NONE, &f).unwrap(),
+        [
+            Perm {
+                domid: w.guest,
+                access: Access::None
+            },
+            Perm {
+                domid: w.usbdom,
+                access: Access::Read
+            }
+        ]
+    );
+    // The guest may read its backend directory but not write it.
+    let mut gx = w.xen.domain(w.guest).unwrap().xenstore();
+    assert!(gx.read(TxId::NONE, &format!("{b}/num-ports")).is_ok());
+    assert!(gx
+        .write(TxId::NONE, &format!("{b}/num-ports"), b"31")
+        .is_err());
+
+    let list = u.list(w.guest).unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        (
+            list[0].devid,
+            list[0].usb_ver,
+            list[0].ports,
+            list[0].states.0
+        ),
+        (0, 2, 8, XenbusState::InitWait)
+    );
+}
+
+#[test]
+fn hc_destroy_follows_libxl_and_the_backend_removes_its_directory() {
+    let w = world(true);
+    let mut u = usbctl(&w);
+    u.hc_create(w.guest, w.usbdom, 2, 8).unwrap();
+    assert_eq!(u.hc_destroy(w.guest, 0), Ok(()));
+    let b = format!("/local/domain/{}/backend/vusb/{}/0", w.usbdom, w.guest);
+    let f = format!("/local/domain/{}/device/vusb/0", w.guest);
+    assert!(u.xenstore().read(TxId::NONE, &b).is_err());
+    assert!(u.xenstore().read(TxId::NONE, &f).is_err());
+    assert_eq!(w.backend.borrow().as_ref().unwrap().devices().count(), 0);
+    assert!(u.list(w.guest).unwrap().is_empty());
+}
+
+#[test]
+fn every_wrong_input_has_its_message() {
+    let w = world(true);
+    let mut u = usbctl(&w);
+    let msg = |r: Result<u32, Error>| r.unwrap_err().0;
+    assert_eq!(
+        u.domain("nosuch").unwrap_err().0,
+        "no running domain is called 'nosuch' (see `xl list`)"
+    );
+    assert_eq!(
+        msg(u.hc_create(w.guest, w.usbdom, 3, 8)),
+        "usb version must be 1 or 2, not 3"
+    );
+    assert_eq!(
+        msg(u.hc_create(w.guest, w.usbdom, 2, 0)),
+        "ports must be 1 to 31, not 0"
+    );
+    assert_eq!(
+        msg(u.hc_create(w.guest, w.usbdom, 2, 32)),
+        "ports must be 1 to 31, not 32"
+    );
+    assert_eq!(
+        msg(u.hc_create(w.usbdom, w.usbdom, 2, 8)),
+        "a domain cannot be its own USB backend"
+    );
+    assert_eq!(
+        u.hc_destroy(w.guest, 7).unwrap_err().0,
+        format!(
+            "domain {} has no USB controller 7 (see `usbctl list`)",
+            w.guest
+        )
+    );
+}
+
+#[test]
+fn a_backend_that_does_not_answer_is_reported_and_nothing_is_left_behind() {
+    let w = world(false);
+    let mut u = usbctl(&w);
+    let e = u.hc_create(w.guest, w.usbdom, 2, 8).unwrap_err();
+    assert_eq!(
+        e.0,
+        "the backend did not reach state 2 (InitWait) within 0 s: is usbdom running and serving xenstore? (`xl list`, its log)"
+    );
+    assert!(u.list(w.guest).unwrap().is_empty());
+}
