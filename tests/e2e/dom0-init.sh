@@ -68,5 +68,18 @@ xenstore-exists "/local/domain/$guest_id/device/vusb/0" && fail "frontend_dir_le
 wait_for /var/log/xen/usbdom-serial.log "event=vusb_removed" 30 || fail "usbdom_did_not_remove"
 mark "phase=hc_destroyed"
 
+# The same image as a PVH domU: no passthrough there, but it serves xenstore and PVUSB.
+sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" /e2e/xen-cfg/usbdom-pvh.cfg > /tmp/usbdom-pvh.cfg
+xl create /tmp/usbdom-pvh.cfg || fail "xl_create_usbdom_pvh"
+plog=/var/log/xen/console/guest-usbdom-pvh.log
+wait_for "$plog" "event=ready" 90 || fail "usbdom_pvh_not_ready"
+mark "phase=usbdom_pvh_ready"
+usbctl --backend usbdom-pvh hc-create guest 1 4 || fail "hc_create_pvh"
+wait_for "$plog" "event=frontend_connected" 60 || fail "pvh_frontend_not_connected"
+wait_for "$glog" "guest: hc usb[0-9]* ports=4" 60 || fail "pvh_guest_hc_missing"
+mark "phase=pvh_frontend_connected"
+usbctl hc-destroy guest 0 || fail "hc_destroy_pvh"
+mark "phase=pvh_hc_destroyed"
+
 mark "result=pass"
 finish

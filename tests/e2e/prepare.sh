@@ -4,15 +4,19 @@
 #   xen.elf        Xen 4.17 (Debian's xen-hypervisor-4.17-amd64), gunzipped for QEMU -kernel
 #   vmlinuz        Debian's kernel, for dom0 and the guest
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
-#   xen-hcd.ko     Linux's PVUSB frontend, built from Debian's linux-source for that kernel
+#   xen-hcd.ko     Linux's PVUSB frontend (frontend-linux/build-xen-hcd.sh)
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
 # Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
 set -euo pipefail
 cache=${1:?cache dir}
+here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
 cd "$cache"
 log() { echo "prepare: $*" >&2; }
 
+# apt's lists may be missing on a fresh machine.
+apt-cache show linux-image-amd64 >/dev/null 2>&1 || apt-get update -q >&2
 kver=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {sub("linux-image-", "", $2); print $2; exit}')
 [ -n "$kver" ] || { echo "prepare: cannot tell the kernel version (apt-get update first?)" >&2; exit 1; }
 
@@ -26,9 +30,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 mkdir -p debs
-if [ ! -f xen.elf ] || [ ! -f vmlinuz ] || [ ! -f "linux-source.stamp" ]; then
-  log "downloading Xen, the kernel and the kernel source"
-  (cd debs && apt-get download -q xen-hypervisor-4.17-amd64 "linux-image-$kver" linux-source-6.1 >&2)
+if [ ! -f xen.elf ] || [ ! -f vmlinuz ]; then
+  log "downloading Xen and the kernel"
+  (cd debs && apt-get download -q xen-hypervisor-4.17-amd64 "linux-image-$kver" >&2)
 fi
 if [ ! -f xen.elf ]; then
   rm -rf x && mkdir x && dpkg -x debs/xen-hypervisor-4.17-amd64_*.deb x
@@ -41,17 +45,10 @@ if [ ! -f vmlinuz ]; then
   rm -rf k
 fi
 
-if [ ! -f xen-hcd.ko ] || [ ! -f linux-source.stamp ]; then
+if [ ! -f xen-hcd.ko ]; then
   log "building xen-hcd.ko for $kver"
-  rm -rf src hcd && mkdir src hcd
-  dpkg -x debs/linux-source-6.1_*.deb src
-  tar -xJf src/usr/src/linux-source-6.1.tar.xz -C hcd --strip-components=4 \
-    linux-source-6.1/drivers/usb/host/xen-hcd.c
-  echo 'obj-m := xen-hcd.o' > hcd/Kbuild
-  make -s -C "/usr/src/linux-headers-$kver" M="$PWD/hcd" modules >&2
+  "$here/../../frontend-linux/build-xen-hcd.sh" "$kver" "$cache/hcd" >&2
   cp hcd/xen-hcd.ko xen-hcd.ko
-  rm -rf src hcd
-  touch linux-source.stamp
 fi
 
 if [ ! -f dom0/.usbdom-root-done ]; then

@@ -55,6 +55,11 @@ fn xen_end_to_end() {
     for l in &usbdom {
         println!("usbdom| {l}");
     }
+    for (_, l) in &run.lines {
+        if let Some(l) = l.strip_prefix("LOG guest-usbdom-pvh.log: ") {
+            println!("usbdom-pvh| {l}");
+        }
+    }
     let guest: Vec<&str> = run
         .lines
         .iter()
@@ -120,6 +125,38 @@ fn xen_end_to_end() {
         assert!(
             usbdom_event("vusb_removed").is_some(),
             "usbdom removed the device"
+        );
+
+        // The same image as a PVH domU, its log read from xenconsoled's file (PV console).
+        let pvh: Vec<&str> = r
+            .lines
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix("LOG guest-usbdom-pvh.log: "))
+            .collect();
+        let pvh_event = |name: &str| {
+            pvh.iter()
+                .copied()
+                .find(|l| l.split_whitespace().any(|w| w == format!("event={name}")))
+        };
+        for p in [
+            "usbdom_pvh_ready",
+            "pvh_frontend_connected",
+            "pvh_hc_destroyed",
+        ] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
+        assert_eq!(
+            field(pvh_event("boot").expect("PVH boot"), "platform"),
+            Some("xen-pvh")
+        );
+        assert!(
+            pvh_event("no_controller").is_some(),
+            "PVH has no controller and says so"
+        );
+        let connected = pvh_event("frontend_connected").expect("PVH serves PVUSB");
+        assert_eq!(
+            (field(connected, "ports"), field(connected, "usb_ver")),
+            (Some("4"), Some("1"))
         );
     });
 }

@@ -10,6 +10,11 @@ use super::{serial, time};
 static COM1_PRESENT: AtomicBool = AtomicBool::new(false);
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 static XEN_CONSOLE: spin::Mutex<Option<super::xen_guest::XenConsole>> = spin::Mutex::new(None);
+/// Bytes of the boot log kept until the Xen console exists, so `xl console -t pv` and
+/// xenconsoled's file show the whole boot.
+const EARLY_BYTES: usize = 16 * 1024;
+static EARLY: spin::Mutex<Option<heapless::Vec<u8, EARLY_BYTES>>> =
+    spin::Mutex::new(Some(heapless::Vec::new()));
 
 struct Sinks;
 
@@ -18,6 +23,10 @@ impl Write for Sinks {
         serial::write(s.as_bytes(), COM1_PRESENT.load(Ordering::Relaxed));
         if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
             console.write(s.as_bytes());
+        } else if let Some(early) = EARLY.try_lock().as_mut().and_then(|e| e.as_mut()) {
+            // Whatever does not fit is still on COM1 and the debug port.
+            let room = early.capacity() - early.len();
+            let _ = early.extend_from_slice(&s.as_bytes()[..s.len().min(room)]);
         }
         Ok(())
     }
@@ -68,8 +77,15 @@ pub fn emergency(args: fmt::Arguments<'_>) {
 }
 
 /// Adds the Xen PV console ring as a sink.
+/// The boot log so far is written to it first.
 pub fn set_xen_console(console: super::xen_guest::XenConsole) {
-    super::cpu::without_interrupts(|| *XEN_CONSOLE.lock() = Some(console));
+    super::cpu::without_interrupts(|| {
+        let _guard = LOCK.lock();
+        if let Some(early) = EARLY.lock().take() {
+            console.write(&early);
+        }
+        *XEN_CONSOLE.lock() = Some(console);
+    });
 }
 
 /// Whether COM1 answered at boot (a Xen HVM domU and plain QEMU have one, a PVH domU not).

@@ -572,23 +572,31 @@ impl XenConsole {
     const OUT_CONS: usize = 3080;
     const OUT_PROD: usize = 3084;
 
-    /// Appends `bytes` as far as the ring has room (a console nobody reads must not stall
-    /// the kernel: the rest is dropped) and notifies xenconsoled.
+    /// Appends `bytes`, waiting up to 50 ms in all for xenconsoled to make room (a console
+    /// nobody reads must not stall the kernel: past that the rest is dropped).
     pub fn write(&self, bytes: &[u8]) {
-        let cons = self.page.load_u32(Self::OUT_CONS);
-        let mut prod = self.page.load_u32(Self::OUT_PROD);
-        core::sync::atomic::fence(Ordering::SeqCst);
-        for &b in bytes {
-            if prod.wrapping_sub(cons) >= Self::OUT_SIZE {
-                break;
+        let deadline = time::deadline(50_000);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let cons = self.page.load_u32(Self::OUT_CONS);
+            let mut prod = self.page.load_u32(Self::OUT_PROD);
+            core::sync::atomic::fence(Ordering::SeqCst);
+            let room = Self::OUT_SIZE.saturating_sub(prod.wrapping_sub(cons)) as usize;
+            let n = room.min(rest.len());
+            for &b in &rest[..n] {
+                self.page
+                    .write(Self::OUT + (prod % Self::OUT_SIZE) as usize, &[b]);
+                prod = prod.wrapping_add(1);
             }
-            self.page
-                .write(Self::OUT + (prod % Self::OUT_SIZE) as usize, &[b]);
-            prod = prod.wrapping_add(1);
+            rest = &rest[n..];
+            // The bytes before the index that publishes them.
+            core::sync::atomic::fence(Ordering::Release);
+            self.page.store_u32(Self::OUT_PROD, prod);
+            let _ = notify(self.port);
+            if !rest.is_empty() && time::now_micros() > deadline {
+                return;
+            }
+            core::hint::spin_loop();
         }
-        // The bytes before the index that publishes them.
-        core::sync::atomic::fence(Ordering::Release);
-        self.page.store_u32(Self::OUT_PROD, prod);
-        let _ = notify(self.port);
     }
 }
