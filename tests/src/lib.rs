@@ -115,7 +115,13 @@ impl Machine {
 /// it exits, `done` returns true for a line (QEMU is then killed), or `limit` passes.
 pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -> Run {
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    // `cargo xtask e2e` may point at an unpacked QEMU (see `qemu_for_nested_xen` there).
+    let binary = std::env::var("USBDOM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    let datadir: Vec<String> = std::env::var("USBDOM_QEMU_DATADIR")
+        .map(|d| vec!["-L".into(), d])
+        .unwrap_or_default();
+    let mut child = Command::new(&binary)
+        .args(&datadir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -165,7 +171,7 @@ pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -
         timed_out,
         lines,
         stderr: err_reader.join().unwrap(),
-        command: format!("qemu-system-x86_64 {}", args.join(" ")),
+        command: format!("{binary} {} {}", datadir.join(" "), args.join(" ")),
     }
 }
 

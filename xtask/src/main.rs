@@ -326,6 +326,92 @@ fn timed<T>(phase: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     r
 }
 
+/// The QEMU that runs nested Xen. QEMU 9.1 to 10.0 mis-decode `mov %crN` in nested guests
+/// (every nested PVH/HVM guest dies), so on such a machine bookworm's 7.2 packages are
+/// fetched with apt and run unpacked from the cache. Returns the environment for the test.
+fn qemu_for_nested_xen(cache: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let out = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let version: Vec<u32> = text
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or("")
+        .split(['.', '('])
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let broken = matches!(version.as_slice(), [9, minor] if *minor >= 1)
+        || matches!(version.as_slice(), [10, 0]);
+    let forced = env::var_os("USBDOM_E2E_QEMU_72").is_some();
+    if !broken && !forced {
+        return Ok(Vec::new());
+    }
+    let dir = cache.join("qemu-7.2");
+    let installed = version
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".");
+    let why = if forced {
+        format!("USBDOM_E2E_QEMU_72 is set (installed: QEMU {installed})")
+    } else {
+        format!("the installed QEMU {installed} cannot run nested Xen guests")
+    };
+    eprintln!(
+        "xtask: e2e: {why}: using bookworm's QEMU 7.2, unpacked in {}",
+        dir.display()
+    );
+    let bin = dir.join("usr/bin/qemu-system-x86_64");
+    if !bin.exists() {
+        let debs = cache.join("qemu-7.2-debs");
+        std::fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
+        for pkg in [
+            "qemu-system-x86",
+            "qemu-system-common",
+            "qemu-system-data",
+            "seabios",
+        ] {
+            let madison = Command::new("apt-cache")
+                .args(["madison", pkg])
+                .output()
+                .map_err(|e| format!("apt-cache: {e}"))?;
+            let listing = String::from_utf8_lossy(&madison.stdout).into_owned();
+            let wanted = listing
+                .lines()
+                .filter_map(|l| l.split('|').nth(1).map(str::trim))
+                .find(|v| pkg == "seabios" || v.starts_with("1:7.2"))
+                .ok_or_else(|| {
+                    format!("apt has no 7.2 version of {pkg}: is a bookworm source configured?")
+                })?
+                .to_string();
+            step(
+                "apt-get download",
+                Command::new("apt-get")
+                    .args(["download", "-q", &format!("{pkg}={wanted}")])
+                    .current_dir(&debs),
+            )?;
+        }
+        let entries = std::fs::read_dir(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
+        for deb in entries.flatten() {
+            step(
+                "dpkg -x",
+                Command::new("dpkg").arg("-x").arg(deb.path()).arg(&dir),
+            )?;
+        }
+    }
+    Ok(vec![
+        ("USBDOM_QEMU".into(), bin),
+        ("USBDOM_QEMU_DATADIR".into(), dir.join("usr/share/qemu")),
+        (
+            "QEMU_MODULE_DIR".into(),
+            dir.join("usr/lib/x86_64-linux-gnu/qemu"),
+        ),
+    ])
+}
+
 /// Builds (or takes from the cache) Xen, the kernels, dom0's root and the guest's initramfs,
 /// packs this run's dom0 initramfs, and runs the end-to-end test.
 fn e2e() -> Result {
@@ -360,10 +446,12 @@ fn e2e() -> Result {
     std::fs::File::create(&stick)
         .and_then(|f| f.set_len(64 << 20))
         .map_err(|e| format!("{}: {e}", stick.display()))?;
+    let qemu_env = qemu_for_nested_xen(&cache)?;
     timed("run", || {
         step(
             "end-to-end test",
             cargo()
+                .envs(qemu_env.iter().map(|(k, v)| (k, v)))
                 .args([
                     "test",
                     "-p",
