@@ -5,10 +5,10 @@ use super::*;
 use xen::abi::xs_wire::XsdError;
 use xen::hypervisor::EventChannels;
 use xen::page::LocalPage;
+use xen::pvusb::ControllerNodes;
 use xen::pvusb::{Direction, Pipe, TransferType};
 use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
-use xen::xenstore::{Access, Perm};
 use zerocopy::FromZeros;
 
 struct World {
@@ -26,58 +26,21 @@ fn fdir(fe: DomId) -> String {
 }
 
 /// What libxl writes for a `type=pv` usbctrl, with its permissions.
-fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: &str) {
-    let mut xs = xen.dom0().xenstore();
-    let (b, f) = (bdir(be, fe), fdir(fe));
-    let fe_s = fe.to_string();
-    let be_s = be.to_string();
-    let bperms = [
-        Perm {
-            domid: be,
-            access: Access::None,
-        },
-        Perm {
-            domid: fe,
-            access: Access::Read,
-        },
-    ];
-    let fperms = [
-        Perm {
-            domid: fe,
-            access: Access::None,
-        },
-        Perm {
-            domid: be,
-            access: Access::Read,
-        },
-    ];
-    xs.transaction(3, |xs, tx| {
-        for (k, v) in [
-            ("frontend", f.as_str()),
-            ("frontend-id", &fe_s),
-            ("online", "1"),
-            ("state", "1"),
-            ("num-ports", ports),
-            ("usb-ver", "2"),
-        ] {
-            xs.write(tx, &format!("{b}/{k}"), v.as_bytes())?;
-            xs.set_perms(tx, &format!("{b}/{k}"), &bperms)?;
-        }
-        xs.set_perms(tx, &b, &bperms)?;
-        for (k, v) in [
-            ("backend", b.as_str()),
-            ("backend-id", &be_s),
-            ("state", "1"),
-        ] {
-            xs.write(tx, &format!("{f}/{k}"), v.as_bytes())?;
-            xs.set_perms(tx, &format!("{f}/{k}"), &fperms)?;
-        }
-        xs.set_perms(tx, &f, &fperms)
-    })
-    .unwrap();
+fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) {
+    let nodes = ControllerNodes {
+        frontend: fe,
+        backend: be,
+        devid: 0,
+        usb_ver: 2,
+        ports,
+    };
+    xen.dom0()
+        .xenstore()
+        .transaction(3, |xs, tx| nodes.write(xs, tx))
+        .unwrap();
 }
 
-fn world(ports: &str) -> World {
+fn world(ports: u8) -> World {
     let xen = Xen::new();
     let be_dom = xen.create_domain();
     let fe = xen.create_domain();
@@ -151,7 +114,7 @@ fn pump(w: &mut World) {
 
 #[test]
 fn reaches_initwait_then_connects_and_answers_urbs() {
-    let mut w = world("8");
+    let mut w = world(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     assert_eq!(
@@ -199,7 +162,7 @@ fn reaches_initwait_then_connects_and_answers_urbs() {
 
 #[test]
 fn toolstack_removal_unmaps_closes_and_deletes_the_directory() {
-    let mut w = world("8");
+    let mut w = world(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = frontend_connect(&w.fe, be, None);
@@ -222,7 +185,7 @@ fn toolstack_removal_unmaps_closes_and_deletes_the_directory() {
 
 #[test]
 fn a_closing_frontend_is_followed_and_can_reconnect() {
-    let mut w = world("4");
+    let mut w = world(4);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = frontend_connect(&w.fe, be, None);
@@ -252,7 +215,7 @@ fn a_closing_frontend_is_followed_and_can_reconnect() {
 
 #[test]
 fn bad_ring_details_are_refused_without_harm() {
-    let mut w = world("8");
+    let mut w = world(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     frontend_connect(&w.fe, be, Some("not-a-number"));
@@ -262,7 +225,7 @@ fn bad_ring_details_are_refused_without_harm() {
         XenbusState::Closing
     );
     // A grant the frontend never made: the map fails and nothing stays mapped.
-    let mut w = world("8");
+    let mut w = world(8);
     pump(&mut w);
     let front = frontend_connect(&w.fe, be, Some("4000"));
     pump(&mut w);
@@ -278,7 +241,7 @@ fn bad_ring_details_are_refused_without_harm() {
 
 #[test]
 fn a_flooding_frontend_is_disconnected_alone() {
-    let mut w = world("8");
+    let mut w = world(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = frontend_connect(&w.fe, be, None);
@@ -296,7 +259,7 @@ fn a_flooding_frontend_is_disconnected_alone() {
 
 #[test]
 fn a_config_the_protocol_forbids_is_refused() {
-    let mut w = world("32");
+    let mut w = world(32);
     pump(&mut w);
     assert_eq!(w.be.devices().count(), 0, "num-ports above 31 is refused");
     assert_eq!(

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use xen::abi::xs_wire::XsdError;
 use xen::abi::{parse_decimal, DomId};
+use xen::pvusb::ControllerNodes;
 use xen::xenbus::{self, XenbusState};
-use xen::xenstore::{Access, Perm, TxId, XenStore, XsError, XsTransport};
+use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
 /// How long libxl waits for a backend (`LIBXL_INIT_TIMEOUT`, `LIBXL_DESTROY_TIMEOUT`).
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,11 +157,6 @@ impl<T: XsTransport> Usbctl<T> {
         if frontend == backend {
             return err("a domain cannot be its own USB backend");
         }
-        let backend_vusb = format!("/local/domain/{backend}/backend/vusb");
-        let fe_s = frontend.to_string();
-        let be_s = backend.to_string();
-        let ver_s = usb_ver.to_string();
-        let ports_s = ports.to_string();
         let mut devid = 0;
         self.xs.transaction(5, |xs, tx| {
             let existing = match xs.directory(tx, &Self::vusb_dir(frontend)) {
@@ -174,66 +170,14 @@ impl<T: XsTransport> Usbctl<T> {
                 .map(|d| d as u32 + 1)
                 .max()
                 .unwrap_or(0);
-            let fdir = format!("{}/{devid}", Self::vusb_dir(frontend));
-            let bdir = Self::backend_dir(backend, frontend, devid);
-            // libxl__device_generic_add: backend dir owned by the backend, readable by the
-            // frontend; frontend dir owned by the frontend, readable by the backend.
-            let bperms = [
-                Perm {
-                    domid: backend,
-                    access: Access::None,
-                },
-                Perm {
-                    domid: frontend,
-                    access: Access::Read,
-                },
-            ];
-            let fperms = [
-                Perm {
-                    domid: frontend,
-                    access: Access::None,
-                },
-                Perm {
-                    domid: backend,
-                    access: Access::Read,
-                },
-            ];
-            xs.mkdir(tx, &backend_vusb)?;
-            xs.set_perms(
-                tx,
-                &backend_vusb,
-                &[Perm {
-                    domid: backend,
-                    access: Access::None,
-                }],
-            )?;
-            xs.mkdir(tx, &bdir)?;
-            xs.set_perms(tx, &bdir, &bperms)?;
-            for (k, v) in [
-                ("frontend", fdir.as_str()),
-                ("frontend-id", fe_s.as_str()),
-                ("online", "1"),
-                ("state", XenbusState::Initialising.as_str()),
-                ("type", "pv"),
-                ("usb-ver", ver_s.as_str()),
-                ("num-ports", ports_s.as_str()),
-            ] {
-                xs.write(tx, &format!("{bdir}/{k}"), v.as_bytes())?;
+            ControllerNodes {
+                frontend,
+                backend,
+                devid,
+                usb_ver: usb_ver as u8,
+                ports: ports as u8,
             }
-            xs.mkdir(tx, &format!("{bdir}/port"))?;
-            for p in 1..=ports {
-                xs.write(tx, &format!("{bdir}/port/{p}"), b"")?;
-            }
-            xs.mkdir(tx, &fdir)?;
-            xs.set_perms(tx, &fdir, &fperms)?;
-            for (k, v) in [
-                ("backend", bdir.as_str()),
-                ("backend-id", be_s.as_str()),
-                ("state", XenbusState::Initialising.as_str()),
-            ] {
-                xs.write(tx, &format!("{fdir}/{k}"), v.as_bytes())?;
-            }
-            Ok(())
+            .write(xs, tx)
         })?;
         let bdir = Self::backend_dir(backend, frontend, devid);
         if let Err(e) = self.wait_state(&bdir, XenbusState::InitWait, "the backend", false) {

@@ -12,11 +12,11 @@ use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort, GrantRef};
 use xen::hypervisor::{EventChannels, GrantMapper, GrantMapping, MapRequest};
 use xen::page::LocalPage;
-use xen::pvusb::{Direction, Pipe, TransferType, UrbRequest, CONN_RING_SIZE};
+use xen::pvusb::{ControllerNodes, Direction, Pipe, TransferType, UrbRequest, CONN_RING_SIZE};
 use xen::ring::{BackRing, FrontRing};
 use xen::sim::{Domain, Xen};
 use xen::xenbus::{self, BackendAction, FrontendAction, XenbusState};
-use xen::xenstore::{Access, Perm, TxId};
+use xen::xenstore::TxId;
 use zerocopy::FromZeros;
 
 struct Logger;
@@ -46,64 +46,16 @@ fn frontend_dir(fe: DomId) -> String {
 
 /// dom0's part: the directories libxl writes for a `type=pv` usbctrl, in one transaction.
 fn toolstack_add(dom0: &Domain, be: DomId, fe: DomId) {
-    let mut xs = dom0.xenstore();
-    let (bdir, fdir) = (backend_dir(be, fe), frontend_dir(fe));
-    xs.transaction(3, |xs, tx| {
-        for (k, v) in [
-            ("frontend", fdir.as_str()),
-            ("frontend-id", &fe.to_string()),
-            ("online", "1"),
-            ("state", "1"),
-            ("num-ports", "8"),
-            ("usb-ver", "2"),
-        ] {
-            xs.write(tx, &format!("{bdir}/{k}"), v.as_bytes())?;
-        }
-        let bperms = [
-            Perm {
-                domid: be,
-                access: Access::None,
-            },
-            Perm {
-                domid: fe,
-                access: Access::Read,
-            },
-        ];
-        xs.set_perms(tx, &bdir, &bperms)?;
-        for k in [
-            "frontend",
-            "frontend-id",
-            "online",
-            "state",
-            "num-ports",
-            "usb-ver",
-        ] {
-            xs.set_perms(tx, &format!("{bdir}/{k}"), &bperms)?;
-        }
-        for (k, v) in [
-            ("backend", bdir.as_str()),
-            ("backend-id", &be.to_string()),
-            ("state", "1"),
-        ] {
-            xs.write(tx, &format!("{fdir}/{k}"), v.as_bytes())?;
-        }
-        let fperms = [
-            Perm {
-                domid: fe,
-                access: Access::None,
-            },
-            Perm {
-                domid: be,
-                access: Access::Read,
-            },
-        ];
-        xs.set_perms(tx, &fdir, &fperms)?;
-        for k in ["backend", "backend-id", "state"] {
-            xs.set_perms(tx, &format!("{fdir}/{k}"), &fperms)?;
-        }
-        Ok(())
-    })
-    .expect("toolstack writes the device");
+    let nodes = ControllerNodes {
+        frontend: fe,
+        backend: be,
+        devid: 0,
+        usb_ver: 2,
+        ports: 8,
+    };
+    dom0.xenstore()
+        .transaction(3, |xs, tx| nodes.write(xs, tx))
+        .expect("toolstack writes the device");
     info!("event=toolstack_add_vusb backend={be} frontend={fe} devid=0");
 }
 

@@ -5,11 +5,16 @@
 //! constrains (pipe bits, port range, flags, segment counts, offsets and lengths) once, so code
 //! above it never re-checks and never sees an unchecked value.
 
+use alloc::format;
+use alloc::string::{String, ToString};
+
 use heapless::Vec;
 
 use crate::abi::usbif::*;
-use crate::abi::{GrantRef, PAGE_SIZE};
+use crate::abi::{DomId, GrantRef, PAGE_SIZE};
 use crate::ring::ring_size;
+use crate::xenbus::XenbusState;
+use crate::xenstore::{Access, Perm, TxId, XenStore, XsError, XsTransport};
 
 /// Bytes of one URB ring entry (the union of request and response).
 pub const URB_RING_ENTRY_SIZE: usize = max(
@@ -458,6 +463,96 @@ impl UrbRequest {
             buffer,
             iso_descriptors,
         }))
+    }
+}
+
+/// The xenstore nodes of one PVUSB controller, as libxl writes them for a `type=pv` usbctrl
+/// (`libxl__device_generic_add`): the backend directory owned by the backend domain and
+/// readable by the frontend, the frontend directory the other way round, both in state
+/// Initialising. The toolstack side of usbdom (`usbctl`) writes them; tests and the demo too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControllerNodes {
+    /// The domain that gets the controller.
+    pub frontend: DomId,
+    /// The domain that serves it.
+    pub backend: DomId,
+    /// Device number under the frontend.
+    pub devid: u32,
+    /// USB version, 1 or 2.
+    pub usb_ver: u8,
+    /// Root-hub ports, 1..=31.
+    pub ports: u8,
+}
+
+impl ControllerNodes {
+    /// `/local/domain/<frontend>/device/vusb/<devid>`.
+    pub fn frontend_dir(&self) -> String {
+        format!("/local/domain/{}/device/vusb/{}", self.frontend, self.devid)
+    }
+
+    /// `/local/domain/<backend>/backend/vusb/<frontend>/<devid>`.
+    pub fn backend_dir(&self) -> String {
+        format!(
+            "/local/domain/{}/backend/vusb/{}/{}",
+            self.backend, self.frontend, self.devid
+        )
+    }
+
+    /// Writes both directories inside transaction `tx` (as dom0: children inherit the
+    /// directories' permissions).
+    pub fn write<T: XsTransport>(&self, xs: &mut XenStore<T>, tx: TxId) -> Result<(), XsError> {
+        let (bdir, fdir) = (self.backend_dir(), self.frontend_dir());
+        let backend_root = format!("/local/domain/{}/backend/vusb", self.backend);
+        let (fe, be) = (self.frontend.to_string(), self.backend.to_string());
+        let (ver, ports) = (self.usb_ver.to_string(), self.ports.to_string());
+        let owner = |d: DomId, reader: DomId| {
+            [
+                Perm {
+                    domid: d,
+                    access: Access::None,
+                },
+                Perm {
+                    domid: reader,
+                    access: Access::Read,
+                },
+            ]
+        };
+        xs.mkdir(tx, &backend_root)?;
+        xs.set_perms(
+            tx,
+            &backend_root,
+            &[Perm {
+                domid: self.backend,
+                access: Access::None,
+            }],
+        )?;
+        xs.mkdir(tx, &bdir)?;
+        xs.set_perms(tx, &bdir, &owner(self.backend, self.frontend))?;
+        for (k, v) in [
+            ("frontend", fdir.as_str()),
+            ("frontend-id", fe.as_str()),
+            ("online", "1"),
+            ("state", XenbusState::Initialising.as_str()),
+            ("type", "pv"),
+            ("usb-ver", ver.as_str()),
+            ("num-ports", ports.as_str()),
+        ] {
+            xs.write(tx, &format!("{bdir}/{k}"), v.as_bytes())?;
+        }
+        xs.mkdir(tx, &format!("{bdir}/port"))?;
+        for p in 1..=self.ports {
+            xs.write(tx, &format!("{bdir}/port/{p}"), b"")?;
+        }
+        xs.mkdir(tx, &fdir)?;
+        xs.set_perms(tx, &fdir, &owner(self.frontend, self.backend))?;
+        for (k, v) in [
+            ("backend", bdir.as_str()),
+            ("backend-id", be.as_str()),
+            ("state", XenbusState::Initialising.as_str()),
+        ] {
+            xs.write(tx, &format!("{fdir}/{k}"), v.as_bytes())?;
+        }
+        Ok(())
     }
 }
 
