@@ -34,6 +34,47 @@ fn err<T>(msg: impl Into<String>) -> Result<T, Error> {
     Err(Error(msg.into()))
 }
 
+/// Where usbdom publishes the USB devices it can assign, one key per bus id:
+/// `/local/domain/<usbdom>/data/usbdom/devices/<key>` = `vid=… pid=… speed=… class=… product=…`
+/// with `<key>` = [`busid_key`] of the bus id.
+pub fn devices_dir(backend: DomId) -> String {
+    format!("/local/domain/{backend}/data/usbdom/devices")
+}
+
+/// The xenstore key of a bus id: xenstored allows no `.` in node names, so `1-4.3` is
+/// stored as `1-4_3` (bus ids have no `_`).
+pub fn busid_key(busid: &str) -> String {
+    busid.replace('.', "_")
+}
+
+/// Where a port's assignment lives in the backend directory: `usbdom-port/<N>` = bus id.
+/// Not libxl's `port/<N>`: libxl reads those as dom0 sysfs bus ids and would fail for every
+/// domain on finding one it does not know.
+pub const ASSIGN_DIR: &str = "usbdom-port";
+
+/// A device usbdom offers, as `list-assignable-devices` shows it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Assignable {
+    /// Linux-style bus id (`1-2`, `1-4.3`).
+    pub busid: String,
+    /// usbdom's description (`vid=… pid=… speed=… class=… product=…`).
+    pub description: String,
+    /// Where it is assigned: (frontend, devid, port).
+    pub assigned: Option<(DomId, u32, u32)>,
+}
+
+/// Checks a bus id's form: `<bus>-<port>[.<port>…]`, decimal, ports 1..=31.
+fn valid_busid(busid: &str) -> bool {
+    let Some((bus, path)) = busid.split_once('-') else {
+        return false;
+    };
+    parse_decimal(bus).is_some_and(|b| b >= 1)
+        && !path.is_empty()
+        && path
+            .split('.')
+            .all(|p| parse_decimal(p).is_some_and(|p| (1..=31).contains(&p)))
+}
+
 /// A controller as `list` shows it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Controller {
@@ -47,6 +88,8 @@ pub struct Controller {
     pub ports: u32,
     /// Backend and frontend state.
     pub states: (XenbusState, XenbusState),
+    /// Assigned ports: (port, bus id).
+    pub assigned: Vec<(u32, String)>,
 }
 
 /// usbctl on one xenstore connection. `tick` runs between polls while waiting for the
@@ -197,15 +240,7 @@ impl<T: XsTransport> Usbctl<T> {
     /// driver domain to delete its directory), then the frontend directory goes.
     pub fn hc_destroy(&mut self, frontend: DomId, devid: u32) -> Result<(), Error> {
         let fdir = format!("{}/{devid}", Self::vusb_dir(frontend));
-        let bdir = match self.xs.read_string(TxId::NONE, &format!("{fdir}/backend")) {
-            Ok(b) => b,
-            Err(XsError::Xs(XsdError::Enoent)) => {
-                return err(format!(
-                    "domain {frontend} has no USB controller {devid} (see `usbctl list`)"
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (bdir, _) = self.controller_backend_dir(frontend, devid)?;
         self.xs.write(TxId::NONE, &format!("{bdir}/online"), b"0")?;
         xenbus::switch_state(&mut self.xs, &bdir, XenbusState::Closing)?;
         let closed = self.wait_state(&bdir, XenbusState::Closed, "the backend", true);
@@ -265,14 +300,192 @@ impl<T: XsTransport> Usbctl<T> {
                 xenbus::read_state(&mut self.xs, TxId::NONE, &bdir).unwrap_or(XenbusState::Unknown);
             let fs =
                 xenbus::read_state(&mut self.xs, TxId::NONE, &fdir).unwrap_or(XenbusState::Unknown);
+            let assigned = self.assignments(&bdir)?;
             out.push(Controller {
                 devid,
                 backend,
                 usb_ver,
                 ports,
                 states: (bs, fs),
+                assigned,
             });
         }
         Ok(out)
+    }
+
+    fn assignments(&mut self, bdir: &str) -> Result<Vec<(u32, String)>, Error> {
+        let dir = format!("{bdir}/{ASSIGN_DIR}");
+        let ports = match self.xs.directory(TxId::NONE, &dir) {
+            Ok(p) => p,
+            Err(XsError::Xs(XsdError::Enoent)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for p in ports {
+            let Some(port) = parse_decimal(&p).and_then(|v| u32::try_from(v).ok()) else {
+                continue;
+            };
+            let busid = self
+                .xs
+                .read_string(TxId::NONE, &format!("{dir}/{p}"))
+                .unwrap_or_default();
+            if !busid.is_empty() {
+                out.push((port, busid));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// `list-assignable-devices`: what `backend` offers, and where each device is assigned.
+    pub fn list_assignable(&mut self, backend: DomId) -> Result<Vec<Assignable>, Error> {
+        let dir = devices_dir(backend);
+        let busids = match self.xs.directory(TxId::NONE, &dir) {
+            Ok(d) => d,
+            Err(XsError::Xs(XsdError::Enoent)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let taken = self.all_assignments(backend)?;
+        let mut out = Vec::new();
+        for key in busids {
+            let busid = key.replace('_', ".");
+            if !valid_busid(&busid) {
+                continue;
+            }
+            let description = self
+                .xs
+                .read_string(TxId::NONE, &format!("{dir}/{key}"))
+                .unwrap_or_default();
+            let assigned = taken
+                .iter()
+                .find(|(_, _, _, b)| *b == busid)
+                .map(|(f, d, p, _)| (*f, *d, *p));
+            out.push(Assignable {
+                busid,
+                description,
+                assigned,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every assignment of `backend`: (frontend, devid, port, bus id).
+    fn all_assignments(&mut self, backend: DomId) -> Result<Vec<(DomId, u32, u32, String)>, Error> {
+        let root = format!("/local/domain/{backend}/backend/vusb");
+        let frontends = match self.xs.directory(TxId::NONE, &root) {
+            Ok(d) => d,
+            Err(XsError::Xs(XsdError::Enoent)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for fe in frontends {
+            let Some(frontend) = DomId::parse(&fe) else {
+                continue;
+            };
+            for d in self
+                .xs
+                .directory(TxId::NONE, &format!("{root}/{fe}"))
+                .unwrap_or_default()
+            {
+                let Some(devid) = parse_decimal(&d).and_then(|v| u32::try_from(v).ok()) else {
+                    continue;
+                };
+                for (port, busid) in self.assignments(&format!("{root}/{fe}/{d}"))? {
+                    out.push((frontend, devid, port, busid));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn controller_backend_dir(
+        &mut self,
+        frontend: DomId,
+        devid: u32,
+    ) -> Result<(String, u32), Error> {
+        let fdir = format!("{}/{devid}", Self::vusb_dir(frontend));
+        let bdir = match self.xs.read_string(TxId::NONE, &format!("{fdir}/backend")) {
+            Ok(b) => b,
+            Err(XsError::Xs(XsdError::Enoent)) => {
+                return err(format!(
+                    "domain {frontend} has no USB controller {devid} (see `usbctl list`)"
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ports = xenbus::read_u32(&mut self.xs, TxId::NONE, &bdir, "num-ports", 1..=31)
+            .map_err(|e| Error(format!("controller {devid} of domain {frontend}: {e}")))?;
+        Ok((bdir, ports))
+    }
+
+    /// `attach`: gives `port` of controller `devid` in `frontend` the device `busid` of the
+    /// controller's backend.
+    pub fn attach(
+        &mut self,
+        frontend: DomId,
+        devid: u32,
+        port: u32,
+        busid: &str,
+    ) -> Result<(), Error> {
+        if !valid_busid(busid) {
+            return err(format!("'{busid}' is not a bus id (like 1-2 or 1-4.3; see `usbctl list-assignable-devices`)"));
+        }
+        let (bdir, ports) = self.controller_backend_dir(frontend, devid)?;
+        if !(1..=ports).contains(&port) {
+            return err(format!(
+                "port must be 1 to {ports} on controller {devid} of domain {frontend}, not {port}"
+            ));
+        }
+        let backend = self
+            .xs
+            .read_string(
+                TxId::NONE,
+                &format!("{}/{devid}/backend-id", Self::vusb_dir(frontend)),
+            )
+            .ok()
+            .and_then(|b| DomId::parse(&b))
+            .ok_or_else(|| {
+                Error(format!(
+                    "controller {devid} of domain {frontend} names no backend"
+                ))
+            })?;
+        let offered = self.list_assignable(backend)?;
+        let Some(dev) = offered.iter().find(|d| d.busid == busid) else {
+            return err(format!("domain {backend} offers no USB device {busid} (see `usbctl list-assignable-devices`)"));
+        };
+        if let Some((f, d, p)) = dev.assigned {
+            return err(format!(
+                "{busid} is already assigned to domain {f} controller {d} port {p}"
+            ));
+        }
+        let key = format!("{bdir}/{ASSIGN_DIR}/{port}");
+        match self.xs.read_string(TxId::NONE, &key) {
+            Ok(b) if !b.is_empty() => {
+                return err(format!("port {port} already has {b}; detach it first"))
+            }
+            _ => {}
+        }
+        self.xs.write(TxId::NONE, &key, busid.as_bytes())?;
+        Ok(())
+    }
+
+    /// `detach`: frees `port` of controller `devid` in `frontend`.
+    pub fn detach(&mut self, frontend: DomId, devid: u32, port: u32) -> Result<String, Error> {
+        let (bdir, ports) = self.controller_backend_dir(frontend, devid)?;
+        if !(1..=ports).contains(&port) {
+            return err(format!(
+                "port must be 1 to {ports} on controller {devid} of domain {frontend}, not {port}"
+            ));
+        }
+        let key = format!("{bdir}/{ASSIGN_DIR}/{port}");
+        match self.xs.read_string(TxId::NONE, &key) {
+            Ok(b) if !b.is_empty() => {
+                self.xs.rm(TxId::NONE, &key)?;
+                Ok(b)
+            }
+            _ => err(format!(
+                "port {port} of controller {devid} in domain {frontend} has no device"
+            )),
+        }
     }
 }

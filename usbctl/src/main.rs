@@ -4,6 +4,9 @@
 //! usbctl [--backend DOMAIN] hc-create DOMAIN USBVER(1|2) PORTS(1-31)
 //! usbctl hc-destroy DOMAIN DEVID
 //! usbctl list DOMAIN
+//! usbctl [--backend DOMAIN] list-assignable-devices
+//! usbctl attach DOMAIN DEVID PORT BUSID
+//! usbctl detach DOMAIN DEVID PORT
 //! ```
 //! Domains by name or id; the backend defaults to the domain named `usbdom`.
 
@@ -90,7 +93,11 @@ const USAGE: &str = "usage:
   usbctl [--backend DOMAIN] hc-create DOMAIN USBVER(1|2) PORTS(1-31)
   usbctl hc-destroy DOMAIN DEVID
   usbctl list DOMAIN
-DOMAIN is a name or id; the backend defaults to the domain named usbdom.";
+  usbctl [--backend DOMAIN] list-assignable-devices
+  usbctl attach DOMAIN DEVID PORT BUSID
+  usbctl detach DOMAIN DEVID PORT
+DOMAIN is a name or id; the backend defaults to the domain named usbdom.
+BUSID names a device the backend offers, Linux style: 1-2, 1-4.3.";
 
 fn number(what: &str, s: &str) -> Result<u32, Error> {
     xen::abi::parse_decimal(s)
@@ -136,6 +143,43 @@ fn run(args: &[String]) -> Result<(), Error> {
             println!("usbctl: destroyed controller {devid} of domain {frontend} ({dom})");
             Ok(())
         }
+        ["list-assignable-devices"] => {
+            let mut u = Usbctl::new(connect()?, tick);
+            let backend = u.domain(&backend_name).map_err(|_| {
+                Error(format!(
+                    "the backend domain '{backend_name}' is not running"
+                ))
+            })?;
+            for d in u.list_assignable(backend)? {
+                let at = d.assigned.map_or("free".to_string(), |(f, c, p)| {
+                    format!("domain {f} controller {c} port {p}")
+                });
+                println!("{:<10} {:<40} {}", d.busid, at, d.description);
+            }
+            Ok(())
+        }
+        ["attach", dom, devid, port, busid] => {
+            let (devid, port) = (
+                number("the controller id", devid)?,
+                number("the port", port)?,
+            );
+            let mut u = Usbctl::new(connect()?, tick);
+            let frontend = u.domain(dom)?;
+            u.attach(frontend, devid, port, busid)?;
+            println!("usbctl: {busid} assigned to port {port} of controller {devid} in domain {frontend} ({dom})");
+            Ok(())
+        }
+        ["detach", dom, devid, port] => {
+            let (devid, port) = (
+                number("the controller id", devid)?,
+                number("the port", port)?,
+            );
+            let mut u = Usbctl::new(connect()?, tick);
+            let frontend = u.domain(dom)?;
+            let busid = u.detach(frontend, devid, port)?;
+            println!("usbctl: {busid} removed from port {port} of controller {devid} in domain {frontend} ({dom})");
+            Ok(())
+        }
         ["list", dom] => {
             let mut u = Usbctl::new(connect()?, tick);
             let frontend = u.domain(dom)?;
@@ -154,6 +198,9 @@ fn run(args: &[String]) -> Result<(), Error> {
                     format!("{:?}", c.states.0),
                     format!("{:?}", c.states.1)
                 );
+                for (port, busid) in &c.assigned {
+                    println!("       port {port}: {busid}");
+                }
             }
             Ok(())
         }

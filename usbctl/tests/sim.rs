@@ -194,3 +194,106 @@ fn a_backend_that_does_not_answer_is_reported_and_nothing_is_left_behind() {
     );
     assert!(u.list(w.guest).unwrap().is_empty());
 }
+
+/// What usbdom publishes for the devices it can assign.
+fn publish(w: &World, busid: &str, description: &str) {
+    let mut xs = w.xen.domain(w.usbdom).unwrap().xenstore();
+    let key = usbctl::busid_key(busid);
+    xs.write(
+        TxId::NONE,
+        &format!("{}/{key}", usbctl::devices_dir(w.usbdom)),
+        description.as_bytes(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn attach_and_detach_record_assignments_and_refuse_what_cannot_be() {
+    let w = world(true);
+    publish(
+        &w,
+        "1-1",
+        "vid=0627 pid=0001 speed=high class=00 product=QEMU USB Keyboard",
+    );
+    publish(
+        &w,
+        "1-4.1",
+        "vid=46f4 pid=0001 speed=full class=00 product=QEMU USB HARDDRIVE",
+    );
+    let mut u = usbctl(&w);
+    u.hc_create(w.guest, w.usbdom, 2, 4).unwrap();
+    u.hc_create(w.guest, w.usbdom, 2, 4).unwrap();
+
+    let offered = u.list_assignable(w.usbdom).unwrap();
+    assert_eq!(
+        offered.iter().map(|d| d.busid.as_str()).collect::<Vec<_>>(),
+        ["1-1", "1-4.1"]
+    );
+    assert!(offered.iter().all(|d| d.assigned.is_none()));
+
+    assert_eq!(u.attach(w.guest, 0, 2, "1-1"), Ok(()));
+    let b = format!("/local/domain/{}/backend/vusb/{}/0", w.usbdom, w.guest);
+    assert_eq!(
+        u.xenstore()
+            .read_string(TxId::NONE, &format!("{b}/usbdom-port/2"))
+            .unwrap(),
+        "1-1"
+    );
+    assert_eq!(
+        u.list(w.guest).unwrap()[0].assigned,
+        [(2, "1-1".to_string())]
+    );
+    assert_eq!(
+        u.list_assignable(w.usbdom).unwrap()[0].assigned,
+        Some((w.guest, 0, 2))
+    );
+
+    let e = |r: Result<(), Error>| r.unwrap_err().0;
+    assert_eq!(
+        e(u.attach(w.guest, 1, 1, "1-1")),
+        format!(
+            "1-1 is already assigned to domain {} controller 0 port 2",
+            w.guest
+        )
+    );
+    assert_eq!(
+        e(u.attach(w.guest, 0, 2, "1-4.1")),
+        "port 2 already has 1-1; detach it first"
+    );
+    assert_eq!(
+        e(u.attach(w.guest, 0, 5, "1-4.1")),
+        format!(
+            "port must be 1 to 4 on controller 0 of domain {}, not 5",
+            w.guest
+        )
+    );
+    assert_eq!(
+        e(u.attach(w.guest, 0, 1, "2-9")),
+        format!(
+            "domain {} offers no USB device 2-9 (see `usbctl list-assignable-devices`)",
+            w.usbdom
+        )
+    );
+    assert_eq!(
+        e(u.attach(w.guest, 0, 1, "usb1")),
+        "'usb1' is not a bus id (like 1-2 or 1-4.3; see `usbctl list-assignable-devices`)"
+    );
+    assert_eq!(
+        e(u.attach(w.guest, 0, 1, "1-0")),
+        "'1-0' is not a bus id (like 1-2 or 1-4.3; see `usbctl list-assignable-devices`)"
+    );
+    assert_eq!(
+        e(u.attach(w.guest, 7, 1, "1-1")),
+        format!(
+            "domain {} has no USB controller 7 (see `usbctl list`)",
+            w.guest
+        )
+    );
+
+    assert_eq!(u.detach(w.guest, 0, 2), Ok("1-1".to_string()));
+    assert_eq!(
+        u.detach(w.guest, 0, 2).unwrap_err().0,
+        format!("port 2 of controller 0 in domain {} has no device", w.guest)
+    );
+    assert_eq!(u.attach(w.guest, 1, 1, "1-1"), Ok(()));
+}
