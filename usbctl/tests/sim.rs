@@ -297,3 +297,59 @@ fn attach_and_detach_record_assignments_and_refuse_what_cannot_be() {
     );
     assert_eq!(u.attach(w.guest, 1, 1, "1-1"), Ok(()));
 }
+
+fn cli(w: &World, args: &[&str]) -> Result<String, Error> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let be = w.backend.clone();
+    let tick = Box::new(move || {
+        if let Some(b) = be.borrow_mut().as_mut() {
+            b.poll_xenstore().unwrap();
+        }
+    });
+    let mut out = Vec::new();
+    let xen = w.xen.clone();
+    usbctl::run(&args, move || Ok(xen.dom0().xenstore()), tick, &mut out)?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn the_command_line_reports_what_is_wrong() {
+    let w = world(true);
+    let e = |r: Result<String, Error>| r.unwrap_err().0;
+    assert_eq!(
+        e(cli(&w, &["hc-create", "guest", "two", "8"])),
+        "the USB version must be a number, not 'two'"
+    );
+    assert_eq!(
+        e(cli(&w, &["hc-create", "guest", "2", "-1"])),
+        "the port count must be a number, not '-1'"
+    );
+    assert_eq!(
+        e(cli(&w, &["hc-create", "nosuch", "2", "8"])),
+        "no running domain is called 'nosuch' (see `xl list`)"
+    );
+    assert_eq!(
+        e(cli(
+            &w,
+            &["--backend", "usbdom2", "hc-create", "guest", "2", "8"]
+        )),
+        "the backend domain 'usbdom2' is not running (start it: xl create usbdom.cfg)"
+    );
+    assert_eq!(e(cli(&w, &["--backend"])), "--backend needs a domain");
+    assert!(e(cli(&w, &["frobnicate"])).starts_with("usage:"));
+
+    let created = cli(&w, &["hc-create", "guest", "2", "8"]).unwrap();
+    assert!(created.contains("created controller 0"), "{created}");
+    let listed = cli(&w, &["list", "guest"]).unwrap();
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()[..4]
+                == ["0", &w.usbdom.to_string(), "2", "8"]),
+        "{listed}"
+    );
+    assert!(cli(&w, &["hc-destroy", "guest", "0"])
+        .unwrap()
+        .contains("destroyed controller 0"));
+}
