@@ -57,6 +57,8 @@ fn check_boot(machine: &str, run: &Run) {
             Some(if machine == "q35" { "ecam" } else { "ports" })
         );
 
+        check_usb(r);
+
         let (_, timer) = r.event("timer_ok").expect("event=timer_ok");
         let ticks: u64 = field(timer, "ticks").unwrap().parse().unwrap();
         assert!(
@@ -71,6 +73,50 @@ fn check_boot(machine: &str, run: &Run) {
         );
         assert!(at.as_secs_f64() < 2.0, "event=ready took {at:?}");
     });
+}
+
+/// The driver runs the controller, its rings answer a No Op, MSI-X delivers its
+/// interrupts, and every root-port device of `boot()` is enumerated with QEMU's ids.
+fn check_usb(r: &Run) {
+    let (_, running) = r.event("xhci_running").expect("event=xhci_running");
+    assert_eq!(field(running, "slots"), Some("64"), "{running}");
+    assert_eq!(field(running, "ports"), Some("8"), "{running}");
+    assert_eq!(field(running, "usb2_ports"), Some("4"), "{running}");
+    assert_eq!(field(running, "usb3_ports"), Some("4"), "{running}");
+    let (_, noop) = r.event("xhci_noop").expect("event=xhci_noop");
+    assert_eq!(field(noop, "ok"), Some("true"), "{noop}");
+    assert!(r.event("usb_device_error").is_none());
+
+    let devices: Vec<&str> = r.events("usb_device").collect();
+    let find = |vid: &str, pid: &str| {
+        devices
+            .iter()
+            .find(|l| field(l, "vid") == Some(vid) && field(l, "pid") == Some(pid))
+            .unwrap_or_else(|| panic!("no usb_device {vid}:{pid} in {devices:#?}"))
+    };
+    // QEMU's usb-storage on a USB3-capable controller: SuperSpeed, bus 2.
+    let stick = find("46f4", "0001");
+    assert_eq!(field(stick, "speed"), Some("super"), "{stick}");
+    assert!(field(stick, "busid").unwrap().starts_with("2-"), "{stick}");
+    assert_eq!(field(stick, "class"), Some("00"), "{stick}");
+    // usb-kbd: high speed on a USB2 port.
+    let kbd = find("0627", "0001");
+    assert_eq!(field(kbd, "speed"), Some("high"), "{kbd}");
+    assert!(field(kbd, "busid").unwrap().starts_with("1-"), "{kbd}");
+    assert!(kbd.contains("product=\"QEMU USB Keyboard\""), "{kbd}");
+    // usb-hub on QEMU port 3: full speed, xHCI port 7, bus 1 port 3, class 09.
+    let hub = find("0409", "55aa");
+    assert_eq!(field(hub, "busid"), Some("1-3"), "{hub}");
+    assert_eq!(field(hub, "speed"), Some("full"), "{hub}");
+    assert_eq!(field(hub, "class"), Some("09"), "{hub}");
+    assert_eq!(devices.len(), 3, "{devices:#?}");
+
+    let (_, ready) = r.event("ready").unwrap();
+    let interrupts: u64 = field(ready, "xhci_interrupts").unwrap().parse().unwrap();
+    assert!(
+        interrupts > 0,
+        "MSI-X delivers the controller's interrupts: {ready}"
+    );
 }
 
 #[test]

@@ -1,0 +1,127 @@
+//! The xHCI driver on this machine: its HAL over the mapped BAR0 and identity-mapped DMA
+//! frames, bring-up and root-port enumeration at boot, and event handling in the main loop.
+
+use log::{info, warn};
+use platform::Mmio32;
+use xhci_driver::{Controller, DmaBuffer, Hal};
+
+use super::memory::{self, DmaRegion, Mmio};
+use super::{pci, time};
+
+/// DMA memory through the identity map.
+pub struct KernelDma(DmaRegion);
+
+impl KernelDma {
+    fn addr(&self, offset: usize) -> u64 {
+        assert!(
+            offset % 4 == 0 && offset as u64 + 4 <= self.0.len,
+            "DMA access outside its region"
+        );
+        self.0.phys + offset as u64
+    }
+}
+
+impl DmaBuffer for KernelDma {
+    fn phys(&self) -> u64 {
+        self.0.phys
+    }
+
+    fn len(&self) -> usize {
+        self.0.len as usize
+    }
+
+    fn read32(&self, offset: usize) -> u32 {
+        let addr = self.addr(offset);
+        // SAFETY: the region came from `memory::dma_alloc`, is identity-mapped and ours;
+        // `addr` checked the access is inside it and aligned. Volatile: the controller
+        // writes this memory.
+        unsafe { core::ptr::read_volatile(addr as *const u32) }
+    }
+
+    fn write32(&mut self, offset: usize, value: u32) {
+        let addr = self.addr(offset);
+        // SAFETY: as in `read32`. Volatile writes stay in program order, and x86 stores
+        // become visible to bus masters in that order (the TRB Cycle bit goes last).
+        unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+    }
+}
+
+/// The platform under the driver.
+pub struct KernelHal {
+    regs: Mmio,
+}
+
+impl Hal for KernelHal {
+    type Dma = KernelDma;
+
+    fn read32(&self, offset: usize) -> u32 {
+        self.regs.read32(offset)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        self.regs.write32(offset, value)
+    }
+
+    fn mmio_len(&self) -> usize {
+        self.regs.len() as usize
+    }
+
+    fn dma_alloc(&mut self, bytes: usize, align: usize) -> Option<KernelDma> {
+        // Below 4 GiB whatever the controller's AC64 says: always reachable. Page-aligned
+        // frames never cross a page for a request that fits in one.
+        memory::dma_alloc(bytes as u64, (align as u64).max(4096), true).map(KernelDma)
+    }
+
+    fn now_micros(&self) -> u64 {
+        time::now_micros()
+    }
+}
+
+/// The running driver.
+pub type Xhci = Controller<KernelHal>;
+
+/// Brings the controller up, proves its rings with a No Op command and enumerates the root
+/// ports. The controller's DMA memory is never returned: it holds it while it runs.
+pub fn bring_up(found: &pci::Xhci) -> Option<Xhci> {
+    let mut xhci = match Controller::start(KernelHal { regs: found.regs }) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!("event=xhci_start_failed bdf={} error={e}", found.bdf);
+            return None;
+        }
+    };
+    let before = pci::xhci_interrupts();
+    let noop = xhci.noop();
+    match noop {
+        Ok(()) => info!(
+            "event=xhci_noop ok=true interrupts_before={before} interrupts_after={}",
+            pci::xhci_interrupts()
+        ),
+        Err(e) => {
+            warn!("event=xhci_noop ok=false error={e}");
+            return None;
+        }
+    }
+    let devices = xhci.enumerate_root_ports();
+    info!(
+        "event=usb_enumerated devices={} xhci_interrupts={}",
+        devices.len(),
+        pci::xhci_interrupts()
+    );
+    Some(xhci)
+}
+
+/// Takes the controller's events (called when its interrupt counter moved) and logs root
+/// port changes; enumerating hot-plugged devices comes with the hub and transfer layers.
+pub fn handle_events(xhci: &mut Xhci) {
+    xhci.poll_events();
+    for (root_port, portsc) in xhci.take_port_changes() {
+        info!(
+            "event=usb_port_change busid={root_port} port={} connected={} enabled={} portsc={:#010x}",
+            root_port.port,
+            portsc.connected(),
+            portsc.enabled(),
+            portsc.0
+        );
+    }
+}
