@@ -628,6 +628,26 @@ impl<H: Hal> Controller<H> {
         let speed = status.speed().ok_or(Error::UnknownSpeed)?;
         let enable = *command::EnableSlot::new().set_slot_type(root_port.slot_type);
         let slot_id = self.command(enable.into_raw())?.slot_id();
+        let described = self.describe(slot_id, root_port, speed);
+        if described.is_err() {
+            // Give the slot back: Disable Slot stops its endpoints, so nothing queued for a
+            // silent device stays live, and the slot is free for a later attempt.
+            let disable = *command::DisableSlot::new().set_slot_id(slot_id);
+            match self.command(disable.into_raw()) {
+                Ok(_) => self.dcbaa.write64(usize::from(slot_id) * 8, 0),
+                Err(e) => warn!("event=xhci_disable_slot_failed slot={slot_id} error={e}"),
+            }
+        }
+        described
+    }
+
+    /// Addresses the device in `slot_id` and reads its descriptors.
+    fn describe(
+        &mut self,
+        slot_id: u8,
+        root_port: RootPort,
+        speed: Speed,
+    ) -> Result<UsbDevice, Error> {
         let index = self.address_device(slot_id, root_port, speed)?;
 
         let mut max_packet_size0 = speed.initial_ep0_max_packet_size();
@@ -903,6 +923,98 @@ mod tests {
         assert_eq!(RootPort::new(&p, 5).to_string(), "1-1");
         assert_eq!(RootPort::new(&p, 7).to_string(), "1-3");
         assert_eq!(RootPort::new(&p, 9).bus, 0, "a port no protocol lists");
+    }
+
+    use crate::port::{CSC, PED, PR};
+    use crate::testing::{self as t, FakeXhci};
+
+    #[test]
+    fn bring_up_programs_the_controller_and_a_noop_completes() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(fake.reg(t::CONFIG) & 0xff, 8, "MaxSlotsEn");
+        assert_eq!(fake.reg(t::USBCMD) & 0b101, 0b101, "Run/Stop and INTE");
+        assert_eq!(fake.reg(t::USBSTS) & 1, 0, "running");
+        assert_eq!(fake.reg(t::IMAN) & 0b10, 0b10, "Interrupter 0 enabled");
+        assert_eq!(fake.reg(t::ERSTSZ), 1);
+        assert_eq!(fake.reg(t::CRCR) & 1, 1, "Ring Cycle State 1");
+        // DCBAA entry 0 is the Scratchpad Buffer Array: two page-aligned pages.
+        let dcbaa = u64::from(fake.reg(t::DCBAAP));
+        let array = u64::from(fake.arena().read32(dcbaa));
+        for i in 0..2 {
+            let page = fake.arena().read32(array + i * 8);
+            assert!(
+                page != 0 && page % 4096 == 0,
+                "scratchpad buffer {i}: {page:#x}"
+            );
+        }
+        assert_eq!(xhci.capabilities().context_size, 32);
+        xhci.noop().unwrap();
+        xhci.noop().unwrap();
+        assert_eq!(fake.commands(), [23, 23]);
+        // ERDP follows the two events, with Event Handler Busy written 1 to clear it.
+        let erdp = fake.reg(t::ERDP);
+        assert_eq!(erdp & 0b1000, 0b1000);
+        let segment = fake.arena().read32(u64::from(fake.reg(t::ERSTBA)));
+        assert_eq!(erdp & !0xf, segment + 2 * 16);
+    }
+
+    #[test]
+    fn a_running_controller_is_refused() {
+        let fake = FakeXhci::new();
+        (&fake).write32(t::USBCMD, 1);
+        assert_eq!(Controller::start(&fake).err(), Some(Error::NotHalted));
+    }
+
+    #[test]
+    fn a_command_that_never_completes_times_out() {
+        let mut fake = FakeXhci::new();
+        fake.answer_commands = false;
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.noop(), Err(Error::Timeout("event")));
+    }
+
+    #[test]
+    fn a_usb2_device_is_reset_addressed_and_described() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let devices = xhci.enumerate_root_ports();
+        assert_eq!(devices.len(), 1, "{devices:?}");
+        let d = &devices[0];
+        assert_eq!(d.root_port.to_string(), "1-1");
+        assert_eq!(d.root_port.port, 2);
+        assert_eq!((d.vendor_id, d.product_id, d.class), (0x1234, 0x5678, 0));
+        assert_eq!((d.speed, d.usb_version, d.slot_id), (Speed::High, 0x200, 1));
+        assert_eq!(d.max_packet_size0, 8);
+        assert_eq!(d.product.as_deref(), Some("Fake"));
+        // Enable Slot, Address Device, Evaluate Context (bMaxPacketSize0 8, not 64).
+        assert_eq!(fake.commands(), [9, 11, 13]);
+        let writes = fake.portsc_writes();
+        assert!(writes.iter().all(|&(_, w)| w & PED == 0), "{writes:x?}");
+        assert!(
+            writes.contains(&(2, crate::port::PP | CSC)),
+            "stale change acknowledged"
+        );
+        assert!(
+            writes.iter().any(|&(p, w)| p == 2 && w & PR != 0),
+            "port reset"
+        );
+        assert!(
+            writes.iter().all(|&(p, _)| p == 2),
+            "the empty USB3 port is left alone"
+        );
+        // The Port Status Change Event of the reset was consumed, not left for later.
+        assert!(xhci.take_port_changes().is_empty());
+    }
+
+    #[test]
+    fn a_device_that_does_not_answer_is_reported_not_waited_for() {
+        let mut fake = FakeXhci::new();
+        fake.answer_transfers = false;
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert!(xhci.enumerate_root_ports().is_empty());
+        // Enable Slot, Address Device, then Disable Slot after the transfer timed out.
+        assert_eq!(fake.commands(), [9, 11, 10]);
     }
 
     #[test]
