@@ -1,6 +1,11 @@
 //! usbdom boots on QEMU's q35 and pc machines with an xHCI controller and USB devices, and
 //! says so on the serial log.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
 use usbdom_tests::{field, Machine, Run, EXIT_SUCCESS};
 
 fn boot(machine: &str) -> Run {
@@ -154,5 +159,70 @@ fn without_an_xhci_controller_it_says_so_and_still_comes_up() {
         assert!(r.event("no_controller").is_some());
         let (_, ready) = r.event("ready").expect("event=ready");
         assert_eq!(field(ready, "xhci"), Some("none"));
+    });
+}
+
+/// Sends QMP `commands` (JSON, one per line) over the monitor socket and waits for each
+/// reply, so QEMU has acted on them before the socket closes.
+fn qmp(socket: &Path, commands: &[&str]) {
+    let stream = UnixStream::connect(socket).expect("QMP socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("QMP greeting");
+    let mut writer = stream;
+    for c in ["{\"execute\":\"qmp_capabilities\"}"]
+        .iter()
+        .chain(commands)
+    {
+        writeln!(writer, "{c}").unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("QMP reply");
+            assert!(!line.contains("\"error\""), "QMP {c}: {line}");
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hotplugged_keyboard_is_reported_through_the_controller_interrupt() {
+    let machine = Machine::new("q35", "boot-hotplug");
+    let socket = machine.scratch().join("qmp.sock");
+    let _ = std::fs::remove_file(&socket);
+    let run = machine
+        .arg("-qmp")
+        .arg(&format!("unix:{},server=on,wait=off", socket.display()))
+        .keep_running()
+        .limit(Duration::from_secs(20))
+        .boot_until(|line| {
+            if line.contains("event=ready") {
+                // QEMU port 2: a high-speed device lands on xHCI port 6, Linux's 1-2.
+                qmp(
+                    &socket,
+                    &[r#"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"k1","bus":"xhci.0","port":"2"}}"#],
+                );
+            }
+            line.contains("event=usb_port_change")
+        });
+    run.check(|r| {
+        assert!(
+            !r.timed_out,
+            "no event=usb_port_change after the device_add"
+        );
+        let (_, ready) = r.event("ready").expect("event=ready");
+        let at_ready: u64 = field(ready, "xhci_interrupts").unwrap().parse().unwrap();
+        let (_, change) = r.event("usb_port_change").unwrap();
+        assert_eq!(field(change, "busid"), Some("1-2"), "{change}");
+        assert_eq!(field(change, "port"), Some("6"), "{change}");
+        assert_eq!(field(change, "connected"), Some("true"), "{change}");
+        // The main loop looks at the event ring only when the MSI-X interrupt moved the
+        // counter (the vector is routed, so it does not poll).
+        let at_change: u64 = field(change, "xhci_interrupts").unwrap().parse().unwrap();
+        assert!(at_change > at_ready, "{ready}\n{change}");
     });
 }

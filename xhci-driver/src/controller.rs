@@ -803,7 +803,7 @@ impl<H: Hal> Controller<H> {
     ) -> Result<Vec<u8>, Error> {
         let slot = &mut self.slots[index];
         let slot_id = slot.slot_id;
-        let length = length.min(slot.data.len() as u16);
+        let length = length.min(u16::try_from(slot.data.len()).unwrap_or(u16::MAX));
         let setup = *transfer::SetupStage::new()
             .set_request_type(request_type)
             .set_request(request)
@@ -846,8 +846,9 @@ impl<H: Hal> Controller<H> {
                         slot.data.read_bytes(0, &mut bytes);
                         return Ok(bytes);
                     }
-                    // The endpoint is Halted now; recovering it (Reset Endpoint, Set TR
-                    // Dequeue Pointer) is for the transfer layer that keeps devices in use.
+                    // The endpoint is Halted now. Enumeration gives the slot up; recovering
+                    // the endpoint (Reset Endpoint, Set TR Dequeue Pointer) is for the
+                    // transfer layer that keeps devices in use.
                     return Err(Error::Transfer(code_of(code)));
                 }
                 other => self.note(other),
@@ -957,6 +958,20 @@ mod tests {
         assert_eq!(erdp & 0b1000, 0b1000);
         let segment = fake.arena().read32(u64::from(fake.reg(t::ERSTBA)));
         assert_eq!(erdp & !0xf, segment + 2 * 16);
+    }
+
+    #[test]
+    fn with_64_byte_contexts_the_input_context_is_laid_out_wider() {
+        let fake = FakeXhci::with_64_byte_contexts();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.capabilities().context_size, 64);
+        let devices = xhci.enumerate_root_ports();
+        assert_eq!(
+            devices.len(),
+            1,
+            "the fake found EP0's ring at 2 x 64 bytes"
+        );
+        assert_eq!(devices[0].vendor_id, 0x1234);
     }
 
     #[test]

@@ -154,6 +154,21 @@ pub struct FakeXhci {
 }
 
 impl FakeXhci {
+    /// The same controller with 64-byte contexts (HCCPARAMS1.CSZ).
+    pub fn with_64_byte_contexts() -> FakeXhci {
+        let fake = FakeXhci::new();
+        fake.regs.borrow_mut()[4] |= 1 << 2;
+        fake
+    }
+
+    fn context_size(&self) -> u64 {
+        if self.reg(0x10) & (1 << 2) != 0 {
+            64
+        } else {
+            32
+        }
+    }
+
     /// Halted and reset, the device connected with Connect Status Change pending.
     pub fn new() -> FakeXhci {
         let mut regs = vec![0u32; BAR_SIZE / 4];
@@ -258,7 +273,7 @@ impl FakeXhci {
                     // Address Device: the Default Control Endpoint's TR Dequeue Pointer.
                     11 => {
                         let input = u64::from(trb[0]) | u64::from(trb[1]) << 32;
-                        let dq = self.arena.read64(input + 2 * 32 + 8);
+                        let dq = self.arena.read64(input + 2 * self.context_size() + 8);
                         s.ep0.push((slot, dq & !0xf, dq & 1 != 0));
                     }
                     _ => {}

@@ -242,16 +242,11 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
 /// and frontend notifications. Pending Xen events are looked for with interrupts off, so one
 /// that arrives between the look and the `hlt` still wakes it; an xHCI interrupt in that gap
 /// is served at the next timer tick at the latest.
-fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Xhci>) -> ! {
+fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! {
     use xen::hypervisor::EventChannels;
-    let mut xhci_seen = pci::xhci_interrupts();
     loop {
-        if let Some(x) = usb.as_mut() {
-            let now = pci::xhci_interrupts();
-            if now != xhci_seen {
-                xhci_seen = now;
-                usb::handle_events(x);
-            }
+        if let Some(u) = usb.as_mut() {
+            usb::service(u);
         }
         let Some(be) = backend.as_deref_mut() else {
             cpu::enable_and_halt();

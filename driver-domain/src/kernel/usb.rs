@@ -77,12 +77,19 @@ impl Hal for KernelHal {
     }
 }
 
-/// The running driver.
-pub type Xhci = Controller<KernelHal>;
+/// The running driver and how the main loop learns of its events.
+pub struct Usb {
+    xhci: Controller<KernelHal>,
+    /// Whether MSI/MSI-X is routed; without it the event ring is polled on every wake-up
+    /// (the 100 Hz timer wakes the loop).
+    interrupt_routed: bool,
+    /// `pci::xhci_interrupts()` when the event ring was last drained.
+    seen: u64,
+}
 
 /// Brings the controller up, proves its rings with a No Op command and enumerates the root
 /// ports. The controller's DMA memory is never returned: it holds it while it runs.
-pub fn bring_up(found: &pci::Xhci) -> Option<Xhci> {
+pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
     let mut xhci = match Controller::start(KernelHal { regs: found.regs }) {
         Ok(x) => x,
         Err(e) => {
@@ -108,16 +115,26 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Xhci> {
         devices.len(),
         pci::xhci_interrupts()
     );
-    Some(xhci)
+    Some(Usb {
+        xhci,
+        interrupt_routed: found.vector.is_some(),
+        seen: pci::xhci_interrupts(),
+    })
 }
 
-/// Takes the controller's events (called when its interrupt counter moved) and logs root
-/// port changes; enumerating hot-plugged devices comes with the hub and transfer layers.
-pub fn handle_events(xhci: &mut Xhci) {
-    xhci.poll_events();
-    for (root_port, portsc) in xhci.take_port_changes() {
+/// Takes the controller's events when its interrupt counter moved (or always, without an
+/// interrupt) and logs root port changes; enumerating hot-plugged devices comes with the
+/// hub and transfer layers.
+pub fn service(usb: &mut Usb) {
+    let now = pci::xhci_interrupts();
+    if usb.interrupt_routed && now == usb.seen {
+        return;
+    }
+    usb.seen = now;
+    usb.xhci.poll_events();
+    for (root_port, portsc) in usb.xhci.take_port_changes() {
         info!(
-            "event=usb_port_change busid={root_port} port={} connected={} enabled={} portsc={:#010x}",
+            "event=usb_port_change busid={root_port} port={} connected={} enabled={} portsc={:#010x} xhci_interrupts={now}",
             root_port.port,
             portsc.connected(),
             portsc.enabled(),
