@@ -190,7 +190,7 @@ fn qmp(socket: &Path, commands: &[&str]) {
 }
 
 #[test]
-fn a_hotplugged_keyboard_is_reported_through_the_controller_interrupt() {
+fn a_hotplugged_keyboard_is_enumerated_and_its_removal_seen_through_the_interrupt() {
     let machine = Machine::new("q35", "boot-hotplug");
     let socket = machine.scratch().join("qmp.sock");
     let _ = std::fs::remove_file(&socket);
@@ -207,22 +207,35 @@ fn a_hotplugged_keyboard_is_reported_through_the_controller_interrupt() {
                     &[r#"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"k1","bus":"xhci.0","port":"2"}}"#],
                 );
             }
-            line.contains("event=usb_port_change")
+            if line.contains("event=usb_device ") {
+                qmp(
+                    &socket,
+                    &[r#"{"execute":"device_del","arguments":{"id":"k1"}}"#],
+                );
+            }
+            line.contains("event=usb_device_gone")
         });
     run.check(|r| {
-        assert!(
-            !r.timed_out,
-            "no event=usb_port_change after the device_add"
-        );
+        assert!(!r.timed_out, "the plug and unplug were not both seen");
         let (_, ready) = r.event("ready").expect("event=ready");
         let at_ready: u64 = field(ready, "xhci_interrupts").unwrap().parse().unwrap();
+        // The main loop looks at the event ring only when the MSI-X interrupt moved the
+        // counter (the vector is routed, so it does not poll).
+        let (_, events) = r.event("xhci_events").expect("event=xhci_events");
+        let at_events: u64 = field(events, "xhci_interrupts").unwrap().parse().unwrap();
+        assert!(at_events > at_ready, "{ready}\n{events}");
         let (_, change) = r.event("usb_port_change").unwrap();
         assert_eq!(field(change, "busid"), Some("1-2"), "{change}");
         assert_eq!(field(change, "port"), Some("6"), "{change}");
         assert_eq!(field(change, "connected"), Some("true"), "{change}");
-        // The main loop looks at the event ring only when the MSI-X interrupt moved the
-        // counter (the vector is routed, so it does not poll).
-        let at_change: u64 = field(change, "xhci_interrupts").unwrap().parse().unwrap();
-        assert!(at_change > at_ready, "{ready}\n{change}");
+        let (_, kbd) = r.event("usb_device").unwrap();
+        assert_eq!(field(kbd, "busid"), Some("1-2"), "{kbd}");
+        assert_eq!(
+            (field(kbd, "vid"), field(kbd, "pid")),
+            (Some("0627"), Some("0001"))
+        );
+        let (_, gone) = r.event("usb_device_gone").unwrap();
+        assert_eq!(field(gone, "busid"), Some("1-2"), "{gone}");
+        assert_eq!(field(gone, "slot"), field(kbd, "slot"), "{gone}");
     });
 }

@@ -297,6 +297,8 @@ pub struct UsbDevice {
 /// A Device Slot's memory: the controller references all of it while the slot is enabled.
 struct Slot<D> {
     slot_id: u8,
+    /// Root port of the device.
+    port: u8,
     input_context: D,
     _output_context: D,
     ep0: ProducerRing<D>,
@@ -308,7 +310,6 @@ struct Slot<D> {
 pub struct Controller<H: Hal> {
     hal: H,
     caps: Capabilities,
-    page_size: usize,
     dcbaa: H::Dma,
     /// Scratchpad Buffer Array and the buffers: owned by the controller while it runs.
     _scratchpad: Vec<H::Dma>,
@@ -405,7 +406,6 @@ impl<H: Hal> Controller<H> {
         Ok(Controller {
             hal,
             caps,
-            page_size,
             dcbaa,
             _scratchpad: scratchpad,
             command_ring,
@@ -421,11 +421,6 @@ impl<H: Hal> Controller<H> {
         &self.caps
     }
 
-    /// The page size the controller uses.
-    pub fn page_size(&self) -> usize {
-        self.page_size
-    }
-
     fn op(&self) -> usize {
         usize::from(self.caps.caplength)
     }
@@ -435,8 +430,9 @@ impl<H: Hal> Controller<H> {
             .write32(self.caps.dboff + usize::from(slot) * 4, target);
     }
 
-    /// Takes the next event, waiting until `until` (microseconds), and moves ERDP past it.
-    fn next_event(&mut self, until: u64) -> Result<event::Allowed, Error> {
+    /// Takes the next event, waiting until `until` (microseconds) for `what`, and moves
+    /// ERDP past it.
+    fn next_event(&mut self, until: u64, what: &'static str) -> Result<event::Allowed, Error> {
         loop {
             if let Some(raw) = self.event_ring.pop() {
                 let ir = self.caps.rtsoff + INTERRUPTER_0;
@@ -457,7 +453,7 @@ impl<H: Hal> Controller<H> {
                 return Err(Error::HostSystemError);
             }
             if self.hal.now_micros() > until {
-                return Err(Error::Timeout("event"));
+                return Err(Error::Timeout(what));
             }
             core::hint::spin_loop();
         }
@@ -476,30 +472,50 @@ impl<H: Hal> Controller<H> {
     }
 
     /// Takes every pending event without waiting (for the main loop, when the interrupt
-    /// counter moved). Returns how many there were.
-    pub fn poll_events(&mut self) -> usize {
+    /// counter moved). Returns how many there were, or the Host System Error that stops
+    /// the controller.
+    pub fn poll_events(&mut self) -> Result<usize, Error> {
         let mut n = 0;
-        while let Ok(e) = self.next_event(0) {
-            self.note(e);
-            n += 1;
+        loop {
+            match self.next_event(0, "poll") {
+                Ok(e) => {
+                    self.note(e);
+                    n += 1;
+                }
+                Err(Error::Timeout(_)) => return Ok(n),
+                Err(e) => return Err(e),
+            }
         }
-        n
     }
 
-    /// Root ports that reported a status change since the last call, with their PORTSC as
-    /// read. Their change bits are acknowledged: the controller sends the next Port Status
-    /// Change Event only when a change bit goes from 0 to 1.
-    pub fn take_port_changes(&mut self) -> Vec<(RootPort, Portsc)> {
+    /// Looks at the root ports Port Status Change Events named since the last call:
+    /// acknowledges their change bits (the controller sends the next event only when a change
+    /// bit goes from 0 to 1), enumerates a device that arrived, disables the slot of one
+    /// that left. Logs `event=usb_port_change` per port. Returns the devices attached.
+    pub fn handle_port_changes(&mut self) -> Vec<UsbDevice> {
         let ports = core::mem::take(&mut self.port_changes);
-        ports
-            .into_iter()
-            .filter(|&p| p >= 1 && p <= self.caps.max_ports)
-            .map(|p| {
-                let status = self.portsc(p);
-                self.write_portsc(p, status.clear_changes(status.changes()));
-                (self.root_port(p), status)
-            })
-            .collect()
+        let mut attached = Vec::new();
+        for port in ports {
+            if port == 0 || port > self.caps.max_ports {
+                continue;
+            }
+            let status = self.portsc(port);
+            self.write_portsc(port, status.clear_changes(status.changes()));
+            let root_port = self.root_port(port);
+            info!(
+                "event=usb_port_change busid={root_port} port={port} connected={} enabled={} portsc={:#010x}",
+                status.connected(),
+                status.enabled(),
+                status.0
+            );
+            let slot = self.slots.iter().position(|s| s.port == port);
+            match (status.connected(), slot) {
+                (true, None) => attached.extend(self.attach(root_port)),
+                (false, Some(index)) => self.detach(index, root_port),
+                _ => {}
+            }
+        }
+        attached
     }
 
     /// Queues a command, rings the Host Controller doorbell and waits for its completion.
@@ -508,7 +524,7 @@ impl<H: Hal> Controller<H> {
         self.ring_doorbell(0, 0);
         let until = self.hal.now_micros() + COMMAND_TIMEOUT_US;
         loop {
-            match self.next_event(until)? {
+            match self.next_event(until, "command")? {
                 event::Allowed::CommandCompletion(c) if c.command_trb_pointer() == at => {
                     self.command_ring.complete(at);
                     return match c.completion_code() {
@@ -581,34 +597,71 @@ impl<H: Hal> Controller<H> {
             if !status.connected() {
                 continue;
             }
-            match self.enumerate(root_port) {
-                Ok(d) => {
-                    info!(
-                        "event=usb_device busid={} port={} slot={} speed={} usb={:x}.{:02x} vid={:04x} pid={:04x} class={:02x} mps0={} product={:?}",
-                        d.root_port,
-                        port,
-                        d.slot_id,
-                        d.speed.name(),
-                        d.usb_version >> 8,
-                        d.usb_version & 0xff,
-                        d.vendor_id,
-                        d.product_id,
-                        d.class,
-                        d.max_packet_size0,
-                        d.product.as_deref().unwrap_or("")
-                    );
-                    found.push(d);
-                }
-                Err(e) => warn!(
-                    "event=usb_device_error busid={root_port} port={port} portsc={:#010x} error={e}",
-                    self.portsc(port).0
-                ),
-            }
+            found.extend(self.attach(root_port));
         }
         // Port Status Change Events for the ports just handled are old news.
-        self.poll_events();
+        if let Err(e) = self.poll_events() {
+            warn!("event=xhci_error error={e}");
+        }
         self.port_changes.clear();
         found
+    }
+
+    /// Enumerates the device on `root_port` and logs the outcome (`event=usb_device` or
+    /// `event=usb_device_error`).
+    fn attach(&mut self, root_port: RootPort) -> Option<UsbDevice> {
+        match self.enumerate(root_port) {
+            Ok(d) => {
+                info!(
+                    "event=usb_device busid={} port={} slot={} speed={} usb={:x}.{:02x} vid={:04x} pid={:04x} class={:02x} mps0={} product={:?}",
+                    d.root_port,
+                    root_port.port,
+                    d.slot_id,
+                    d.speed.name(),
+                    d.usb_version >> 8,
+                    d.usb_version & 0xff,
+                    d.vendor_id,
+                    d.product_id,
+                    d.class,
+                    d.max_packet_size0,
+                    d.product.as_deref().unwrap_or("")
+                );
+                Some(d)
+            }
+            Err(e) => {
+                warn!(
+                    "event=usb_device_error busid={root_port} port={} portsc={:#010x} error={e}",
+                    root_port.port,
+                    self.portsc(root_port.port).0
+                );
+                None
+            }
+        }
+    }
+
+    /// The device in `self.slots[index]` has gone: its slot is disabled and its memory
+    /// released (once the controller no longer references it).
+    fn detach(&mut self, index: usize, root_port: RootPort) {
+        let slot_id = self.slots[index].slot_id;
+        match self.disable_slot(slot_id) {
+            Ok(()) => {
+                self.slots.remove(index);
+                info!(
+                    "event=usb_device_gone busid={root_port} port={} slot={slot_id}",
+                    root_port.port
+                );
+            }
+            Err(e) => warn!("event=xhci_disable_slot_failed slot={slot_id} error={e}"),
+        }
+    }
+
+    /// Disable Slot (4.6.4): the controller stops the slot's endpoints and forgets its
+    /// contexts, so their memory may be reused.
+    fn disable_slot(&mut self, slot_id: u8) -> Result<(), Error> {
+        let disable = *command::DisableSlot::new().set_slot_id(slot_id);
+        self.command(disable.into_raw())?;
+        self.dcbaa.write64(usize::from(slot_id) * 8, 0);
+        Ok(())
     }
 
     /// Enables a slot for the device on `root_port`, addresses it and reads its descriptors.
@@ -630,11 +683,11 @@ impl<H: Hal> Controller<H> {
         let slot_id = self.command(enable.into_raw())?.slot_id();
         let described = self.describe(slot_id, root_port, speed);
         if described.is_err() {
-            // Give the slot back: Disable Slot stops its endpoints, so nothing queued for a
-            // silent device stays live, and the slot is free for a later attempt.
-            let disable = *command::DisableSlot::new().set_slot_id(slot_id);
-            match self.command(disable.into_raw()) {
-                Ok(_) => self.dcbaa.write64(usize::from(slot_id) * 8, 0),
+            // Give the slot back: nothing queued for a silent device stays live, and the
+            // slot is free for a later attempt. Its memory is kept if the controller may
+            // still use it.
+            match self.disable_slot(slot_id) {
+                Ok(()) => self.slots.retain(|s| s.slot_id != slot_id),
                 Err(e) => warn!("event=xhci_disable_slot_failed slot={slot_id} error={e}"),
             }
         }
@@ -725,6 +778,7 @@ impl<H: Hal> Controller<H> {
         let input_phys = input.phys();
         self.slots.push(Slot {
             slot_id,
+            port: root_port.port,
             input_context: input,
             _output_context: output,
             ep0,
@@ -830,7 +884,7 @@ impl<H: Hal> Controller<H> {
         let until = self.hal.now_micros() + TRANSFER_TIMEOUT_US;
         let mut received = usize::from(length);
         loop {
-            match self.next_event(until)? {
+            match self.next_event(until, "transfer")? {
                 event::Allowed::TransferEvent(t) if t.slot_id() == slot_id => {
                     let code = t.completion_code();
                     if t.trb_pointer() == data_at && code == Ok(CompletionCode::ShortPacket) {
@@ -986,7 +1040,7 @@ mod tests {
         let mut fake = FakeXhci::new();
         fake.answer_commands = false;
         let mut xhci = Controller::start(&fake).unwrap();
-        assert_eq!(xhci.noop(), Err(Error::Timeout("event")));
+        assert_eq!(xhci.noop(), Err(Error::Timeout("command")));
     }
 
     #[test]
@@ -1019,7 +1073,27 @@ mod tests {
             "the empty USB3 port is left alone"
         );
         // The Port Status Change Event of the reset was consumed, not left for later.
-        assert!(xhci.take_port_changes().is_empty());
+        assert!(xhci.handle_port_changes().is_empty());
+    }
+
+    #[test]
+    fn a_device_that_leaves_is_disabled_and_one_that_comes_is_enumerated() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.enumerate_root_ports().len(), 1);
+        fake.unplug(2);
+        assert_eq!(xhci.poll_events(), Ok(1));
+        assert!(xhci.handle_port_changes().is_empty());
+        assert_eq!(fake.commands().last(), Some(&10), "Disable Slot");
+        fake.plug(2);
+        assert_eq!(xhci.poll_events(), Ok(1));
+        let again = xhci.handle_port_changes();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].slot_id, again[0].vendor_id), (2, 0x1234));
+        // The reset's own Port Status Change is seen and changes nothing.
+        xhci.poll_events().unwrap();
+        assert!(xhci.handle_port_changes().is_empty());
+        assert_eq!(fake.commands().iter().filter(|&&c| c == 9).count(), 2);
     }
 
     #[test]
@@ -1027,7 +1101,10 @@ mod tests {
         let mut fake = FakeXhci::new();
         fake.answer_transfers = false;
         let mut xhci = Controller::start(&fake).unwrap();
-        assert!(xhci.enumerate_root_ports().is_empty());
+        assert_eq!(
+            xhci.enumerate(xhci.root_port(2)),
+            Err(Error::Timeout("transfer"))
+        );
         // Enable Slot, Address Device, then Disable Slot after the transfer timed out.
         assert_eq!(fake.commands(), [9, 11, 10]);
     }

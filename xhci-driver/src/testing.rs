@@ -216,6 +216,25 @@ impl FakeXhci {
         self.state.borrow().portsc_writes.clone()
     }
 
+    /// Unplugs the device on `port`: disconnected, disabled, Connect Status Change and a
+    /// Port Status Change Event.
+    pub fn unplug(&self, port: u8) {
+        let at = PORTSC1 + (usize::from(port) - 1) * 0x10;
+        let mut regs = self.regs.borrow_mut();
+        regs[at / 4] = (regs[at / 4] & PP) | CSC | (5 << 5);
+        drop(regs);
+        self.post([u32::from(port) << 24, 0, 1 << 24, 34 << 10]);
+    }
+
+    /// Plugs a device into `port`: connected, link Polling (a USB2 port needs a reset).
+    pub fn plug(&self, port: u8) {
+        let at = PORTSC1 + (usize::from(port) - 1) * 0x10;
+        let mut regs = self.regs.borrow_mut();
+        regs[at / 4] = (regs[at / 4] & PP) | CCS | CSC | (7 << 5);
+        drop(regs);
+        self.post([u32::from(port) << 24, 0, 1 << 24, 34 << 10]);
+    }
+
     fn reg64(&self, offset: usize) -> u64 {
         u64::from(self.reg(offset)) | u64::from(self.reg(offset + 4)) << 32
     }

@@ -8,8 +8,18 @@ use xhci_driver::{Controller, DmaBuffer, Hal};
 use super::memory::{self, DmaRegion, Mmio};
 use super::{pci, time};
 
-/// DMA memory through the identity map.
+/// DMA memory through the identity map. Dropping it returns the frames: the driver drops a
+/// buffer only once the controller no longer references it.
 pub struct KernelDma(DmaRegion);
+
+impl Drop for KernelDma {
+    fn drop(&mut self) {
+        memory::dma_free(DmaRegion {
+            phys: self.0.phys,
+            len: self.0.len,
+        });
+    }
+}
 
 impl KernelDma {
     fn addr(&self, offset: usize) -> u64 {
@@ -85,10 +95,12 @@ pub struct Usb {
     interrupt_routed: bool,
     /// `pci::xhci_interrupts()` when the event ring was last drained.
     seen: u64,
+    /// The controller reported Host System Error: it is left alone from then on.
+    failed: bool,
 }
 
 /// Brings the controller up, proves its rings with a No Op command and enumerates the root
-/// ports. The controller's DMA memory is never returned: it holds it while it runs.
+/// ports.
 pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
     let mut xhci = match Controller::start(KernelHal { regs: found.regs }) {
         Ok(x) => x,
@@ -119,26 +131,29 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         xhci,
         interrupt_routed: found.vector.is_some(),
         seen: pci::xhci_interrupts(),
+        failed: false,
     })
 }
 
 /// Takes the controller's events when its interrupt counter moved (or always, without an
-/// interrupt) and logs root port changes; enumerating hot-plugged devices comes with the
-/// hub and transfer layers.
+/// interrupt): devices plugged into root ports are enumerated, unplugged ones released.
 pub fn service(usb: &mut Usb) {
     let now = pci::xhci_interrupts();
-    if usb.interrupt_routed && now == usb.seen {
+    if usb.failed || (usb.interrupt_routed && now == usb.seen) {
         return;
     }
     usb.seen = now;
-    usb.xhci.poll_events();
-    for (root_port, portsc) in usb.xhci.take_port_changes() {
-        info!(
-            "event=usb_port_change busid={root_port} port={} connected={} enabled={} portsc={:#010x} xhci_interrupts={now}",
-            root_port.port,
-            portsc.connected(),
-            portsc.enabled(),
-            portsc.0
-        );
+    match usb.xhci.poll_events() {
+        Ok(events) => {
+            if events > 0 {
+                info!("event=xhci_events count={events} xhci_interrupts={now}");
+            }
+            // Also changes noted while an earlier enumeration waited for its own events.
+            usb.xhci.handle_port_changes();
+        }
+        Err(e) => {
+            warn!("event=xhci_error error={e}");
+            usb.failed = true;
+        }
     }
 }
