@@ -239,3 +239,38 @@ fn a_hotplugged_keyboard_is_enumerated_and_its_removal_seen_through_the_interrup
         assert_eq!(field(gone, "slot"), field(kbd, "slot"), "{gone}");
     });
 }
+
+#[test]
+fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
+    // p3=0: no USB3 ports (the USB3 protocol capability is still listed, with 0 ports), so
+    // the stick runs at high speed; usb_version=1 makes the keyboard full speed with an
+    // 8-byte EP0 (Evaluate Context after the first 8 bytes of its device descriptor).
+    let run = Machine::bare("q35", "boot-usb2-only")
+        .arg("-device")
+        .arg("qemu-xhci,id=xhci,p3=0")
+        .usb_stick("stick")
+        .arg("-device")
+        .arg("usb-kbd,bus=xhci.0,port=2,usb_version=1")
+        .boot();
+    run.check(|r| {
+        assert_eq!(r.exit, Some(EXIT_SUCCESS));
+        let (_, running) = r.event("xhci_running").expect("event=xhci_running");
+        assert_eq!(field(running, "usb3_ports"), Some("0"), "{running}");
+        assert_eq!(field(running, "usb2_ports"), Some("4"), "{running}");
+        let devices: Vec<&str> = r.events("usb_device").collect();
+        assert_eq!(devices.len(), 2, "{devices:#?}");
+        let stick = devices
+            .iter()
+            .find(|l| field(l, "vid") == Some("46f4"))
+            .expect("the stick");
+        assert_eq!(field(stick, "speed"), Some("high"), "{stick}");
+        assert_eq!(field(stick, "busid"), Some("1-1"), "{stick}");
+        let kbd = devices
+            .iter()
+            .find(|l| field(l, "vid") == Some("0627"))
+            .expect("the keyboard");
+        assert_eq!(field(kbd, "speed"), Some("full"), "{kbd}");
+        assert_eq!(field(kbd, "busid"), Some("1-2"), "{kbd}");
+        assert_eq!(field(kbd, "mps0"), Some("8"), "{kbd}");
+    });
+}

@@ -12,7 +12,7 @@ use xhci::ring::trb::event::{self, CompletionCode};
 use xhci::ring::trb::{command, transfer};
 
 use crate::hal::{DmaBuffer, Hal};
-use crate::port::{Portsc, Speed, PRC};
+use crate::port::{Portsc, Speed, PRC, WRC};
 use crate::ring::{EventRing, ProducerRing, RingError, ERST_ENTRY_SIZE};
 
 // Capability registers (5.3). Read 32 bits wide: some controllers (QEMU's) return 0 for
@@ -95,7 +95,7 @@ pub enum Error {
     Command(u8),
     /// A transfer completed with this code.
     Transfer(u8),
-    /// A USB3 root port with a device that is not enabled (it needs a warm reset).
+    /// A root port with a device stayed disabled after its reset.
     PortNotEnabled,
     /// The port reports no speed this driver knows.
     UnknownSpeed,
@@ -560,15 +560,22 @@ impl<H: Hal> Controller<H> {
         self.hal.write32(self.portsc_offset(port), value);
     }
 
-    /// Resets a USB2 root port and waits for Port Reset Change (4.3.1); returns PORTSC after.
-    fn reset_port(&mut self, port: u8) -> Result<Portsc, Error> {
+    /// Resets a root port and waits for Port Reset Change (4.3.1, 4.19.5): a Port Reset for
+    /// a USB2 port, a Warm Port Reset for a USB3 port whose link did not train. Returns
+    /// PORTSC after.
+    fn reset_port(&mut self, port: u8, warm: bool) -> Result<Portsc, Error> {
         let before = self.portsc(port);
-        self.write_portsc(port, before.start_reset());
+        let start = if warm {
+            before.start_warm_reset()
+        } else {
+            before.start_reset()
+        };
+        self.write_portsc(port, start);
         let until = self.hal.now_micros() + PORT_RESET_TIMEOUT_US;
         loop {
             let now = self.portsc(port);
             if now.0 & PRC != 0 && !now.resetting() {
-                self.write_portsc(port, now.clear_changes(PRC));
+                self.write_portsc(port, now.clear_changes(PRC | WRC));
                 break;
             }
             if self.hal.now_micros() > until {
@@ -669,11 +676,9 @@ impl<H: Hal> Controller<H> {
         let port = root_port.port;
         let mut status = self.portsc(port);
         if !status.enabled() {
-            // USB3 ports enable themselves when the link trains; USB2 ports need a reset.
-            if root_port.major >= 3 {
-                return Err(Error::PortNotEnabled);
-            }
-            status = self.reset_port(port)?;
+            // USB2 ports need a reset to be enabled. USB3 ports enable themselves when the
+            // link trains; one that did not gets a Warm Port Reset.
+            status = self.reset_port(port, root_port.major >= 3)?;
             if !status.enabled() {
                 return Err(Error::PortNotEnabled);
             }
@@ -1074,6 +1079,25 @@ mod tests {
         );
         // The Port Status Change Event of the reset was consumed, not left for later.
         assert!(xhci.handle_port_changes().is_empty());
+    }
+
+    #[test]
+    fn a_usb3_port_whose_link_did_not_train_gets_a_warm_reset() {
+        let fake = FakeXhci::new();
+        fake.set_portsc(1, crate::port::PP | crate::port::CCS | (7 << 5));
+        let mut xhci = Controller::start(&fake).unwrap();
+        let devices = xhci.enumerate_root_ports();
+        assert_eq!(devices.len(), 2, "{devices:?}");
+        assert_eq!(devices[0].root_port.to_string(), "2-1");
+        assert_eq!(devices[0].speed, Speed::Super);
+        let writes = fake.portsc_writes();
+        assert!(writes
+            .iter()
+            .any(|&(p, w)| p == 1 && w & crate::port::WPR != 0));
+        assert!(
+            !writes.iter().any(|&(p, w)| p == 1 && w & PR != 0),
+            "{writes:x?}"
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub const PLC: u32 = 1 << 22;
 pub const CEC: u32 = 1 << 23;
 /// Wake on Connect/Disconnect/Over-current Enable (RWS).
 const WAKE_ENABLES: u32 = 0b111 << 25;
+/// Warm Port Reset (RW1S, USB3 ports).
+pub const WPR: u32 = 1 << 31;
 
 /// Every change bit.
 pub const CHANGE_BITS: u32 = CSC | PEC | WRC | OCC | PRC | PLC | CEC;
@@ -149,6 +151,11 @@ impl Portsc {
     pub fn start_reset(self) -> u32 {
         self.neutral() | PR
     }
+
+    /// The write that starts a Warm Port Reset (USB3 ports: retrains the link).
+    pub fn start_warm_reset(self) -> u32 {
+        self.neutral() | WPR
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +191,11 @@ mod tests {
     fn a_reset_write_sets_pr_and_keeps_changes_pending() {
         let w = Portsc(CCS | PP | CSC | (7 << PLS_SHIFT)).start_reset();
         assert_eq!(w, PP | PR);
+    }
+
+    #[test]
+    fn a_warm_reset_write_sets_wpr_only() {
+        assert_eq!(Portsc(CCS | PP | PED | PLC).start_warm_reset(), PP | WPR);
     }
 
     #[test]

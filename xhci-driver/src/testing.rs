@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
 use crate::hal::{DmaBuffer, Hal};
-use crate::port::{CCS, CHANGE_BITS, CSC, PED, PP, PR, PRC};
+use crate::port::{CCS, CHANGE_BITS, CSC, PED, PP, PR, PRC, WPR, WRC};
 
 /// Bytes at a made-up bus address, shared by the buffers carved out of them.
 pub struct Arena {
@@ -216,6 +216,11 @@ impl FakeXhci {
         self.state.borrow().portsc_writes.clone()
     }
 
+    /// Sets a PORTSC before the controller runs.
+    pub fn set_portsc(&self, port: u8, value: u32) {
+        self.regs.borrow_mut()[(PORTSC1 + (usize::from(port) - 1) * 0x10) / 4] = value;
+    }
+
     /// Unplugs the device on `port`: disconnected, disabled, Connect Status Change and a
     /// Port Status Change Event.
     pub fn unplug(&self, port: u8) {
@@ -368,11 +373,17 @@ impl FakeXhci {
         if value & PED != 0 {
             new &= !PED;
         }
+        // Resets complete at once: enabled, U0, Port Reset Change (and Warm Port Reset
+        // Change); a USB2 device at high speed, a USB3 one at SuperSpeed.
         let reset = value & PR != 0 && old & CCS != 0;
+        let warm = value & WPR != 0 && old & CCS != 0;
         if reset {
-            // The reset completes at once: enabled, high speed, U0, Port Reset Change.
             new = (new & !(0xf << 5) & !(0xf << 10)) | PED | PRC | (3 << 10);
         }
+        if warm {
+            new = (new & !(0xf << 5) & !(0xf << 10)) | PED | PRC | WRC | (4 << 10);
+        }
+        let reset = reset || warm;
         new = (new & !PP) | (value & PP);
         regs[offset / 4] = new;
         drop(regs);
