@@ -12,7 +12,7 @@ use xhci::ring::trb::event::{self, CompletionCode};
 use xhci::ring::trb::{command, transfer};
 
 use crate::hal::{DmaBuffer, Hal};
-use crate::port::{Portsc, Speed, PRC, WRC};
+use crate::port::{Portsc, Speed, CSC, PRC, WRC};
 use crate::ring::{EventRing, ProducerRing, RingError, ERST_ENTRY_SIZE};
 
 // Capability registers (5.3). Read 32 bits wide: some controllers (QEMU's) return 0 for
@@ -509,8 +509,17 @@ impl<H: Hal> Controller<H> {
                 status.0
             );
             let slot = self.slots.iter().position(|s| s.port == port);
+            // A new connection shows Connect Status Change (this driver acknowledges CSC
+            // before it enumerates). Without it a connected port without a slot holds a
+            // device that failed enumeration: its own reset events must not retry it for ever.
+            let new_connection = status.0 & CSC != 0;
             match (status.connected(), slot) {
-                (true, None) => attached.extend(self.attach(root_port)),
+                (true, None) if new_connection => attached.extend(self.attach(root_port)),
+                // The device was replaced between two looks.
+                (true, Some(index)) if new_connection => {
+                    self.detach(index, root_port);
+                    attached.extend(self.attach(root_port));
+                }
                 (false, Some(index)) => self.detach(index, root_port),
                 _ => {}
             }
@@ -542,8 +551,14 @@ impl<H: Hal> Controller<H> {
         self.command(command::Noop::new().into_raw()).map(|_| ())
     }
 
+    /// Whether Port Status Change Events named ports [`Controller::handle_port_changes`]
+    /// has not looked at yet.
+    pub fn has_port_changes(&self) -> bool {
+        !self.port_changes.is_empty()
+    }
+
     /// Which protocol and Linux name a root port has.
-    pub fn root_port(&self, port: u8) -> RootPort {
+    fn root_port(&self, port: u8) -> RootPort {
         RootPort::new(&self.protocols, port)
     }
 
@@ -551,8 +566,8 @@ impl<H: Hal> Controller<H> {
         self.op() + PORTSC + (usize::from(port) - 1) * PORT_REGISTER_SET_SIZE
     }
 
-    /// PORTSC of root port `port` (1-based).
-    pub fn portsc(&self, port: u8) -> Portsc {
+    /// PORTSC of root port `port` (1..=MaxPorts).
+    fn portsc(&self, port: u8) -> Portsc {
         Portsc(self.hal.read32(self.portsc_offset(port)))
     }
 
@@ -606,11 +621,19 @@ impl<H: Hal> Controller<H> {
             }
             found.extend(self.attach(root_port));
         }
-        // Port Status Change Events for the ports just handled are old news.
+        // Port Status Change Events for the ports just handled are old news, unless the
+        // port changed since: a device came or went during the scan.
         if let Err(e) = self.poll_events() {
             warn!("event=xhci_error error={e}");
         }
-        self.port_changes.clear();
+        let noted = core::mem::take(&mut self.port_changes);
+        self.port_changes = noted
+            .into_iter()
+            .filter(|&p| {
+                let has_slot = self.slots.iter().any(|s| s.port == p);
+                p >= 1 && p <= self.caps.max_ports && self.portsc(p).connected() != has_slot
+            })
+            .collect();
         found
     }
 
@@ -985,7 +1008,7 @@ mod tests {
         assert_eq!(RootPort::new(&p, 9).bus, 0, "a port no protocol lists");
     }
 
-    use crate::port::{CSC, PED, PR};
+    use crate::port::{PED, PR};
     use crate::testing::{self as t, FakeXhci};
 
     #[test]
@@ -1042,8 +1065,8 @@ mod tests {
 
     #[test]
     fn a_command_that_never_completes_times_out() {
-        let mut fake = FakeXhci::new();
-        fake.answer_commands = false;
+        let fake = FakeXhci::new();
+        fake.answer_commands.set(false);
         let mut xhci = Controller::start(&fake).unwrap();
         assert_eq!(xhci.noop(), Err(Error::Timeout("command")));
     }
@@ -1121,9 +1144,45 @@ mod tests {
     }
 
     #[test]
+    fn a_device_replaced_between_two_looks_is_enumerated_anew() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.enumerate_root_ports().len(), 1);
+        assert!(!xhci.has_port_changes());
+        fake.unplug(2);
+        fake.plug(2);
+        xhci.poll_events().unwrap();
+        assert!(xhci.has_port_changes());
+        let again = xhci.handle_port_changes();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            fake.commands()[3..],
+            [10, 9, 11, 13],
+            "Disable Slot, then a new slot"
+        );
+    }
+
+    #[test]
+    fn a_device_that_failed_is_retried_only_when_plugged_again() {
+        let fake = FakeXhci::new();
+        fake.answer_transfers.set(false);
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert!(xhci.enumerate_root_ports().is_empty());
+        // The reset's Port Status Change Event is still to be looked at: it changes nothing.
+        assert!(xhci.has_port_changes());
+        assert!(xhci.handle_port_changes().is_empty());
+        assert_eq!(fake.commands(), [9, 11, 10]);
+        fake.answer_transfers.set(true);
+        fake.unplug(2);
+        fake.plug(2);
+        xhci.poll_events().unwrap();
+        assert_eq!(xhci.handle_port_changes().len(), 1);
+    }
+
+    #[test]
     fn a_device_that_does_not_answer_is_reported_not_waited_for() {
-        let mut fake = FakeXhci::new();
-        fake.answer_transfers = false;
+        let fake = FakeXhci::new();
+        fake.answer_transfers.set(false);
         let mut xhci = Controller::start(&fake).unwrap();
         assert_eq!(
             xhci.enumerate(xhci.root_port(2)),

@@ -148,9 +148,9 @@ pub struct FakeXhci {
     clock: Cell<u64>,
     state: RefCell<State>,
     /// Whether commands complete (false: they stay queued for ever).
-    pub answer_commands: bool,
+    pub answer_commands: Cell<bool>,
     /// Whether the device answers control transfers.
-    pub answer_transfers: bool,
+    pub answer_transfers: Cell<bool>,
 }
 
 impl FakeXhci {
@@ -191,8 +191,8 @@ impl FakeXhci {
             arena: Arena::new(0x10_0000, 1 << 20),
             clock: Cell::new(0),
             state: RefCell::new(State::default()),
-            answer_commands: true,
-            answer_transfers: true,
+            answer_commands: Cell::new(true),
+            answer_transfers: Cell::new(true),
         }
     }
 
@@ -280,7 +280,7 @@ impl FakeXhci {
                 s.cmd_cycle ^= trb[3] & 2 != 0;
                 continue;
             }
-            if !self.answer_commands {
+            if !self.answer_commands.get() {
                 return;
             }
             let mut slot = (trb[3] >> 24) as u8;
@@ -313,7 +313,7 @@ impl FakeXhci {
     }
 
     fn run_transfers(&self, slot: u8) {
-        if !self.answer_transfers {
+        if !self.answer_transfers.get() {
             return;
         }
         let Some(i) = self.state.borrow().ep0.iter().position(|e| e.0 == slot) else {

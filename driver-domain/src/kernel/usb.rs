@@ -139,7 +139,8 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
 /// interrupt): devices plugged into root ports are enumerated, unplugged ones released.
 pub fn service(usb: &mut Usb) {
     let now = pci::xhci_interrupts();
-    if usb.failed || (usb.interrupt_routed && now == usb.seen) {
+    let quiet = now == usb.seen && !usb.xhci.has_port_changes();
+    if usb.failed || (usb.interrupt_routed && quiet) {
         return;
     }
     usb.seen = now;
