@@ -503,9 +503,10 @@ impl<H: Hal> Controller<H> {
             self.write_portsc(port, status.clear_changes(status.changes()));
             let root_port = self.root_port(port);
             info!(
-                "event=usb_port_change busid={root_port} port={port} connected={} enabled={} portsc={:#010x}",
+                "event=usb_port_change busid={root_port} port={port} connected={} enabled={} pls={} portsc={:#010x}",
                 status.connected(),
                 status.enabled(),
+                status.link_state(),
                 status.0
             );
             let slot = self.slots.iter().position(|s| s.port == port);
@@ -659,10 +660,12 @@ impl<H: Hal> Controller<H> {
                 Some(d)
             }
             Err(e) => {
+                let status = self.portsc(root_port.port);
                 warn!(
-                    "event=usb_device_error busid={root_port} port={} portsc={:#010x} error={e}",
+                    "event=usb_device_error busid={root_port} port={} pls={} portsc={:#010x} error={e}",
                     root_port.port,
-                    self.portsc(root_port.port).0
+                    status.link_state(),
+                    status.0
                 );
                 None
             }
