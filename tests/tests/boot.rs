@@ -90,6 +90,13 @@ fn check_usb(r: &Run) {
     assert_eq!(field(running, "usb3_ports"), Some("4"), "{running}");
     let (_, noop) = r.event("xhci_noop").expect("event=xhci_noop");
     assert_eq!(field(noop, "ok"), Some("true"), "{noop}");
+    // 300 No Ops: more than the Command Ring (255 TRBs) and the Event Ring (256) hold.
+    assert_eq!(field(noop, "count"), Some("300"), "{noop}");
+    let after: u64 = field(noop, "interrupts_after").unwrap().parse().unwrap();
+    assert!(
+        after > 0,
+        "command completions raise MSI-X interrupts: {noop}"
+    );
     assert!(r.event("usb_device_error").is_none());
 
     let devices: Vec<&str> = r.events("usb_device").collect();

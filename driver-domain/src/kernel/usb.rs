@@ -87,6 +87,9 @@ impl Hal for KernelHal {
     }
 }
 
+/// No Op commands at bring-up: the Command Ring holds 255 TRBs, the Event Ring 256.
+const NOOPS: usize = 300;
+
 /// The running driver and how the main loop learns of its events.
 pub struct Usb {
     xhci: Controller<KernelHal>,
@@ -109,11 +112,15 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
             return None;
         }
     };
+    // More No Ops than the Command Ring and the Event Ring hold: both wrap (Link TRB with
+    // Toggle Cycle, the consumer's cycle flip) against the real controller at every boot.
     let before = pci::xhci_interrupts();
-    let noop = xhci.noop();
+    let started = time::now_micros();
+    let noop = (0..NOOPS).try_for_each(|_| xhci.noop());
     match noop {
         Ok(()) => info!(
-            "event=xhci_noop ok=true interrupts_before={before} interrupts_after={}",
+            "event=xhci_noop ok=true count={NOOPS} us={} interrupts_before={before} interrupts_after={}",
+            time::now_micros() - started,
             pci::xhci_interrupts()
         ),
         Err(e) => {
