@@ -101,6 +101,8 @@ pub enum Error {
     UnknownSpeed,
     /// The device sent a malformed descriptor.
     BadDescriptor,
+    /// Enable Slot returned a slot ID outside 1..=MaxSlots.
+    SlotId(u8),
 }
 
 impl fmt::Display for Error {
@@ -116,6 +118,7 @@ impl fmt::Display for Error {
             Error::PortNotEnabled => f.write_str("port_not_enabled"),
             Error::UnknownSpeed => f.write_str("unknown_speed"),
             Error::BadDescriptor => f.write_str("bad_descriptor"),
+            Error::SlotId(id) => write!(f, "bad_slot_id_{id}"),
         }
     }
 }
@@ -712,6 +715,11 @@ impl<H: Hal> Controller<H> {
         let speed = status.speed().ok_or(Error::UnknownSpeed)?;
         let enable = *command::EnableSlot::new().set_slot_type(root_port.slot_type);
         let slot_id = self.command(enable.into_raw())?.slot_id();
+        // DCBAA entry 0 is the scratchpad array: a slot ID outside 1..=MaxSlots from a
+        // confused controller must not be written there or past the array.
+        if slot_id == 0 || slot_id > self.caps.max_slots {
+            return Err(Error::SlotId(slot_id));
+        }
         let described = self.describe(slot_id, root_port, speed);
         if described.is_err() {
             // Give the slot back: nothing queued for a silent device stays live, and the
