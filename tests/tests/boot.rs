@@ -197,22 +197,21 @@ fn qmp(socket: &Path, commands: &[&str]) {
 }
 
 #[test]
-fn a_hotplugged_keyboard_is_enumerated_and_its_removal_seen_through_the_interrupt() {
+fn a_hotplugged_keyboard_is_enumerated_and_released_twice_through_the_interrupt() {
     let machine = Machine::new("q35", "boot-hotplug");
     let socket = machine.scratch().join("qmp.sock");
     let _ = std::fs::remove_file(&socket);
+    let gone = std::cell::Cell::new(0);
     let run = machine
         .arg("-qmp")
         .arg(&format!("unix:{},server=on,wait=off", socket.display()))
         .keep_running()
         .limit(Duration::from_secs(20))
         .boot_until(|line| {
+            let plug = r#"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"k1","bus":"xhci.0","port":"2"}}"#;
             if line.contains("event=ready") {
                 // QEMU port 2: a high-speed device lands on xHCI port 6, Linux's 1-2.
-                qmp(
-                    &socket,
-                    &[r#"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"k1","bus":"xhci.0","port":"2"}}"#],
-                );
+                qmp(&socket, &[plug]);
             }
             if line.contains("event=usb_device ") {
                 qmp(
@@ -220,7 +219,14 @@ fn a_hotplugged_keyboard_is_enumerated_and_its_removal_seen_through_the_interrup
                     &[r#"{"execute":"device_del","arguments":{"id":"k1"}}"#],
                 );
             }
-            line.contains("event=usb_device_gone")
+            // Twice round: the released slot and memory serve the second plug.
+            if line.contains("event=usb_device_gone") {
+                gone.set(gone.get() + 1);
+                if gone.get() == 1 {
+                    qmp(&socket, &[plug]);
+                }
+            }
+            gone.get() == 2
         });
     run.check(|r| {
         assert!(!r.timed_out, "the plug and unplug were not both seen");
@@ -244,6 +250,10 @@ fn a_hotplugged_keyboard_is_enumerated_and_its_removal_seen_through_the_interrup
         let (_, gone) = r.event("usb_device_gone").unwrap();
         assert_eq!(field(gone, "busid"), Some("1-2"), "{gone}");
         assert_eq!(field(gone, "slot"), field(kbd, "slot"), "{gone}");
+        let plugs: Vec<&str> = r.events("usb_device").collect();
+        assert_eq!(plugs.len(), 2, "{plugs:#?}");
+        assert_eq!(field(plugs[1], "vid"), Some("0627"), "{}", plugs[1]);
+        assert_eq!(r.events("usb_device_gone").count(), 2);
     });
 }
 
