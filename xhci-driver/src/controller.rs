@@ -389,6 +389,8 @@ impl<H: Hal> Controller<H> {
         let until = hal.now_micros() + RUN_TIMEOUT_US;
         while hal.read32(op + USBSTS) & USBSTS_HCH != 0 {
             if hal.now_micros() > until {
+                // Take Run back so a late start cannot DMA into the memory dropped here.
+                hal.write32(op + USBCMD, cmd & !USBCMD_RS);
                 return Err(Error::Timeout("run"));
             }
             core::hint::spin_loop();
@@ -417,6 +419,24 @@ impl<H: Hal> Controller<H> {
             slots: Vec::new(),
             port_changes: Vec::new(),
         })
+    }
+
+    /// Stops the controller (Run/Stop cleared, HCHalted awaited) so its memory can be
+    /// dropped. If it does not halt, the caller must not free its memory
+    /// (`core::mem::forget` the controller).
+    pub fn halt(&mut self) -> Result<(), Error> {
+        let op = self.op();
+        let cmd = self.hal.read32(op + USBCMD);
+        self.hal
+            .write32(op + USBCMD, cmd & !(USBCMD_RS | USBCMD_INTE));
+        let until = self.hal.now_micros() + RUN_TIMEOUT_US;
+        while self.hal.read32(op + USBSTS) & USBSTS_HCH == 0 {
+            if self.hal.now_micros() > until {
+                return Err(Error::Timeout("halt"));
+            }
+            core::hint::spin_loop();
+        }
+        Ok(())
     }
 
     /// The capability registers.
@@ -1065,6 +1085,15 @@ mod tests {
             "the fake found EP0's ring at 2 x 64 bytes"
         );
         assert_eq!(devices[0].vendor_id, 0x1234);
+    }
+
+    #[test]
+    fn halting_clears_run_stop_and_waits_for_hchalted() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.halt(), Ok(()));
+        assert_eq!(fake.reg(t::USBCMD) & 0b101, 0);
+        assert_eq!(fake.reg(t::USBSTS) & 1, 1);
     }
 
     #[test]

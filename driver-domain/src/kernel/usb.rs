@@ -125,6 +125,11 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         ),
         Err(e) => {
             warn!("event=xhci_noop ok=false error={e}");
+            if let Err(e) = xhci.halt() {
+                // It may still DMA into its rings: their frames must never be reused.
+                warn!("event=xhci_halt_failed bdf={} error={e}", found.bdf);
+                core::mem::forget(xhci);
+            }
             return None;
         }
     }
