@@ -98,8 +98,37 @@ impl Machine {
         self
     }
 
+    /// The directory for this machine's files.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// Lets the guest run on after `event=ready` (no `qemu_exit`): the run ends when the
+    /// `done` of [`Machine::boot_until`] says so or at the time limit.
+    pub fn keep_running(mut self) -> Machine {
+        self.append = self
+            .append
+            .split_whitespace()
+            .filter(|w| *w != "qemu_exit")
+            .collect::<Vec<_>>()
+            .join(" ");
+        self
+    }
+
+    /// Sets the time limit.
+    pub fn limit(mut self, limit: Duration) -> Machine {
+        self.limit = limit;
+        self
+    }
+
     /// Boots and waits for QEMU to exit (or kills it at the time limit).
     pub fn boot(self) -> Run {
+        self.boot_until(|_| false)
+    }
+
+    /// Boots and runs until QEMU exits, `done` returns true for a serial line (QEMU is then
+    /// killed), or the time limit.
+    pub fn boot_until(self, done: impl Fn(&str) -> bool) -> Run {
         let mut args = self.args.clone();
         args.extend([
             "-kernel".into(),
@@ -107,7 +136,7 @@ impl Machine {
             "-append".into(),
             self.append.clone(),
         ]);
-        run_qemu(&args, self.limit, |_| false)
+        run_qemu(&args, self.limit, done)
     }
 }
 

@@ -1,6 +1,11 @@
 //! usbdom boots on QEMU's q35 and pc machines with an xHCI controller and USB devices, and
 //! says so on the serial log.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
 use usbdom_tests::{field, Machine, Run, EXIT_SUCCESS};
 
 fn boot(machine: &str) -> Run {
@@ -57,6 +62,8 @@ fn check_boot(machine: &str, run: &Run) {
             Some(if machine == "q35" { "ecam" } else { "ports" })
         );
 
+        check_usb(r);
+
         let (_, timer) = r.event("timer_ok").expect("event=timer_ok");
         let ticks: u64 = field(timer, "ticks").unwrap().parse().unwrap();
         assert!(
@@ -71,6 +78,57 @@ fn check_boot(machine: &str, run: &Run) {
         );
         assert!(at.as_secs_f64() < 2.0, "event=ready took {at:?}");
     });
+}
+
+/// The driver runs the controller, its rings answer a No Op, MSI-X delivers its
+/// interrupts, and every root-port device of `boot()` is enumerated with QEMU's ids.
+fn check_usb(r: &Run) {
+    let (_, running) = r.event("xhci_running").expect("event=xhci_running");
+    assert_eq!(field(running, "slots"), Some("64"), "{running}");
+    assert_eq!(field(running, "ports"), Some("8"), "{running}");
+    assert_eq!(field(running, "usb2_ports"), Some("4"), "{running}");
+    assert_eq!(field(running, "usb3_ports"), Some("4"), "{running}");
+    let (_, noop) = r.event("xhci_noop").expect("event=xhci_noop");
+    assert_eq!(field(noop, "ok"), Some("true"), "{noop}");
+    // 300 No Ops: more than the Command Ring (255 TRBs) and the Event Ring (256) hold.
+    assert_eq!(field(noop, "count"), Some("300"), "{noop}");
+    let after: u64 = field(noop, "interrupts_after").unwrap().parse().unwrap();
+    assert!(
+        after > 0,
+        "command completions raise MSI-X interrupts: {noop}"
+    );
+    assert!(r.event("usb_device_error").is_none());
+
+    let devices: Vec<&str> = r.events("usb_device").collect();
+    let find = |vid: &str, pid: &str| {
+        devices
+            .iter()
+            .find(|l| field(l, "vid") == Some(vid) && field(l, "pid") == Some(pid))
+            .unwrap_or_else(|| panic!("no usb_device {vid}:{pid} in {devices:#?}"))
+    };
+    // QEMU's usb-storage on a USB3-capable controller: SuperSpeed, bus 2.
+    let stick = find("46f4", "0001");
+    assert_eq!(field(stick, "speed"), Some("super"), "{stick}");
+    assert!(field(stick, "busid").unwrap().starts_with("2-"), "{stick}");
+    assert_eq!(field(stick, "class"), Some("00"), "{stick}");
+    // usb-kbd: high speed on a USB2 port.
+    let kbd = find("0627", "0001");
+    assert_eq!(field(kbd, "speed"), Some("high"), "{kbd}");
+    assert!(field(kbd, "busid").unwrap().starts_with("1-"), "{kbd}");
+    assert!(kbd.contains("product=\"QEMU USB Keyboard\""), "{kbd}");
+    // usb-hub on QEMU port 3: full speed, xHCI port 7, bus 1 port 3, class 09.
+    let hub = find("0409", "55aa");
+    assert_eq!(field(hub, "busid"), Some("1-3"), "{hub}");
+    assert_eq!(field(hub, "speed"), Some("full"), "{hub}");
+    assert_eq!(field(hub, "class"), Some("09"), "{hub}");
+    assert_eq!(devices.len(), 3, "{devices:#?}");
+
+    let (_, ready) = r.event("ready").unwrap();
+    let interrupts: u64 = field(ready, "xhci_interrupts").unwrap().parse().unwrap();
+    assert!(
+        interrupts > 0,
+        "MSI-X delivers the controller's interrupts: {ready}"
+    );
 }
 
 #[test]
@@ -108,5 +166,128 @@ fn without_an_xhci_controller_it_says_so_and_still_comes_up() {
         assert!(r.event("no_controller").is_some());
         let (_, ready) = r.event("ready").expect("event=ready");
         assert_eq!(field(ready, "xhci"), Some("none"));
+    });
+}
+
+/// Sends QMP `commands` (JSON, one per line) over the monitor socket and waits for each
+/// reply, so QEMU has acted on them before the socket closes.
+fn qmp(socket: &Path, commands: &[&str]) {
+    let stream = UnixStream::connect(socket).expect("QMP socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("QMP greeting");
+    let mut writer = stream;
+    for c in ["{\"execute\":\"qmp_capabilities\"}"]
+        .iter()
+        .chain(commands)
+    {
+        writeln!(writer, "{c}").unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("QMP reply");
+            assert!(!line.contains("\"error\""), "QMP {c}: {line}");
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hotplugged_keyboard_is_enumerated_and_released_twice_through_the_interrupt() {
+    let machine = Machine::new("q35", "boot-hotplug");
+    let socket = machine.scratch().join("qmp.sock");
+    let _ = std::fs::remove_file(&socket);
+    let gone = std::cell::Cell::new(0);
+    let run = machine
+        .arg("-qmp")
+        .arg(&format!("unix:{},server=on,wait=off", socket.display()))
+        .keep_running()
+        .limit(Duration::from_secs(20))
+        .boot_until(|line| {
+            let plug = r#"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"k1","bus":"xhci.0","port":"2"}}"#;
+            if line.contains("event=ready") {
+                // QEMU port 2: a high-speed device lands on xHCI port 6, Linux's 1-2.
+                qmp(&socket, &[plug]);
+            }
+            if line.contains("event=usb_device ") {
+                qmp(
+                    &socket,
+                    &[r#"{"execute":"device_del","arguments":{"id":"k1"}}"#],
+                );
+            }
+            // Twice round: the released slot and memory serve the second plug.
+            if line.contains("event=usb_device_gone") {
+                gone.set(gone.get() + 1);
+                if gone.get() == 1 {
+                    qmp(&socket, &[plug]);
+                }
+            }
+            gone.get() == 2
+        });
+    run.check(|r| {
+        assert!(!r.timed_out, "the plug and unplug were not both seen");
+        let (_, ready) = r.event("ready").expect("event=ready");
+        let at_ready: u64 = field(ready, "xhci_interrupts").unwrap().parse().unwrap();
+        // The main loop looks at the event ring only when the MSI-X interrupt moved the
+        // counter (the vector is routed, so it does not poll).
+        let (_, events) = r.event("xhci_events").expect("event=xhci_events");
+        let at_events: u64 = field(events, "xhci_interrupts").unwrap().parse().unwrap();
+        assert!(at_events > at_ready, "{ready}\n{events}");
+        let (_, change) = r.event("usb_port_change").unwrap();
+        assert_eq!(field(change, "busid"), Some("1-2"), "{change}");
+        assert_eq!(field(change, "port"), Some("6"), "{change}");
+        assert_eq!(field(change, "connected"), Some("true"), "{change}");
+        let (_, kbd) = r.event("usb_device").unwrap();
+        assert_eq!(field(kbd, "busid"), Some("1-2"), "{kbd}");
+        assert_eq!(
+            (field(kbd, "vid"), field(kbd, "pid")),
+            (Some("0627"), Some("0001"))
+        );
+        let (_, gone) = r.event("usb_device_gone").unwrap();
+        assert_eq!(field(gone, "busid"), Some("1-2"), "{gone}");
+        assert_eq!(field(gone, "slot"), field(kbd, "slot"), "{gone}");
+        let plugs: Vec<&str> = r.events("usb_device").collect();
+        assert_eq!(plugs.len(), 2, "{plugs:#?}");
+        assert_eq!(field(plugs[1], "vid"), Some("0627"), "{}", plugs[1]);
+        assert_eq!(r.events("usb_device_gone").count(), 2);
+    });
+}
+
+#[test]
+fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
+    // p3=0: no USB3 ports (the USB3 protocol capability is still listed, with 0 ports), so
+    // the stick runs at high speed; usb_version=1 makes the keyboard full speed with an
+    // 8-byte EP0 (Evaluate Context after the first 8 bytes of its device descriptor).
+    let run = Machine::bare("q35", "boot-usb2-only")
+        .arg("-device")
+        .arg("qemu-xhci,id=xhci,p3=0")
+        .usb_stick("stick")
+        .arg("-device")
+        .arg("usb-kbd,bus=xhci.0,port=2,usb_version=1")
+        .boot();
+    run.check(|r| {
+        assert_eq!(r.exit, Some(EXIT_SUCCESS));
+        let (_, running) = r.event("xhci_running").expect("event=xhci_running");
+        assert_eq!(field(running, "usb3_ports"), Some("0"), "{running}");
+        assert_eq!(field(running, "usb2_ports"), Some("4"), "{running}");
+        let devices: Vec<&str> = r.events("usb_device").collect();
+        assert_eq!(devices.len(), 2, "{devices:#?}");
+        let stick = devices
+            .iter()
+            .find(|l| field(l, "vid") == Some("46f4"))
+            .expect("the stick");
+        assert_eq!(field(stick, "speed"), Some("high"), "{stick}");
+        assert_eq!(field(stick, "busid"), Some("1-1"), "{stick}");
+        let kbd = devices
+            .iter()
+            .find(|l| field(l, "vid") == Some("0627"))
+            .expect("the keyboard");
+        assert_eq!(field(kbd, "speed"), Some("full"), "{kbd}");
+        assert_eq!(field(kbd, "busid"), Some("1-2"), "{kbd}");
+        assert_eq!(field(kbd, "mps0"), Some("8"), "{kbd}");
     });
 }

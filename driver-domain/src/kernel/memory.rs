@@ -167,6 +167,11 @@ pub struct Mmio {
 }
 
 impl Mmio {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// A sub-region at `offset`.
     pub fn slice(&self, offset: u64, len: u64) -> Option<Mmio> {
         (offset.checked_add(len)? <= self.len).then_some(Mmio {

@@ -9,6 +9,7 @@ mod memory;
 mod pci;
 mod serial;
 mod time;
+mod usb;
 mod xen_guest;
 
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -172,6 +173,7 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     let mut cfg = pci::config_access(si.rsdp_paddr);
     let (xhci, bars) = pci::probe(&mut cfg);
     occupied.extend(bars);
+    let usb = xhci.as_ref().and_then(usb::bring_up);
     let window = platform::frames::grant_window(&occupied, GRANT_WINDOW_SIZE);
     match window {
         Some(base) => info!("event=grant_window base={base:#x} size={GRANT_WINDOW_SIZE:#x}"),
@@ -233,15 +235,19 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     if QEMU_EXIT.load(Ordering::Relaxed) {
         cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
     }
-    main_loop(backend.as_mut())
+    main_loop(backend.as_mut(), usb)
 }
 
-/// Waits for interrupts and serves what they brought: xenstore watch events and frontend
-/// notifications. Pending events are looked for with interrupts off, so one that arrives
-/// between the look and the `hlt` still wakes it.
-fn main_loop(mut backend: Option<&mut Backend>) -> ! {
+/// Waits for interrupts and serves what they brought: xHCI events, xenstore watch events
+/// and frontend notifications. Pending Xen events are looked for with interrupts off, so one
+/// that arrives between the look and the `hlt` still wakes it; an xHCI interrupt in that gap
+/// is served at the next timer tick at the latest.
+fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! {
     use xen::hypervisor::EventChannels;
     loop {
+        if let Some(u) = usb.as_mut() {
+            usb::service(u);
+        }
         let Some(be) = backend.as_deref_mut() else {
             cpu::enable_and_halt();
             continue;

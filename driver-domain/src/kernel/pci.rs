@@ -97,6 +97,8 @@ pub struct Xhci {
     pub bdf: Bdf,
     /// The interrupt vector its first MSI/MSI-X message raises, if one is routed.
     pub vector: Option<u8>,
+    /// BAR0, mapped uncached.
+    pub regs: Mmio,
 }
 
 static XHCI_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
@@ -188,7 +190,7 @@ fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16) -> Option<Xhc
         hcsparams1 & 0xff,
         hcsparams1 >> 24
     );
-    Some(Xhci { bdf, vector })
+    Some(Xhci { bdf, vector, regs })
 }
 
 /// Clears Run/Stop, waits for HCHalted, then resets the controller (xHCI 4.2, 5.4.1).

@@ -1,0 +1,172 @@
+//! The xHCI driver on this machine: its HAL over the mapped BAR0 and identity-mapped DMA
+//! frames, bring-up and root-port enumeration at boot, and event handling in the main loop.
+
+use log::{info, warn};
+use platform::Mmio32;
+use xhci_driver::{Controller, DmaBuffer, Hal};
+
+use super::memory::{self, DmaRegion, Mmio};
+use super::{pci, time};
+
+/// DMA memory through the identity map. Dropping it returns the frames: the driver drops a
+/// buffer only once the controller no longer references it.
+pub struct KernelDma(DmaRegion);
+
+impl Drop for KernelDma {
+    fn drop(&mut self) {
+        memory::dma_free(DmaRegion {
+            phys: self.0.phys,
+            len: self.0.len,
+        });
+    }
+}
+
+impl KernelDma {
+    fn addr(&self, offset: usize) -> u64 {
+        assert!(
+            offset % 4 == 0 && offset as u64 + 4 <= self.0.len,
+            "DMA access outside its region"
+        );
+        self.0.phys + offset as u64
+    }
+}
+
+impl DmaBuffer for KernelDma {
+    fn phys(&self) -> u64 {
+        self.0.phys
+    }
+
+    fn len(&self) -> usize {
+        self.0.len as usize
+    }
+
+    fn read32(&self, offset: usize) -> u32 {
+        let addr = self.addr(offset);
+        // SAFETY: the region came from `memory::dma_alloc`, is identity-mapped and ours;
+        // `addr` checked the access is inside it and aligned. Volatile: the controller
+        // writes this memory.
+        unsafe { core::ptr::read_volatile(addr as *const u32) }
+    }
+
+    fn write32(&mut self, offset: usize, value: u32) {
+        let addr = self.addr(offset);
+        // SAFETY: as in `read32`. Volatile writes stay in program order, and x86 stores
+        // become visible to bus masters in that order (the TRB Cycle bit goes last).
+        unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+    }
+}
+
+/// The platform under the driver.
+pub struct KernelHal {
+    regs: Mmio,
+}
+
+impl Hal for KernelHal {
+    type Dma = KernelDma;
+
+    fn read32(&self, offset: usize) -> u32 {
+        self.regs.read32(offset)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        self.regs.write32(offset, value)
+    }
+
+    fn mmio_len(&self) -> usize {
+        self.regs.len() as usize
+    }
+
+    fn dma_alloc(&mut self, bytes: usize, align: usize) -> Option<KernelDma> {
+        // Below 4 GiB whatever the controller's AC64 says: always reachable. Page-aligned
+        // frames never cross a page for a request that fits in one.
+        memory::dma_alloc(bytes as u64, (align as u64).max(4096), true).map(KernelDma)
+    }
+
+    fn now_micros(&self) -> u64 {
+        time::now_micros()
+    }
+}
+
+/// No Op commands at bring-up: the Command Ring holds 255 TRBs, the Event Ring 256.
+const NOOPS: usize = 300;
+
+/// The running driver and how the main loop learns of its events.
+pub struct Usb {
+    xhci: Controller<KernelHal>,
+    /// Whether MSI/MSI-X is routed; without it the event ring is polled on every wake-up
+    /// (the 100 Hz timer wakes the loop).
+    interrupt_routed: bool,
+    /// `pci::xhci_interrupts()` when the event ring was last drained.
+    seen: u64,
+    /// The controller reported Host System Error: it is left alone from then on.
+    failed: bool,
+}
+
+/// Brings the controller up, proves its rings with a No Op command and enumerates the root
+/// ports.
+pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
+    let mut xhci = match Controller::start(KernelHal { regs: found.regs }) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!("event=xhci_start_failed bdf={} error={e}", found.bdf);
+            return None;
+        }
+    };
+    // More No Ops than the Command Ring and the Event Ring hold: both wrap (Link TRB with
+    // Toggle Cycle, the consumer's cycle flip) against the real controller at every boot.
+    let before = pci::xhci_interrupts();
+    let started = time::now_micros();
+    let noop = (0..NOOPS).try_for_each(|_| xhci.noop());
+    match noop {
+        Ok(()) => info!(
+            "event=xhci_noop ok=true count={NOOPS} us={} interrupts_before={before} interrupts_after={}",
+            time::now_micros() - started,
+            pci::xhci_interrupts()
+        ),
+        Err(e) => {
+            warn!("event=xhci_noop ok=false error={e}");
+            if let Err(e) = xhci.halt() {
+                // It may still DMA into its rings: their frames must never be reused.
+                warn!("event=xhci_halt_failed bdf={} error={e}", found.bdf);
+                core::mem::forget(xhci);
+            }
+            return None;
+        }
+    }
+    let devices = xhci.enumerate_root_ports();
+    info!(
+        "event=usb_enumerated devices={} xhci_interrupts={}",
+        devices.len(),
+        pci::xhci_interrupts()
+    );
+    Some(Usb {
+        xhci,
+        interrupt_routed: found.vector.is_some(),
+        seen: pci::xhci_interrupts(),
+        failed: false,
+    })
+}
+
+/// Takes the controller's events when its interrupt counter moved (or always, without an
+/// interrupt): devices plugged into root ports are enumerated, unplugged ones released.
+pub fn service(usb: &mut Usb) {
+    let now = pci::xhci_interrupts();
+    let quiet = now == usb.seen && !usb.xhci.has_port_changes();
+    if usb.failed || (usb.interrupt_routed && quiet) {
+        return;
+    }
+    usb.seen = now;
+    match usb.xhci.poll_events() {
+        Ok(events) => {
+            if events > 0 {
+                info!("event=xhci_events count={events} xhci_interrupts={now}");
+            }
+            // Also changes noted while an earlier enumeration waited for its own events.
+            usb.xhci.handle_port_changes();
+        }
+        Err(e) => {
+            warn!("event=xhci_error error={e}");
+            usb.failed = true;
+        }
+    }
+}

@@ -1,0 +1,1239 @@
+//! The controller: bring-up of a halted, reset controller (xHCI 4.2), commands on the Command
+//! Ring with completions from the Event Ring of Interrupter 0, root ports (4.19), and the
+//! first steps of enumeration on them (4.3): Enable Slot, Address Device and the device
+//! descriptor over the Default Control Endpoint.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use log::{debug, info, warn};
+use xhci::ring::trb::event::{self, CompletionCode};
+use xhci::ring::trb::{command, transfer};
+
+use crate::hal::{DmaBuffer, Hal};
+use crate::port::{Portsc, Speed, CSC, PRC, WRC};
+use crate::ring::{EventRing, ProducerRing, RingError, ERST_ENTRY_SIZE};
+
+// Capability registers (5.3). Read 32 bits wide: some controllers (QEMU's) return 0 for
+// narrower reads such as a 16-bit HCIVERSION.
+const CAPLENGTH_HCIVERSION: usize = 0x00;
+const HCSPARAMS1: usize = 0x04;
+const HCSPARAMS2: usize = 0x08;
+const HCCPARAMS1: usize = 0x10;
+const DBOFF: usize = 0x14;
+const RTSOFF: usize = 0x18;
+// Operational registers (5.4), at CAPLENGTH.
+const USBCMD: usize = 0x00;
+const USBSTS: usize = 0x04;
+const PAGESIZE: usize = 0x08;
+const CRCR: usize = 0x18;
+const DCBAAP: usize = 0x30;
+const CONFIG: usize = 0x38;
+const PORTSC: usize = 0x400;
+const PORT_REGISTER_SET_SIZE: usize = 0x10;
+// Interrupter Register Set 0 (5.5.2), at RTSOFF + 0x20.
+const INTERRUPTER_0: usize = 0x20;
+const IMAN: usize = 0x00;
+const IMOD: usize = 0x04;
+const ERSTSZ: usize = 0x08;
+const ERSTBA: usize = 0x10;
+const ERDP: usize = 0x18;
+
+const USBCMD_RS: u32 = 1 << 0;
+const USBCMD_INTE: u32 = 1 << 2;
+const USBSTS_HCH: u32 = 1 << 0;
+const USBSTS_HSE: u32 = 1 << 2;
+const USBSTS_EINT: u32 = 1 << 3;
+const USBSTS_CNR: u32 = 1 << 11;
+const IMAN_IP: u32 = 1 << 0;
+const IMAN_IE: u32 = 1 << 1;
+/// Event Handler Busy, RW1C in ERDP: written 1 with every dequeue pointer update.
+const ERDP_EHB: u64 = 1 << 3;
+const CRCR_RCS: u64 = 1 << 0;
+/// Interrupt Moderation Interval, 250 ns units: 40 µs, as Linux uses.
+const IMODI: u32 = 160;
+/// Extended Capability ID of the Supported Protocol Capability (7.2).
+const XECP_SUPPORTED_PROTOCOL: u32 = 2;
+
+/// One page holds each ring: 256 TRBs.
+const RING_BYTES: usize = 4096;
+/// Commands complete in microseconds on real controllers; Address Device waits for a
+/// SET_ADDRESS on the bus.
+const COMMAND_TIMEOUT_US: u64 = 100_000;
+/// A control transfer to a device that answers.
+const TRANSFER_TIMEOUT_US: u64 = 100_000;
+/// Run/Stop to HCHalted clear.
+const RUN_TIMEOUT_US: u64 = 20_000;
+/// Port Reset to Port Reset Change: USB 2.0 7.1.7.5 allows 50 ms for the root port reset.
+const PORT_RESET_TIMEOUT_US: u64 = 100_000;
+/// USB 2.0 TRSTRCY: the device's recovery time after a reset before it is addressed.
+const RESET_RECOVERY_US: u64 = 10_000;
+
+// USB 2.0 chapter 9.
+const REQUEST_TYPE_DEVICE_TO_HOST: u8 = 0x80;
+const GET_DESCRIPTOR: u8 = 6;
+const DESCRIPTOR_DEVICE: u16 = 1;
+const DESCRIPTOR_STRING: u16 = 3;
+const DEVICE_DESCRIPTOR_SIZE: u16 = 18;
+const LANGID_EN_US: u16 = 0x0409;
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The controller was not halted and ready when bring-up began.
+    NotHalted,
+    /// DMA memory ran out.
+    NoMemory,
+    /// Something did not happen in time.
+    Timeout(&'static str),
+    /// The controller reported Host System Error.
+    HostSystemError,
+    /// A ring had no room.
+    RingFull,
+    /// A command completed with this code.
+    Command(u8),
+    /// A transfer completed with this code.
+    Transfer(u8),
+    /// A root port with a device stayed disabled after its reset.
+    PortNotEnabled,
+    /// The port reports no speed this driver knows.
+    UnknownSpeed,
+    /// The device sent a malformed descriptor.
+    BadDescriptor,
+    /// Enable Slot returned a slot ID outside 1..=MaxSlots.
+    SlotId(u8),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotHalted => f.write_str("not_halted"),
+            Error::NoMemory => f.write_str("no_dma_memory"),
+            Error::Timeout(what) => write!(f, "timeout_{what}"),
+            Error::HostSystemError => f.write_str("host_system_error"),
+            Error::RingFull => f.write_str("ring_full"),
+            Error::Command(c) => write!(f, "command_completion_code_{c}"),
+            Error::Transfer(c) => write!(f, "transfer_completion_code_{c}"),
+            Error::PortNotEnabled => f.write_str("port_not_enabled"),
+            Error::UnknownSpeed => f.write_str("unknown_speed"),
+            Error::BadDescriptor => f.write_str("bad_descriptor"),
+            Error::SlotId(id) => write!(f, "bad_slot_id_{id}"),
+        }
+    }
+}
+
+impl From<RingError> for Error {
+    fn from(_: RingError) -> Error {
+        Error::RingFull
+    }
+}
+
+fn code_of(c: Result<CompletionCode, u8>) -> u8 {
+    match c {
+        Ok(c) => c as u8,
+        Err(raw) => raw,
+    }
+}
+
+/// The capability registers that matter here.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    /// Where the operational registers begin.
+    pub caplength: u8,
+    /// Interface version, BCD (0x100 is 1.0).
+    pub hciversion: u16,
+    /// MaxSlots.
+    pub max_slots: u8,
+    /// MaxIntrs.
+    pub max_interrupters: u16,
+    /// MaxPorts.
+    pub max_ports: u8,
+    /// Max Scratchpad Buffers (Hi and Lo together).
+    pub max_scratchpad_buffers: u16,
+    /// 64-bit Addressing Capability.
+    pub ac64: bool,
+    /// Context Size: 64 when CSZ is set, else 32 bytes.
+    pub context_size: usize,
+    /// xHCI Extended Capabilities Pointer, in bytes from the base (0: none).
+    pub xecp: usize,
+    /// Doorbell Offset.
+    pub dboff: usize,
+    /// Runtime Register Space Offset.
+    pub rtsoff: usize,
+}
+
+impl Capabilities {
+    /// Reads them, 32 bits at a time.
+    pub fn read<H: Hal>(hal: &H) -> Capabilities {
+        let cap = hal.read32(CAPLENGTH_HCIVERSION);
+        let hcs1 = hal.read32(HCSPARAMS1);
+        let hcs2 = hal.read32(HCSPARAMS2);
+        let hcc1 = hal.read32(HCCPARAMS1);
+        Capabilities {
+            caplength: cap as u8,
+            hciversion: (cap >> 16) as u16,
+            max_slots: hcs1 as u8,
+            max_interrupters: ((hcs1 >> 8) & 0x7ff) as u16,
+            max_ports: (hcs1 >> 24) as u8,
+            max_scratchpad_buffers: (((hcs2 >> 21) & 0x1f) << 5 | (hcs2 >> 27)) as u16,
+            ac64: hcc1 & 1 != 0,
+            context_size: if hcc1 & (1 << 2) != 0 { 64 } else { 32 },
+            xecp: ((hcc1 >> 16) as usize) * 4,
+            dboff: (hal.read32(DBOFF) & !0x3) as usize,
+            rtsoff: (hal.read32(RTSOFF) & !0x1f) as usize,
+        }
+    }
+}
+
+/// A Supported Protocol Capability: which root ports speak which USB major revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protocol {
+    /// Major Revision (2 or 3).
+    pub major: u8,
+    /// Compatible Port Offset: the first root port (1-based).
+    pub first_port: u8,
+    /// Compatible Port Count.
+    pub count: u8,
+    /// Protocol Slot Type, for Enable Slot.
+    pub slot_type: u8,
+}
+
+/// Walks the extended capability list for Supported Protocol Capabilities. `read32` reads
+/// at a byte offset from the base; the walk ends at a zero Next pointer or where a
+/// capability would not fit below `limit` (the register space's size).
+pub fn supported_protocols(
+    read32: impl Fn(usize) -> u32,
+    xecp: usize,
+    limit: usize,
+) -> Vec<Protocol> {
+    let mut found = Vec::new();
+    let mut at = xecp;
+    // A capability is at most 16 bytes here, and Next only moves forward.
+    while at != 0 && at + 16 <= limit {
+        let header = read32(at);
+        if header & 0xff == XECP_SUPPORTED_PROTOCOL {
+            let ports = read32(at + 8);
+            found.push(Protocol {
+                major: (header >> 24) as u8,
+                first_port: ports as u8,
+                count: (ports >> 8) as u8,
+                slot_type: (read32(at + 12) & 0x1f) as u8,
+            });
+        }
+        let next = ((header >> 8) & 0xff) as usize;
+        at = if next == 0 { 0 } else { at + next * 4 };
+    }
+    found
+}
+
+/// A root port, named as Linux names it: USB2 ports are on bus 1 and USB3 ports on bus 2,
+/// each numbered from 1 within its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootPort {
+    /// The xHCI port number (1-based), for PORTSC and the Slot Context.
+    pub port: u8,
+    /// USB major revision of the port (0 when no protocol capability lists it).
+    pub major: u8,
+    /// Protocol Slot Type.
+    pub slot_type: u8,
+    /// Linux bus number.
+    pub bus: u8,
+    /// Port number on that bus.
+    pub number: u8,
+}
+
+impl RootPort {
+    /// Finds `port` in `protocols`.
+    pub fn new(protocols: &[Protocol], port: u8) -> RootPort {
+        let p = protocols.iter().find(|p| {
+            port >= p.first_port && u16::from(port) < u16::from(p.first_port) + u16::from(p.count)
+        });
+        match p {
+            Some(p) => RootPort {
+                port,
+                major: p.major,
+                slot_type: p.slot_type,
+                bus: if p.major >= 3 { 2 } else { 1 },
+                number: port - p.first_port + 1,
+            },
+            None => RootPort {
+                port,
+                major: 0,
+                slot_type: 0,
+                bus: 0,
+                number: port,
+            },
+        }
+    }
+}
+
+impl fmt::Display for RootPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.bus, self.number)
+    }
+}
+
+/// A device found on a root port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsbDevice {
+    /// Where.
+    pub root_port: RootPort,
+    /// Its Device Slot.
+    pub slot_id: u8,
+    /// Its speed.
+    pub speed: Speed,
+    /// bcdUSB.
+    pub usb_version: u16,
+    /// idVendor.
+    pub vendor_id: u16,
+    /// idProduct.
+    pub product_id: u16,
+    /// bDeviceClass (0: per interface, 9: hub).
+    pub class: u8,
+    /// The Default Control Endpoint's max packet size.
+    pub max_packet_size0: u16,
+    /// The product string, when the device has one and sent it.
+    pub product: Option<String>,
+}
+
+/// A Device Slot's memory: the controller references all of it while the slot is enabled.
+struct Slot<D> {
+    slot_id: u8,
+    /// Root port of the device.
+    port: u8,
+    input_context: D,
+    _output_context: D,
+    ep0: ProducerRing<D>,
+    /// Data Stage buffer of control transfers.
+    data: D,
+}
+
+/// A running controller.
+pub struct Controller<H: Hal> {
+    hal: H,
+    caps: Capabilities,
+    dcbaa: H::Dma,
+    /// Scratchpad Buffer Array and the buffers: owned by the controller while it runs.
+    _scratchpad: Vec<H::Dma>,
+    command_ring: ProducerRing<H::Dma>,
+    event_ring: EventRing<H::Dma>,
+    protocols: Vec<Protocol>,
+    slots: Vec<Slot<H::Dma>>,
+    /// Root ports a Port Status Change Event named, not yet looked at.
+    port_changes: Vec<u8>,
+}
+
+impl<H: Hal> Controller<H> {
+    /// Brings up a halted, reset controller (xHCI 4.2): MaxSlotsEn, the Device Context Base
+    /// Address Array with the scratchpad buffers, the Command Ring, Interrupter 0 with its
+    /// Event Ring and interrupts enabled, then Run.
+    pub fn start(mut hal: H) -> Result<Controller<H>, Error> {
+        let caps = Capabilities::read(&hal);
+        let op = usize::from(caps.caplength);
+        let status = hal.read32(op + USBSTS);
+        if status & USBSTS_HCH == 0 || status & USBSTS_CNR != 0 {
+            return Err(Error::NotHalted);
+        }
+        // PAGESIZE bit n set means pages of 2^(n+12) bytes; the lowest set bit is the size
+        // scratchpad buffers must have.
+        let page_bits = (hal.read32(op + PAGESIZE) & 0xffff)
+            .trailing_zeros()
+            .min(15);
+        let page_size = 1usize << (page_bits + 12);
+        let config = hal.read32(op + CONFIG);
+        hal.write32(op + CONFIG, (config & !0xff) | u32::from(caps.max_slots));
+
+        let mut dcbaa = alloc(&mut hal, (usize::from(caps.max_slots) + 1) * 8, 64)?;
+        let mut scratchpad = Vec::new();
+        let buffers = usize::from(caps.max_scratchpad_buffers);
+        if buffers > 0 {
+            let mut array = alloc(&mut hal, buffers * 8, 64)?;
+            for i in 0..buffers {
+                let buffer = alloc(&mut hal, page_size, page_size)?;
+                array.write64(i * 8, buffer.phys());
+                scratchpad.push(buffer);
+            }
+            // DCBAA entry 0 is the Scratchpad Buffer Array when there are buffers.
+            dcbaa.write64(0, array.phys());
+            scratchpad.push(array);
+        }
+        hal.write64(op + DCBAAP, dcbaa.phys());
+
+        let command_ring = ProducerRing::new(alloc(&mut hal, RING_BYTES, 64)?);
+        hal.write64(
+            op + CRCR,
+            command_ring.phys()
+                | if command_ring.cycle_state() {
+                    CRCR_RCS
+                } else {
+                    0
+                },
+        );
+
+        let event_ring = EventRing::new(
+            alloc(&mut hal, RING_BYTES, 64)?,
+            alloc(&mut hal, ERST_ENTRY_SIZE, 64)?,
+        );
+        let ir = caps.rtsoff + INTERRUPTER_0;
+        hal.write32(ir + ERSTSZ, event_ring.erst_size());
+        hal.write64(ir + ERDP, event_ring.dequeue_pointer());
+        // ERSTBA last: writing it makes the controller read the table (4.9.4).
+        hal.write64(ir + ERSTBA, event_ring.erst_phys());
+        hal.write32(ir + IMOD, IMODI);
+        hal.write32(ir + IMAN, IMAN_IP | IMAN_IE);
+        hal.write32(op + USBSTS, USBSTS_EINT);
+
+        let cmd = hal.read32(op + USBCMD);
+        hal.write32(op + USBCMD, cmd | USBCMD_RS | USBCMD_INTE);
+        let until = hal.now_micros() + RUN_TIMEOUT_US;
+        while hal.read32(op + USBSTS) & USBSTS_HCH != 0 {
+            if hal.now_micros() > until {
+                // Take Run back so a late start cannot DMA into the memory dropped here.
+                hal.write32(op + USBCMD, cmd & !USBCMD_RS);
+                return Err(Error::Timeout("run"));
+            }
+            core::hint::spin_loop();
+        }
+        let protocols = supported_protocols(|at| hal.read32(at), caps.xecp, hal.mmio_len());
+        info!(
+            "event=xhci_running hciversion={:#x} slots={} ports={} interrupters={} context_size={} scratchpad_buffers={} page_size={page_size} ac64={} usb2_ports={} usb3_ports={}",
+            caps.hciversion,
+            caps.max_slots,
+            caps.max_ports,
+            caps.max_interrupters,
+            caps.context_size,
+            caps.max_scratchpad_buffers,
+            caps.ac64,
+            ports_of(&protocols, 2),
+            ports_of(&protocols, 3),
+        );
+        Ok(Controller {
+            hal,
+            caps,
+            dcbaa,
+            _scratchpad: scratchpad,
+            command_ring,
+            event_ring,
+            protocols,
+            slots: Vec::new(),
+            port_changes: Vec::new(),
+        })
+    }
+
+    /// Stops the controller (Run/Stop cleared, HCHalted awaited) so its memory can be
+    /// dropped. If it does not halt, the caller must not free its memory
+    /// (`core::mem::forget` the controller).
+    pub fn halt(&mut self) -> Result<(), Error> {
+        let op = self.op();
+        let cmd = self.hal.read32(op + USBCMD);
+        self.hal
+            .write32(op + USBCMD, cmd & !(USBCMD_RS | USBCMD_INTE));
+        let until = self.hal.now_micros() + RUN_TIMEOUT_US;
+        while self.hal.read32(op + USBSTS) & USBSTS_HCH == 0 {
+            if self.hal.now_micros() > until {
+                return Err(Error::Timeout("halt"));
+            }
+            core::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    /// The capability registers.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn op(&self) -> usize {
+        usize::from(self.caps.caplength)
+    }
+
+    fn ring_doorbell(&self, slot: u8, target: u32) {
+        self.hal
+            .write32(self.caps.dboff + usize::from(slot) * 4, target);
+    }
+
+    /// Takes the next event, waiting until `until` (microseconds) for `what`, and moves
+    /// ERDP past it.
+    fn next_event(&mut self, until: u64, what: &'static str) -> Result<event::Allowed, Error> {
+        loop {
+            if let Some(raw) = self.event_ring.pop() {
+                let ir = self.caps.rtsoff + INTERRUPTER_0;
+                self.hal
+                    .write64(ir + ERDP, self.event_ring.dequeue_pointer() | ERDP_EHB);
+                match event::Allowed::try_from(raw) {
+                    Ok(e) => return Ok(e),
+                    Err(raw) => {
+                        debug!(
+                            "event=xhci_unknown_event trb_type={} dwords={raw:08x?}",
+                            (raw[3] >> 10) & 0x3f
+                        );
+                        continue;
+                    }
+                }
+            }
+            if self.hal.read32(self.op() + USBSTS) & USBSTS_HSE != 0 {
+                return Err(Error::HostSystemError);
+            }
+            if self.hal.now_micros() > until {
+                return Err(Error::Timeout(what));
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Keeps what an event not waited for says.
+    fn note(&mut self, e: event::Allowed) {
+        match e {
+            event::Allowed::PortStatusChange(p) => {
+                if !self.port_changes.contains(&p.port_id()) {
+                    self.port_changes.push(p.port_id());
+                }
+            }
+            other => debug!("event=xhci_event_ignored trb={other:?}"),
+        }
+    }
+
+    /// Takes every pending event without waiting (for the main loop, when the interrupt
+    /// counter moved). Returns how many there were, or the Host System Error that stops
+    /// the controller.
+    pub fn poll_events(&mut self) -> Result<usize, Error> {
+        let mut n = 0;
+        loop {
+            match self.next_event(0, "poll") {
+                Ok(e) => {
+                    self.note(e);
+                    n += 1;
+                }
+                Err(Error::Timeout(_)) => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Looks at the root ports Port Status Change Events named since the last call:
+    /// acknowledges their change bits (the controller sends the next event only when a change
+    /// bit goes from 0 to 1), enumerates a device that arrived, disables the slot of one
+    /// that left. Logs `event=usb_port_change` per port. Returns the devices attached.
+    pub fn handle_port_changes(&mut self) -> Vec<UsbDevice> {
+        let ports = core::mem::take(&mut self.port_changes);
+        let mut attached = Vec::new();
+        for port in ports {
+            if port == 0 || port > self.caps.max_ports {
+                continue;
+            }
+            let status = self.portsc(port);
+            self.write_portsc(port, status.clear_changes(status.changes()));
+            let root_port = self.root_port(port);
+            info!(
+                "event=usb_port_change busid={root_port} port={port} connected={} enabled={} pls={} portsc={:#010x}",
+                status.connected(),
+                status.enabled(),
+                status.link_state(),
+                status.0
+            );
+            let slot = self.slots.iter().position(|s| s.port == port);
+            // A new connection shows Connect Status Change (this driver acknowledges CSC
+            // before it enumerates). Without it a connected port without a slot holds a
+            // device that failed enumeration: its own reset events must not retry it for ever.
+            let new_connection = status.0 & CSC != 0;
+            match (status.connected(), slot) {
+                (true, None) if new_connection => attached.extend(self.attach(root_port)),
+                // The device was replaced between two looks.
+                (true, Some(index)) if new_connection => {
+                    self.detach(index, root_port);
+                    attached.extend(self.attach(root_port));
+                }
+                (false, Some(index)) => self.detach(index, root_port),
+                _ => {}
+            }
+        }
+        attached
+    }
+
+    /// Queues a command, rings the Host Controller doorbell and waits for its completion.
+    fn command(&mut self, trb: [u32; 4]) -> Result<event::CommandCompletion, Error> {
+        let at = self.command_ring.push(trb)?;
+        self.ring_doorbell(0, 0);
+        let until = self.hal.now_micros() + COMMAND_TIMEOUT_US;
+        loop {
+            match self.next_event(until, "command")? {
+                event::Allowed::CommandCompletion(c) if c.command_trb_pointer() == at => {
+                    self.command_ring.complete(at);
+                    return match c.completion_code() {
+                        Ok(CompletionCode::Success) => Ok(c),
+                        code => Err(Error::Command(code_of(code))),
+                    };
+                }
+                other => self.note(other),
+            }
+        }
+    }
+
+    /// A No Op Command: proves the Command Ring, the Event Ring and the doorbell.
+    pub fn noop(&mut self) -> Result<(), Error> {
+        self.command(command::Noop::new().into_raw()).map(|_| ())
+    }
+
+    /// Whether Port Status Change Events named ports [`Controller::handle_port_changes`]
+    /// has not looked at yet.
+    pub fn has_port_changes(&self) -> bool {
+        !self.port_changes.is_empty()
+    }
+
+    /// Which protocol and Linux name a root port has.
+    fn root_port(&self, port: u8) -> RootPort {
+        RootPort::new(&self.protocols, port)
+    }
+
+    fn portsc_offset(&self, port: u8) -> usize {
+        self.op() + PORTSC + (usize::from(port) - 1) * PORT_REGISTER_SET_SIZE
+    }
+
+    /// PORTSC of root port `port` (1..=MaxPorts).
+    fn portsc(&self, port: u8) -> Portsc {
+        Portsc(self.hal.read32(self.portsc_offset(port)))
+    }
+
+    fn write_portsc(&self, port: u8, value: u32) {
+        self.hal.write32(self.portsc_offset(port), value);
+    }
+
+    /// Resets a root port and waits for Port Reset Change (4.3.1, 4.19.5): a Port Reset for
+    /// a USB2 port, a Warm Port Reset for a USB3 port whose link did not train. Returns
+    /// PORTSC after.
+    fn reset_port(&mut self, port: u8, warm: bool) -> Result<Portsc, Error> {
+        let before = self.portsc(port);
+        let start = if warm {
+            before.start_warm_reset()
+        } else {
+            before.start_reset()
+        };
+        self.write_portsc(port, start);
+        let until = self.hal.now_micros() + PORT_RESET_TIMEOUT_US;
+        loop {
+            let now = self.portsc(port);
+            if now.0 & PRC != 0 && !now.resetting() {
+                self.write_portsc(port, now.clear_changes(PRC | WRC));
+                break;
+            }
+            if self.hal.now_micros() > until {
+                return Err(Error::Timeout("port_reset"));
+            }
+            core::hint::spin_loop();
+        }
+        let recovered = self.hal.now_micros() + RESET_RECOVERY_US;
+        while self.hal.now_micros() < recovered {
+            core::hint::spin_loop();
+        }
+        Ok(self.portsc(port))
+    }
+
+    /// Looks at every root port: acknowledges stale change bits, and enumerates what is
+    /// connected. Each device is logged (`event=usb_device`), and so is each failure
+    /// (`event=usb_device_error`); none stops the others.
+    pub fn enumerate_root_ports(&mut self) -> Vec<UsbDevice> {
+        let mut found = Vec::new();
+        for port in 1..=self.caps.max_ports {
+            let root_port = self.root_port(port);
+            let status = self.portsc(port);
+            if status.changes() != 0 {
+                self.write_portsc(port, status.clear_changes(status.changes()));
+            }
+            if !status.connected() {
+                continue;
+            }
+            found.extend(self.attach(root_port));
+        }
+        // Port Status Change Events for the ports just handled are old news, unless the
+        // port changed since: a device came or went during the scan.
+        if let Err(e) = self.poll_events() {
+            warn!("event=xhci_error error={e}");
+        }
+        let noted = core::mem::take(&mut self.port_changes);
+        self.port_changes = noted
+            .into_iter()
+            .filter(|&p| {
+                let has_slot = self.slots.iter().any(|s| s.port == p);
+                p >= 1 && p <= self.caps.max_ports && self.portsc(p).connected() != has_slot
+            })
+            .collect();
+        found
+    }
+
+    /// Enumerates the device on `root_port` and logs the outcome (`event=usb_device` or
+    /// `event=usb_device_error`).
+    fn attach(&mut self, root_port: RootPort) -> Option<UsbDevice> {
+        match self.enumerate(root_port) {
+            Ok(d) => {
+                info!(
+                    "event=usb_device busid={} port={} slot={} speed={} usb={:x}.{:02x} vid={:04x} pid={:04x} class={:02x} mps0={} product={:?}",
+                    d.root_port,
+                    root_port.port,
+                    d.slot_id,
+                    d.speed.name(),
+                    d.usb_version >> 8,
+                    d.usb_version & 0xff,
+                    d.vendor_id,
+                    d.product_id,
+                    d.class,
+                    d.max_packet_size0,
+                    d.product.as_deref().unwrap_or("")
+                );
+                Some(d)
+            }
+            Err(e) => {
+                let status = self.portsc(root_port.port);
+                warn!(
+                    "event=usb_device_error busid={root_port} port={} pls={} portsc={:#010x} error={e}",
+                    root_port.port,
+                    status.link_state(),
+                    status.0
+                );
+                None
+            }
+        }
+    }
+
+    /// The device in `self.slots[index]` has gone: its slot is disabled and its memory
+    /// released (once the controller no longer references it).
+    fn detach(&mut self, index: usize, root_port: RootPort) {
+        let slot_id = self.slots[index].slot_id;
+        match self.disable_slot(slot_id) {
+            Ok(()) => {
+                self.slots.remove(index);
+                info!(
+                    "event=usb_device_gone busid={root_port} port={} slot={slot_id}",
+                    root_port.port
+                );
+            }
+            Err(e) => warn!("event=xhci_disable_slot_failed slot={slot_id} error={e}"),
+        }
+    }
+
+    /// Disable Slot (4.6.4): the controller stops the slot's endpoints and forgets its
+    /// contexts, so their memory may be reused.
+    fn disable_slot(&mut self, slot_id: u8) -> Result<(), Error> {
+        let disable = *command::DisableSlot::new().set_slot_id(slot_id);
+        self.command(disable.into_raw())?;
+        self.dcbaa.write64(usize::from(slot_id) * 8, 0);
+        Ok(())
+    }
+
+    /// Enables a slot for the device on `root_port`, addresses it and reads its descriptors.
+    fn enumerate(&mut self, root_port: RootPort) -> Result<UsbDevice, Error> {
+        let port = root_port.port;
+        let mut status = self.portsc(port);
+        if !status.enabled() {
+            // USB2 ports need a reset to be enabled. USB3 ports enable themselves when the
+            // link trains; one that did not gets a Warm Port Reset.
+            status = self.reset_port(port, root_port.major >= 3)?;
+            if !status.enabled() {
+                return Err(Error::PortNotEnabled);
+            }
+        }
+        let speed = status.speed().ok_or(Error::UnknownSpeed)?;
+        let enable = *command::EnableSlot::new().set_slot_type(root_port.slot_type);
+        let slot_id = self.command(enable.into_raw())?.slot_id();
+        // DCBAA entry 0 is the scratchpad array: a slot ID outside 1..=MaxSlots from a
+        // confused controller must not be written there or past the array.
+        if slot_id == 0 || slot_id > self.caps.max_slots {
+            return Err(Error::SlotId(slot_id));
+        }
+        let described = self.describe(slot_id, root_port, speed);
+        if described.is_err() {
+            // Give the slot back: nothing queued for a silent device stays live, and the
+            // slot is free for a later attempt. Its memory is kept if the controller may
+            // still use it.
+            match self.disable_slot(slot_id) {
+                Ok(()) => self.slots.retain(|s| s.slot_id != slot_id),
+                Err(e) => warn!("event=xhci_disable_slot_failed slot={slot_id} error={e}"),
+            }
+        }
+        described
+    }
+
+    /// Addresses the device in `slot_id` and reads its descriptors.
+    fn describe(
+        &mut self,
+        slot_id: u8,
+        root_port: RootPort,
+        speed: Speed,
+    ) -> Result<UsbDevice, Error> {
+        let index = self.address_device(slot_id, root_port, speed)?;
+
+        let mut max_packet_size0 = speed.initial_ep0_max_packet_size();
+        let head = self.get_descriptor(index, DESCRIPTOR_DEVICE << 8, 0, 8)?;
+        if head.len() < 8 || head[1] != DESCRIPTOR_DEVICE as u8 {
+            return Err(Error::BadDescriptor);
+        }
+        let announced = match speed {
+            // SuperSpeed devices give an exponent (USB 3.2 9.6.1).
+            Speed::Super | Speed::SuperPlus => 1u16 << head[7].min(15),
+            _ => u16::from(head[7]),
+        };
+        if announced != max_packet_size0 && announced >= 8 {
+            self.evaluate_ep0_max_packet_size(index, announced)?;
+            max_packet_size0 = announced;
+        }
+        let d = self.get_descriptor(index, DESCRIPTOR_DEVICE << 8, 0, DEVICE_DESCRIPTOR_SIZE)?;
+        if d.len() < usize::from(DEVICE_DESCRIPTOR_SIZE) || d[1] != DESCRIPTOR_DEVICE as u8 {
+            return Err(Error::BadDescriptor);
+        }
+        let word = |at: usize| u16::from_le_bytes([d[at], d[at + 1]]);
+        let i_product = d[15];
+        let product = if i_product == 0 {
+            None
+        } else {
+            match self.string(index, i_product) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!("event=usb_string_error busid={root_port} index={i_product} error={e}");
+                    None
+                }
+            }
+        };
+        Ok(UsbDevice {
+            root_port,
+            slot_id,
+            speed,
+            usb_version: word(2),
+            vendor_id: word(8),
+            product_id: word(10),
+            class: d[4],
+            max_packet_size0,
+            product,
+        })
+    }
+
+    /// Address Device (4.3.3) with an Input Context holding the Slot Context and the Default
+    /// Control Endpoint's context. Returns the slot's index in `self.slots`.
+    fn address_device(
+        &mut self,
+        slot_id: u8,
+        root_port: RootPort,
+        speed: Speed,
+    ) -> Result<usize, Error> {
+        let ctx = self.caps.context_size;
+        // Input Context: Input Control Context, then Slot and 31 Endpoint Contexts.
+        let mut input = alloc(&mut self.hal, 33 * ctx, 64)?;
+        let output = alloc(&mut self.hal, 32 * ctx, 64)?;
+        let ep0 = ProducerRing::new(alloc(&mut self.hal, RING_BYTES, 64)?);
+        let data = alloc(&mut self.hal, 256, 64)?;
+
+        // Add Context flags A0 (Slot) and A1 (EP0).
+        input.write32(4, 0b11);
+        let slot = ctx;
+        // Context Entries 1 (only EP0), Speed, Route String 0 (a root port device).
+        input.write32(slot, (1 << 27) | (u32::from(speed.psiv()) << 20));
+        input.write32(slot + 4, u32::from(root_port.port) << 16);
+        let ep = 2 * ctx;
+        input.write32(ep + 4, ep0_dword1(speed.initial_ep0_max_packet_size()));
+        input.write64(ep + 8, ep0.phys() | u64::from(ep0.cycle_state()));
+        // Average TRB Length: 8 for control endpoints (4.14.1.1).
+        input.write32(ep + 16, 8);
+        self.dcbaa.write64(usize::from(slot_id) * 8, output.phys());
+
+        let input_phys = input.phys();
+        self.slots.push(Slot {
+            slot_id,
+            port: root_port.port,
+            input_context: input,
+            _output_context: output,
+            ep0,
+            data,
+        });
+        let address = *command::AddressDevice::new()
+            .set_input_context_pointer(input_phys)
+            .set_slot_id(slot_id);
+        self.command(address.into_raw())?;
+        Ok(self.slots.len() - 1)
+    }
+
+    /// Evaluate Context (4.6.7) with the Default Control Endpoint's new max packet size.
+    fn evaluate_ep0_max_packet_size(&mut self, index: usize, mps: u16) -> Result<(), Error> {
+        let ctx = self.caps.context_size;
+        let slot = &mut self.slots[index];
+        slot.input_context.write32(0, 0);
+        slot.input_context.write32(4, 1 << 1);
+        slot.input_context.write32(2 * ctx + 4, ep0_dword1(mps));
+        let evaluate = *command::EvaluateContext::new()
+            .set_input_context_pointer(slot.input_context.phys())
+            .set_slot_id(slot.slot_id);
+        self.command(evaluate.into_raw()).map(|_| ())
+    }
+
+    /// GET_DESCRIPTOR on the Default Control Endpoint.
+    fn get_descriptor(
+        &mut self,
+        index: usize,
+        value: u16,
+        language: u16,
+        length: u16,
+    ) -> Result<Vec<u8>, Error> {
+        self.control_in(
+            index,
+            REQUEST_TYPE_DEVICE_TO_HOST,
+            GET_DESCRIPTOR,
+            value,
+            language,
+            length,
+        )
+    }
+
+    /// The string descriptor `i` in the device's first language, as text.
+    fn string(&mut self, index: usize, i: u8) -> Result<String, Error> {
+        let languages = self.get_descriptor(index, DESCRIPTOR_STRING << 8, 0, 255)?;
+        let language = if languages.len() >= 4 {
+            u16::from_le_bytes([languages[2], languages[3]])
+        } else {
+            LANGID_EN_US
+        };
+        let s = self.get_descriptor(index, DESCRIPTOR_STRING << 8 | u16::from(i), language, 255)?;
+        if s.len() < 2 || s[1] != DESCRIPTOR_STRING as u8 {
+            return Err(Error::BadDescriptor);
+        }
+        let end = usize::from(s[0]).min(s.len());
+        let units = s[2..end]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]));
+        Ok(char::decode_utf16(units)
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect())
+    }
+
+    /// A control transfer with an IN Data Stage (4.11.2.2): Setup, Data and Status Stage TRBs
+    /// on the Default Control Endpoint, the Status Stage interrupting on completion. Returns
+    /// the bytes received (fewer than `length` after a short packet).
+    fn control_in(
+        &mut self,
+        index: usize,
+        request_type: u8,
+        request: u8,
+        value: u16,
+        w_index: u16,
+        length: u16,
+    ) -> Result<Vec<u8>, Error> {
+        let slot = &mut self.slots[index];
+        let slot_id = slot.slot_id;
+        let length = length.min(u16::try_from(slot.data.len()).unwrap_or(u16::MAX));
+        let setup = *transfer::SetupStage::new()
+            .set_request_type(request_type)
+            .set_request(request)
+            .set_value(value)
+            .set_index(w_index)
+            .set_length(length)
+            .set_transfer_type(transfer::TransferType::In);
+        let data = *transfer::DataStage::new()
+            .set_data_buffer_pointer(slot.data.phys())
+            .set_trb_transfer_length(u32::from(length))
+            .set_direction(transfer::Direction::In)
+            .set_interrupt_on_short_packet();
+        // Status Stage direction OUT (0) after an IN Data Stage.
+        let status = *transfer::StatusStage::new().set_interrupt_on_completion();
+        if slot.ep0.room() < 3 {
+            return Err(Error::RingFull);
+        }
+        slot.ep0.push(setup.into_raw())?;
+        let data_at = slot.ep0.push(data.into_raw())?;
+        let status_at = slot.ep0.push(status.into_raw())?;
+        // Doorbell target 1: the Default Control Endpoint's Device Context Index.
+        self.ring_doorbell(slot_id, 1);
+
+        let until = self.hal.now_micros() + TRANSFER_TIMEOUT_US;
+        let mut received = usize::from(length);
+        loop {
+            match self.next_event(until, "transfer")? {
+                event::Allowed::TransferEvent(t) if t.slot_id() == slot_id => {
+                    let code = t.completion_code();
+                    if t.trb_pointer() == data_at && code == Ok(CompletionCode::ShortPacket) {
+                        // TRB Transfer Length is the residue.
+                        let residue = t.trb_transfer_length() as usize;
+                        received = usize::from(length).saturating_sub(residue);
+                        continue;
+                    }
+                    if t.trb_pointer() == status_at && code == Ok(CompletionCode::Success) {
+                        let slot = &mut self.slots[index];
+                        slot.ep0.complete(status_at);
+                        let mut bytes = alloc::vec![0; received];
+                        slot.data.read_bytes(0, &mut bytes);
+                        return Ok(bytes);
+                    }
+                    // The endpoint is Halted now. Enumeration gives the slot up; recovering
+                    // the endpoint (Reset Endpoint, Set TR Dequeue Pointer) is for the
+                    // transfer layer that keeps devices in use.
+                    return Err(Error::Transfer(code_of(code)));
+                }
+                other => self.note(other),
+            }
+        }
+    }
+}
+
+/// Endpoint Context dword 1 of a Default Control Endpoint: CErr 3, EP Type Control (4),
+/// Max Packet Size.
+fn ep0_dword1(max_packet_size: u16) -> u32 {
+    (3 << 1) | (4 << 3) | (u32::from(max_packet_size) << 16)
+}
+
+fn ports_of(protocols: &[Protocol], major: u8) -> u32 {
+    protocols
+        .iter()
+        .filter(|p| p.major == major)
+        .map(|p| u32::from(p.count))
+        .sum()
+}
+
+fn alloc<H: Hal>(hal: &mut H, bytes: usize, align: usize) -> Result<H::Dma, Error> {
+    hal.dma_alloc(bytes, align).ok_or(Error::NoMemory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// QEMU's qemu-xhci list: USB 3 on ports 1..4, USB 2 on 5..8 (measured).
+    fn qemu_protocols() -> Vec<Protocol> {
+        let mut regs = [0u32; 64];
+        // At 0x20 (dword 8): USB 3.0, next in 8 dwords, ports 1..4.
+        regs[8] = 0x0300_0802;
+        regs[9] = u32::from_le_bytes(*b"USB ");
+        regs[10] = 0x0000_0401;
+        // At 0x40 (dword 16): USB 2.0, last, ports 5..8.
+        regs[16] = 0x0200_0002;
+        regs[17] = u32::from_le_bytes(*b"USB ");
+        regs[18] = 0x0000_0405;
+        supported_protocols(|at| regs[at / 4], 0x20, 0x100)
+    }
+
+    #[test]
+    fn supported_protocols_are_found_in_the_extended_capability_list() {
+        let p = qemu_protocols();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].major, p[0].first_port, p[0].count), (3, 1, 4));
+        assert_eq!((p[1].major, p[1].first_port, p[1].count), (2, 5, 4));
+        assert_eq!(ports_of(&p, 2), 4);
+    }
+
+    #[test]
+    fn a_capability_list_running_off_the_registers_is_cut_there() {
+        // Every dword a capability with Next = 1: the list never ends by itself.
+        let p = supported_protocols(
+            |at| {
+                assert!(at < 0x100, "read at {at:#x}, outside the registers");
+                0x0200_0102
+            },
+            0x20,
+            0x100,
+        );
+        assert_eq!(p.len(), (0x100 - 0x20 - 16) / 4 + 1);
+    }
+
+    #[test]
+    fn root_ports_get_linux_bus_ids() {
+        let p = qemu_protocols();
+        assert_eq!(RootPort::new(&p, 1).to_string(), "2-1");
+        assert_eq!(RootPort::new(&p, 4).to_string(), "2-4");
+        assert_eq!(RootPort::new(&p, 5).to_string(), "1-1");
+        assert_eq!(RootPort::new(&p, 7).to_string(), "1-3");
+        assert_eq!(RootPort::new(&p, 9).bus, 0, "a port no protocol lists");
+    }
+
+    use crate::port::{PED, PR};
+    use crate::testing::{self as t, FakeXhci};
+
+    #[test]
+    fn bring_up_programs_the_controller_and_a_noop_completes() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(fake.reg(t::CONFIG) & 0xff, 8, "MaxSlotsEn");
+        assert_eq!(fake.reg(t::USBCMD) & 0b101, 0b101, "Run/Stop and INTE");
+        assert_eq!(fake.reg(t::USBSTS) & 1, 0, "running");
+        assert_eq!(fake.reg(t::IMAN) & 0b10, 0b10, "Interrupter 0 enabled");
+        assert_eq!(fake.reg(t::ERSTSZ), 1);
+        assert_eq!(fake.reg(t::CRCR) & 1, 1, "Ring Cycle State 1");
+        // DCBAA entry 0 is the Scratchpad Buffer Array: two page-aligned pages.
+        let dcbaa = u64::from(fake.reg(t::DCBAAP));
+        let array = u64::from(fake.arena().read32(dcbaa));
+        for i in 0..2 {
+            let page = fake.arena().read32(array + i * 8);
+            assert!(
+                page != 0 && page % 4096 == 0,
+                "scratchpad buffer {i}: {page:#x}"
+            );
+        }
+        assert_eq!(xhci.capabilities().context_size, 32);
+        xhci.noop().unwrap();
+        xhci.noop().unwrap();
+        assert_eq!(fake.commands(), [23, 23]);
+        // ERDP follows the two events, with Event Handler Busy written 1 to clear it.
+        let erdp = fake.reg(t::ERDP);
+        assert_eq!(erdp & 0b1000, 0b1000);
+        let segment = fake.arena().read32(u64::from(fake.reg(t::ERSTBA)));
+        assert_eq!(erdp & !0xf, segment + 2 * 16);
+    }
+
+    #[test]
+    fn with_64_byte_contexts_the_input_context_is_laid_out_wider() {
+        let fake = FakeXhci::with_64_byte_contexts();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.capabilities().context_size, 64);
+        let devices = xhci.enumerate_root_ports();
+        assert_eq!(
+            devices.len(),
+            1,
+            "the fake found EP0's ring at 2 x 64 bytes"
+        );
+        assert_eq!(devices[0].vendor_id, 0x1234);
+    }
+
+    #[test]
+    fn halting_clears_run_stop_and_waits_for_hchalted() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.halt(), Ok(()));
+        assert_eq!(fake.reg(t::USBCMD) & 0b101, 0);
+        assert_eq!(fake.reg(t::USBSTS) & 1, 1);
+    }
+
+    #[test]
+    fn a_running_controller_is_refused() {
+        let fake = FakeXhci::new();
+        (&fake).write32(t::USBCMD, 1);
+        assert_eq!(Controller::start(&fake).err(), Some(Error::NotHalted));
+    }
+
+    #[test]
+    fn a_command_that_never_completes_times_out() {
+        let fake = FakeXhci::new();
+        fake.answer_commands.set(false);
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.noop(), Err(Error::Timeout("command")));
+    }
+
+    #[test]
+    fn a_usb2_device_is_reset_addressed_and_described() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let devices = xhci.enumerate_root_ports();
+        assert_eq!(devices.len(), 1, "{devices:?}");
+        let d = &devices[0];
+        assert_eq!(d.root_port.to_string(), "1-1");
+        assert_eq!(d.root_port.port, 2);
+        assert_eq!((d.vendor_id, d.product_id, d.class), (0x1234, 0x5678, 0));
+        assert_eq!((d.speed, d.usb_version, d.slot_id), (Speed::High, 0x200, 1));
+        assert_eq!(d.max_packet_size0, 8);
+        assert_eq!(d.product.as_deref(), Some("Fake"));
+        // Enable Slot, Address Device, Evaluate Context (bMaxPacketSize0 8, not 64).
+        assert_eq!(fake.commands(), [9, 11, 13]);
+        let writes = fake.portsc_writes();
+        assert!(writes.iter().all(|&(_, w)| w & PED == 0), "{writes:x?}");
+        assert!(
+            writes.contains(&(2, crate::port::PP | CSC)),
+            "stale change acknowledged"
+        );
+        assert!(
+            writes.iter().any(|&(p, w)| p == 2 && w & PR != 0),
+            "port reset"
+        );
+        assert!(
+            writes.iter().all(|&(p, _)| p == 2),
+            "the empty USB3 port is left alone"
+        );
+        // The Port Status Change Event of the reset was consumed, not left for later.
+        assert!(xhci.handle_port_changes().is_empty());
+    }
+
+    #[test]
+    fn a_usb3_port_whose_link_did_not_train_gets_a_warm_reset() {
+        let fake = FakeXhci::new();
+        fake.set_portsc(1, crate::port::PP | crate::port::CCS | (7 << 5));
+        let mut xhci = Controller::start(&fake).unwrap();
+        let devices = xhci.enumerate_root_ports();
+        assert_eq!(devices.len(), 2, "{devices:?}");
+        assert_eq!(devices[0].root_port.to_string(), "2-1");
+        assert_eq!(devices[0].speed, Speed::Super);
+        let writes = fake.portsc_writes();
+        assert!(writes
+            .iter()
+            .any(|&(p, w)| p == 1 && w & crate::port::WPR != 0));
+        assert!(
+            !writes.iter().any(|&(p, w)| p == 1 && w & PR != 0),
+            "{writes:x?}"
+        );
+    }
+
+    #[test]
+    fn a_device_that_leaves_is_disabled_and_one_that_comes_is_enumerated() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.enumerate_root_ports().len(), 1);
+        fake.unplug(2);
+        assert_eq!(xhci.poll_events(), Ok(1));
+        assert!(xhci.handle_port_changes().is_empty());
+        assert_eq!(fake.commands().last(), Some(&10), "Disable Slot");
+        fake.plug(2);
+        assert_eq!(xhci.poll_events(), Ok(1));
+        let again = xhci.handle_port_changes();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].slot_id, again[0].vendor_id), (2, 0x1234));
+        // The reset's own Port Status Change is seen and changes nothing.
+        xhci.poll_events().unwrap();
+        assert!(xhci.handle_port_changes().is_empty());
+        assert_eq!(fake.commands().iter().filter(|&&c| c == 9).count(), 2);
+    }
+
+    #[test]
+    fn a_device_replaced_between_two_looks_is_enumerated_anew() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(xhci.enumerate_root_ports().len(), 1);
+        assert!(!xhci.has_port_changes());
+        fake.unplug(2);
+        fake.plug(2);
+        xhci.poll_events().unwrap();
+        assert!(xhci.has_port_changes());
+        let again = xhci.handle_port_changes();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            fake.commands()[3..],
+            [10, 9, 11, 13],
+            "Disable Slot, then a new slot"
+        );
+    }
+
+    #[test]
+    fn a_device_that_failed_is_retried_only_when_plugged_again() {
+        let fake = FakeXhci::new();
+        fake.answer_transfers.set(false);
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert!(xhci.enumerate_root_ports().is_empty());
+        // The reset's Port Status Change Event is still to be looked at: it changes nothing.
+        assert!(xhci.has_port_changes());
+        assert!(xhci.handle_port_changes().is_empty());
+        assert_eq!(fake.commands(), [9, 11, 10]);
+        fake.answer_transfers.set(true);
+        fake.unplug(2);
+        fake.plug(2);
+        xhci.poll_events().unwrap();
+        assert_eq!(xhci.handle_port_changes().len(), 1);
+    }
+
+    #[test]
+    fn a_device_that_does_not_answer_is_reported_not_waited_for() {
+        let fake = FakeXhci::new();
+        fake.answer_transfers.set(false);
+        let mut xhci = Controller::start(&fake).unwrap();
+        assert_eq!(
+            xhci.enumerate(xhci.root_port(2)),
+            Err(Error::Timeout("transfer"))
+        );
+        // Enable Slot, Address Device, then Disable Slot after the transfer timed out.
+        assert_eq!(fake.commands(), [9, 11, 10]);
+    }
+
+    #[test]
+    fn ep0_context_dword1_encodes_cerr_type_and_max_packet_size() {
+        assert_eq!(ep0_dword1(64), (64 << 16) | (4 << 3) | (3 << 1));
+    }
+}

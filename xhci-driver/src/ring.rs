@@ -1,0 +1,305 @@
+//! TRB rings (xHCI 4.9): the producer side of the Command Ring and Transfer Rings, and the
+//! consumer side of an Event Ring with its Event Ring Segment Table.
+//!
+//! Each ring here is one segment. A producer ring ends in a Link TRB with Toggle Cycle set that
+//! points back to its start, so the Producer Cycle State flips at every wrap (4.9.2). The
+//! Cycle bit of a TRB is written last: the controller owns the TRB from that write on.
+
+use xhci::ring::trb::Link;
+
+use crate::hal::DmaBuffer;
+
+/// Bytes per TRB.
+pub const TRB_SIZE: usize = 16;
+/// Cycle bit, dword 3 bit 0.
+const CYCLE: u32 = 1 << 0;
+
+/// Why a TRB was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingError {
+    /// Every usable TRB is owned by the controller.
+    Full,
+}
+
+/// A Command Ring or Transfer Ring, as its producer sees it.
+pub struct ProducerRing<D> {
+    buf: D,
+    /// TRBs in the segment, the Link TRB included.
+    trbs: usize,
+    /// Index of the next TRB to write.
+    enqueue: usize,
+    /// Index of the oldest TRB the controller has not reported complete.
+    dequeue: usize,
+    /// Producer Cycle State.
+    cycle: bool,
+}
+
+impl<D: DmaBuffer> ProducerRing<D> {
+    /// Lays out a ring over `buf` (zeroed, at least two TRBs, 64-byte aligned).
+    pub fn new(mut buf: D) -> Self {
+        let trbs = buf.len() / TRB_SIZE;
+        assert!(trbs >= 2, "a ring needs room for a TRB and its Link TRB");
+        let link = *Link::new()
+            .set_ring_segment_pointer(buf.phys())
+            .set_toggle_cycle();
+        // Cycle 0 with the initial Producer Cycle State 1: the controller does not follow
+        // the Link TRB until the producer hands it over at the first wrap.
+        write_trb(&mut buf, trbs - 1, link.into_raw(), false);
+        ProducerRing {
+            buf,
+            trbs,
+            enqueue: 0,
+            dequeue: 0,
+            cycle: true,
+        }
+    }
+
+    /// Address of the segment, for CRCR or a TR Dequeue Pointer.
+    pub fn phys(&self) -> u64 {
+        self.buf.phys()
+    }
+
+    /// The Producer Cycle State (RCS for CRCR, DCS for an endpoint context).
+    pub fn cycle_state(&self) -> bool {
+        self.cycle
+    }
+
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.trbs - 1 {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// How many TRBs can be pushed before the ring is full.
+    pub fn room(&self) -> usize {
+        let usable = self.trbs - 1;
+        let used = (self.enqueue + usable - self.dequeue) % usable;
+        usable - 1 - used
+    }
+
+    /// Hands `trb` to the controller (its Cycle bit is replaced) and returns its address,
+    /// which completion events report.
+    pub fn push(&mut self, trb: [u32; 4]) -> Result<u64, RingError> {
+        let after = self.next(self.enqueue);
+        if after == self.dequeue {
+            return Err(RingError::Full);
+        }
+        let at = self.buf.phys() + (self.enqueue * TRB_SIZE) as u64;
+        write_trb(&mut self.buf, self.enqueue, trb, self.cycle);
+        if after == 0 {
+            // Hand the Link TRB over with the current cycle, then flip it (Toggle Cycle).
+            let link = read_trb(&self.buf, self.trbs - 1);
+            write_trb(&mut self.buf, self.trbs - 1, link, self.cycle);
+            self.cycle = !self.cycle;
+        }
+        self.enqueue = after;
+        Ok(at)
+    }
+
+    /// The controller has completed the TRB at `phys` and all TRBs queued before it.
+    /// Returns false when `phys` is not a TRB of this ring.
+    pub fn complete(&mut self, phys: u64) -> bool {
+        let Some(off) = phys.checked_sub(self.buf.phys()) else {
+            return false;
+        };
+        let index = (off / TRB_SIZE as u64) as usize;
+        if off % TRB_SIZE as u64 != 0 || index >= self.trbs - 1 {
+            return false;
+        }
+        self.dequeue = self.next(index);
+        true
+    }
+}
+
+fn write_trb<D: DmaBuffer>(buf: &mut D, index: usize, trb: [u32; 4], cycle: bool) {
+    let base = index * TRB_SIZE;
+    buf.write32(base, trb[0]);
+    buf.write32(base + 4, trb[1]);
+    buf.write32(base + 8, trb[2]);
+    let d3 = (trb[3] & !CYCLE) | if cycle { CYCLE } else { 0 };
+    buf.write32(base + 12, d3);
+}
+
+fn read_trb<D: DmaBuffer>(buf: &D, index: usize) -> [u32; 4] {
+    let base = index * TRB_SIZE;
+    [0, 4, 8, 12].map(|o| buf.read32(base + o))
+}
+
+/// Bytes of one Event Ring Segment Table entry (xHCI 6.5).
+pub const ERST_ENTRY_SIZE: usize = 16;
+
+/// An Event Ring of one segment, as its consumer (software) sees it.
+pub struct EventRing<D> {
+    segment: D,
+    erst: D,
+    trbs: usize,
+    dequeue: usize,
+    /// Consumer Cycle State: events with this Cycle bit are new.
+    cycle: bool,
+}
+
+impl<D: DmaBuffer> EventRing<D> {
+    /// Lays out the ring over `segment` (zeroed, 64-byte aligned, at least 16 TRBs) and
+    /// writes its one-entry Event Ring Segment Table into `erst`.
+    pub fn new(segment: D, mut erst: D) -> Self {
+        let trbs = segment.len() / TRB_SIZE;
+        assert!(trbs >= 16 && erst.len() >= ERST_ENTRY_SIZE);
+        erst.write64(0, segment.phys());
+        erst.write32(8, trbs as u32);
+        erst.write32(12, 0);
+        EventRing {
+            segment,
+            erst,
+            trbs,
+            dequeue: 0,
+            cycle: true,
+        }
+    }
+
+    /// For ERSTBA.
+    pub fn erst_phys(&self) -> u64 {
+        self.erst.phys()
+    }
+
+    /// For ERSTSZ.
+    pub fn erst_size(&self) -> u32 {
+        1
+    }
+
+    /// The Event Ring Dequeue Pointer to write to ERDP (segment index 0).
+    pub fn dequeue_pointer(&self) -> u64 {
+        self.segment.phys() + (self.dequeue * TRB_SIZE) as u64
+    }
+
+    /// Takes the next event the controller has written, if any.
+    pub fn pop(&mut self) -> Option<[u32; 4]> {
+        let base = self.dequeue * TRB_SIZE;
+        let d3 = self.segment.read32(base + 12);
+        if (d3 & CYCLE != 0) != self.cycle {
+            return None;
+        }
+        let trb = [
+            self.segment.read32(base),
+            self.segment.read32(base + 4),
+            self.segment.read32(base + 8),
+            d3,
+        ];
+        self.dequeue += 1;
+        if self.dequeue == self.trbs {
+            self.dequeue = 0;
+            self.cycle = !self.cycle;
+        }
+        Some(trb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Memory;
+    use xhci::ring::trb::command::Noop;
+
+    fn noop() -> [u32; 4] {
+        Noop::new().into_raw()
+    }
+
+    #[test]
+    fn the_link_trb_points_home_with_toggle_cycle_and_is_not_yet_handed_over() {
+        let ring = ProducerRing::new(Memory::new(0x10000, 4 * TRB_SIZE));
+        let link = read_trb(&ring.buf, 3);
+        assert_eq!(link[0], 0x10000);
+        assert_eq!(link[1], 0);
+        assert_eq!((link[3] >> 10) & 0x3f, 6, "TRB Type Link");
+        assert_eq!(link[3] & 2, 2, "Toggle Cycle");
+        assert_eq!(link[3] & CYCLE, 0);
+        assert!(ring.cycle_state());
+    }
+
+    #[test]
+    fn pushes_set_the_cycle_bit_and_wrap_through_the_link_trb() {
+        let mut ring = ProducerRing::new(Memory::new(0x10000, 4 * TRB_SIZE));
+        assert_eq!(ring.push(noop()), Ok(0x10000));
+        assert_eq!(ring.push(noop()), Ok(0x10010));
+        assert_eq!(read_trb(&ring.buf, 0)[3] & CYCLE, 1);
+        assert!(ring.complete(0x10010));
+        // The third TRB is the last before the Link TRB: the Link TRB is handed over with
+        // cycle 1 and the Producer Cycle State flips.
+        assert_eq!(ring.push(noop()), Ok(0x10020));
+        assert_eq!(read_trb(&ring.buf, 3)[3] & CYCLE, 1);
+        assert!(!ring.cycle_state());
+        assert_eq!(ring.push(noop()), Ok(0x10000));
+        assert_eq!(read_trb(&ring.buf, 0)[3] & CYCLE, 0, "second lap: cycle 0");
+        assert_eq!(
+            (read_trb(&ring.buf, 0)[3] >> 10) & 0x3f,
+            23,
+            "TRB Type No Op Command"
+        );
+    }
+
+    #[test]
+    fn a_ring_the_controller_has_not_drained_is_full() {
+        let mut ring = ProducerRing::new(Memory::new(0x10000, 4 * TRB_SIZE));
+        assert_eq!(ring.room(), 2);
+        ring.push(noop()).unwrap();
+        ring.push(noop()).unwrap();
+        assert_eq!(ring.room(), 0);
+        assert_eq!(ring.push(noop()), Err(RingError::Full));
+        assert!(ring.complete(0x10000));
+        assert_eq!(ring.room(), 1);
+        assert_eq!(ring.push(noop()), Ok(0x10020));
+        assert_eq!(ring.room(), 0);
+        assert_eq!(ring.push(noop()), Err(RingError::Full));
+    }
+
+    #[test]
+    fn completions_outside_the_ring_are_refused() {
+        let mut ring = ProducerRing::new(Memory::new(0x10000, 4 * TRB_SIZE));
+        assert!(!ring.complete(0xfff0));
+        assert!(!ring.complete(0x10008));
+        assert!(!ring.complete(0x10030), "the Link TRB is never completed");
+        assert!(!ring.complete(0x20000));
+    }
+
+    fn post(mem: &mut Memory, index: usize, kind: u32, cycle: bool) {
+        let base = index * TRB_SIZE;
+        mem.write32(base, index as u32);
+        mem.write32(base + 12, (kind << 10) | u32::from(cycle));
+    }
+
+    #[test]
+    fn the_segment_table_describes_the_segment() {
+        let ring = EventRing::new(
+            Memory::new(0x20000, 16 * TRB_SIZE),
+            Memory::new(0x30000, 64),
+        );
+        assert_eq!(ring.erst_phys(), 0x30000);
+        assert_eq!(ring.erst.read32(0), 0x20000);
+        assert_eq!(ring.erst.read32(4), 0);
+        assert_eq!(ring.erst.read32(8), 16);
+        assert_eq!(ring.dequeue_pointer(), 0x20000);
+    }
+
+    #[test]
+    fn events_are_taken_while_their_cycle_matches_and_the_cycle_flips_at_the_wrap() {
+        let mut ring = EventRing::new(
+            Memory::new(0x20000, 16 * TRB_SIZE),
+            Memory::new(0x30000, 64),
+        );
+        assert_eq!(ring.pop(), None, "a zeroed ring holds no events");
+        for i in 0..16 {
+            post(&mut ring.segment, i, 34, true);
+        }
+        for i in 0..16 {
+            assert_eq!(ring.pop().unwrap()[0], i as u32);
+        }
+        assert_eq!(ring.dequeue_pointer(), 0x20000);
+        assert_eq!(ring.pop(), None, "old events of the first lap are stale");
+        post(&mut ring.segment, 0, 33, false);
+        let e = ring.pop().unwrap();
+        assert_eq!((e[3] >> 10) & 0x3f, 33);
+        assert_eq!(ring.dequeue_pointer(), 0x20010);
+        assert_eq!(ring.pop(), None);
+    }
+}

@@ -1,0 +1,459 @@
+//! Host-test stand-ins: plain memory for DMA buffers, and a simulated controller with one
+//! full-speed-capable USB2 device, enough to drive bring-up, commands and enumeration.
+
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+
+use crate::hal::{DmaBuffer, Hal};
+use crate::port::{CCS, CHANGE_BITS, CSC, PED, PP, PR, PRC, WPR, WRC};
+
+/// Bytes at a made-up bus address, shared by the buffers carved out of them.
+pub struct Arena {
+    base: u64,
+    bytes: RefCell<Vec<u8>>,
+    next: Cell<usize>,
+}
+
+impl Arena {
+    fn new(base: u64, len: usize) -> Rc<Arena> {
+        Rc::new(Arena {
+            base,
+            bytes: RefCell::new(vec![0; len]),
+            next: Cell::new(0),
+        })
+    }
+
+    fn alloc(self: &Rc<Self>, len: usize, align: usize) -> Option<Memory> {
+        let start = self.next.get().next_multiple_of(align);
+        if start + len > self.bytes.borrow().len() {
+            return None;
+        }
+        self.next.set(start + len);
+        Some(Memory {
+            arena: self.clone(),
+            phys: self.base + start as u64,
+            len,
+        })
+    }
+
+    /// The dword at bus address `phys`.
+    pub fn read32(&self, phys: u64) -> u32 {
+        let at = (phys - self.base) as usize;
+        u32::from_le_bytes(self.bytes.borrow()[at..at + 4].try_into().unwrap())
+    }
+
+    /// Writes the dword at bus address `phys`.
+    pub fn write32(&self, phys: u64, value: u32) {
+        let at = (phys - self.base) as usize;
+        self.bytes.borrow_mut()[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn read64(&self, phys: u64) -> u64 {
+        u64::from(self.read32(phys)) | u64::from(self.read32(phys + 4)) << 32
+    }
+
+    fn write_bytes(&self, phys: u64, data: &[u8]) {
+        let at = (phys - self.base) as usize;
+        self.bytes.borrow_mut()[at..at + data.len()].copy_from_slice(data);
+    }
+}
+
+/// A DMA buffer in an [`Arena`].
+pub struct Memory {
+    arena: Rc<Arena>,
+    phys: u64,
+    len: usize,
+}
+
+impl Memory {
+    /// `len` zeroed bytes of their own at bus address `phys`.
+    pub fn new(phys: u64, len: usize) -> Memory {
+        let arena = Arena::new(phys, len);
+        arena.alloc(len, 1).unwrap()
+    }
+}
+
+impl DmaBuffer for Memory {
+    fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read32(&self, offset: usize) -> u32 {
+        assert!(offset + 4 <= self.len);
+        self.arena.read32(self.phys + offset as u64)
+    }
+
+    fn write32(&mut self, offset: usize, value: u32) {
+        assert!(offset + 4 <= self.len);
+        self.arena.write32(self.phys + offset as u64, value)
+    }
+}
+
+// The simulated controller's register map.
+const OP: usize = 0x40;
+pub const USBCMD: usize = OP;
+pub const USBSTS: usize = OP + 0x04;
+pub const CRCR: usize = OP + 0x18;
+pub const DCBAAP: usize = OP + 0x30;
+pub const CONFIG: usize = OP + 0x38;
+/// PORTSC of port 1 (USB3, empty); port 2 (USB2) follows 16 bytes on.
+pub const PORTSC1: usize = OP + 0x400;
+const XECP: usize = 0x800;
+const DOORBELLS: usize = 0x2000;
+const RUNTIME: usize = 0x3000;
+pub const IMAN: usize = RUNTIME + 0x20;
+pub const ERSTSZ: usize = RUNTIME + 0x28;
+pub const ERSTBA: usize = RUNTIME + 0x30;
+pub const ERDP: usize = RUNTIME + 0x38;
+const BAR_SIZE: usize = 0x4000;
+
+/// The simulated device's descriptors: USB 2.0, vendor 0x1234, product 0x5678, class 0,
+/// bMaxPacketSize0 8 (so a full-speed-sized EP0 needs Evaluate Context), iProduct 2.
+pub const DEVICE_DESCRIPTOR: [u8; 18] = [
+    18, 1, 0x00, 0x02, 0, 0, 0, 8, 0x34, 0x12, 0x78, 0x56, 0x00, 0x01, 1, 2, 0, 1,
+];
+const LANGUAGES: [u8; 4] = [4, 3, 0x09, 0x04];
+const PRODUCT: [u8; 10] = [10, 3, b'F', 0, b'a', 0, b'k', 0, b'e', 0];
+
+#[derive(Default)]
+struct State {
+    cmd_dequeue: u64,
+    cmd_cycle: bool,
+    event_base: u64,
+    event_trbs: usize,
+    event_enqueue: usize,
+    event_cycle: bool,
+    next_slot: u8,
+    /// Per slot: the Default Control Endpoint's dequeue pointer and cycle.
+    ep0: Vec<(u8, u64, bool)>,
+    setup: (u32, u32),
+    /// Commands whose TRB type the controller saw, in order.
+    pub commands: Vec<u32>,
+    /// Every value written to a PORTSC, with its port.
+    pub portsc_writes: Vec<(u8, u32)>,
+}
+
+/// A controller in memory: capability registers of a small xHCI (8 slots, 2 scratchpad
+/// buffers, port 1 USB3 and port 2 USB2), a Command Ring processor, an Event Ring producer,
+/// and a USB2 high-speed device on port 2 that needs a reset.
+pub struct FakeXhci {
+    regs: RefCell<Vec<u32>>,
+    arena: Rc<Arena>,
+    clock: Cell<u64>,
+    state: RefCell<State>,
+    /// Whether commands complete (false: they stay queued for ever).
+    pub answer_commands: Cell<bool>,
+    /// Whether the device answers control transfers.
+    pub answer_transfers: Cell<bool>,
+}
+
+impl FakeXhci {
+    /// The same controller with 64-byte contexts (HCCPARAMS1.CSZ).
+    pub fn with_64_byte_contexts() -> FakeXhci {
+        let fake = FakeXhci::new();
+        fake.regs.borrow_mut()[4] |= 1 << 2;
+        fake
+    }
+
+    fn context_size(&self) -> u64 {
+        if self.reg(0x10) & (1 << 2) != 0 {
+            64
+        } else {
+            32
+        }
+    }
+
+    /// Halted and reset, the device connected with Connect Status Change pending.
+    pub fn new() -> FakeXhci {
+        let mut regs = vec![0u32; BAR_SIZE / 4];
+        regs[0] = 0x0100_0000 | OP as u32;
+        regs[1] = 8 | (1 << 8) | (2 << 24);
+        regs[2] = 2 << 27;
+        regs[4] = 1 | ((XECP as u32 / 4) << 16);
+        regs[5] = DOORBELLS as u32;
+        regs[6] = RUNTIME as u32;
+        regs[USBSTS / 4] = 1;
+        regs[(OP + 0x08) / 4] = 1;
+        regs[XECP / 4] = 0x0300_0402;
+        regs[XECP / 4 + 2] = 0x0000_0101;
+        regs[(XECP + 0x10) / 4] = 0x0200_0002;
+        regs[(XECP + 0x10) / 4 + 2] = 0x0000_0102;
+        regs[PORTSC1 / 4] = PP;
+        regs[(PORTSC1 + 0x10) / 4] = PP | CCS | CSC | (7 << 5);
+        FakeXhci {
+            regs: RefCell::new(regs),
+            arena: Arena::new(0x10_0000, 1 << 20),
+            clock: Cell::new(0),
+            state: RefCell::new(State::default()),
+            answer_commands: Cell::new(true),
+            answer_transfers: Cell::new(true),
+        }
+    }
+
+    /// A register's value.
+    pub fn reg(&self, offset: usize) -> u32 {
+        self.regs.borrow()[offset / 4]
+    }
+
+    /// Memory as the controller sees it.
+    pub fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    /// TRB types of the commands processed.
+    pub fn commands(&self) -> Vec<u32> {
+        self.state.borrow().commands.clone()
+    }
+
+    /// Values written to PORTSC registers.
+    pub fn portsc_writes(&self) -> Vec<(u8, u32)> {
+        self.state.borrow().portsc_writes.clone()
+    }
+
+    /// Sets a PORTSC before the controller runs.
+    pub fn set_portsc(&self, port: u8, value: u32) {
+        self.regs.borrow_mut()[(PORTSC1 + (usize::from(port) - 1) * 0x10) / 4] = value;
+    }
+
+    /// Unplugs the device on `port`: disconnected, disabled, Connect Status Change and a
+    /// Port Status Change Event.
+    pub fn unplug(&self, port: u8) {
+        let at = PORTSC1 + (usize::from(port) - 1) * 0x10;
+        let mut regs = self.regs.borrow_mut();
+        regs[at / 4] = (regs[at / 4] & PP) | CSC | (5 << 5);
+        drop(regs);
+        self.post([u32::from(port) << 24, 0, 1 << 24, 34 << 10]);
+    }
+
+    /// Plugs a device into `port`: connected, link Polling (a USB2 port needs a reset).
+    pub fn plug(&self, port: u8) {
+        let at = PORTSC1 + (usize::from(port) - 1) * 0x10;
+        let mut regs = self.regs.borrow_mut();
+        regs[at / 4] = (regs[at / 4] & PP) | CCS | CSC | (7 << 5);
+        drop(regs);
+        self.post([u32::from(port) << 24, 0, 1 << 24, 34 << 10]);
+    }
+
+    fn reg64(&self, offset: usize) -> u64 {
+        u64::from(self.reg(offset)) | u64::from(self.reg(offset + 4)) << 32
+    }
+
+    fn post(&self, trb: [u32; 4]) {
+        let mut s = self.state.borrow_mut();
+        let at = s.event_base + (s.event_enqueue * 16) as u64;
+        for (i, d) in trb.iter().take(3).enumerate() {
+            self.arena.write32(at + i as u64 * 4, *d);
+        }
+        self.arena
+            .write32(at + 12, (trb[3] & !1) | u32::from(s.event_cycle));
+        s.event_enqueue += 1;
+        if s.event_enqueue == s.event_trbs {
+            s.event_enqueue = 0;
+            s.event_cycle = !s.event_cycle;
+        }
+    }
+
+    fn read_trb(&self, at: u64) -> [u32; 4] {
+        [0, 4, 8, 12].map(|o| self.arena.read32(at + o))
+    }
+
+    fn run_commands(&self) {
+        loop {
+            let (at, cycle) = {
+                let s = self.state.borrow();
+                (s.cmd_dequeue, s.cmd_cycle)
+            };
+            let trb = self.read_trb(at);
+            if (trb[3] & 1 != 0) != cycle {
+                return;
+            }
+            let kind = (trb[3] >> 10) & 0x3f;
+            if kind == 6 {
+                let mut s = self.state.borrow_mut();
+                s.cmd_dequeue = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                s.cmd_cycle ^= trb[3] & 2 != 0;
+                continue;
+            }
+            if !self.answer_commands.get() {
+                return;
+            }
+            let mut slot = (trb[3] >> 24) as u8;
+            {
+                let mut s = self.state.borrow_mut();
+                s.commands.push(kind);
+                s.cmd_dequeue += 16;
+                match kind {
+                    // Enable Slot.
+                    9 => {
+                        s.next_slot += 1;
+                        slot = s.next_slot;
+                    }
+                    // Address Device: the Default Control Endpoint's TR Dequeue Pointer.
+                    11 => {
+                        let input = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                        let dq = self.arena.read64(input + 2 * self.context_size() + 8);
+                        s.ep0.push((slot, dq & !0xf, dq & 1 != 0));
+                    }
+                    _ => {}
+                }
+            }
+            self.post([
+                trb_low(at),
+                (at >> 32) as u32,
+                1 << 24,
+                (33 << 10) | u32::from(slot) << 24,
+            ]);
+        }
+    }
+
+    fn run_transfers(&self, slot: u8) {
+        if !self.answer_transfers.get() {
+            return;
+        }
+        let Some(i) = self.state.borrow().ep0.iter().position(|e| e.0 == slot) else {
+            return;
+        };
+        loop {
+            let (_, at, cycle) = self.state.borrow().ep0[i];
+            let trb = self.read_trb(at);
+            if (trb[3] & 1 != 0) != cycle {
+                return;
+            }
+            self.state.borrow_mut().ep0[i].1 += 16;
+            match (trb[3] >> 10) & 0x3f {
+                2 => self.state.borrow_mut().setup = (trb[0], trb[1]),
+                3 => {
+                    let (w0, w1) = self.state.borrow().setup;
+                    let value = w0 >> 16;
+                    let response: &[u8] = match value >> 8 {
+                        1 => &DEVICE_DESCRIPTOR,
+                        3 if value & 0xff == 0 => &LANGUAGES,
+                        3 => &PRODUCT,
+                        _ => &[],
+                    };
+                    let asked = (trb[2] & 0x1ffff).min(w1 >> 16) as usize;
+                    let n = asked.min(response.len());
+                    let buffer = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                    self.arena.write_bytes(buffer, &response[..n]);
+                    if n < asked && trb[3] & (1 << 2) != 0 {
+                        let residue = (asked - n) as u32;
+                        self.post([
+                            trb_low(at),
+                            (at >> 32) as u32,
+                            (13 << 24) | residue,
+                            transfer_event(slot),
+                        ]);
+                    }
+                }
+                4 if trb[3] & (1 << 5) != 0 => {
+                    self.post([
+                        trb_low(at),
+                        (at >> 32) as u32,
+                        1 << 24,
+                        transfer_event(slot),
+                    ]);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn write_portsc(&self, offset: usize, value: u32) {
+        let port = ((offset - PORTSC1) / 0x10 + 1) as u8;
+        self.state.borrow_mut().portsc_writes.push((port, value));
+        let mut regs = self.regs.borrow_mut();
+        let old = regs[offset / 4];
+        let mut new = old & !(value & CHANGE_BITS);
+        if value & PED != 0 {
+            new &= !PED;
+        }
+        // Resets complete at once: enabled, U0, Port Reset Change (and Warm Port Reset
+        // Change); a USB2 device at high speed, a USB3 one at SuperSpeed.
+        let reset = value & PR != 0 && old & CCS != 0;
+        let warm = value & WPR != 0 && old & CCS != 0;
+        if reset {
+            new = (new & !(0xf << 5) & !(0xf << 10)) | PED | PRC | (3 << 10);
+        }
+        if warm {
+            new = (new & !(0xf << 5) & !(0xf << 10)) | PED | PRC | WRC | (4 << 10);
+        }
+        let reset = reset || warm;
+        new = (new & !PP) | (value & PP);
+        regs[offset / 4] = new;
+        drop(regs);
+        if reset {
+            self.post([u32::from(port) << 24, 0, 1 << 24, 34 << 10]);
+        }
+    }
+}
+
+fn trb_low(at: u64) -> u32 {
+    at as u32
+}
+
+fn transfer_event(slot: u8) -> u32 {
+    (32 << 10) | (1 << 16) | u32::from(slot) << 24
+}
+
+impl Hal for &FakeXhci {
+    type Dma = Memory;
+
+    fn read32(&self, offset: usize) -> u32 {
+        self.reg(offset)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        assert!(offset < BAR_SIZE && offset % 4 == 0);
+        if (PORTSC1..PORTSC1 + 0x20).contains(&offset) && offset % 0x10 == 0 {
+            return self.write_portsc(offset, value);
+        }
+        self.regs.borrow_mut()[offset / 4] = value;
+        match offset {
+            USBCMD => {
+                let halted = u32::from(value & 1 == 0);
+                let mut regs = self.regs.borrow_mut();
+                regs[USBSTS / 4] = (regs[USBSTS / 4] & !1) | halted;
+            }
+            // Writes of the high dword latch 64-bit registers, as on QEMU.
+            o if o == CRCR + 4 => {
+                let crcr = self.reg64(CRCR);
+                let mut s = self.state.borrow_mut();
+                s.cmd_dequeue = crcr & !0x3f;
+                s.cmd_cycle = crcr & 1 != 0;
+            }
+            o if o == ERSTBA + 4 => {
+                let erst = self.reg64(ERSTBA);
+                let mut s = self.state.borrow_mut();
+                s.event_base = self.arena.read64(erst);
+                s.event_trbs = self.arena.read32(erst + 8) as usize;
+                s.event_enqueue = 0;
+                s.event_cycle = true;
+            }
+            DOORBELLS => self.run_commands(),
+            o if (DOORBELLS + 4..DOORBELLS + 0x100).contains(&o) && value == 1 => {
+                self.run_transfers(((o - DOORBELLS) / 4) as u8)
+            }
+            _ => {}
+        }
+    }
+
+    fn mmio_len(&self) -> usize {
+        BAR_SIZE
+    }
+
+    fn dma_alloc(&mut self, bytes: usize, align: usize) -> Option<Memory> {
+        self.arena.alloc(bytes, align.max(64))
+    }
+
+    fn now_micros(&self) -> u64 {
+        // Time passes as the driver looks at the clock, so deadlines arrive.
+        self.clock.set(self.clock.get() + 1);
+        self.clock.get()
+    }
+}
