@@ -60,6 +60,7 @@ mark "phase=frontend_connected"
 wait_for "$glog" "guest: hc usb[0-9]* ports=8" 60 || fail "guest_hc_missing"
 mark "phase=guest_hc_registered"
 usbctl list guest | sed 's|^|usbctl-list: |'
+usbctl list-assignable-devices | sed 's|^|ASSIGNABLE |'
 usbdom_id=$(xl domid usbdom)
 guest_id=$(xl domid guest)
 usbctl hc-destroy guest 0 || fail "hc_destroy"

@@ -97,6 +97,29 @@ fn xen_end_to_end() {
         let found = usbdom_event("xhci_found").expect("the passed-through controller is found");
         assert_eq!(field(found, "vid"), Some("1b36"));
         assert!(usbdom_event("msix_routed").is_some());
+        // The driver runs the passed-through controller: No Ops complete, their MSI-X
+        // interrupts arrive through Xen, and QEMU's devices are enumerated.
+        let noop = usbdom_event("xhci_noop").expect("event=xhci_noop");
+        assert_eq!(field(noop, "ok"), Some("true"));
+        let ready = usbdom_event("ready").expect("event=ready");
+        let irqs: u64 = field(ready, "xhci_interrupts").unwrap().parse().unwrap();
+        assert!(irqs > 0, "MSI-X delivered through Xen: {ready}");
+        let found: Vec<(&str, &str)> = usbdom
+            .iter()
+            .filter(|l| l.contains("event=usb_device "))
+            .map(|l| (field(l, "busid").unwrap(), field(l, "vid").unwrap()))
+            .collect();
+        for want in [("2-1", "46f4"), ("1-2", "0627"), ("1-3", "0409")] {
+            assert!(found.contains(&want), "{want:?} enumerated: {found:?}");
+        }
+        // dom0 sees what usbdom offers: the stick and the keyboard, not the hub.
+        let offered: Vec<&str> = r
+            .lines
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix("ASSIGNABLE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(offered, ["1-2", "2-1"], "usbctl list-assignable-devices");
         assert!(usbdom_event("ready").is_some());
         let phases: Vec<&str> = marks
             .iter()

@@ -97,6 +97,11 @@ where
         &mut self.hv
     }
 
+    /// The xenstore connection (the driver domain publishes its USB devices through it).
+    pub fn xenstore(&mut self) -> &mut XenStore<T> {
+        &mut self.xs
+    }
+
     /// Devices known, with the state we last wrote.
     pub fn devices(&self) -> impl Iterator<Item = (DeviceId, XenbusState)> + '_ {
         self.devices.iter().map(|(id, d)| (*id, d.state))

@@ -34,18 +34,13 @@ fn err<T>(msg: impl Into<String>) -> Result<T, Error> {
     Err(Error(msg.into()))
 }
 
-/// Where usbdom publishes the USB devices it can assign, one key per bus id:
-/// `/local/domain/<usbdom>/data/usbdom/devices/<key>` = `vid=… pid=… speed=… class=… product=…`
-/// with `<key>` = [`busid_key`] of the bus id.
+/// Where `backend` publishes the USB devices it can assign (see
+/// [`xen::pvusb::DEVICES_DIR`]).
 pub fn devices_dir(backend: DomId) -> String {
-    format!("/local/domain/{backend}/data/usbdom/devices")
+    format!("/local/domain/{backend}/{}", xen::pvusb::DEVICES_DIR)
 }
 
-/// The xenstore key of a bus id: xenstored allows no `.` in node names, so `1-4.3` is
-/// stored as `1-4_3` (bus ids have no `_`).
-pub fn busid_key(busid: &str) -> String {
-    busid.replace('.', "_")
-}
+pub use xen::pvusb::busid_key;
 
 /// Where a port's assignment lives in the backend directory: `usbdom-port/<N>` = bus id.
 /// Not libxl's `port/<N>`: libxl reads those as dom0 sysfs bus ids and would fail for every

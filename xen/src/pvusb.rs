@@ -466,6 +466,17 @@ impl UrbRequest {
     }
 }
 
+/// Where a driver domain publishes the USB devices it can assign, relative to its xenstore
+/// home: one key per device ([`busid_key`]), the value `vid=… pid=… speed=… class=…
+/// product=…`. The domain owns `data`, dom0 reads it (`usbctl list-assignable-devices`).
+pub const DEVICES_DIR: &str = "data/usbdom/devices";
+
+/// The xenstore key of a Linux-style bus id: xenstored allows no `.` in node names, so
+/// `1-4.3` is stored as `1-4_3` (bus ids have no `_`).
+pub fn busid_key(busid: &str) -> String {
+    busid.replace('.', "_")
+}
+
 /// The xenstore nodes of one PVUSB controller, as libxl writes them for a `type=pv` usbctrl
 /// (`libxl__device_generic_add`): the backend directory owned by the backend domain and
 /// readable by the frontend, the frontend directory the other way round, both in state

@@ -511,6 +511,11 @@ impl<H: Hal> Controller<H> {
         }
     }
 
+    /// Root ports (1-based) whose device holds a Device Slot now.
+    pub fn occupied_ports(&self) -> impl Iterator<Item = u8> + '_ {
+        self.slots.iter().map(|s| s.port)
+    }
+
     /// Looks at the root ports Port Status Change Events named since the last call:
     /// acknowledges their change bits (the controller sends the next event only when a change
     /// bit goes from 0 to 1), enumerates a device that arrived, disables the slot of one

@@ -252,6 +252,9 @@ fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! 
             cpu::enable_and_halt();
             continue;
         };
+        if let Some(u) = usb.as_mut() {
+            usb::publish(u, be.xenstore());
+        }
         if let Err(e) = be.poll_xenstore() {
             warn!("event=xenstore_error op=poll error={e}");
         }

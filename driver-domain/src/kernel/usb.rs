@@ -1,9 +1,14 @@
 //! The xHCI driver on this machine: its HAL over the mapped BAR0 and identity-mapped DMA
 //! frames, bring-up and root-port enumeration at boot, and event handling in the main loop.
 
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 use log::{info, warn};
 use platform::Mmio32;
-use xhci_driver::{Controller, DmaBuffer, Hal};
+
+use xhci_driver::{Controller, DmaBuffer, Hal, UsbDevice};
 
 use super::memory::{self, DmaRegion, Mmio};
 use super::{pci, time};
@@ -100,6 +105,10 @@ pub struct Usb {
     seen: u64,
     /// The controller reported Host System Error: it is left alone from then on.
     failed: bool,
+    /// The devices on the root ports now.
+    devices: Vec<UsbDevice>,
+    /// What was last published to xenstore: key → description.
+    published: BTreeMap<String, String>,
 }
 
 /// Brings the controller up, proves its rings with a No Op command and enumerates the root
@@ -144,6 +153,8 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         interrupt_routed: found.vector.is_some(),
         seen: pci::xhci_interrupts(),
         failed: false,
+        devices,
+        published: BTreeMap::new(),
     })
 }
 
@@ -162,11 +173,63 @@ pub fn service(usb: &mut Usb) {
                 info!("event=xhci_events count={events} xhci_interrupts={now}");
             }
             // Also changes noted while an earlier enumeration waited for its own events.
-            usb.xhci.handle_port_changes();
+            let attached = usb.xhci.handle_port_changes();
+            let occupied: Vec<u8> = usb.xhci.occupied_ports().collect();
+            usb.devices.retain(|d| occupied.contains(&d.root_port.port));
+            usb.devices
+                .retain(|d| !attached.iter().any(|a| a.root_port == d.root_port));
+            usb.devices.extend(attached);
         }
         Err(e) => {
             warn!("event=xhci_error error={e}");
             usb.failed = true;
         }
     }
+}
+
+/// How a device is offered to dom0 (`usbctl list-assignable-devices`).
+fn description(d: &UsbDevice) -> String {
+    format!(
+        "vid={:04x} pid={:04x} speed={} class={:02x} product={}",
+        d.vendor_id,
+        d.product_id,
+        d.speed.name(),
+        d.class,
+        d.product.as_deref().unwrap_or("")
+    )
+}
+
+/// Publishes the devices usbdom can assign under its `data/usbdom/devices` (the change
+/// only): hubs are not offered (they are not assignable, as libxl also refuses them).
+pub fn publish<T: xen::xenstore::XsTransport>(usb: &mut Usb, xs: &mut xen::xenstore::XenStore<T>) {
+    use xen::pvusb::{busid_key, DEVICES_DIR};
+    use xen::xenstore::TxId;
+    let now: BTreeMap<String, String> = usb
+        .devices
+        .iter()
+        .filter(|d| d.class != 0x09)
+        .map(|d| (busid_key(&format!("{}", d.root_port)), description(d)))
+        .collect();
+    if now == usb.published {
+        return;
+    }
+    for key in usb.published.keys().filter(|k| !now.contains_key(*k)) {
+        if let Err(e) = xs.rm(TxId::NONE, &format!("{DEVICES_DIR}/{key}")) {
+            warn!("event=xenstore_error op=rm path={DEVICES_DIR}/{key} error={e}");
+        }
+    }
+    for (key, value) in now
+        .iter()
+        .filter(|(k, v)| usb.published.get(*k) != Some(*v))
+    {
+        if let Err(e) = xs.write(
+            TxId::NONE,
+            &format!("{DEVICES_DIR}/{key}"),
+            value.as_bytes(),
+        ) {
+            warn!("event=xenstore_error op=write path={DEVICES_DIR}/{key} error={e}");
+        }
+    }
+    info!("event=usb_devices_published count={}", now.len());
+    usb.published = now;
 }
