@@ -9,6 +9,14 @@ use log::LevelFilter;
 /// Most unknown words kept for the log.
 pub const MAX_UNKNOWN: usize = 8;
 
+/// A self-test of the USB stack the kernel runs after `event=ready`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsbTest {
+    /// `usbtest=storage`: configure the first mass-storage device, write a pattern and read
+    /// it back through Bulk-Only Transport, then time a 4 MiB read.
+    Storage,
+}
+
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cmdline {
@@ -21,6 +29,8 @@ pub struct Cmdline {
     pub unknown: Vec<String<32>, MAX_UNKNOWN>,
     /// A `loglevel=` value that is not a level.
     pub bad_log_level: bool,
+    /// `usbtest=storage`.
+    pub usb_test: Option<UsbTest>,
 }
 
 impl Default for Cmdline {
@@ -30,6 +40,7 @@ impl Default for Cmdline {
             qemu_exit: false,
             unknown: Vec::new(),
             bad_log_level: false,
+            usb_test: None,
         }
     }
 }
@@ -49,6 +60,7 @@ impl Cmdline {
                     Err(_) => c.bad_log_level = true,
                 },
                 ("qemu_exit", None) => c.qemu_exit = true,
+                ("usbtest", Some("storage")) => c.usb_test = Some(UsbTest::Storage),
                 _ => {
                     let mut s = String::new();
                     for ch in word.chars() {
@@ -84,6 +96,16 @@ mod tests {
         assert!(c.bad_log_level);
         assert_eq!(c.log_level, LevelFilter::Info);
         assert_eq!(Cmdline::parse(""), Cmdline::default());
+    }
+
+    #[test]
+    fn usbtest_storage_is_understood_and_other_tests_are_unknown_words() {
+        let c = Cmdline::parse("qemu_exit usbtest=storage");
+        assert_eq!(c.usb_test, Some(UsbTest::Storage));
+        assert!(c.unknown.is_empty());
+        let c = Cmdline::parse("usbtest=hid");
+        assert_eq!(c.usb_test, None);
+        assert_eq!(c.unknown[0].as_str(), "usbtest=hid");
     }
 
     #[test]

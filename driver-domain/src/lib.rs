@@ -1,7 +1,7 @@
 //! The driver domain's platform logic that needs no hardware: command line, physical memory
 //! bookkeeping, PCI configuration decoding, ACPI table parsing, MSI/MSI-X message layout,
-//! and the log line format. The kernel binary (`main.rs`) wires these to ports, MMIO and the
-//! CPU; everything here runs in host tests.
+//! the log line format, and the self-tests' data. The kernel binary (`main.rs`) wires these
+//! to ports, MMIO and the CPU; everything here runs in host tests.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +12,7 @@ pub mod frames;
 pub mod logfmt;
 pub mod msi;
 pub mod pci;
+pub mod selftest;
 
 /// Reads guest-physical memory (identity-mapped in the kernel, a byte buffer in tests).
 pub trait PhysRead {

@@ -169,6 +169,61 @@ fn without_an_xhci_controller_it_says_so_and_still_comes_up() {
     });
 }
 
+/// The storage self-test's pattern as the kernel documents it (`platform::selftest`),
+/// written out again here so the check does not share the kernel's code: 128 records of
+/// `usbdom-selftest:`, the index in 15 hex digits, a newline.
+fn storage_pattern() -> Vec<u8> {
+    (0..128)
+        .flat_map(|i| format!("usbdom-selftest:{i:015x}\n").into_bytes())
+        .collect()
+}
+
+#[test]
+fn the_storage_self_test_writes_its_pattern_through_the_stick_to_the_image() {
+    let machine = Machine::new("q35", "usbtest-storage")
+        .usb_stick("stick")
+        .append("usbtest=storage");
+    let image = machine.scratch().join("stick.img");
+    let run = machine.boot();
+    run.check(|r| {
+        assert!(!r.timed_out, "QEMU did not exit in time");
+        assert_eq!(r.exit, Some(EXIT_SUCCESS));
+        let (ready, _) = r.event("ready").expect("event=ready");
+        assert!(ready.as_secs_f64() < 2.0, "event=ready took {ready:?}");
+        let (done, test) = r.event("usbtest_storage").expect("event=usbtest_storage");
+        println!(
+            "usbtest: {test} ({} ms after QEMU started)",
+            done.as_millis()
+        );
+        assert_eq!(field(test, "inquiry_vendor"), Some("\"QEMU\""));
+        assert_eq!(field(test, "write"), Some("ok"));
+        assert_eq!(field(test, "read"), Some("ok"));
+        assert_eq!(field(test, "match"), Some("true"));
+        let block_size: usize = field(test, "block_size").unwrap().parse().unwrap();
+        let blocks: usize = field(test, "blocks").unwrap().parse().unwrap();
+        assert_eq!(blocks * block_size, 16 << 20, "the stick is 16 MiB");
+
+        let bytes = std::fs::read(&image).unwrap();
+        let at = 8 * block_size;
+        assert_eq!(
+            &bytes[at..at + 4096],
+            &storage_pattern()[..],
+            "the image holds the pattern at LBA 8"
+        );
+        assert!(
+            bytes[..at].iter().all(|&b| b == 0),
+            "nothing written before it"
+        );
+
+        let (_, bench) = r.event("bench").expect("event=bench");
+        println!("usbtest: {bench}");
+        assert_eq!(field(bench, "path"), Some("direct"));
+        assert_eq!(field(bench, "in_flight"), Some("1"));
+        assert_eq!(field(bench, "bytes"), Some("4194304"));
+        assert!(field(bench, "ns").unwrap().parse::<u64>().unwrap() > 0);
+    });
+}
+
 /// Sends QMP `commands` (JSON, one per line) over the monitor socket and waits for each
 /// reply, so QEMU has acted on them before the socket closes.
 fn qmp(socket: &Path, commands: &[&str]) {

@@ -1,7 +1,9 @@
 //! The controller: bring-up of a halted, reset controller (xHCI 4.2), commands on the Command
 //! Ring with completions from the Event Ring of Interrupter 0, root ports (4.19), and the
 //! first steps of enumeration on them (4.3): Enable Slot, Address Device and the device
-//! descriptor over the Default Control Endpoint.
+//! descriptor over the Default Control Endpoint; then configuration (4.3.5: the configuration
+//! descriptor, Configure Endpoint, SET_CONFIGURATION) and bulk and interrupt transfers on the
+//! endpoints' Transfer Rings, with Reset Endpoint after a STALL (4.6.8).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -11,9 +13,11 @@ use log::{debug, info, warn};
 use xhci::ring::trb::event::{self, CompletionCode};
 use xhci::ring::trb::{command, transfer};
 
+use crate::descriptor::{self, Configuration};
 use crate::hal::{DmaBuffer, Hal};
 use crate::port::{Portsc, Speed, CSC, PRC, WRC};
 use crate::ring::{EventRing, ProducerRing, RingError, ERST_ENTRY_SIZE};
+use crate::transfer::{endpoint_context, normal_td, Direction, Segment};
 
 // Capability registers (5.3). Read 32 bits wide: some controllers (QEMU's) return 0 for
 // narrower reads such as a 16-bit HCIVERSION.
@@ -73,6 +77,11 @@ const RESET_RECOVERY_US: u64 = 10_000;
 // USB 2.0 chapter 9.
 const REQUEST_TYPE_DEVICE_TO_HOST: u8 = 0x80;
 const GET_DESCRIPTOR: u8 = 6;
+const SET_CONFIGURATION: u8 = 9;
+const CLEAR_FEATURE: u8 = 1;
+const REQUEST_TYPE_ENDPOINT: u8 = 0x02;
+const FEATURE_ENDPOINT_HALT: u16 = 0;
+const DESCRIPTOR_CONFIGURATION: u16 = descriptor::CONFIGURATION as u16;
 const DESCRIPTOR_DEVICE: u16 = 1;
 const DESCRIPTOR_STRING: u16 = 3;
 const DEVICE_DESCRIPTOR_SIZE: u16 = 18;
@@ -103,6 +112,16 @@ pub enum Error {
     BadDescriptor,
     /// Enable Slot returned a slot ID outside 1..=MaxSlots.
     SlotId(u8),
+    /// The endpoint answered STALL (it was reset, and its queued transfers dropped).
+    Stall,
+    /// No device holds that slot.
+    NoDevice,
+    /// The device has no such configured endpoint.
+    NoEndpoint,
+    /// The device's endpoints were configured already.
+    Configured,
+    /// A transfer with no bytes, or for an endpoint with max packet size 0.
+    BadTransfer,
 }
 
 impl fmt::Display for Error {
@@ -119,6 +138,11 @@ impl fmt::Display for Error {
             Error::UnknownSpeed => f.write_str("unknown_speed"),
             Error::BadDescriptor => f.write_str("bad_descriptor"),
             Error::SlotId(id) => write!(f, "bad_slot_id_{id}"),
+            Error::Stall => f.write_str("stall"),
+            Error::NoDevice => f.write_str("no_device"),
+            Error::NoEndpoint => f.write_str("no_endpoint"),
+            Error::Configured => f.write_str("already_configured"),
+            Error::BadTransfer => f.write_str("bad_transfer"),
         }
     }
 }
@@ -297,11 +321,34 @@ pub struct UsbDevice {
     pub product: Option<String>,
 }
 
+/// A TD the controller owns.
+struct PendingTd {
+    id: TransferId,
+    /// Address and TRB Transfer Length of each TRB.
+    trbs: Vec<(u64, u32)>,
+}
+
+/// A configured endpoint (not the Default Control Endpoint).
+struct EndpointRing<D> {
+    /// Device Context Index.
+    dci: u8,
+    max_packet_size: u16,
+    ring: ProducerRing<D>,
+    /// TDs queued, oldest first.
+    pending: Vec<PendingTd>,
+}
+
+/// A transfer queued with [`Controller::queue_transfer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferId(u64);
+
 /// A Device Slot's memory: the controller references all of it while the slot is enabled.
 struct Slot<D> {
     slot_id: u8,
     /// Root port of the device.
     port: u8,
+    speed: Speed,
+    endpoints: Vec<EndpointRing<D>>,
     input_context: D,
     _output_context: D,
     ep0: ProducerRing<D>,
@@ -322,6 +369,9 @@ pub struct Controller<H: Hal> {
     slots: Vec<Slot<H::Dma>>,
     /// Root ports a Port Status Change Event named, not yet looked at.
     port_changes: Vec<u8>,
+    /// Finished transfers not yet taken: bytes transferred, or why not.
+    completions: Vec<(TransferId, Result<usize, Error>)>,
+    next_transfer: u64,
 }
 
 impl<H: Hal> Controller<H> {
@@ -418,6 +468,8 @@ impl<H: Hal> Controller<H> {
             protocols,
             slots: Vec::new(),
             port_changes: Vec::new(),
+            completions: Vec::new(),
+            next_transfer: 0,
         })
     }
 
@@ -490,8 +542,50 @@ impl<H: Hal> Controller<H> {
                     self.port_changes.push(p.port_id());
                 }
             }
+            event::Allowed::TransferEvent(t) if t.endpoint_id() > 1 => self.transfer_event(&t),
             other => debug!("event=xhci_event_ignored trb={other:?}"),
         }
+    }
+
+    /// A Transfer Event on a configured endpoint ends the TD holding its TRB: with Success
+    /// or Short Packet the bytes done are those of the TRBs before it plus this TRB's length
+    /// less the residue the event reports; any other code is an error. An event for a TRB no
+    /// pending TD holds (an IOC after a short packet already ended the TD) is dropped.
+    fn transfer_event(&mut self, t: &event::TransferEvent) {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.slot_id == t.slot_id()) else {
+            return;
+        };
+        let Some(ep) = slot.endpoints.iter_mut().find(|e| e.dci == t.endpoint_id()) else {
+            return;
+        };
+        let at = t.trb_pointer();
+        let Some(i) = ep
+            .pending
+            .iter()
+            .position(|td| td.trbs.iter().any(|&(a, _)| a == at))
+        else {
+            return;
+        };
+        let td = ep.pending.remove(i);
+        if let Some(&(last, _)) = td.trbs.last() {
+            ep.ring.complete(last);
+        }
+        let result = match t.completion_code() {
+            Ok(CompletionCode::Success | CompletionCode::ShortPacket) => {
+                let mut done = 0usize;
+                for &(a, len) in &td.trbs {
+                    if a == at {
+                        done += len.saturating_sub(t.trb_transfer_length()) as usize;
+                        break;
+                    }
+                    done += len as usize;
+                }
+                Ok(done)
+            }
+            Ok(CompletionCode::StallError) => Err(Error::Stall),
+            code => Err(Error::Transfer(code_of(code))),
+        };
+        self.completions.push((td.id, result));
     }
 
     /// Takes every pending event without waiting (for the main loop, when the interrupt
@@ -824,7 +918,8 @@ impl<H: Hal> Controller<H> {
         let mut input = alloc(&mut self.hal, 33 * ctx, 64)?;
         let output = alloc(&mut self.hal, 32 * ctx, 64)?;
         let ep0 = ProducerRing::new(alloc(&mut self.hal, RING_BYTES, 64)?);
-        let data = alloc(&mut self.hal, 256, 64)?;
+        // Room for a configuration descriptor with many interfaces.
+        let data = alloc(&mut self.hal, 4096, 64)?;
 
         // Add Context flags A0 (Slot) and A1 (EP0).
         input.write32(4, 0b11);
@@ -845,6 +940,8 @@ impl<H: Hal> Controller<H> {
             port: root_port.port,
             input_context: input,
             _output_context: output,
+            speed,
+            endpoints: Vec::new(),
             ep0,
             data,
         });
@@ -866,6 +963,268 @@ impl<H: Hal> Controller<H> {
             .set_input_context_pointer(slot.input_context.phys())
             .set_slot_id(slot.slot_id);
         self.command(evaluate.into_raw()).map(|_| ())
+    }
+
+    /// DMA memory from the platform, for transfer buffers.
+    pub fn dma_alloc(&mut self, bytes: usize, align: usize) -> Result<H::Dma, Error> {
+        alloc(&mut self.hal, bytes, align)
+    }
+
+    fn slot_index(&self, slot_id: u8) -> Result<usize, Error> {
+        self.slots
+            .iter()
+            .position(|s| s.slot_id == slot_id)
+            .ok_or(Error::NoDevice)
+    }
+
+    /// The device's first configuration (GET_DESCRIPTOR(CONFIGURATION) of its header, then
+    /// of wTotalLength bytes), parsed.
+    pub fn configuration(&mut self, slot_id: u8) -> Result<Configuration, Error> {
+        let index = self.slot_index(slot_id)?;
+        let value = DESCRIPTOR_CONFIGURATION << 8;
+        let head = self.get_descriptor(index, value, 0, descriptor::CONFIGURATION_SIZE as u16)?;
+        let total = descriptor::total_length(&head).map_err(|_| Error::BadDescriptor)?;
+        let all = self.get_descriptor(index, value, 0, total)?;
+        descriptor::parse_configuration(&all).map_err(|_| Error::BadDescriptor)
+    }
+
+    /// Configures the device (4.3.5): a Transfer Ring for every endpoint of every
+    /// interface's alternate setting 0, Configure Endpoint with their Endpoint Contexts (and
+    /// the Slot Context's new Context Entries), then SET_CONFIGURATION.
+    pub fn configure(&mut self, slot_id: u8, config: &Configuration) -> Result<(), Error> {
+        let index = self.slot_index(slot_id)?;
+        if !self.slots[index].endpoints.is_empty() {
+            return Err(Error::Configured);
+        }
+        let ctx = self.caps.context_size;
+        let speed = self.slots[index].speed;
+        let mut endpoints = Vec::new();
+        // Add Context flag A0: the Slot Context.
+        let mut add = 1u32;
+        let settings = config
+            .interfaces
+            .iter()
+            .filter(|i| i.alternate_setting == 0);
+        for e in settings.flat_map(|i| &i.endpoints) {
+            // Endpoint 0 is not configured this way, and two descriptors for one endpoint
+            // are a device's mistake.
+            if e.number() == 0 || e.max_packet_size == 0 || add & (1 << e.dci()) != 0 {
+                return Err(Error::BadDescriptor);
+            }
+            add |= 1 << e.dci();
+            let ring = ProducerRing::new(alloc(&mut self.hal, RING_BYTES, 64)?);
+            let mut context = endpoint_context(e, speed);
+            let dequeue = ring.phys() | u64::from(ring.cycle_state());
+            context[2] = dequeue as u32;
+            context[3] = (dequeue >> 32) as u32;
+            endpoints.push((
+                context,
+                EndpointRing {
+                    dci: e.dci(),
+                    max_packet_size: e.max_packet_size,
+                    ring,
+                    pending: Vec::new(),
+                },
+            ));
+        }
+        // Context Entries: the highest Device Context Index in use (EP0's is 1).
+        let entries = (31 - add.leading_zeros()).max(1);
+        let input = &mut self.slots[index].input_context;
+        input.write32(0, 0);
+        input.write32(4, add);
+        input.write32(ctx, (entries << 27) | (u32::from(speed.psiv()) << 20));
+        for (context, ep) in &endpoints {
+            let base = (usize::from(ep.dci) + 1) * ctx;
+            for (i, dword) in context.iter().enumerate() {
+                input.write32(base + 4 * i, *dword);
+            }
+        }
+        let configure = *command::ConfigureEndpoint::new()
+            .set_input_context_pointer(input.phys())
+            .set_slot_id(slot_id);
+        self.command(configure.into_raw())?;
+        self.slots[index].endpoints = endpoints.into_iter().map(|(_, e)| e).collect();
+        self.control_no_data(index, 0, SET_CONFIGURATION, u16::from(config.value), 0)
+    }
+
+    /// Queues a bulk or interrupt transfer over `segments` on endpoint `endpoint` (1..=15)
+    /// in `direction`, and rings its doorbell. Its result is taken with
+    /// [`Controller::take_completion`] once [`Controller::poll_events`] (or a wait for
+    /// another event) has seen it. The segments must stay untouched until then.
+    pub fn queue_transfer(
+        &mut self,
+        slot_id: u8,
+        endpoint: u8,
+        direction: Direction,
+        segments: &[Segment],
+    ) -> Result<TransferId, Error> {
+        if endpoint > 15 {
+            return Err(Error::NoEndpoint);
+        }
+        let dci = 2 * endpoint + u8::from(direction == Direction::In);
+        let index = self.slot_index(slot_id)?;
+        let id = TransferId(self.next_transfer);
+        let ep = self.slots[index]
+            .endpoints
+            .iter_mut()
+            .find(|e| e.dci == dci)
+            .ok_or(Error::NoEndpoint)?;
+        let td = normal_td(segments, ep.max_packet_size).map_err(|_| Error::BadTransfer)?;
+        let at = ep.ring.push_td(&td.trbs)?;
+        ep.pending.push(PendingTd {
+            id,
+            trbs: at.into_iter().zip(td.lengths).collect(),
+        });
+        self.next_transfer += 1;
+        self.ring_doorbell(slot_id, u32::from(dci));
+        Ok(id)
+    }
+
+    /// The result of a finished transfer: the bytes transferred (fewer than queued after a
+    /// short packet), or why it failed. `None` while it runs.
+    pub fn take_completion(&mut self, id: TransferId) -> Option<Result<usize, Error>> {
+        let i = self.completions.iter().position(|c| c.0 == id)?;
+        Some(self.completions.remove(i).1)
+    }
+
+    /// A transfer, waited for up to `timeout_us`. After a STALL the endpoint is recovered
+    /// (Reset Endpoint, Set TR Dequeue Pointer, CLEAR_FEATURE(ENDPOINT_HALT)) and
+    /// [`Error::Stall`] returned; after a timeout the transfer is taken back (Stop Endpoint,
+    /// Set TR Dequeue Pointer) so the controller no longer touches `segments`. When that
+    /// fails too, its error is returned and the segments must never be reused.
+    pub fn transfer(
+        &mut self,
+        slot_id: u8,
+        endpoint: u8,
+        direction: Direction,
+        segments: &[Segment],
+        timeout_us: u64,
+    ) -> Result<usize, Error> {
+        let id = self.queue_transfer(slot_id, endpoint, direction, segments)?;
+        let dci = 2 * endpoint + u8::from(direction == Direction::In);
+        let until = self.hal.now_micros() + timeout_us;
+        loop {
+            if let Some(result) = self.take_completion(id) {
+                if result == Err(Error::Stall) {
+                    self.restart_endpoint(slot_id, dci, true)?;
+                    let address = endpoint | if direction == Direction::In { 0x80 } else { 0 };
+                    let index = self.slot_index(slot_id)?;
+                    self.control_no_data(
+                        index,
+                        REQUEST_TYPE_ENDPOINT,
+                        CLEAR_FEATURE,
+                        FEATURE_ENDPOINT_HALT,
+                        u16::from(address),
+                    )?;
+                }
+                return result;
+            }
+            match self.next_event(until, "transfer") {
+                Ok(e) => self.note(e),
+                Err(Error::Timeout(what)) => {
+                    self.restart_endpoint(slot_id, dci, false)?;
+                    self.completions.retain(|c| c.0 != id);
+                    return Err(Error::Timeout(what));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes every TD off an endpoint (4.6.9, 4.6.10): Reset Endpoint when it is Halted,
+    /// Stop Endpoint otherwise, then Set TR Dequeue Pointer to the enqueue pointer. TDs still
+    /// pending complete with [`Error::Stall`] after a halt, else with a timeout.
+    fn restart_endpoint(&mut self, slot_id: u8, dci: u8, halted: bool) -> Result<(), Error> {
+        let stop = if halted {
+            command::ResetEndpoint::new()
+                .set_slot_id(slot_id)
+                .set_endpoint_id(dci)
+                .into_raw()
+        } else {
+            command::StopEndpoint::new()
+                .set_slot_id(slot_id)
+                .set_endpoint_id(dci)
+                .into_raw()
+        };
+        match self.command(stop) {
+            // Context State Error: the endpoint stopped or halted by itself meanwhile.
+            Ok(_) | Err(Error::Command(19)) => {}
+            Err(e) => return Err(e),
+        }
+        let index = self.slot_index(slot_id)?;
+        let ep = self.slots[index]
+            .endpoints
+            .iter_mut()
+            .find(|e| e.dci == dci)
+            .ok_or(Error::NoEndpoint)?;
+        let mut set = command::SetTrDequeuePointer::new();
+        set.set_new_tr_dequeue_pointer(ep.ring.enqueue_pointer())
+            .set_endpoint_id(dci)
+            .set_slot_id(slot_id);
+        if ep.ring.cycle_state() {
+            set.set_dequeue_cycle_state();
+        }
+        self.command(set.into_raw())?;
+        let index = self.slot_index(slot_id)?;
+        let ep = self.slots[index]
+            .endpoints
+            .iter_mut()
+            .find(|e| e.dci == dci)
+            .ok_or(Error::NoEndpoint)?;
+        ep.ring.skip_to_enqueue();
+        let why = if halted {
+            Error::Stall
+        } else {
+            Error::Timeout("transfer")
+        };
+        for td in core::mem::take(&mut ep.pending) {
+            self.completions.push((td.id, Err(why)));
+        }
+        Ok(())
+    }
+
+    /// A control transfer without a Data Stage (4.11.2.2): Setup and Status Stage (IN) TRBs
+    /// on the Default Control Endpoint.
+    fn control_no_data(
+        &mut self,
+        index: usize,
+        request_type: u8,
+        request: u8,
+        value: u16,
+        w_index: u16,
+    ) -> Result<(), Error> {
+        let slot = &mut self.slots[index];
+        let slot_id = slot.slot_id;
+        let setup = *transfer::SetupStage::new()
+            .set_request_type(request_type)
+            .set_request(request)
+            .set_value(value)
+            .set_index(w_index)
+            .set_length(0)
+            .set_transfer_type(transfer::TransferType::No);
+        let status = *transfer::StatusStage::new()
+            .set_direction()
+            .set_interrupt_on_completion();
+        let queued = slot.ep0.push_td(&[setup.into_raw(), status.into_raw()])?;
+        let status_at = queued[1];
+        self.ring_doorbell(slot_id, 1);
+        let until = self.hal.now_micros() + TRANSFER_TIMEOUT_US;
+        loop {
+            match self.next_event(until, "transfer")? {
+                event::Allowed::TransferEvent(t)
+                    if t.slot_id() == slot_id && t.endpoint_id() == 1 =>
+                {
+                    // An error on the Setup Stage leaves the Status Stage never to be done:
+                    // both are given up.
+                    self.slots[index].ep0.complete(status_at);
+                    return match t.completion_code() {
+                        Ok(CompletionCode::Success) => Ok(()),
+                        code => Err(Error::Transfer(code_of(code))),
+                    };
+                }
+                other => self.note(other),
+            }
+        }
     }
 
     /// GET_DESCRIPTOR on the Default Control Endpoint.
@@ -949,7 +1308,9 @@ impl<H: Hal> Controller<H> {
         let mut received = usize::from(length);
         loop {
             match self.next_event(until, "transfer")? {
-                event::Allowed::TransferEvent(t) if t.slot_id() == slot_id => {
+                event::Allowed::TransferEvent(t)
+                    if t.slot_id() == slot_id && t.endpoint_id() == 1 =>
+                {
                     let code = t.completion_code();
                     if t.trb_pointer() == data_at && code == Ok(CompletionCode::ShortPacket) {
                         // TRB Transfer Length is the residue.

@@ -3,7 +3,9 @@
 //!
 //! Register layouts are read 32 bits wide by this crate; TRB encodings come from the `xhci`
 //! crate. Layers: [`ring`] (Command, Transfer and Event Rings), [`port`] (PORTSC),
-//! [`controller`] (bring-up, commands, root ports, first enumeration).
+//! [`descriptor`] (configuration descriptors), [`transfer`] (TDs of Normal TRBs, Endpoint
+//! Contexts), [`controller`] (bring-up, commands, root ports, enumeration, configuration,
+//! bulk and interrupt transfers).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -11,12 +13,17 @@
 extern crate alloc;
 
 pub mod controller;
+pub mod descriptor;
 pub mod hal;
+pub mod mass_storage;
 pub mod port;
 pub mod ring;
 #[cfg(test)]
 mod testing;
+pub mod transfer;
 
-pub use controller::{Capabilities, Controller, Error, RootPort, UsbDevice};
+pub use controller::{Capabilities, Controller, Error, RootPort, TransferId, UsbDevice};
+pub use descriptor::{Configuration, DescriptorError, Endpoint, Interface};
 pub use hal::{DmaBuffer, Hal};
 pub use port::{Portsc, Speed};
+pub use transfer::{Direction, Segment};

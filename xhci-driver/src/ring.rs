@@ -7,12 +7,16 @@
 
 use xhci::ring::trb::Link;
 
+use alloc::vec::Vec;
+
 use crate::hal::DmaBuffer;
 
 /// Bytes per TRB.
 pub const TRB_SIZE: usize = 16;
 /// Cycle bit, dword 3 bit 0.
 const CYCLE: u32 = 1 << 0;
+/// Chain bit, dword 3 bit 4 (Normal, Data Stage and Link TRBs).
+const CHAIN: u32 = 1 << 4;
 
 /// Why a TRB was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,20 +86,59 @@ impl<D: DmaBuffer> ProducerRing<D> {
     /// Hands `trb` to the controller (its Cycle bit is replaced) and returns its address,
     /// which completion events report.
     pub fn push(&mut self, trb: [u32; 4]) -> Result<u64, RingError> {
+        self.place(trb, true)
+    }
+
+    /// Writes `trb` at the enqueue pointer, owned by the controller or (`owned` false) with
+    /// the Cycle bit it does not expect yet, and moves on.
+    fn place(&mut self, trb: [u32; 4], owned: bool) -> Result<u64, RingError> {
         let after = self.next(self.enqueue);
         if after == self.dequeue {
             return Err(RingError::Full);
         }
         let at = self.buf.phys() + (self.enqueue * TRB_SIZE) as u64;
-        write_trb(&mut self.buf, self.enqueue, trb, self.cycle);
+        write_trb(&mut self.buf, self.enqueue, trb, self.cycle == owned);
         if after == 0 {
-            // Hand the Link TRB over with the current cycle, then flip it (Toggle Cycle).
-            let link = read_trb(&self.buf, self.trbs - 1);
+            // Hand the Link TRB over with the current cycle, then flip it (Toggle Cycle). A
+            // Link TRB inside a TD carries the Chain bit of the TRB before it (4.11.5.1).
+            let mut link = read_trb(&self.buf, self.trbs - 1);
+            link[3] = (link[3] & !CHAIN) | (trb[3] & CHAIN);
             write_trb(&mut self.buf, self.trbs - 1, link, self.cycle);
             self.cycle = !self.cycle;
         }
         self.enqueue = after;
         Ok(at)
+    }
+
+    /// Queues the TRBs of one TD and returns their addresses, or queues nothing when they
+    /// do not all fit. The first TRB's Cycle bit is written last, so a running controller
+    /// never starts a TD whose later TRBs it does not own yet.
+    pub fn push_td(&mut self, trbs: &[[u32; 4]]) -> Result<Vec<u64>, RingError> {
+        let Some(first) = trbs.first() else {
+            return Ok(Vec::new());
+        };
+        if self.room() < trbs.len() {
+            return Err(RingError::Full);
+        }
+        let (first_index, first_cycle) = (self.enqueue, self.cycle);
+        let mut at = Vec::with_capacity(trbs.len());
+        at.push(self.place(*first, false)?);
+        for trb in &trbs[1..] {
+            at.push(self.push(*trb)?);
+        }
+        write_trb(&mut self.buf, first_index, *first, first_cycle);
+        Ok(at)
+    }
+
+    /// Where the next TRB goes: the New TR Dequeue Pointer that skips everything queued.
+    pub fn enqueue_pointer(&self) -> u64 {
+        self.buf.phys() + (self.enqueue * TRB_SIZE) as u64
+    }
+
+    /// Forgets every TRB queued (after Set TR Dequeue Pointer moved the controller past
+    /// them).
+    pub fn skip_to_enqueue(&mut self) {
+        self.dequeue = self.enqueue;
     }
 
     /// The controller has completed the TRB at `phys` and all TRBs queued before it.
@@ -236,6 +279,34 @@ mod tests {
             23,
             "TRB Type No Op Command"
         );
+    }
+
+    #[test]
+    fn a_td_that_wraps_chains_through_the_link_trb() {
+        let mut ring = ProducerRing::new(Memory::new(0x10000, 4 * TRB_SIZE));
+        ring.push(noop()).unwrap();
+        assert!(ring.complete(0x10000));
+        ring.push(noop()).unwrap();
+        ring.push([0, 0, 0, (1 << 10) | CHAIN]).unwrap();
+        assert_eq!(read_trb(&ring.buf, 3)[3] & CHAIN, CHAIN);
+        assert_eq!(ring.enqueue_pointer(), 0x10000);
+        assert!(ring.complete(0x10010));
+        ring.push([0, 0, 0, 1 << 10]).unwrap();
+        ring.skip_to_enqueue();
+        assert_eq!(ring.room(), 2);
+    }
+
+    #[test]
+    fn a_td_is_queued_whole_with_its_first_cycle_bit_last_or_not_at_all() {
+        let mut ring = ProducerRing::new(Memory::new(0x10000, 4 * TRB_SIZE));
+        assert_eq!(
+            ring.push_td(&[noop(), noop(), noop()]),
+            Err(RingError::Full)
+        );
+        assert_eq!(ring.room(), 2, "nothing queued");
+        assert_eq!(ring.push_td(&[noop(), noop()]), Ok(vec![0x10000, 0x10010]));
+        assert_eq!(read_trb(&ring.buf, 0)[3] & CYCLE, CYCLE);
+        assert_eq!(read_trb(&ring.buf, 1)[3] & CYCLE, CYCLE);
     }
 
     #[test]

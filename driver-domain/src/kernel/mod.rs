@@ -15,7 +15,7 @@ mod xen_guest;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use log::{info, warn};
-use platform::cmdline::Cmdline;
+use platform::cmdline::{Cmdline, UsbTest};
 use platform::frames::Range;
 use xen::abi::start_info::{
     HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_START_MAGIC_VALUE,
@@ -173,7 +173,7 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     let mut cfg = pci::config_access(si.rsdp_paddr);
     let (xhci, bars) = pci::probe(&mut cfg);
     occupied.extend(bars);
-    let usb = xhci.as_ref().and_then(usb::bring_up);
+    let mut usb = xhci.as_ref().and_then(usb::bring_up);
     let window = platform::frames::grant_window(&occupied, GRANT_WINDOW_SIZE);
     match window {
         Some(base) => info!("event=grant_window base={base:#x} size={GRANT_WINDOW_SIZE:#x}"),
@@ -231,6 +231,14 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
             pci::xhci_interrupts()
         ),
         None => info!("event=ready uptime_us={} xhci=none", time::now_micros()),
+    }
+    // After `event=ready`, so the boot time stays what it is; before `qemu_exit`, so a test
+    // run ends when the self-test has.
+    if cmdline.usb_test == Some(UsbTest::Storage) {
+        match usb.as_mut() {
+            Some(u) => usb::self_test_storage(u),
+            None => warn!("event=usbtest_storage step=find error=no_controller"),
+        }
     }
     if QEMU_EXIT.load(Ordering::Relaxed) {
         cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);

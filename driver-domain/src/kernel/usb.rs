@@ -8,7 +8,14 @@ use alloc::vec::Vec;
 use log::{info, warn};
 use platform::Mmio32;
 
-use xhci_driver::{Controller, DmaBuffer, Hal, UsbDevice};
+use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
+use xhci_driver::mass_storage::{
+    capacity, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10, read_write_10,
+    BulkOnly, StorageError, READ_10, WRITE_10,
+};
+use xhci_driver::{
+    Configuration, Controller, Direction, DmaBuffer, Hal, Interface, Segment, UsbDevice,
+};
 
 use super::memory::{self, DmaRegion, Mmio};
 use super::{pci, time};
@@ -232,4 +239,126 @@ pub fn publish<T: xen::xenstore::XsTransport>(usb: &mut Usb, xs: &mut xen::xenst
     }
     info!("event=usb_devices_published count={}", now.len());
     usb.published = now;
+}
+
+/// A 64 KiB READ(10) of the throughput probe may take this long.
+const DATA_TIMEOUT_US: u64 = 2_000_000;
+/// The throughput probe reads this much.
+const BENCH_BYTES: usize = 4 << 20;
+/// In 64 KiB commands.
+const BENCH_CHUNK: usize = 64 << 10;
+
+/// `usbtest=storage`: configures the first mass-storage device (SCSI over Bulk-Only
+/// Transport), INQUIRY, READ CAPACITY(10), WRITE(10) of the self-test pattern at LBA 8,
+/// READ(10) back and compare (`event=usbtest_storage`), then a 4 MiB read in 64 KiB
+/// READ(10)s, one at a time (`event=bench`).
+pub fn self_test_storage(usb: &mut Usb) {
+    let found = usb.devices.iter().find_map(|d| {
+        let config = usb.xhci.configuration(d.slot_id).ok()?;
+        let i = config
+            .interfaces
+            .iter()
+            .find(|i| is_bulk_only_scsi(i))?
+            .clone();
+        Some((d.slot_id, config, i))
+    });
+    let Some((slot_id, config, interface)) = found else {
+        warn!("event=usbtest_storage step=find error=no_mass_storage_device");
+        return;
+    };
+    if let Err((step, e)) = storage(usb, slot_id, &config, &interface) {
+        warn!("event=usbtest_storage slot={slot_id} step={step} error={e}");
+    }
+}
+
+fn storage(
+    usb: &mut Usb,
+    slot_id: u8,
+    config: &Configuration,
+    interface: &Interface,
+) -> Result<(), (&'static str, StorageError)> {
+    let xhci = &mut usb.xhci;
+    xhci.configure(slot_id, config)
+        .map_err(|e| ("configure", e.into()))?;
+    let mut bot = BulkOnly::new(xhci, slot_id, interface).map_err(|e| ("bot", e.into()))?;
+    let mut buf = xhci
+        .dma_alloc(BENCH_CHUNK, 4096)
+        .map_err(|e| ("dma", e.into()))?;
+    let result = exercise(xhci, &mut bot, slot_id, &mut buf);
+    if let Err((_, StorageError::Usb(_))) = result {
+        // A transfer the controller could not be made to give back may still reach the
+        // buffer: it is never reused.
+        core::mem::forget(buf);
+    }
+    result
+}
+
+fn exercise(
+    xhci: &mut Controller<KernelHal>,
+    bot: &mut BulkOnly<KernelDma>,
+    slot_id: u8,
+    buf: &mut KernelDma,
+) -> Result<(), (&'static str, StorageError)> {
+    let phys = buf.phys();
+    let all = |len: usize| [Segment { phys, len }];
+    let mut run = |xhci: &mut Controller<KernelHal>,
+                   cdb: &[u8],
+                   direction: Direction,
+                   len: usize,
+                   step: &'static str| {
+        bot.command(xhci, cdb, direction, &all(len), DATA_TIMEOUT_US)
+            .map_err(|e| (step, e))
+    };
+
+    let n = run(xhci, &inquiry(36), Direction::In, 36, "inquiry")?;
+    let mut data = [0u8; 36];
+    buf.read_bytes(0, &mut data[..n.min(36)]);
+    let vendor = inquiry_vendor(&data[..n.min(36)]).map_err(|e| ("inquiry", e))?;
+
+    let n = run(xhci, &read_capacity_10(), Direction::In, 8, "read_capacity")?;
+    let mut data = [0u8; 8];
+    buf.read_bytes(0, &mut data[..n.min(8)]);
+    let (blocks, block_size) = capacity(&data[..n.min(8)]).map_err(|e| ("read_capacity", e))?;
+    let size = STORAGE_PATTERN_SIZE as u32;
+    if block_size == 0 || size % block_size != 0 {
+        return Err(("read_capacity", StorageError::ShortData));
+    }
+    let count = (size / block_size) as u16;
+
+    let pattern = storage_pattern();
+    for (i, word) in pattern.chunks_exact(4).enumerate() {
+        buf.write32(
+            4 * i,
+            u32::from_le_bytes([word[0], word[1], word[2], word[3]]),
+        );
+    }
+    let write = read_write_10(WRITE_10, STORAGE_PATTERN_LBA, count);
+    run(xhci, &write, Direction::Out, STORAGE_PATTERN_SIZE, "write")?;
+    // Cleared, so the comparison sees what the device sent back.
+    for i in 0..STORAGE_PATTERN_SIZE / 4 {
+        buf.write32(4 * i, 0);
+    }
+    let read = read_write_10(READ_10, STORAGE_PATTERN_LBA, count);
+    let n = run(xhci, &read, Direction::In, STORAGE_PATTERN_SIZE, "read")?;
+    let mut back = [0u8; STORAGE_PATTERN_SIZE];
+    buf.read_bytes(0, &mut back);
+    let matched = n == STORAGE_PATTERN_SIZE && back == pattern;
+    info!(
+        "event=usbtest_storage slot={slot_id} inquiry_vendor={vendor:?} blocks={blocks} block_size={block_size} write=ok read=ok match={matched}"
+    );
+
+    let per_command = (BENCH_CHUNK as u32 / block_size) as u16;
+    let started = time::now_micros();
+    let mut bytes = 0usize;
+    let mut lba = 0u32;
+    while bytes < BENCH_BYTES {
+        let read = read_write_10(READ_10, lba, per_command);
+        bytes += run(xhci, &read, Direction::In, BENCH_CHUNK, "bench")?;
+        lba += u32::from(per_command);
+    }
+    let ns = (time::now_micros() - started) * 1000;
+    info!(
+        "event=bench path=direct device=usb-storage op=read chunk={BENCH_CHUNK} in_flight=1 bytes={bytes} ns={ns}"
+    );
+    Ok(())
 }

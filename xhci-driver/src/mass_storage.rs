@@ -1,0 +1,290 @@
+//! USB Mass Storage Bulk-Only Transport (BOT 1.0) carrying SCSI commands (SPC, SBC): the
+//! Command Block Wrapper, the Command Status Wrapper, and the few commands a self-test needs.
+
+use alloc::string::String;
+use core::fmt;
+
+use crate::controller::{Controller, Error};
+use crate::descriptor::{Interface, TransferType};
+use crate::hal::{DmaBuffer, Hal};
+use crate::transfer::{Direction, Segment};
+
+/// bInterfaceClass Mass Storage.
+pub const CLASS_MASS_STORAGE: u8 = 0x08;
+/// bInterfaceSubClass SCSI transparent command set.
+pub const SUBCLASS_SCSI: u8 = 0x06;
+/// bInterfaceProtocol Bulk-Only Transport.
+pub const PROTOCOL_BULK_ONLY: u8 = 0x50;
+
+const CBW_SIGNATURE: u32 = 0x4342_5355;
+const CSW_SIGNATURE: u32 = 0x5342_5355;
+/// Bytes of a Command Block Wrapper.
+pub const CBW_SIZE: usize = 31;
+/// Bytes of a Command Status Wrapper.
+pub const CSW_SIZE: usize = 13;
+
+/// SCSI operation codes.
+pub const INQUIRY: u8 = 0x12;
+/// READ CAPACITY (10).
+pub const READ_CAPACITY_10: u8 = 0x25;
+/// READ (10).
+pub const READ_10: u8 = 0x28;
+/// WRITE (10).
+pub const WRITE_10: u8 = 0x2a;
+
+/// The CBW and CSW take this long at most; data phases get the caller's timeout.
+const WRAPPER_TIMEOUT_US: u64 = 1_000_000;
+
+/// Whether an interface speaks SCSI over Bulk-Only Transport.
+pub fn is_bulk_only_scsi(i: &Interface) -> bool {
+    (i.class, i.subclass, i.protocol) == (CLASS_MASS_STORAGE, SUBCLASS_SCSI, PROTOCOL_BULK_ONLY)
+}
+
+/// A Command Block Wrapper (BOT 5.1).
+pub fn cbw(tag: u32, data_length: u32, direction: Direction, lun: u8, cdb: &[u8]) -> [u8; 31] {
+    let mut w = [0u8; CBW_SIZE];
+    w[0..4].copy_from_slice(&CBW_SIGNATURE.to_le_bytes());
+    w[4..8].copy_from_slice(&tag.to_le_bytes());
+    w[8..12].copy_from_slice(&data_length.to_le_bytes());
+    w[12] = if direction == Direction::In { 0x80 } else { 0 };
+    w[13] = lun & 0x0f;
+    let n = cdb.len().min(16);
+    w[14] = n as u8;
+    w[15..15 + n].copy_from_slice(&cdb[..n]);
+    w
+}
+
+/// What went wrong with a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageError {
+    /// The USB transfer failed.
+    Usb(Error),
+    /// The CSW was short, had the wrong signature or another command's tag (BOT 6.3).
+    BadCsw,
+    /// bCSWStatus 1: the command failed.
+    CommandFailed,
+    /// bCSWStatus 2 or another value: phase error.
+    PhaseError,
+    /// The data the device returned is too short to mean anything.
+    ShortData,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Usb(e) => write!(f, "usb_{e}"),
+            StorageError::BadCsw => f.write_str("bad_csw"),
+            StorageError::CommandFailed => f.write_str("command_failed"),
+            StorageError::PhaseError => f.write_str("phase_error"),
+            StorageError::ShortData => f.write_str("short_data"),
+        }
+    }
+}
+
+impl From<Error> for StorageError {
+    fn from(e: Error) -> StorageError {
+        StorageError::Usb(e)
+    }
+}
+
+/// Checks a Command Status Wrapper against the command's tag; returns dCSWDataResidue.
+pub fn csw(bytes: &[u8], tag: u32) -> Result<u32, StorageError> {
+    if bytes.len() < CSW_SIZE {
+        return Err(StorageError::BadCsw);
+    }
+    let dword =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    if dword(0) != CSW_SIGNATURE || dword(4) != tag {
+        return Err(StorageError::BadCsw);
+    }
+    match bytes[12] {
+        0 => Ok(dword(8)),
+        1 => Err(StorageError::CommandFailed),
+        _ => Err(StorageError::PhaseError),
+    }
+}
+
+/// INQUIRY for `length` bytes of standard data.
+pub fn inquiry(length: u8) -> [u8; 6] {
+    [INQUIRY, 0, 0, 0, length, 0]
+}
+
+/// READ CAPACITY (10).
+pub fn read_capacity_10() -> [u8; 10] {
+    [READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// READ (10) or WRITE (10) of `blocks` blocks at `lba`.
+pub fn read_write_10(opcode: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let l = lba.to_be_bytes();
+    let b = blocks.to_be_bytes();
+    [opcode, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
+}
+
+/// READ CAPACITY (10) data: (number of blocks, block length in bytes).
+pub fn capacity(data: &[u8]) -> Result<(u64, u32), StorageError> {
+    if data.len() < 8 {
+        return Err(StorageError::ShortData);
+    }
+    let last = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+    let block = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+    Ok((u64::from(last) + 1, block))
+}
+
+/// The T10 vendor identification of standard INQUIRY data (bytes 8..16), trimmed, with
+/// anything but printable ASCII (and `"` and `\\`) replaced by `?`: it goes into logs.
+pub fn inquiry_vendor(data: &[u8]) -> Result<String, StorageError> {
+    if data.len() < 16 {
+        return Err(StorageError::ShortData);
+    }
+    let printable = |b: u8| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
+    let vendor: String = data[8..16]
+        .iter()
+        .map(|&b| if printable(b) { char::from(b) } else { '?' })
+        .collect();
+    Ok(String::from(vendor.trim_end()))
+}
+
+/// A Bulk-Only Transport interface of a configured device.
+pub struct BulkOnly<D> {
+    slot_id: u8,
+    bulk_in: u8,
+    bulk_out: u8,
+    tag: u32,
+    cbw: D,
+    csw: D,
+}
+
+impl<D: DmaBuffer> BulkOnly<D> {
+    /// Finds the bulk IN and OUT endpoints of `interface` (configured already) and
+    /// allocates the wrappers' DMA buffers.
+    pub fn new<H: Hal<Dma = D>>(
+        xhci: &mut Controller<H>,
+        slot_id: u8,
+        interface: &Interface,
+    ) -> Result<BulkOnly<D>, Error> {
+        let bulk = |is_in: bool| {
+            interface
+                .endpoints
+                .iter()
+                .find(|e| e.transfer_type == TransferType::Bulk && e.is_in() == is_in)
+                .map(|e| e.number())
+                .ok_or(Error::NoEndpoint)
+        };
+        Ok(BulkOnly {
+            slot_id,
+            bulk_in: bulk(true)?,
+            bulk_out: bulk(false)?,
+            tag: 0,
+            cbw: xhci.dma_alloc(64, 64)?,
+            csw: xhci.dma_alloc(64, 64)?,
+        })
+    }
+
+    /// Runs one command (BOT 5.3): the CBW on bulk OUT, the data phase over `data` (if
+    /// any bytes) in `direction`, the CSW on bulk IN. Returns the bytes the data phase moved.
+    /// A STALL of the data phase is cleared and the CSW still read, as BOT 6.7.2 asks.
+    pub fn command<H: Hal<Dma = D>>(
+        &mut self,
+        xhci: &mut Controller<H>,
+        cdb: &[u8],
+        direction: Direction,
+        data: &[Segment],
+        timeout_us: u64,
+    ) -> Result<usize, StorageError> {
+        self.tag = self.tag.wrapping_add(1);
+        let length: usize = data.iter().map(|s| s.len).sum();
+        let length = u32::try_from(length).map_err(|_| StorageError::Usb(Error::BadTransfer))?;
+        let wrapper = cbw(self.tag, length, direction, 0, cdb);
+        for (i, chunk) in wrapper.chunks(4).enumerate() {
+            let mut dword = [0u8; 4];
+            dword[..chunk.len()].copy_from_slice(chunk);
+            self.cbw.write32(4 * i, u32::from_le_bytes(dword));
+        }
+        let out = [Segment {
+            phys: self.cbw.phys(),
+            len: CBW_SIZE,
+        }];
+        xhci.transfer(
+            self.slot_id,
+            self.bulk_out,
+            Direction::Out,
+            &out,
+            WRAPPER_TIMEOUT_US,
+        )?;
+        let mut moved = 0;
+        if length > 0 {
+            let endpoint = match direction {
+                Direction::In => self.bulk_in,
+                Direction::Out => self.bulk_out,
+            };
+            match xhci.transfer(self.slot_id, endpoint, direction, data, timeout_us) {
+                Ok(n) => moved = n,
+                Err(Error::Stall) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let status = [Segment {
+            phys: self.csw.phys(),
+            len: CSW_SIZE,
+        }];
+        let n = xhci.transfer(
+            self.slot_id,
+            self.bulk_in,
+            Direction::In,
+            &status,
+            WRAPPER_TIMEOUT_US,
+        )?;
+        let mut bytes = [0u8; CSW_SIZE];
+        self.csw.read_bytes(0, &mut bytes);
+        csw(&bytes[..n.min(CSW_SIZE)], self.tag)?;
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cbw_carries_signature_tag_length_direction_and_cdb() {
+        let w = cbw(7, 4096, Direction::In, 0, &read_write_10(READ_10, 8, 8));
+        assert_eq!(&w[0..4], b"USBC");
+        assert_eq!(&w[4..8], &7u32.to_le_bytes());
+        assert_eq!(&w[8..12], &4096u32.to_le_bytes());
+        assert_eq!((w[12], w[13], w[14]), (0x80, 0, 10));
+        assert_eq!(&w[15..25], &[0x28, 0, 0, 0, 0, 8, 0, 0, 8, 0]);
+        assert_eq!(
+            cbw(1, 0, Direction::Out, 0, &[0; 20])[14],
+            16,
+            "CDB cut to 16"
+        );
+    }
+
+    #[test]
+    fn a_csw_is_checked() {
+        let mut s = [0u8; 13];
+        s[0..4].copy_from_slice(b"USBS");
+        s[4..8].copy_from_slice(&9u32.to_le_bytes());
+        s[8..12].copy_from_slice(&12u32.to_le_bytes());
+        assert_eq!(csw(&s, 9), Ok(12));
+        assert_eq!(csw(&s, 8), Err(StorageError::BadCsw));
+        assert_eq!(csw(&s[..12], 9), Err(StorageError::BadCsw));
+        s[12] = 1;
+        assert_eq!(csw(&s, 9), Err(StorageError::CommandFailed));
+        s[12] = 7;
+        assert_eq!(csw(&s, 9), Err(StorageError::PhaseError));
+        s[0] = b'X';
+        assert_eq!(csw(&s, 9), Err(StorageError::BadCsw));
+    }
+
+    #[test]
+    fn scsi_data_is_decoded_and_short_data_refused() {
+        assert_eq!(capacity(&[0, 0, 0x7f, 0xff, 0, 0, 2, 0]), Ok((0x8000, 512)));
+        assert_eq!(capacity(&[0; 7]), Err(StorageError::ShortData));
+        let mut inq = [0u8; 36];
+        inq[8..16].copy_from_slice(b"QEMU \"\x01 ");
+        assert_eq!(inquiry_vendor(&inq).unwrap(), "QEMU ??");
+        assert_eq!(inquiry_vendor(&inq[..15]), Err(StorageError::ShortData));
+    }
+}
