@@ -1598,6 +1598,189 @@ mod tests {
         assert_eq!(fake.commands(), [9, 11, 10]);
     }
 
+    /// Enumerates the fake's device and configures it; returns its slot ID.
+    fn configured(xhci: &mut Controller<&FakeXhci>) -> u8 {
+        let devices = xhci.enumerate_root_ports();
+        let slot_id = devices[0].slot_id;
+        let config = xhci.configuration(slot_id).unwrap();
+        xhci.configure(slot_id, &config).unwrap();
+        slot_id
+    }
+
+    #[test]
+    fn configuring_adds_the_bulk_endpoints_and_sets_the_configuration() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        assert_eq!(fake.commands().last(), Some(&12), "Configure Endpoint");
+        let (add, slot_dword0) = fake.configured();
+        assert_eq!(
+            add,
+            1 | 1 << 3 | 1 << 4,
+            "Slot, bulk OUT 2 (DCI 4), bulk IN 1 (DCI 3)"
+        );
+        assert_eq!(slot_dword0 >> 27, 4, "Context Entries");
+        assert_eq!((slot_dword0 >> 20) & 0xf, 3, "high speed kept");
+        let setups = fake.setups();
+        assert_eq!(setups.last(), Some(&(0, SET_CONFIGURATION, 1, 0)));
+        let config = xhci.configuration(slot_id).unwrap();
+        assert_eq!(xhci.configure(slot_id, &config), Err(Error::Configured));
+        assert_eq!(xhci.configuration(9).err(), Some(Error::NoDevice));
+    }
+
+    #[test]
+    fn a_malformed_configuration_is_an_error() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+        // wTotalLength promises more than the device sends.
+        fake.configuration.borrow_mut()[2] = 64;
+        assert_eq!(xhci.configuration(slot_id), Err(Error::BadDescriptor));
+        // An endpoint descriptor of length 0.
+        *fake.configuration.borrow_mut() = t::CONFIGURATION.to_vec();
+        fake.configuration.borrow_mut()[18] = 0;
+        assert_eq!(xhci.configuration(slot_id), Err(Error::BadDescriptor));
+        // Not a configuration descriptor at all.
+        *fake.configuration.borrow_mut() = alloc::vec![2, 2];
+        assert_eq!(xhci.configuration(slot_id), Err(Error::BadDescriptor));
+    }
+
+    #[test]
+    fn bulk_transfers_complete_with_their_length_and_short_packets_with_less() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let buf = xhci.dma_alloc(0x20000, 0x10000).unwrap();
+        // Across a 64 KiB boundary: two TRBs.
+        let seg = [Segment {
+            phys: buf.phys() + 0x8000,
+            len: 0x10000,
+        }];
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Ok(0x10000)
+        );
+        assert_eq!(buf.read32(0x8000), 0xa5a5_a5a5);
+        assert_eq!(buf.read32(0x17ffc), 0xa5a5_a5a5);
+        assert_eq!(buf.read32(0x18000), 0, "nothing past the TD");
+        // Short in the first TRB: the residue of that TRB gives the length.
+        fake.bulk_in_bytes.set(100);
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Ok(100)
+        );
+        // Short in the second TRB: the first TRB's bytes count too.
+        fake.bulk_in_bytes.set(0x9000);
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Ok(0x9000)
+        );
+        // The ring goes on: many TDs wrap it.
+        for _ in 0..300 {
+            assert_eq!(
+                xhci.transfer(slot_id, 1, Direction::In, &seg[..], 1000),
+                Ok(0x10000)
+            );
+        }
+        let out = [Segment {
+            phys: buf.phys(),
+            len: 31,
+        }];
+        assert_eq!(
+            xhci.transfer(slot_id, 2, Direction::Out, &out, 1000),
+            Ok(31)
+        );
+        assert_eq!(fake.bulk_out.borrow().len(), 31);
+        assert_eq!(
+            xhci.transfer(slot_id, 3, Direction::Out, &out, 1000),
+            Err(Error::NoEndpoint)
+        );
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &[], 1000),
+            Err(Error::BadTransfer)
+        );
+    }
+
+    #[test]
+    fn queued_transfers_complete_in_the_background() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 512,
+        }];
+        let a = xhci
+            .queue_transfer(slot_id, 1, Direction::In, &seg)
+            .unwrap();
+        let b = xhci
+            .queue_transfer(slot_id, 2, Direction::Out, &seg)
+            .unwrap();
+        assert_eq!(xhci.take_completion(a), None, "not seen yet");
+        assert_eq!(xhci.poll_events(), Ok(2));
+        assert_eq!(xhci.take_completion(b), Some(Ok(512)));
+        assert_eq!(xhci.take_completion(a), Some(Ok(512)));
+        assert_eq!(xhci.take_completion(a), None, "taken once");
+    }
+
+    #[test]
+    fn a_stall_is_an_error_and_the_endpoint_is_recovered() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 512,
+        }];
+        fake.stall_next.set(true);
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Err(Error::Stall)
+        );
+        let commands = fake.commands();
+        assert_eq!(
+            commands[commands.len() - 2..],
+            [14, 16],
+            "Reset Endpoint, Set TR Dequeue Pointer"
+        );
+        assert_eq!(fake.setups().last(), Some(&(0x02, CLEAR_FEATURE, 0, 0x81)));
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Ok(512)
+        );
+    }
+
+    #[test]
+    fn a_transfer_that_never_completes_is_taken_back() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 512,
+        }];
+        fake.answer_bulk.set(false);
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Err(Error::Timeout("transfer"))
+        );
+        let commands = fake.commands();
+        assert_eq!(
+            commands[commands.len() - 2..],
+            [15, 16],
+            "Stop Endpoint, Set TR Dequeue Pointer"
+        );
+        fake.answer_bulk.set(true);
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Ok(512),
+            "the abandoned TD was skipped"
+        );
+    }
+
     #[test]
     fn ep0_context_dword1_encodes_cerr_type_and_max_packet_size() {
         assert_eq!(ep0_dword1(64), (64 << 16) | (4 << 3) | (3 << 1));

@@ -1,5 +1,6 @@
 //! Host-test stand-ins: plain memory for DMA buffers, and a simulated controller with one
-//! full-speed-capable USB2 device, enough to drive bring-up, commands and enumeration.
+//! full-speed-capable USB2 device, enough to drive bring-up, commands, enumeration,
+//! configuration and bulk transfers.
 
 use alloc::rc::Rc;
 use alloc::vec;
@@ -52,6 +53,11 @@ impl Arena {
 
     fn read64(&self, phys: u64) -> u64 {
         u64::from(self.read32(phys)) | u64::from(self.read32(phys + 4)) << 32
+    }
+
+    fn read_bytes(&self, phys: u64, len: usize) -> Vec<u8> {
+        let at = (phys - self.base) as usize;
+        self.bytes.borrow()[at..at + len].to_vec()
     }
 
     fn write_bytes(&self, phys: u64, data: &[u8]) {
@@ -118,6 +124,14 @@ const BAR_SIZE: usize = 0x4000;
 pub const DEVICE_DESCRIPTOR: [u8; 18] = [
     18, 1, 0x00, 0x02, 0, 0, 0, 8, 0x34, 0x12, 0x78, 0x56, 0x00, 0x01, 1, 2, 0, 1,
 ];
+/// Its configuration: one Bulk-Only mass-storage interface, bulk IN 1 and bulk OUT 2 of 512
+/// bytes.
+pub const CONFIGURATION: [u8; 32] = [
+    9, 2, 32, 0, 1, 1, 0, 0x80, 50, //
+    9, 4, 0, 0, 2, 8, 6, 0x50, 0, //
+    7, 5, 0x81, 2, 0x00, 0x02, 0, //
+    7, 5, 0x02, 2, 0x00, 0x02, 0,
+];
 const LANGUAGES: [u8; 4] = [4, 3, 0x09, 0x04];
 const PRODUCT: [u8; 10] = [10, 3, b'F', 0, b'a', 0, b'k', 0, b'e', 0];
 
@@ -133,6 +147,13 @@ struct State {
     /// Per slot: the Default Control Endpoint's dequeue pointer and cycle.
     ep0: Vec<(u8, u64, bool)>,
     setup: (u32, u32),
+    /// Every Setup Stage seen: (bmRequestType, bRequest, wValue, wIndex).
+    pub setups: Vec<(u8, u8, u16, u16)>,
+    /// Configured endpoints: slot, DCI, dequeue pointer, cycle, halted.
+    endpoints: Vec<(u8, u8, u64, bool, bool)>,
+    /// The Input Context's Add Context flags and Slot Context dword 0 of the last Configure
+    /// Endpoint.
+    pub configured: (u32, u32),
     /// Commands whose TRB type the controller saw, in order.
     pub commands: Vec<u32>,
     /// Every value written to a PORTSC, with its port.
@@ -151,6 +172,16 @@ pub struct FakeXhci {
     pub answer_commands: Cell<bool>,
     /// Whether the device answers control transfers.
     pub answer_transfers: Cell<bool>,
+    /// What GET_DESCRIPTOR(CONFIGURATION) returns.
+    pub configuration: RefCell<Vec<u8>>,
+    /// How many bytes the next bulk IN TD gets (fewer than queued: a short packet).
+    pub bulk_in_bytes: Cell<usize>,
+    /// Whether the next bulk TD is answered with STALL.
+    pub stall_next: Cell<bool>,
+    /// Whether bulk endpoints answer at all.
+    pub answer_bulk: Cell<bool>,
+    /// Bytes the bulk OUT endpoint received.
+    pub bulk_out: RefCell<Vec<u8>>,
 }
 
 impl FakeXhci {
@@ -193,6 +224,11 @@ impl FakeXhci {
             state: RefCell::new(State::default()),
             answer_commands: Cell::new(true),
             answer_transfers: Cell::new(true),
+            configuration: RefCell::new(CONFIGURATION.to_vec()),
+            bulk_in_bytes: Cell::new(usize::MAX),
+            stall_next: Cell::new(false),
+            answer_bulk: Cell::new(true),
+            bulk_out: RefCell::new(Vec::new()),
         }
     }
 
@@ -214,6 +250,16 @@ impl FakeXhci {
     /// Values written to PORTSC registers.
     pub fn portsc_writes(&self) -> Vec<(u8, u32)> {
         self.state.borrow().portsc_writes.clone()
+    }
+
+    /// Setup Stages seen: (bmRequestType, bRequest, wValue, wIndex).
+    pub fn setups(&self) -> Vec<(u8, u8, u16, u16)> {
+        self.state.borrow().setups.clone()
+    }
+
+    /// Add Context flags and Slot Context dword 0 of the last Configure Endpoint.
+    pub fn configured(&self) -> (u32, u32) {
+        self.state.borrow().configured
     }
 
     /// Sets a PORTSC before the controller runs.
@@ -300,6 +346,35 @@ impl FakeXhci {
                         let dq = self.arena.read64(input + 2 * self.context_size() + 8);
                         s.ep0.push((slot, dq & !0xf, dq & 1 != 0));
                     }
+                    // Configure Endpoint: every added endpoint's TR Dequeue Pointer.
+                    12 => {
+                        let input = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                        let add = self.arena.read32(input + 4);
+                        s.configured = (add, self.arena.read32(input + self.context_size()));
+                        for dci in 2..32u8 {
+                            if add & (1 << dci) != 0 {
+                                let at = input + (u64::from(dci) + 1) * self.context_size();
+                                let dq = self.arena.read64(at + 8);
+                                s.endpoints.push((slot, dci, dq & !0xf, dq & 1 != 0, false));
+                            }
+                        }
+                    }
+                    // Reset Endpoint: no longer Halted.
+                    14 => {
+                        let dci = ((trb[3] >> 16) & 0x1f) as u8;
+                        for e in s.endpoints.iter_mut().filter(|e| (e.0, e.1) == (slot, dci)) {
+                            e.4 = false;
+                        }
+                    }
+                    // Set TR Dequeue Pointer.
+                    16 => {
+                        let dci = ((trb[3] >> 16) & 0x1f) as u8;
+                        let dq = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                        for e in s.endpoints.iter_mut().filter(|e| (e.0, e.1) == (slot, dci)) {
+                            e.2 = dq & !0xf;
+                            e.3 = dq & 1 != 0;
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -327,12 +402,18 @@ impl FakeXhci {
             }
             self.state.borrow_mut().ep0[i].1 += 16;
             match (trb[3] >> 10) & 0x3f {
-                2 => self.state.borrow_mut().setup = (trb[0], trb[1]),
+                2 => {
+                    let mut s = self.state.borrow_mut();
+                    s.setup = (trb[0], trb[1]);
+                    let setup = (trb[0] as u8, (trb[0] >> 8) as u8, (trb[0] >> 16) as u16);
+                    s.setups.push((setup.0, setup.1, setup.2, trb[1] as u16));
+                }
                 3 => {
                     let (w0, w1) = self.state.borrow().setup;
                     let value = w0 >> 16;
                     let response: &[u8] = match value >> 8 {
                         1 => &DEVICE_DESCRIPTOR,
+                        2 => &self.configuration.borrow().clone(),
                         3 if value & 0xff == 0 => &LANGUAGES,
                         3 => &PRODUCT,
                         _ => &[],
@@ -347,7 +428,7 @@ impl FakeXhci {
                             trb_low(at),
                             (at >> 32) as u32,
                             (13 << 24) | residue,
-                            transfer_event(slot),
+                            transfer_event(slot, 1),
                         ]);
                     }
                 }
@@ -356,10 +437,92 @@ impl FakeXhci {
                         trb_low(at),
                         (at >> 32) as u32,
                         1 << 24,
-                        transfer_event(slot),
+                        transfer_event(slot, 1),
                     ]);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Runs the TDs on a bulk endpoint's Transfer Ring (following Link TRBs): IN TDs get
+    /// `bulk_in_bytes` bytes of 0xa5 at most, OUT TDs' bytes are kept; a short packet is
+    /// reported on its TRB and skips the rest of the TD, a STALL halts the endpoint.
+    fn run_bulk(&self, slot: u8, dci: u8) {
+        if !self.answer_bulk.get() {
+            return;
+        }
+        let find = |s: &State| s.endpoints.iter().position(|e| (e.0, e.1) == (slot, dci));
+        let Some(i) = find(&self.state.borrow()) else {
+            return;
+        };
+        loop {
+            let (_, _, mut at, mut cycle, halted) = self.state.borrow().endpoints[i];
+            if halted {
+                return;
+            }
+            // Gather one TD.
+            let mut td = Vec::new();
+            loop {
+                let trb = self.read_trb(at);
+                if (trb[3] & 1 != 0) != cycle {
+                    return;
+                }
+                if (trb[3] >> 10) & 0x3f == 6 {
+                    cycle ^= trb[3] & 2 != 0;
+                    at = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                    continue;
+                }
+                td.push((at, trb));
+                at += 16;
+                if trb[3] & (1 << 4) == 0 {
+                    break;
+                }
+            }
+            {
+                let mut s = self.state.borrow_mut();
+                s.endpoints[i].2 = at;
+                s.endpoints[i].3 = cycle;
+            }
+            if self.stall_next.replace(false) {
+                self.state.borrow_mut().endpoints[i].4 = true;
+                let (first, trb) = td[0];
+                let event = [
+                    trb_low(first),
+                    (first >> 32) as u32,
+                    (6 << 24) | (trb[2] & 0x1ffff),
+                ];
+                self.post([event[0], event[1], event[2], transfer_event(slot, dci)]);
+                return;
+            }
+            let mut left = self.bulk_in_bytes.replace(usize::MAX);
+            for (n, &(trb_at, trb)) in td.iter().enumerate() {
+                let len = (trb[2] & 0x1ffff) as usize;
+                let buffer = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                let done = if dci % 2 == 1 {
+                    let got = len.min(left);
+                    left -= got;
+                    self.arena.write_bytes(buffer, &vec![0xa5; got]);
+                    got
+                } else {
+                    let bytes = self.arena.read_bytes(buffer, len);
+                    self.bulk_out.borrow_mut().extend(bytes);
+                    len
+                };
+                let short = done < len;
+                let last = n == td.len() - 1;
+                if (short && trb[3] & (1 << 2) != 0) || (last && trb[3] & (1 << 5) != 0) {
+                    let code = if short { 13 } else { 1 };
+                    let event = [
+                        trb_low(trb_at),
+                        (trb_at >> 32) as u32,
+                        (code << 24) | (len - done) as u32,
+                    ];
+                    self.post([event[0], event[1], event[2], transfer_event(slot, dci)]);
+                }
+                if short {
+                    break;
+                }
             }
         }
     }
@@ -397,8 +560,8 @@ fn trb_low(at: u64) -> u32 {
     at as u32
 }
 
-fn transfer_event(slot: u8) -> u32 {
-    (32 << 10) | (1 << 16) | u32::from(slot) << 24
+fn transfer_event(slot: u8, dci: u8) -> u32 {
+    (32 << 10) | u32::from(dci) << 16 | u32::from(slot) << 24
 }
 
 impl Hal for &FakeXhci {
@@ -438,6 +601,9 @@ impl Hal for &FakeXhci {
             DOORBELLS => self.run_commands(),
             o if (DOORBELLS + 4..DOORBELLS + 0x100).contains(&o) && value == 1 => {
                 self.run_transfers(((o - DOORBELLS) / 4) as u8)
+            }
+            o if (DOORBELLS + 4..DOORBELLS + 0x100).contains(&o) => {
+                self.run_bulk(((o - DOORBELLS) / 4) as u8, value as u8)
             }
             _ => {}
         }
