@@ -221,6 +221,13 @@ fn the_storage_self_test_writes_its_pattern_through_the_stick_to_the_image() {
         assert_eq!(field(bench, "in_flight"), Some("1"));
         assert_eq!(field(bench, "bytes"), Some("4194304"));
         assert!(field(bench, "ns").unwrap().parse::<u64>().unwrap() > 0);
+
+        // QEMU fails a READ(10) past the end in the CSW (without a STALL).
+        let (_, past) = r
+            .event("usbtest_storage_past_end")
+            .expect("event=usbtest_storage_past_end");
+        assert_eq!(field(past, "result"), Some("command_failed"), "{past}");
+        assert_eq!(field(past, "then_read"), Some("ok"), "{past}");
     });
 }
 
@@ -316,13 +323,15 @@ fn a_hotplugged_keyboard_is_enumerated_and_released_twice_through_the_interrupt(
 fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
     // p3=0: no USB3 ports (the USB3 protocol capability is still listed, with 0 ports), so
     // the stick runs at high speed; usb_version=1 makes the keyboard full speed with an
-    // 8-byte EP0 (Evaluate Context after the first 8 bytes of its device descriptor).
+    // 8-byte EP0 (Evaluate Context after the first 8 bytes of its device descriptor). The
+    // storage self-test runs its bulk transfers at high speed.
     let run = Machine::bare("q35", "boot-usb2-only")
         .arg("-device")
         .arg("qemu-xhci,id=xhci,p3=0")
         .usb_stick("stick")
         .arg("-device")
         .arg("usb-kbd,bus=xhci.0,port=2,usb_version=1")
+        .append("usbtest=storage")
         .boot();
     run.check(|r| {
         assert_eq!(r.exit, Some(EXIT_SUCCESS));
@@ -344,5 +353,9 @@ fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
         assert_eq!(field(kbd, "speed"), Some("full"), "{kbd}");
         assert_eq!(field(kbd, "busid"), Some("1-2"), "{kbd}");
         assert_eq!(field(kbd, "mps0"), Some("8"), "{kbd}");
+        // Bulk transfers at high speed: 512-byte packets, no bursts.
+        let (_, test) = r.event("usbtest_storage").expect("event=usbtest_storage");
+        assert_eq!(field(test, "match"), Some("true"), "{test}");
+        assert_eq!(field(r.event("bench").unwrap().1, "bytes"), Some("4194304"));
     });
 }

@@ -1116,6 +1116,7 @@ impl<H: Hal> Controller<H> {
                         FEATURE_ENDPOINT_HALT,
                         u16::from(address),
                     )?;
+                    info!("event=usb_endpoint_recovered slot={slot_id} endpoint={address:#04x} after=stall");
                 }
                 return result;
             }

@@ -251,7 +251,8 @@ const BENCH_CHUNK: usize = 64 << 10;
 /// `usbtest=storage`: configures the first mass-storage device (SCSI over Bulk-Only
 /// Transport), INQUIRY, READ CAPACITY(10), WRITE(10) of the self-test pattern at LBA 8,
 /// READ(10) back and compare (`event=usbtest_storage`), then a 4 MiB read in 64 KiB
-/// READ(10)s, one at a time (`event=bench`).
+/// READ(10)s, one at a time (`event=bench`), then a READ(10) past the end, which must fail
+/// without breaking the next command (`event=usbtest_storage_past_end`).
 pub fn self_test_storage(usb: &mut Usb) {
     let found = usb.devices.iter().find_map(|d| {
         let config = usb.xhci.configuration(d.slot_id).ok()?;
@@ -360,5 +361,23 @@ fn exercise(
     info!(
         "event=bench path=direct device=usb-storage op=read chunk={BENCH_CHUNK} in_flight=1 bytes={bytes} ns={ns}"
     );
+
+    // Past the last block: the device fails the command and may stall the data phase
+    // (BOT 6.7.2); the endpoint is recovered and the next command works.
+    let past = read_write_10(READ_10, u32::try_from(blocks).unwrap_or(u32::MAX), 1);
+    let past_end = match run(xhci, &past, Direction::In, block_size as usize, "past_end") {
+        Err((_, StorageError::CommandFailed)) => "command_failed",
+        Ok(_) => "ok",
+        Err(e) => return Err(e),
+    };
+    let first = read_write_10(READ_10, 0, 1);
+    run(
+        xhci,
+        &first,
+        Direction::In,
+        block_size as usize,
+        "after_past_end",
+    )?;
+    info!("event=usbtest_storage_past_end result={past_end} then_read=ok");
     Ok(())
 }
