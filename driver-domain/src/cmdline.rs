@@ -15,6 +15,9 @@ pub enum UsbTest {
     /// `usbtest=storage`: configure the first mass-storage device, write a pattern and read
     /// it back through Bulk-Only Transport, then time a 4 MiB read.
     Storage,
+    /// `usbtest=keyboard`: configure the first HID boot keyboard and log every report its
+    /// interrupt IN endpoint delivers.
+    Keyboard,
 }
 
 /// What the command line asks for.
@@ -29,7 +32,7 @@ pub struct Cmdline {
     pub unknown: Vec<String<32>, MAX_UNKNOWN>,
     /// A `loglevel=` value that is not a level.
     pub bad_log_level: bool,
-    /// `usbtest=storage`.
+    /// `usbtest=storage` or `usbtest=keyboard`.
     pub usb_test: Option<UsbTest>,
 }
 
@@ -61,6 +64,7 @@ impl Cmdline {
                 },
                 ("qemu_exit", None) => c.qemu_exit = true,
                 ("usbtest", Some("storage")) => c.usb_test = Some(UsbTest::Storage),
+                ("usbtest", Some("keyboard")) => c.usb_test = Some(UsbTest::Keyboard),
                 _ => {
                     let mut s = String::new();
                     for ch in word.chars() {
@@ -99,10 +103,12 @@ mod tests {
     }
 
     #[test]
-    fn usbtest_storage_is_understood_and_other_tests_are_unknown_words() {
+    fn usbtest_storage_and_keyboard_are_understood_and_other_tests_are_unknown_words() {
         let c = Cmdline::parse("qemu_exit usbtest=storage");
         assert_eq!(c.usb_test, Some(UsbTest::Storage));
         assert!(c.unknown.is_empty());
+        let c = Cmdline::parse("usbtest=keyboard");
+        assert_eq!(c.usb_test, Some(UsbTest::Keyboard));
         let c = Cmdline::parse("usbtest=hid");
         assert_eq!(c.usb_test, None);
         assert_eq!(c.unknown[0].as_str(), "usbtest=hid");

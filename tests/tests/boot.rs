@@ -359,3 +359,59 @@ fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
         assert_eq!(field(r.event("bench").unwrap().1, "bytes"), Some("4194304"));
     });
 }
+
+#[test]
+fn the_keyboard_self_test_logs_the_report_of_a_key_sent_through_qmp() {
+    let machine = Machine::new("q35", "usbtest-keyboard");
+    let socket = machine.scratch().join("qmp.sock");
+    let _ = std::fs::remove_file(&socket);
+    let key = |down: bool| {
+        format!(
+            r#"{{"execute":"input-send-event","arguments":{{"events":[{{"type":"key","data":{{"down":{down},"key":{{"type":"qcode","data":"a"}}}}}}]}}}}"#
+        )
+    };
+    let pressed = std::cell::Cell::new(false);
+    let run = machine
+        .arg("-device")
+        .arg("usb-kbd,bus=xhci.0,port=1")
+        .arg("-qmp")
+        .arg(&format!("unix:{},server=on,wait=off", socket.display()))
+        .append("usbtest=keyboard")
+        .keep_running()
+        .limit(Duration::from_secs(20))
+        .boot_until(|line| {
+            if line.contains("event=usbtest_keyboard_ready") {
+                qmp(&socket, &[&key(true), &key(false)]);
+            }
+            // Done at the release: all keys up after the report with `a`.
+            if line.contains("event=usbtest_keyboard report=00 00 04") {
+                pressed.set(true);
+            }
+            pressed.get() && line.contains("event=usbtest_keyboard report=00 00 00 00")
+        });
+    run.check(|r| {
+        assert!(!r.timed_out, "no key release report");
+        let (ready_at, _) = r.event("ready").expect("event=ready");
+        assert!(ready_at < Duration::from_secs(2), "ready at {ready_at:?}");
+        let (_, listening) = r
+            .event("usbtest_keyboard_ready")
+            .expect("event=usbtest_keyboard_ready");
+        assert_eq!(
+            field(listening, "max_packet_size"),
+            Some("8"),
+            "{listening}"
+        );
+        let reports: Vec<&str> = r.events("usbtest_keyboard").collect();
+        // HID usage 0x04 (`a`) in byte 2 of the boot report, then the release.
+        let a = reports
+            .iter()
+            .position(|l| l.contains("report=00 00 04 00 00 00 00 00"))
+            .unwrap_or_else(|| panic!("no report with key a: {reports:#?}"));
+        assert!(
+            reports[a + 1..]
+                .iter()
+                .any(|l| l.contains("report=00 00 00 00 00 00 00 00")),
+            "{reports:#?}"
+        );
+    });
+}

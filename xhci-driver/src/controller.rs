@@ -1047,6 +1047,20 @@ impl<H: Hal> Controller<H> {
         self.control_no_data(index, 0, SET_CONFIGURATION, u16::from(config.value), 0)
     }
 
+    /// A control request without a Data Stage on the device's Default Control Endpoint:
+    /// class requests such as HID SET_PROTOCOL and SET_IDLE.
+    pub fn control(
+        &mut self,
+        slot_id: u8,
+        request_type: u8,
+        request: u8,
+        value: u16,
+        w_index: u16,
+    ) -> Result<(), Error> {
+        let index = self.slot_index(slot_id)?;
+        self.control_no_data(index, request_type, request, value, w_index)
+    }
+
     /// Queues a bulk or interrupt transfer over `segments` on endpoint `endpoint` (1..=15)
     /// in `direction`, and rings its doorbell. Its result is taken with
     /// [`Controller::take_completion`] once [`Controller::poll_events`] (or a wait for

@@ -234,11 +234,11 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     }
     // After `event=ready`, so the boot time stays what it is; before `qemu_exit`, so a test
     // run ends when the self-test has.
-    if cmdline.usb_test == Some(UsbTest::Storage) {
-        match usb.as_mut() {
-            Some(u) => usb::self_test_storage(u),
-            None => warn!("event=usbtest_storage step=find error=no_controller"),
-        }
+    match (cmdline.usb_test, usb.as_mut()) {
+        (Some(UsbTest::Storage), Some(u)) => usb::self_test_storage(u),
+        (Some(UsbTest::Keyboard), Some(u)) => usb::self_test_keyboard(u),
+        (Some(_), None) => warn!("event=usbtest step=find error=no_controller"),
+        (None, _) => {}
     }
     if QEMU_EXIT.load(Ordering::Relaxed) {
         cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);

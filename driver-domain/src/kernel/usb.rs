@@ -9,12 +9,13 @@ use log::{info, warn};
 use platform::Mmio32;
 
 use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
+use xhci_driver::descriptor::TransferType;
 use xhci_driver::mass_storage::{
     capacity, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10, read_write_10,
     BulkOnly, StorageError, READ_10, WRITE_10,
 };
 use xhci_driver::{
-    Configuration, Controller, Direction, DmaBuffer, Hal, Interface, Segment, UsbDevice,
+    Configuration, Controller, Direction, DmaBuffer, Hal, Interface, Segment, TransferId, UsbDevice,
 };
 
 use super::memory::{self, DmaRegion, Mmio};
@@ -116,6 +117,18 @@ pub struct Usb {
     devices: Vec<UsbDevice>,
     /// What was last published to xenstore: key → description.
     published: BTreeMap<String, String>,
+    /// The keyboard `usbtest=keyboard` listens to.
+    keyboard: Option<Keyboard>,
+}
+
+/// A HID boot keyboard whose interrupt IN endpoint always has one transfer queued.
+struct Keyboard {
+    slot_id: u8,
+    endpoint: u8,
+    /// The endpoint's max packet size: one report per transfer.
+    len: usize,
+    buf: KernelDma,
+    queued: TransferId,
 }
 
 /// Brings the controller up, proves its rings with a No Op command and enumerates the root
@@ -162,6 +175,7 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         failed: false,
         devices,
         published: BTreeMap::new(),
+        keyboard: None,
     })
 }
 
@@ -186,6 +200,7 @@ pub fn service(usb: &mut Usb) {
             usb.devices
                 .retain(|d| !attached.iter().any(|a| a.root_port == d.root_port));
             usb.devices.extend(attached);
+            keyboard_reports(usb);
         }
         Err(e) => {
             warn!("event=xhci_error error={e}");
@@ -380,4 +395,145 @@ fn exercise(
     )?;
     info!("event=usbtest_storage_past_end result={past_end} then_read=ok");
     Ok(())
+}
+
+// HID 1.11 7.2: class requests to the interface.
+const REQUEST_TYPE_CLASS_INTERFACE_OUT: u8 = 0x21;
+const HID_SET_IDLE: u8 = 0x0a;
+const HID_SET_PROTOCOL: u8 = 0x0b;
+/// SET_PROTOCOL wValue: the boot protocol, whose keyboard report is the fixed 8 bytes of
+/// HID 1.11 appendix B.1.
+const HID_BOOT_PROTOCOL: u16 = 0;
+const HID_CLASS: u8 = 0x03;
+const HID_SUBCLASS_BOOT: u8 = 0x01;
+const HID_PROTOCOL_KEYBOARD: u8 = 0x01;
+
+/// `usbtest=keyboard`: configures the first HID boot keyboard (interface 03/01/01) in the
+/// boot protocol, reporting only on change (SET_IDLE 0), and queues a transfer on its
+/// interrupt IN endpoint (`event=usbtest_keyboard_ready`). The main loop logs each report
+/// (`event=usbtest_keyboard report=…`) and queues the next transfer.
+pub fn self_test_keyboard(usb: &mut Usb) {
+    let found = usb.devices.iter().find_map(|d| {
+        let config = usb.xhci.configuration(d.slot_id).ok()?;
+        let (interface, endpoint) = config.interfaces.iter().find_map(|i| {
+            let boot_keyboard = i.class == HID_CLASS
+                && i.subclass == HID_SUBCLASS_BOOT
+                && i.protocol == HID_PROTOCOL_KEYBOARD
+                && i.alternate_setting == 0;
+            let e = i
+                .endpoints
+                .iter()
+                .find(|e| e.transfer_type == TransferType::Interrupt && e.is_in())?;
+            boot_keyboard.then_some((i.number, *e))
+        })?;
+        Some((d.slot_id, config, interface, endpoint))
+    });
+    let Some((slot_id, config, interface, endpoint)) = found else {
+        warn!("event=usbtest_keyboard step=find error=no_boot_keyboard");
+        return;
+    };
+    let xhci = &mut usb.xhci;
+    let step = |step: &'static str| {
+        move |e: xhci_driver::Error| {
+            warn!("event=usbtest_keyboard slot={slot_id} step={step} error={e}");
+        }
+    };
+    let Ok(()) = xhci.configure(slot_id, &config).map_err(step("configure")) else {
+        return;
+    };
+    let set_protocol = xhci.control(
+        slot_id,
+        REQUEST_TYPE_CLASS_INTERFACE_OUT,
+        HID_SET_PROTOCOL,
+        HID_BOOT_PROTOCOL,
+        u16::from(interface),
+    );
+    let Ok(()) = set_protocol.map_err(step("set_protocol")) else {
+        return;
+    };
+    // Duration 0: a report only when the keys change (HID 7.2.4), which is what is logged.
+    let set_idle = xhci.control(
+        slot_id,
+        REQUEST_TYPE_CLASS_INTERFACE_OUT,
+        HID_SET_IDLE,
+        0,
+        u16::from(interface),
+    );
+    let Ok(()) = set_idle.map_err(step("set_idle")) else {
+        return;
+    };
+    let Ok(buf) = xhci.dma_alloc(4096, 4096).map_err(step("dma")) else {
+        return;
+    };
+    let len = usize::from(endpoint.max_packet_size).min(buf.len());
+    let number = endpoint.number();
+    let segment = [Segment {
+        phys: buf.phys(),
+        len,
+    }];
+    let Ok(queued) = xhci
+        .queue_transfer(slot_id, number, Direction::In, &segment)
+        .map_err(step("queue"))
+    else {
+        return;
+    };
+    info!(
+        "event=usbtest_keyboard_ready slot={slot_id} interface={interface} endpoint={:#04x} max_packet_size={len}",
+        endpoint.address
+    );
+    usb.keyboard = Some(Keyboard {
+        slot_id,
+        endpoint: number,
+        len,
+        buf,
+        queued,
+    });
+}
+
+/// Logs the keyboard's report when its transfer finished, and queues the next one.
+fn keyboard_reports(usb: &mut Usb) {
+    let Some(k) = usb.keyboard.as_mut() else {
+        return;
+    };
+    let Some(result) = usb.xhci.take_completion(k.queued) else {
+        return;
+    };
+    match result {
+        Ok(n) => {
+            let mut report = [0u8; 64];
+            let n = n.min(k.len).min(report.len());
+            k.buf.read_bytes(0, &mut report[..n]);
+            let mut hex = String::new();
+            for (i, b) in report[..n].iter().enumerate() {
+                let sep = if i == 0 { "" } else { " " };
+                hex.push_str(&format!("{sep}{b:02x}"));
+            }
+            info!("event=usbtest_keyboard report={hex}");
+        }
+        Err(e) => {
+            // A halted endpoint takes no more transfers: listening ends (the TD is done, so
+            // the buffer is free).
+            warn!("event=usbtest_keyboard slot={} error={e}", k.slot_id);
+            usb.keyboard = None;
+            return;
+        }
+    }
+    let segment = [Segment {
+        phys: k.buf.phys(),
+        len: k.len,
+    }];
+    match usb
+        .xhci
+        .queue_transfer(k.slot_id, k.endpoint, Direction::In, &segment)
+    {
+        Ok(id) => k.queued = id,
+        Err(e) => {
+            // The keyboard left (its slot is gone) or its ring broke: listening ends.
+            warn!(
+                "event=usbtest_keyboard slot={} step=queue error={e}",
+                k.slot_id
+            );
+            usb.keyboard = None;
+        }
+    }
 }
