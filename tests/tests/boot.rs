@@ -415,3 +415,53 @@ fn the_keyboard_self_test_logs_the_report_of_a_key_sent_through_qmp() {
         );
     });
 }
+
+#[test]
+fn devices_behind_two_tiers_of_hubs_are_enumerated_with_linux_bus_ids() {
+    // QEMU port 3 is xHCI port 7 (USB2) for the full-speed hub; everything behind it is
+    // full speed, so no device needs a Transaction Translator.
+    let run = Machine::new("q35", "boot-hubs")
+        .arg("-device")
+        .arg("usb-hub,bus=xhci.0,port=3")
+        .arg("-device")
+        .arg("usb-mouse,bus=xhci.0,port=3.1")
+        .arg("-device")
+        .arg("usb-hub,bus=xhci.0,port=3.2")
+        .arg("-device")
+        .arg("usb-tablet,bus=xhci.0,port=3.2.1")
+        .boot();
+    run.check(|r| {
+        assert_eq!(r.exit, Some(EXIT_SUCCESS));
+        let (ready_at, _) = r.event("ready").expect("event=ready");
+        assert!(ready_at < Duration::from_secs(2), "ready at {ready_at:?}");
+        assert!(r.event("usb_device_error").is_none());
+        assert!(r.event("usb_hub_error").is_none());
+        let devices: Vec<&str> = r.events("usb_device").collect();
+        let expect = [
+            ("1-3", "0409", "55aa", "09", "\"QEMU USB Hub\""),
+            ("1-3.1", "0627", "0001", "00", "\"QEMU USB Mouse\""),
+            ("1-3.2", "0409", "55aa", "09", "\"QEMU USB Hub\""),
+            ("1-3.2.1", "0627", "0001", "00", "\"QEMU USB Tablet\""),
+        ];
+        assert_eq!(devices.len(), expect.len(), "{devices:#?}");
+        for (line, (busid, vid, pid, class, product)) in devices.iter().zip(expect) {
+            assert_eq!(field(line, "busid"), Some(busid), "{line}");
+            assert_eq!(field(line, "port"), Some("7"), "{line}");
+            assert_eq!(field(line, "speed"), Some("full"), "{line}");
+            assert_eq!(
+                (field(line, "vid"), field(line, "pid"), field(line, "class")),
+                (Some(vid), Some(pid), Some(class)),
+                "{line}"
+            );
+            assert!(line.ends_with(&format!("product={product}")), "{line}");
+        }
+        let hubs: Vec<&str> = r.events("usb_hub").collect();
+        assert_eq!(hubs.len(), 2, "{hubs:#?}");
+        for (line, busid) in hubs.iter().zip(["1-3", "1-3.2"]) {
+            assert_eq!(field(line, "busid"), Some(busid), "{line}");
+            assert_eq!(field(line, "ports"), Some("8"), "{line}");
+        }
+        let (_, enumerated) = r.event("usb_enumerated").unwrap();
+        assert_eq!(field(enumerated, "devices"), Some("4"), "{enumerated}");
+    });
+}

@@ -15,6 +15,7 @@ use xhci::ring::trb::{command, transfer};
 
 use crate::descriptor::{self, Configuration};
 use crate::hal::{DmaBuffer, Hal};
+use crate::hub::{self, HubDescriptor, PortStatus, Tt};
 use crate::port::{Portsc, Speed, CSC, PRC, WRC};
 use crate::ring::{EventRing, ProducerRing, RingError, ERST_ENTRY_SIZE};
 use crate::transfer::{endpoint_context, normal_td, Direction, Segment};
@@ -73,6 +74,8 @@ const RUN_TIMEOUT_US: u64 = 20_000;
 const PORT_RESET_TIMEOUT_US: u64 = 100_000;
 /// USB 2.0 TRSTRCY: the device's recovery time after a reset before it is addressed.
 const RESET_RECOVERY_US: u64 = 10_000;
+/// Between two GET_STATUS of a hub port being reset.
+const HUB_PORT_POLL_US: u64 = 1_000;
 
 // USB 2.0 chapter 9.
 const REQUEST_TYPE_DEVICE_TO_HOST: u8 = 0x80;
@@ -122,6 +125,8 @@ pub enum Error {
     Configured,
     /// A transfer with no bytes, or for an endpoint with max packet size 0.
     BadTransfer,
+    /// Behind more hubs, or a higher hub port, than a Route String can name.
+    Unroutable,
 }
 
 impl fmt::Display for Error {
@@ -143,6 +148,7 @@ impl fmt::Display for Error {
             Error::NoEndpoint => f.write_str("no_endpoint"),
             Error::Configured => f.write_str("already_configured"),
             Error::BadTransfer => f.write_str("bad_transfer"),
+            Error::Unroutable => f.write_str("unroutable"),
         }
     }
 }
@@ -298,11 +304,14 @@ impl fmt::Display for RootPort {
     }
 }
 
-/// A device found on a root port.
+/// A device found on a root port or behind hubs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsbDevice {
-    /// Where.
+    /// The root port it is on or behind.
     pub root_port: RootPort,
+    /// The hub port of each tier on the way from the root port, nearest the root first
+    /// (empty on a root port).
+    pub hub_ports: Vec<u8>,
     /// Its Device Slot.
     pub slot_id: u8,
     /// Its speed.
@@ -319,6 +328,21 @@ pub struct UsbDevice {
     pub max_packet_size0: u16,
     /// The product string, when the device has one and sent it.
     pub product: Option<String>,
+}
+
+impl UsbDevice {
+    /// The Linux bus id: `1-3` on a root port, `1-3.2.1` behind two hubs.
+    pub fn busid(&self) -> String {
+        hub::busid(&self.root_port, &self.hub_ports)
+    }
+}
+
+/// Where a device to be enumerated is, and what the Slot Context says of it.
+struct Attachment {
+    root_port: RootPort,
+    hub_ports: Vec<u8>,
+    speed: Speed,
+    tt: Option<Tt>,
 }
 
 /// A TD the controller owns.
@@ -347,7 +371,15 @@ struct Slot<D> {
     slot_id: u8,
     /// Root port of the device.
     port: u8,
+    /// Hub ports on the way from the root port.
+    hub_ports: Vec<u8>,
     speed: Speed,
+    /// The Transaction Translator it uses.
+    tt: Option<Tt>,
+    /// What its hub descriptor said, when it is a hub.
+    hub: Option<HubDescriptor>,
+    /// The Slot Context's Context Entries.
+    context_entries: u32,
     endpoints: Vec<EndpointRing<D>>,
     input_context: D,
     _output_context: D,
@@ -631,19 +663,19 @@ impl<H: Hal> Controller<H> {
                 status.link_state(),
                 status.0
             );
-            let slot = self.slots.iter().position(|s| s.port == port);
+            let occupied = self.slots.iter().any(|s| s.port == port);
             // A new connection shows Connect Status Change (this driver acknowledges CSC
             // before it enumerates). Without it a connected port without a slot holds a
             // device that failed enumeration: its own reset events must not retry it for ever.
             let new_connection = status.0 & CSC != 0;
-            match (status.connected(), slot) {
-                (true, None) if new_connection => attached.extend(self.attach(root_port)),
+            match (status.connected(), occupied) {
+                (true, false) if new_connection => attached.extend(self.attach(root_port)),
                 // The device was replaced between two looks.
-                (true, Some(index)) if new_connection => {
-                    self.detach(index, root_port);
+                (true, true) if new_connection => {
+                    self.detach(root_port);
                     attached.extend(self.attach(root_port));
                 }
-                (false, Some(index)) => self.detach(index, root_port),
+                (false, true) => self.detach(root_port),
                 _ => {}
             }
         }
@@ -721,11 +753,15 @@ impl<H: Hal> Controller<H> {
             }
             core::hint::spin_loop();
         }
-        let recovered = self.hal.now_micros() + RESET_RECOVERY_US;
-        while self.hal.now_micros() < recovered {
+        self.delay(RESET_RECOVERY_US);
+        Ok(self.portsc(port))
+    }
+
+    fn delay(&self, us: u64) {
+        let until = self.hal.now_micros() + us;
+        while self.hal.now_micros() < until {
             core::hint::spin_loop();
         }
-        Ok(self.portsc(port))
     }
 
     /// Looks at every root port: acknowledges stale change bits, and enumerates what is
@@ -760,27 +796,12 @@ impl<H: Hal> Controller<H> {
         found
     }
 
-    /// Enumerates the device on `root_port` and logs the outcome (`event=usb_device` or
-    /// `event=usb_device_error`).
-    fn attach(&mut self, root_port: RootPort) -> Option<UsbDevice> {
+    /// Enumerates the device on `root_port`, and the devices behind it when it is a hub, and
+    /// logs each outcome (`event=usb_device` or `event=usb_device_error`).
+    fn attach(&mut self, root_port: RootPort) -> Vec<UsbDevice> {
+        let mut found = Vec::new();
         match self.enumerate(root_port) {
-            Ok(d) => {
-                info!(
-                    "event=usb_device busid={} port={} slot={} speed={} usb={:x}.{:02x} vid={:04x} pid={:04x} class={:02x} mps0={} product={:?}",
-                    d.root_port,
-                    root_port.port,
-                    d.slot_id,
-                    d.speed.name(),
-                    d.usb_version >> 8,
-                    d.usb_version & 0xff,
-                    d.vendor_id,
-                    d.product_id,
-                    d.class,
-                    d.max_packet_size0,
-                    d.product.as_deref().unwrap_or("")
-                );
-                Some(d)
-            }
+            Ok(d) => self.found(d, &mut found),
             Err(e) => {
                 let status = self.portsc(root_port.port);
                 warn!(
@@ -789,24 +810,233 @@ impl<H: Hal> Controller<H> {
                     status.link_state(),
                     status.0
                 );
-                None
+            }
+        }
+        found
+    }
+
+    /// Logs a device enumerated, adds it to `found`, and when it is a hub, the devices
+    /// behind it after it.
+    fn found(&mut self, d: UsbDevice, found: &mut Vec<UsbDevice>) {
+        info!(
+            "event=usb_device busid={} port={} slot={} speed={} usb={:x}.{:02x} vid={:04x} pid={:04x} class={:02x} mps0={} product={:?}",
+            d.busid(),
+            d.root_port.port,
+            d.slot_id,
+            d.speed.name(),
+            d.usb_version >> 8,
+            d.usb_version & 0xff,
+            d.vendor_id,
+            d.product_id,
+            d.class,
+            d.max_packet_size0,
+            d.product.as_deref().unwrap_or("")
+        );
+        let is_hub = d.class == hub::HUB_CLASS;
+        found.push(d.clone());
+        if is_hub {
+            self.enumerate_hub(&d, found);
+        }
+    }
+
+    /// Configures a hub, powers its ports and enumerates the device on each connected one
+    /// (USB 2.0 11.12, 11.24). Every failure is logged and skips what it concerns only.
+    /// Devices plugged into the hub later are not seen: its status change endpoint is not
+    /// polled.
+    fn enumerate_hub(&mut self, hub: &UsbDevice, found: &mut Vec<UsbDevice>) {
+        let busid = hub.busid();
+        let slot_id = hub.slot_id;
+        if matches!(hub.speed, Speed::Super | Speed::SuperPlus) {
+            // Its USB 2.0 half, on the companion USB2 root port, serves slower devices.
+            info!("event=usb_hub_skipped busid={busid} slot={slot_id} reason=superspeed_hub");
+            return;
+        }
+        if hub.hub_ports.len() >= hub::MAX_TIERS {
+            warn!("event=usb_hub_skipped busid={busid} slot={slot_id} reason=too_many_tiers");
+            return;
+        }
+        let descriptor = match self.configure_hub(slot_id) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("event=usb_hub_error busid={busid} slot={slot_id} step=configure error={e}");
+                return;
+            }
+        };
+        info!(
+            "event=usb_hub busid={busid} slot={slot_id} ports={} tt_think_time={} power_on_to_power_good_ms={}",
+            descriptor.ports,
+            descriptor.tt_think_time(),
+            descriptor.power_on_to_power_good_ms
+        );
+        for port in 1..=descriptor.ports {
+            let power = self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_POWER, port);
+            if let Err(e) = power {
+                warn!("event=usb_hub_error busid={busid} slot={slot_id} step=port_power port={port} error={e}");
+                return;
+            }
+        }
+        self.delay(u64::from(descriptor.power_on_to_power_good_ms) * 1000);
+        for port in 1..=descriptor.ports {
+            match self.hub_port_device(hub, port) {
+                Ok(Some(d)) => self.found(d, found),
+                Ok(None) => {}
+                Err(e) => warn!(
+                    "event=usb_device_error busid={busid}.{port} hub_slot={slot_id} port={port} error={e}"
+                ),
             }
         }
     }
 
-    /// The device in `self.slots[index]` has gone: its slot is disabled and its memory
-    /// released (once the controller no longer references it).
-    fn detach(&mut self, index: usize, root_port: RootPort) {
-        let slot_id = self.slots[index].slot_id;
-        match self.disable_slot(slot_id) {
-            Ok(()) => {
-                self.slots.remove(index);
-                info!(
-                    "event=usb_device_gone busid={root_port} port={} slot={slot_id}",
-                    root_port.port
-                );
+    /// Configures the hub in `slot_id`, reads its hub descriptor and tells the controller it
+    /// is a hub: Configure Endpoint with the Slot Context alone, its Hub flag, Number of
+    /// Ports and TT Think Time set (xHCI 4.6.6, 6.2.2), as these fields are only evaluated
+    /// by Configure Endpoint.
+    fn configure_hub(&mut self, slot_id: u8) -> Result<HubDescriptor, Error> {
+        let config = self.configuration(slot_id)?;
+        self.configure(slot_id, &config)?;
+        let index = self.slot_index(slot_id)?;
+        let bytes = self.control_in(
+            index,
+            hub::REQUEST_TYPE_CLASS_DEVICE_IN,
+            hub::GET_DESCRIPTOR,
+            u16::from(hub::DESCRIPTOR_HUB) << 8,
+            0,
+            hub::HUB_DESCRIPTOR_MAX,
+        )?;
+        let descriptor = hub::parse_hub_descriptor(&bytes).map_err(|_| Error::BadDescriptor)?;
+        let ctx = self.caps.context_size;
+        let slot = &mut self.slots[index];
+        slot.hub = Some(descriptor);
+        let words = slot_context(slot, slot.context_entries);
+        let input = &mut slot.input_context;
+        input.write32(0, 0);
+        // Add Context flag A0 only: the endpoints stay as they are.
+        input.write32(4, 1);
+        for (i, w) in words.iter().enumerate() {
+            input.write32(ctx + 4 * i, *w);
+        }
+        let configure = *command::ConfigureEndpoint::new()
+            .set_input_context_pointer(input.phys())
+            .set_slot_id(slot_id);
+        self.command(configure.into_raw())?;
+        Ok(descriptor)
+    }
+
+    /// A hub port request without data: SET_FEATURE or CLEAR_FEATURE of `feature`.
+    fn hub_port_request(
+        &mut self,
+        slot_id: u8,
+        request: u8,
+        feature: u16,
+        port: u8,
+    ) -> Result<(), Error> {
+        let index = self.slot_index(slot_id)?;
+        self.control_no_data(
+            index,
+            hub::REQUEST_TYPE_CLASS_OTHER_OUT,
+            request,
+            feature,
+            u16::from(port),
+        )
+    }
+
+    /// GET_STATUS of a hub port.
+    fn hub_port_status(&mut self, slot_id: u8, port: u8) -> Result<PortStatus, Error> {
+        let index = self.slot_index(slot_id)?;
+        let bytes = self.control_in(
+            index,
+            hub::REQUEST_TYPE_CLASS_OTHER_IN,
+            hub::GET_STATUS,
+            0,
+            u16::from(port),
+            4,
+        )?;
+        PortStatus::parse(&bytes).ok_or(Error::BadDescriptor)
+    }
+
+    /// Clears the change bits `status` shows.
+    fn clear_hub_port_changes(
+        &mut self,
+        slot_id: u8,
+        port: u8,
+        status: PortStatus,
+    ) -> Result<(), Error> {
+        for feature in status.change_features() {
+            self.hub_port_request(slot_id, hub::CLEAR_FEATURE, feature, port)?;
+        }
+        Ok(())
+    }
+
+    /// Looks at port `port` of `hub`: when a device is connected, resets the port (USB 2.0
+    /// 11.24.2.7.1.5: PORT_RESET, then C_PORT_RESET), and enumerates the device at the speed
+    /// the port reports, with its Route String and Transaction Translator.
+    fn hub_port_device(&mut self, hub: &UsbDevice, port: u8) -> Result<Option<UsbDevice>, Error> {
+        let slot_id = hub.slot_id;
+        let status = self.hub_port_status(slot_id, port)?;
+        self.clear_hub_port_changes(slot_id, port, status)?;
+        if !status.connected() {
+            return Ok(None);
+        }
+        let mut hub_ports = hub.hub_ports.clone();
+        hub_ports.push(port);
+        if hub::route_string(&hub_ports).is_none() {
+            return Err(Error::Unroutable);
+        }
+        self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_RESET, port)?;
+        let until = self.hal.now_micros() + PORT_RESET_TIMEOUT_US;
+        let status = loop {
+            let status = self.hub_port_status(slot_id, port)?;
+            if status.reset_done() {
+                break status;
             }
-            Err(e) => warn!("event=xhci_disable_slot_failed slot={slot_id} error={e}"),
+            if self.hal.now_micros() > until {
+                return Err(Error::Timeout("hub_port_reset"));
+            }
+            self.delay(HUB_PORT_POLL_US);
+        };
+        self.clear_hub_port_changes(slot_id, port, status)?;
+        if !status.enabled() {
+            return Err(Error::PortNotEnabled);
+        }
+        self.delay(RESET_RECOVERY_US);
+        let speed = status.speed();
+        let hub_tt = self.slots[self.slot_index(slot_id)?].tt;
+        let tt = hub::transaction_translator(speed, hub.speed, slot_id, hub_tt, port);
+        self.enumerate_at(Attachment {
+            root_port: hub.root_port,
+            hub_ports,
+            speed,
+            tt,
+        })
+        .map(Some)
+    }
+
+    /// The device on `root_port` has gone, and with it every device behind it: their slots
+    /// are disabled and their memory released (once the controller no longer references
+    /// it), the devices behind hubs before the hubs.
+    fn detach(&mut self, root_port: RootPort) {
+        let mut gone: Vec<(u8, usize)> = self
+            .slots
+            .iter()
+            .filter(|s| s.port == root_port.port)
+            .map(|s| (s.slot_id, s.hub_ports.len()))
+            .collect();
+        gone.sort_by_key(|&(_, tiers)| core::cmp::Reverse(tiers));
+        for (slot_id, _) in gone {
+            let Ok(index) = self.slot_index(slot_id) else {
+                continue;
+            };
+            let busid = hub::busid(&root_port, &self.slots[index].hub_ports);
+            match self.disable_slot(slot_id) {
+                Ok(()) => {
+                    self.slots.retain(|s| s.slot_id != slot_id);
+                    info!(
+                        "event=usb_device_gone busid={busid} port={} slot={slot_id}",
+                        root_port.port
+                    );
+                }
+                Err(e) => warn!("event=xhci_disable_slot_failed slot={slot_id} error={e}"),
+            }
         }
     }
 
@@ -819,7 +1049,7 @@ impl<H: Hal> Controller<H> {
         Ok(())
     }
 
-    /// Enables a slot for the device on `root_port`, addresses it and reads its descriptors.
+    /// Resets the root port when it needs it, and enumerates the device on it.
     fn enumerate(&mut self, root_port: RootPort) -> Result<UsbDevice, Error> {
         let port = root_port.port;
         let mut status = self.portsc(port);
@@ -832,14 +1062,24 @@ impl<H: Hal> Controller<H> {
             }
         }
         let speed = status.speed().ok_or(Error::UnknownSpeed)?;
-        let enable = *command::EnableSlot::new().set_slot_type(root_port.slot_type);
+        self.enumerate_at(Attachment {
+            root_port,
+            hub_ports: Vec::new(),
+            speed,
+            tt: None,
+        })
+    }
+
+    /// Enables a slot for the device `at`, addresses it and reads its descriptors.
+    fn enumerate_at(&mut self, at: Attachment) -> Result<UsbDevice, Error> {
+        let enable = *command::EnableSlot::new().set_slot_type(at.root_port.slot_type);
         let slot_id = self.command(enable.into_raw())?.slot_id();
         // DCBAA entry 0 is the scratchpad array: a slot ID outside 1..=MaxSlots from a
         // confused controller must not be written there or past the array.
         if slot_id == 0 || slot_id > self.caps.max_slots {
             return Err(Error::SlotId(slot_id));
         }
-        let described = self.describe(slot_id, root_port, speed);
+        let described = self.describe(slot_id, at);
         if described.is_err() {
             // Give the slot back: nothing queued for a silent device stays live, and the
             // slot is free for a later attempt. Its memory is kept if the controller may
@@ -853,13 +1093,12 @@ impl<H: Hal> Controller<H> {
     }
 
     /// Addresses the device in `slot_id` and reads its descriptors.
-    fn describe(
-        &mut self,
-        slot_id: u8,
-        root_port: RootPort,
-        speed: Speed,
-    ) -> Result<UsbDevice, Error> {
-        let index = self.address_device(slot_id, root_port, speed)?;
+    fn describe(&mut self, slot_id: u8, at: Attachment) -> Result<UsbDevice, Error> {
+        let speed = at.speed;
+        let root_port = at.root_port;
+        let busid = hub::busid(&root_port, &at.hub_ports);
+        let hub_ports = at.hub_ports.clone();
+        let index = self.address_device(slot_id, at)?;
 
         let mut max_packet_size0 = speed.initial_ep0_max_packet_size();
         let head = self.get_descriptor(index, DESCRIPTOR_DEVICE << 8, 0, 8)?;
@@ -887,13 +1126,14 @@ impl<H: Hal> Controller<H> {
             match self.string(index, i_product) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    warn!("event=usb_string_error busid={root_port} index={i_product} error={e}");
+                    warn!("event=usb_string_error busid={busid} index={i_product} error={e}");
                     None
                 }
             }
         };
         Ok(UsbDevice {
             root_port,
+            hub_ports,
             slot_id,
             speed,
             usb_version: word(2),
@@ -907,13 +1147,9 @@ impl<H: Hal> Controller<H> {
 
     /// Address Device (4.3.3) with an Input Context holding the Slot Context and the Default
     /// Control Endpoint's context. Returns the slot's index in `self.slots`.
-    fn address_device(
-        &mut self,
-        slot_id: u8,
-        root_port: RootPort,
-        speed: Speed,
-    ) -> Result<usize, Error> {
+    fn address_device(&mut self, slot_id: u8, at: Attachment) -> Result<usize, Error> {
         let ctx = self.caps.context_size;
+        let speed = at.speed;
         // Input Context: Input Control Context, then Slot and 31 Endpoint Contexts.
         let mut input = alloc(&mut self.hal, 33 * ctx, 64)?;
         let output = alloc(&mut self.hal, 32 * ctx, 64)?;
@@ -923,10 +1159,6 @@ impl<H: Hal> Controller<H> {
 
         // Add Context flags A0 (Slot) and A1 (EP0).
         input.write32(4, 0b11);
-        let slot = ctx;
-        // Context Entries 1 (only EP0), Speed, Route String 0 (a root port device).
-        input.write32(slot, (1 << 27) | (u32::from(speed.psiv()) << 20));
-        input.write32(slot + 4, u32::from(root_port.port) << 16);
         let ep = 2 * ctx;
         input.write32(ep + 4, ep0_dword1(speed.initial_ep0_max_packet_size()));
         input.write64(ep + 8, ep0.phys() | u64::from(ep0.cycle_state()));
@@ -935,16 +1167,27 @@ impl<H: Hal> Controller<H> {
         self.dcbaa.write64(usize::from(slot_id) * 8, output.phys());
 
         let input_phys = input.phys();
-        self.slots.push(Slot {
+        let slot = Slot {
             slot_id,
-            port: root_port.port,
+            port: at.root_port.port,
+            hub_ports: at.hub_ports,
+            tt: at.tt,
+            hub: None,
+            // Only EP0.
+            context_entries: 1,
             input_context: input,
             _output_context: output,
             speed,
             endpoints: Vec::new(),
             ep0,
             data,
-        });
+        };
+        let words = slot_context(&slot, 1);
+        self.slots.push(slot);
+        let slot = self.slots.last_mut().ok_or(Error::NoDevice)?;
+        for (i, w) in words.iter().enumerate() {
+            slot.input_context.write32(ctx + 4 * i, *w);
+        }
         let address = *command::AddressDevice::new()
             .set_input_context_pointer(input_phys)
             .set_slot_id(slot_id);
@@ -1029,10 +1272,13 @@ impl<H: Hal> Controller<H> {
         }
         // Context Entries: the highest Device Context Index in use (EP0's is 1).
         let entries = (31 - add.leading_zeros()).max(1);
+        let words = slot_context(&self.slots[index], entries);
         let input = &mut self.slots[index].input_context;
         input.write32(0, 0);
         input.write32(4, add);
-        input.write32(ctx, (entries << 27) | (u32::from(speed.psiv()) << 20));
+        for (i, w) in words.iter().enumerate() {
+            input.write32(ctx + 4 * i, *w);
+        }
         for (context, ep) in &endpoints {
             let base = (usize::from(ep.dci) + 1) * ctx;
             for (i, dword) in context.iter().enumerate() {
@@ -1043,6 +1289,7 @@ impl<H: Hal> Controller<H> {
             .set_input_context_pointer(input.phys())
             .set_slot_id(slot_id);
         self.command(configure.into_raw())?;
+        self.slots[index].context_entries = entries;
         self.slots[index].endpoints = endpoints.into_iter().map(|(_, e)| e).collect();
         self.control_no_data(index, 0, SET_CONFIGURATION, u16::from(config.value), 0)
     }
@@ -1349,6 +1596,48 @@ impl<H: Hal> Controller<H> {
             }
         }
     }
+}
+
+/// Dwords 0 to 2 of a slot's Slot Context (6.2.2) with `entries` Context Entries: Route
+/// String, Speed, Root Hub Port Number; for a hub the Hub flag, Number of Ports and (high
+/// speed) TT Think Time; for a low- or full-speed device behind a high-speed hub its TT Hub
+/// Slot ID and TT Port Number. MTT stays 0: hubs run in their default single-TT setting
+/// (alternate setting 0 of their interface).
+fn slot_context<D>(slot: &Slot<D>, entries: u32) -> [u32; 3] {
+    slot_context_of(
+        slot.speed,
+        slot.port,
+        &slot.hub_ports,
+        slot.hub.as_ref(),
+        slot.tt,
+        entries,
+    )
+}
+
+fn slot_context_of(
+    speed: Speed,
+    root_port: u8,
+    hub_ports: &[u8],
+    hub: Option<&HubDescriptor>,
+    tt: Option<Tt>,
+    entries: u32,
+) -> [u32; 3] {
+    // Checked when the device was found behind its hub.
+    let route = hub::route_string(hub_ports).unwrap_or(0);
+    let mut dword0 = (entries << 27) | (u32::from(speed.psiv()) << 20) | route;
+    let mut dword1 = u32::from(root_port) << 16;
+    let mut dword2 = 0;
+    if let Some(h) = hub {
+        dword0 |= 1 << 26;
+        dword1 |= u32::from(h.ports) << 24;
+        if speed == Speed::High {
+            dword2 |= u32::from(h.tt_think_time()) << 16;
+        }
+    }
+    if let Some(tt) = tt {
+        dword2 |= u32::from(tt.hub_slot_id) | u32::from(tt.port) << 8;
+    }
+    [dword0, dword1, dword2]
 }
 
 /// Endpoint Context dword 1 of a Default Control Endpoint: CErr 3, EP Type Control (4),
@@ -1793,6 +2082,39 @@ mod tests {
             xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
             Ok(512),
             "the abandoned TD was skipped"
+        );
+    }
+
+    #[test]
+    fn the_slot_context_has_the_route_hub_fields_and_tt() {
+        // A full-speed mouse on port 3 of a high-speed hub on port 2 of a hub on root
+        // port 7: route 0x32, and the TT of the high-speed hub (slot 4).
+        let tt = Some(Tt {
+            hub_slot_id: 4,
+            port: 3,
+        });
+        assert_eq!(
+            slot_context_of(Speed::Full, 7, &[2, 3], None, tt, 1),
+            [(1 << 27) | (1 << 20) | 0x32, 7 << 16, 4 | (3 << 8)]
+        );
+        // That high-speed hub: Hub, Number of Ports 4, TT Think Time 2 (24 FS bit times).
+        let hub = HubDescriptor {
+            ports: 4,
+            characteristics: 2 << 5,
+            power_on_to_power_good_ms: 100,
+        };
+        assert_eq!(
+            slot_context_of(Speed::High, 7, &[2], Some(&hub), None, 3),
+            [
+                (3 << 27) | (1 << 26) | (3 << 20) | 0x2,
+                (4 << 24) | (7 << 16),
+                2 << 16
+            ]
+        );
+        // A full-speed hub has no TT: TT Think Time stays 0.
+        assert_eq!(
+            slot_context_of(Speed::Full, 7, &[], Some(&hub), None, 3)[2],
+            0
         );
     }
 

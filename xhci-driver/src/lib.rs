@@ -15,6 +15,7 @@ extern crate alloc;
 pub mod controller;
 pub mod descriptor;
 pub mod hal;
+pub mod hub;
 pub mod mass_storage;
 pub mod port;
 pub mod ring;

@@ -230,7 +230,7 @@ pub fn publish<T: xen::xenstore::XsTransport>(usb: &mut Usb, xs: &mut xen::xenst
         .devices
         .iter()
         .filter(|d| d.class != 0x09)
-        .map(|d| (busid_key(&format!("{}", d.root_port)), description(d)))
+        .map(|d| (busid_key(&d.busid()), description(d)))
         .collect();
     if now == usb.published {
         return;
