@@ -465,3 +465,52 @@ fn devices_behind_two_tiers_of_hubs_are_enumerated_with_linux_bus_ids() {
         assert_eq!(field(enumerated, "devices"), Some("4"), "{enumerated}");
     });
 }
+
+#[test]
+fn a_keyboard_hotplugged_behind_a_hub_is_seen_through_the_status_change_endpoint() {
+    let machine = Machine::new("q35", "boot-hub-hotplug")
+        .arg("-device")
+        .arg("usb-hub,bus=xhci.0,port=3,id=hub");
+    let socket = machine.scratch().join("qmp.sock");
+    let _ = std::fs::remove_file(&socket);
+    let plug = r#"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"k1","bus":"xhci.0","port":"3.4"}}"#;
+    let run = machine
+        .arg("-qmp")
+        .arg(&format!("unix:{},server=on,wait=off", socket.display()))
+        .keep_running()
+        .limit(Duration::from_secs(20))
+        .boot_until(|line| {
+            if line.contains("event=ready") {
+                qmp(&socket, &[plug]);
+            }
+            if line.contains("event=usb_device ") && line.contains("busid=1-3.4 ") {
+                qmp(
+                    &socket,
+                    &[r#"{"execute":"device_del","arguments":{"id":"k1"}}"#],
+                );
+            }
+            line.contains("event=usb_device_gone")
+        });
+    run.check(|r| {
+        assert!(!r.timed_out, "the plug and unplug were not both seen");
+        let devices: Vec<&str> = r.events("usb_device").collect();
+        assert_eq!(devices.len(), 2, "{devices:#?}");
+        assert_eq!(field(devices[0], "busid"), Some("1-3"), "{}", devices[0]);
+        let kbd = devices[1];
+        assert_eq!(field(kbd, "busid"), Some("1-3.4"), "{kbd}");
+        assert_eq!(field(kbd, "speed"), Some("full"), "{kbd}");
+        assert_eq!(
+            (field(kbd, "vid"), field(kbd, "pid")),
+            (Some("0627"), Some("0001"))
+        );
+        let change = r
+            .events("usb_port_change")
+            .find(|l| field(l, "busid") == Some("1-3.4"))
+            .expect("a usb_port_change for 1-3.4");
+        assert_eq!(field(change, "connected"), Some("true"), "{change}");
+        let (_, gone) = r.event("usb_device_gone").unwrap();
+        assert_eq!(field(gone, "busid"), Some("1-3.4"), "{gone}");
+        assert_eq!(field(gone, "slot"), field(kbd, "slot"), "{gone}");
+        assert_eq!(r.events("usb_device_gone").count(), 1, "the hub stays");
+    });
+}

@@ -1,7 +1,8 @@
 //! The controller: bring-up of a halted, reset controller (xHCI 4.2), commands on the Command
 //! Ring with completions from the Event Ring of Interrupter 0, root ports (4.19), and the
 //! first steps of enumeration on them (4.3): Enable Slot, Address Device and the device
-//! descriptor over the Default Control Endpoint; then configuration (4.3.5: the configuration
+//! descriptor over the Default Control Endpoint; devices behind external hubs, at boot and
+//! as hubs' status change endpoints report them; then configuration (4.3.5: the configuration
 //! descriptor, Configure Endpoint, SET_CONFIGURATION) and bulk and interrupt transfers on the
 //! endpoints' Transfer Rings, with Reset Endpoint after a STALL (4.6.8).
 
@@ -13,7 +14,7 @@ use log::{debug, info, warn};
 use xhci::ring::trb::event::{self, CompletionCode};
 use xhci::ring::trb::{command, transfer};
 
-use crate::descriptor::{self, Configuration};
+use crate::descriptor::{self, Configuration, Endpoint, TransferType};
 use crate::hal::{DmaBuffer, Hal};
 use crate::hub::{self, HubDescriptor, PortStatus, Tt};
 use crate::port::{Portsc, Speed, CSC, PRC, WRC};
@@ -345,6 +346,13 @@ struct Attachment {
     tt: Option<Tt>,
 }
 
+/// Why a hub port's device was not enumerated: the hub failed (its other ports are not
+/// looked at), or the device did.
+enum HubPortError {
+    Hub(Error),
+    Device(Error),
+}
+
 /// A TD the controller owns.
 struct PendingTd {
     id: TransferId,
@@ -388,6 +396,17 @@ struct Slot<D> {
     data: D,
 }
 
+/// A hub's status change endpoint (USB 2.0 11.12.4) with one transfer always queued: bit n
+/// of what it returns names port n with a change (bit 0 the hub itself).
+struct HubWatch<D> {
+    hub: UsbDevice,
+    ports: u8,
+    endpoint: u8,
+    len: usize,
+    buf: D,
+    queued: TransferId,
+}
+
 /// A running controller.
 pub struct Controller<H: Hal> {
     hal: H,
@@ -404,6 +423,8 @@ pub struct Controller<H: Hal> {
     /// Finished transfers not yet taken: bytes transferred, or why not.
     completions: Vec<(TransferId, Result<usize, Error>)>,
     next_transfer: u64,
+    /// The hubs whose ports are watched.
+    hubs: Vec<HubWatch<H::Dma>>,
 }
 
 impl<H: Hal> Controller<H> {
@@ -502,6 +523,7 @@ impl<H: Hal> Controller<H> {
             port_changes: Vec::new(),
             completions: Vec::new(),
             next_transfer: 0,
+            hubs: Vec::new(),
         })
     }
 
@@ -637,15 +659,17 @@ impl<H: Hal> Controller<H> {
         }
     }
 
-    /// Root ports (1-based) whose device holds a Device Slot now.
-    pub fn occupied_ports(&self) -> impl Iterator<Item = u8> + '_ {
-        self.slots.iter().map(|s| s.port)
+    /// The Device Slots of the devices present now.
+    pub fn occupied_slots(&self) -> impl Iterator<Item = u8> + '_ {
+        self.slots.iter().map(|s| s.slot_id)
     }
 
     /// Looks at the root ports Port Status Change Events named since the last call:
     /// acknowledges their change bits (the controller sends the next event only when a change
     /// bit goes from 0 to 1), enumerates a device that arrived, disables the slot of one
-    /// that left. Logs `event=usb_port_change` per port. Returns the devices attached.
+    /// that left (and of every device behind it). Then the same for the hub ports that hubs'
+    /// status change endpoints named. Logs `event=usb_port_change` per port. Returns the
+    /// devices attached.
     pub fn handle_port_changes(&mut self) -> Vec<UsbDevice> {
         let ports = core::mem::take(&mut self.port_changes);
         let mut attached = Vec::new();
@@ -672,14 +696,139 @@ impl<H: Hal> Controller<H> {
                 (true, false) if new_connection => attached.extend(self.attach(root_port)),
                 // The device was replaced between two looks.
                 (true, true) if new_connection => {
-                    self.detach(root_port);
+                    self.detach(root_port, &[]);
                     attached.extend(self.attach(root_port));
                 }
-                (false, true) => self.detach(root_port),
+                (false, true) => self.detach(root_port, &[]),
                 _ => {}
             }
         }
+        attached.extend(self.handle_hub_changes());
         attached
+    }
+
+    /// The hub ports named by the status change transfers that completed: each is looked
+    /// at as a root port is, and the next transfer queued.
+    fn handle_hub_changes(&mut self) -> Vec<UsbDevice> {
+        let mut attached = Vec::new();
+        let queued: Vec<(u8, TransferId)> = self
+            .hubs
+            .iter()
+            .map(|w| (w.hub.slot_id, w.queued))
+            .collect();
+        for (slot_id, id) in queued {
+            let Some(result) = self.take_completion(id) else {
+                continue;
+            };
+            // An earlier hub's change may have removed this one.
+            let Some(w) = self.hubs.iter().position(|w| w.hub.slot_id == slot_id) else {
+                continue;
+            };
+            let n = match result {
+                Ok(n) => n.min(self.hubs[w].len),
+                Err(e) => {
+                    // The TD is done: the buffer may go. A halted endpoint reports no more.
+                    warn!(
+                        "event=usb_hub_error busid={} slot={slot_id} step=status_change error={e}",
+                        self.hubs[w].hub.busid()
+                    );
+                    self.hubs.remove(w);
+                    continue;
+                }
+            };
+            let mut bitmap = alloc::vec![0u8; n];
+            self.hubs[w].buf.read_bytes(0, &mut bitmap);
+            let hub = self.hubs[w].hub.clone();
+            let ports = self.hubs[w].ports;
+            for port in (1..=ports).filter(|&p| {
+                bitmap
+                    .get(usize::from(p / 8))
+                    .is_some_and(|b| b & (1 << (p % 8)) != 0)
+            }) {
+                self.hub_port_changed(&hub, port, &mut attached);
+            }
+            if let Some(w) = self.hubs.iter().position(|w| w.hub.slot_id == slot_id) {
+                if let Err(e) = self.queue_hub_watch(w) {
+                    warn!(
+                        "event=usb_hub_error busid={} slot={slot_id} step=status_change error={e}",
+                        hub.busid()
+                    );
+                    self.hubs.remove(w);
+                }
+            }
+        }
+        attached
+    }
+
+    /// Port `port` of `hub` changed: a device that arrived is enumerated, one that left is
+    /// released with everything behind it, the change bits are cleared.
+    fn hub_port_changed(&mut self, hub: &UsbDevice, port: u8, attached: &mut Vec<UsbDevice>) {
+        let mut hub_ports = hub.hub_ports.clone();
+        hub_ports.push(port);
+        let busid = hub::busid(&hub.root_port, &hub_ports);
+        let status = match self.hub_port_status(hub.slot_id, port) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(
+                    "event=usb_hub_error busid={} slot={} step=port_status port={port} error={e}",
+                    hub.busid(),
+                    hub.slot_id
+                );
+                return;
+            }
+        };
+        info!(
+            "event=usb_port_change busid={busid} hub_slot={} port={port} connected={} enabled={} wportstatus={:#06x} wportchange={:#06x}",
+            hub.slot_id,
+            status.connected(),
+            status.enabled(),
+            status.status,
+            status.change
+        );
+        let occupied = self
+            .slots
+            .iter()
+            .any(|s| s.port == hub.root_port.port && s.hub_ports == hub_ports);
+        // As on root ports: a connection without C_PORT_CONNECTION on a port without a
+        // slot is a device that failed enumeration, not retried until plugged again.
+        let new_connection = status.connection_changed();
+        if occupied && (!status.connected() || new_connection) {
+            self.detach(hub.root_port, &hub_ports);
+        }
+        if status.connected() && new_connection {
+            match self.hub_port_device(hub, port) {
+                Ok(Some(d)) => self.found(d, attached),
+                Ok(None) => {}
+                Err(HubPortError::Device(e)) => warn!(
+                    "event=usb_device_error busid={busid} hub_slot={} port={port} error={e}",
+                    hub.slot_id
+                ),
+                Err(HubPortError::Hub(e)) => warn!(
+                    "event=usb_hub_error busid={} slot={} step=port port={port} error={e}",
+                    hub.busid(),
+                    hub.slot_id
+                ),
+            }
+        } else if let Err(e) = self.clear_hub_port_changes(hub.slot_id, port, status) {
+            warn!(
+                "event=usb_hub_error busid={} slot={} step=clear_changes port={port} error={e}",
+                hub.busid(),
+                hub.slot_id
+            );
+        }
+    }
+
+    /// Queues the next status change transfer of `self.hubs[w]`.
+    fn queue_hub_watch(&mut self, w: usize) -> Result<(), Error> {
+        let watch = &self.hubs[w];
+        let segment = [Segment {
+            phys: watch.buf.phys(),
+            len: watch.len,
+        }];
+        let (slot_id, endpoint) = (watch.hub.slot_id, watch.endpoint);
+        let id = self.queue_transfer(slot_id, endpoint, Direction::In, &segment)?;
+        self.hubs[w].queued = id;
+        Ok(())
     }
 
     /// Queues a command, rings the Host Controller doorbell and waits for its completion.
@@ -706,10 +855,14 @@ impl<H: Hal> Controller<H> {
         self.command(command::Noop::new().into_raw()).map(|_| ())
     }
 
-    /// Whether Port Status Change Events named ports [`Controller::handle_port_changes`]
-    /// has not looked at yet.
+    /// Whether Port Status Change Events named root ports, or hubs' status change endpoints
+    /// named hub ports, [`Controller::handle_port_changes`] has not looked at yet.
     pub fn has_port_changes(&self) -> bool {
         !self.port_changes.is_empty()
+            || self
+                .hubs
+                .iter()
+                .any(|w| self.completions.iter().any(|c| c.0 == w.queued))
     }
 
     /// Which protocol and Linux name a root port has.
@@ -839,10 +992,9 @@ impl<H: Hal> Controller<H> {
         }
     }
 
-    /// Configures a hub, powers its ports and enumerates the device on each connected one
-    /// (USB 2.0 11.12, 11.24). Every failure is logged and skips what it concerns only.
-    /// Devices plugged into the hub later are not seen: its status change endpoint is not
-    /// polled.
+    /// Configures a hub, powers its ports, enumerates the device on each connected one
+    /// (USB 2.0 11.12, 11.24), and queues a transfer on its status change endpoint so later
+    /// changes are seen. Every failure is logged and skips what it concerns only.
     fn enumerate_hub(&mut self, hub: &UsbDevice, found: &mut Vec<UsbDevice>) {
         let busid = hub.busid();
         let slot_id = hub.slot_id;
@@ -855,7 +1007,7 @@ impl<H: Hal> Controller<H> {
             warn!("event=usb_hub_skipped busid={busid} slot={slot_id} reason=too_many_tiers");
             return;
         }
-        let descriptor = match self.configure_hub(slot_id) {
+        let (descriptor, status_change) = match self.configure_hub(slot_id) {
             Ok(d) => d,
             Err(e) => {
                 warn!("event=usb_hub_error busid={busid} slot={slot_id} step=configure error={e}");
@@ -868,7 +1020,15 @@ impl<H: Hal> Controller<H> {
             descriptor.tt_think_time(),
             descriptor.power_on_to_power_good_ms
         );
-        for port in 1..=descriptor.ports {
+        // A Route String names hub ports 1..=15 only.
+        let ports = descriptor.ports.min(hub::MAX_ROUTABLE_PORT);
+        if ports < descriptor.ports {
+            warn!(
+                "event=usb_hub_ports_unused busid={busid} slot={slot_id} ports={} used={ports}",
+                descriptor.ports
+            );
+        }
+        for port in 1..=ports {
             let power = self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_POWER, port);
             if let Err(e) = power {
                 warn!("event=usb_hub_error busid={busid} slot={slot_id} step=port_power port={port} error={e}");
@@ -876,14 +1036,40 @@ impl<H: Hal> Controller<H> {
             }
         }
         self.delay(u64::from(descriptor.power_on_to_power_good_ms) * 1000);
-        for port in 1..=descriptor.ports {
+        for port in 1..=ports {
             match self.hub_port_device(hub, port) {
                 Ok(Some(d)) => self.found(d, found),
                 Ok(None) => {}
-                Err(e) => warn!(
+                Err(HubPortError::Device(e)) => warn!(
                     "event=usb_device_error busid={busid}.{port} hub_slot={slot_id} port={port} error={e}"
                 ),
+                Err(HubPortError::Hub(e)) => {
+                    warn!("event=usb_hub_error busid={busid} slot={slot_id} step=port port={port} error={e}");
+                    return;
+                }
             }
+        }
+        let Some(endpoint) = status_change else {
+            warn!("event=usb_hub_error busid={busid} slot={slot_id} step=watch error=no_status_change_endpoint");
+            return;
+        };
+        // The bitmap has a bit per port and one for the hub: one packet holds it.
+        let len = usize::from(endpoint.max_packet_size).clamp(1, 64);
+        let watch = self.dma_alloc(4096, 64).map(|buf| HubWatch {
+            hub: hub.clone(),
+            ports,
+            endpoint: endpoint.number(),
+            len,
+            buf,
+            queued: TransferId(u64::MAX),
+        });
+        let queued = watch.and_then(|w| {
+            self.hubs.push(w);
+            self.queue_hub_watch(self.hubs.len() - 1)
+        });
+        if let Err(e) = queued {
+            warn!("event=usb_hub_error busid={busid} slot={slot_id} step=watch error={e}");
+            self.hubs.retain(|w| w.hub.slot_id != slot_id);
         }
     }
 
@@ -891,9 +1077,16 @@ impl<H: Hal> Controller<H> {
     /// is a hub: Configure Endpoint with the Slot Context alone, its Hub flag, Number of
     /// Ports and TT Think Time set (xHCI 4.6.6, 6.2.2), as these fields are only evaluated
     /// by Configure Endpoint.
-    fn configure_hub(&mut self, slot_id: u8) -> Result<HubDescriptor, Error> {
+    fn configure_hub(&mut self, slot_id: u8) -> Result<(HubDescriptor, Option<Endpoint>), Error> {
         let config = self.configuration(slot_id)?;
         self.configure(slot_id, &config)?;
+        let status_change = config
+            .interfaces
+            .iter()
+            .filter(|i| i.alternate_setting == 0)
+            .flat_map(|i| &i.endpoints)
+            .find(|e| e.transfer_type == TransferType::Interrupt && e.is_in())
+            .copied();
         let index = self.slot_index(slot_id)?;
         let bytes = self.control_in(
             index,
@@ -919,7 +1112,7 @@ impl<H: Hal> Controller<H> {
             .set_input_context_pointer(input.phys())
             .set_slot_id(slot_id);
         self.command(configure.into_raw())?;
-        Ok(descriptor)
+        Ok((descriptor, status_change))
     }
 
     /// A hub port request without data: SET_FEATURE or CLEAR_FEATURE of `feature`.
@@ -970,38 +1163,47 @@ impl<H: Hal> Controller<H> {
     /// Looks at port `port` of `hub`: when a device is connected, resets the port (USB 2.0
     /// 11.24.2.7.1.5: PORT_RESET, then C_PORT_RESET), and enumerates the device at the speed
     /// the port reports, with its Route String and Transaction Translator.
-    fn hub_port_device(&mut self, hub: &UsbDevice, port: u8) -> Result<Option<UsbDevice>, Error> {
+    fn hub_port_device(
+        &mut self,
+        hub: &UsbDevice,
+        port: u8,
+    ) -> Result<Option<UsbDevice>, HubPortError> {
+        use HubPortError::{Device, Hub};
         let slot_id = hub.slot_id;
-        let status = self.hub_port_status(slot_id, port)?;
-        self.clear_hub_port_changes(slot_id, port, status)?;
+        let status = self.hub_port_status(slot_id, port).map_err(Hub)?;
+        self.clear_hub_port_changes(slot_id, port, status)
+            .map_err(Hub)?;
         if !status.connected() {
             return Ok(None);
         }
         let mut hub_ports = hub.hub_ports.clone();
         hub_ports.push(port);
         if hub::route_string(&hub_ports).is_none() {
-            return Err(Error::Unroutable);
+            return Err(Device(Error::Unroutable));
         }
-        self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_RESET, port)?;
+        self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_RESET, port)
+            .map_err(Hub)?;
         let until = self.hal.now_micros() + PORT_RESET_TIMEOUT_US;
         let status = loop {
-            let status = self.hub_port_status(slot_id, port)?;
+            let status = self.hub_port_status(slot_id, port).map_err(Hub)?;
             if status.reset_done() {
                 break status;
             }
+            // A hub that never ends a reset is not asked about its other ports.
             if self.hal.now_micros() > until {
-                return Err(Error::Timeout("hub_port_reset"));
+                return Err(Hub(Error::Timeout("hub_port_reset")));
             }
             self.delay(HUB_PORT_POLL_US);
         };
-        self.clear_hub_port_changes(slot_id, port, status)?;
+        self.clear_hub_port_changes(slot_id, port, status)
+            .map_err(Hub)?;
         if !status.enabled() {
-            return Err(Error::PortNotEnabled);
+            return Err(Device(Error::PortNotEnabled));
         }
         self.delay(RESET_RECOVERY_US);
         let speed = status.speed();
-        let hub_tt = self.slots[self.slot_index(slot_id)?].tt;
-        let tt = hub::transaction_translator(speed, hub.speed, slot_id, hub_tt, port);
+        let index = self.slot_index(slot_id).map_err(Hub)?;
+        let tt = hub::transaction_translator(speed, hub.speed, slot_id, self.slots[index].tt, port);
         self.enumerate_at(Attachment {
             root_port: hub.root_port,
             hub_ports,
@@ -1009,16 +1211,17 @@ impl<H: Hal> Controller<H> {
             tt,
         })
         .map(Some)
+        .map_err(Device)
     }
 
-    /// The device on `root_port` has gone, and with it every device behind it: their slots
-    /// are disabled and their memory released (once the controller no longer references
-    /// it), the devices behind hubs before the hubs.
-    fn detach(&mut self, root_port: RootPort) {
+    /// The device at `hub_ports` behind `root_port` has gone, and with it every device
+    /// behind it: their slots are disabled and their memory released (once the controller
+    /// no longer references it), the devices behind hubs before the hubs.
+    fn detach(&mut self, root_port: RootPort, hub_ports: &[u8]) {
         let mut gone: Vec<(u8, usize)> = self
             .slots
             .iter()
-            .filter(|s| s.port == root_port.port)
+            .filter(|s| s.port == root_port.port && s.hub_ports.starts_with(hub_ports))
             .map(|s| (s.slot_id, s.hub_ports.len()))
             .collect();
         gone.sort_by_key(|&(_, tiers)| core::cmp::Reverse(tiers));
@@ -1030,6 +1233,7 @@ impl<H: Hal> Controller<H> {
             match self.disable_slot(slot_id) {
                 Ok(()) => {
                     self.slots.retain(|s| s.slot_id != slot_id);
+                    self.hubs.retain(|w| w.hub.slot_id != slot_id);
                     info!(
                         "event=usb_device_gone busid={busid} port={} slot={slot_id}",
                         root_port.port

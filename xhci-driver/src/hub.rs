@@ -60,6 +60,7 @@ const PORT_RESET_BIT: u16 = 1 << 4;
 const PORT_LOW_SPEED: u16 = 1 << 9;
 const PORT_HIGH_SPEED: u16 = 1 << 10;
 // wPortChange bits (Table 11-22).
+const C_PORT_CONNECTION_BIT: u16 = 1 << 0;
 const C_PORT_RESET_BIT: u16 = 1 << 4;
 
 /// Why a hub descriptor was refused.
@@ -143,6 +144,11 @@ impl PortStatus {
     /// PORT_ENABLE.
     pub fn enabled(&self) -> bool {
         self.status & PORT_ENABLE != 0
+    }
+
+    /// C_PORT_CONNECTION: a device came or went since the bit was last cleared.
+    pub fn connection_changed(&self) -> bool {
+        self.change & C_PORT_CONNECTION_BIT != 0
     }
 
     /// The reset is over: PORT_RESET clear and C_PORT_RESET set.
@@ -285,7 +291,7 @@ mod tests {
     fn port_status_decodes_connection_reset_and_speed() {
         // Connected, enabled, powered, low speed; C_PORT_CONNECTION and C_PORT_RESET.
         let s = PortStatus::parse(&[0x03, 0x03, 0x11, 0x00]).unwrap();
-        assert!(s.connected() && s.enabled() && s.reset_done());
+        assert!(s.connected() && s.enabled() && s.reset_done() && s.connection_changed());
         assert_eq!(s.speed(), Speed::Low);
         assert_eq!(
             s.change_features().collect::<alloc::vec::Vec<_>>(),

@@ -3,9 +3,10 @@
 //!
 //! Register layouts are read 32 bits wide by this crate; TRB encodings come from the `xhci`
 //! crate. Layers: [`ring`] (Command, Transfer and Event Rings), [`port`] (PORTSC),
-//! [`descriptor`] (configuration descriptors), [`transfer`] (TDs of Normal TRBs, Endpoint
-//! Contexts), [`controller`] (bring-up, commands, root ports, enumeration, configuration,
-//! bulk and interrupt transfers).
+//! [`descriptor`] (configuration descriptors), [`hub`] (hub descriptor and port status,
+//! Route Strings, bus ids, Transaction Translators), [`transfer`] (TDs of Normal TRBs,
+//! Endpoint Contexts), [`controller`] (bring-up, commands, root ports and hubs, enumeration,
+//! configuration, bulk and interrupt transfers).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -195,10 +195,11 @@ pub fn service(usb: &mut Usb) {
             }
             // Also changes noted while an earlier enumeration waited for its own events.
             let attached = usb.xhci.handle_port_changes();
-            let occupied: Vec<u8> = usb.xhci.occupied_ports().collect();
-            usb.devices.retain(|d| occupied.contains(&d.root_port.port));
-            usb.devices
-                .retain(|d| !attached.iter().any(|a| a.root_port == d.root_port));
+            // Gone, or gone and its slot given to a device just attached.
+            let occupied: Vec<u8> = usb.xhci.occupied_slots().collect();
+            usb.devices.retain(|d| {
+                occupied.contains(&d.slot_id) && !attached.iter().any(|a| a.slot_id == d.slot_id)
+            });
             usb.devices.extend(attached);
             keyboard_reports(usb);
         }
