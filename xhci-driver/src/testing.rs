@@ -132,6 +132,18 @@ pub const CONFIGURATION: [u8; 32] = [
     7, 5, 0x81, 2, 0x00, 0x02, 0, //
     7, 5, 0x02, 2, 0x00, 0x02, 0,
 ];
+/// A hub's device descriptor: class 9, bMaxPacketSize0 64, no strings.
+pub const HUB_DEVICE_DESCRIPTOR: [u8; 18] = [
+    18, 1, 0x00, 0x02, 9, 0, 1, 64, 0x09, 0x04, 0xaa, 0x55, 0x00, 0x01, 0, 0, 0, 1,
+];
+/// Its configuration: one hub interface with the status change endpoint, interrupt IN 1.
+pub const HUB_CONFIGURATION: [u8; 25] = [
+    9, 2, 25, 0, 1, 1, 0, 0xe0, 0, //
+    9, 4, 0, 0, 1, 9, 0, 0, 0, //
+    7, 5, 0x81, 3, 1, 0, 12,
+];
+/// Its hub descriptor: 4 ports, TT Think Time 1 (16 FS bit times), bPwrOn2PwrGood 50 (100 ms).
+pub const HUB_DESCRIPTOR: [u8; 9] = [9, 0x29, 4, 0x20, 0x00, 50, 0, 0, 0xff];
 const LANGUAGES: [u8; 4] = [4, 3, 0x09, 0x04];
 const PRODUCT: [u8; 10] = [10, 3, b'F', 0, b'a', 0, b'k', 0, b'e', 0];
 
@@ -158,6 +170,9 @@ struct State {
     pub commands: Vec<u32>,
     /// Every value written to a PORTSC, with its port.
     pub portsc_writes: Vec<(u8, u32)>,
+    /// Slot Context dwords 0..=2 of each Address Device (11) and Configure Endpoint (12):
+    /// slot, command, dwords.
+    pub slot_contexts: Vec<(u8, u32, [u32; 3])>,
 }
 
 /// A controller in memory: capability registers of a small xHCI (8 slots, 2 scratchpad
@@ -182,6 +197,13 @@ pub struct FakeXhci {
     pub answer_bulk: Cell<bool>,
     /// Bytes the bulk OUT endpoint received.
     pub bulk_out: RefCell<Vec<u8>>,
+    /// When set, the device in slot 1 is a hub answering with this hub descriptor; slots
+    /// after it are the devices behind it.
+    pub hub_descriptor: RefCell<Option<Vec<u8>>>,
+    /// The hub's ports: wPortStatus and wPortChange of each (port 1 first).
+    pub hub_ports: RefCell<Vec<(u16, u16)>>,
+    /// Whether the hub ends a port reset.
+    pub hub_resets: Cell<bool>,
 }
 
 impl FakeXhci {
@@ -229,6 +251,47 @@ impl FakeXhci {
             stall_next: Cell::new(false),
             answer_bulk: Cell::new(true),
             bulk_out: RefCell::new(Vec::new()),
+            hub_descriptor: RefCell::new(None),
+            hub_ports: RefCell::new(Vec::new()),
+            hub_resets: Cell::new(true),
+        }
+    }
+
+    /// The device on port 2 is a hub with `HUB_DESCRIPTOR`'s 4 ports, a full-speed device
+    /// connected to port 3.
+    pub fn with_hub() -> FakeXhci {
+        let fake = FakeXhci::new();
+        *fake.hub_descriptor.borrow_mut() = Some(HUB_DESCRIPTOR.to_vec());
+        // Port 3: PORT_CONNECTION and PORT_POWER, C_PORT_CONNECTION.
+        *fake.hub_ports.borrow_mut() = vec![(0x100, 0), (0x100, 0), (0x101, 1), (0x100, 0)];
+        fake
+    }
+
+    /// Slot Context dwords 0..=2 of each Address Device and Configure Endpoint.
+    pub fn slot_contexts(&self) -> Vec<(u8, u32, [u32; 3])> {
+        self.state.borrow().slot_contexts.clone()
+    }
+
+    fn is_hub(&self, slot: u8) -> bool {
+        slot == 1 && self.hub_descriptor.borrow().is_some()
+    }
+
+    /// A hub class request without data (SET_FEATURE, CLEAR_FEATURE of a port).
+    fn hub_request(&self, request_type: u8, request: u8, feature: u16, port: u16) {
+        let mut ports = self.hub_ports.borrow_mut();
+        let Some(p) = ports.get_mut(usize::from(port).wrapping_sub(1)) else {
+            return;
+        };
+        match (request_type, request, feature) {
+            // SET_FEATURE(PORT_RESET): enabled, C_PORT_RESET.
+            (0x23, 3, 4) if self.hub_resets.get() => {
+                p.0 |= 1 << 1;
+                p.1 |= 1 << 4;
+            }
+            (0x23, 3, 4) => p.0 |= 1 << 4,
+            (0x23, 3, 8) => p.0 |= 1 << 8,
+            (0x23, 1, f @ 16..=20) => p.1 &= !(1 << (f - 16)),
+            _ => {}
         }
     }
 
@@ -343,6 +406,9 @@ impl FakeXhci {
                     // Address Device: the Default Control Endpoint's TR Dequeue Pointer.
                     11 => {
                         let input = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                        let slot_context = input + self.context_size();
+                        let dwords = [0, 4, 8].map(|o| self.arena.read32(slot_context + o));
+                        s.slot_contexts.push((slot, 11, dwords));
                         let dq = self.arena.read64(input + 2 * self.context_size() + 8);
                         s.ep0.push((slot, dq & !0xf, dq & 1 != 0));
                     }
@@ -351,6 +417,9 @@ impl FakeXhci {
                         let input = u64::from(trb[0]) | u64::from(trb[1]) << 32;
                         let add = self.arena.read32(input + 4);
                         s.configured = (add, self.arena.read32(input + self.context_size()));
+                        let slot_context = input + self.context_size();
+                        let dwords = [0, 4, 8].map(|o| self.arena.read32(slot_context + o));
+                        s.slot_contexts.push((slot, 12, dwords));
                         for dci in 2..32u8 {
                             if add & (1 << dci) != 0 {
                                 let at = input + (u64::from(dci) + 1) * self.context_size();
@@ -407,15 +476,36 @@ impl FakeXhci {
                     s.setup = (trb[0], trb[1]);
                     let setup = (trb[0] as u8, (trb[0] >> 8) as u8, (trb[0] >> 16) as u16);
                     s.setups.push((setup.0, setup.1, setup.2, trb[1] as u16));
+                    drop(s);
+                    if self.is_hub(slot) {
+                        self.hub_request(setup.0, setup.1, setup.2, trb[1] as u16);
+                    }
                 }
                 3 => {
                     let (w0, w1) = self.state.borrow().setup;
                     let value = w0 >> 16;
-                    let response: &[u8] = match value >> 8 {
-                        1 => &DEVICE_DESCRIPTOR,
-                        2 => &self.configuration.borrow().clone(),
-                        3 if value & 0xff == 0 => &LANGUAGES,
-                        3 => &PRODUCT,
+                    let hub = self.is_hub(slot);
+                    let status;
+                    let response: &[u8] = match (w0 as u8, value >> 8) {
+                        // Hub GET_STATUS of a port.
+                        (0xa3, _) => {
+                            let port = usize::from(w1 as u16).wrapping_sub(1);
+                            let (st, ch) = self
+                                .hub_ports
+                                .borrow()
+                                .get(port)
+                                .copied()
+                                .unwrap_or_default();
+                            status = [st.to_le_bytes(), ch.to_le_bytes()].concat();
+                            &status
+                        }
+                        (0xa0, 0x29) => &self.hub_descriptor.borrow().clone().unwrap_or_default(),
+                        (_, 1) if hub => &HUB_DEVICE_DESCRIPTOR,
+                        (_, 2) if hub => &HUB_CONFIGURATION,
+                        (_, 1) => &DEVICE_DESCRIPTOR,
+                        (_, 2) => &self.configuration.borrow().clone(),
+                        (_, 3) if value & 0xff == 0 => &LANGUAGES,
+                        (_, 3) => &PRODUCT,
                         _ => &[],
                     };
                     let asked = (trb[2] & 0x1ffff).min(w1 >> 16) as usize;
