@@ -362,7 +362,27 @@ fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
 
 #[test]
 fn the_keyboard_self_test_logs_the_report_of_a_key_sent_through_qmp() {
-    let machine = Machine::new("q35", "usbtest-keyboard");
+    keyboard_report(
+        Machine::new("q35", "usbtest-keyboard")
+            .arg("-device")
+            .arg("usb-kbd,bus=xhci.0,port=1"),
+    );
+}
+
+#[test]
+fn a_keyboard_behind_a_hub_delivers_its_reports_too() {
+    keyboard_report(
+        Machine::new("q35", "usbtest-keyboard-hub")
+            .arg("-device")
+            .arg("usb-hub,bus=xhci.0,port=3")
+            .arg("-device")
+            .arg("usb-kbd,bus=xhci.0,port=3.2"),
+    );
+}
+
+/// Boots `machine` (with one keyboard) with `usbtest=keyboard`, presses and releases `a`
+/// through QMP, and checks both boot reports arrive.
+fn keyboard_report(machine: Machine) {
     let socket = machine.scratch().join("qmp.sock");
     let _ = std::fs::remove_file(&socket);
     let key = |down: bool| {
@@ -372,8 +392,6 @@ fn the_keyboard_self_test_logs_the_report_of_a_key_sent_through_qmp() {
     };
     let pressed = std::cell::Cell::new(false);
     let run = machine
-        .arg("-device")
-        .arg("usb-kbd,bus=xhci.0,port=1")
         .arg("-qmp")
         .arg(&format!("unix:{},server=on,wait=off", socket.display()))
         .append("usbtest=keyboard")
