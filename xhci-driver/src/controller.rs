@@ -1055,21 +1055,28 @@ impl<H: Hal> Controller<H> {
         };
         // The bitmap has a bit per port and one for the hub: one packet holds it.
         let len = usize::from(endpoint.max_packet_size).clamp(1, 64);
-        let watch = self.dma_alloc(4096, 64).map(|buf| HubWatch {
-            hub: hub.clone(),
-            ports,
-            endpoint: endpoint.number(),
-            len,
-            buf,
-            queued: TransferId(u64::MAX),
+        let watched = self.dma_alloc(4096, 64).and_then(|buf| {
+            let segment = [Segment {
+                phys: buf.phys(),
+                len,
+            }];
+            let queued =
+                self.queue_transfer(slot_id, endpoint.number(), Direction::In, &segment)?;
+            Ok(HubWatch {
+                hub: hub.clone(),
+                ports,
+                endpoint: endpoint.number(),
+                len,
+                buf,
+                queued,
+            })
         });
-        let queued = watch.and_then(|w| {
-            self.hubs.push(w);
-            self.queue_hub_watch(self.hubs.len() - 1)
-        });
-        if let Err(e) = queued {
-            warn!("event=usb_hub_error busid={busid} slot={slot_id} step=watch error={e}");
-            self.hubs.retain(|w| w.hub.slot_id != slot_id);
+        match watched {
+            Ok(w) => self.hubs.push(w),
+            // Nothing was queued into the buffer: it may go.
+            Err(e) => {
+                warn!("event=usb_hub_error busid={busid} slot={slot_id} step=watch error={e}")
+            }
         }
     }
 
