@@ -148,8 +148,10 @@ impl<T: XsTransport> Usbctl<T> {
         format!("/local/domain/{backend}/backend/vusb/{frontend}/{devid}")
     }
 
-    /// Waits for `dir/state` to be `want`; with `or_gone`, a removed directory also counts
-    /// (a driver domain may close and delete its directory before we look).
+    /// Waits for `dir/state` to be `want`, or past it up to Connected (a frontend that is
+    /// already waiting connects at once, and a state is read, not watched, so a short one
+    /// can be missed); with `or_gone`, a removed directory also counts (a driver domain may
+    /// close and delete its directory before we look).
     fn wait_state(
         &mut self,
         dir: &str,
@@ -161,6 +163,11 @@ impl<T: XsTransport> Usbctl<T> {
         loop {
             match xenbus::read_state(&mut self.xs, TxId::NONE, dir) {
                 Ok(s) if s == want => return Ok(()),
+                Ok(s)
+                    if want < XenbusState::Connected && s > want && s <= XenbusState::Connected =>
+                {
+                    return Ok(())
+                }
                 Err(xenbus::XenbusError::Store(XsError::Xs(XsdError::Enoent))) if or_gone => {
                     return Ok(())
                 }

@@ -353,3 +353,18 @@ fn the_command_line_reports_what_is_wrong() {
         .unwrap()
         .contains("destroyed controller 0"));
 }
+
+#[test]
+fn hc_create_accepts_a_backend_that_already_went_past_initwait() {
+    // A backend that connects before usbctl looks: its state is Connected, not InitWait.
+    let w = world(false);
+    let usbdom = w.usbdom;
+    let guest = w.guest;
+    let xen = w.xen.clone();
+    let tick = Box::new(move || {
+        let b = format!("/local/domain/{usbdom}/backend/vusb/{guest}/0/state");
+        let _ = xen.dom0().xenstore().write(TxId::NONE, &b, b"4");
+    });
+    let mut u = Usbctl::new(w.xen.dom0().xenstore(), tick).with_timeout(Duration::from_millis(200));
+    assert_eq!(u.hc_create(w.guest, w.usbdom, 2, 8), Ok(0));
+}

@@ -47,6 +47,7 @@ const ERSTBA: usize = 0x10;
 const ERDP: usize = 0x18;
 
 const USBCMD_RS: u32 = 1 << 0;
+const USBCMD_HCRST: u32 = 1 << 1;
 const USBCMD_INTE: u32 = 1 << 2;
 const USBSTS_HCH: u32 = 1 << 0;
 const USBSTS_HSE: u32 = 1 << 2;
@@ -71,6 +72,8 @@ const COMMAND_TIMEOUT_US: u64 = 100_000;
 const TRANSFER_TIMEOUT_US: u64 = 100_000;
 /// Run/Stop to HCHalted clear.
 const RUN_TIMEOUT_US: u64 = 20_000;
+/// How long Host Controller Reset (and Controller Not Ready after it) may take.
+const RESET_TIMEOUT_US: u64 = 1_000_000;
 /// Port Reset to Port Reset Change: USB 2.0 7.1.7.5 allows 50 ms for the root port reset.
 const PORT_RESET_TIMEOUT_US: u64 = 100_000;
 /// USB 2.0 TRSTRCY: the device's recovery time after a reset before it is addressed.
@@ -425,6 +428,35 @@ pub struct Controller<H: Hal> {
     next_transfer: u64,
     /// The hubs whose ports are watched.
     hubs: Vec<HubWatch<H::Dma>>,
+}
+
+/// Takes a controller from whatever state firmware left it in to halted and reset (xHCI
+/// 4.2, 5.4.1): Run/Stop cleared, HCHalted awaited, then Host Controller Reset until it and
+/// Controller Not Ready clear. Returns whether it was running. SeaBIOS leaves QEMU's
+/// controller running, with DMA into memory that is ours now: only a controller through
+/// here may master the bus.
+pub fn halt_and_reset<H: Hal>(hal: &H) -> Result<bool, Error> {
+    let op = usize::from(Capabilities::read(hal).caplength);
+    let cmd = hal.read32(op + USBCMD);
+    hal.write32(op + USBCMD, cmd & !(USBCMD_RS | USBCMD_INTE));
+    let wait = |what, micros, done: &dyn Fn() -> bool| {
+        let until = hal.now_micros() + micros;
+        while !done() {
+            if hal.now_micros() > until {
+                return Err(Error::Timeout(what));
+            }
+            core::hint::spin_loop();
+        }
+        Ok(())
+    };
+    wait("halt", RUN_TIMEOUT_US, &|| {
+        hal.read32(op + USBSTS) & USBSTS_HCH != 0
+    })?;
+    hal.write32(op + USBCMD, USBCMD_HCRST);
+    wait("reset", RESET_TIMEOUT_US, &|| {
+        hal.read32(op + USBCMD) & USBCMD_HCRST == 0 && hal.read32(op + USBSTS) & USBSTS_CNR == 0
+    })?;
+    Ok(cmd & USBCMD_RS != 0)
 }
 
 impl<H: Hal> Controller<H> {
@@ -2237,6 +2269,17 @@ mod tests {
         assert_eq!(xhci.take_completion(b), Some(Ok(512)));
         assert_eq!(xhci.take_completion(a), Some(Ok(512)));
         assert_eq!(xhci.take_completion(a), None, "taken once");
+    }
+
+    #[test]
+    fn a_running_controller_is_halted_and_reset_before_bring_up() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        xhci.noop().unwrap();
+        drop(xhci);
+        assert_eq!(halt_and_reset(&&fake), Ok(true), "it was running");
+        assert_eq!(halt_and_reset(&&fake), Ok(false));
+        assert!(Controller::start(&fake).is_ok());
     }
 
     #[test]

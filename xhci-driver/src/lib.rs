@@ -24,7 +24,9 @@ pub mod ring;
 mod testing;
 pub mod transfer;
 
-pub use controller::{Capabilities, Controller, Error, RootPort, TransferId, UsbDevice};
+pub use controller::{
+    halt_and_reset, Capabilities, Controller, Error, RootPort, TransferId, UsbDevice,
+};
 pub use descriptor::{Configuration, DescriptorError, Endpoint, Interface};
 pub use hal::{DmaBuffer, Hal};
 pub use port::{Portsc, Speed};

@@ -672,6 +672,8 @@ impl Hal for &FakeXhci {
                 let halted = u32::from(value & 1 == 0);
                 let mut regs = self.regs.borrow_mut();
                 regs[USBSTS / 4] = (regs[USBSTS / 4] & !1) | halted;
+                // Host Controller Reset completes at once here.
+                regs[USBCMD / 4] &= !2;
             }
             // Writes of the high dword latch 64-bit registers, as on QEMU.
             o if o == CRCR + 4 => {

@@ -13,7 +13,7 @@ use platform::Mmio32;
 
 use super::cpu::{inl, outl};
 use super::memory::{self, Mmio};
-use super::{apic, interrupts, time};
+use super::{apic, interrupts};
 
 /// Configuration access through the legacy port pair.
 pub struct PortConfig;
@@ -172,15 +172,16 @@ fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16) -> Option<Xhc
     );
     // Capability registers are read 32 bits wide: QEMU returns 0 for a 16-bit HCIVERSION read.
     let cap = regs.read32(0);
-    let caplength = (cap & 0xff) as usize;
     let hciversion = cap >> 16;
     let hcsparams1 = regs.read32(4);
-    let halted = quiesce(&regs, caplength);
     // Firmware (SeaBIOS) leaves the controller running with DMA into memory that is ours
     // now: only a halted, reset controller may master the bus.
-    if !halted {
-        warn!("event=xhci_refused bdf={bdf} reason=reset_timeout");
-        return None;
+    match xhci_driver::halt_and_reset(&super::usb::KernelHal::new(regs)) {
+        Ok(was_running) => info!("event=xhci_reset was_running={was_running} ok=true"),
+        Err(e) => {
+            warn!("event=xhci_refused bdf={bdf} reason=reset_failed error={e}");
+            return None;
+        }
     }
     let cmd = cfg.read16(bdf, pci::reg::COMMAND);
     cfg.write16(bdf, pci::reg::COMMAND, cmd | pci::COMMAND_BUS_MASTER);
@@ -191,39 +192,6 @@ fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16) -> Option<Xhc
         hcsparams1 >> 24
     );
     Some(Xhci { bdf, vector, regs })
-}
-
-/// Clears Run/Stop, waits for HCHalted, then resets the controller (xHCI 4.2, 5.4.1).
-fn quiesce(regs: &Mmio, caplength: usize) -> bool {
-    const USBCMD: usize = 0;
-    const USBSTS: usize = 4;
-    const RUN: u32 = 1 << 0;
-    const HCRST: u32 = 1 << 1;
-    const HCH: u32 = 1 << 0;
-    const CNR: u32 = 1 << 11;
-    let op = |r: usize| caplength + r;
-    let was_running = regs.read32(op(USBCMD)) & RUN != 0;
-    regs.write32(op(USBCMD), regs.read32(op(USBCMD)) & !RUN);
-    let wait = |done: &dyn Fn() -> bool, micros: u64| {
-        let end = time::deadline(micros);
-        while !done() {
-            if time::now_micros() > end {
-                return false;
-            }
-            core::hint::spin_loop();
-        }
-        true
-    };
-    if !wait(&|| regs.read32(op(USBSTS)) & HCH != 0, 20_000) {
-        return false;
-    }
-    regs.write32(op(USBCMD), HCRST);
-    let reset = wait(
-        &|| regs.read32(op(USBCMD)) & HCRST == 0 && regs.read32(op(USBSTS)) & CNR == 0,
-        1_000_000,
-    );
-    info!("event=xhci_reset was_running={was_running} ok={reset}");
-    reset
 }
 
 /// Routes the controller's first interrupter to a fresh vector on this CPU: MSI-X entry 0

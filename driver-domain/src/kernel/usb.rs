@@ -74,6 +74,13 @@ pub struct KernelHal {
     regs: Mmio,
 }
 
+impl KernelHal {
+    /// The HAL of the controller whose BAR0 is mapped at `regs`.
+    pub fn new(regs: Mmio) -> KernelHal {
+        KernelHal { regs }
+    }
+}
+
 impl Hal for KernelHal {
     type Dma = KernelDma;
 
@@ -134,7 +141,7 @@ struct Keyboard {
 /// Brings the controller up, proves its rings with a No Op command and enumerates the root
 /// ports.
 pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
-    let mut xhci = match Controller::start(KernelHal { regs: found.regs }) {
+    let mut xhci = match Controller::start(KernelHal::new(found.regs)) {
         Ok(x) => x,
         Err(e) => {
             warn!("event=xhci_start_failed bdf={} error={e}", found.bdf);
