@@ -124,6 +124,9 @@ pub struct Usb {
     devices: Vec<UsbDevice>,
     /// What was last published to xenstore: key → description.
     published: BTreeMap<String, String>,
+    /// `devices` changed since it was last published (the main loop wakes 100 times a
+    /// second: the list is only rebuilt when this is set).
+    devices_changed: bool,
     /// The keyboard `usbtest=keyboard` listens to.
     keyboard: Option<Keyboard>,
 }
@@ -182,6 +185,7 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         failed: false,
         devices,
         published: BTreeMap::new(),
+        devices_changed: true,
         keyboard: None,
     })
 }
@@ -204,9 +208,11 @@ pub fn service(usb: &mut Usb) {
             let attached = usb.xhci.handle_port_changes();
             // Gone, or gone and its slot given to a device just attached.
             let occupied: Vec<u8> = usb.xhci.occupied_slots().collect();
+            let before = usb.devices.len();
             usb.devices.retain(|d| {
                 occupied.contains(&d.slot_id) && !attached.iter().any(|a| a.slot_id == d.slot_id)
             });
+            usb.devices_changed |= usb.devices.len() != before || !attached.is_empty();
             usb.devices.extend(attached);
             keyboard_reports(usb);
         }
@@ -234,6 +240,9 @@ fn description(d: &UsbDevice) -> String {
 pub fn publish<T: xen::xenstore::XsTransport>(usb: &mut Usb, xs: &mut xen::xenstore::XenStore<T>) {
     use xen::pvusb::{busid_key, DEVICES_DIR};
     use xen::xenstore::TxId;
+    if !core::mem::take(&mut usb.devices_changed) {
+        return;
+    }
     let now: BTreeMap<String, String> = usb
         .devices
         .iter()
