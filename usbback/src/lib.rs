@@ -17,6 +17,8 @@
 
 extern crate alloc;
 
+pub mod host;
+
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;

@@ -1,0 +1,254 @@
+//! The seam between the backend and the real host controller: [`UsbHost`].
+//!
+//! The backend passes guests' requests through to devices, so the host offers raw USB
+//! transfers on any endpoint of any device it found, plus the few operations that change the
+//! host controller's own view of a device (configuration, alternate setting, endpoint halt,
+//! reset). The driver domain implements it over `xhci-driver`; `crate::sim_host` implements
+//! it with device models for host tests.
+//!
+//! Everything is asynchronous except the configuration operations: [`UsbHost::submit`]
+//! queues a transfer and returns, and its [`Completion`] comes out of
+//! [`UsbHost::poll`] later, exactly once, whether it succeeded, failed, was cancelled or its
+//! device went away.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Device speed as the host found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Speed {
+    /// 1.5 Mb/s.
+    Low,
+    /// 12 Mb/s.
+    Full,
+    /// 480 Mb/s.
+    High,
+    /// 5 Gb/s and above.
+    Super,
+}
+
+impl Speed {
+    /// The name logs and xenstore use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Speed::Low => "low",
+            Speed::Full => "full",
+            Speed::High => "high",
+            Speed::Super => "super",
+        }
+    }
+}
+
+/// A device the host enumerated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The host's name for this attachment: never reused, so a transfer for a device that
+    /// was unplugged cannot reach the next device plugged into the same port.
+    pub id: u32,
+    /// Linux-style bus id (`1-2`, `2-1.4`): what users type to assign it.
+    pub busid: String,
+    /// Speed.
+    pub speed: Speed,
+    /// idVendor.
+    pub vendor_id: u16,
+    /// idProduct.
+    pub product_id: u16,
+    /// bDeviceClass.
+    pub class: u8,
+    /// bInterfaceClass of every interface of its first configuration, for policy.
+    pub interface_classes: Vec<u8>,
+    /// The product string, when it has one.
+    pub product: Option<String>,
+    /// Whether it is a hub (never assigned to a guest).
+    pub is_hub: bool,
+}
+
+/// What changed on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostEvent {
+    /// A device was enumerated.
+    Attached(DeviceInfo),
+    /// A device went away; every transfer it had completes with [`TransferError::NoDevice`]
+    /// (those completions come before this event).
+    Detached {
+        /// [`DeviceInfo::id`].
+        id: u32,
+        /// Its bus id.
+        busid: String,
+    },
+    /// A transfer finished.
+    Completed(Completion),
+}
+
+/// USB transfer types (the pipe type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferType {
+    /// Control (with a SETUP packet).
+    Control,
+    /// Isochronous.
+    Isochronous,
+    /// Interrupt.
+    Interrupt,
+    /// Bulk.
+    Bulk,
+}
+
+/// Direction of the data stage, from the host's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Device to host.
+    In,
+    /// Host to device.
+    Out,
+}
+
+/// One piece of a transfer's buffer: `len` bytes at `offset` in a page.
+///
+/// `phys` is the page's bus address (a host controller DMAs there); `page` gives a host
+/// that copies (the simulated one) access to the same bytes.
+#[derive(Clone, Debug)]
+pub struct Segment<P> {
+    /// The page.
+    pub page: P,
+    /// Bus address of the page's first byte.
+    pub phys: u64,
+    /// Offset of the first byte in the page.
+    pub offset: u16,
+    /// Bytes.
+    pub len: u16,
+}
+
+/// One packet of an isochronous transfer: where its data sits in the transfer's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsoPacket {
+    /// Byte offset into the buffer.
+    pub offset: u32,
+    /// Bytes.
+    pub length: u32,
+}
+
+/// What happened to one isochronous packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsoResult {
+    /// Bytes transferred.
+    pub actual_length: u32,
+    /// Its status.
+    pub status: Result<(), TransferError>,
+}
+
+/// A transfer to queue.
+#[derive(Clone, Debug)]
+pub struct Transfer<P> {
+    /// The caller's name for it, echoed in its [`Completion`] and used to cancel it.
+    pub token: u64,
+    /// Endpoint number, 0..=15.
+    pub endpoint: u8,
+    /// Direction (for control transfers, of the data stage; bit 7 of bmRequestType).
+    pub direction: Direction,
+    /// Transfer type; it must match the endpoint's.
+    pub transfer_type: TransferType,
+    /// The SETUP packet of a control transfer.
+    pub setup: Option<[u8; 8]>,
+    /// The buffer, in order; empty for a transfer without data.
+    pub segments: Vec<Segment<P>>,
+    /// A short IN transfer is an error (USB's URB_SHORT_NOT_OK).
+    pub short_not_ok: bool,
+    /// Isochronous packets; empty otherwise.
+    pub iso_packets: Vec<IsoPacket>,
+    /// Isochronous start frame, `None` for as soon as possible.
+    pub start_frame: Option<u16>,
+}
+
+impl<P> Transfer<P> {
+    /// Total bytes of the buffer.
+    pub fn length(&self) -> usize {
+        self.segments.iter().map(|s| usize::from(s.len)).sum()
+    }
+}
+
+/// A finished transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// [`Transfer::token`].
+    pub token: u64,
+    /// Bytes transferred, or why it failed.
+    pub result: Result<usize, TransferError>,
+    /// Isochronous: the frame it started in.
+    pub start_frame: u16,
+    /// Isochronous: one result per packet, in order.
+    pub iso: Vec<IsoResult>,
+}
+
+/// Why a transfer or operation failed. Each maps to one usbif status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    /// The endpoint answered STALL (the host recovered its side).
+    Stall,
+    /// The device is gone (or never was).
+    NoDevice,
+    /// Cancelled with [`UsbHost::cancel`].
+    Cancelled,
+    /// A transaction error on the bus (CRC, timeout, bit stuffing).
+    Protocol,
+    /// The device sent more than asked for.
+    Babble,
+    /// The request is malformed for this device (no such endpoint, wrong type, bad length).
+    Invalid,
+    /// The host controller failed or was reset.
+    Shutdown,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransferError::Stall => "stall",
+            TransferError::NoDevice => "no_device",
+            TransferError::Cancelled => "cancelled",
+            TransferError::Protocol => "protocol",
+            TransferError::Babble => "babble",
+            TransferError::Invalid => "invalid",
+            TransferError::Shutdown => "shutdown",
+        })
+    }
+}
+
+/// A USB host controller with its devices, as the backend uses it.
+pub trait UsbHost<P> {
+    /// Every device present now (hubs included).
+    fn devices(&self) -> Vec<DeviceInfo>;
+
+    /// Does pending work (controller events, hotplug) and hands out what happened since the
+    /// last call, oldest first.
+    fn poll(&mut self, events: &mut Vec<HostEvent>);
+
+    /// Queues `transfer` on device `device`. On `Err` nothing was queued and no completion
+    /// will come.
+    fn submit(&mut self, device: u32, transfer: Transfer<P>) -> Result<(), TransferError>;
+
+    /// Cancels the transfer `token` of `device`: it completes with
+    /// [`TransferError::Cancelled`] (or with its real result if it finished first) and the
+    /// other transfers on its endpoint go on. Returns false when no such transfer is in
+    /// flight (its completion was handed out already).
+    fn cancel(&mut self, device: u32, token: u64) -> bool;
+
+    /// SET_CONFIGURATION `value` (0 unconfigures), with the host's endpoints set up for it.
+    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError>;
+
+    /// SET_INTERFACE: alternate setting `alternate` of interface `interface`, with the
+    /// host's endpoints switched to it.
+    fn set_interface(
+        &mut self,
+        device: u32,
+        interface: u8,
+        alternate: u8,
+    ) -> Result<(), TransferError>;
+
+    /// CLEAR_FEATURE(ENDPOINT_HALT) on endpoint `address` (bit 7 IN), with the host's
+    /// endpoint state (data toggle, sequence number) reset to match.
+    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError>;
+
+    /// Resets the device (port reset) and brings it back to its address, unconfigured.
+    /// In-flight transfers complete with [`TransferError::NoDevice`].
+    fn reset(&mut self, device: u32) -> Result<(), TransferError>;
+}
