@@ -11,15 +11,18 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use log::{debug, info, warn};
+use xhci::ring::trb::command;
 use xhci::ring::trb::event::{self, CompletionCode};
-use xhci::ring::trb::{command, transfer};
 
 use crate::descriptor::{self, Configuration, Endpoint, TransferType};
 use crate::hal::{DmaBuffer, Hal};
 use crate::hub::{self, HubDescriptor, PortStatus, Tt};
 use crate::port::{Portsc, Speed, CSC, PRC, WRC};
 use crate::ring::{EventRing, ProducerRing, RingError, ERST_ENTRY_SIZE};
-use crate::transfer::{endpoint_context, normal_td, Direction, Segment};
+use crate::transfer::{
+    control_trbs, endpoint_context, isoch_trbs, max_esit_payload, normal_td, Direction, IsoPacket,
+    Segment, TransferTrbs, TrbInfo, TrbRole,
+};
 
 // Capability registers (5.3). Read 32 bits wide: some controllers (QEMU's) return 0 for
 // narrower reads such as a 16-bit HCIVERSION.
@@ -45,6 +48,8 @@ const IMOD: usize = 0x04;
 const ERSTSZ: usize = 0x08;
 const ERSTBA: usize = 0x10;
 const ERDP: usize = 0x18;
+// Runtime registers (5.5), at RTSOFF.
+const MFINDEX: usize = 0x00;
 
 const USBCMD_RS: u32 = 1 << 0;
 const USBCMD_HCRST: u32 = 1 << 1;
@@ -53,6 +58,7 @@ const USBSTS_HCH: u32 = 1 << 0;
 const USBSTS_HSE: u32 = 1 << 2;
 const USBSTS_EINT: u32 = 1 << 3;
 const USBSTS_CNR: u32 = 1 << 11;
+const USBSTS_HCE: u32 = 1 << 12;
 const IMAN_IP: u32 = 1 << 0;
 const IMAN_IE: u32 = 1 << 1;
 /// Event Handler Busy, RW1C in ERDP: written 1 with every dequeue pointer update.
@@ -65,6 +71,10 @@ const XECP_SUPPORTED_PROTOCOL: u32 = 2;
 
 /// One page holds each ring: 256 TRBs.
 const RING_BYTES: usize = 4096;
+/// A configured endpoint's Transfer Ring: 1023 TRBs, room for 16 transfers of 64 KiB in
+/// 4 KiB pages (17 TRBs each, a guest's URBs) with plenty to spare. Aligned to its size so
+/// it cannot cross a 64 KiB boundary (6.5).
+const TRANSFER_RING_BYTES: usize = 16 * 1024;
 /// Commands complete in microseconds on real controllers; Address Device waits for a
 /// SET_ADDRESS on the bus.
 const COMMAND_TIMEOUT_US: u64 = 100_000;
@@ -86,6 +96,8 @@ const REQUEST_TYPE_DEVICE_TO_HOST: u8 = 0x80;
 const GET_DESCRIPTOR: u8 = 6;
 const SET_CONFIGURATION: u8 = 9;
 const CLEAR_FEATURE: u8 = 1;
+const SET_INTERFACE: u8 = 11;
+const REQUEST_TYPE_INTERFACE: u8 = 0x01;
 const REQUEST_TYPE_ENDPOINT: u8 = 0x02;
 const FEATURE_ENDPOINT_HALT: u16 = 0;
 const DESCRIPTOR_CONFIGURATION: u16 = descriptor::CONFIGURATION as u16;
@@ -125,8 +137,12 @@ pub enum Error {
     NoDevice,
     /// The device has no such configured endpoint.
     NoEndpoint,
-    /// The device's endpoints were configured already.
-    Configured,
+    /// The transfer was cancelled.
+    Cancelled,
+    /// The device sent more than a packet or the transfer could hold.
+    Babble,
+    /// The controller reported Host Controller Error (an internal failure).
+    HostControllerError,
     /// A transfer with no bytes, or for an endpoint with max packet size 0.
     BadTransfer,
     /// Behind more hubs, or a higher hub port, than a Route String can name.
@@ -150,7 +166,9 @@ impl fmt::Display for Error {
             Error::Stall => f.write_str("stall"),
             Error::NoDevice => f.write_str("no_device"),
             Error::NoEndpoint => f.write_str("no_endpoint"),
-            Error::Configured => f.write_str("already_configured"),
+            Error::Cancelled => f.write_str("cancelled"),
+            Error::Babble => f.write_str("babble"),
+            Error::HostControllerError => f.write_str("host_controller_error"),
             Error::BadTransfer => f.write_str("bad_transfer"),
             Error::Unroutable => f.write_str("unroutable"),
         }
@@ -356,25 +374,96 @@ enum HubPortError {
     Device(Error),
 }
 
-/// A TD the controller owns.
+/// A transfer the controller owns: the TRBs of its TDs and what has been reported of them.
 struct PendingTd {
     id: TransferId,
-    /// Address and TRB Transfer Length of each TRB.
-    trbs: Vec<(u64, u32)>,
+    /// Address of each TRB and what it is for.
+    trbs: Vec<(u64, TrbInfo)>,
+    kind: TdKind,
+    /// Control: the bytes of a Data Stage a short packet ended, awaiting the Status Stage.
+    short: Option<usize>,
+    /// Isochronous: each packet's outcome once reported.
+    packets: Vec<Option<IsoOutcome>>,
+    /// Isochronous: the frame it was queued in.
+    start_frame: u16,
 }
 
-/// A configured endpoint (not the Default Control Endpoint).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TdKind {
+    Normal,
+    Control,
+    Isochronous,
+}
+
+impl PendingTd {
+    fn holds(&self, at: u64) -> bool {
+        self.trbs.iter().any(|&(a, _)| a == at)
+    }
+
+    fn last(&self) -> u64 {
+        self.trbs.last().map_or(0, |&(a, _)| a)
+    }
+
+    /// Data bytes of the TRBs of `packet` before the one at `at`, plus that one's length
+    /// less `residue`.
+    fn bytes_to(&self, at: u64, residue: u32, packet: u16) -> usize {
+        let mut done = 0usize;
+        for &(a, info) in self.trbs.iter().filter(|(_, i)| i.packet == packet) {
+            if info.role != TrbRole::Data {
+                if a == at {
+                    break;
+                }
+                continue;
+            }
+            if a == at {
+                done += info.len.saturating_sub(residue) as usize;
+                break;
+            }
+            done += info.len as usize;
+        }
+        done
+    }
+}
+
+/// What one isochronous packet did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsoOutcome {
+    /// Bytes transferred.
+    pub actual_length: usize,
+    /// Its status.
+    pub status: Result<(), Error>,
+}
+
+/// A finished transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completed {
+    /// Bytes transferred (fewer than queued after a short packet), or why it failed.
+    pub result: Result<usize, Error>,
+    /// Isochronous: one outcome per packet.
+    pub packets: Vec<IsoOutcome>,
+    /// Isochronous: the frame (1 ms) it was queued in.
+    pub start_frame: u16,
+}
+
+/// An endpoint with its Transfer Ring: the Default Control Endpoint, or one a configuration
+/// or alternate setting added.
 struct EndpointRing<D> {
     /// Device Context Index.
     dci: u8,
-    max_packet_size: u16,
+    /// Its descriptor (EP0's is made up from the device descriptor).
+    endpoint: Endpoint,
     ring: ProducerRing<D>,
-    /// TDs queued, oldest first.
+    /// Transfers queued, oldest first.
     pending: Vec<PendingTd>,
+    /// A transfer ended in an error that halts the endpoint (4.10.2.1): it must be reset
+    /// before the rest run.
+    halted: bool,
+    /// Where a Stop Endpoint found a transfer in progress (its Stopped event).
+    stopped_at: Option<u64>,
 }
 
-/// A transfer queued with [`Controller::queue_transfer`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A transfer queued with [`Controller::queue_transfer`] and its kin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TransferId(u64);
 
 /// A Device Slot's memory: the controller references all of it while the slot is enabled.
@@ -391,11 +480,19 @@ struct Slot<D> {
     hub: Option<HubDescriptor>,
     /// The Slot Context's Context Entries.
     context_entries: u32,
+    /// The Default Control Endpoint first, then those of the configuration in use.
     endpoints: Vec<EndpointRing<D>>,
+    /// The configuration in use.
+    config: Option<Configuration>,
+    /// The alternate setting in use of each interface that is not at 0.
+    alternates: Vec<(u8, u8)>,
+    /// bNumConfigurations.
+    num_configurations: u8,
     input_context: D,
-    _output_context: D,
-    ep0: ProducerRing<D>,
-    /// Data Stage buffer of control transfers.
+    /// The Output Device Context: where the controller saves endpoint state (a stopped
+    /// endpoint's TR Dequeue Pointer).
+    output_context: D,
+    /// Data Stage buffer of the driver's own control transfers.
     data: D,
 }
 
@@ -423,11 +520,62 @@ pub struct Controller<H: Hal> {
     slots: Vec<Slot<H::Dma>>,
     /// Root ports a Port Status Change Event named, not yet looked at.
     port_changes: Vec<u8>,
-    /// Finished transfers not yet taken: bytes transferred, or why not.
-    completions: Vec<(TransferId, Result<usize, Error>)>,
+    /// Finished transfers not yet taken.
+    completions: Vec<(TransferId, Completed)>,
+    /// Devices gone (slot, bus id) not yet taken by [`Controller::take_detached`].
+    detached: Vec<(u8, String)>,
     next_transfer: u64,
     /// The hubs whose ports are watched.
     hubs: Vec<HubWatch<H::Dma>>,
+}
+
+/// The memory a running controller owns: the Device Context Base Address Array, the
+/// Scratchpad Buffer Array and its buffers, the Command Ring and the Event Ring of
+/// Interrupter 0.
+struct ControllerMemory<D> {
+    dcbaa: D,
+    scratchpad: Vec<D>,
+    command_ring: ProducerRing<D>,
+    event_ring: EventRing<D>,
+    page_size: usize,
+}
+
+impl<D: DmaBuffer> ControllerMemory<D> {
+    fn new<H: Hal<Dma = D>>(hal: &mut H, caps: &Capabilities) -> Result<Self, Error> {
+        let op = usize::from(caps.caplength);
+        // PAGESIZE bit n set means pages of 2^(n+12) bytes; the lowest set bit is the size
+        // scratchpad buffers must have.
+        let page_bits = (hal.read32(op + PAGESIZE) & 0xffff)
+            .trailing_zeros()
+            .min(15);
+        let page_size = 1usize << (page_bits + 12);
+        let mut dcbaa = alloc(hal, (usize::from(caps.max_slots) + 1) * 8, 64)?;
+        let mut scratchpad = Vec::new();
+        let buffers = usize::from(caps.max_scratchpad_buffers);
+        if buffers > 0 {
+            let mut array = alloc(hal, buffers * 8, 64)?;
+            for i in 0..buffers {
+                let buffer = alloc(hal, page_size, page_size)?;
+                array.write64(i * 8, buffer.phys());
+                scratchpad.push(buffer);
+            }
+            // DCBAA entry 0 is the Scratchpad Buffer Array when there are buffers.
+            dcbaa.write64(0, array.phys());
+            scratchpad.push(array);
+        }
+        let command_ring = ProducerRing::new(alloc(hal, RING_BYTES, 64)?);
+        let event_ring = EventRing::new(
+            alloc(hal, RING_BYTES, 64)?,
+            alloc(hal, ERST_ENTRY_SIZE, 64)?,
+        );
+        Ok(ControllerMemory {
+            dcbaa,
+            scratchpad,
+            command_ring,
+            event_ring,
+            page_size,
+        })
+    }
 }
 
 /// Takes a controller from whatever state firmware left it in to halted and reset (xHCI
@@ -470,51 +618,59 @@ impl<H: Hal> Controller<H> {
         if status & USBSTS_HCH == 0 || status & USBSTS_CNR != 0 {
             return Err(Error::NotHalted);
         }
-        // PAGESIZE bit n set means pages of 2^(n+12) bytes; the lowest set bit is the size
-        // scratchpad buffers must have.
-        let page_bits = (hal.read32(op + PAGESIZE) & 0xffff)
-            .trailing_zeros()
-            .min(15);
-        let page_size = 1usize << (page_bits + 12);
+        let memory = ControllerMemory::new(&mut hal, &caps)?;
+        let protocols = supported_protocols(|at| hal.read32(at), caps.xecp, hal.mmio_len());
+        let mut xhci = Controller {
+            hal,
+            caps,
+            dcbaa: memory.dcbaa,
+            _scratchpad: memory.scratchpad,
+            command_ring: memory.command_ring,
+            event_ring: memory.event_ring,
+            protocols,
+            slots: Vec::new(),
+            port_changes: Vec::new(),
+            completions: Vec::new(),
+            detached: Vec::new(),
+            next_transfer: 0,
+            hubs: Vec::new(),
+        };
+        xhci.run()?;
+        info!(
+            "event=xhci_running hciversion={:#x} slots={} ports={} interrupters={} context_size={} scratchpad_buffers={} page_size={} ac64={} usb2_ports={} usb3_ports={}",
+            caps.hciversion,
+            caps.max_slots,
+            caps.max_ports,
+            caps.max_interrupters,
+            caps.context_size,
+            caps.max_scratchpad_buffers,
+            memory.page_size,
+            caps.ac64,
+            ports_of(&xhci.protocols, 2),
+            ports_of(&xhci.protocols, 3),
+        );
+        Ok(xhci)
+    }
+
+    /// Programs a halted, reset controller with this driver's memory: MaxSlotsEn, DCBAAP,
+    /// the Command Ring, Interrupter 0 with its Event Ring and interrupts enabled, then Run.
+    fn run(&mut self) -> Result<(), Error> {
+        let hal = &self.hal;
+        let caps = &self.caps;
+        let op = usize::from(caps.caplength);
         let config = hal.read32(op + CONFIG);
         hal.write32(op + CONFIG, (config & !0xff) | u32::from(caps.max_slots));
-
-        let mut dcbaa = alloc(&mut hal, (usize::from(caps.max_slots) + 1) * 8, 64)?;
-        let mut scratchpad = Vec::new();
-        let buffers = usize::from(caps.max_scratchpad_buffers);
-        if buffers > 0 {
-            let mut array = alloc(&mut hal, buffers * 8, 64)?;
-            for i in 0..buffers {
-                let buffer = alloc(&mut hal, page_size, page_size)?;
-                array.write64(i * 8, buffer.phys());
-                scratchpad.push(buffer);
-            }
-            // DCBAA entry 0 is the Scratchpad Buffer Array when there are buffers.
-            dcbaa.write64(0, array.phys());
-            scratchpad.push(array);
-        }
-        hal.write64(op + DCBAAP, dcbaa.phys());
-
-        let command_ring = ProducerRing::new(alloc(&mut hal, RING_BYTES, 64)?);
+        hal.write64(op + DCBAAP, self.dcbaa.phys());
+        let ring = &self.command_ring;
         hal.write64(
             op + CRCR,
-            command_ring.phys()
-                | if command_ring.cycle_state() {
-                    CRCR_RCS
-                } else {
-                    0
-                },
-        );
-
-        let event_ring = EventRing::new(
-            alloc(&mut hal, RING_BYTES, 64)?,
-            alloc(&mut hal, ERST_ENTRY_SIZE, 64)?,
+            ring.phys() | if ring.cycle_state() { CRCR_RCS } else { 0 },
         );
         let ir = caps.rtsoff + INTERRUPTER_0;
-        hal.write32(ir + ERSTSZ, event_ring.erst_size());
-        hal.write64(ir + ERDP, event_ring.dequeue_pointer());
+        hal.write32(ir + ERSTSZ, self.event_ring.erst_size());
+        hal.write64(ir + ERDP, self.event_ring.dequeue_pointer());
         // ERSTBA last: writing it makes the controller read the table (4.9.4).
-        hal.write64(ir + ERSTBA, event_ring.erst_phys());
+        hal.write64(ir + ERSTBA, self.event_ring.erst_phys());
         hal.write32(ir + IMOD, IMODI);
         hal.write32(ir + IMAN, IMAN_IP | IMAN_IE);
         hal.write32(op + USBSTS, USBSTS_EINT);
@@ -530,33 +686,50 @@ impl<H: Hal> Controller<H> {
             }
             core::hint::spin_loop();
         }
-        let protocols = supported_protocols(|at| hal.read32(at), caps.xecp, hal.mmio_len());
-        info!(
-            "event=xhci_running hciversion={:#x} slots={} ports={} interrupters={} context_size={} scratchpad_buffers={} page_size={page_size} ac64={} usb2_ports={} usb3_ports={}",
-            caps.hciversion,
-            caps.max_slots,
-            caps.max_ports,
-            caps.max_interrupters,
-            caps.context_size,
-            caps.max_scratchpad_buffers,
-            caps.ac64,
-            ports_of(&protocols, 2),
-            ports_of(&protocols, 3),
+        Ok(())
+    }
+
+    /// Recovers from a Host System Error or Host Controller Error (4.24.1): every transfer
+    /// fails with `why`, every device is given up (each reported by
+    /// [`Controller::take_detached`] and logged), the controller is halted and reset and
+    /// brought up again on fresh memory, and the root ports are enumerated anew. Returns
+    /// the devices found. When the reset itself fails the controller is dead: its memory is
+    /// kept (it may still be written by the controller) and the error returned.
+    pub fn restart(&mut self, why: Error) -> Result<Vec<UsbDevice>, Error> {
+        let queued: Vec<PendingTd> = self
+            .slots
+            .iter_mut()
+            .flat_map(|s| s.endpoints.iter_mut())
+            .flat_map(|e| core::mem::take(&mut e.pending))
+            .collect();
+        warn!(
+            "event=xhci_restart reason={why} transfers_failed={} devices={}",
+            queued.len(),
+            self.slots.len()
         );
-        Ok(Controller {
-            hal,
-            caps,
-            dcbaa,
-            _scratchpad: scratchpad,
-            command_ring,
-            event_ring,
-            protocols,
-            slots: Vec::new(),
-            port_changes: Vec::new(),
-            completions: Vec::new(),
-            next_transfer: 0,
-            hubs: Vec::new(),
-        })
+        for td in queued {
+            self.finish(td, Err(why));
+        }
+        halt_and_reset(&self.hal)?;
+        // The controller references none of its memory now.
+        for slot in core::mem::take(&mut self.slots) {
+            let busid = hub::busid(&self.root_port(slot.port), &slot.hub_ports);
+            info!(
+                "event=usb_device_gone busid={busid} port={} slot={} reason=controller_reset",
+                slot.port, slot.slot_id
+            );
+            self.detached.push((slot.slot_id, busid));
+        }
+        self.hubs.clear();
+        self.port_changes.clear();
+        let memory = ControllerMemory::new(&mut self.hal, &self.caps)?;
+        self.dcbaa = memory.dcbaa;
+        self._scratchpad = memory.scratchpad;
+        self.command_ring = memory.command_ring;
+        self.event_ring = memory.event_ring;
+        self.run()?;
+        info!("event=xhci_running after=restart");
+        Ok(self.enumerate_root_ports())
     }
 
     /// Stops the controller (Run/Stop cleared, HCHalted awaited) so its memory can be
@@ -610,8 +783,12 @@ impl<H: Hal> Controller<H> {
                     }
                 }
             }
-            if self.hal.read32(self.op() + USBSTS) & USBSTS_HSE != 0 {
+            let status = self.hal.read32(self.op() + USBSTS);
+            if status & USBSTS_HSE != 0 {
                 return Err(Error::HostSystemError);
+            }
+            if status & USBSTS_HCE != 0 {
+                return Err(Error::HostControllerError);
             }
             if self.hal.now_micros() > until {
                 return Err(Error::Timeout(what));
@@ -628,15 +805,20 @@ impl<H: Hal> Controller<H> {
                     self.port_changes.push(p.port_id());
                 }
             }
-            event::Allowed::TransferEvent(t) if t.endpoint_id() > 1 => self.transfer_event(&t),
+            event::Allowed::TransferEvent(t) => self.transfer_event(&t),
             other => debug!("event=xhci_event_ignored trb={other:?}"),
         }
     }
 
-    /// A Transfer Event on a configured endpoint ends the TD holding its TRB: with Success
-    /// or Short Packet the bytes done are those of the TRBs before it plus this TRB's length
-    /// less the residue the event reports; any other code is an error. An event for a TRB no
-    /// pending TD holds (an IOC after a short packet already ended the TD) is dropped.
+    /// A Transfer Event (6.4.2.1) reports on the TRB at its TRB Pointer. With Success or
+    /// Short Packet the bytes done are those of the TD's data TRBs before it plus its length
+    /// less the residue the event reports; a control transfer whose Data Stage ended short
+    /// is done only at its Status Stage; each isochronous packet is a TD of its own with its
+    /// own outcome, the transfer done with its last. Other codes end the transfer with an
+    /// error, and those that halt the endpoint (4.10.2.1) leave it for
+    /// [`Controller::recover_halted`]. Stopped codes come from a Stop Endpoint and end
+    /// nothing. An event for a TRB no pending TD holds (the IOC after a short packet already
+    /// ended its TD) is dropped.
     fn transfer_event(&mut self, t: &event::TransferEvent) {
         let Some(slot) = self.slots.iter_mut().find(|s| s.slot_id == t.slot_id()) else {
             return;
@@ -645,38 +827,127 @@ impl<H: Hal> Controller<H> {
             return;
         };
         let at = t.trb_pointer();
-        let Some(i) = ep
-            .pending
-            .iter()
-            .position(|td| td.trbs.iter().any(|&(a, _)| a == at))
-        else {
+        let code = t.completion_code();
+        if matches!(
+            code,
+            Ok(CompletionCode::Stopped
+                | CompletionCode::StoppedLengthInvalid
+                | CompletionCode::StoppedShortPacket)
+        ) {
+            ep.stopped_at = Some(at);
+            return;
+        }
+        let Some(i) = ep.pending.iter().position(|td| td.holds(at)) else {
             return;
         };
-        let td = ep.pending.remove(i);
-        if let Some(&(last, _)) = td.trbs.last() {
-            ep.ring.complete(last);
-        }
-        let result = match t.completion_code() {
-            Ok(CompletionCode::Success | CompletionCode::ShortPacket) => {
-                let mut done = 0usize;
-                for &(a, len) in &td.trbs {
-                    if a == at {
-                        done += len.saturating_sub(t.trb_transfer_length()) as usize;
-                        break;
-                    }
-                    done += len as usize;
-                }
-                Ok(done)
-            }
-            Ok(CompletionCode::StallError) => Err(Error::Stall),
-            code => Err(Error::Transfer(code_of(code))),
+        let residue = t.trb_transfer_length();
+        let ok = matches!(
+            code,
+            Ok(CompletionCode::Success | CompletionCode::ShortPacket)
+        );
+        let error = match code {
+            Ok(CompletionCode::StallError) => Error::Stall,
+            Ok(CompletionCode::BabbleDetectedError) => Error::Babble,
+            code => Error::Transfer(code_of(code)),
         };
-        self.completions.push((td.id, result));
+        let td = &mut ep.pending[i];
+        let last = at == td.last();
+        let result = match td.kind {
+            TdKind::Normal => {
+                if ok {
+                    Ok(td.bytes_to(at, residue, 0))
+                } else {
+                    Err(error)
+                }
+            }
+            TdKind::Control => {
+                if ok && !last {
+                    // The Data Stage ended short; the Status Stage follows.
+                    if code == Ok(CompletionCode::ShortPacket) {
+                        td.short = Some(td.bytes_to(at, residue, 0));
+                    }
+                    return;
+                }
+                let all = td.bytes_to(td.last(), 0, 0);
+                if ok {
+                    Ok(td.short.unwrap_or(all))
+                } else {
+                    Err(error)
+                }
+            }
+            TdKind::Isochronous => {
+                let packet = td
+                    .trbs
+                    .iter()
+                    .find(|&&(a, _)| a == at)
+                    .map_or(0, |&(_, info)| info.packet);
+                let outcome = IsoOutcome {
+                    actual_length: if ok {
+                        td.bytes_to(at, residue, packet)
+                    } else {
+                        0
+                    },
+                    status: if ok { Ok(()) } else { Err(error) },
+                };
+                // A Missed Service Error names the last TD skipped: those before it
+                // without an outcome were missed too.
+                for p in &mut td.packets[..usize::from(packet)] {
+                    if p.is_none() && code == Ok(CompletionCode::MissedServiceError) {
+                        *p = Some(outcome);
+                    }
+                }
+                if let Some(p) = td.packets.get_mut(usize::from(packet)) {
+                    p.get_or_insert(outcome);
+                }
+                if !last && td.packets.iter().any(Option::is_none) {
+                    return;
+                }
+                Ok(td
+                    .packets
+                    .iter()
+                    .map(|p| p.map_or(0, |p| p.actual_length))
+                    .sum())
+            }
+        };
+        let halts = td.kind != TdKind::Isochronous
+            && matches!(
+                code,
+                Ok(CompletionCode::StallError
+                    | CompletionCode::BabbleDetectedError
+                    | CompletionCode::UsbTransactionError
+                    | CompletionCode::SplitTransactionError)
+            );
+        let td = ep.pending.remove(i);
+        if i == 0 {
+            ep.ring.complete(td.last());
+        }
+        if halts {
+            ep.halted = true;
+        }
+        let packets = td
+            .packets
+            .iter()
+            .map(|p| {
+                p.unwrap_or(IsoOutcome {
+                    actual_length: 0,
+                    status: Err(Error::Transfer(CompletionCode::MissedServiceError as u8)),
+                })
+            })
+            .collect();
+        self.completions.push((
+            td.id,
+            Completed {
+                result,
+                packets,
+                start_frame: td.start_frame,
+            },
+        ));
     }
 
     /// Takes every pending event without waiting (for the main loop, when the interrupt
-    /// counter moved). Returns how many there were, or the Host System Error that stops
-    /// the controller.
+    /// counter moved), then resets the endpoints a transfer error halted. Returns how many
+    /// events there were, or the controller error that stops the controller
+    /// ([`Controller::restart`] recovers from it).
     pub fn poll_events(&mut self) -> Result<usize, Error> {
         let mut n = 0;
         loop {
@@ -685,10 +956,12 @@ impl<H: Hal> Controller<H> {
                     self.note(e);
                     n += 1;
                 }
-                Err(Error::Timeout(_)) => return Ok(n),
+                Err(Error::Timeout(_)) => break,
                 Err(e) => return Err(e),
             }
         }
+        self.recover_halted()?;
+        Ok(n)
     }
 
     /// The Device Slots of the devices present now.
@@ -1126,9 +1399,8 @@ impl<H: Hal> Controller<H> {
             .flat_map(|i| &i.endpoints)
             .find(|e| e.transfer_type == TransferType::Interrupt && e.is_in())
             .copied();
-        let index = self.slot_index(slot_id)?;
         let bytes = self.control_in(
-            index,
+            slot_id,
             hub::REQUEST_TYPE_CLASS_DEVICE_IN,
             hub::GET_DESCRIPTOR,
             u16::from(hub::DESCRIPTOR_HUB) << 8,
@@ -1137,6 +1409,7 @@ impl<H: Hal> Controller<H> {
         )?;
         let descriptor = hub::parse_hub_descriptor(&bytes).map_err(|_| Error::BadDescriptor)?;
         let ctx = self.caps.context_size;
+        let index = self.slot_index(slot_id)?;
         let slot = &mut self.slots[index];
         slot.hub = Some(descriptor);
         let words = slot_context(slot, slot.context_entries);
@@ -1162,9 +1435,8 @@ impl<H: Hal> Controller<H> {
         feature: u16,
         port: u8,
     ) -> Result<(), Error> {
-        let index = self.slot_index(slot_id)?;
         self.control_no_data(
-            index,
+            slot_id,
             hub::REQUEST_TYPE_CLASS_OTHER_OUT,
             request,
             feature,
@@ -1174,9 +1446,8 @@ impl<H: Hal> Controller<H> {
 
     /// GET_STATUS of a hub port.
     fn hub_port_status(&mut self, slot_id: u8, port: u8) -> Result<PortStatus, Error> {
-        let index = self.slot_index(slot_id)?;
         let bytes = self.control_in(
-            index,
+            slot_id,
             hub::REQUEST_TYPE_CLASS_OTHER_IN,
             hub::GET_STATUS,
             0,
@@ -1269,12 +1540,24 @@ impl<H: Hal> Controller<H> {
                 continue;
             };
             let busid = hub::busid(&root_port, &self.slots[index].hub_ports);
+            // Whatever it had queued will never happen: it completes now, with the error
+            // saying why.
+            let queued: Vec<PendingTd> = self.slots[index]
+                .endpoints
+                .iter_mut()
+                .flat_map(|e| core::mem::take(&mut e.pending))
+                .collect();
+            let transfers = queued.len();
+            for td in queued {
+                self.finish(td, Err(Error::NoDevice));
+            }
             match self.disable_slot(slot_id) {
                 Ok(()) => {
                     self.slots.retain(|s| s.slot_id != slot_id);
                     self.hubs.retain(|w| w.hub.slot_id != slot_id);
+                    self.detached.push((slot_id, busid.clone()));
                     info!(
-                        "event=usb_device_gone busid={busid} port={} slot={slot_id}",
+                        "event=usb_device_gone busid={busid} port={} slot={slot_id} transfers_failed={transfers}",
                         root_port.port
                     );
                 }
@@ -1344,7 +1627,7 @@ impl<H: Hal> Controller<H> {
         let index = self.address_device(slot_id, at)?;
 
         let mut max_packet_size0 = speed.initial_ep0_max_packet_size();
-        let head = self.get_descriptor(index, DESCRIPTOR_DEVICE << 8, 0, 8)?;
+        let head = self.get_descriptor(slot_id, DESCRIPTOR_DEVICE << 8, 0, 8)?;
         if head.len() < 8 || head[1] != DESCRIPTOR_DEVICE as u8 {
             return Err(Error::BadDescriptor);
         }
@@ -1355,18 +1638,21 @@ impl<H: Hal> Controller<H> {
         };
         if announced != max_packet_size0 && announced >= 8 {
             self.evaluate_ep0_max_packet_size(index, announced)?;
+            self.slots[index].endpoints[0].endpoint.max_packet_size = announced;
             max_packet_size0 = announced;
         }
-        let d = self.get_descriptor(index, DESCRIPTOR_DEVICE << 8, 0, DEVICE_DESCRIPTOR_SIZE)?;
+        let d = self.get_descriptor(slot_id, DESCRIPTOR_DEVICE << 8, 0, DEVICE_DESCRIPTOR_SIZE)?;
         if d.len() < usize::from(DEVICE_DESCRIPTOR_SIZE) || d[1] != DESCRIPTOR_DEVICE as u8 {
             return Err(Error::BadDescriptor);
         }
         let word = |at: usize| u16::from_le_bytes([d[at], d[at + 1]]);
+        let index = self.slot_index(slot_id)?;
+        self.slots[index].num_configurations = d[17];
         let i_product = d[15];
         let product = if i_product == 0 {
             None
         } else {
-            match self.string(index, i_product) {
+            match self.string(slot_id, i_product) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     warn!("event=usb_string_error busid={busid} index={i_product} error={e}");
@@ -1419,10 +1705,28 @@ impl<H: Hal> Controller<H> {
             // Only EP0.
             context_entries: 1,
             input_context: input,
-            _output_context: output,
+            output_context: output,
             speed,
-            endpoints: Vec::new(),
-            ep0,
+            endpoints: alloc::vec![EndpointRing {
+                dci: 1,
+                endpoint: Endpoint {
+                    address: 0,
+                    transfer_type: TransferType::Control,
+                    max_packet_size: speed.initial_ep0_max_packet_size(),
+                    additional_transactions: 0,
+                    interval: 0,
+                    max_burst: 0,
+                    companion_attributes: 0,
+                    bytes_per_interval: 0,
+                },
+                ring: ep0,
+                pending: Vec::new(),
+                halted: false,
+                stopped_at: None,
+            }],
+            config: None,
+            alternates: Vec::new(),
+            num_configurations: 0,
             data,
         };
         let words = slot_context(&slot, 1);
@@ -1463,78 +1767,268 @@ impl<H: Hal> Controller<H> {
             .ok_or(Error::NoDevice)
     }
 
-    /// The device's first configuration (GET_DESCRIPTOR(CONFIGURATION) of its header, then
-    /// of wTotalLength bytes), parsed.
-    pub fn configuration(&mut self, slot_id: u8) -> Result<Configuration, Error> {
-        let index = self.slot_index(slot_id)?;
-        let value = DESCRIPTOR_CONFIGURATION << 8;
-        let head = self.get_descriptor(index, value, 0, descriptor::CONFIGURATION_SIZE as u16)?;
+    /// Configuration descriptor `n` (GET_DESCRIPTOR(CONFIGURATION) of its header, then of
+    /// wTotalLength bytes), parsed.
+    fn configuration_at(&mut self, slot_id: u8, n: u8) -> Result<Configuration, Error> {
+        let value = DESCRIPTOR_CONFIGURATION << 8 | u16::from(n);
+        let head = self.get_descriptor(slot_id, value, 0, descriptor::CONFIGURATION_SIZE as u16)?;
         let total = descriptor::total_length(&head).map_err(|_| Error::BadDescriptor)?;
-        let all = self.get_descriptor(index, value, 0, total)?;
+        let all = self.get_descriptor(slot_id, value, 0, total)?;
         descriptor::parse_configuration(&all).map_err(|_| Error::BadDescriptor)
     }
 
-    /// Configures the device (4.3.5): a Transfer Ring for every endpoint of every
-    /// interface's alternate setting 0, Configure Endpoint with their Endpoint Contexts (and
-    /// the Slot Context's new Context Entries), then SET_CONFIGURATION.
+    /// The device's first configuration, parsed.
+    pub fn configuration(&mut self, slot_id: u8) -> Result<Configuration, Error> {
+        self.configuration_at(slot_id, 0)
+    }
+
+    /// Configures the device (4.3.5) for `config`: the endpoints of a configuration in use
+    /// are dropped (their transfers complete as cancelled), a Transfer Ring is made for
+    /// every endpoint of each interface's alternate setting 0, one Configure Endpoint says
+    /// both, then SET_CONFIGURATION.
     pub fn configure(&mut self, slot_id: u8, config: &Configuration) -> Result<(), Error> {
-        let index = self.slot_index(slot_id)?;
-        if !self.slots[index].endpoints.is_empty() {
-            return Err(Error::Configured);
-        }
-        let ctx = self.caps.context_size;
-        let speed = self.slots[index].speed;
-        let mut endpoints = Vec::new();
-        // Add Context flag A0: the Slot Context.
-        let mut add = 1u32;
-        let settings = config
+        let add: Vec<Endpoint> = config
             .interfaces
             .iter()
-            .filter(|i| i.alternate_setting == 0);
-        for e in settings.flat_map(|i| &i.endpoints) {
+            .filter(|i| i.alternate_setting == 0)
+            .flat_map(|i| i.endpoints.iter().copied())
+            .collect();
+        let drop = self.configured_dcis(slot_id)?;
+        self.reconfigure(slot_id, &drop, &add, false)?;
+        let index = self.slot_index(slot_id)?;
+        self.slots[index].config = Some(config.clone());
+        self.slots[index].alternates.clear();
+        self.control_no_data(slot_id, 0, SET_CONFIGURATION, u16::from(config.value), 0)
+    }
+
+    /// SET_CONFIGURATION `value` as a guest asks it: 0 deconfigures (Configure Endpoint with
+    /// Deconfigure set), any other value is looked up among the device's configurations and
+    /// set up as [`Controller::configure`] does. A value the device does not have is
+    /// refused without asking it.
+    pub fn set_configuration(&mut self, slot_id: u8, value: u8) -> Result<(), Error> {
+        if value == 0 {
+            let drop = self.configured_dcis(slot_id)?;
+            self.reconfigure(slot_id, &drop, &[], true)?;
+            let index = self.slot_index(slot_id)?;
+            self.slots[index].config = None;
+            self.slots[index].alternates.clear();
+            return self.control_no_data(slot_id, 0, SET_CONFIGURATION, 0, 0);
+        }
+        let index = self.slot_index(slot_id)?;
+        let count = self.slots[index].num_configurations.max(1);
+        for n in 0..count {
+            let config = self.configuration_at(slot_id, n)?;
+            if config.value == value {
+                return self.configure(slot_id, &config);
+            }
+        }
+        Err(Error::BadTransfer)
+    }
+
+    /// SET_INTERFACE (USB 2.0 9.4.10): the endpoints of the interface's alternate setting in
+    /// use are dropped and those of `alternate` added in one Configure Endpoint, then the
+    /// request goes to the device.
+    pub fn set_interface(
+        &mut self,
+        slot_id: u8,
+        interface: u8,
+        alternate: u8,
+    ) -> Result<(), Error> {
+        let index = self.slot_index(slot_id)?;
+        let slot = &self.slots[index];
+        let config = slot.config.as_ref().ok_or(Error::NoEndpoint)?;
+        let current = slot
+            .alternates
+            .iter()
+            .find(|a| a.0 == interface)
+            .map_or(0, |a| a.1);
+        let setting = |alt: u8| {
+            config
+                .interfaces
+                .iter()
+                .find(|i| i.number == interface && i.alternate_setting == alt)
+        };
+        let new = setting(alternate).ok_or(Error::BadTransfer)?;
+        let add = new.endpoints.clone();
+        let drop: Vec<u8> = setting(current)
+            .map(|i| i.endpoints.iter().map(Endpoint::dci).collect())
+            .unwrap_or_default();
+        let drop: Vec<u8> = drop
+            .into_iter()
+            .filter(|d| slot.endpoints.iter().any(|e| e.dci == *d))
+            .collect();
+        self.reconfigure(slot_id, &drop, &add, false)?;
+        let index = self.slot_index(slot_id)?;
+        let alternates = &mut self.slots[index].alternates;
+        alternates.retain(|a| a.0 != interface);
+        if alternate != 0 {
+            alternates.push((interface, alternate));
+        }
+        self.control_no_data(
+            slot_id,
+            REQUEST_TYPE_INTERFACE,
+            SET_INTERFACE,
+            u16::from(alternate),
+            u16::from(interface),
+        )
+    }
+
+    /// CLEAR_FEATURE(ENDPOINT_HALT) of endpoint `address` (bit 7 IN) on the device, and the
+    /// controller's side of that endpoint reset to match (data toggle or sequence number 0):
+    /// the endpoint is dropped and added again (4.6.8 allows Reset Endpoint only on a
+    /// Halted endpoint), its transfers completing as cancelled.
+    pub fn clear_halt(&mut self, slot_id: u8, address: u8) -> Result<(), Error> {
+        self.control_no_data(
+            slot_id,
+            REQUEST_TYPE_ENDPOINT,
+            CLEAR_FEATURE,
+            FEATURE_ENDPOINT_HALT,
+            u16::from(address),
+        )?;
+        let index = self.slot_index(slot_id)?;
+        let dci = 2 * (address & 0xf) + u8::from(address & 0x80 != 0);
+        if dci < 2 {
+            return Ok(());
+        }
+        let Some(e) = self.slots[index].endpoints.iter().find(|e| e.dci == dci) else {
+            return Ok(());
+        };
+        let endpoint = e.endpoint;
+        self.reconfigure(slot_id, &[dci], &[endpoint], false)
+    }
+
+    /// Device Context Indexes of the endpoints a configuration added.
+    fn configured_dcis(&self, slot_id: u8) -> Result<Vec<u8>, Error> {
+        let index = self.slot_index(slot_id)?;
+        Ok(self.slots[index]
+            .endpoints
+            .iter()
+            .map(|e| e.dci)
+            .filter(|&d| d >= 2)
+            .collect())
+    }
+
+    /// One Configure Endpoint (4.6.6) that drops the endpoints `drop` (Device Context
+    /// Indexes) and adds `add`, each with a new Transfer Ring, or (`deconfigure`) drops
+    /// every endpoint. Transfers on dropped endpoints complete as cancelled. Nothing
+    /// changes when the controller refuses.
+    fn reconfigure(
+        &mut self,
+        slot_id: u8,
+        drop: &[u8],
+        add: &[Endpoint],
+        deconfigure: bool,
+    ) -> Result<(), Error> {
+        let index = self.slot_index(slot_id)?;
+        let ctx = self.caps.context_size;
+        let speed = self.slots[index].speed;
+        let mut add_flags = 1u32;
+        let mut drop_flags = 0u32;
+        for &d in drop {
+            drop_flags |= 1 << d;
+        }
+        let mut kept: u32 = self.slots[index]
+            .endpoints
+            .iter()
+            .map(|e| 1u32 << e.dci)
+            .fold(0, |a, b| a | b)
+            & !drop_flags;
+        let mut rings = Vec::new();
+        for e in add {
             // Endpoint 0 is not configured this way, and two descriptors for one endpoint
             // are a device's mistake.
-            if e.number() == 0 || e.max_packet_size == 0 || add & (1 << e.dci()) != 0 {
+            let dci = e.dci();
+            if e.number() == 0 || e.max_packet_size == 0 || (kept | add_flags) & (1 << dci) != 0 {
                 return Err(Error::BadDescriptor);
             }
-            add |= 1 << e.dci();
-            let ring = ProducerRing::new(alloc(&mut self.hal, RING_BYTES, 64)?);
+            add_flags |= 1 << dci;
+            let ring = ProducerRing::new(alloc(
+                &mut self.hal,
+                TRANSFER_RING_BYTES,
+                TRANSFER_RING_BYTES,
+            )?);
             let mut context = endpoint_context(e, speed);
             let dequeue = ring.phys() | u64::from(ring.cycle_state());
             context[2] = dequeue as u32;
             context[3] = (dequeue >> 32) as u32;
-            endpoints.push((
+            rings.push((
                 context,
                 EndpointRing {
-                    dci: e.dci(),
-                    max_packet_size: e.max_packet_size,
+                    dci,
+                    endpoint: *e,
                     ring,
                     pending: Vec::new(),
+                    halted: false,
+                    stopped_at: None,
                 },
             ));
         }
+        kept |= add_flags;
+        if deconfigure {
+            kept = 1 << 1;
+        }
         // Context Entries: the highest Device Context Index in use (EP0's is 1).
-        let entries = (31 - add.leading_zeros()).max(1);
+        let entries = (31 - kept.leading_zeros()).max(1);
         let words = slot_context(&self.slots[index], entries);
         let input = &mut self.slots[index].input_context;
-        input.write32(0, 0);
-        input.write32(4, add);
+        input.write32(0, drop_flags);
+        input.write32(4, add_flags);
         for (i, w) in words.iter().enumerate() {
             input.write32(ctx + 4 * i, *w);
         }
-        for (context, ep) in &endpoints {
+        for (context, ep) in &rings {
             let base = (usize::from(ep.dci) + 1) * ctx;
             for (i, dword) in context.iter().enumerate() {
                 input.write32(base + 4 * i, *dword);
             }
         }
-        let configure = *command::ConfigureEndpoint::new()
+        let mut configure = command::ConfigureEndpoint::new();
+        configure
             .set_input_context_pointer(input.phys())
             .set_slot_id(slot_id);
+        if deconfigure {
+            configure.set_deconfigure();
+        }
         self.command(configure.into_raw())?;
-        self.slots[index].context_entries = entries;
-        self.slots[index].endpoints = endpoints.into_iter().map(|(_, e)| e).collect();
-        self.control_no_data(index, 0, SET_CONFIGURATION, u16::from(config.value), 0)
+        let index = self.slot_index(slot_id)?;
+        let slot = &mut self.slots[index];
+        slot.context_entries = entries;
+        let mut cancelled = Vec::new();
+        slot.endpoints.retain_mut(|e| {
+            let dropped = e.dci >= 2 && (deconfigure || drop_flags & (1 << e.dci) != 0);
+            if dropped {
+                cancelled.append(&mut e.pending);
+            }
+            !dropped
+        });
+        slot.endpoints.extend(rings.into_iter().map(|(_, e)| e));
+        for td in cancelled {
+            self.finish(td, Err(Error::Cancelled));
+        }
+        Ok(())
+    }
+
+    /// Completes `td`, taken off its endpoint, with `result` (every isochronous packet too).
+    fn finish(&mut self, td: PendingTd, result: Result<usize, Error>) {
+        let status = result.map(|_| ());
+        let packets = td
+            .packets
+            .iter()
+            .map(|p| {
+                p.unwrap_or(IsoOutcome {
+                    actual_length: 0,
+                    status,
+                })
+            })
+            .collect();
+        self.completions.push((
+            td.id,
+            Completed {
+                result,
+                packets,
+                start_frame: td.start_frame,
+            },
+        ));
     }
 
     /// A control request without a Data Stage on the device's Default Control Endpoint:
@@ -1547,14 +2041,35 @@ impl<H: Hal> Controller<H> {
         value: u16,
         w_index: u16,
     ) -> Result<(), Error> {
+        self.control_no_data(slot_id, request_type, request, value, w_index)
+    }
+
+    /// The slot index and Device Context Index of endpoint `endpoint` (1..=15) in
+    /// `direction`.
+    fn endpoint_index(
+        &self,
+        slot_id: u8,
+        endpoint: u8,
+        direction: Direction,
+    ) -> Result<(usize, usize), Error> {
+        if endpoint == 0 || endpoint > 15 {
+            return Err(Error::NoEndpoint);
+        }
+        let dci = 2 * endpoint + u8::from(direction == Direction::In);
         let index = self.slot_index(slot_id)?;
-        self.control_no_data(index, request_type, request, value, w_index)
+        let e = self.slots[index]
+            .endpoints
+            .iter()
+            .position(|e| e.dci == dci)
+            .ok_or(Error::NoEndpoint)?;
+        Ok((index, e))
     }
 
     /// Queues a bulk or interrupt transfer over `segments` on endpoint `endpoint` (1..=15)
     /// in `direction`, and rings its doorbell. Its result is taken with
-    /// [`Controller::take_completion`] once [`Controller::poll_events`] (or a wait for
-    /// another event) has seen it. The segments must stay untouched until then.
+    /// [`Controller::take_completion`] or [`Controller::take_completed`] once
+    /// [`Controller::poll_events`] (or a wait for another event) has seen it. The segments
+    /// must stay untouched until then.
     pub fn queue_transfer(
         &mut self,
         slot_id: u8,
@@ -1562,25 +2077,105 @@ impl<H: Hal> Controller<H> {
         direction: Direction,
         segments: &[Segment],
     ) -> Result<TransferId, Error> {
-        if endpoint > 15 {
-            return Err(Error::NoEndpoint);
+        let (index, e) = self.endpoint_index(slot_id, endpoint, direction)?;
+        let ep = &self.slots[index].endpoints[e];
+        if !matches!(
+            ep.endpoint.transfer_type,
+            TransferType::Bulk | TransferType::Interrupt
+        ) {
+            return Err(Error::BadTransfer);
         }
-        let dci = 2 * endpoint + u8::from(direction == Direction::In);
+        let trbs =
+            normal_td(segments, ep.endpoint.max_packet_size).map_err(|_| Error::BadTransfer)?;
+        self.queue_trbs(index, e, trbs, TdKind::Normal, 0)
+    }
+
+    /// Queues a control transfer on the Default Control Endpoint: `setup` is the SETUP
+    /// packet, `segments` the Data Stage's buffer (empty for none) in `direction` (bit 7 of
+    /// bmRequestType). Completes as [`Controller::queue_transfer`]'s transfers do; a STALL
+    /// (a request the device refuses) resets the endpoint for the next one.
+    pub fn queue_control(
+        &mut self,
+        slot_id: u8,
+        setup: [u8; 8],
+        direction: Direction,
+        segments: &[Segment],
+    ) -> Result<TransferId, Error> {
         let index = self.slot_index(slot_id)?;
+        let mps = self.slots[index].endpoints[0].endpoint.max_packet_size;
+        let trbs = control_trbs(setup, direction, segments, mps).map_err(|_| Error::BadTransfer)?;
+        self.queue_trbs(index, 0, trbs, TdKind::Control, 0)
+    }
+
+    /// Queues an isochronous transfer: `packets` name their bytes in the buffer `segments`,
+    /// each its own TD with its own outcome ([`Completed::packets`]); the transfer starts
+    /// as soon as the controller can schedule it.
+    pub fn queue_isochronous(
+        &mut self,
+        slot_id: u8,
+        endpoint: u8,
+        direction: Direction,
+        segments: &[Segment],
+        packets: &[IsoPacket],
+    ) -> Result<TransferId, Error> {
+        let (index, e) = self.endpoint_index(slot_id, endpoint, direction)?;
+        let speed = self.slots[index].speed;
+        let ep = &self.slots[index].endpoints[e].endpoint;
+        if ep.transfer_type != TransferType::Isochronous {
+            return Err(Error::BadTransfer);
+        }
+        let burst = if matches!(speed, Speed::Super | Speed::SuperPlus) {
+            ep.max_burst
+        } else {
+            0
+        };
+        let trbs = isoch_trbs(
+            segments,
+            packets,
+            direction,
+            ep.max_packet_size,
+            burst,
+            max_esit_payload(ep, speed) as usize,
+        )
+        .map_err(|_| Error::BadTransfer)?;
+        // MFINDEX counts 125 µs microframes; frames are 1 ms, 11 bits.
+        let frame = ((self.hal.read32(self.caps.rtsoff + MFINDEX) >> 3) & 0x7ff) as u16;
+        self.queue_trbs(index, e, trbs, TdKind::Isochronous, frame)
+    }
+
+    /// Puts a transfer's TRBs on endpoint `e` of slot `index` and rings its doorbell (a
+    /// halted endpoint's is rung once it is reset).
+    fn queue_trbs(
+        &mut self,
+        index: usize,
+        e: usize,
+        trbs: TransferTrbs,
+        kind: TdKind,
+        start_frame: u16,
+    ) -> Result<TransferId, Error> {
         let id = TransferId(self.next_transfer);
-        let ep = self.slots[index]
-            .endpoints
-            .iter_mut()
-            .find(|e| e.dci == dci)
-            .ok_or(Error::NoEndpoint)?;
-        let td = normal_td(segments, ep.max_packet_size).map_err(|_| Error::BadTransfer)?;
-        let at = ep.ring.push_td(&td.trbs)?;
+        let slot = &mut self.slots[index];
+        let slot_id = slot.slot_id;
+        let ep = &mut slot.endpoints[e];
+        let packets = if kind == TdKind::Isochronous {
+            trbs.info.last().map_or(0, |i| usize::from(i.packet) + 1)
+        } else {
+            0
+        };
+        let at = ep.ring.push_td(&trbs.trbs)?;
         ep.pending.push(PendingTd {
             id,
-            trbs: at.into_iter().zip(td.lengths).collect(),
+            trbs: at.into_iter().zip(trbs.info).collect(),
+            kind,
+            short: None,
+            packets: alloc::vec![None; packets],
+            start_frame,
         });
         self.next_transfer += 1;
-        self.ring_doorbell(slot_id, u32::from(dci));
+        let (dci, halted) = (ep.dci, ep.halted);
+        if !halted {
+            self.ring_doorbell(slot_id, u32::from(dci));
+        }
         Ok(id)
     }
 
@@ -1588,14 +2183,52 @@ impl<H: Hal> Controller<H> {
     /// short packet), or why it failed. `None` while it runs.
     pub fn take_completion(&mut self, id: TransferId) -> Option<Result<usize, Error>> {
         let i = self.completions.iter().position(|c| c.0 == id)?;
-        Some(self.completions.remove(i).1)
+        Some(self.completions.remove(i).1.result)
     }
 
-    /// A transfer, waited for up to `timeout_us`. After a STALL the endpoint is recovered
-    /// (Reset Endpoint, Set TR Dequeue Pointer, CLEAR_FEATURE(ENDPOINT_HALT)) and
-    /// [`Error::Stall`] returned; after a timeout the transfer is taken back (Stop Endpoint,
-    /// Set TR Dequeue Pointer) so the controller no longer touches `segments`. When that
-    /// fails too, its error is returned and the segments must never be reused.
+    /// The oldest finished transfer not taken yet.
+    pub fn take_completed(&mut self) -> Option<(TransferId, Completed)> {
+        (!self.completions.is_empty()).then(|| self.completions.remove(0))
+    }
+
+    /// The devices gone since the last call, as (slot, bus id): their transfers completed
+    /// with [`Error::NoDevice`] before.
+    pub fn take_detached(&mut self) -> Vec<(u8, String)> {
+        core::mem::take(&mut self.detached)
+    }
+
+    /// Waits up to `timeout_us` for transfer `id`; one that does not finish in time is
+    /// cancelled and [`Error::Timeout`] returned.
+    fn wait(&mut self, id: TransferId, timeout_us: u64) -> Result<usize, Error> {
+        let until = self.hal.now_micros() + timeout_us;
+        loop {
+            if let Some(result) = self.take_completion(id) {
+                return result;
+            }
+            match self.next_event(until, "transfer") {
+                Ok(e) => {
+                    self.note(e);
+                    self.recover_halted()?;
+                }
+                Err(Error::Timeout(what)) => {
+                    self.cancel(id)?;
+                    return match self.take_completion(id) {
+                        // It finished while being cancelled.
+                        Some(Ok(n)) => Ok(n),
+                        _ => Err(Error::Timeout(what)),
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A bulk or interrupt transfer, waited for up to `timeout_us`. After a STALL the
+    /// endpoint is recovered on both sides (Reset Endpoint and Set TR Dequeue Pointer on the
+    /// controller, CLEAR_FEATURE(ENDPOINT_HALT) on the device) and [`Error::Stall`]
+    /// returned; after a timeout the transfer is cancelled so the controller no longer
+    /// touches `segments`. When that fails too, its error is returned and the segments must
+    /// never be reused.
     pub fn transfer(
         &mut self,
         slot_id: u8,
@@ -1605,143 +2238,196 @@ impl<H: Hal> Controller<H> {
         timeout_us: u64,
     ) -> Result<usize, Error> {
         let id = self.queue_transfer(slot_id, endpoint, direction, segments)?;
-        let dci = 2 * endpoint + u8::from(direction == Direction::In);
-        let until = self.hal.now_micros() + timeout_us;
-        loop {
-            if let Some(result) = self.take_completion(id) {
-                if result == Err(Error::Stall) {
-                    self.restart_endpoint(slot_id, dci, true)?;
-                    let address = endpoint | if direction == Direction::In { 0x80 } else { 0 };
-                    let index = self.slot_index(slot_id)?;
-                    self.control_no_data(
-                        index,
-                        REQUEST_TYPE_ENDPOINT,
-                        CLEAR_FEATURE,
-                        FEATURE_ENDPOINT_HALT,
-                        u16::from(address),
-                    )?;
-                    info!("event=usb_endpoint_recovered slot={slot_id} endpoint={address:#04x} after=stall");
-                }
-                return result;
-            }
-            match self.next_event(until, "transfer") {
-                Ok(e) => self.note(e),
-                Err(Error::Timeout(what)) => {
-                    self.restart_endpoint(slot_id, dci, false)?;
-                    self.completions.retain(|c| c.0 != id);
-                    return Err(Error::Timeout(what));
-                }
+        let result = self.wait(id, timeout_us);
+        if result == Err(Error::Stall) {
+            let address = endpoint | if direction == Direction::In { 0x80 } else { 0 };
+            self.control_no_data(
+                slot_id,
+                REQUEST_TYPE_ENDPOINT,
+                CLEAR_FEATURE,
+                FEATURE_ENDPOINT_HALT,
+                u16::from(address),
+            )?;
+            info!(
+                "event=usb_endpoint_recovered slot={slot_id} endpoint={address:#04x} after=stall"
+            );
+        }
+        result
+    }
+
+    /// Where transfer `id` is queued: slot ID and endpoint index.
+    fn find_pending(&self, id: TransferId) -> Option<(u8, usize)> {
+        self.slots.iter().find_map(|s| {
+            s.endpoints
+                .iter()
+                .position(|e| e.pending.iter().any(|td| td.id == id))
+                .map(|e| (s.slot_id, e))
+        })
+    }
+
+    /// Cancels transfer `id` (4.6.9): Stop Endpoint, its TRBs turned into No Ops, and when
+    /// the endpoint stopped inside it, Set TR Dequeue Pointer past it; then the endpoint
+    /// runs on with the other transfers. It completes with [`Error::Cancelled`], or with
+    /// its real result if it finished before the endpoint stopped. A transfer the
+    /// endpoint had in progress and whose TRBs the controller had already passed when it
+    /// stopped (QEMU fetches a whole TD before it runs it) is started again from its first
+    /// TRB. Returns false when `id` is neither queued nor finished untaken.
+    pub fn cancel(&mut self, id: TransferId) -> Result<bool, Error> {
+        let Some((slot_id, e)) = self.find_pending(id) else {
+            return Ok(self.completions.iter().any(|c| c.0 == id));
+        };
+        let index = self.slot_index(slot_id)?;
+        let (dci, halted) = {
+            let ep = &mut self.slots[index].endpoints[e];
+            ep.stopped_at = None;
+            (ep.dci, ep.halted)
+        };
+        if !halted {
+            let stop = command::StopEndpoint::new()
+                .set_slot_id(slot_id)
+                .set_endpoint_id(dci)
+                .into_raw();
+            match self.command(stop) {
+                // Context State Error: it stopped or halted by itself meanwhile.
+                Ok(_) | Err(Error::Command(19)) => {}
                 Err(e) => return Err(e),
             }
         }
+        let ctx = self.caps.context_size;
+        let index = self.slot_index(slot_id)?;
+        let slot = &mut self.slots[index];
+        let at = usize::from(dci) * ctx + 8;
+        let dequeue = (u64::from(slot.output_context.read32(at))
+            | u64::from(slot.output_context.read32(at + 4)) << 32)
+            & !0xf;
+        let ep = &mut slot.endpoints[e];
+        let halted = ep.halted;
+        let Some(i) = ep.pending.iter().position(|td| td.id == id) else {
+            // It finished while the endpoint stopped.
+            if !ep.pending.is_empty() && !halted {
+                self.ring_doorbell(slot_id, u32::from(dci));
+            }
+            return Ok(true);
+        };
+        let td = ep.pending.remove(i);
+        for &(a, _) in &td.trbs {
+            ep.ring.make_noop(a);
+        }
+        let mut target = None;
+        if !halted {
+            if td.holds(dequeue) {
+                target = ep.ring.after(td.last());
+            } else if let Some(stopped) = ep.stopped_at.take() {
+                if let Some(live) = ep.pending.iter().find(|t| t.holds(stopped)) {
+                    if !live.holds(dequeue) {
+                        let first = live.trbs[0].0;
+                        target = ep.ring.cycle_of(first).map(|c| (first, c));
+                    }
+                }
+            }
+        }
+        if i == 0 {
+            ep.ring.complete(td.last());
+        }
+        let restart = !halted && !ep.pending.is_empty();
+        self.finish(td, Err(Error::Cancelled));
+        if let Some((to, cycle)) = target {
+            self.set_dequeue(slot_id, dci, to, cycle)?;
+        }
+        if restart {
+            self.ring_doorbell(slot_id, u32::from(dci));
+        }
+        Ok(true)
     }
 
-    /// Takes every TD off an endpoint (4.6.9, 4.6.10): Reset Endpoint when it is Halted,
-    /// Stop Endpoint otherwise, then Set TR Dequeue Pointer to the enqueue pointer. TDs still
-    /// pending complete with [`Error::Stall`] after a halt, else with a timeout.
-    fn restart_endpoint(&mut self, slot_id: u8, dci: u8, halted: bool) -> Result<(), Error> {
-        let stop = if halted {
-            command::ResetEndpoint::new()
-                .set_slot_id(slot_id)
-                .set_endpoint_id(dci)
-                .into_raw()
-        } else {
-            command::StopEndpoint::new()
-                .set_slot_id(slot_id)
-                .set_endpoint_id(dci)
-                .into_raw()
-        };
-        match self.command(stop) {
-            // Context State Error: the endpoint stopped or halted by itself meanwhile.
-            Ok(_) | Err(Error::Command(19)) => {}
-            Err(e) => return Err(e),
-        }
-        let index = self.slot_index(slot_id)?;
-        let ep = self.slots[index]
-            .endpoints
-            .iter_mut()
-            .find(|e| e.dci == dci)
-            .ok_or(Error::NoEndpoint)?;
+    /// Set TR Dequeue Pointer (4.6.10).
+    fn set_dequeue(&mut self, slot_id: u8, dci: u8, to: u64, cycle: bool) -> Result<(), Error> {
         let mut set = command::SetTrDequeuePointer::new();
-        set.set_new_tr_dequeue_pointer(ep.ring.enqueue_pointer())
+        set.set_new_tr_dequeue_pointer(to)
             .set_endpoint_id(dci)
             .set_slot_id(slot_id);
-        if ep.ring.cycle_state() {
+        if cycle {
             set.set_dequeue_cycle_state();
         }
-        self.command(set.into_raw())?;
-        let index = self.slot_index(slot_id)?;
-        let ep = self.slots[index]
-            .endpoints
-            .iter_mut()
-            .find(|e| e.dci == dci)
-            .ok_or(Error::NoEndpoint)?;
-        ep.ring.skip_to_enqueue();
-        let why = if halted {
-            Error::Stall
-        } else {
-            Error::Timeout("transfer")
-        };
-        for td in core::mem::take(&mut ep.pending) {
-            self.completions.push((td.id, Err(why)));
-        }
-        Ok(())
+        self.command(set.into_raw()).map(|_| ())
     }
 
-    /// A control transfer without a Data Stage (4.11.2.2): Setup and Status Stage (IN) TRBs
-    /// on the Default Control Endpoint.
+    /// Resets every endpoint a transfer error halted (4.6.8): Reset Endpoint, then Set TR
+    /// Dequeue Pointer to the next transfer queued (or the enqueue pointer), whose doorbell
+    /// is rung. The device's own halt after a STALL stays until CLEAR_FEATURE(ENDPOINT_HALT)
+    /// (the class driver's or guest's to send); on EP0 the next SETUP ends it (USB 2.0
+    /// 8.5.3.4).
+    fn recover_halted(&mut self) -> Result<(), Error> {
+        loop {
+            let Some((slot_id, e)) = self.slots.iter().find_map(|s| {
+                s.endpoints
+                    .iter()
+                    .position(|e| e.halted)
+                    .map(|e| (s.slot_id, e))
+            }) else {
+                return Ok(());
+            };
+            let index = self.slot_index(slot_id)?;
+            let ep = &mut self.slots[index].endpoints[e];
+            // Cleared first: a command that fails must not make this loop for ever.
+            ep.halted = false;
+            let dci = ep.dci;
+            let reset = command::ResetEndpoint::new()
+                .set_slot_id(slot_id)
+                .set_endpoint_id(dci)
+                .into_raw();
+            match self.command(reset) {
+                Ok(_) | Err(Error::Command(19)) => {}
+                Err(e) => return Err(e),
+            }
+            let index = self.slot_index(slot_id)?;
+            let ep = &mut self.slots[index].endpoints[e];
+            let (to, cycle) = match ep.pending.first() {
+                Some(td) => {
+                    let first = td.trbs[0].0;
+                    (
+                        first,
+                        ep.ring.cycle_of(first).unwrap_or(ep.ring.cycle_state()),
+                    )
+                }
+                None => {
+                    ep.ring.skip_to_enqueue();
+                    (ep.ring.enqueue_pointer(), ep.ring.cycle_state())
+                }
+            };
+            let queued = !ep.pending.is_empty();
+            self.set_dequeue(slot_id, dci, to, cycle)?;
+            debug!("event=usb_endpoint_reset slot={slot_id} dci={dci} queued={queued}");
+            if queued {
+                self.ring_doorbell(slot_id, u32::from(dci));
+            }
+        }
+    }
+
+    /// A control transfer without a Data Stage the driver makes itself, waited for.
     fn control_no_data(
         &mut self,
-        index: usize,
+        slot_id: u8,
         request_type: u8,
         request: u8,
         value: u16,
         w_index: u16,
     ) -> Result<(), Error> {
-        let slot = &mut self.slots[index];
-        let slot_id = slot.slot_id;
-        let setup = *transfer::SetupStage::new()
-            .set_request_type(request_type)
-            .set_request(request)
-            .set_value(value)
-            .set_index(w_index)
-            .set_length(0)
-            .set_transfer_type(transfer::TransferType::No);
-        let status = *transfer::StatusStage::new()
-            .set_direction()
-            .set_interrupt_on_completion();
-        let queued = slot.ep0.push_td(&[setup.into_raw(), status.into_raw()])?;
-        let status_at = queued[1];
-        self.ring_doorbell(slot_id, 1);
-        let until = self.hal.now_micros() + TRANSFER_TIMEOUT_US;
-        loop {
-            match self.next_event(until, "transfer")? {
-                event::Allowed::TransferEvent(t)
-                    if t.slot_id() == slot_id && t.endpoint_id() == 1 =>
-                {
-                    // An error on the Setup Stage leaves the Status Stage never to be done:
-                    // both are given up.
-                    self.slots[index].ep0.complete(status_at);
-                    return match t.completion_code() {
-                        Ok(CompletionCode::Success) => Ok(()),
-                        code => Err(Error::Transfer(code_of(code))),
-                    };
-                }
-                other => self.note(other),
-            }
-        }
+        let setup = setup_packet(request_type, request, value, w_index, 0);
+        let id = self.queue_control(slot_id, setup, Direction::Out, &[])?;
+        self.wait(id, TRANSFER_TIMEOUT_US).map(|_| ())
     }
 
     /// GET_DESCRIPTOR on the Default Control Endpoint.
     fn get_descriptor(
         &mut self,
-        index: usize,
+        slot_id: u8,
         value: u16,
         language: u16,
         length: u16,
     ) -> Result<Vec<u8>, Error> {
         self.control_in(
-            index,
+            slot_id,
             REQUEST_TYPE_DEVICE_TO_HOST,
             GET_DESCRIPTOR,
             value,
@@ -1751,14 +2437,19 @@ impl<H: Hal> Controller<H> {
     }
 
     /// The string descriptor `i` in the device's first language, as text.
-    fn string(&mut self, index: usize, i: u8) -> Result<String, Error> {
-        let languages = self.get_descriptor(index, DESCRIPTOR_STRING << 8, 0, 255)?;
+    fn string(&mut self, slot_id: u8, i: u8) -> Result<String, Error> {
+        let languages = self.get_descriptor(slot_id, DESCRIPTOR_STRING << 8, 0, 255)?;
         let language = if languages.len() >= 4 {
             u16::from_le_bytes([languages[2], languages[3]])
         } else {
             LANGID_EN_US
         };
-        let s = self.get_descriptor(index, DESCRIPTOR_STRING << 8 | u16::from(i), language, 255)?;
+        let s = self.get_descriptor(
+            slot_id,
+            DESCRIPTOR_STRING << 8 | u16::from(i),
+            language,
+            255,
+        )?;
         if s.len() < 2 || s[1] != DESCRIPTOR_STRING as u8 {
             return Err(Error::BadDescriptor);
         }
@@ -1771,74 +2462,41 @@ impl<H: Hal> Controller<H> {
             .collect())
     }
 
-    /// A control transfer with an IN Data Stage (4.11.2.2): Setup, Data and Status Stage TRBs
-    /// on the Default Control Endpoint, the Status Stage interrupting on completion. Returns
-    /// the bytes received (fewer than `length` after a short packet).
+    /// A control transfer with an IN Data Stage the driver makes itself, into the slot's
+    /// own buffer (a page at most), waited for. Returns the bytes received (fewer than
+    /// `length` after a short packet).
     fn control_in(
         &mut self,
-        index: usize,
+        slot_id: u8,
         request_type: u8,
         request: u8,
         value: u16,
         w_index: u16,
         length: u16,
     ) -> Result<Vec<u8>, Error> {
-        let slot = &mut self.slots[index];
-        let slot_id = slot.slot_id;
-        let length = length.min(u16::try_from(slot.data.len()).unwrap_or(u16::MAX));
-        let setup = *transfer::SetupStage::new()
-            .set_request_type(request_type)
-            .set_request(request)
-            .set_value(value)
-            .set_index(w_index)
-            .set_length(length)
-            .set_transfer_type(transfer::TransferType::In);
-        let data = *transfer::DataStage::new()
-            .set_data_buffer_pointer(slot.data.phys())
-            .set_trb_transfer_length(u32::from(length))
-            .set_direction(transfer::Direction::In)
-            .set_interrupt_on_short_packet();
-        // Status Stage direction OUT (0) after an IN Data Stage.
-        let status = *transfer::StatusStage::new().set_interrupt_on_completion();
-        if slot.ep0.room() < 3 {
-            return Err(Error::RingFull);
-        }
-        slot.ep0.push(setup.into_raw())?;
-        let data_at = slot.ep0.push(data.into_raw())?;
-        let status_at = slot.ep0.push(status.into_raw())?;
-        // Doorbell target 1: the Default Control Endpoint's Device Context Index.
-        self.ring_doorbell(slot_id, 1);
-
-        let until = self.hal.now_micros() + TRANSFER_TIMEOUT_US;
-        let mut received = usize::from(length);
-        loop {
-            match self.next_event(until, "transfer")? {
-                event::Allowed::TransferEvent(t)
-                    if t.slot_id() == slot_id && t.endpoint_id() == 1 =>
-                {
-                    let code = t.completion_code();
-                    if t.trb_pointer() == data_at && code == Ok(CompletionCode::ShortPacket) {
-                        // TRB Transfer Length is the residue.
-                        let residue = t.trb_transfer_length() as usize;
-                        received = usize::from(length).saturating_sub(residue);
-                        continue;
-                    }
-                    if t.trb_pointer() == status_at && code == Ok(CompletionCode::Success) {
-                        let slot = &mut self.slots[index];
-                        slot.ep0.complete(status_at);
-                        let mut bytes = alloc::vec![0; received];
-                        slot.data.read_bytes(0, &mut bytes);
-                        return Ok(bytes);
-                    }
-                    // The endpoint is Halted now. Enumeration gives the slot up; recovering
-                    // the endpoint (Reset Endpoint, Set TR Dequeue Pointer) is for the
-                    // transfer layer that keeps devices in use.
-                    return Err(Error::Transfer(code_of(code)));
-                }
-                other => self.note(other),
-            }
-        }
+        let index = self.slot_index(slot_id)?;
+        let data = &self.slots[index].data;
+        let length = usize::from(length).min(data.len());
+        let segment = [Segment {
+            phys: data.phys(),
+            len: length,
+        }];
+        let setup = setup_packet(request_type, request, value, w_index, length as u16);
+        let id = self.queue_control(slot_id, setup, Direction::In, &segment)?;
+        let received = self.wait(id, TRANSFER_TIMEOUT_US)?.min(length);
+        let index = self.slot_index(slot_id)?;
+        let mut bytes = alloc::vec![0; received];
+        self.slots[index].data.read_bytes(0, &mut bytes);
+        Ok(bytes)
     }
+}
+
+/// The 8 bytes of a SETUP packet (USB 2.0 9.3).
+fn setup_packet(request_type: u8, request: u8, value: u16, index: u16, length: u16) -> [u8; 8] {
+    let [v0, v1] = value.to_le_bytes();
+    let [i0, i1] = index.to_le_bytes();
+    let [l0, l1] = length.to_le_bytes();
+    [request_type, request, v0, v1, i0, i1, l0, l1]
 }
 
 /// Dwords 0 to 2 of a slot's Slot Context (6.2.2) with `entries` Context Entries: Route
@@ -2124,7 +2782,7 @@ mod tests {
         // The reset's Port Status Change Event is still to be looked at: it changes nothing.
         assert!(xhci.has_port_changes());
         assert!(xhci.handle_port_changes().is_empty());
-        assert_eq!(fake.commands(), [9, 11, 10]);
+        assert_eq!(fake.commands(), [9, 11, 15, 10]);
         fake.answer_transfers.set(true);
         fake.unplug(2);
         fake.plug(2);
@@ -2141,8 +2799,9 @@ mod tests {
             xhci.enumerate(xhci.root_port(2)),
             Err(Error::Timeout("transfer"))
         );
-        // Enable Slot, Address Device, then Disable Slot after the transfer timed out.
-        assert_eq!(fake.commands(), [9, 11, 10]);
+        // Enable Slot, Address Device, Stop Endpoint to take the transfer that timed out
+        // back, then Disable Slot.
+        assert_eq!(fake.commands(), [9, 11, 15, 10]);
     }
 
     /// Enumerates the fake's device and configures it; returns its slot ID.
@@ -2170,8 +2829,12 @@ mod tests {
         assert_eq!((slot_dword0 >> 20) & 0xf, 3, "high speed kept");
         let setups = fake.setups();
         assert_eq!(setups.last(), Some(&(0, SET_CONFIGURATION, 1, 0)));
+        assert_eq!(fake.dropped(), 0);
+        // Configuring again drops the endpoints and adds them anew.
         let config = xhci.configuration(slot_id).unwrap();
-        assert_eq!(xhci.configure(slot_id, &config), Err(Error::Configured));
+        xhci.configure(slot_id, &config).unwrap();
+        assert_eq!(fake.dropped(), 1 << 3 | 1 << 4);
+        assert_eq!(fake.configured().0, 1 | 1 << 3 | 1 << 4);
         assert_eq!(xhci.configuration(9).err(), Some(Error::NoDevice));
     }
 
@@ -2481,5 +3144,258 @@ mod tests {
     #[test]
     fn ep0_context_dword1_encodes_cerr_type_and_max_packet_size() {
         assert_eq!(ep0_dword1(64), (64 << 16) | (4 << 3) | (3 << 1));
+    }
+
+    /// Three bulk OUT transfers of 512 bytes queued while the device does not answer: the
+    /// first of bytes 1, the second 2, the third 3.
+    fn three_queued(
+        fake: &FakeXhci,
+        xhci: &mut Controller<&FakeXhci>,
+        slot_id: u8,
+    ) -> [TransferId; 3] {
+        fake.answer_bulk.set(false);
+        [1u8, 2, 3].map(|b| {
+            let mut buf = xhci.dma_alloc(512, 64).unwrap();
+            for at in (0..512).step_by(4) {
+                buf.write32(at, u32::from_le_bytes([b; 4]));
+            }
+            let seg = [Segment {
+                phys: buf.phys(),
+                len: 512,
+            }];
+            core::mem::forget(buf);
+            xhci.queue_transfer(slot_id, 2, Direction::Out, &seg)
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn a_cancelled_transfer_is_skipped_and_the_others_on_its_endpoint_run() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let [a, b, c] = three_queued(&fake, &mut xhci, slot_id);
+        fake.answer_bulk.set(true);
+        let before = fake.commands().len();
+        assert_eq!(xhci.cancel(b), Ok(true));
+        // The endpoint stopped at the first transfer: no Set TR Dequeue Pointer, the second
+        // transfer's TRBs became No Ops and the doorbell restarted the endpoint.
+        assert_eq!(fake.commands()[before..], [15]);
+        assert_eq!(xhci.take_completion(b), Some(Err(Error::Cancelled)));
+        xhci.poll_events().unwrap();
+        assert_eq!(xhci.take_completion(a), Some(Ok(512)));
+        assert_eq!(xhci.take_completion(c), Some(Ok(512)));
+        let out = fake.bulk_out.borrow();
+        assert_eq!(out.len(), 1024);
+        assert!(out[..512].iter().all(|&x| x == 1) && out[512..].iter().all(|&x| x == 3));
+        assert_eq!(xhci.cancel(b), Ok(false), "taken: unknown now");
+    }
+
+    #[test]
+    fn cancelling_the_transfer_in_progress_moves_the_dequeue_pointer_past_it() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let [a, b, c] = three_queued(&fake, &mut xhci, slot_id);
+        fake.answer_bulk.set(true);
+        let before = fake.commands().len();
+        assert_eq!(xhci.cancel(a), Ok(true));
+        assert_eq!(
+            fake.commands()[before..],
+            [15, 16],
+            "Stop, Set TR Dequeue Pointer"
+        );
+        assert_eq!(xhci.take_completion(a), Some(Err(Error::Cancelled)));
+        xhci.poll_events().unwrap();
+        assert_eq!(xhci.take_completion(b), Some(Ok(512)));
+        assert_eq!(xhci.take_completion(c), Some(Ok(512)));
+        let out = fake.bulk_out.borrow();
+        assert!(out[..512].iter().all(|&x| x == 2) && out[512..].iter().all(|&x| x == 3));
+    }
+
+    #[test]
+    fn a_device_unplugged_with_transfers_queued_fails_them_and_frees_its_slot() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let ids = three_queued(&fake, &mut xhci, slot_id);
+        fake.unplug(2);
+        xhci.poll_events().unwrap();
+        assert!(xhci.handle_port_changes().is_empty());
+        for id in ids {
+            assert_eq!(xhci.take_completion(id), Some(Err(Error::NoDevice)));
+        }
+        assert_eq!(xhci.take_detached(), [(slot_id, "1-1".into())]);
+        assert_eq!(xhci.occupied_slots().count(), 0);
+        assert_eq!(fake.commands().last(), Some(&10), "Disable Slot");
+        let seg = [Segment {
+            phys: 0x1000,
+            len: 8,
+        }];
+        assert_eq!(
+            xhci.queue_transfer(slot_id, 2, Direction::Out, &seg),
+            Err(Error::NoDevice)
+        );
+    }
+
+    #[test]
+    fn a_controller_error_fails_every_transfer_and_the_controller_comes_back() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let ids = three_queued(&fake, &mut xhci, slot_id);
+        fake.fail(1 << 12);
+        let error = xhci.poll_events().unwrap_err();
+        assert_eq!(error, Error::HostControllerError);
+        fake.answer_bulk.set(true);
+        let found = xhci.restart(error).unwrap();
+        for id in ids {
+            assert_eq!(
+                xhci.take_completion(id),
+                Some(Err(Error::HostControllerError))
+            );
+        }
+        assert_eq!(xhci.take_detached(), [(slot_id, "1-1".into())]);
+        assert_eq!(found.len(), 1, "the device is enumerated again");
+        assert_eq!(
+            fake.reg(t::USBSTS) & (1 << 12 | 1),
+            0,
+            "running, error gone"
+        );
+        let slot_id = found[0].slot_id;
+        let config = xhci.configuration(slot_id).unwrap();
+        xhci.configure(slot_id, &config).unwrap();
+        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 512,
+        }];
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+            Ok(512)
+        );
+    }
+
+    #[test]
+    fn control_transfers_run_asynchronously_in_both_directions() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let mut buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 64,
+        }];
+        let get = xhci
+            .queue_control(slot_id, [0x80, 6, 0, 1, 0, 0, 64, 0], Direction::In, &seg)
+            .unwrap();
+        xhci.poll_events().unwrap();
+        assert_eq!(
+            xhci.take_completion(get),
+            Some(Ok(18)),
+            "a short Data Stage"
+        );
+        let mut got = [0u8; 18];
+        buf.read_bytes(0, &mut got);
+        assert_eq!(got, t::DEVICE_DESCRIPTOR);
+        buf.write32(0, 0x0403_0201);
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 4,
+        }];
+        let set = xhci
+            .queue_control(slot_id, [0x21, 9, 0, 2, 0, 0, 4, 0], Direction::Out, &seg)
+            .unwrap();
+        xhci.poll_events().unwrap();
+        assert_eq!(xhci.take_completion(set), Some(Ok(4)));
+        assert_eq!(*fake.control_out.borrow(), [1, 2, 3, 4]);
+        assert_eq!(fake.setups().last(), Some(&(0x21, 9, 0x200, 0)));
+    }
+
+    /// A configuration with interface 0 (bulk IN 1, bulk OUT 2) whose alternate setting 1
+    /// has an isochronous IN endpoint 3 of 1024 bytes instead.
+    const ALTERNATES: [u8; 48] = [
+        9, 2, 48, 0, 1, 1, 0, 0x80, 50, //
+        9, 4, 0, 0, 2, 8, 6, 0x50, 0, //
+        7, 5, 0x81, 2, 0x00, 0x02, 0, //
+        7, 5, 0x02, 2, 0x00, 0x02, 0, //
+        9, 4, 0, 1, 1, 1, 2, 0, 0, //
+        7, 5, 0x83, 1, 0x00, 0x04, 1,
+    ];
+
+    #[test]
+    fn alternate_settings_deconfiguration_and_clear_halt_reconfigure_the_endpoints() {
+        let fake = FakeXhci::new();
+        *fake.configuration.borrow_mut() = ALTERNATES.to_vec();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+        xhci.set_configuration(slot_id, 1).unwrap();
+        assert_eq!(fake.configured().0, 1 | 1 << 3 | 1 << 4);
+        assert_eq!(
+            xhci.set_configuration(slot_id, 7),
+            Err(Error::BadTransfer),
+            "no such configuration"
+        );
+        xhci.set_interface(slot_id, 0, 1).unwrap();
+        assert_eq!(fake.dropped(), 1 << 3 | 1 << 4);
+        assert_eq!(fake.configured().0, 1 | 1 << 7, "isochronous IN 3 (DCI 7)");
+        assert_eq!(fake.setups().last(), Some(&(0x01, SET_INTERFACE, 1, 0)));
+        let seg = [Segment {
+            phys: 0x1000,
+            len: 8,
+        }];
+        assert_eq!(
+            xhci.queue_transfer(slot_id, 1, Direction::In, &seg),
+            Err(Error::NoEndpoint),
+            "bulk IN 1 went with alternate setting 0"
+        );
+        assert_eq!(xhci.set_interface(slot_id, 0, 5), Err(Error::BadTransfer));
+        xhci.set_interface(slot_id, 0, 0).unwrap();
+        assert_eq!(fake.dropped(), 1 << 7);
+        // CLEAR_FEATURE(ENDPOINT_HALT) goes to the device, and the endpoint is dropped and
+        // added again so its data toggle is 0 on both sides.
+        xhci.clear_halt(slot_id, 0x81).unwrap();
+        assert_eq!(fake.setups().last(), Some(&(0x02, CLEAR_FEATURE, 0, 0x81)));
+        assert_eq!(fake.dropped(), 1 << 3);
+        assert_eq!(fake.configured().0, 1 | 1 << 3);
+        xhci.set_configuration(slot_id, 0).unwrap();
+        assert_eq!(fake.dropped(), u32::MAX, "Deconfigure");
+        assert_eq!(fake.setups().last(), Some(&(0, SET_CONFIGURATION, 0, 0)));
+    }
+
+    #[test]
+    fn isochronous_packets_each_report_their_length() {
+        let fake = FakeXhci::new();
+        *fake.configuration.borrow_mut() = ALTERNATES.to_vec();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+        xhci.set_configuration(slot_id, 1).unwrap();
+        xhci.set_interface(slot_id, 0, 1).unwrap();
+        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 3 * 1024,
+        }];
+        let packets = [0, 1024, 2048].map(|offset| IsoPacket {
+            offset,
+            length: 1024,
+        });
+        // The first packet gets 100 bytes, the others all they asked for.
+        fake.bulk_in_bytes.set(100);
+        let id = xhci
+            .queue_isochronous(slot_id, 3, Direction::In, &seg, &packets)
+            .unwrap();
+        xhci.poll_events().unwrap();
+        let (done, c) = xhci.take_completed().unwrap();
+        assert_eq!(done, id);
+        assert_eq!(c.result, Ok(100 + 2048));
+        let lengths: Vec<usize> = c.packets.iter().map(|p| p.actual_length).collect();
+        assert_eq!(lengths, [100, 1024, 1024]);
+        assert!(c.packets.iter().all(|p| p.status.is_ok()));
+        assert_eq!(
+            xhci.queue_transfer(slot_id, 3, Direction::In, &seg),
+            Err(Error::BadTransfer),
+            "not a bulk or interrupt endpoint"
+        );
     }
 }

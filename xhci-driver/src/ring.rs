@@ -17,6 +17,8 @@ pub const TRB_SIZE: usize = 16;
 const CYCLE: u32 = 1 << 0;
 /// Chain bit, dword 3 bit 4 (Normal, Data Stage and Link TRBs).
 const CHAIN: u32 = 1 << 4;
+/// TRB Type No Op (Transfer Ring).
+const TRB_NOOP: u32 = 8;
 
 /// Why a TRB was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +141,43 @@ impl<D: DmaBuffer> ProducerRing<D> {
     /// them).
     pub fn skip_to_enqueue(&mut self) {
         self.dequeue = self.enqueue;
+    }
+
+    /// The index of the TRB at `phys`, when it is one of this ring's (the Link TRB is not).
+    fn index_of(&self, phys: u64) -> Option<usize> {
+        let off = phys.checked_sub(self.buf.phys())?;
+        let index = (off / TRB_SIZE as u64) as usize;
+        (off % TRB_SIZE as u64 == 0 && index < self.trbs - 1).then_some(index)
+    }
+
+    /// The TRB after the one at `phys` (past the Link TRB) and the Cycle bit the controller
+    /// will expect there: a New TR Dequeue Pointer that skips everything up to `phys`.
+    pub fn after(&self, phys: u64) -> Option<(u64, bool)> {
+        let next = self.next(self.index_of(phys)?);
+        let at = self.buf.phys() + (next * TRB_SIZE) as u64;
+        Some((at, self.cycle_of(at)?))
+    }
+
+    /// The Cycle bit the controller expects at `phys`: that of the TRB written there, or the
+    /// Producer Cycle State at the enqueue pointer.
+    pub fn cycle_of(&self, phys: u64) -> Option<bool> {
+        let index = self.index_of(phys)?;
+        if index == self.enqueue {
+            return Some(self.cycle);
+        }
+        Some(read_trb(&self.buf, index)[3] & CYCLE != 0)
+    }
+
+    /// Turns the TRB at `phys` into a No Op TRB (6.4.1.4) that keeps its Cycle and Chain bits:
+    /// the controller passes over it without transferring or reporting anything.
+    pub fn make_noop(&mut self, phys: u64) {
+        let Some(index) = self.index_of(phys) else {
+            return;
+        };
+        let old = read_trb(&self.buf, index);
+        let cycle = old[3] & CYCLE != 0;
+        let noop = [0, 0, 0, (TRB_NOOP << 10) | (old[3] & CHAIN)];
+        write_trb(&mut self.buf, index, noop, cycle);
     }
 
     /// The controller has completed the TRB at `phys` and all TRBs queued before it.
@@ -372,5 +411,30 @@ mod tests {
         assert_eq!((e[3] >> 10) & 0x3f, 33);
         assert_eq!(ring.dequeue_pointer(), 0x20010);
         assert_eq!(ring.pop(), None);
+    }
+
+    #[test]
+    fn after_cycle_of_and_noop_follow_the_ring_across_its_link() {
+        let mut ring = ProducerRing::new(Memory::new(0x1000, 4 * TRB_SIZE));
+        let a = ring.push([1, 0, 0, (1 << 10) | CHAIN]).unwrap();
+        let b = ring.push([2, 0, 0, 1 << 10]).unwrap();
+        assert_eq!(ring.cycle_of(a), Some(true));
+        assert_eq!(ring.after(a), Some((b, true)));
+        // After the last usable TRB comes the first, past the Link TRB; it is the enqueue
+        // pointer, whose Cycle bit is the Producer Cycle State.
+        ring.complete(b);
+        let c = ring.push([3, 0, 0, 1 << 10]).unwrap();
+        assert_eq!(ring.after(c), Some((0x1000, false)));
+        assert_eq!(
+            ring.after(0x1000 + 3 * TRB_SIZE as u64),
+            None,
+            "the Link TRB"
+        );
+        assert_eq!(ring.after(0x1004), None, "not a TRB");
+        ring.make_noop(a);
+        let t = read_trb(&ring.buf, 0);
+        assert_eq!((t[3] >> 10) & 0x3f, TRB_NOOP);
+        assert_eq!(t[3] & (CHAIN | CYCLE), CHAIN | CYCLE);
+        assert_eq!(t[0], 0);
     }
 }

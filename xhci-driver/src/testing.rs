@@ -166,6 +166,8 @@ struct State {
     /// The Input Context's Add Context flags and Slot Context dword 0 of the last Configure
     /// Endpoint.
     pub configured: (u32, u32),
+    /// Its Drop Context flags, or all ones for Deconfigure.
+    pub dropped: u32,
     /// Commands whose TRB type the controller saw, in order.
     pub commands: Vec<u32>,
     /// Every value written to a PORTSC, with its port.
@@ -197,6 +199,8 @@ pub struct FakeXhci {
     pub answer_bulk: Cell<bool>,
     /// Bytes the bulk OUT endpoint received.
     pub bulk_out: RefCell<Vec<u8>>,
+    /// Bytes OUT Data Stages of control transfers carried.
+    pub control_out: RefCell<Vec<u8>>,
     /// When set, the device in slot 1 is a hub answering with this hub descriptor; slots
     /// after it are the devices behind it.
     pub hub_descriptor: RefCell<Option<Vec<u8>>>,
@@ -251,6 +255,7 @@ impl FakeXhci {
             stall_next: Cell::new(false),
             answer_bulk: Cell::new(true),
             bulk_out: RefCell::new(Vec::new()),
+            control_out: RefCell::new(Vec::new()),
             hub_descriptor: RefCell::new(None),
             hub_ports: RefCell::new(Vec::new()),
             hub_resets: Cell::new(true),
@@ -325,6 +330,18 @@ impl FakeXhci {
         self.state.borrow().configured
     }
 
+    /// The Drop Context flags of the last Configure Endpoint (all ones for Deconfigure).
+    pub fn dropped(&self) -> u32 {
+        self.state.borrow().dropped
+    }
+
+    /// Sets USBSTS bits (HSE, HCE) as a failing controller does, and halts it.
+    pub fn fail(&self, usbsts: u32) {
+        let mut regs = self.regs.borrow_mut();
+        regs[USBSTS / 4] |= usbsts | 1;
+        regs[USBCMD / 4] &= !1;
+    }
+
     /// Sets a PORTSC before the controller runs.
     pub fn set_portsc(&self, port: u8, value: u32) {
         self.regs.borrow_mut()[(PORTSC1 + (usize::from(port) - 1) * 0x10) / 4] = value;
@@ -393,6 +410,7 @@ impl FakeXhci {
                 return;
             }
             let mut slot = (trb[3] >> 24) as u8;
+            let mut stopped = Vec::new();
             {
                 let mut s = self.state.borrow_mut();
                 s.commands.push(kind);
@@ -416,6 +434,14 @@ impl FakeXhci {
                     12 => {
                         let input = u64::from(trb[0]) | u64::from(trb[1]) << 32;
                         let add = self.arena.read32(input + 4);
+                        let drop = if trb[3] & (1 << 9) != 0 {
+                            u32::MAX
+                        } else {
+                            self.arena.read32(input)
+                        };
+                        s.dropped = drop;
+                        s.endpoints
+                            .retain(|e| e.0 != slot || (drop | add) & (1 << e.1) == 0);
                         s.configured = (add, self.arena.read32(input + self.context_size()));
                         let slot_context = input + self.context_size();
                         let dwords = [0, 4, 8].map(|o| self.arena.read32(slot_context + o));
@@ -435,6 +461,28 @@ impl FakeXhci {
                             e.4 = false;
                         }
                     }
+                    // Stop Endpoint: the TR Dequeue Pointer saved in the Output Endpoint
+                    // Context, a Stopped event for a TD in progress.
+                    15 => {
+                        let dci = ((trb[3] >> 16) & 0x1f) as u8;
+                        let output = self
+                            .arena
+                            .read64(u64::from(self.reg(DCBAAP)) + u64::from(slot) * 8);
+                        if let Some(e) = s.endpoints.iter().find(|e| (e.0, e.1) == (slot, dci)) {
+                            let at = output + u64::from(dci) * self.context_size() + 8;
+                            self.arena.write32(at, e.2 as u32 | u32::from(e.3));
+                            self.arena.write32(at + 4, (e.2 >> 32) as u32);
+                            let pending = self.read_trb(e.2);
+                            if (pending[3] & 1 != 0) == e.3 {
+                                stopped.push([
+                                    trb_low(e.2),
+                                    (e.2 >> 32) as u32,
+                                    26 << 24,
+                                    transfer_event(slot, dci),
+                                ]);
+                            }
+                        }
+                    }
                     // Set TR Dequeue Pointer.
                     16 => {
                         let dci = ((trb[3] >> 16) & 0x1f) as u8;
@@ -446,6 +494,9 @@ impl FakeXhci {
                     }
                     _ => {}
                 }
+            }
+            for event in stopped {
+                self.post(event);
             }
             self.post([
                 trb_low(at),
@@ -480,6 +531,12 @@ impl FakeXhci {
                     if self.is_hub(slot) {
                         self.hub_request(setup.0, setup.1, setup.2, trb[1] as u16);
                     }
+                }
+                // An OUT Data Stage: its bytes are the device's.
+                3 if trb[3] & (1 << 16) == 0 => {
+                    let buffer = u64::from(trb[0]) | u64::from(trb[1]) << 32;
+                    let bytes = self.arena.read_bytes(buffer, (trb[2] & 0x1ffff) as usize);
+                    self.control_out.borrow_mut().extend(bytes);
                 }
                 3 => {
                     let (w0, w1) = self.state.borrow().setup;
@@ -587,6 +644,10 @@ impl FakeXhci {
             }
             let mut left = self.bulk_in_bytes.replace(usize::MAX);
             for (n, &(trb_at, trb)) in td.iter().enumerate() {
+                // A cancelled transfer's No Op TRBs move nothing.
+                if (trb[3] >> 10) & 0x3f == 8 {
+                    continue;
+                }
                 let len = (trb[2] & 0x1ffff) as usize;
                 let buffer = u64::from(trb[0]) | u64::from(trb[1]) << 32;
                 let done = if dci % 2 == 1 {
@@ -672,7 +733,10 @@ impl Hal for &FakeXhci {
                 let halted = u32::from(value & 1 == 0);
                 let mut regs = self.regs.borrow_mut();
                 regs[USBSTS / 4] = (regs[USBSTS / 4] & !1) | halted;
-                // Host Controller Reset completes at once here.
+                // Host Controller Reset completes at once here, and clears the errors.
+                if value & 2 != 0 {
+                    regs[USBSTS / 4] &= !(1 << 2 | 1 << 12);
+                }
                 regs[USBCMD / 4] &= !2;
             }
             // Writes of the high dword latch 64-bit registers, as on QEMU.

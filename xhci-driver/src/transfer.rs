@@ -46,62 +46,317 @@ pub enum TdError {
     NoMaxPacketSize,
 }
 
-/// The TRBs of one TD (their Cycle bits are left to the ring) and each TRB's length.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Td {
-    /// Normal TRBs, all but the last with Chain set, the last with IOC; every one with ISP
-    /// so a short packet ends the TD with an event at once.
-    pub trbs: Vec<[u32; 4]>,
-    /// TRB Transfer Length of each TRB.
-    pub lengths: Vec<u32>,
-}
-
 /// Builds the TD of Normal TRBs for `segments`: each split where it would cross a 64 KiB
-/// boundary, TD Size per the xHCI 1.0+ rule (packets left after this TRB, 0 on the last).
-pub fn normal_td(segments: &[Segment], max_packet_size: u16) -> Result<Td, TdError> {
+/// boundary, TD Size per the xHCI 1.0+ rule (packets left after this TRB, 0 on the last),
+/// all but the last with Chain set, the last with IOC, every one with ISP so a short packet
+/// ends the TD with an event at once.
+pub fn normal_td(segments: &[Segment], max_packet_size: u16) -> Result<TransferTrbs, TdError> {
     if max_packet_size == 0 {
         return Err(TdError::NoMaxPacketSize);
     }
-    let mut pieces: Vec<(u64, u32)> = Vec::new();
-    for s in segments {
-        let mut phys = s.phys;
-        let end = s.phys + s.len as u64;
-        while phys < end {
-            let boundary = (phys / TRB_BOUNDARY + 1) * TRB_BOUNDARY;
-            let next = boundary.min(end);
-            pieces.push((phys, (next - phys) as u32));
-            phys = next;
-        }
-    }
+    let total: usize = segments.iter().map(|s| s.len).sum();
+    let pieces = pieces(segments, 0, total).unwrap_or_default();
     if pieces.is_empty() {
         return Err(TdError::Empty);
     }
-    let total: u64 = pieces.iter().map(|p| u64::from(p.1)).sum();
     let mps = u64::from(max_packet_size);
-    let packets = total.div_ceil(mps);
     let mut done = 0u64;
     let last = pieces.len() - 1;
-    let mut td = Td {
+    let mut td = TransferTrbs {
         trbs: Vec::with_capacity(pieces.len()),
-        lengths: Vec::with_capacity(pieces.len()),
+        info: Vec::with_capacity(pieces.len()),
     };
     for (i, &(phys, len)) in pieces.iter().enumerate() {
         done += u64::from(len);
-        let td_size = if i == last {
-            0
-        } else {
-            (packets - done / mps).min(u64::from(TD_SIZE_MAX)) as u32
-        };
+        let size = td_size(total as u64, done, i == last, mps);
         let flags = ISP | if i == last { IOC } else { CHAIN };
         td.trbs.push([
             phys as u32,
             (phys >> 32) as u32,
-            len | (td_size << 17),
+            len | (size << 17),
             (TRB_NORMAL << 10) | flags,
         ]);
-        td.lengths.push(len);
+        td.info.push(TrbInfo {
+            len,
+            role: TrbRole::Data,
+            packet: 0,
+        });
     }
     Ok(td)
+}
+
+/// TRB Type Setup Stage.
+const TRB_SETUP: u32 = 2;
+/// TRB Type Data Stage.
+const TRB_DATA: u32 = 3;
+/// TRB Type Status Stage.
+const TRB_STATUS: u32 = 4;
+/// TRB Type Isoch.
+const TRB_ISOCH: u32 = 5;
+/// Immediate Data: the Setup Stage TRB carries the 8 bytes itself.
+const IDT: u32 = 1 << 6;
+/// Direction bit of Data and Status Stage TRBs: IN.
+const DIR_IN: u32 = 1 << 16;
+/// Start Isoch ASAP.
+const SIA: u32 = 1 << 31;
+
+/// What a TRB of a TD is for, so completion events can be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrbRole {
+    /// Carries data: its length counts towards the bytes transferred.
+    Data,
+    /// Setup or Status Stage of a control transfer.
+    Stage,
+}
+
+/// One TRB of a TD as the completion logic sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrbInfo {
+    /// TRB Transfer Length.
+    pub len: u32,
+    /// Its role.
+    pub role: TrbRole,
+    /// Isochronous: the packet (TD) it belongs to; 0 otherwise.
+    pub packet: u16,
+}
+
+/// A transfer's TRBs (Cycle bits left to the ring) with what each is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferTrbs {
+    /// The TRBs in ring order.
+    pub trbs: Vec<[u32; 4]>,
+    /// One entry per TRB.
+    pub info: Vec<TrbInfo>,
+}
+
+/// Splits `len` bytes at byte `offset` of the buffer `segments` into pieces that do not
+/// cross a 64 KiB boundary. `None` when the range runs past the buffer.
+pub fn pieces(segments: &[Segment], offset: usize, len: usize) -> Option<Vec<(u64, u32)>> {
+    let mut out = Vec::new();
+    let mut skip = offset;
+    let mut left = len;
+    for s in segments {
+        if left == 0 {
+            break;
+        }
+        if skip >= s.len {
+            skip -= s.len;
+            continue;
+        }
+        let take = (s.len - skip).min(left);
+        let mut phys = s.phys + skip as u64;
+        let end = phys + take as u64;
+        while phys < end {
+            let boundary = (phys / TRB_BOUNDARY + 1) * TRB_BOUNDARY;
+            let next = boundary.min(end);
+            out.push((phys, (next - phys) as u32));
+            phys = next;
+        }
+        left -= take;
+        skip = 0;
+    }
+    (left == 0).then_some(out)
+}
+
+/// TD Size (4.11.2.4) of a TRB after which `done` of `total` bytes are queued: the packets
+/// still to go, 0 on the TD's last TRB.
+fn td_size(total: u64, done: u64, last: bool, mps: u64) -> u32 {
+    if last {
+        0
+    } else {
+        (total.div_ceil(mps) - done / mps).min(u64::from(TD_SIZE_MAX)) as u32
+    }
+}
+
+/// The TDs of a control transfer (4.11.2.2): a Setup Stage TRB with the request as
+/// Immediate Data, a Data Stage TRB followed by chained Normal TRBs for the buffer (when
+/// there is one), and a Status Stage TRB in the other direction (IN without data) that
+/// interrupts on completion. IN data TRBs interrupt on a short packet so the bytes received
+/// are known; the controller still runs the Status Stage after it.
+pub fn control_trbs(
+    setup: [u8; 8],
+    direction: Direction,
+    segments: &[Segment],
+    max_packet_size: u16,
+) -> Result<TransferTrbs, TdError> {
+    if max_packet_size == 0 {
+        return Err(TdError::NoMaxPacketSize);
+    }
+    let total: usize = segments.iter().map(|s| s.len).sum();
+    let data = pieces(segments, 0, total).unwrap_or_default();
+    let trt = match (data.is_empty(), direction) {
+        (true, _) => 0,
+        (false, Direction::Out) => 2,
+        (false, Direction::In) => 3,
+    };
+    let mut t = TransferTrbs {
+        trbs: Vec::with_capacity(data.len() + 2),
+        info: Vec::with_capacity(data.len() + 2),
+    };
+    let stage = TrbInfo {
+        len: 0,
+        role: TrbRole::Stage,
+        packet: 0,
+    };
+    t.trbs.push([
+        u32::from_le_bytes([setup[0], setup[1], setup[2], setup[3]]),
+        u32::from_le_bytes([setup[4], setup[5], setup[6], setup[7]]),
+        8,
+        (TRB_SETUP << 10) | IDT | (trt << 16),
+    ]);
+    t.info.push(stage);
+    let mps = u64::from(max_packet_size);
+    let dir = if direction == Direction::In {
+        DIR_IN
+    } else {
+        0
+    };
+    let isp = if direction == Direction::In { ISP } else { 0 };
+    let mut done = 0u64;
+    let last = data.len().saturating_sub(1);
+    for (i, &(phys, len)) in data.iter().enumerate() {
+        done += u64::from(len);
+        let size = td_size(total as u64, done, i == last, mps);
+        let (kind, d) = if i == 0 {
+            (TRB_DATA, dir)
+        } else {
+            (TRB_NORMAL, 0)
+        };
+        let chain = if i == last { 0 } else { CHAIN };
+        t.trbs.push([
+            phys as u32,
+            (phys >> 32) as u32,
+            len | (size << 17),
+            (kind << 10) | d | isp | chain,
+        ]);
+        t.info.push(TrbInfo {
+            len,
+            role: TrbRole::Data,
+            packet: 0,
+        });
+    }
+    let status_dir = if data.is_empty() || direction == Direction::Out {
+        DIR_IN
+    } else {
+        0
+    };
+    t.trbs
+        .push([0, 0, 0, (TRB_STATUS << 10) | status_dir | IOC]);
+    t.info.push(stage);
+    Ok(t)
+}
+
+/// One packet of an isochronous transfer: `length` bytes at byte `offset` of the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsoPacket {
+    /// Offset into the buffer.
+    pub offset: usize,
+    /// Bytes.
+    pub length: usize,
+}
+
+/// Why an isochronous transfer was not built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsochError {
+    /// No packets.
+    NoPackets,
+    /// A packet runs past the buffer, or is larger than a service interval carries.
+    Packet(usize),
+    /// The endpoint's max packet size is 0.
+    NoMaxPacketSize,
+}
+
+/// The TDs of an isochronous transfer (4.11.2.3, 6.4.1.3): one TD per packet, an Isoch TRB
+/// followed by chained Normal TRBs where the packet crosses a 64 KiB boundary or a buffer
+/// segment, each TD interrupting on completion so every packet gets its own status and
+/// length. Start Isoch ASAP: the controller schedules the first packet in the next
+/// interval it can, and each following packet one interval later. `max_burst` is the
+/// endpoint's (0 below SuperSpeed); `esit_payload` the bytes one interval may carry.
+pub fn isoch_trbs(
+    segments: &[Segment],
+    packets: &[IsoPacket],
+    direction: Direction,
+    max_packet_size: u16,
+    max_burst: u8,
+    esit_payload: usize,
+) -> Result<TransferTrbs, IsochError> {
+    if packets.is_empty() {
+        return Err(IsochError::NoPackets);
+    }
+    if max_packet_size == 0 {
+        return Err(IsochError::NoMaxPacketSize);
+    }
+    let mps = u64::from(max_packet_size);
+    let burst = u64::from(max_burst) + 1;
+    let isp = if direction == Direction::In { ISP } else { 0 };
+    let mut t = TransferTrbs {
+        trbs: Vec::new(),
+        info: Vec::new(),
+    };
+    for (n, p) in packets.iter().enumerate() {
+        if p.length > esit_payload {
+            return Err(IsochError::Packet(n));
+        }
+        let mut data = pieces(segments, p.offset, p.length).ok_or(IsochError::Packet(n))?;
+        if data.is_empty() {
+            // A zero-length packet is one TRB of no bytes.
+            data.push((0, 0));
+        }
+        // Transfer Descriptor Packet Count, then bursts (4.11.2.3): TBC is the bursts less
+        // one, TLBPC the packets in the last burst less one.
+        let tdpc = (p.length as u64).div_ceil(mps).max(1);
+        let tbc = (tdpc.div_ceil(burst) - 1) as u32;
+        let tlbpc = match tdpc % burst {
+            0 => burst - 1,
+            r => r - 1,
+        } as u32;
+        let total = p.length as u64;
+        let mut done = 0u64;
+        let last = data.len() - 1;
+        for (i, &(phys, len)) in data.iter().enumerate() {
+            done += u64::from(len);
+            let size = td_size(total, done, i == last, mps);
+            let end = if i == last { IOC } else { CHAIN };
+            let head = if i == 0 {
+                (TRB_ISOCH << 10) | SIA | (tbc << 7) | (tlbpc << 16)
+            } else {
+                TRB_NORMAL << 10
+            };
+            t.trbs.push([
+                phys as u32,
+                (phys >> 32) as u32,
+                len | (size << 17),
+                head | isp | end,
+            ]);
+            t.info.push(TrbInfo {
+                len,
+                role: TrbRole::Data,
+                packet: n as u16,
+            });
+        }
+    }
+    Ok(t)
+}
+
+/// Max ESIT Payload (4.14.2): the bytes a periodic endpoint moves per service interval.
+pub fn max_esit_payload(e: &Endpoint, speed: Speed) -> u32 {
+    let superspeed = matches!(speed, Speed::Super | Speed::SuperPlus);
+    if superspeed && e.bytes_per_interval != 0 {
+        return u32::from(e.bytes_per_interval);
+    }
+    let (burst, mult) = if superspeed {
+        let mult = if e.transfer_type == TransferType::Isochronous {
+            u32::from(e.companion_attributes & 0b11).min(2)
+        } else {
+            0
+        };
+        (u32::from(e.max_burst.min(15)), mult)
+    } else if speed == Speed::High {
+        (u32::from(e.additional_transactions.min(2)), 0)
+    } else {
+        (0, 0)
+    };
+    u32::from(e.max_packet_size) * (burst + 1) * (mult + 1)
 }
 
 /// The Endpoint Context (6.2.3) of a bulk, interrupt or isochronous endpoint, without its TR
@@ -137,12 +392,10 @@ pub fn endpoint_context(e: &Endpoint, speed: Speed) -> [u32; 5] {
     };
     let interval = if periodic { interval(e, speed) } else { 0 };
     let mps = u32::from(e.max_packet_size);
-    let esit = if !periodic {
-        0
-    } else if superspeed && e.bytes_per_interval != 0 {
-        u32::from(e.bytes_per_interval)
+    let esit = if periodic {
+        max_esit_payload(e, speed)
     } else {
-        mps * (max_burst + 1) * (mult + 1)
+        0
     };
     // Average TRB Length (4.14.1.1): 1 KiB for interrupt, 3 KiB for bulk and isochronous.
     let average = if e.transfer_type == TransferType::Interrupt {
@@ -193,7 +446,10 @@ mod tests {
     #[test]
     fn a_buffer_across_64k_boundaries_is_split_there() {
         let td = normal_td(&[seg(0x1_f000, 0x2_2000)], 512).unwrap();
-        assert_eq!(td.lengths, [0x1000, 0x1_0000, 0x1_0000, 0x1000]);
+        assert_eq!(
+            td.info.iter().map(|i| i.len).collect::<Vec<_>>(),
+            [0x1000, 0x1_0000, 0x1_0000, 0x1000]
+        );
         let addrs: Vec<u32> = td.trbs.iter().map(|t| t[0]).collect();
         assert_eq!(addrs, [0x1_f000, 0x2_0000, 0x3_0000, 0x4_0000]);
         for t in &td.trbs {
@@ -238,6 +494,118 @@ mod tests {
         // One TRB: TD Size 0.
         let td = normal_td(&[seg(0x10000, 31)], 64).unwrap();
         assert_eq!(td.trbs[0][2], 31);
+    }
+
+    #[test]
+    fn pieces_take_a_range_across_segments_and_64k_boundaries() {
+        let segs = [seg(0x1_f000, 0x800), seg(0x5_0000, 0x2_0000)];
+        assert_eq!(pieces(&segs, 0x400, 0x400), Some(vec![(0x1_f400, 0x400)]));
+        assert_eq!(
+            pieces(&segs, 0x700, 0x1_0200),
+            Some(vec![
+                (0x1_f700, 0x100),
+                (0x5_0000, 0x1_0000),
+                (0x6_0000, 0x100)
+            ])
+        );
+        assert_eq!(pieces(&segs, 0x800, 0), Some(vec![]));
+        assert_eq!(pieces(&segs, 0x2_0000, 0x801), None, "past the end");
+    }
+
+    #[test]
+    fn a_control_transfer_with_in_data_has_setup_data_and_status_stages() {
+        let setup = [0x80, 6, 0, 2, 0, 0, 0x20, 1];
+        let t = control_trbs(setup, Direction::In, &[seg(0x1_ff00, 0x120)], 64).unwrap();
+        let kinds: Vec<u32> = t.trbs.iter().map(|t| (t[3] >> 10) & 0x3f).collect();
+        assert_eq!(kinds, [2, 3, 1, 4], "Setup, Data, Normal, Status");
+        assert_eq!(t.trbs[0][0], 0x0200_0680);
+        assert_eq!(t.trbs[0][1], 0x0120_0000);
+        assert_eq!(t.trbs[0][2], 8);
+        assert_eq!(t.trbs[0][3] & (IDT | 3 << 16), IDT | 3 << 16, "IDT, TRT IN");
+        assert_eq!(t.trbs[1][3] & (DIR_IN | CHAIN | ISP), DIR_IN | CHAIN | ISP);
+        assert_eq!(t.trbs[1][2], 0x100 | (1 << 17), "one packet after it");
+        assert_eq!(
+            t.trbs[2][3] & (CHAIN | ISP),
+            ISP,
+            "the last data TRB ends the chain"
+        );
+        assert_eq!(
+            t.trbs[3][3] & (DIR_IN | IOC),
+            IOC,
+            "Status OUT after IN data"
+        );
+        assert_eq!(t.info[1].role, TrbRole::Data);
+        assert_eq!(t.info[3].role, TrbRole::Stage);
+    }
+
+    #[test]
+    fn control_transfers_without_data_or_with_out_data_get_an_in_status_stage() {
+        let t = control_trbs([0, 9, 1, 0, 0, 0, 0, 0], Direction::Out, &[], 8).unwrap();
+        assert_eq!(t.trbs.len(), 2);
+        assert_eq!(t.trbs[0][3] & (3 << 16), 0, "TRT No Data");
+        assert_eq!(t.trbs[1][3] & (DIR_IN | IOC), DIR_IN | IOC);
+        let t = control_trbs(
+            [0x21, 9, 0, 2, 0, 0, 1, 0],
+            Direction::Out,
+            &[seg(0x2000, 1)],
+            8,
+        )
+        .unwrap();
+        assert_eq!(t.trbs[0][3] & (3 << 16), 2 << 16, "TRT OUT");
+        assert_eq!(t.trbs[1][3] & (DIR_IN | ISP), 0);
+        assert_eq!(t.trbs[2][3] & DIR_IN, DIR_IN);
+    }
+
+    #[test]
+    fn isochronous_packets_are_one_td_each_with_burst_counts() {
+        let segs = [seg(0x1_0000, 3 * 1024)];
+        let packets = [
+            IsoPacket {
+                offset: 0,
+                length: 1024,
+            },
+            IsoPacket {
+                offset: 1024,
+                length: 0,
+            },
+            IsoPacket {
+                offset: 1024,
+                length: 2048,
+            },
+        ];
+        let t = isoch_trbs(&segs, &packets, Direction::In, 512, 1, 2048).unwrap();
+        assert_eq!(t.trbs.len(), 3);
+        for (trb, packet) in t.trbs.iter().zip(0u16..) {
+            assert_eq!((trb[3] >> 10) & 0x3f, 5, "Isoch");
+            assert_eq!(trb[3] & (SIA | IOC | ISP | CHAIN), SIA | IOC | ISP);
+            assert_eq!(t.info[usize::from(packet)].packet, packet);
+        }
+        // 1024 bytes = 2 packets of 512, one burst of 2: TBC 0, TLBPC 1.
+        assert_eq!((t.trbs[0][3] >> 7) & 3, 0);
+        assert_eq!((t.trbs[0][3] >> 16) & 0xf, 1);
+        // Zero length: one packet.
+        assert_eq!(t.trbs[1][2] & 0x1_ffff, 0);
+        assert_eq!((t.trbs[1][3] >> 16) & 0xf, 0);
+        // 2048 bytes = 4 packets, bursts of 2: TBC 1, TLBPC 1.
+        assert_eq!((t.trbs[2][3] >> 7) & 3, 1);
+        assert_eq!(t.trbs[2][0], 0x1_0400);
+        assert_eq!(
+            isoch_trbs(&segs, &packets, Direction::In, 512, 1, 1024),
+            Err(IsochError::Packet(2)),
+            "more than an interval carries"
+        );
+        let past = [IsoPacket {
+            offset: 3000,
+            length: 200,
+        }];
+        assert_eq!(
+            isoch_trbs(&segs, &past, Direction::Out, 512, 0, 1024),
+            Err(IsochError::Packet(0))
+        );
+        assert_eq!(
+            isoch_trbs(&segs, &[], Direction::Out, 512, 0, 1024),
+            Err(IsochError::NoPackets)
+        );
     }
 
     #[test]
