@@ -18,6 +18,12 @@ pub enum UsbTest {
     /// `usbtest=keyboard`: configure the first HID boot keyboard and log every report its
     /// interrupt IN endpoint delivers.
     Keyboard,
+    /// `usbtest=hotplug`: keep reads running on every mass-storage device that arrives,
+    /// and log how each loop ends when its device leaves.
+    Hotplug,
+    /// `usbtest=controller-error`: make the controller fail (QEMU asserts Host Controller
+    /// Error on an invalid ERSTSZ), then run the storage test again on the restarted one.
+    ControllerError,
 }
 
 /// What the command line asks for.
@@ -32,7 +38,7 @@ pub struct Cmdline {
     pub unknown: Vec<String<32>, MAX_UNKNOWN>,
     /// A `loglevel=` value that is not a level.
     pub bad_log_level: bool,
-    /// `usbtest=storage` or `usbtest=keyboard`.
+    /// `usbtest=storage|keyboard|hotplug|controller-error`.
     pub usb_test: Option<UsbTest>,
 }
 
@@ -65,6 +71,10 @@ impl Cmdline {
                 ("qemu_exit", None) => c.qemu_exit = true,
                 ("usbtest", Some("storage")) => c.usb_test = Some(UsbTest::Storage),
                 ("usbtest", Some("keyboard")) => c.usb_test = Some(UsbTest::Keyboard),
+                ("usbtest", Some("hotplug")) => c.usb_test = Some(UsbTest::Hotplug),
+                ("usbtest", Some("controller-error")) => {
+                    c.usb_test = Some(UsbTest::ControllerError)
+                }
                 _ => {
                     let mut s = String::new();
                     for ch in word.chars() {
@@ -109,6 +119,10 @@ mod tests {
         assert!(c.unknown.is_empty());
         let c = Cmdline::parse("usbtest=keyboard");
         assert_eq!(c.usb_test, Some(UsbTest::Keyboard));
+        let c = Cmdline::parse("usbtest=hotplug");
+        assert_eq!(c.usb_test, Some(UsbTest::Hotplug));
+        let c = Cmdline::parse("usbtest=controller-error");
+        assert_eq!(c.usb_test, Some(UsbTest::ControllerError));
         let c = Cmdline::parse("usbtest=hid");
         assert_eq!(c.usb_test, None);
         assert_eq!(c.unknown[0].as_str(), "usbtest=hid");

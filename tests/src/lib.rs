@@ -177,7 +177,17 @@ pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -
     let mut timed_out = false;
     let status = loop {
         while let Ok((t, line)) = rx.try_recv() {
-            let finished = done(&line);
+            // A failed check in `done` must not leave QEMU running (holding its image
+            // locks for the next run).
+            let finished =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(&line))) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        std::panic::resume_unwind(e);
+                    }
+                };
             lines.push((t, line));
             if finished {
                 let _ = child.kill();

@@ -228,6 +228,127 @@ fn the_storage_self_test_writes_its_pattern_through_the_stick_to_the_image() {
             .expect("event=usbtest_storage_past_end");
         assert_eq!(field(past, "result"), Some("command_failed"), "{past}");
         assert_eq!(field(past, "then_read"), Some("ok"), "{past}");
+
+        // The same 4 MiB with 16 transfers of 64 KiB in flight.
+        let many = r
+            .events("bench")
+            .find(|l| field(l, "in_flight") == Some("16"))
+            .expect("event=bench in_flight=16");
+        println!("usbtest: {many}");
+        assert_eq!(field(many, "bytes"), Some("4194304"));
+
+        // STALLs provoked on the real device model and recovered.
+        let (_, stall) = r.event("usbtest_stall").expect("event=usbtest_stall");
+        assert_eq!(field(stall, "bulk_out"), Some("stall"), "{stall}");
+        assert_eq!(field(stall, "then_inquiry_bytes"), Some("36"), "{stall}");
+        assert_eq!(field(stall, "ep0"), Some("stall"), "{stall}");
+        assert_eq!(
+            field(stall, "then_device_descriptor_bytes"),
+            Some("18"),
+            "{stall}"
+        );
+    });
+}
+
+#[test]
+fn a_stick_unplugged_under_a_read_loop_fails_the_loop_cleanly_and_works_when_back() {
+    let machine = Machine::new("q35", "usbtest-hotplug").append("usbtest=hotplug");
+    // Two images: QEMU releases the first one's node only when it finalizes the unplugged
+    // device, some time after the guest saw it go.
+    let node = |name: &str| {
+        let image = machine.scratch().join(format!("{name}.img"));
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        format!(
+            r#"{{"execute":"blockdev-add","arguments":{{"driver":"raw","node-name":"{name}","file":{{"driver":"file","filename":"{}"}}}}}}"#,
+            image.display()
+        )
+    };
+    let nodes = [node("hot"), node("again")];
+    let socket = machine.scratch().join("qmp.sock");
+    let _ = std::fs::remove_file(&socket);
+    let plug = r#"{"execute":"device_add","arguments":{"driver":"usb-storage","id":"s1","bus":"xhci.0","drive":"hot"}}"#;
+    let replug = r#"{"execute":"device_add","arguments":{"driver":"usb-storage","id":"s2","bus":"xhci.0","drive":"again"}}"#;
+    let progress = std::cell::Cell::new(0);
+    let replugged = std::cell::Cell::new(false);
+    let run = machine
+        .arg("-qmp")
+        .arg(&format!("unix:{},server=on,wait=off", socket.display()))
+        .keep_running()
+        .limit(Duration::from_secs(30))
+        .boot_until(|line| {
+            if line.contains("event=ready") {
+                qmp(&socket, &[&nodes[0], &nodes[1], plug]);
+            }
+            // Unplugged while the loop's transfers are in flight.
+            if line.contains("event=usbtest_loop_progress") {
+                progress.set(progress.get() + 1);
+                if progress.get() == 1 {
+                    qmp(
+                        &socket,
+                        &[r#"{"execute":"device_del","arguments":{"id":"s1"}}"#],
+                    );
+                }
+            }
+            if line.contains("event=usbtest_loop_stopped") && !replugged.replace(true) {
+                qmp(&socket, &[replug]);
+            }
+            progress.get() == 2
+        });
+    run.check(|r| {
+        assert!(!r.timed_out, "the loop did not run again after the replug");
+        let started: Vec<&str> = r.events("usbtest_loop_started").collect();
+        assert_eq!(started.len(), 2, "{started:#?}");
+        let (_, stopped) = r
+            .event("usbtest_loop_stopped")
+            .expect("event=usbtest_loop_stopped");
+        println!("usbtest: {stopped}");
+        assert_eq!(field(stopped, "error"), Some("no_device"), "{stopped}");
+        assert_eq!(field(stopped, "slots_in_use"), Some("0"), "{stopped}");
+        let reads: u64 = field(stopped, "reads").unwrap().parse().unwrap();
+        assert!(reads >= 50, "{stopped}");
+        let (_, gone) = r.event("usb_device_gone").expect("event=usb_device_gone");
+        assert_eq!(field(gone, "busid"), field(started[0], "busid"), "{gone}");
+        assert_eq!(field(gone, "slot"), field(stopped, "slot"), "{gone}");
+        // The second stick may land on another port; the freed slot serves it.
+        assert_eq!(field(started[1], "slot"), field(started[0], "slot"));
+    });
+}
+
+#[test]
+fn a_controller_error_is_recovered_by_a_restart_and_the_stick_works_after_it() {
+    let run = Machine::new("q35", "usbtest-controller-error")
+        .usb_stick("stick")
+        .append("usbtest=controller-error")
+        .keep_running()
+        .limit(Duration::from_secs(30))
+        .boot_until(|line| line.contains("event=usbtest_stall"));
+    run.check(|r| {
+        assert!(
+            !r.timed_out,
+            "the storage test did not run after the restart"
+        );
+        let (_, provoked) = r
+            .event("usbtest_controller_error")
+            .expect("event=usbtest_controller_error");
+        assert_eq!(
+            field(provoked, "error"),
+            Some("host_controller_error"),
+            "{provoked}"
+        );
+        let (_, restart) = r.event("xhci_restart").expect("event=xhci_restart");
+        println!("usbtest: {restart}");
+        assert_eq!(field(restart, "reason"), Some("host_controller_error"));
+        assert!(r
+            .events("usb_device_gone")
+            .any(|l| field(l, "reason") == Some("controller_reset")));
+        assert!(r
+            .events("usbtest_controller_error")
+            .any(|l| field(l, "recovered") == Some("true")));
+        let (_, test) = r.event("usbtest_storage").expect("event=usbtest_storage");
+        assert_eq!(field(test, "match"), Some("true"), "{test}");
     });
 }
 
@@ -390,6 +511,7 @@ fn keyboard_report(machine: Machine) {
             r#"{{"execute":"input-send-event","arguments":{{"events":[{{"type":"key","data":{{"down":{down},"key":{{"type":"qcode","data":"a"}}}}}}]}}}}"#
         )
     };
+    let key_b = |down: bool| key(down).replace(r#""data":"a""#, r#""data":"b""#);
     let pressed = std::cell::Cell::new(false);
     let run = machine
         .arg("-qmp")
@@ -398,11 +520,15 @@ fn keyboard_report(machine: Machine) {
         .keep_running()
         .limit(Duration::from_secs(20))
         .boot_until(|line| {
+            // Four reports: each of the two transfers left after the cancel carries two.
             if line.contains("event=usbtest_keyboard_ready") {
-                qmp(&socket, &[&key(true), &key(false)]);
+                qmp(
+                    &socket,
+                    &[&key(true), &key(false), &key_b(true), &key_b(false)],
+                );
             }
-            // Done at the release: all keys up after the report with `a`.
-            if line.contains("event=usbtest_keyboard report=00 00 04") {
+            // Done at the last release: all keys up after the report with `b`.
+            if line.contains("event=usbtest_keyboard report=00 00 05") {
                 pressed.set(true);
             }
             pressed.get() && line.contains("event=usbtest_keyboard report=00 00 00 00")
@@ -431,6 +557,15 @@ fn keyboard_report(machine: Machine) {
                 .any(|l| l.contains("report=00 00 00 00 00 00 00 00")),
             "{reports:#?}"
         );
+        let b = reports
+            .iter()
+            .position(|l| l.contains("report=00 00 05 00 00 00 00 00"))
+            .unwrap_or_else(|| panic!("no report with key b: {reports:#?}"));
+        assert!(b > a, "in order: {reports:#?}");
+        // One of three queued transfers was cancelled and the other two carried them.
+        let (_, cancel) = r.event("usbtest_cancel").expect("event=usbtest_cancel");
+        assert_eq!(field(cancel, "result"), Some("cancelled"), "{cancel}");
+        assert_eq!(field(cancel, "still_queued"), Some("2"), "{cancel}");
     });
 }
 

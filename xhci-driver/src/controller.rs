@@ -964,6 +964,19 @@ impl<H: Hal> Controller<H> {
         Ok(n)
     }
 
+    /// The error USBSTS reports, if the controller failed: Host System Error or Host
+    /// Controller Error. Neither interrupts, so the main loop looks now and then.
+    pub fn error(&self) -> Option<Error> {
+        let status = self.hal.read32(self.op() + USBSTS);
+        if status & USBSTS_HSE != 0 {
+            Some(Error::HostSystemError)
+        } else if status & USBSTS_HCE != 0 {
+            Some(Error::HostControllerError)
+        } else {
+            None
+        }
+    }
+
     /// The Device Slots of the devices present now.
     pub fn occupied_slots(&self) -> impl Iterator<Item = u8> + '_ {
         self.slots.iter().map(|s| s.slot_id)
@@ -2197,9 +2210,9 @@ impl<H: Hal> Controller<H> {
         core::mem::take(&mut self.detached)
     }
 
-    /// Waits up to `timeout_us` for transfer `id`; one that does not finish in time is
-    /// cancelled and [`Error::Timeout`] returned.
-    fn wait(&mut self, id: TransferId, timeout_us: u64) -> Result<usize, Error> {
+    /// Waits up to `timeout_us` for transfer `id` (handling every other event meanwhile);
+    /// one that does not finish in time is cancelled and [`Error::Timeout`] returned.
+    pub fn wait(&mut self, id: TransferId, timeout_us: u64) -> Result<usize, Error> {
         let until = self.hal.now_micros() + timeout_us;
         loop {
             if let Some(result) = self.take_completion(id) {
@@ -2313,19 +2326,22 @@ impl<H: Hal> Controller<H> {
         for &(a, _) in &td.trbs {
             ep.ring.make_noop(a);
         }
-        let mut target = None;
-        if !halted {
-            if td.holds(dequeue) {
-                target = ep.ring.after(td.last());
-            } else if let Some(stopped) = ep.stopped_at.take() {
-                if let Some(live) = ep.pending.iter().find(|t| t.holds(stopped)) {
-                    if !live.holds(dequeue) {
-                        let first = live.trbs[0].0;
-                        target = ep.ring.cycle_of(first).map(|c| (first, c));
-                    }
-                }
+        // Where the endpoint goes on from: a transfer it was running whose TRBs the
+        // controller had passed is run again; otherwise past the cancelled one if it
+        // stopped inside it; otherwise where it stopped.
+        let stopped_live = ep
+            .stopped_at
+            .take()
+            .and_then(|at| ep.pending.iter().find(|t| t.holds(at)));
+        let target = match stopped_live {
+            _ if halted => None,
+            Some(live) if !live.holds(dequeue) => {
+                let first = live.trbs[0].0;
+                ep.ring.cycle_of(first).map(|c| (first, c))
             }
-        }
+            _ if td.holds(dequeue) => ep.ring.after(td.last()),
+            _ => None,
+        };
         if i == 0 {
             ep.ring.complete(td.last());
         }

@@ -2,6 +2,7 @@
 //! Command Block Wrapper, the Command Status Wrapper, and the few commands a self-test needs.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::controller::{Controller, Error};
@@ -195,7 +196,87 @@ impl<D: DmaBuffer> BulkOnly<D> {
         self.tag = self.tag.wrapping_add(1);
         let length: usize = data.iter().map(|s| s.len).sum();
         let length = u32::try_from(length).map_err(|_| StorageError::Usb(Error::BadTransfer))?;
-        let wrapper = cbw(self.tag, length, direction, 0, cdb);
+        self.send_cbw(xhci, &cbw(self.tag, length, direction, 0, cdb))?;
+        let mut moved = 0;
+        if length > 0 {
+            let endpoint = match direction {
+                Direction::In => self.bulk_in,
+                Direction::Out => self.bulk_out,
+            };
+            match xhci.transfer(self.slot_id, endpoint, direction, data, timeout_us) {
+                Ok(n) => moved = n,
+                Err(Error::Stall) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.read_csw(xhci)?;
+        Ok(moved)
+    }
+
+    /// Runs one IN command whose data phase is split into one bulk transfer per chunk, all
+    /// queued at once (as a host with many requests in flight does): the CBW, every chunk,
+    /// then the CSW. Returns the bytes the data phase moved.
+    pub fn command_in_flight<H: Hal<Dma = D>>(
+        &mut self,
+        xhci: &mut Controller<H>,
+        cdb: &[u8],
+        chunks: &[Segment],
+        timeout_us: u64,
+    ) -> Result<usize, StorageError> {
+        self.tag = self.tag.wrapping_add(1);
+        let length: usize = chunks.iter().map(|s| s.len).sum();
+        let length = u32::try_from(length).map_err(|_| StorageError::Usb(Error::BadTransfer))?;
+        self.send_cbw(xhci, &cbw(self.tag, length, Direction::In, 0, cdb))?;
+        let mut queued = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let id = xhci.queue_transfer(
+                self.slot_id,
+                self.bulk_in,
+                Direction::In,
+                core::slice::from_ref(chunk),
+            );
+            match id {
+                Ok(id) => queued.push(id),
+                Err(e) => {
+                    for id in queued {
+                        xhci.cancel(id)?;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut moved = 0;
+        let mut failed = None;
+        for id in queued {
+            match xhci.wait(id, timeout_us) {
+                Ok(n) => moved += n,
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        self.read_csw(xhci)?;
+        Ok(moved)
+    }
+
+    /// Sends a CBW whose signature is wrong: the device must STALL it (BOT 6.6.1). Returns
+    /// what the bulk OUT transfer ended with (after a STALL the endpoint is recovered on
+    /// both sides, so the next command works).
+    pub fn send_invalid_cbw<H: Hal<Dma = D>>(
+        &mut self,
+        xhci: &mut Controller<H>,
+    ) -> Result<usize, Error> {
+        let mut wrapper = cbw(0, 0, Direction::Out, 0, &[0; 6]);
+        wrapper[0..4].copy_from_slice(b"XXXX");
+        self.send_cbw(xhci, &wrapper)
+    }
+
+    fn send_cbw<H: Hal<Dma = D>>(
+        &mut self,
+        xhci: &mut Controller<H>,
+        wrapper: &[u8; CBW_SIZE],
+    ) -> Result<usize, Error> {
         for (i, chunk) in wrapper.chunks(4).enumerate() {
             let mut dword = [0u8; 4];
             dword[..chunk.len()].copy_from_slice(chunk);
@@ -211,19 +292,10 @@ impl<D: DmaBuffer> BulkOnly<D> {
             Direction::Out,
             &out,
             WRAPPER_TIMEOUT_US,
-        )?;
-        let mut moved = 0;
-        if length > 0 {
-            let endpoint = match direction {
-                Direction::In => self.bulk_in,
-                Direction::Out => self.bulk_out,
-            };
-            match xhci.transfer(self.slot_id, endpoint, direction, data, timeout_us) {
-                Ok(n) => moved = n,
-                Err(Error::Stall) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        )
+    }
+
+    fn read_csw<H: Hal<Dma = D>>(&mut self, xhci: &mut Controller<H>) -> Result<u32, StorageError> {
         let status = [Segment {
             phys: self.csw.phys(),
             len: CSW_SIZE,
@@ -237,8 +309,7 @@ impl<D: DmaBuffer> BulkOnly<D> {
         )?;
         let mut bytes = [0u8; CSW_SIZE];
         self.csw.read_bytes(0, &mut bytes);
-        csw(&bytes[..n.min(CSW_SIZE)], self.tag)?;
-        Ok(moved)
+        csw(&bytes[..n.min(CSW_SIZE)], self.tag)
     }
 }
 

@@ -237,6 +237,8 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     match (cmdline.usb_test, usb.as_mut()) {
         (Some(UsbTest::Storage), Some(u)) => usb::self_test_storage(u),
         (Some(UsbTest::Keyboard), Some(u)) => usb::self_test_keyboard(u),
+        (Some(UsbTest::Hotplug), Some(u)) => usb::self_test_hotplug(u),
+        (Some(UsbTest::ControllerError), Some(u)) => usb::self_test_controller_error(u),
         (Some(_), None) => warn!("event=usbtest step=find error=no_controller"),
         (None, _) => {}
     }
@@ -256,28 +258,33 @@ fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! 
         if let Some(u) = usb.as_mut() {
             usb::service(u);
         }
-        let Some(be) = backend.as_deref_mut() else {
-            cpu::enable_and_halt();
-            continue;
-        };
-        if let Some(u) = usb.as_mut() {
-            usb::publish(u, be.xenstore());
+        if let Some(be) = backend.as_deref_mut() {
+            if let Some(u) = usb.as_mut() {
+                usb::publish(u, be.xenstore());
+            }
+            if let Err(e) = be.poll_xenstore() {
+                warn!("event=xenstore_error op=poll error={e}");
+            }
         }
-        if let Err(e) = be.poll_xenstore() {
-            warn!("event=xenstore_error op=poll error={e}");
-        }
+        // Work that arrived while the loop ran is looked for with interrupts off, so an
+        // interrupt after the look still wakes the `hlt` (`sti; hlt` takes it only after
+        // the `hlt` began).
         cpu::disable_interrupts();
         let mut ports: heapless::Vec<xen::abi::EvtchnPort, 64> = heapless::Vec::new();
-        be.hypervisor().take_pending(&mut |p| {
-            let _ = ports.push(p);
-        });
-        if ports.is_empty() {
+        if let Some(be) = backend.as_deref_mut() {
+            be.hypervisor().take_pending(&mut |p| {
+                let _ = ports.push(p);
+            });
+        }
+        if ports.is_empty() && !usb.as_ref().is_some_and(usb::has_work) {
             cpu::enable_and_halt();
             continue;
         }
         cpu::enable_interrupts();
-        for p in ports {
-            be.handle_event(p);
+        if let Some(be) = backend.as_deref_mut() {
+            for p in ports {
+                be.handle_event(p);
+            }
         }
     }
 }

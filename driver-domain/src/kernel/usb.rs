@@ -11,8 +11,8 @@ use platform::Mmio32;
 use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
 use xhci_driver::descriptor::TransferType;
 use xhci_driver::mass_storage::{
-    capacity, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10, read_write_10,
-    BulkOnly, StorageError, READ_10, WRITE_10,
+    capacity, cbw, csw, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10,
+    read_write_10, BulkOnly, StorageError, CBW_SIZE, CSW_SIZE, READ_10, WRITE_10,
 };
 use xhci_driver::{
     Configuration, Controller, Direction, DmaBuffer, Hal, Interface, Segment, TransferId, UsbDevice,
@@ -113,6 +113,8 @@ const NOOPS: usize = 300;
 /// The running driver and how the main loop learns of its events.
 pub struct Usb {
     xhci: Controller<KernelHal>,
+    /// BAR0, for `usbtest=controller-error` to make the controller fail.
+    regs: Mmio,
     /// Whether MSI/MSI-X is routed; without it the event ring is polled on every wake-up
     /// (the 100 Hz timer wakes the loop).
     interrupt_routed: bool,
@@ -129,16 +131,22 @@ pub struct Usb {
     devices_changed: bool,
     /// The keyboard `usbtest=keyboard` listens to.
     keyboard: Option<Keyboard>,
+    /// `usbtest=hotplug`: every mass-storage device that arrives gets a read loop.
+    hotplug: bool,
+    /// The read loops running.
+    loops: Vec<StorageLoop>,
+    /// `usbtest=controller-error`: run the storage test again once the controller restarted.
+    storage_after_restart: bool,
 }
 
-/// A HID boot keyboard whose interrupt IN endpoint always has one transfer queued.
+/// A HID boot keyboard whose interrupt IN endpoint always has transfers queued, each with
+/// its own buffer, oldest first.
 struct Keyboard {
     slot_id: u8,
     endpoint: u8,
     /// The endpoint's max packet size: one report per transfer.
     len: usize,
-    buf: KernelDma,
-    queued: TransferId,
+    queued: Vec<(KernelDma, TransferId)>,
 }
 
 /// Brings the controller up, proves its rings with a No Op command and enumerates the root
@@ -180,6 +188,7 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
     );
     Some(Usb {
         xhci,
+        regs: found.regs,
         interrupt_routed: found.vector.is_some(),
         seen: pci::xhci_interrupts(),
         failed: false,
@@ -187,39 +196,84 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         published: BTreeMap::new(),
         devices_changed: true,
         keyboard: None,
+        hotplug: false,
+        loops: Vec::new(),
+        storage_after_restart: false,
     })
 }
 
+/// Whether [`service`] has something to do: the controller interrupted since it last
+/// looked, or changes wait.
+pub fn has_work(usb: &Usb) -> bool {
+    !usb.failed && (pci::xhci_interrupts() != usb.seen || usb.xhci.has_port_changes())
+}
+
 /// Takes the controller's events when its interrupt counter moved (or always, without an
-/// interrupt): devices plugged into root ports are enumerated, unplugged ones released.
+/// interrupt): devices plugged in are enumerated, unplugged ones released, the self-tests'
+/// transfers moved on. A controller that failed (Host System Error, Host Controller Error)
+/// is restarted: its transfers fail, its devices go and come back.
 pub fn service(usb: &mut Usb) {
     let now = pci::xhci_interrupts();
-    let quiet = now == usb.seen && !usb.xhci.has_port_changes();
+    let quiet = now == usb.seen && !usb.xhci.has_port_changes() && usb.xhci.error().is_none();
     if usb.failed || (usb.interrupt_routed && quiet) {
         return;
     }
     usb.seen = now;
-    match usb.xhci.poll_events() {
+    let mut restarted = false;
+    let attached = match usb.xhci.poll_events() {
         Ok(events) => {
             if events > 0 {
                 info!("event=xhci_events count={events} xhci_interrupts={now}");
             }
             // Also changes noted while an earlier enumeration waited for its own events.
-            let attached = usb.xhci.handle_port_changes();
-            // Gone, or gone and its slot given to a device just attached.
-            let occupied: Vec<u8> = usb.xhci.occupied_slots().collect();
-            let before = usb.devices.len();
-            usb.devices.retain(|d| {
-                occupied.contains(&d.slot_id) && !attached.iter().any(|a| a.slot_id == d.slot_id)
-            });
-            usb.devices_changed |= usb.devices.len() != before || !attached.is_empty();
-            usb.devices.extend(attached);
-            keyboard_reports(usb);
+            usb.xhci.handle_port_changes()
+        }
+        Err(
+            e @ (xhci_driver::Error::HostSystemError | xhci_driver::Error::HostControllerError),
+        ) => {
+            match usb.xhci.restart(e) {
+                Ok(found) => {
+                    restarted = true;
+                    // Their transfers failed and the controller was reset: the buffers
+                    // are free.
+                    usb.keyboard = None;
+                    usb.loops.clear();
+                    found
+                }
+                Err(e) => {
+                    warn!("event=xhci_restart_failed error={e}");
+                    usb.failed = true;
+                    // The controller may still write into them.
+                    core::mem::forget(usb.keyboard.take());
+                    core::mem::forget(core::mem::take(&mut usb.loops));
+                    return;
+                }
+            }
         }
         Err(e) => {
             warn!("event=xhci_error error={e}");
             usb.failed = true;
+            return;
         }
+    };
+    let gone = usb.xhci.take_detached();
+    usb.devices
+        .retain(|d| !gone.iter().any(|(slot, _)| *slot == d.slot_id));
+    usb.devices_changed |= !gone.is_empty() || !attached.is_empty();
+    usb.devices.extend(attached.iter().cloned());
+    keyboard_reports(usb);
+    step_loops(usb);
+    if usb.hotplug {
+        for d in &attached {
+            start_loop(usb, d);
+        }
+    }
+    if restarted && core::mem::take(&mut usb.storage_after_restart) {
+        info!(
+            "event=usbtest_controller_error recovered=true devices={}",
+            usb.devices.len()
+        );
+        self_test_storage(usb);
     }
 }
 
@@ -411,6 +465,89 @@ fn exercise(
         "after_past_end",
     )?;
     info!("event=usbtest_storage_past_end result={past_end} then_read=ok");
+    bench_in_flight(xhci, bot, block_size)?;
+    stalls(xhci, bot, slot_id, buf)
+}
+
+/// The probe with many transfers in flight: READ(10)s of a MiB, each data phase queued at
+/// once as 16 bulk transfers of 64 KiB (Linux's xen-hcd keeps at most 16 URBs in flight).
+fn bench_in_flight(
+    xhci: &mut Controller<KernelHal>,
+    bot: &mut BulkOnly<KernelDma>,
+    block_size: u32,
+) -> Result<(), (&'static str, StorageError)> {
+    const IN_FLIGHT: usize = 16;
+    let big = xhci
+        .dma_alloc(IN_FLIGHT * BENCH_CHUNK, 4096)
+        .map_err(|e| ("bench_dma", e.into()))?;
+    let chunks: Vec<Segment> = (0..IN_FLIGHT)
+        .map(|i| Segment {
+            phys: big.phys() + (i * BENCH_CHUNK) as u64,
+            len: BENCH_CHUNK,
+        })
+        .collect();
+    let per_command = ((IN_FLIGHT * BENCH_CHUNK) as u32 / block_size) as u16;
+    let started = time::now_micros();
+    let mut bytes = 0usize;
+    let mut lba = 0u32;
+    while bytes < BENCH_BYTES {
+        let read = read_write_10(READ_10, lba, per_command);
+        match bot.command_in_flight(xhci, &read, &chunks, DATA_TIMEOUT_US) {
+            Ok(n) => bytes += n,
+            Err(e) => {
+                // Transfers that could not be taken back may still fill it.
+                core::mem::forget(big);
+                return Err(("bench_in_flight", e));
+            }
+        }
+        lba += u32::from(per_command);
+    }
+    let ns = (time::now_micros() - started) * 1000;
+    info!(
+        "event=bench path=direct device=usb-storage op=read chunk={BENCH_CHUNK} in_flight={IN_FLIGHT} bytes={bytes} ns={ns}"
+    );
+    Ok(())
+}
+
+/// STALLs provoked on the stick and recovered: a CBW with a bad signature on bulk OUT
+/// (BOT 6.6.1: the device stalls it), then a command that must work; GET_DESCRIPTOR of a
+/// descriptor type nobody defines on EP0, then the device descriptor (`event=usbtest_stall`).
+fn stalls(
+    xhci: &mut Controller<KernelHal>,
+    bot: &mut BulkOnly<KernelDma>,
+    slot_id: u8,
+    buf: &mut KernelDma,
+) -> Result<(), (&'static str, StorageError)> {
+    let bulk = match bot.send_invalid_cbw(xhci) {
+        Err(xhci_driver::Error::Stall) => "stall",
+        Ok(_) => "accepted",
+        Err(e) => return Err(("invalid_cbw", e.into())),
+    };
+    let segment = [Segment {
+        phys: buf.phys(),
+        len: 36,
+    }];
+    let n = bot
+        .command(xhci, &inquiry(36), Direction::In, &segment, DATA_TIMEOUT_US)
+        .map_err(|e| ("after_bulk_stall", e))?;
+    let control = |xhci: &mut Controller<KernelHal>, descriptor_type: u8| {
+        let setup = [0x80, 6, 0, descriptor_type, 0, 0, 18, 0];
+        let segment = [Segment {
+            phys: buf.phys(),
+            len: 18,
+        }];
+        let id = xhci.queue_control(slot_id, setup, Direction::In, &segment)?;
+        xhci.wait(id, DATA_TIMEOUT_US)
+    };
+    let ep0 = match control(xhci, 0x42) {
+        Err(xhci_driver::Error::Stall) => "stall",
+        Ok(_) => "accepted",
+        Err(e) => return Err(("ep0_stall", e.into())),
+    };
+    let device = control(xhci, 1).map_err(|e| ("after_ep0_stall", e.into()))?;
+    info!(
+        "event=usbtest_stall slot={slot_id} bulk_out={bulk} then_inquiry_bytes={n} ep0={ep0} then_device_descriptor_bytes={device}"
+    );
     Ok(())
 }
 
@@ -479,21 +616,44 @@ pub fn self_test_keyboard(usb: &mut Usb) {
     let Ok(()) = set_idle.map_err(step("set_idle")) else {
         return;
     };
-    let Ok(buf) = xhci.dma_alloc(4096, 4096).map_err(step("dma")) else {
-        return;
-    };
-    let len = usize::from(endpoint.max_packet_size).min(buf.len());
+    let len = usize::from(endpoint.max_packet_size).min(4096);
     let number = endpoint.number();
-    let segment = [Segment {
-        phys: buf.phys(),
-        len,
-    }];
-    let Ok(queued) = xhci
-        .queue_transfer(slot_id, number, Direction::In, &segment)
-        .map_err(step("queue"))
-    else {
+    // Three transfers queued, the middle one cancelled: the other two must go on
+    // delivering reports in order.
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let Ok(buf) = xhci.dma_alloc(4096, 4096).map_err(step("dma")) else {
+            return;
+        };
+        let segment = [Segment {
+            phys: buf.phys(),
+            len,
+        }];
+        let Ok(id) = xhci
+            .queue_transfer(slot_id, number, Direction::In, &segment)
+            .map_err(step("queue"))
+        else {
+            return;
+        };
+        queued.push((buf, id));
+    }
+    let (buf, cancelled) = queued.remove(1);
+    let Ok(true) = xhci.cancel(cancelled).map_err(step("cancel")) else {
         return;
     };
+    let result = match xhci.take_completion(cancelled) {
+        Some(Err(e)) => format!("{e}"),
+        Some(Ok(n)) => format!("completed_{n}"),
+        None => String::from("pending"),
+    };
+    if result == "pending" {
+        core::mem::forget(buf);
+    }
+    info!(
+        "event=usbtest_cancel slot={slot_id} endpoint={:#04x} result={result} still_queued={}",
+        endpoint.address,
+        queued.len()
+    );
     info!(
         "event=usbtest_keyboard_ready slot={slot_id} interface={interface} endpoint={:#04x} max_packet_size={len}",
         endpoint.address
@@ -502,55 +662,292 @@ pub fn self_test_keyboard(usb: &mut Usb) {
         slot_id,
         endpoint: number,
         len,
-        buf,
         queued,
     });
 }
 
-/// Logs the keyboard's report when its transfer finished, and queues the next one.
+/// Logs the keyboard's reports whose transfers finished, oldest first, and queues each
+/// buffer again.
 fn keyboard_reports(usb: &mut Usb) {
     let Some(k) = usb.keyboard.as_mut() else {
         return;
     };
-    let Some(result) = usb.xhci.take_completion(k.queued) else {
+    while let Some(result) = k
+        .queued
+        .first()
+        .and_then(|(_, id)| usb.xhci.take_completion(*id))
+    {
+        let (buf, _) = k.queued.remove(0);
+        match result {
+            Ok(n) => {
+                let mut report = [0u8; 64];
+                let n = n.min(k.len).min(report.len());
+                buf.read_bytes(0, &mut report[..n]);
+                let mut hex = String::new();
+                for (i, b) in report[..n].iter().enumerate() {
+                    let sep = if i == 0 { "" } else { " " };
+                    hex.push_str(&format!("{sep}{b:02x}"));
+                }
+                info!("event=usbtest_keyboard report={hex}");
+            }
+            Err(e) => {
+                // The keyboard left or its endpoint broke: listening ends, and its other
+                // transfers are taken back.
+                warn!("event=usbtest_keyboard slot={} error={e}", k.slot_id);
+                let rest = core::mem::take(&mut k.queued);
+                usb.keyboard = None;
+                for (buf, id) in rest {
+                    // Finished (or cancelled now): the controller is done with the buffer.
+                    let _ = usb.xhci.cancel(id);
+                    if usb.xhci.take_completion(id).is_none() {
+                        core::mem::forget(buf);
+                    }
+                }
+                return;
+            }
+        }
+        let segment = [Segment {
+            phys: buf.phys(),
+            len: k.len,
+        }];
+        match usb
+            .xhci
+            .queue_transfer(k.slot_id, k.endpoint, Direction::In, &segment)
+        {
+            Ok(id) => k.queued.push((buf, id)),
+            Err(e) => {
+                warn!(
+                    "event=usbtest_keyboard slot={} step=queue error={e}",
+                    k.slot_id
+                );
+            }
+        }
+    }
+}
+
+/// A read loop on a mass-storage device (`usbtest=hotplug`): READ(10)s of 64 KiB one after
+/// the other, each stage (CBW, data, CSW) a transfer queued and picked up by the main loop,
+/// so the device can leave at any moment.
+struct StorageLoop {
+    busid: String,
+    slot_id: u8,
+    bulk_in: u8,
+    bulk_out: u8,
+    tag: u32,
+    lba: u32,
+    reads: u64,
+    cbw: KernelDma,
+    data: KernelDma,
+    csw: KernelDma,
+    stage: LoopStage,
+}
+
+#[derive(Clone, Copy)]
+enum LoopStage {
+    Command(TransferId),
+    Data(TransferId),
+    Status(TransferId),
+}
+
+/// Blocks a loop read covers before it wraps (the first 8 MiB).
+const LOOP_BLOCKS: u32 = 16 * 1024;
+/// A loop logs its progress once, after this many reads.
+const LOOP_PROGRESS: u64 = 50;
+
+/// `usbtest=hotplug`: a read loop on every mass-storage device present, and on each that
+/// arrives later.
+pub fn self_test_hotplug(usb: &mut Usb) {
+    usb.hotplug = true;
+    for d in usb.devices.clone() {
+        start_loop(usb, &d);
+    }
+}
+
+/// Starts a read loop on `d` when it is a Bulk-Only mass-storage device.
+fn start_loop(usb: &mut Usb, d: &UsbDevice) {
+    let busid = d.busid();
+    let xhci = &mut usb.xhci;
+    let Ok(config) = xhci.configuration(d.slot_id) else {
         return;
     };
-    match result {
-        Ok(n) => {
-            let mut report = [0u8; 64];
-            let n = n.min(k.len).min(report.len());
-            k.buf.read_bytes(0, &mut report[..n]);
-            let mut hex = String::new();
-            for (i, b) in report[..n].iter().enumerate() {
-                let sep = if i == 0 { "" } else { " " };
-                hex.push_str(&format!("{sep}{b:02x}"));
-            }
-            info!("event=usbtest_keyboard report={hex}");
+    let Some(interface) = config.interfaces.iter().find(|i| is_bulk_only_scsi(i)) else {
+        return;
+    };
+    let bulk = |is_in: bool| {
+        interface
+            .endpoints
+            .iter()
+            .find(|e| e.transfer_type == TransferType::Bulk && e.is_in() == is_in)
+            .map(|e| e.number())
+    };
+    let (Some(bulk_in), Some(bulk_out)) = (bulk(true), bulk(false)) else {
+        return;
+    };
+    let started = xhci.configure(d.slot_id, &config).and_then(|()| {
+        let mut cbw = xhci.dma_alloc(64, 64)?;
+        let data = xhci.dma_alloc(BENCH_CHUNK, 4096)?;
+        let csw = xhci.dma_alloc(64, 64)?;
+        let first = queue_read(xhci, d.slot_id, bulk_out, &mut cbw, 1, 0)?;
+        Ok(StorageLoop {
+            busid: busid.clone(),
+            slot_id: d.slot_id,
+            bulk_in,
+            bulk_out,
+            tag: 1,
+            lba: 0,
+            reads: 0,
+            cbw,
+            data,
+            csw,
+            stage: LoopStage::Command(first),
+        })
+    });
+    match started {
+        Ok(l) => {
+            info!(
+                "event=usbtest_loop_started busid={busid} slot={}",
+                d.slot_id
+            );
+            usb.loops.push(l);
         }
-        Err(e) => {
-            // A halted endpoint takes no more transfers: listening ends (the TD is done, so
-            // the buffer is free).
-            warn!("event=usbtest_keyboard slot={} error={e}", k.slot_id);
-            usb.keyboard = None;
-            return;
-        }
+        Err(e) => warn!(
+            "event=usbtest_loop_error busid={busid} slot={} step=start error={e}",
+            d.slot_id
+        ),
+    }
+}
+
+/// Blocks of one loop read.
+const LOOP_READ_BLOCKS: u16 = (BENCH_CHUNK / 512) as u16;
+
+/// Queues the CBW of a READ(10) of 64 KiB at `lba` with `tag`.
+fn queue_read(
+    xhci: &mut Controller<KernelHal>,
+    slot_id: u8,
+    bulk_out: u8,
+    buf: &mut KernelDma,
+    tag: u32,
+    lba: u32,
+) -> Result<TransferId, xhci_driver::Error> {
+    let wrapper = cbw(
+        tag,
+        BENCH_CHUNK as u32,
+        Direction::In,
+        0,
+        &read_write_10(READ_10, lba, LOOP_READ_BLOCKS),
+    );
+    for (i, chunk) in wrapper.chunks(4).enumerate() {
+        let mut dword = [0u8; 4];
+        dword[..chunk.len()].copy_from_slice(chunk);
+        buf.write32(4 * i, u32::from_le_bytes(dword));
     }
     let segment = [Segment {
-        phys: k.buf.phys(),
-        len: k.len,
+        phys: buf.phys(),
+        len: CBW_SIZE,
     }];
-    match usb
-        .xhci
-        .queue_transfer(k.slot_id, k.endpoint, Direction::In, &segment)
-    {
-        Ok(id) => k.queued = id,
-        Err(e) => {
-            // The keyboard left (its slot is gone) or its ring broke: listening ends.
-            warn!(
-                "event=usbtest_keyboard slot={} step=queue error={e}",
-                k.slot_id
-            );
-            usb.keyboard = None;
+    xhci.queue_transfer(slot_id, bulk_out, Direction::Out, &segment)
+}
+
+/// Queues the loop's next READ(10).
+fn next_command(
+    xhci: &mut Controller<KernelHal>,
+    l: &mut StorageLoop,
+) -> Result<(), xhci_driver::Error> {
+    l.tag = l.tag.wrapping_add(1);
+    l.lba = (l.lba + u32::from(LOOP_READ_BLOCKS)) % LOOP_BLOCKS;
+    let id = queue_read(xhci, l.slot_id, l.bulk_out, &mut l.cbw, l.tag, l.lba)?;
+    l.stage = LoopStage::Command(id);
+    Ok(())
+}
+
+/// Moves every read loop on by the transfers that finished; a loop whose transfer failed
+/// (its device left: `no_device`) ends with `event=usbtest_loop_stopped`.
+fn step_loops(usb: &mut Usb) {
+    let xhci = &mut usb.xhci;
+    let mut i = 0;
+    while i < usb.loops.len() {
+        let l = &mut usb.loops[i];
+        let outcome = loop {
+            let id = match l.stage {
+                LoopStage::Command(id) | LoopStage::Data(id) | LoopStage::Status(id) => id,
+            };
+            let Some(result) = xhci.take_completion(id) else {
+                break Ok(());
+            };
+            let next = result.and_then(|n| match l.stage {
+                LoopStage::Command(_) => {
+                    let segment = [Segment {
+                        phys: l.data.phys(),
+                        len: BENCH_CHUNK,
+                    }];
+                    xhci.queue_transfer(l.slot_id, l.bulk_in, Direction::In, &segment)
+                        .map(|id| l.stage = LoopStage::Data(id))
+                }
+                LoopStage::Data(_) => {
+                    let segment = [Segment {
+                        phys: l.csw.phys(),
+                        len: CSW_SIZE,
+                    }];
+                    xhci.queue_transfer(l.slot_id, l.bulk_in, Direction::In, &segment)
+                        .map(|id| l.stage = LoopStage::Status(id))
+                }
+                LoopStage::Status(_) => {
+                    let mut bytes = [0u8; CSW_SIZE];
+                    l.csw.read_bytes(0, &mut bytes);
+                    match csw(&bytes[..n.min(CSW_SIZE)], l.tag) {
+                        Ok(_) => l.reads += 1,
+                        // The first command after a reset reports a unit attention: the
+                        // transport worked, the next command reads.
+                        Err(StorageError::CommandFailed) => {}
+                        Err(_) => return Err(xhci_driver::Error::BadTransfer),
+                    }
+                    if l.reads == LOOP_PROGRESS {
+                        info!(
+                            "event=usbtest_loop_progress busid={} slot={} reads={}",
+                            l.busid, l.slot_id, l.reads
+                        );
+                    }
+                    next_command(xhci, l)
+                }
+            });
+            if let Err(e) = next {
+                break Err(e);
+            }
+        };
+        match outcome {
+            Ok(()) => i += 1,
+            Err(e) => {
+                let l = usb.loops.remove(i);
+                info!(
+                    "event=usbtest_loop_stopped busid={} slot={} reads={} error={e} slots_in_use={}",
+                    l.busid,
+                    l.slot_id,
+                    l.reads,
+                    xhci.occupied_slots().count()
+                );
+            }
         }
     }
+}
+
+/// `usbtest=controller-error`: makes QEMU's controller assert Host Controller Error (it
+/// checks ERSTSZ when ERSTBA is written, and refuses anything but one segment), so the main
+/// loop restarts it; the storage test then runs on the restarted controller.
+pub fn self_test_controller_error(usb: &mut Usb) {
+    const RTSOFF: usize = 0x18;
+    const ERSTSZ: usize = 0x28;
+    const ERSTBA: usize = 0x30;
+    usb.storage_after_restart = true;
+    let rts = (usb.regs.read32(RTSOFF) & !0x1f) as usize;
+    let low = usb.regs.read32(rts + ERSTBA);
+    let high = usb.regs.read32(rts + ERSTBA + 4);
+    usb.regs.write32(rts + ERSTSZ, 2);
+    usb.regs.write32(rts + ERSTBA, low);
+    usb.regs.write32(rts + ERSTBA + 4, high);
+    info!(
+        "event=usbtest_controller_error provoked=erstsz error={}",
+        usb.xhci
+            .error()
+            .map_or(String::from("none"), |e| format!("{e}"))
+    );
 }
