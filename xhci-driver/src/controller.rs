@@ -357,6 +357,11 @@ impl UsbDevice {
     pub fn busid(&self) -> String {
         hub::busid(&self.root_port, &self.hub_ports)
     }
+
+    /// Whether it is a hub (bDeviceClass 9): never assigned to a guest.
+    pub fn is_hub(&self) -> bool {
+        self.class == hub::HUB_CLASS
+    }
 }
 
 /// Where a device to be enumerated is, and what the Slot Context says of it.
@@ -1506,20 +1511,8 @@ impl<H: Hal> Controller<H> {
         }
         self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_RESET, port)
             .map_err(Hub)?;
-        let until = self.hal.now_micros() + PORT_RESET_TIMEOUT_US;
-        let status = loop {
-            let status = self.hub_port_status(slot_id, port).map_err(Hub)?;
-            if status.reset_done() {
-                break status;
-            }
-            // A hub that never ends a reset is not asked about its other ports.
-            if self.hal.now_micros() > until {
-                return Err(Hub(Error::Timeout("hub_port_reset")));
-            }
-            self.delay(HUB_PORT_POLL_US);
-        };
-        self.clear_hub_port_changes(slot_id, port, status)
-            .map_err(Hub)?;
+        // A hub that never ends a reset is not asked about its other ports.
+        let status = self.wait_hub_port_reset(slot_id, port).map_err(Hub)?;
         if !status.enabled() {
             return Err(Device(Error::PortNotEnabled));
         }
@@ -1535,6 +1528,90 @@ impl<H: Hal> Controller<H> {
         })
         .map(Some)
         .map_err(Device)
+    }
+
+    /// Waits for a hub port's reset to end (C_PORT_RESET) and clears its change bits.
+    fn wait_hub_port_reset(&mut self, hub_slot: u8, port: u8) -> Result<PortStatus, Error> {
+        let until = self.hal.now_micros() + PORT_RESET_TIMEOUT_US;
+        let status = loop {
+            let status = self.hub_port_status(hub_slot, port)?;
+            if status.reset_done() {
+                break status;
+            }
+            if self.hal.now_micros() > until {
+                return Err(Error::Timeout("hub_port_reset"));
+            }
+            self.delay(HUB_PORT_POLL_US);
+        };
+        self.clear_hub_port_changes(hub_slot, port, status)?;
+        Ok(status)
+    }
+
+    /// Resets the device in `slot_id` as a host does before handing it to a new driver: a
+    /// reset of its port (root port, or its hub's port), Reset Device (4.6.11: the slot is
+    /// back in the Default state with EP0 only) and Address Device again (4.3.4). It is then
+    /// unconfigured at the same slot; its transfers complete with [`Error::NoDevice`].
+    pub fn reset_device(&mut self, slot_id: u8) -> Result<(), Error> {
+        let index = self.slot_index(slot_id)?;
+        let queued: Vec<PendingTd> = self.slots[index]
+            .endpoints
+            .iter_mut()
+            .flat_map(|e| core::mem::take(&mut e.pending))
+            .collect();
+        let transfers = queued.len();
+        for td in queued {
+            self.finish(td, Err(Error::NoDevice));
+        }
+        let (port, hub_ports) = (self.slots[index].port, self.slots[index].hub_ports.clone());
+        match hub_ports.split_last() {
+            None => {
+                self.reset_port(port, false)?;
+            }
+            Some((&last, parent)) => {
+                let hub = self
+                    .slots
+                    .iter()
+                    .find(|s| s.port == port && s.hub_ports == parent)
+                    .map(|s| s.slot_id)
+                    .ok_or(Error::NoDevice)?;
+                self.hub_port_request(hub, hub::SET_FEATURE, hub::PORT_RESET, last)?;
+                self.wait_hub_port_reset(hub, last)?;
+                self.delay(RESET_RECOVERY_US);
+            }
+        }
+        let reset = *command::ResetDevice::new().set_slot_id(slot_id);
+        self.command(reset.into_raw())?;
+        let ctx = self.caps.context_size;
+        let index = self.slot_index(slot_id)?;
+        let slot = &mut self.slots[index];
+        slot.endpoints.truncate(1);
+        slot.config = None;
+        slot.alternates.clear();
+        slot.context_entries = 1;
+        let words = slot_context(slot, 1);
+        let ep0 = &mut slot.endpoints[0];
+        ep0.ring.skip_to_enqueue();
+        ep0.halted = false;
+        let dequeue = ep0.ring.enqueue_pointer() | u64::from(ep0.ring.cycle_state());
+        let mps = ep0.endpoint.max_packet_size;
+        let input = &mut slot.input_context;
+        input.write32(0, 0);
+        input.write32(4, 0b11);
+        for (i, w) in words.iter().enumerate() {
+            input.write32(ctx + 4 * i, *w);
+        }
+        let ep = 2 * ctx;
+        input.write32(ep, 0);
+        input.write32(ep + 4, ep0_dword1(mps));
+        input.write64(ep + 8, dequeue);
+        input.write32(ep + 16, 8);
+        let address = *command::AddressDevice::new()
+            .set_input_context_pointer(input.phys())
+            .set_slot_id(slot_id);
+        self.command(address.into_raw())?;
+        let busid = hub::busid(&self.root_port(port), &hub_ports);
+        info!("event=usb_device_reset busid={busid} slot={slot_id} transfers_failed={transfers}");
+        Ok(())
     }
 
     /// The device at `hub_ports` behind `root_port` has gone, and with it every device
@@ -3413,5 +3490,38 @@ mod tests {
             Err(Error::BadTransfer),
             "not a bulk or interrupt endpoint"
         );
+    }
+
+    #[test]
+    fn a_device_reset_resets_its_port_and_slot_and_addresses_it_again() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let [a, _, _] = three_queued(&fake, &mut xhci, slot_id);
+        let before = fake.commands().len();
+        xhci.reset_device(slot_id).unwrap();
+        assert_eq!(
+            fake.commands()[before..],
+            [17, 11],
+            "Reset Device, Address Device"
+        );
+        assert_eq!(xhci.take_completion(a), Some(Err(Error::NoDevice)));
+        let seg = [Segment {
+            phys: 0x1000,
+            len: 8,
+        }];
+        assert_eq!(
+            xhci.queue_transfer(slot_id, 2, Direction::Out, &seg),
+            Err(Error::NoEndpoint),
+            "unconfigured"
+        );
+        // It answers on EP0 at its slot, and can be configured again.
+        let config = xhci.configuration(slot_id).unwrap();
+        xhci.configure(slot_id, &config).unwrap();
+        assert!(fake
+            .portsc_writes()
+            .iter()
+            .filter(|(port, _)| *port == 2)
+            .any(|(_, v)| v & PR != 0));
     }
 }

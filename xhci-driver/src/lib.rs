@@ -6,7 +6,32 @@
 //! [`descriptor`] (configuration descriptors), [`hub`] (hub descriptor and port status,
 //! Route Strings, bus ids, Transaction Translators), [`transfer`] (TDs of Normal TRBs,
 //! Endpoint Contexts), [`controller`] (bring-up, commands, root ports and hubs, enumeration,
-//! configuration, bulk and interrupt transfers).
+//! configuration, transfers of every type, cancellation, recovery).
+//!
+//! # The API usbback uses
+//! usbback passes guests' requests through to devices, so this is raw USB, not class
+//! drivers. Everything goes through [`Controller`]:
+//! - **Devices**: [`Controller::enumerate_root_ports`] at start, then
+//!   [`Controller::handle_port_changes`] return each [`UsbDevice`] found (bus id
+//!   [`UsbDevice::busid`], speed, VID:PID, class, product string, [`UsbDevice::is_hub`]);
+//!   [`Controller::take_detached`] names those gone (slot, bus id). Each is logged as
+//!   `event=usb_device` / `event=usb_device_gone`.
+//! - **Transfers** are asynchronous: [`Controller::queue_control`] (a SETUP packet and a
+//!   Data Stage buffer), [`Controller::queue_transfer`] (bulk, interrupt),
+//!   [`Controller::queue_isochronous`] (packets with their own outcomes), each over a
+//!   scatter-gather list of bus addresses ([`Segment`]) and returning a [`TransferId`].
+//!   After [`Controller::poll_events`] (the main loop calls it when the controller
+//!   interrupted), [`Controller::take_completed`] hands out finished transfers, each exactly
+//!   once: bytes done, or why not ([`Error::Stall`] with the endpoint already reset,
+//!   [`Error::NoDevice`] when the device left, [`Error::Cancelled`], …).
+//!   [`Controller::cancel`] takes one back without disturbing the others on its endpoint.
+//! - **Device state** a guest changes: [`Controller::set_configuration`],
+//!   [`Controller::set_interface`], [`Controller::clear_halt`], [`Controller::reset_device`];
+//!   these wait for their commands and control transfers (milliseconds).
+//! - **Controller failure**: [`Controller::poll_events`] returns [`Error::HostSystemError`]
+//!   or [`Error::HostControllerError`] ([`Controller::error`] looks without polling);
+//!   [`Controller::restart`] fails every transfer, gives up every device and brings the
+//!   controller and its devices back.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,9 +50,10 @@ mod testing;
 pub mod transfer;
 
 pub use controller::{
-    halt_and_reset, Capabilities, Controller, Error, RootPort, TransferId, UsbDevice,
+    halt_and_reset, Capabilities, Completed, Controller, Error, IsoOutcome, RootPort, TransferId,
+    UsbDevice,
 };
 pub use descriptor::{Configuration, DescriptorError, Endpoint, Interface};
 pub use hal::{DmaBuffer, Hal};
 pub use port::{Portsc, Speed};
-pub use transfer::{Direction, Segment};
+pub use transfer::{Direction, IsoPacket, Segment};
