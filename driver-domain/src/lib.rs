@@ -6,9 +6,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 pub mod acpi;
 pub mod cmdline;
 pub mod frames;
+pub mod host;
 pub mod logfmt;
 pub mod msi;
 pub mod pci;

@@ -210,6 +210,12 @@ pub struct FakeXhci {
     pub hub_resets: Cell<bool>,
 }
 
+impl Default for FakeXhci {
+    fn default() -> FakeXhci {
+        FakeXhci::new()
+    }
+}
+
 impl FakeXhci {
     /// The same controller with 64-byte contexts (HCCPARAMS1.CSZ).
     pub fn with_64_byte_contexts() -> FakeXhci {

@@ -1,0 +1,439 @@
+//! usbback's [`UsbHost`] over the xHCI driver: devices get host ids that are never reused,
+//! transfers carry usbback's tokens, and the driver's errors become usbback's.
+//!
+//! Generic over the driver's [`Hal`], so it runs in host tests on the driver's simulated
+//! controller as well as in the kernel on the real one.
+
+use alloc::vec::Vec;
+
+use log::{info, warn};
+use usbback::host::{
+    self, Completion, DeviceInfo, HostEvent, IsoResult, Transfer, TransferError, TransferType,
+    UsbHost,
+};
+use xhci_driver::{
+    Controller, Direction, Error, Hal, IsoPacket, Segment, Speed, TransferId, UsbDevice,
+};
+
+/// A device the host knows: usbback's view and the driver's slot.
+struct Known {
+    info: DeviceInfo,
+    slot_id: u8,
+}
+
+/// A transfer in flight: which device and token it was submitted for.
+struct InFlight {
+    id: TransferId,
+    device: u32,
+    token: u64,
+}
+
+/// The xHCI controller as usbback sees it.
+pub struct XhciHost<H: Hal> {
+    xhci: Controller<H>,
+    devices: Vec<Known>,
+    next_id: u32,
+    in_flight: Vec<InFlight>,
+    /// Attach events of devices found before the first poll.
+    pending: Vec<HostEvent>,
+    /// The controller could not be restarted: nothing is submitted any more.
+    dead: bool,
+}
+
+fn speed(s: Speed) -> host::Speed {
+    match s {
+        Speed::Low => host::Speed::Low,
+        Speed::Full => host::Speed::Full,
+        Speed::High => host::Speed::High,
+        Speed::Super | Speed::SuperPlus => host::Speed::Super,
+    }
+}
+
+/// The driver's error as usbback's (and so as a usbif status).
+fn error(e: Error) -> TransferError {
+    match e {
+        Error::Stall => TransferError::Stall,
+        Error::NoDevice => TransferError::NoDevice,
+        Error::Cancelled => TransferError::Cancelled,
+        Error::Babble => TransferError::Babble,
+        Error::Transfer(_) | Error::Timeout(_) => TransferError::Protocol,
+        Error::NoEndpoint | Error::BadTransfer | Error::BadDescriptor | Error::Unroutable => {
+            TransferError::Invalid
+        }
+        _ => TransferError::Shutdown,
+    }
+}
+
+impl<H: Hal> XhciHost<H> {
+    /// Takes over a running controller and the devices it enumerated.
+    pub fn new(xhci: Controller<H>, found: Vec<UsbDevice>) -> XhciHost<H> {
+        let mut host = XhciHost {
+            xhci,
+            devices: Vec::new(),
+            next_id: 1,
+            in_flight: Vec::new(),
+            pending: Vec::new(),
+            dead: false,
+        };
+        for d in found {
+            host.attach(d);
+        }
+        host
+    }
+
+    /// The driver underneath.
+    pub fn controller(&mut self) -> &mut Controller<H> {
+        &mut self.xhci
+    }
+
+    fn attach(&mut self, d: UsbDevice) {
+        // The interfaces' classes are for policy: a device whose configuration cannot be
+        // read is still offered, with none.
+        let interface_classes = match self.xhci.configuration(d.slot_id) {
+            Ok(c) => {
+                let mut classes: Vec<u8> = c.interfaces.iter().map(|i| i.class).collect();
+                classes.dedup();
+                classes
+            }
+            Err(e) => {
+                warn!(
+                    "event=usb_host_config_unread busid={} slot={} error={e}",
+                    d.busid(),
+                    d.slot_id
+                );
+                Vec::new()
+            }
+        };
+        let info = DeviceInfo {
+            id: self.next_id,
+            busid: d.busid(),
+            speed: speed(d.speed),
+            vendor_id: d.vendor_id,
+            product_id: d.product_id,
+            class: d.class,
+            interface_classes,
+            product: d.product.clone(),
+            is_hub: d.is_hub(),
+        };
+        self.next_id += 1;
+        self.pending.push(HostEvent::Attached(info.clone()));
+        self.devices.push(Known {
+            info,
+            slot_id: d.slot_id,
+        });
+    }
+
+    fn slot(&self, device: u32) -> Result<u8, TransferError> {
+        if self.dead {
+            return Err(TransferError::Shutdown);
+        }
+        self.devices
+            .iter()
+            .find(|k| k.info.id == device)
+            .map(|k| k.slot_id)
+            .ok_or(TransferError::NoDevice)
+    }
+}
+
+impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices.iter().map(|k| k.info.clone()).collect()
+    }
+
+    fn poll(&mut self, events: &mut Vec<HostEvent>) {
+        if !self.dead {
+            let attached = match self.xhci.poll_events() {
+                Ok(_) => self.xhci.handle_port_changes(),
+                Err(e) => match self.xhci.restart(e) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        warn!("event=xhci_restart_failed error={e}");
+                        self.dead = true;
+                        Vec::new()
+                    }
+                },
+            };
+            // Completions first: those of a device that left come before its Detached.
+            while let Some((id, done)) = self.xhci.take_completed() {
+                let Some(i) = self.in_flight.iter().position(|f| f.id == id) else {
+                    continue;
+                };
+                let f = self.in_flight.remove(i);
+                let iso = done
+                    .packets
+                    .iter()
+                    .map(|p| IsoResult {
+                        actual_length: p.actual_length as u32,
+                        status: p.status.map_err(error),
+                    })
+                    .collect();
+                events.push(HostEvent::Completed(Completion {
+                    token: f.token,
+                    result: done.result.map_err(error),
+                    start_frame: done.start_frame,
+                    iso,
+                }));
+            }
+            for (slot_id, busid) in self.xhci.take_detached() {
+                if let Some(i) = self.devices.iter().position(|k| k.slot_id == slot_id) {
+                    let k = self.devices.remove(i);
+                    events.push(HostEvent::Detached {
+                        id: k.info.id,
+                        busid,
+                    });
+                }
+            }
+            for d in attached {
+                self.attach(d);
+            }
+        }
+        events.append(&mut self.pending);
+    }
+
+    fn submit(&mut self, device: u32, t: Transfer<P>) -> Result<(), TransferError> {
+        let slot_id = self.slot(device)?;
+        let segments: Vec<Segment> = t
+            .segments
+            .iter()
+            .map(|s| Segment {
+                phys: s.phys + u64::from(s.offset),
+                len: usize::from(s.len),
+            })
+            .collect();
+        let direction = match t.direction {
+            host::Direction::In => Direction::In,
+            host::Direction::Out => Direction::Out,
+        };
+        let queued = match t.transfer_type {
+            TransferType::Control => {
+                let setup = t.setup.ok_or(TransferError::Invalid)?;
+                self.xhci
+                    .queue_control(slot_id, setup, direction, &segments)
+            }
+            TransferType::Bulk | TransferType::Interrupt => self
+                .xhci
+                .queue_transfer(slot_id, t.endpoint, direction, &segments),
+            TransferType::Isochronous => {
+                let packets: Vec<IsoPacket> = t
+                    .iso_packets
+                    .iter()
+                    .map(|p| IsoPacket {
+                        offset: p.offset as usize,
+                        length: p.length as usize,
+                    })
+                    .collect();
+                self.xhci
+                    .queue_isochronous(slot_id, t.endpoint, direction, &segments, &packets)
+            }
+        };
+        let id = queued.map_err(error)?;
+        self.in_flight.push(InFlight {
+            id,
+            device,
+            token: t.token,
+        });
+        Ok(())
+    }
+
+    fn cancel(&mut self, device: u32, token: u64) -> bool {
+        let Some(f) = self
+            .in_flight
+            .iter()
+            .find(|f| f.device == device && f.token == token)
+        else {
+            return false;
+        };
+        match self.xhci.cancel(f.id) {
+            Ok(found) => found,
+            Err(e) => {
+                // The endpoint could not be stopped: the transfer completes when it does.
+                warn!("event=usb_cancel_failed device={device} token={token} error={e}");
+                true
+            }
+        }
+    }
+
+    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
+        let slot_id = self.slot(device)?;
+        self.xhci.set_configuration(slot_id, value).map_err(error)
+    }
+
+    fn set_interface(
+        &mut self,
+        device: u32,
+        interface: u8,
+        alternate: u8,
+    ) -> Result<(), TransferError> {
+        let slot_id = self.slot(device)?;
+        self.xhci
+            .set_interface(slot_id, interface, alternate)
+            .map_err(error)
+    }
+
+    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
+        let slot_id = self.slot(device)?;
+        self.xhci.clear_halt(slot_id, address).map_err(error)
+    }
+
+    fn reset(&mut self, device: u32) -> Result<(), TransferError> {
+        let slot_id = self.slot(device)?;
+        let result = self.xhci.reset_device(slot_id).map_err(error);
+        info!(
+            "event=usb_host_reset device={device} slot={slot_id} ok={}",
+            result.is_ok()
+        );
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use usbback::host::{Direction as HostDirection, Segment as HostSegment};
+    use xhci_driver::testing::FakeXhci;
+    use xhci_driver::DmaBuffer;
+
+    fn host(fake: &FakeXhci) -> (XhciHost<&FakeXhci>, Vec<HostEvent>) {
+        let mut xhci = Controller::start(fake).unwrap();
+        let found = xhci.enumerate_root_ports();
+        let mut host = XhciHost::new(xhci, found);
+        let mut events = Vec::new();
+        UsbHost::<()>::poll(&mut host, &mut events);
+        (host, events)
+    }
+
+    fn transfer(
+        token: u64,
+        transfer_type: TransferType,
+        direction: HostDirection,
+        setup: Option<[u8; 8]>,
+        phys: u64,
+        len: u16,
+    ) -> Transfer<()> {
+        Transfer {
+            token,
+            endpoint: if transfer_type == TransferType::Control {
+                0
+            } else {
+                2
+            },
+            direction,
+            transfer_type,
+            setup,
+            segments: alloc::vec![HostSegment {
+                page: (),
+                phys,
+                offset: 0,
+                len,
+            }],
+            short_not_ok: false,
+            iso_packets: Vec::new(),
+            start_frame: None,
+        }
+    }
+
+    #[test]
+    fn devices_are_offered_with_ids_and_their_transfers_complete_with_their_tokens() {
+        let fake = FakeXhci::new();
+        let (mut host, events) = host(&fake);
+        let [HostEvent::Attached(info)] = &events[..] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(
+            (info.busid.as_str(), info.vendor_id, info.product_id),
+            ("1-1", 0x1234, 0x5678)
+        );
+        assert_eq!(info.interface_classes, [8]);
+        assert!(!info.is_hub);
+        let id = info.id;
+        let buf = host.controller().dma_alloc(0x1000, 0x1000).unwrap();
+        let get = transfer(
+            7,
+            TransferType::Control,
+            HostDirection::In,
+            Some([0x80, 6, 0, 1, 0, 0, 18, 0]),
+            buf.phys(),
+            18,
+        );
+        host.submit(id, get).unwrap();
+        let mut events = Vec::new();
+        UsbHost::<()>::poll(&mut host, &mut events);
+        let [HostEvent::Completed(c)] = &events[..] else {
+            panic!("{events:?}");
+        };
+        assert_eq!((c.token, c.result), (7, Ok(18)));
+        let mut bytes = [0u8; 18];
+        buf.read_bytes(0, &mut bytes);
+        assert_eq!(bytes, xhci_driver::testing::DEVICE_DESCRIPTOR);
+        assert_eq!(
+            UsbHost::<()>::set_configuration(&mut host, id, 9),
+            Err(TransferError::Invalid)
+        );
+        UsbHost::<()>::set_configuration(&mut host, id, 1).unwrap();
+        assert_eq!(
+            host.submit(
+                id + 1,
+                transfer(
+                    8,
+                    TransferType::Bulk,
+                    HostDirection::Out,
+                    None,
+                    buf.phys(),
+                    8
+                )
+            ),
+            Err(TransferError::NoDevice)
+        );
+    }
+
+    #[test]
+    fn an_unplugged_device_completes_its_transfers_before_it_is_reported_gone() {
+        let fake = FakeXhci::new();
+        let (mut host, events) = host(&fake);
+        let HostEvent::Attached(info) = &events[0] else {
+            panic!("{events:?}");
+        };
+        let id = info.id;
+        UsbHost::<()>::set_configuration(&mut host, id, 1).unwrap();
+        fake.answer_bulk.set(false);
+        let buf = host.controller().dma_alloc(0x1000, 0x1000).unwrap();
+        for token in [1, 2] {
+            let out = transfer(
+                token,
+                TransferType::Bulk,
+                HostDirection::Out,
+                None,
+                buf.phys(),
+                512,
+            );
+            host.submit(id, out).unwrap();
+        }
+        assert!(UsbHost::<()>::cancel(&mut host, id, 2));
+        fake.unplug(2);
+        let mut events = Vec::new();
+        UsbHost::<()>::poll(&mut host, &mut events);
+        let results: Vec<(u64, Result<usize, TransferError>)> = events
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Completed(c) => Some((c.token, c.result)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            results,
+            [
+                (2, Err(TransferError::Cancelled)),
+                (1, Err(TransferError::NoDevice))
+            ]
+        );
+        assert_eq!(
+            events.last(),
+            Some(&HostEvent::Detached {
+                id,
+                busid: "1-1".into()
+            })
+        );
+        assert!(UsbHost::<()>::devices(&host).is_empty());
+        assert!(!UsbHost::<()>::cancel(&mut host, id, 1), "answered already");
+    }
+}
