@@ -21,6 +21,9 @@ pub enum UsbTest {
     /// `usbtest=hotplug`: keep reads running on every mass-storage device that arrives,
     /// and log how each loop ends when its device leaves.
     Hotplug,
+    /// `usbtest=audio`: switch the first device with an isochronous OUT endpoint to the
+    /// alternate setting that has it and stream packets to it.
+    Audio,
     /// `usbtest=controller-error`: make the controller fail (QEMU asserts Host Controller
     /// Error on an invalid ERSTSZ), then run the storage test again on the restarted one.
     ControllerError,
@@ -38,7 +41,7 @@ pub struct Cmdline {
     pub unknown: Vec<String<32>, MAX_UNKNOWN>,
     /// A `loglevel=` value that is not a level.
     pub bad_log_level: bool,
-    /// `usbtest=storage|keyboard|hotplug|controller-error`.
+    /// `usbtest=storage|keyboard|hotplug|audio|controller-error`.
     pub usb_test: Option<UsbTest>,
 }
 
@@ -72,6 +75,7 @@ impl Cmdline {
                 ("usbtest", Some("storage")) => c.usb_test = Some(UsbTest::Storage),
                 ("usbtest", Some("keyboard")) => c.usb_test = Some(UsbTest::Keyboard),
                 ("usbtest", Some("hotplug")) => c.usb_test = Some(UsbTest::Hotplug),
+                ("usbtest", Some("audio")) => c.usb_test = Some(UsbTest::Audio),
                 ("usbtest", Some("controller-error")) => {
                     c.usb_test = Some(UsbTest::ControllerError)
                 }
@@ -121,6 +125,8 @@ mod tests {
         assert_eq!(c.usb_test, Some(UsbTest::Keyboard));
         let c = Cmdline::parse("usbtest=hotplug");
         assert_eq!(c.usb_test, Some(UsbTest::Hotplug));
+        let c = Cmdline::parse("usbtest=audio");
+        assert_eq!(c.usb_test, Some(UsbTest::Audio));
         let c = Cmdline::parse("usbtest=controller-error");
         assert_eq!(c.usb_test, Some(UsbTest::ControllerError));
         let c = Cmdline::parse("usbtest=hid");

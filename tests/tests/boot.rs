@@ -318,6 +318,30 @@ fn a_stick_unplugged_under_a_read_loop_fails_the_loop_cleanly_and_works_when_bac
 }
 
 #[test]
+fn isochronous_packets_stream_to_qemus_usb_audio_after_set_interface() {
+    let run = Machine::new("q35", "usbtest-audio")
+        .arg("-audiodev")
+        .arg("none,id=snd0")
+        .arg("-device")
+        .arg("usb-audio,audiodev=snd0,bus=xhci.0")
+        .append("usbtest=audio")
+        .boot();
+    run.check(|r| {
+        assert_eq!(r.exit, Some(EXIT_SUCCESS));
+        let (_, iso) = r
+            .event("usbtest_isochronous")
+            .expect("event=usbtest_isochronous");
+        println!("usbtest: {iso}");
+        assert_eq!(field(iso, "packets"), Some("8"), "{iso}");
+        assert_eq!(field(iso, "ok_packets"), Some("8"), "{iso}");
+        assert_eq!(field(iso, "result"), Some("ok"), "{iso}");
+        assert_eq!(field(iso, "bytes"), Some("1536"), "{iso}");
+        assert_eq!(field(iso, "back_to_alternate_0"), Some("ok"), "{iso}");
+        assert_ne!(field(iso, "alternate"), Some("0"), "{iso}");
+    });
+}
+
+#[test]
 fn a_controller_error_is_recovered_by_a_restart_and_the_stick_works_after_it() {
     let run = Machine::new("q35", "usbtest-controller-error")
         .usb_stick("stick")

@@ -238,6 +238,7 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         (Some(UsbTest::Storage), Some(u)) => usb::self_test_storage(u),
         (Some(UsbTest::Keyboard), Some(u)) => usb::self_test_keyboard(u),
         (Some(UsbTest::Hotplug), Some(u)) => usb::self_test_hotplug(u),
+        (Some(UsbTest::Audio), Some(u)) => usb::self_test_audio(u),
         (Some(UsbTest::ControllerError), Some(u)) => usb::self_test_controller_error(u),
         (Some(_), None) => warn!("event=usbtest step=find error=no_controller"),
         (None, _) => {}

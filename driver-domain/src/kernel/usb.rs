@@ -15,7 +15,8 @@ use xhci_driver::mass_storage::{
     read_write_10, BulkOnly, StorageError, CBW_SIZE, CSW_SIZE, READ_10, WRITE_10,
 };
 use xhci_driver::{
-    Configuration, Controller, Direction, DmaBuffer, Hal, Interface, Segment, TransferId, UsbDevice,
+    Configuration, Controller, Direction, DmaBuffer, Hal, Interface, IsoPacket, Segment,
+    TransferId, UsbDevice,
 };
 
 use super::memory::{self, DmaRegion, Mmio};
@@ -928,6 +929,112 @@ fn step_loops(usb: &mut Usb) {
             }
         }
     }
+}
+
+/// Packets of one isochronous transfer in `usbtest=audio`.
+const AUDIO_PACKETS: usize = 8;
+/// Bytes of each: 1 ms of 48 kHz 16-bit stereo, what QEMU's usb-audio takes per packet.
+const AUDIO_PACKET_BYTES: usize = 192;
+
+/// `usbtest=audio`: configures the first device with an isochronous OUT endpoint, switches
+/// its interface to the alternate setting that has the endpoint (SET_INTERFACE), streams
+/// packets to it as one isochronous transfer and logs each packet's outcome
+/// (`event=usbtest_isochronous`), then goes back to alternate setting 0.
+pub fn self_test_audio(usb: &mut Usb) {
+    let found = usb.devices.iter().find_map(|d| {
+        let config = usb.xhci.configuration(d.slot_id).ok()?;
+        let (interface, alternate, endpoint) = config.interfaces.iter().find_map(|i| {
+            let e = i
+                .endpoints
+                .iter()
+                .find(|e| e.transfer_type == TransferType::Isochronous && !e.is_in())?;
+            Some((i.number, i.alternate_setting, *e))
+        })?;
+        Some((d.slot_id, config, interface, alternate, endpoint))
+    });
+    let Some((slot_id, config, interface, alternate, endpoint)) = found else {
+        warn!("event=usbtest_isochronous step=find error=no_isochronous_out_endpoint");
+        return;
+    };
+    let xhci = &mut usb.xhci;
+    let step = |step: &'static str| {
+        move |e: xhci_driver::Error| {
+            warn!("event=usbtest_isochronous slot={slot_id} step={step} error={e}");
+        }
+    };
+    let Ok(()) = xhci.configure(slot_id, &config).map_err(step("configure")) else {
+        return;
+    };
+    let Ok(()) = xhci
+        .set_interface(slot_id, interface, alternate)
+        .map_err(step("set_interface"))
+    else {
+        return;
+    };
+    let Ok(mut buf) = xhci.dma_alloc(4096, 4096).map_err(step("dma")) else {
+        return;
+    };
+    // A quiet sawtooth: the bytes do not matter, only that every packet goes out.
+    for i in 0..(AUDIO_PACKETS * AUDIO_PACKET_BYTES) / 4 {
+        buf.write32(4 * i, (i as u32 & 0xff) * 0x0001_0001);
+    }
+    let segment = [Segment {
+        phys: buf.phys(),
+        len: AUDIO_PACKETS * AUDIO_PACKET_BYTES,
+    }];
+    let packets: Vec<IsoPacket> = (0..AUDIO_PACKETS)
+        .map(|i| IsoPacket {
+            offset: i * AUDIO_PACKET_BYTES,
+            length: AUDIO_PACKET_BYTES.min(usize::from(endpoint.max_packet_size)),
+        })
+        .collect();
+    let Ok(id) = xhci
+        .queue_isochronous(
+            slot_id,
+            endpoint.number(),
+            Direction::Out,
+            &segment,
+            &packets,
+        )
+        .map_err(step("queue"))
+    else {
+        return;
+    };
+    let until = time::now_micros() + DATA_TIMEOUT_US;
+    let done = loop {
+        if let Err(e) = xhci.poll_events() {
+            step("poll")(e);
+            core::mem::forget(buf);
+            return;
+        }
+        if let Some((_, c)) = xhci.take_completed().filter(|(i, _)| *i == id) {
+            break c;
+        }
+        if time::now_micros() > until {
+            let _ = xhci.cancel(id);
+            if xhci.take_completion(id).is_none() {
+                core::mem::forget(buf);
+            }
+            warn!("event=usbtest_isochronous slot={slot_id} step=wait error=timeout");
+            return;
+        }
+        core::hint::spin_loop();
+    };
+    let ok = done.packets.iter().filter(|p| p.status.is_ok()).count();
+    let result = match done.result {
+        Ok(n) => format!("ok bytes={n}"),
+        Err(e) => format!("{e}"),
+    };
+    let back = match xhci.set_interface(slot_id, interface, 0) {
+        Ok(()) => String::from("ok"),
+        Err(e) => format!("{e}"),
+    };
+    info!(
+        "event=usbtest_isochronous slot={slot_id} interface={interface} alternate={alternate} endpoint={:#04x} packets={} ok_packets={ok} result={result} start_frame={} back_to_alternate_0={back}",
+        endpoint.address,
+        done.packets.len(),
+        done.start_frame
+    );
 }
 
 /// `usbtest=controller-error`: makes QEMU's controller assert Host Controller Error (it
