@@ -15,10 +15,10 @@ use xhci_driver::{
     Controller, Direction, Error, Hal, IsoPacket, Segment, Speed, TransferId, UsbDevice,
 };
 
-/// A device the host knows: usbback's view and the driver's slot.
+/// A device the host knows: usbback's view and the driver's.
 struct Known {
     info: DeviceInfo,
-    slot_id: u8,
+    device: UsbDevice,
 }
 
 /// A transfer in flight: which device and token it was submitted for.
@@ -38,6 +38,8 @@ pub struct XhciHost<H: Hal> {
     pending: Vec<HostEvent>,
     /// The controller could not be restarted: nothing is submitted any more.
     dead: bool,
+    /// Times the controller was restarted after an error.
+    restarts: u64,
 }
 
 fn speed(s: Speed) -> host::Speed {
@@ -74,6 +76,7 @@ impl<H: Hal> XhciHost<H> {
             in_flight: Vec::new(),
             pending: Vec::new(),
             dead: false,
+            restarts: 0,
         };
         for d in found {
             host.attach(d);
@@ -81,9 +84,33 @@ impl<H: Hal> XhciHost<H> {
         host
     }
 
-    /// The driver underneath.
+    /// The driver underneath (the self-tests use it beside usbback; each side takes only
+    /// the completions of its own transfers).
     pub fn controller(&mut self) -> &mut Controller<H> {
         &mut self.xhci
+    }
+
+    /// The devices present, as the driver describes them.
+    pub fn usb_devices(&self) -> impl Iterator<Item = &UsbDevice> + '_ {
+        self.devices.iter().map(|k| &k.device)
+    }
+
+    /// The driver's description of host device `id`.
+    pub fn usb_device(&self, id: u32) -> Option<&UsbDevice> {
+        self.devices
+            .iter()
+            .find(|k| k.info.id == id)
+            .map(|k| &k.device)
+    }
+
+    /// Times the controller was restarted after a controller error.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// Whether the controller can no longer be used.
+    pub fn is_dead(&self) -> bool {
+        self.dead
     }
 
     fn attach(&mut self, d: UsbDevice) {
@@ -117,10 +144,7 @@ impl<H: Hal> XhciHost<H> {
         };
         self.next_id += 1;
         self.pending.push(HostEvent::Attached(info.clone()));
-        self.devices.push(Known {
-            info,
-            slot_id: d.slot_id,
-        });
+        self.devices.push(Known { info, device: d });
     }
 
     fn slot(&self, device: u32) -> Result<u8, TransferError> {
@@ -130,7 +154,7 @@ impl<H: Hal> XhciHost<H> {
         self.devices
             .iter()
             .find(|k| k.info.id == device)
-            .map(|k| k.slot_id)
+            .map(|k| k.device.slot_id)
             .ok_or(TransferError::NoDevice)
     }
 }
@@ -145,7 +169,10 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
             let attached = match self.xhci.poll_events() {
                 Ok(_) => self.xhci.handle_port_changes(),
                 Err(e) => match self.xhci.restart(e) {
-                    Ok(found) => found,
+                    Ok(found) => {
+                        self.restarts += 1;
+                        found
+                    }
                     Err(e) => {
                         warn!("event=xhci_restart_failed error={e}");
                         self.dead = true;
@@ -154,8 +181,11 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                 },
             };
             // Completions first: those of a device that left come before its Detached.
-            while let Some((id, done)) = self.xhci.take_completed() {
-                let Some(i) = self.in_flight.iter().position(|f| f.id == id) else {
+            // Only this host's own: the self-tests' stay for them.
+            let mut i = 0;
+            while i < self.in_flight.len() {
+                let Some(done) = self.xhci.take_completed_of(self.in_flight[i].id) else {
+                    i += 1;
                     continue;
                 };
                 let f = self.in_flight.remove(i);
@@ -175,7 +205,11 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                 }));
             }
             for (slot_id, busid) in self.xhci.take_detached() {
-                if let Some(i) = self.devices.iter().position(|k| k.slot_id == slot_id) {
+                if let Some(i) = self
+                    .devices
+                    .iter()
+                    .position(|k| k.device.slot_id == slot_id)
+                {
                     let k = self.devices.remove(i);
                     events.push(HostEvent::Detached {
                         id: k.info.id,
@@ -412,18 +446,19 @@ mod tests {
         fake.unplug(2);
         let mut events = Vec::new();
         UsbHost::<()>::poll(&mut host, &mut events);
-        let results: Vec<(u64, Result<usize, TransferError>)> = events
+        let mut results: Vec<(u64, Result<usize, TransferError>)> = events
             .iter()
             .filter_map(|e| match e {
                 HostEvent::Completed(c) => Some((c.token, c.result)),
                 _ => None,
             })
             .collect();
+        results.sort_by_key(|r| r.0);
         assert_eq!(
             results,
             [
-                (2, Err(TransferError::Cancelled)),
-                (1, Err(TransferError::NoDevice))
+                (1, Err(TransferError::NoDevice)),
+                (2, Err(TransferError::Cancelled))
             ]
         );
         assert_eq!(

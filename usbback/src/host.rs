@@ -252,3 +252,40 @@ pub trait UsbHost<P> {
     /// In-flight transfers complete with [`TransferError::NoDevice`].
     fn reset(&mut self, device: u32) -> Result<(), TransferError>;
 }
+
+/// The host of a driver domain without a USB controller (a PVH domU cannot be given one):
+/// no device is ever present, so every port stays empty and every URB is answered "no
+/// device".
+pub struct Absent;
+
+impl<P> UsbHost<P> for Absent {
+    fn devices(&self) -> Vec<DeviceInfo> {
+        Vec::new()
+    }
+
+    fn poll(&mut self, _: &mut Vec<HostEvent>) {}
+
+    fn submit(&mut self, _: u32, _: Transfer<P>) -> Result<(), TransferError> {
+        Err(TransferError::NoDevice)
+    }
+
+    fn cancel(&mut self, _: u32, _: u64) -> bool {
+        false
+    }
+
+    fn set_configuration(&mut self, _: u32, _: u8) -> Result<(), TransferError> {
+        Err(TransferError::NoDevice)
+    }
+
+    fn set_interface(&mut self, _: u32, _: u8, _: u8) -> Result<(), TransferError> {
+        Err(TransferError::NoDevice)
+    }
+
+    fn clear_halt(&mut self, _: u32, _: u8) -> Result<(), TransferError> {
+        Err(TransferError::NoDevice)
+    }
+
+    fn reset(&mut self, _: u32) -> Result<(), TransferError> {
+        Err(TransferError::NoDevice)
+    }
+}

@@ -1,11 +1,26 @@
 //! The PVUSB backend ("usbback"): one virtual host controller per frontend device
 //! (`backend/vusb/<frontend>/<devid>`), each a virtualised share of the real controller.
 //!
-//! This is the lifecycle: it watches its backend directory, reaches InitWait well inside
-//! libxl's 10 s, connects when the frontend has published its rings (maps both rings, binds
-//! the event channel, goes Connected), follows either side into Closing/Closed, and removes
-//! the device directory when the toolstack set `online` to 0. Until the URB path exists every
-//! URB is answered `USBIF_STATUS_NODEV` (no device is attached to any port), so nothing hangs.
+//! The lifecycle: it watches its backend directory, reaches InitWait well inside libxl's
+//! 10 s, connects when the frontend has published its rings (maps both rings, binds the event
+//! channel, goes Connected), follows either side into Closing/Closed (every transfer
+//! cancelled, every grant unmapped), and removes the device directory when the toolstack set
+//! `online` to 0.
+//!
+//! Ports: the toolstack (`usbctl attach`) writes a host device's bus id to
+//! `usbdom-port/<N>`; the device is reported on the conn ring with its speed once it is
+//! present, not a hub and not assigned elsewhere (SuperSpeed devices as high speed, their
+//! descriptors rewritten, see [`superspeed`]), and reported gone (speed 0) when the key is
+//! cleared or the device unplugged.
+//!
+//! URBs: each request is copied out of the ring once and checked
+//! ([`xen::pvusb::UrbRequest::decode`]); its grants are mapped in one batch (read-only for
+//! OUT) and its buffer handed to the host controller ([`host::UsbHost`]) as a scatter-gather
+//! list; on completion every grant is unmapped *before* the response is pushed, as Linux's
+//! xen-hcd checks. SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
+//! CLEAR_FEATURE(ENDPOINT_HALT) go through the host's own operations so the controller's
+//! endpoint state follows. An unlink is answered twice: the cancelled request, then the
+//! unlink. Every id gets exactly one answer.
 //!
 //! It knows no hypercall: only the `xen` crate's traits, so it runs against `xen::sim` in
 //! tests and against real Xen in the driver domain. Everything a frontend writes (ring refs,
@@ -18,8 +33,9 @@
 extern crate alloc;
 
 pub mod host;
+pub mod superspeed;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -28,12 +44,27 @@ use log::{info, warn};
 use xen::abi::usbif::*;
 use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
 use xen::hypervisor::{EventChannels, GrantMapper, GrantMapping, MapRequest};
-use xen::pvusb::UrbRequest;
-use xen::ring::{BackRing, RingError};
+use xen::page::SharedPage;
+use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
+
+use host::{Completion, DeviceInfo, HostEvent, IsoPacket, Speed, TransferError, UsbHost};
+use xen::ring::BackRing;
 use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
 const WATCH_BACKEND: &str = "usbback";
+pub use xen::pvusb::ASSIGN_DIR;
+/// Port changes waiting for conn-ring requests, per frontend: more are dropped (a frontend
+/// that stopped reading its conn ring gets no more).
+const MAX_PENDING_CHANGES: usize = 64;
+/// USB 2.0 9.4: standard requests the backend intercepts.
+const SET_ADDRESS: u8 = 5;
+const SET_CONFIGURATION: u8 = 9;
+const SET_INTERFACE: u8 = 11;
+const CLEAR_FEATURE: u8 = 1;
+const GET_DESCRIPTOR: u8 = 6;
+/// Bytes of Linux's `usb_iso_packet_descriptor`.
+const ISO_DESCRIPTOR_SIZE: usize = core::mem::size_of::<UsbIsoPacketDescriptor>();
 
 /// One frontend device: `backend/vusb/<frontend>/<devid>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,10 +75,62 @@ pub struct DeviceId {
     pub devid: u32,
 }
 
+/// A virtual root-hub port of a frontend's controller.
+#[derive(Clone, Debug, Default)]
+struct VPort {
+    /// The bus id the toolstack assigned.
+    assigned: Option<String>,
+    /// The host device connected to it, reported to the frontend.
+    device: Option<u32>,
+    /// That device runs at SuperSpeed: its descriptors are rewritten.
+    superspeed: bool,
+    /// The address the guest gave it (SET_ADDRESS), 0 before.
+    address: u8,
+}
+
+/// Per-frontend counters, logged as `event=stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests answered with success.
+    pub completed: u64,
+    /// Unlink requests that found their request in flight.
+    pub unlinked: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// Times the frontend had filled the URB ring when it was looked at.
+    pub ring_full: u64,
+    /// Data bytes moved.
+    pub bytes: u64,
+}
+
+/// A request handed to the host, with everything mapped for it.
+struct InFlight<P> {
+    token: u64,
+    device: u32,
+    /// Data pages first, then isochronous descriptor pages.
+    mappings: Vec<GrantMapping<P>>,
+    /// (offset, length) in each data page, in buffer order.
+    data: Vec<(u16, u16)>,
+    /// (offset, length) in each descriptor page.
+    descriptors: Vec<(u16, u16)>,
+    /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten: its type.
+    rewrite: Option<u8>,
+    /// The unlink request waiting for this one's answer.
+    unlinked_by: Option<u16>,
+}
+
 struct Connection<P> {
     rings: Vec<GrantMapping<P>>,
     urb: BackRing<P, UsbifUrbRequest, UsbifUrbResponse>,
+    conn: BackRing<P, UsbifConnRequest, UsbifConnResponse>,
     port: EvtchnPort,
+    /// By request id. At most the ring's size: a frontend cannot have more requests out
+    /// without overrunning its ring.
+    inflight: BTreeMap<u16, InFlight<P>>,
+    /// Port changes (port, speed) not yet reported on the conn ring.
+    changes: VecDeque<(u8, u8)>,
+    stats: Stats,
+    logged: Stats,
 }
 
 struct Device<P> {
@@ -57,6 +140,7 @@ struct Device<P> {
     num_ports: u8,
     usb_ver: u8,
     state: XenbusState,
+    ports: Vec<VPort>,
     conn: Option<Connection<P>>,
 }
 
@@ -66,6 +150,42 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     xs: XenStore<T>,
     root: String,
     devices: BTreeMap<DeviceId, Device<H::Page>>,
+    /// The host's devices, as its events told.
+    known: Vec<DeviceInfo>,
+    /// Requests the host holds: token → (frontend device, request id).
+    tokens: BTreeMap<u64, (DeviceId, u16)>,
+    next_token: u64,
+}
+
+/// The usbif status of a host error (a negative Linux errno, as xen-hcd translates).
+pub fn status_of(e: TransferError) -> i32 {
+    match e {
+        TransferError::Stall => USBIF_STATUS_STALL,
+        TransferError::NoDevice => USBIF_STATUS_NODEV,
+        TransferError::Protocol => USBIF_STATUS_IOERROR,
+        TransferError::Babble => USBIF_STATUS_BABBLE,
+        TransferError::Invalid => USBIF_STATUS_INVAL,
+        TransferError::Cancelled | TransferError::Shutdown => USBIF_STATUS_SHUTDOWN,
+    }
+}
+
+/// The conn-ring speed code of a host device: SuperSpeed is offered as high speed.
+fn speed_code(s: Speed) -> u8 {
+    match s {
+        Speed::Low => USBIF_SPEED_LOW,
+        Speed::Full => USBIF_SPEED_FULL,
+        Speed::High | Speed::Super => USBIF_SPEED_HIGH,
+    }
+}
+
+fn response(id: u16, status: i32, actual_length: usize) -> UsbifUrbResponse {
+    UsbifUrbResponse {
+        id,
+        start_frame: 0,
+        status,
+        actual_length: i32::try_from(actual_length).unwrap_or(i32::MAX),
+        error_count: 0,
+    }
 }
 
 fn bad(key: &str, value: &str) -> XenbusError {
@@ -78,7 +198,7 @@ fn bad(key: &str, value: &str) -> XenbusError {
 impl<H, T> Backend<H, T>
 where
     H: GrantMapper + EventChannels,
-    H::Page: Clone,
+    H::Page: Clone + SharedPage,
     T: XsTransport,
 {
     /// Starts watching `/local/domain/<domid>/backend/vusb`.
@@ -91,6 +211,9 @@ where
             xs,
             root,
             devices: BTreeMap::new(),
+            known: Vec::new(),
+            tokens: BTreeMap::new(),
+            next_token: 1,
         })
     }
 
@@ -109,32 +232,126 @@ where
         self.devices.iter().map(|(id, d)| (*id, d.state))
     }
 
+    /// A connected frontend's counters.
+    pub fn stats(&self, id: DeviceId) -> Option<Stats> {
+        self.devices.get(&id)?.conn.as_ref().map(|c| c.stats)
+    }
+
+    /// The host device on port `port` (1-based) of `id`, if one is reported to the frontend.
+    pub fn port_device(&self, id: DeviceId, port: u8) -> Option<u32> {
+        let dev = self.devices.get(&id)?;
+        dev.ports.get(usize::from(port).checked_sub(1)?)?.device
+    }
+
+    /// Requests of all frontends the host holds now.
+    pub fn in_flight(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Logs `event=stats` for every connected frontend whose counters changed since last
+    /// time (the main loop calls this now and then, not per URB).
+    pub fn log_stats(&mut self) {
+        for (id, dev) in &mut self.devices {
+            if let Some(c) = dev.conn.as_mut() {
+                if c.stats != c.logged {
+                    log_stats(*id, &c.stats, "running");
+                    c.logged = c.stats;
+                }
+            }
+        }
+    }
+
     /// Handles what xenstore delivered: watch events make every device be looked at again.
-    pub fn poll_xenstore(&mut self) -> Result<(), XsError> {
+    pub fn poll_xenstore<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        host: &mut U,
+    ) -> Result<(), XsError> {
         self.xs.poll()?;
         let mut fired = false;
         while self.xs.next_event().is_some() {
             fired = true;
         }
         if fired {
-            self.rescan();
+            self.rescan(host);
         }
         Ok(())
     }
 
     /// Handles a notification on `port`.
-    pub fn handle_event(&mut self, port: EvtchnPort) {
+    pub fn handle_event<U: UsbHost<H::Page> + ?Sized>(&mut self, port: EvtchnPort, host: &mut U) {
         let id = self
             .devices
             .iter()
             .find(|(_, d)| d.conn.as_ref().is_some_and(|c| c.port == port))
             .map(|(id, _)| *id);
         if let Some(id) = id {
-            self.service(id);
+            self.service(id, host);
         }
     }
 
-    fn rescan(&mut self) {
+    /// Handles what the host reported: completed transfers are answered, devices that came
+    /// are connected to the ports assigned them, devices that left are reported gone.
+    pub fn host_events<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        host: &mut U,
+        events: Vec<HostEvent>,
+    ) {
+        let mut touched = Vec::new();
+        for e in events {
+            match e {
+                HostEvent::Completed(c) => {
+                    if let Some(id) = self.complete(c) {
+                        touched.push(id);
+                    }
+                }
+                HostEvent::Attached(info) => {
+                    let busid = info.busid.clone();
+                    self.known.retain(|k| k.id != info.id);
+                    self.known.push(info);
+                    let waiting: Vec<(DeviceId, u8)> = self
+                        .devices
+                        .iter()
+                        .flat_map(|(id, d)| {
+                            d.ports.iter().zip(1u8..).filter_map(|(p, n)| {
+                                (p.device.is_none() && p.assigned.as_deref() == Some(&busid))
+                                    .then_some((*id, n))
+                            })
+                        })
+                        .collect();
+                    for (id, n) in waiting {
+                        self.connect_port(id, n, host);
+                        touched.push(id);
+                    }
+                }
+                HostEvent::Detached { id: gone, busid } => {
+                    self.known.retain(|k| k.id != gone);
+                    for (id, dev) in &mut self.devices {
+                        for (p, n) in dev.ports.iter_mut().zip(1u8..) {
+                            if p.device == Some(gone) {
+                                p.device = None;
+                                p.address = 0;
+                                info!(
+                                    "event=port_disconnected domid={} devid={} port={n} busid={busid} reason=unplugged",
+                                    id.frontend, id.devid
+                                );
+                                if let Some(c) = dev.conn.as_mut() {
+                                    queue_change(c, n, USBIF_SPEED_NONE);
+                                }
+                                touched.push(*id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            self.flush(id);
+        }
+    }
+
+    fn rescan<U: UsbHost<H::Page> + ?Sized>(&mut self, host: &mut U) {
         let mut present = Vec::new();
         let frontends = match self.xs.directory(TxId::NONE, &self.root) {
             Ok(d) => d,
@@ -169,14 +386,17 @@ where
             .copied()
             .collect();
         for id in gone {
-            self.forget(id, "directory_removed");
+            self.forget(id, "directory_removed", host);
         }
         for id in present {
             if !self.devices.contains_key(&id) {
                 self.add(id);
             }
             if self.devices.contains_key(&id) {
-                self.reconcile(id);
+                self.reconcile(id, host);
+            }
+            if self.devices.contains_key(&id) {
+                self.read_assignments(id, host);
             }
         }
     }
@@ -207,6 +427,7 @@ where
                     num_ports,
                     usb_ver,
                     state: XenbusState::InitWait,
+                    ports: alloc::vec![VPort::default(); usize::from(num_ports)],
                     conn: None,
                 };
                 self.devices.insert(id, dev);
@@ -244,7 +465,7 @@ where
         Ok((frontend_dir, num_ports, usb_ver))
     }
 
-    fn reconcile(&mut self, id: DeviceId) {
+    fn reconcile<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
         let Some(dev) = self.devices.get(&id) else {
             return;
         };
@@ -255,13 +476,13 @@ where
             && ours != XenbusState::Closing
             && ours != XenbusState::Closed
         {
-            self.disconnect(id, "toolstack_closing");
+            self.disconnect(id, "toolstack_closing", host);
         } else {
             let frontend = xenbus::read_state(&mut self.xs, TxId::NONE, &frontend_dir)
                 .unwrap_or(XenbusState::Unknown);
             match xenbus::backend_action(ours, frontend) {
-                BackendAction::Connect => self.connect(id),
-                BackendAction::Disconnect(_) => self.disconnect(id, "frontend_closing"),
+                BackendAction::Connect => self.connect(id, host),
+                BackendAction::Disconnect(_) => self.disconnect(id, "frontend_closing", host),
                 BackendAction::Reset => {
                     if let Some(d) = self.devices.get_mut(&id) {
                         d.state = XenbusState::InitWait;
@@ -289,11 +510,11 @@ where
             if let Err(e) = self.xs.rm(TxId::NONE, &dir) {
                 warn!("event=xenstore_error op=rm path={dir} error={e}");
             }
-            self.forget(id, "offline");
+            self.forget(id, "offline", host);
         }
     }
 
-    fn connect(&mut self, id: DeviceId) {
+    fn connect<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
         let Some(dev) = self.devices.get(&id) else {
             return;
         };
@@ -310,18 +531,11 @@ where
             Ok(r) => r,
             Err(e) => return self.refuse(id, &format!("{e}")),
         };
-        let reqs = [
-            MapRequest {
-                dom: id.frontend,
-                gref: urb_ref,
-                readonly: false,
-            },
-            MapRequest {
-                dom: id.frontend,
-                gref: conn_ref,
-                readonly: false,
-            },
-        ];
+        let reqs = [urb_ref, conn_ref].map(|gref| MapRequest {
+            dom: id.frontend,
+            gref,
+            readonly: false,
+        });
         let results = match self.hv.map(&reqs) {
             Ok(r) => r,
             Err(_) => return self.refuse(id, "reason=map_batch"),
@@ -352,8 +566,28 @@ where
             }
         };
         let urb = BackRing::new(rings[0].page.clone());
-        let dev = self.devices.get_mut(&id).expect("looked up above");
-        dev.conn = Some(Connection { rings, urb, port });
+        let conn = BackRing::new(rings[1].page.clone());
+        let Some(dev) = self.devices.get_mut(&id) else {
+            return;
+        };
+        let mut c = Connection {
+            rings,
+            urb,
+            conn,
+            port,
+            inflight: BTreeMap::new(),
+            changes: VecDeque::new(),
+            stats: Stats::default(),
+            logged: Stats::default(),
+        };
+        // Devices already on its ports are reported first.
+        for (p, n) in dev.ports.iter().zip(1u8..) {
+            if let Some(d) = p.device {
+                let speed = self.known.iter().find(|k| k.id == d).map(|k| k.speed);
+                queue_change(&mut c, n, speed.map_or(USBIF_SPEED_NONE, speed_code));
+            }
+        }
+        dev.conn = Some(c);
         dev.state = XenbusState::Connected;
         let (dir, ports, ver) = (dev.dir.clone(), dev.num_ports, dev.usb_ver);
         if let Err(e) = xenbus::switch_state(&mut self.xs, &dir, XenbusState::Connected) {
@@ -364,7 +598,7 @@ where
             id.frontend, id.devid
         );
         // The frontend may have notified before we bound the channel.
-        self.service(id);
+        self.service(id, host);
     }
 
     /// Gives up on a frontend that published unusable ring details: Closing, as Linux's
@@ -381,26 +615,44 @@ where
         }
     }
 
-    fn disconnect(&mut self, id: DeviceId, why: &str) {
+    fn disconnect<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, why: &str, host: &mut U) {
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
         let conn = dev.conn.take();
         dev.state = XenbusState::Closed;
+        // Devices stay assigned, and are reported again when the frontend reconnects.
+        for p in &mut dev.ports {
+            p.address = 0;
+        }
         let dir = dev.dir.clone();
         if let Some(c) = conn {
-            let Connection { rings, urb, port } = c;
-            // The ring is dropped before its page is unmapped.
-            drop(urb);
-            if let Err(s) = self.hv.unmap(rings) {
-                warn!(
-                    "event=grant_unmap_failed domid={} devid={} status={}",
-                    id.frontend,
-                    id.devid,
-                    s.name()
-                );
+            let Connection {
+                rings,
+                urb,
+                conn,
+                port,
+                inflight,
+                stats,
+                ..
+            } = c;
+            // Every transfer is taken back from the host before its pages are unmapped.
+            let cancelled = inflight.len();
+            for (_, f) in inflight {
+                host.cancel(f.device, f.token);
+                self.tokens.remove(&f.token);
+                unmap(&mut self.hv, id, f.mappings);
             }
+            // The rings are dropped before their pages are unmapped.
+            drop(urb);
+            drop(conn);
+            unmap(&mut self.hv, id, rings);
             let _ = self.hv.close(port);
+            log_stats(id, &stats, "teardown");
+            info!(
+                "event=frontend_transfers_cancelled domid={} devid={} count={cancelled}",
+                id.frontend, id.devid
+            );
         }
         if let Err(e) = xenbus::switch_state(&mut self.xs, &dir, XenbusState::Closed) {
             warn!("event=xenstore_error op=write path={dir}/state error={e}");
@@ -411,9 +663,9 @@ where
         );
     }
 
-    fn forget(&mut self, id: DeviceId, why: &str) {
+    fn forget<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, why: &str, host: &mut U) {
         if self.devices.get(&id).is_some_and(|d| d.conn.is_some()) {
-            self.disconnect(id, why);
+            self.disconnect(id, why, host);
         }
         if let Some(dev) = self.devices.remove(&id) {
             let _ = self
@@ -426,57 +678,659 @@ where
         }
     }
 
-    /// Answers every waiting URB request. No device is attached to any port yet, so each is
-    /// `USBIF_STATUS_NODEV` (a malformed one `USBIF_STATUS_INVAL`); an unlink answers for
-    /// itself only, since nothing is in flight to cancel.
-    fn service(&mut self, id: DeviceId) {
+    /// Reads the toolstack's port assignments (`usbdom-port/<N>`) and follows their changes.
+    fn read_assignments<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
+        let Some(dev) = self.devices.get(&id) else {
+            return;
+        };
+        let (dir, num_ports) = (dev.dir.clone(), dev.num_ports);
+        let mut changed = false;
+        for n in 1..=num_ports {
+            let value = self
+                .xs
+                .read_string(TxId::NONE, &format!("{dir}/{ASSIGN_DIR}/{n}"))
+                .unwrap_or_default();
+            let busid = value.trim();
+            let want = if busid.is_empty() {
+                None
+            } else if pvusb::valid_busid(busid) {
+                Some(String::from(busid))
+            } else {
+                warn!(
+                    "event=port_refused domid={} devid={} port={n} reason=bad_busid value={:?}",
+                    id.frontend,
+                    id.devid,
+                    busid.get(..32).unwrap_or(busid)
+                );
+                None
+            };
+            let Some(dev) = self.devices.get(&id) else {
+                return;
+            };
+            let p = &dev.ports[usize::from(n) - 1];
+            if p.assigned == want {
+                continue;
+            }
+            changed = true;
+            if p.device.is_some() {
+                self.disconnect_port(id, n, "unassigned", host);
+            }
+            if let Some(dev) = self.devices.get_mut(&id) {
+                dev.ports[usize::from(n) - 1].assigned = want.clone();
+            }
+            if want.is_some() {
+                self.connect_port(id, n, host);
+            }
+        }
+        if changed && !self.flush(id) {
+            self.misbehaving(id, "reason=conn_ring_overrun", host);
+        }
+    }
+
+    /// Connects the device assigned to port `n` of `id`, if it is present and may be.
+    fn connect_port<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, n: u8, host: &mut U) {
+        let Some(dev) = self.devices.get(&id) else {
+            return;
+        };
+        let Some(busid) = dev.ports[usize::from(n) - 1].assigned.clone() else {
+            return;
+        };
+        let usb_ver = dev.usb_ver;
+        let Some(info) = self.known.iter().find(|k| k.busid == busid).cloned() else {
+            info!(
+                "event=port_waiting domid={} devid={} port={n} busid={busid} reason=device_absent",
+                id.frontend, id.devid
+            );
+            return;
+        };
+        let refuse = |reason: &str| {
+            warn!(
+                "event=port_refused domid={} devid={} port={n} busid={busid} reason={reason}",
+                id.frontend, id.devid
+            );
+        };
+        if info.is_hub {
+            return refuse("hub");
+        }
+        if usb_ver == 1 && info.speed >= Speed::High {
+            return refuse("high_speed_device_on_usb1_controller");
+        }
+        let elsewhere = self.devices.iter().find_map(|(other, d)| {
+            d.ports
+                .iter()
+                .zip(1u8..)
+                .find(|(p, m)| p.device == Some(info.id) && (*other, *m) != (id, n))
+                .map(|(_, m)| (*other, m))
+        });
+        if let Some((other, m)) = elsewhere {
+            return refuse(&format!(
+                "assigned_elsewhere domid_holding={} port_holding={m}",
+                other.frontend
+            ));
+        }
+        // A fresh device for the guest, as on a real plug.
+        if let Err(e) = host.reset(info.id) {
+            warn!(
+                "event=port_reset_failed domid={} devid={} port={n} busid={busid} error={e}",
+                id.frontend, id.devid
+            );
+        }
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
-        let num_ports = dev.num_ports;
-        let Some(conn) = dev.conn.as_mut() else {
-            return;
-        };
-        let result: Result<bool, RingError> = (|| loop {
-            while let Some(raw) = conn.urb.next_request()? {
-                let status = match UrbRequest::decode(&raw, num_ports) {
-                    Ok(_) => USBIF_STATUS_NODEV,
-                    Err(e) => {
-                        warn!(
-                            "event=urb_invalid domid={} devid={} id={} {e}",
-                            id.frontend, id.devid, raw.id
-                        );
-                        USBIF_STATUS_INVAL
-                    }
-                };
-                let rsp = UsbifUrbResponse {
-                    id: raw.id,
-                    start_frame: 0,
-                    status,
-                    actual_length: 0,
-                    error_count: 0,
-                };
-                conn.urb.push_response(&rsp)?;
-            }
-            if !conn.urb.final_check_for_requests()? {
-                return Ok(conn.urb.push_responses_and_check_notify());
-            }
-        })();
-        match result {
-            Ok(true) => {
-                let port = conn.port;
-                let _ = self.hv.send(port);
-            }
-            Ok(false) => {}
-            Err(e) => {
-                warn!(
-                    "event=frontend_misbehaving domid={} devid={} {e}",
-                    id.frontend, id.devid
-                );
-                self.disconnect(id, "ring_overrun");
-            }
+        let p = &mut dev.ports[usize::from(n) - 1];
+        p.device = Some(info.id);
+        p.superspeed = info.speed == Speed::Super;
+        p.address = 0;
+        let code = speed_code(info.speed);
+        info!(
+            "event=port_connected domid={} devid={} port={n} busid={busid} vid={:04x} pid={:04x} speed={} reported_speed={code}",
+            id.frontend,
+            id.devid,
+            info.vendor_id,
+            info.product_id,
+            info.speed.name()
+        );
+        if let Some(c) = dev.conn.as_mut() {
+            queue_change(c, n, code);
         }
     }
+
+    /// Takes the device off port `n` of `id`: its transfers are cancelled (their answers
+    /// follow) and the frontend told.
+    fn disconnect_port<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        n: u8,
+        why: &str,
+        host: &mut U,
+    ) {
+        let Some(dev) = self.devices.get_mut(&id) else {
+            return;
+        };
+        let p = &mut dev.ports[usize::from(n) - 1];
+        let Some(device) = p.device.take() else {
+            return;
+        };
+        p.address = 0;
+        let busid = p.assigned.clone().unwrap_or_default();
+        if let Some(c) = dev.conn.as_mut() {
+            for f in c.inflight.values().filter(|f| f.device == device) {
+                host.cancel(device, f.token);
+            }
+            queue_change(c, n, USBIF_SPEED_NONE);
+        }
+        info!(
+            "event=port_disconnected domid={} devid={} port={n} busid={busid} reason={why}",
+            id.frontend, id.devid
+        );
+    }
+
+    /// Pushes what is queued for `id`: port changes onto the conn ring (one per request
+    /// the frontend gave), responses on both rings, and a notification if the frontend asks
+    /// for one. False when the frontend overran its conn ring.
+    fn flush(&mut self, id: DeviceId) -> bool {
+        let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
+            return true;
+        };
+        while !c.changes.is_empty() {
+            match c.conn.next_request() {
+                Ok(Some(req)) => {
+                    let Some((portnum, speed)) = c.changes.pop_front() else {
+                        break;
+                    };
+                    let rsp = UsbifConnResponse {
+                        id: req.id,
+                        portnum,
+                        speed,
+                    };
+                    // Cannot fail: the request was just consumed.
+                    let _ = c.conn.push_response(&rsp);
+                }
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
+        let notify_conn = c.conn.push_responses_and_check_notify();
+        let notify_urb = c.urb.push_responses_and_check_notify();
+        if notify_conn || notify_urb {
+            let _ = self.hv.send(c.port);
+        }
+        true
+    }
+
+    fn misbehaving<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, why: &str, host: &mut U) {
+        warn!(
+            "event=frontend_misbehaving domid={} devid={} {why}",
+            id.frontend, id.devid
+        );
+        self.disconnect(id, "protocol_violation", host);
+    }
+
+    /// Takes every waiting URB request of `id`, then pushes the answers.
+    fn service<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
+        enum Next {
+            Request(UsbifUrbRequest),
+            Again,
+            Idle,
+        }
+        if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+            let waiting = c.urb.unconsumed_requests().unwrap_or(0);
+            if waiting + c.urb.outstanding() >= c.urb.size() {
+                c.stats.ring_full += 1;
+            }
+        }
+        loop {
+            let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
+                return;
+            };
+            let next = match c.urb.next_request() {
+                Ok(Some(raw)) => Ok(Next::Request(raw)),
+                // None now: ask to be notified, and look once more (the race with the
+                // frontend's next push).
+                Ok(None) => c.urb.final_check_for_requests().map(|more| {
+                    if more {
+                        Next::Again
+                    } else {
+                        Next::Idle
+                    }
+                }),
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(Next::Request(raw)) => {
+                    if !self.request(id, raw, host) {
+                        return;
+                    }
+                }
+                Ok(Next::Again) => {}
+                Ok(Next::Idle) => break,
+                Err(e) => {
+                    self.misbehaving(id, &format!("{e}"), host);
+                    return;
+                }
+            }
+        }
+        if !self.flush(id) {
+            self.misbehaving(id, "reason=conn_ring_overrun", host);
+        }
+    }
+
+    /// Whether request id `rid` of `id` is taken: in flight, or an unlink waiting to be
+    /// answered.
+    fn id_in_use(&self, id: DeviceId, rid: u16) -> bool {
+        self.devices
+            .get(&id)
+            .and_then(|d| d.conn.as_ref())
+            .is_some_and(|c| {
+                c.inflight.contains_key(&rid)
+                    || c.inflight.values().any(|f| f.unlinked_by == Some(rid))
+            })
+    }
+
+    /// Queues the answer to request `rid` of `id`, counting it.
+    fn respond(&mut self, id: DeviceId, rsp: UsbifUrbResponse) {
+        let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
+            return;
+        };
+        if rsp.status == USBIF_STATUS_OK {
+            c.stats.completed += 1;
+            c.stats.bytes += u64::try_from(rsp.actual_length).unwrap_or(0);
+        } else {
+            c.stats.errors += 1;
+        }
+        // Cannot fail: every request is consumed before it is answered, once.
+        if c.urb.push_response(&rsp).is_err() {
+            warn!(
+                "event=urb_response_dropped domid={} devid={} id={}",
+                id.frontend, id.devid, rsp.id
+            );
+        }
+    }
+
+    /// One request copied out of the ring. False when it made the backend disconnect the
+    /// frontend.
+    fn request<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        raw: UsbifUrbRequest,
+        host: &mut U,
+    ) -> bool {
+        let Some(num_ports) = self.devices.get(&id).map(|d| d.num_ports) else {
+            return false;
+        };
+        match UrbRequest::decode(&raw, num_ports) {
+            Err(e) => {
+                warn!(
+                    "event=urb_invalid domid={} devid={} id={} {e}",
+                    id.frontend, id.devid, raw.id
+                );
+                self.respond(id, response(raw.id, USBIF_STATUS_INVAL, 0));
+                true
+            }
+            Ok(UrbRequest::Unlink {
+                id: rid, unlink_id, ..
+            }) => {
+                if self.id_in_use(id, rid) {
+                    self.misbehaving(id, &format!("reason=id_reused id={rid}"), host);
+                    return false;
+                }
+                let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
+                    return false;
+                };
+                match c.inflight.get_mut(&unlink_id) {
+                    // Answered once the cancelled request is, right after it.
+                    Some(f) if f.unlinked_by.is_none() => {
+                        f.unlinked_by = Some(rid);
+                        c.stats.unlinked += 1;
+                        let (device, token) = (f.device, f.token);
+                        host.cancel(device, token);
+                    }
+                    _ => self.respond(id, response(rid, USBIF_STATUS_INVAL, 0)),
+                }
+                true
+            }
+            Ok(UrbRequest::Submit(s)) => self.submit(id, s, host),
+        }
+    }
+
+    fn submit<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        s: Submit,
+        host: &mut U,
+    ) -> bool {
+        if self.id_in_use(id, s.id) {
+            self.misbehaving(id, &format!("reason=id_reused id={}", s.id), host);
+            return false;
+        }
+        let Some(dev) = self.devices.get_mut(&id) else {
+            return false;
+        };
+        let Some(port) = usize::from(s.pipe.port)
+            .checked_sub(1)
+            .and_then(|i| dev.ports.get_mut(i))
+        else {
+            self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
+            return true;
+        };
+        let Some(device) = port.device else {
+            self.respond(id, response(s.id, USBIF_STATUS_NODEV, 0));
+            return true;
+        };
+        // Address 0 is the default address a device answers after a reset.
+        if s.pipe.device != 0 && s.pipe.device != port.address {
+            self.respond(id, response(s.id, USBIF_STATUS_NODEV, 0));
+            return true;
+        }
+        let superspeed = port.superspeed;
+        let (direction, setup) = match s.transfer {
+            pvusb::Transfer::Control { setup } => {
+                let d = if setup[0] & 0x80 != 0 {
+                    host::Direction::In
+                } else {
+                    host::Direction::Out
+                };
+                (d, Some(setup))
+            }
+            _ => match s.pipe.direction {
+                pvusb::Direction::In => (host::Direction::In, None),
+                pvusb::Direction::Out => (host::Direction::Out, None),
+            },
+        };
+        let mut rewrite = None;
+        if let Some(setup) = setup {
+            let value = u16::from_le_bytes([setup[2], setup[3]]);
+            let index = u16::from_le_bytes([setup[4], setup[5]]);
+            let intercepted = match (setup[0], setup[1]) {
+                (0x00, SET_ADDRESS) => {
+                    port.address = (value & 0x7f) as u8;
+                    Some(Ok(()))
+                }
+                (0x00, SET_CONFIGURATION) => Some(host.set_configuration(device, value as u8)),
+                (0x01, SET_INTERFACE) => Some(host.set_interface(device, index as u8, value as u8)),
+                (0x02, CLEAR_FEATURE) if value == 0 => Some(host.clear_halt(device, index as u8)),
+                _ => None,
+            };
+            if let Some(result) = intercepted {
+                let status = result.map_or_else(status_of, |()| USBIF_STATUS_OK);
+                self.respond(id, response(s.id, status, 0));
+                return true;
+            }
+            let kind = (value >> 8) as u8;
+            if superspeed
+                && setup[0] == 0x80
+                && setup[1] == GET_DESCRIPTOR
+                && (kind == superspeed::DEVICE || kind == superspeed::CONFIGURATION)
+            {
+                rewrite = Some(kind);
+            }
+        }
+
+        let readonly = direction == host::Direction::Out;
+        let requests: Vec<MapRequest> = s
+            .buffer
+            .iter()
+            .map(|g| MapRequest {
+                dom: id.frontend,
+                gref: g.gref,
+                readonly,
+            })
+            .chain(s.iso_descriptors.iter().map(|g| MapRequest {
+                dom: id.frontend,
+                gref: g.gref,
+                readonly: false,
+            }))
+            .collect();
+        let mut mappings = Vec::with_capacity(requests.len());
+        if !requests.is_empty() {
+            let mut failure = None;
+            match self.hv.map(&requests) {
+                Ok(results) => {
+                    for r in results {
+                        match r {
+                            Ok(m) => mappings.push(m),
+                            Err(status) => failure = failure.or(Some(status.name())),
+                        }
+                    }
+                }
+                Err(_) => failure = Some("batch_too_large"),
+            }
+            if let Some(status) = failure {
+                warn!(
+                    "event=urb_grant_map_failed domid={} devid={} id={} status={status}",
+                    id.frontend, id.devid, s.id
+                );
+                unmap(&mut self.hv, id, mappings);
+                self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
+                return true;
+            }
+        }
+        let data: Vec<(u16, u16)> = s.buffer.iter().map(|g| (g.offset, g.length)).collect();
+        let descriptors: Vec<(u16, u16)> = s
+            .iso_descriptors
+            .iter()
+            .map(|g| (g.offset, g.length))
+            .collect();
+        let mut iso_packets = Vec::new();
+        if let pvusb::Transfer::Isochronous {
+            number_of_packets, ..
+        } = s.transfer
+        {
+            let pages = &mappings[data.len()..];
+            for i in 0..usize::from(number_of_packets) {
+                let mut d = [0u8; ISO_DESCRIPTOR_SIZE];
+                read_linear(pages, &descriptors, i * ISO_DESCRIPTOR_SIZE, &mut d);
+                let offset = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                let length = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
+                let end = u64::from(offset) + u64::from(length);
+                if end > u64::from(s.buffer_length) {
+                    warn!(
+                        "event=urb_invalid domid={} devid={} id={} reason=iso_packet_outside_buffer packet={i} offset={offset} length={length}",
+                        id.frontend, id.devid, s.id
+                    );
+                    unmap(&mut self.hv, id, mappings);
+                    self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
+                    return true;
+                }
+                iso_packets.push(IsoPacket { offset, length });
+            }
+        }
+        let transfer_type = match s.pipe.transfer_type {
+            pvusb::TransferType::Control => host::TransferType::Control,
+            pvusb::TransferType::Isochronous => host::TransferType::Isochronous,
+            pvusb::TransferType::Interrupt => host::TransferType::Interrupt,
+            pvusb::TransferType::Bulk => host::TransferType::Bulk,
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        let segments = mappings
+            .iter()
+            .zip(&data)
+            .map(|(m, &(offset, len))| host::Segment {
+                page: m.page.clone(),
+                phys: m.addr.0,
+                offset,
+                len,
+            })
+            .collect();
+        let transfer = host::Transfer {
+            token,
+            endpoint: if setup.is_some() { 0 } else { s.pipe.endpoint },
+            direction,
+            transfer_type,
+            setup,
+            segments,
+            short_not_ok: s.short_not_ok,
+            iso_packets,
+            start_frame: None,
+        };
+        match host.submit(device, transfer) {
+            Err(e) => {
+                unmap(&mut self.hv, id, mappings);
+                self.respond(id, response(s.id, status_of(e), 0));
+            }
+            Ok(()) => {
+                self.tokens.insert(token, (id, s.id));
+                if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+                    c.inflight.insert(
+                        s.id,
+                        InFlight {
+                            token,
+                            device,
+                            mappings,
+                            data,
+                            descriptors,
+                            rewrite,
+                            unlinked_by: None,
+                        },
+                    );
+                }
+            }
+        }
+        true
+    }
+
+    /// Answers the request a host transfer finished: isochronous packet results written to
+    /// the frontend's descriptors, a SuperSpeed descriptor rewritten, every grant unmapped,
+    /// then the response (and the unlink's, if one waits). Returns the frontend touched.
+    fn complete(&mut self, c: Completion) -> Option<DeviceId> {
+        let (id, rid) = self.tokens.remove(&c.token)?;
+        let conn = self.devices.get_mut(&id)?.conn.as_mut()?;
+        let f = conn.inflight.remove(&rid)?;
+        let total: usize = f.data.iter().map(|&(_, l)| usize::from(l)).sum();
+        let (data_pages, descriptor_pages) = f.mappings.split_at(f.data.len());
+        let (status, mut actual) = match c.result {
+            Ok(n) => (USBIF_STATUS_OK, n.min(total)),
+            Err(e) => (status_of(e), 0),
+        };
+        if let (Some(kind), USBIF_STATUS_OK) = (f.rewrite, status) {
+            let mut bytes = alloc::vec![0u8; actual];
+            read_linear(data_pages, &f.data, 0, &mut bytes);
+            let rewritten = if kind == superspeed::DEVICE {
+                superspeed::rewrite_device(&mut bytes);
+                bytes
+            } else {
+                superspeed::rewrite_configuration(&bytes)
+            };
+            write_linear(data_pages, &f.data, 0, &rewritten);
+            actual = rewritten.len();
+        }
+        let mut error_count = 0;
+        for (i, r) in c.iso.iter().enumerate() {
+            let packet_status = match r.status {
+                Ok(()) => 0,
+                Err(e) => {
+                    error_count += 1;
+                    status_of(e)
+                }
+            };
+            // actual_length and status of the i-th `usb_iso_packet_descriptor`.
+            let mut result = [0u8; 8];
+            result[..4].copy_from_slice(&r.actual_length.to_le_bytes());
+            result[4..].copy_from_slice(&packet_status.to_le_bytes());
+            let at = i * ISO_DESCRIPTOR_SIZE
+                + core::mem::offset_of!(UsbIsoPacketDescriptor, actual_length);
+            write_linear(descriptor_pages, &f.descriptors, at, &result);
+        }
+        // Unmapped before the answer: Linux's xen-hcd fails the frontend for good if a
+        // grant is still mapped when the response arrives.
+        unmap(&mut self.hv, id, f.mappings);
+        let rsp = UsbifUrbResponse {
+            id: rid,
+            start_frame: c.start_frame,
+            status,
+            actual_length: i32::try_from(actual).unwrap_or(i32::MAX),
+            error_count,
+        };
+        self.respond(id, rsp);
+        if let Some(unlink) = f.unlinked_by {
+            self.respond(id, response(unlink, USBIF_STATUS_OK, 0));
+        }
+        Some(id)
+    }
+}
+
+/// Queues a port change for the conn ring, dropping it when the frontend has let too many
+/// pile up.
+fn queue_change<P>(c: &mut Connection<P>, port: u8, speed: u8) {
+    if c.changes.len() < MAX_PENDING_CHANGES {
+        c.changes.push_back((port, speed));
+    }
+}
+
+/// Unmaps a request's grants (or a connection's rings), logging a failure.
+fn unmap<H: GrantMapper>(hv: &mut H, id: DeviceId, mappings: Vec<GrantMapping<H::Page>>) {
+    if mappings.is_empty() {
+        return;
+    }
+    if let Err(s) = hv.unmap(mappings) {
+        warn!(
+            "event=grant_unmap_failed domid={} devid={} status={}",
+            id.frontend,
+            id.devid,
+            s.name()
+        );
+    }
+}
+
+fn log_stats(id: DeviceId, s: &Stats, phase: &str) {
+    info!(
+        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={}",
+        id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes
+    );
+}
+
+/// Calls `f` with each (page, offset in page, range in `buf`) that bytes `at..at + len` of
+/// the buffer made of `segments` (offset, length) in `pages` fall in.
+fn for_linear<P>(
+    pages: &[GrantMapping<P>],
+    segments: &[(u16, u16)],
+    at: usize,
+    len: usize,
+    mut f: impl FnMut(&P, usize, core::ops::Range<usize>),
+) {
+    let mut skip = at;
+    let mut done = 0;
+    for (m, &(offset, length)) in pages.iter().zip(segments) {
+        let length = usize::from(length);
+        if done == len {
+            break;
+        }
+        if skip >= length {
+            skip -= length;
+            continue;
+        }
+        let n = (length - skip).min(len - done);
+        f(&m.page, usize::from(offset) + skip, done..done + n);
+        done += n;
+        skip = 0;
+    }
+}
+
+/// Copies bytes of a scattered buffer out (what lies past its end is left as it was).
+fn read_linear<P: SharedPage>(
+    pages: &[GrantMapping<P>],
+    segments: &[(u16, u16)],
+    at: usize,
+    buf: &mut [u8],
+) {
+    let len = buf.len();
+    for_linear(pages, segments, at, len, |page, offset, range| {
+        page.read(offset, &mut buf[range]);
+    });
+}
+
+/// Copies bytes into a scattered buffer (what would run past its end is not written).
+fn write_linear<P: SharedPage>(
+    pages: &[GrantMapping<P>],
+    segments: &[(u16, u16)],
+    at: usize,
+    data: &[u8],
+) {
+    for_linear(pages, segments, at, data.len(), |page, offset, range| {
+        page.write(offset, &data[range]);
+    });
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ struct World {
     xen: Xen,
     be: Backend<Domain, SimXsTransport>,
     fe: Domain,
+    host: host::Absent,
 }
 
 fn bdir(be: DomId, fe: DomId) -> String {
@@ -46,7 +47,12 @@ fn world(ports: u8) -> World {
     let fe = xen.create_domain();
     let be = Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
     toolstack_add(&xen, be_dom.domid(), fe.domid(), ports);
-    World { xen, be, fe }
+    World {
+        xen,
+        be,
+        fe,
+        host: host::Absent,
+    }
 }
 
 struct Front {
@@ -104,11 +110,11 @@ fn state_of(xen: &Xen, dir: &str) -> Result<XenbusState, XenbusError> {
 }
 
 fn pump(w: &mut World) {
-    w.be.poll_xenstore().unwrap();
+    w.be.poll_xenstore(&mut w.host).unwrap();
     let mut ports = Vec::new();
     w.be.hypervisor().take_pending(&mut |p| ports.push(p));
     for p in ports {
-        w.be.handle_event(p);
+        w.be.handle_event(p, &mut w.host);
     }
 }
 

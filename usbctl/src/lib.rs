@@ -42,10 +42,7 @@ pub fn devices_dir(backend: DomId) -> String {
 
 pub use xen::pvusb::busid_key;
 
-/// Where a port's assignment lives in the backend directory: `usbdom-port/<N>` = bus id.
-/// Not libxl's `port/<N>`: libxl reads those as dom0 sysfs bus ids and would fail for every
-/// domain on finding one it does not know.
-pub const ASSIGN_DIR: &str = "usbdom-port";
+pub use xen::pvusb::ASSIGN_DIR;
 
 /// A device usbdom offers, as `list-assignable-devices` shows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,17 +55,7 @@ pub struct Assignable {
     pub assigned: Option<(DomId, u32, u32)>,
 }
 
-/// Checks a bus id's form: `<bus>-<port>[.<port>…]`, decimal, ports 1..=31.
-fn valid_busid(busid: &str) -> bool {
-    let Some((bus, path)) = busid.split_once('-') else {
-        return false;
-    };
-    parse_decimal(bus).is_some_and(|b| b >= 1)
-        && !path.is_empty()
-        && path
-            .split('.')
-            .all(|p| parse_decimal(p).is_some_and(|p| (1..=31).contains(&p)))
-}
+use xen::pvusb::valid_busid;
 
 /// A controller as `list` shows it.
 #[derive(Debug, PartialEq, Eq)]

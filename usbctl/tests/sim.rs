@@ -53,7 +53,7 @@ fn usbctl(w: &World) -> Usbctl<SimXsTransport> {
     let be = w.backend.clone();
     let tick = Box::new(move || {
         if let Some(b) = be.borrow_mut().as_mut() {
-            b.poll_xenstore().unwrap();
+            b.poll_xenstore(&mut usbback::host::Absent).unwrap();
         }
     });
     Usbctl::new(w.xen.dom0().xenstore(), tick).with_timeout(Duration::from_millis(200))
@@ -303,7 +303,7 @@ fn cli(w: &World, args: &[&str]) -> Result<String, Error> {
     let be = w.backend.clone();
     let tick = Box::new(move || {
         if let Some(b) = be.borrow_mut().as_mut() {
-            b.poll_xenstore().unwrap();
+            b.poll_xenstore(&mut usbback::host::Absent).unwrap();
         }
     });
     let mut out = Vec::new();

@@ -466,6 +466,23 @@ impl UrbRequest {
     }
 }
 
+/// Where a port's assignment lives in the backend directory: `usbdom-port/<N>` = bus id.
+/// Not libxl's `port/<N>`: libxl reads those as dom0 sysfs bus ids and would fail for every
+/// domain on finding one it does not know.
+pub const ASSIGN_DIR: &str = "usbdom-port";
+
+/// Checks a bus id's form: `<bus>-<port>[.<port>…]`, decimal, ports 1..=31.
+pub fn valid_busid(busid: &str) -> bool {
+    let Some((bus, path)) = busid.split_once('-') else {
+        return false;
+    };
+    crate::abi::parse_decimal(bus).is_some_and(|b| b >= 1)
+        && !path.is_empty()
+        && path
+            .split('.')
+            .all(|p| crate::abi::parse_decimal(p).is_some_and(|p| (1..=31).contains(&p)))
+}
+
 /// Where a driver domain publishes the USB devices it can assign, relative to its xenstore
 /// home: one key per device ([`busid_key`]), the value `vid=… pid=… speed=… class=…
 /// product=…`. The domain owns `data`, dom0 reads it (`usbctl list-assignable-devices`).

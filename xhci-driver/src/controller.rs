@@ -2276,6 +2276,12 @@ impl<H: Hal> Controller<H> {
         Some(self.completions.remove(i).1.result)
     }
 
+    /// Transfer `id`'s outcome with its isochronous packets, once it finished.
+    pub fn take_completed_of(&mut self, id: TransferId) -> Option<Completed> {
+        let i = self.completions.iter().position(|c| c.0 == id)?;
+        Some(self.completions.remove(i).1)
+    }
+
     /// The oldest finished transfer not taken yet.
     pub fn take_completed(&mut self) -> Option<(TransferId, Completed)> {
         (!self.completions.is_empty()).then(|| self.completions.remove(0))

@@ -255,16 +255,28 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
 /// is served at the next timer tick at the latest.
 fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! {
     use xen::hypervisor::EventChannels;
+    // Without a controller (a PVH domU cannot be given one) usbback still serves, with no
+    // device on any port.
+    let mut absent = usbback::host::Absent;
+    let mut stats_at = time::now_micros();
     loop {
-        if let Some(u) = usb.as_mut() {
-            usb::service(u);
-        }
+        let events = usb.as_mut().map(usb::service).unwrap_or_default();
         if let Some(be) = backend.as_deref_mut() {
+            let host: &mut dyn usbback::host::UsbHost<GrantPage> = match usb.as_mut() {
+                Some(u) => u.host(),
+                None => &mut absent,
+            };
+            be.host_events(host, events);
+            if let Err(e) = be.poll_xenstore(host) {
+                warn!("event=xenstore_error op=poll error={e}");
+            }
             if let Some(u) = usb.as_mut() {
                 usb::publish(u, be.xenstore());
             }
-            if let Err(e) = be.poll_xenstore() {
-                warn!("event=xenstore_error op=poll error={e}");
+            let now = time::now_micros();
+            if now - stats_at >= STATS_INTERVAL_US {
+                be.log_stats();
+                stats_at = now;
             }
         }
         // Work that arrived while the loop ran is looked for with interrupts off, so an
@@ -277,18 +289,28 @@ fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! 
                 let _ = ports.push(p);
             });
         }
-        if ports.is_empty() && !usb.as_ref().is_some_and(usb::has_work) {
+        if ports.is_empty() && !usb.as_mut().is_some_and(usb::has_work) {
             cpu::enable_and_halt();
             continue;
         }
         cpu::enable_interrupts();
         if let Some(be) = backend.as_deref_mut() {
+            let host: &mut dyn usbback::host::UsbHost<GrantPage> = match usb.as_mut() {
+                Some(u) => u.host(),
+                None => &mut absent,
+            };
             for p in ports {
-                be.handle_event(p);
+                be.handle_event(p, host);
             }
         }
     }
 }
+
+/// How often the frontends' counters are logged when they changed (`event=stats`).
+const STATS_INTERVAL_US: u64 = 1_000_000;
+
+/// The pages usbback maps for frontends.
+type GrantPage = <xen_guest::Xen as xen::hypervisor::GrantMapper>::Page;
 
 type Backend = usbback::Backend<xen_guest::Xen, xen_guest::StoreTransport>;
 

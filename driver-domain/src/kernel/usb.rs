@@ -6,7 +6,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use log::{info, warn};
+use platform::host::XhciHost;
 use platform::Mmio32;
+use usbback::host::{HostEvent, UsbHost};
 
 use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
 use xhci_driver::descriptor::TransferType;
@@ -113,7 +115,9 @@ const NOOPS: usize = 300;
 
 /// The running driver and how the main loop learns of its events.
 pub struct Usb {
-    xhci: Controller<KernelHal>,
+    /// The controller with its devices, as usbback uses it (the self-tests use the driver
+    /// underneath).
+    host: XhciHost<KernelHal>,
     /// BAR0, for `usbtest=controller-error` to make the controller fail.
     regs: Mmio,
     /// Whether MSI/MSI-X is routed; without it the event ring is polled on every wake-up
@@ -121,10 +125,6 @@ pub struct Usb {
     interrupt_routed: bool,
     /// `pci::xhci_interrupts()` when the event ring was last drained.
     seen: u64,
-    /// The controller reported Host System Error: it is left alone from then on.
-    failed: bool,
-    /// The devices on the root ports now.
-    devices: Vec<UsbDevice>,
     /// What was last published to xenstore: key → description.
     published: BTreeMap<String, String>,
     /// `devices` changed since it was last published (the main loop wakes 100 times a
@@ -188,12 +188,10 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         pci::xhci_interrupts()
     );
     Some(Usb {
-        xhci,
+        host: XhciHost::new(xhci, devices),
         regs: found.regs,
         interrupt_routed: found.vector.is_some(),
         seen: pci::xhci_interrupts(),
-        failed: false,
-        devices,
         published: BTreeMap::new(),
         devices_changed: true,
         keyboard: None,
@@ -205,63 +203,73 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
 
 /// Whether [`service`] has something to do: the controller interrupted since it last
 /// looked, or changes wait.
-pub fn has_work(usb: &Usb) -> bool {
-    !usb.failed && (pci::xhci_interrupts() != usb.seen || usb.xhci.has_port_changes())
+pub fn has_work(usb: &mut Usb) -> bool {
+    !usb.host.is_dead()
+        && (pci::xhci_interrupts() != usb.seen || usb.host.controller().has_port_changes())
+}
+
+impl Usb {
+    /// The driver underneath.
+    fn xhci(&mut self) -> &mut Controller<KernelHal> {
+        self.host.controller()
+    }
+
+    /// The devices present now.
+    fn devices(&self) -> Vec<UsbDevice> {
+        self.host.usb_devices().cloned().collect()
+    }
+
+    /// usbback's view of the controller.
+    pub fn host(&mut self) -> &mut XhciHost<KernelHal> {
+        &mut self.host
+    }
 }
 
 /// Takes the controller's events when its interrupt counter moved (or always, without an
-/// interrupt): devices plugged in are enumerated, unplugged ones released, the self-tests'
-/// transfers moved on. A controller that failed (Host System Error, Host Controller Error)
-/// is restarted: its transfers fail, its devices go and come back.
-pub fn service(usb: &mut Usb) {
+/// interrupt) and returns them for usbback: devices plugged in are enumerated, unplugged
+/// ones released, usbback's transfers completed, the self-tests' transfers moved on. A
+/// controller that failed (Host System Error, Host Controller Error) is restarted: its
+/// transfers fail, its devices go and come back.
+pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
+    let mut events = Vec::new();
     let now = pci::xhci_interrupts();
-    let quiet = now == usb.seen && !usb.xhci.has_port_changes() && usb.xhci.error().is_none();
-    if usb.failed || (usb.interrupt_routed && quiet) {
-        return;
+    let xhci = usb.host.controller();
+    let quiet = now == usb.seen && !xhci.has_port_changes() && xhci.error().is_none();
+    if usb.host.is_dead() || (usb.interrupt_routed && quiet) {
+        return events;
     }
     usb.seen = now;
-    let mut restarted = false;
-    let attached = match usb.xhci.poll_events() {
-        Ok(events) => {
-            if events > 0 {
-                info!("event=xhci_events count={events} xhci_interrupts={now}");
+    let restarts = usb.host.restarts();
+    UsbHost::<()>::poll(&mut usb.host, &mut events);
+    let restarted = usb.host.restarts() != restarts;
+    if restarted {
+        // Their transfers failed and the controller was reset: the buffers are free.
+        usb.keyboard = None;
+        usb.loops.clear();
+    }
+    if usb.host.is_dead() {
+        // The controller may still write into them.
+        core::mem::forget(usb.keyboard.take());
+        core::mem::forget(core::mem::take(&mut usb.loops));
+        return events;
+    }
+    let mut attached = Vec::new();
+    for e in &events {
+        match e {
+            HostEvent::Attached(info) => {
+                usb.devices_changed = true;
+                attached.extend(usb.host.usb_device(info.id).cloned());
             }
-            // Also changes noted while an earlier enumeration waited for its own events.
-            usb.xhci.handle_port_changes()
+            HostEvent::Detached { .. } => usb.devices_changed = true,
+            HostEvent::Completed(_) => {}
         }
-        Err(
-            e @ (xhci_driver::Error::HostSystemError | xhci_driver::Error::HostControllerError),
-        ) => {
-            match usb.xhci.restart(e) {
-                Ok(found) => {
-                    restarted = true;
-                    // Their transfers failed and the controller was reset: the buffers
-                    // are free.
-                    usb.keyboard = None;
-                    usb.loops.clear();
-                    found
-                }
-                Err(e) => {
-                    warn!("event=xhci_restart_failed error={e}");
-                    usb.failed = true;
-                    // The controller may still write into them.
-                    core::mem::forget(usb.keyboard.take());
-                    core::mem::forget(core::mem::take(&mut usb.loops));
-                    return;
-                }
-            }
-        }
-        Err(e) => {
-            warn!("event=xhci_error error={e}");
-            usb.failed = true;
-            return;
-        }
-    };
-    let gone = usb.xhci.take_detached();
-    usb.devices
-        .retain(|d| !gone.iter().any(|(slot, _)| *slot == d.slot_id));
-    usb.devices_changed |= !gone.is_empty() || !attached.is_empty();
-    usb.devices.extend(attached.iter().cloned());
+    }
+    if !events.is_empty() {
+        info!(
+            "event=xhci_events count={} xhci_interrupts={now}",
+            events.len()
+        );
+    }
     keyboard_reports(usb);
     step_loops(usb);
     if usb.hotplug {
@@ -272,10 +280,11 @@ pub fn service(usb: &mut Usb) {
     if restarted && core::mem::take(&mut usb.storage_after_restart) {
         info!(
             "event=usbtest_controller_error recovered=true devices={}",
-            usb.devices.len()
+            usb.host.usb_devices().count()
         );
         self_test_storage(usb);
     }
+    events
 }
 
 /// How a device is offered to dom0 (`usbctl list-assignable-devices`).
@@ -299,8 +308,8 @@ pub fn publish<T: xen::xenstore::XsTransport>(usb: &mut Usb, xs: &mut xen::xenst
         return;
     }
     let now: BTreeMap<String, String> = usb
-        .devices
-        .iter()
+        .host
+        .usb_devices()
         .filter(|d| d.class != 0x09)
         .map(|d| (busid_key(&d.busid()), description(d)))
         .collect();
@@ -341,8 +350,8 @@ const BENCH_CHUNK: usize = 64 << 10;
 /// READ(10)s, one at a time (`event=bench`), then a READ(10) past the end, which must fail
 /// without breaking the next command (`event=usbtest_storage_past_end`).
 pub fn self_test_storage(usb: &mut Usb) {
-    let found = usb.devices.iter().find_map(|d| {
-        let config = usb.xhci.configuration(d.slot_id).ok()?;
+    let found = usb.devices().into_iter().find_map(|d| {
+        let config = usb.xhci().configuration(d.slot_id).ok()?;
         let i = config
             .interfaces
             .iter()
@@ -365,7 +374,7 @@ fn storage(
     config: &Configuration,
     interface: &Interface,
 ) -> Result<(), (&'static str, StorageError)> {
-    let xhci = &mut usb.xhci;
+    let xhci = usb.host.controller();
     xhci.configure(slot_id, config)
         .map_err(|e| ("configure", e.into()))?;
     let mut bot = BulkOnly::new(xhci, slot_id, interface).map_err(|e| ("bot", e.into()))?;
@@ -568,8 +577,8 @@ const HID_PROTOCOL_KEYBOARD: u8 = 0x01;
 /// interrupt IN endpoint (`event=usbtest_keyboard_ready`). The main loop logs each report
 /// (`event=usbtest_keyboard report=…`) and queues the next transfer.
 pub fn self_test_keyboard(usb: &mut Usb) {
-    let found = usb.devices.iter().find_map(|d| {
-        let config = usb.xhci.configuration(d.slot_id).ok()?;
+    let found = usb.devices().into_iter().find_map(|d| {
+        let config = usb.xhci().configuration(d.slot_id).ok()?;
         let (interface, endpoint) = config.interfaces.iter().find_map(|i| {
             let boot_keyboard = i.class == HID_CLASS
                 && i.subclass == HID_SUBCLASS_BOOT
@@ -587,7 +596,7 @@ pub fn self_test_keyboard(usb: &mut Usb) {
         warn!("event=usbtest_keyboard step=find error=no_boot_keyboard");
         return;
     };
-    let xhci = &mut usb.xhci;
+    let xhci = usb.host.controller();
     let step = |step: &'static str| {
         move |e: xhci_driver::Error| {
             warn!("event=usbtest_keyboard slot={slot_id} step={step} error={e}");
@@ -676,7 +685,7 @@ fn keyboard_reports(usb: &mut Usb) {
     while let Some(result) = k
         .queued
         .first()
-        .and_then(|(_, id)| usb.xhci.take_completion(*id))
+        .and_then(|(_, id)| usb.host.controller().take_completion(*id))
     {
         let (buf, _) = k.queued.remove(0);
         match result {
@@ -699,8 +708,8 @@ fn keyboard_reports(usb: &mut Usb) {
                 usb.keyboard = None;
                 for (buf, id) in rest {
                     // Finished (or cancelled now): the controller is done with the buffer.
-                    let _ = usb.xhci.cancel(id);
-                    if usb.xhci.take_completion(id).is_none() {
+                    let _ = usb.host.controller().cancel(id);
+                    if usb.host.controller().take_completion(id).is_none() {
                         core::mem::forget(buf);
                     }
                 }
@@ -712,7 +721,8 @@ fn keyboard_reports(usb: &mut Usb) {
             len: k.len,
         }];
         match usb
-            .xhci
+            .host
+            .controller()
             .queue_transfer(k.slot_id, k.endpoint, Direction::In, &segment)
         {
             Ok(id) => k.queued.push((buf, id)),
@@ -759,7 +769,7 @@ const LOOP_PROGRESS: u64 = 50;
 /// arrives later.
 pub fn self_test_hotplug(usb: &mut Usb) {
     usb.hotplug = true;
-    for d in usb.devices.clone() {
+    for d in usb.devices() {
         start_loop(usb, &d);
     }
 }
@@ -767,7 +777,7 @@ pub fn self_test_hotplug(usb: &mut Usb) {
 /// Starts a read loop on `d` when it is a Bulk-Only mass-storage device.
 fn start_loop(usb: &mut Usb, d: &UsbDevice) {
     let busid = d.busid();
-    let xhci = &mut usb.xhci;
+    let xhci = usb.host.controller();
     let Ok(config) = xhci.configuration(d.slot_id) else {
         return;
     };
@@ -864,7 +874,7 @@ fn next_command(
 /// Moves every read loop on by the transfers that finished; a loop whose transfer failed
 /// (its device left: `no_device`) ends with `event=usbtest_loop_stopped`.
 fn step_loops(usb: &mut Usb) {
-    let xhci = &mut usb.xhci;
+    let xhci = usb.host.controller();
     let mut i = 0;
     while i < usb.loops.len() {
         let l = &mut usb.loops[i];
@@ -941,8 +951,8 @@ const AUDIO_PACKET_BYTES: usize = 192;
 /// packets to it as one isochronous transfer and logs each packet's outcome
 /// (`event=usbtest_isochronous`), then goes back to alternate setting 0.
 pub fn self_test_audio(usb: &mut Usb) {
-    let found = usb.devices.iter().find_map(|d| {
-        let config = usb.xhci.configuration(d.slot_id).ok()?;
+    let found = usb.devices().into_iter().find_map(|d| {
+        let config = usb.xhci().configuration(d.slot_id).ok()?;
         let (interface, alternate, endpoint) = config.interfaces.iter().find_map(|i| {
             let e = i
                 .endpoints
@@ -956,7 +966,7 @@ pub fn self_test_audio(usb: &mut Usb) {
         warn!("event=usbtest_isochronous step=find error=no_isochronous_out_endpoint");
         return;
     };
-    let xhci = &mut usb.xhci;
+    let xhci = usb.host.controller();
     let step = |step: &'static str| {
         move |e: xhci_driver::Error| {
             warn!("event=usbtest_isochronous slot={slot_id} step={step} error={e}");
@@ -1053,7 +1063,8 @@ pub fn self_test_controller_error(usb: &mut Usb) {
     usb.regs.write32(rts + ERSTBA + 4, high);
     info!(
         "event=usbtest_controller_error provoked=erstsz error={}",
-        usb.xhci
+        usb.host
+            .controller()
             .error()
             .map_or(String::from("none"), |e| format!("{e}"))
     );
