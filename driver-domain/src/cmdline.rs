@@ -43,7 +43,14 @@ pub struct Cmdline {
     pub bad_log_level: bool,
     /// `usbtest=storage|keyboard|hotplug|audio|controller-error`.
     pub usb_test: Option<UsbTest>,
+    /// `usbpolicy=…`: the device policy's text (usbback's `policy` module parses it).
+    pub usb_policy: Option<String<MAX_POLICY>>,
+    /// A `usbpolicy=` longer than [`MAX_POLICY`] bytes.
+    pub policy_too_long: bool,
 }
+
+/// The longest `usbpolicy=` value kept.
+pub const MAX_POLICY: usize = 512;
 
 impl Default for Cmdline {
     fn default() -> Self {
@@ -53,6 +60,8 @@ impl Default for Cmdline {
             unknown: Vec::new(),
             bad_log_level: false,
             usb_test: None,
+            usb_policy: None,
+            policy_too_long: false,
         }
     }
 }
@@ -72,6 +81,10 @@ impl Cmdline {
                     Err(_) => c.bad_log_level = true,
                 },
                 ("qemu_exit", None) => c.qemu_exit = true,
+                ("usbpolicy", Some(v)) => match String::try_from(v) {
+                    Ok(text) => c.usb_policy = Some(text),
+                    Err(_) => c.policy_too_long = true,
+                },
                 ("usbtest", Some("storage")) => c.usb_test = Some(UsbTest::Storage),
                 ("usbtest", Some("keyboard")) => c.usb_test = Some(UsbTest::Keyboard),
                 ("usbtest", Some("hotplug")) => c.usb_test = Some(UsbTest::Hotplug),
@@ -140,5 +153,15 @@ mod tests {
         let c = Cmdline::parse(&format!("{long} a b c d e f g h i j"));
         assert_eq!(c.unknown.len(), MAX_UNKNOWN);
         assert_eq!(c.unknown[0].len(), 32);
+    }
+
+    #[test]
+    fn usbpolicy_is_kept_as_text_and_an_overlong_one_flagged() {
+        let c = Cmdline::parse("usbpolicy=deny:class=08:dom=web;allow qemu_exit");
+        assert_eq!(c.usb_policy.as_deref(), Some("deny:class=08:dom=web;allow"));
+        assert!(c.qemu_exit);
+        let long = format!("usbpolicy={}", "deny:class=08;".repeat(40));
+        let c = Cmdline::parse(&long);
+        assert!(c.policy_too_long && c.usb_policy.is_none());
     }
 }

@@ -33,6 +33,7 @@
 extern crate alloc;
 
 pub mod host;
+pub mod policy;
 pub mod superspeed;
 
 use alloc::collections::{BTreeMap, VecDeque};
@@ -48,12 +49,13 @@ use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 
 use host::{Completion, DeviceInfo, HostEvent, IsoPacket, Speed, TransferError, UsbHost};
+use policy::{Policy, Verdict};
 use xen::ring::BackRing;
 use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
 const WATCH_BACKEND: &str = "usbback";
-pub use xen::pvusb::ASSIGN_DIR;
+pub use xen::pvusb::{ASSIGN_DIR, PORT_STATUS_DIR};
 /// Port changes waiting for conn-ring requests, per frontend: more are dropped (a frontend
 /// that stopped reading its conn ring gets no more).
 const MAX_PENDING_CHANGES: usize = 64;
@@ -155,6 +157,8 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// Requests the host holds: token → (frontend device, request id).
     tokens: BTreeMap<u64, (DeviceId, u16)>,
     next_token: u64,
+    /// Which device may go to which domain.
+    policy: Policy,
 }
 
 /// The usbif status of a host error (a negative Linux errno, as xen-hcd translates).
@@ -214,7 +218,17 @@ where
             known: Vec::new(),
             tokens: BTreeMap::new(),
             next_token: 1,
+            policy: Policy::default(),
         })
+    }
+
+    /// Sets the device policy (the driver domain's `usbpolicy=`). Ports connected already
+    /// keep their devices; later assignments follow it.
+    pub fn set_policy(&mut self, policy: Policy) {
+        for (i, r) in policy.rules.iter().enumerate() {
+            info!("event=usb_policy_rule rule={} text={}", i + 1, r.text());
+        }
+        self.policy = policy;
     }
 
     /// The hypervisor handle (the main loop scans its event channels).
@@ -325,6 +339,7 @@ where
                 }
                 HostEvent::Detached { id: gone, busid } => {
                     self.known.retain(|k| k.id != gone);
+                    let mut emptied = Vec::new();
                     for (id, dev) in &mut self.devices {
                         for (p, n) in dev.ports.iter_mut().zip(1u8..) {
                             if p.device == Some(gone) {
@@ -338,8 +353,13 @@ where
                                     queue_change(c, n, USBIF_SPEED_NONE);
                                 }
                                 touched.push(*id);
+                                emptied.push((*id, n));
                             }
                         }
+                    }
+                    // Still assigned: the device is connected again when it comes back.
+                    for (id, n) in emptied {
+                        self.port_status(id, n, "waiting device_absent");
                     }
                 }
             }
@@ -720,6 +740,9 @@ where
             }
             if want.is_some() {
                 self.connect_port(id, n, host);
+            } else {
+                let key = format!("{dir}/{PORT_STATUS_DIR}/{n}");
+                let _ = self.xs.rm(TxId::NONE, &key);
             }
         }
         if changed && !self.flush(id) {
@@ -741,19 +764,32 @@ where
                 "event=port_waiting domid={} devid={} port={n} busid={busid} reason=device_absent",
                 id.frontend, id.devid
             );
+            self.port_status(id, n, "waiting device_absent");
             return;
         };
-        let refuse = |reason: &str| {
-            warn!(
-                "event=port_refused domid={} devid={} port={n} busid={busid} reason={reason}",
-                id.frontend, id.devid
-            );
-        };
         if info.is_hub {
-            return refuse("hub");
+            return self.refuse_port(id, n, &busid, "hub");
         }
         if usb_ver == 1 && info.speed >= Speed::High {
-            return refuse("high_speed_device_on_usb1_controller");
+            return self.refuse_port(id, n, &busid, "high_speed_device_on_usb1_controller");
+        }
+        // Another domain's name is readable only where the toolstack allows it: a rule that
+        // names domains then matches by id alone.
+        let name = self
+            .xs
+            .read_string(TxId::NONE, &format!("/local/domain/{}/name", id.frontend))
+            .ok();
+        if let (Verdict::Deny, rule) = self.policy.check(&info, id.frontend, name.as_deref()) {
+            let text = rule
+                .and_then(|r| self.policy.rules.get(r - 1))
+                .map(|r| r.text())
+                .unwrap_or_default();
+            return self.refuse_port(
+                id,
+                n,
+                &busid,
+                &format!("policy rule={} text={text}", rule.unwrap_or(0)),
+            );
         }
         let elsewhere = self.devices.iter().find_map(|(other, d)| {
             d.ports
@@ -763,10 +799,15 @@ where
                 .map(|(_, m)| (*other, m))
         });
         if let Some((other, m)) = elsewhere {
-            return refuse(&format!(
-                "assigned_elsewhere domid_holding={} port_holding={m}",
-                other.frontend
-            ));
+            return self.refuse_port(
+                id,
+                n,
+                &busid,
+                &format!(
+                    "assigned_elsewhere domid_holding={} port_holding={m}",
+                    other.frontend
+                ),
+            );
         }
         // A fresh device for the guest, as on a real plug.
         if let Err(e) = host.reset(info.id) {
@@ -793,6 +834,28 @@ where
         );
         if let Some(c) = dev.conn.as_mut() {
             queue_change(c, n, code);
+        }
+        self.port_status(id, n, "connected");
+    }
+
+    /// Refuses the assignment of `busid` to port `n` of `id`, in the log and in the port's
+    /// status key (`usbctl attach` shows it).
+    fn refuse_port(&mut self, id: DeviceId, n: u8, busid: &str, reason: &str) {
+        warn!(
+            "event=port_refused domid={} devid={} port={n} busid={busid} reason={reason}",
+            id.frontend, id.devid
+        );
+        self.port_status(id, n, &format!("refused {reason}"));
+    }
+
+    /// Writes what became of port `n`'s assignment to `usbdom-port-status/<n>`.
+    fn port_status(&mut self, id: DeviceId, n: u8, text: &str) {
+        let Some(dev) = self.devices.get(&id) else {
+            return;
+        };
+        let key = format!("{}/{PORT_STATUS_DIR}/{n}", dev.dir);
+        if let Err(e) = self.xs.write(TxId::NONE, &key, text.as_bytes()) {
+            warn!("event=xenstore_error op=write path={key} error={e}");
         }
     }
 

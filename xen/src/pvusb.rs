@@ -471,6 +471,10 @@ impl UrbRequest {
 /// domain on finding one it does not know.
 pub const ASSIGN_DIR: &str = "usbdom-port";
 
+/// Where the backend says what became of each assignment: `usbdom-port-status/<N>` =
+/// `connected`, `waiting <reason>` or `refused <reason>`.
+pub const PORT_STATUS_DIR: &str = "usbdom-port-status";
+
 /// Checks a bus id's form: `<bus>-<port>[.<port>…]`, decimal, ports 1..=31.
 pub fn valid_busid(busid: &str) -> bool {
     let Some((bus, path)) = busid.split_once('-') else {

@@ -14,7 +14,7 @@ mod xen_guest;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use platform::cmdline::{Cmdline, UsbTest};
 use platform::frames::Range;
 use xen::abi::start_info::{
@@ -204,10 +204,12 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
             Ok(d) => info!("event=xenstore domid={d}"),
             Err(e) => warn!("event=xenstore_error op=read key=domid error={e}"),
         }
-        match usbback::Backend::new(x, store, domid) {
+        let mut backend = match usbback::Backend::new(x, store, domid) {
             Ok(b) => b,
             Err(e) => panic!("xenstore: cannot watch the backend directory: {e}"),
-        }
+        };
+        backend.set_policy(policy(&cmdline));
+        backend
     });
 
     // Prove the timer interrupt is delivered: wait (in hlt) for five ticks.
@@ -302,6 +304,30 @@ fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! 
             for p in ports {
                 be.handle_event(p, host);
             }
+        }
+    }
+}
+
+/// The device policy the command line gives. One that cannot be parsed denies every
+/// device (a policy is a security setting: it fails closed) and says why.
+fn policy(cmdline: &Cmdline) -> usbback::policy::Policy {
+    use usbback::policy::{Policy, Rule};
+    let deny_all = || Policy {
+        rules: alloc::vec![Rule::default()],
+    };
+    if cmdline.policy_too_long {
+        error!(
+            "event=usb_policy_invalid reason=too_long max_bytes={} effect=deny_all",
+            platform::cmdline::MAX_POLICY
+        );
+        return deny_all();
+    }
+    match cmdline.usb_policy.as_deref().map(Policy::parse) {
+        None => Policy::default(),
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            error!("event=usb_policy_invalid {e} effect=deny_all");
+            deny_all()
         }
     }
 }
