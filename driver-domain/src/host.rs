@@ -103,6 +103,12 @@ impl<H: Hal> XhciHost<H> {
             .map(|k| &k.device)
     }
 
+    /// Whether events wait to be handed out without the controller's help (the devices
+    /// found before the first poll).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Times the controller was restarted after a controller error.
     pub fn restarts(&self) -> u64 {
         self.restarts

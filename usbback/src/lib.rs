@@ -159,6 +159,10 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     next_token: u64,
     /// Which device may go to which domain.
     policy: Policy,
+    /// The inventory last published: key → description.
+    published: BTreeMap<String, String>,
+    /// Devices or assignments changed since it was published.
+    inventory_changed: bool,
 }
 
 /// The usbif status of a host error (a negative Linux errno, as xen-hcd translates).
@@ -219,7 +223,67 @@ where
             tokens: BTreeMap::new(),
             next_token: 1,
             policy: Policy::default(),
+            published: BTreeMap::new(),
+            inventory_changed: true,
         })
+    }
+
+    /// Publishes the host's devices under our `data/usbdom/devices` for the dom0 tool (what
+    /// changed only): one key per device ([`xen::pvusb::busid_key`]), the value
+    /// `vid=… pid=… speed=… class=… assigned=<domid>/<devid>/<port>|none product=…`. Hubs
+    /// are not offered (libxl refuses them too).
+    pub fn publish_inventory(&mut self) {
+        use xen::pvusb::{busid_key, DEVICES_DIR};
+        if !core::mem::take(&mut self.inventory_changed) {
+            return;
+        }
+        let now: BTreeMap<String, String> = self
+            .known
+            .iter()
+            .filter(|d| !d.is_hub)
+            .map(|d| {
+                let assigned = self
+                    .devices
+                    .iter()
+                    .find_map(|(id, dev)| {
+                        dev.ports
+                            .iter()
+                            .zip(1u8..)
+                            .find(|(p, _)| p.device == Some(d.id))
+                            .map(|(_, n)| format!("{}/{}/{n}", id.frontend, id.devid))
+                    })
+                    .unwrap_or_else(|| String::from("none"));
+                let description = format!(
+                    "vid={:04x} pid={:04x} speed={} class={:02x} assigned={assigned} product={}",
+                    d.vendor_id,
+                    d.product_id,
+                    d.speed.name(),
+                    d.class,
+                    d.product.as_deref().unwrap_or("")
+                );
+                (busid_key(&d.busid), description)
+            })
+            .collect();
+        if now == self.published {
+            return;
+        }
+        for key in self.published.keys().filter(|k| !now.contains_key(*k)) {
+            let path = format!("{DEVICES_DIR}/{key}");
+            if let Err(e) = self.xs.rm(TxId::NONE, &path) {
+                warn!("event=xenstore_error op=rm path={path} error={e}");
+            }
+        }
+        for (key, value) in now
+            .iter()
+            .filter(|(k, v)| self.published.get(*k) != Some(*v))
+        {
+            let path = format!("{DEVICES_DIR}/{key}");
+            if let Err(e) = self.xs.write(TxId::NONE, &path, value.as_bytes()) {
+                warn!("event=xenstore_error op=write path={path} error={e}");
+            }
+        }
+        info!("event=usb_devices_published count={}", now.len());
+        self.published = now;
     }
 
     /// Sets the device policy (the driver domain's `usbpolicy=`). Ports connected already
@@ -311,6 +375,7 @@ where
         events: Vec<HostEvent>,
     ) {
         let mut touched = Vec::new();
+        self.inventory_changed |= events.iter().any(|e| !matches!(e, HostEvent::Completed(_)));
         for e in events {
             match e {
                 HostEvent::Completed(c) => {
@@ -836,6 +901,7 @@ where
             queue_change(c, n, code);
         }
         self.port_status(id, n, "connected");
+        self.inventory_changed = true;
     }
 
     /// Refuses the assignment of `busid` to port `n` of `id`, in the log and in the port's
@@ -887,6 +953,7 @@ where
             "event=port_disconnected domid={} devid={} port={n} busid={busid} reason={why}",
             id.frontend, id.devid
         );
+        self.inventory_changed = true;
     }
 
     /// Pushes what is queued for `id`: port changes onto the conn ring (one per request

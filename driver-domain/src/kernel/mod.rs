@@ -272,9 +272,7 @@ fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! 
             if let Err(e) = be.poll_xenstore(host) {
                 warn!("event=xenstore_error op=poll error={e}");
             }
-            if let Some(u) = usb.as_mut() {
-                usb::publish(u, be.xenstore());
-            }
+            be.publish_inventory();
             let now = time::now_micros();
             if now - stats_at >= STATS_INTERVAL_US {
                 be.log_stats();

@@ -1,7 +1,6 @@
 //! The xHCI driver on this machine: its HAL over the mapped BAR0 and identity-mapped DMA
 //! frames, bring-up and root-port enumeration at boot, and event handling in the main loop.
 
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -125,11 +124,6 @@ pub struct Usb {
     interrupt_routed: bool,
     /// `pci::xhci_interrupts()` when the event ring was last drained.
     seen: u64,
-    /// What was last published to xenstore: key → description.
-    published: BTreeMap<String, String>,
-    /// `devices` changed since it was last published (the main loop wakes 100 times a
-    /// second: the list is only rebuilt when this is set).
-    devices_changed: bool,
     /// The keyboard `usbtest=keyboard` listens to.
     keyboard: Option<Keyboard>,
     /// `usbtest=hotplug`: every mass-storage device that arrives gets a read loop.
@@ -192,8 +186,6 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
         regs: found.regs,
         interrupt_routed: found.vector.is_some(),
         seen: pci::xhci_interrupts(),
-        published: BTreeMap::new(),
-        devices_changed: true,
         keyboard: None,
         hotplug: false,
         loops: Vec::new(),
@@ -205,7 +197,9 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
 /// looked, or changes wait.
 pub fn has_work(usb: &mut Usb) -> bool {
     !usb.host.is_dead()
-        && (pci::xhci_interrupts() != usb.seen || usb.host.controller().has_port_changes())
+        && (pci::xhci_interrupts() != usb.seen
+            || usb.host.has_pending()
+            || usb.host.controller().has_port_changes())
 }
 
 impl Usb {
@@ -233,8 +227,9 @@ impl Usb {
 pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
     let mut events = Vec::new();
     let now = pci::xhci_interrupts();
+    let pending = usb.host.has_pending();
     let xhci = usb.host.controller();
-    let quiet = now == usb.seen && !xhci.has_port_changes() && xhci.error().is_none();
+    let quiet = now == usb.seen && !pending && !xhci.has_port_changes() && xhci.error().is_none();
     if usb.host.is_dead() || (usb.interrupt_routed && quiet) {
         return events;
     }
@@ -257,11 +252,9 @@ pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
     for e in &events {
         match e {
             HostEvent::Attached(info) => {
-                usb.devices_changed = true;
                 attached.extend(usb.host.usb_device(info.id).cloned());
             }
-            HostEvent::Detached { .. } => usb.devices_changed = true,
-            HostEvent::Completed(_) => {}
+            HostEvent::Detached { .. } | HostEvent::Completed(_) => {}
         }
     }
     if !events.is_empty() {
@@ -285,56 +278,6 @@ pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
         self_test_storage(usb);
     }
     events
-}
-
-/// How a device is offered to dom0 (`usbctl list-assignable-devices`).
-fn description(d: &UsbDevice) -> String {
-    format!(
-        "vid={:04x} pid={:04x} speed={} class={:02x} product={}",
-        d.vendor_id,
-        d.product_id,
-        d.speed.name(),
-        d.class,
-        d.product.as_deref().unwrap_or("")
-    )
-}
-
-/// Publishes the devices usbdom can assign under its `data/usbdom/devices` (the change
-/// only): hubs are not offered (they are not assignable, as libxl also refuses them).
-pub fn publish<T: xen::xenstore::XsTransport>(usb: &mut Usb, xs: &mut xen::xenstore::XenStore<T>) {
-    use xen::pvusb::{busid_key, DEVICES_DIR};
-    use xen::xenstore::TxId;
-    if !core::mem::take(&mut usb.devices_changed) {
-        return;
-    }
-    let now: BTreeMap<String, String> = usb
-        .host
-        .usb_devices()
-        .filter(|d| d.class != 0x09)
-        .map(|d| (busid_key(&d.busid()), description(d)))
-        .collect();
-    if now == usb.published {
-        return;
-    }
-    for key in usb.published.keys().filter(|k| !now.contains_key(*k)) {
-        if let Err(e) = xs.rm(TxId::NONE, &format!("{DEVICES_DIR}/{key}")) {
-            warn!("event=xenstore_error op=rm path={DEVICES_DIR}/{key} error={e}");
-        }
-    }
-    for (key, value) in now
-        .iter()
-        .filter(|(k, v)| usb.published.get(*k) != Some(*v))
-    {
-        if let Err(e) = xs.write(
-            TxId::NONE,
-            &format!("{DEVICES_DIR}/{key}"),
-            value.as_bytes(),
-        ) {
-            warn!("event=xenstore_error op=write path={DEVICES_DIR}/{key} error={e}");
-        }
-    }
-    info!("event=usb_devices_published count={}", now.len());
-    usb.published = now;
 }
 
 /// A 64 KiB READ(10) of the throughput probe may take this long.
