@@ -61,6 +61,15 @@ wait_for "$glog" "guest: hc usb[0-9]* ports=8" 60 || fail "guest_hc_missing"
 mark "phase=guest_hc_registered"
 usbctl list guest | sed 's|^|usbctl-list: |'
 usbctl list-assignable-devices | sed 's|^|ASSIGNABLE |'
+# Devices through usbdom to the guest's own xen-hcd: the keyboard (high speed) and the
+# stick (SuperSpeed on the host, offered as high speed with its descriptors rewritten).
+usbctl attach guest 0 1 1-2 || fail "attach_keyboard"
+usbctl attach guest 0 2 2-1 || fail "attach_stick"
+wait_for "$glog" "guest: usbdev .* vid=0627 pid=0001" 60 || fail "guest_no_keyboard"
+mark "phase=guest_keyboard"
+wait_for "$glog" "guest: usbdev .* vid=46f4 pid=0001" 60 || fail "guest_no_stick"
+mark "phase=guest_stick"
+usbctl list-assignable-devices | sed 's|^|ASSIGNED |'
 usbdom_id=$(xl domid usbdom)
 guest_id=$(xl domid guest)
 usbctl hc-destroy guest 0 || fail "hc_destroy"

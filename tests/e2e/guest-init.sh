@@ -17,5 +17,11 @@ while true; do
   for hc in /sys/bus/usb/devices/usb*; do
     [ -e "$hc/maxchild" ] && echo "guest: hc $(basename "$hc") ports=$(cat "$hc/maxchild") product=\"$(cat "$hc/product" 2>/dev/null)\""
   done
+  # Devices on the virtual controllers' ports, as the guest's USB core enumerated them.
+  for d in /sys/bus/usb/devices/[0-9]*-*; do
+    case "$d" in *:*) continue ;; esac
+    [ -e "$d/idVendor" ] || continue
+    echo "guest: usbdev $(basename "$d") vid=$(cat "$d/idVendor") pid=$(cat "$d/idProduct") speed=$(cat "$d/speed") config=$(cat "$d/bConfigurationValue" 2>/dev/null) product=\"$(cat "$d/product" 2>/dev/null)\""
+  done
   sleep 2
 done

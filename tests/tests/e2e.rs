@@ -145,6 +145,39 @@ fn xen_end_to_end() {
             .find(|l| l.contains("guest: hc "))
             .expect("the guest registered a controller");
         assert_eq!(field(hc, "ports"), Some("8"));
+        // The guest's own xen-hcd enumerated both devices through usbdom: descriptors,
+        // SET_ADDRESS and SET_CONFIGURATION over the rings, the stick's SuperSpeed
+        // descriptors rewritten so Linux takes it as a high-speed device.
+        for p in ["guest_keyboard", "guest_stick"] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
+        let usbdev = |vid: &str| {
+            guest
+                .iter()
+                .copied()
+                .find(|l| l.contains("guest: usbdev ") && field(l, "vid") == Some(vid))
+                .unwrap_or_else(|| panic!("the guest has no device {vid}"))
+        };
+        let kbd = usbdev("0627");
+        println!("e2e: {kbd}");
+        assert_eq!(field(kbd, "config"), Some("1"), "{kbd}");
+        let stick = usbdev("46f4");
+        println!("e2e: {stick}");
+        assert_eq!(field(stick, "speed"), Some("480"), "{stick}");
+        assert_eq!(field(stick, "config"), Some("1"), "{stick}");
+        for busid in ["1-2", "2-1"] {
+            let connected = usbdom
+                .iter()
+                .find(|l| l.contains("event=port_connected") && field(l, "busid") == Some(busid))
+                .unwrap_or_else(|| panic!("usbdom connected {busid}"));
+            assert_eq!(field(connected, "reported_speed"), Some("3"), "{connected}");
+        }
+        let assigned: Vec<&str> = r
+            .lines
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix("ASSIGNED "))
+            .collect();
+        assert_eq!(assigned.len(), 2, "{assigned:?}");
         assert!(
             usbdom_event("vusb_removed").is_some(),
             "usbdom removed the device"

@@ -376,10 +376,18 @@ pub fn notify(port: EvtchnPort) -> Result<(), Errno> {
     errno(op(HYPERVISOR_EVENT_CHANNEL_OP, EVTCHNOP_SEND, &mut s))
 }
 
-/// Slots of the grant window, one page each.
+/// Slots of the grant window, one page each, handed out round the window rather than
+/// lowest first: a slot is used again only after every other one was. A device's DMA
+/// reaches a mapping through the IOMMU, and an IOTLB entry that outlived its unmap (seen
+/// under QEMU's emulated VT-d: the second URB into the same slot landed in the first one's
+/// page) then points at a page that is long out of use rather than one just handed to
+/// another request.
 struct GrantWindow {
     base: u64,
     used: Vec<u64>,
+    slots: usize,
+    /// Where the next search starts.
+    next: usize,
 }
 
 impl GrantWindow {
@@ -388,18 +396,22 @@ impl GrantWindow {
         GrantWindow {
             base,
             used: alloc::vec![0; slots.div_ceil(64)],
+            slots,
+            next: 0,
         }
     }
 
     fn take(&mut self) -> Option<u64> {
-        let (w, word) = self
-            .used
-            .iter_mut()
-            .enumerate()
-            .find(|(_, w)| **w != u64::MAX)?;
-        let bit = (!*word).trailing_zeros();
-        *word |= 1 << bit;
-        Some(self.base + (w as u64 * 64 + u64::from(bit)) * PAGE_SIZE as u64)
+        for step in 0..self.slots {
+            let slot = (self.next + step) % self.slots;
+            let (w, bit) = (slot / 64, slot % 64);
+            if self.used[w] & (1 << bit) == 0 {
+                self.used[w] |= 1 << bit;
+                self.next = (slot + 1) % self.slots;
+                return Some(self.base + (slot * PAGE_SIZE) as u64);
+            }
+        }
+        None
     }
 
     fn give_back(&mut self, addr: u64) {
