@@ -57,6 +57,7 @@ fn world(ports: u8) -> World {
 
 struct Front {
     urb: FrontRing<LocalPage, UsbifUrbRequest, UsbifUrbResponse>,
+    conn: FrontRing<LocalPage, UsbifConnRequest, UsbifConnResponse>,
     port: EvtchnPort,
     grants: Vec<GrantRef>,
 }
@@ -100,6 +101,7 @@ fn frontend_connect(fe: &Domain, be: DomId, urb_ref_override: Option<&str>) -> F
     xenbus::switch_state(&mut xs, &f, XenbusState::Connected).unwrap();
     Front {
         urb,
+        conn,
         port,
         grants: vec![urb_ref, conn_ref],
     }
@@ -271,5 +273,642 @@ fn a_config_the_protocol_forbids_is_refused() {
     assert_eq!(
         state_of(&w.xen, &bdir(DomId(1), w.fe.domid())).unwrap(),
         XenbusState::Initialising
+    );
+}
+
+// ---- The URB path, against a model host controller ----
+
+/// A device descriptor: USB 2.0 (or 3.0 with a 2^9-byte EP0 for SuperSpeed), 1234:5678.
+fn device_descriptor(superspeed: bool) -> [u8; 18] {
+    let (usb, mps) = if superspeed { (0x03, 9) } else { (0x02, 64) };
+    [
+        18, 1, 0x00, usb, 0, 0, 0, mps, 0x34, 0x12, 0x78, 0x56, 0, 1, 1, 2, 0, 1,
+    ]
+}
+
+/// A SuperSpeed mass-storage configuration with its endpoint companions.
+const SS_CONFIGURATION: [u8; 44] = [
+    9, 2, 44, 0, 1, 1, 0, 0x80, 50, //
+    9, 4, 0, 0, 2, 8, 6, 0x50, 0, //
+    7, 5, 0x81, 2, 0x00, 0x04, 0, //
+    6, 0x30, 15, 0, 0, 0, //
+    7, 5, 0x02, 2, 0x00, 0x04, 0, //
+    6, 0x30, 15, 0, 0, 0,
+];
+
+/// A host controller with devices modelled just enough for the URB path: GET_DESCRIPTOR
+/// answers, bulk IN 1 sends a byte pattern, bulk OUT 2 keeps what it gets, anything else
+/// stalls. With `hold` set, transfers stay in flight until cancelled or the device leaves.
+#[derive(Default)]
+struct Model {
+    devices: Vec<DeviceInfo>,
+    events: Vec<HostEvent>,
+    held: Vec<(u32, host::Transfer<LocalPage>)>,
+    hold: bool,
+    out: Vec<u8>,
+    ops: Vec<String>,
+}
+
+fn info(id: u32, busid: &str, speed: Speed, class: u8, interfaces: &[u8]) -> DeviceInfo {
+    DeviceInfo {
+        id,
+        busid: busid.into(),
+        speed,
+        vendor_id: 0x1234,
+        product_id: 0x5678,
+        class,
+        interface_classes: interfaces.to_vec(),
+        product: Some("Model".into()),
+        is_hub: class == 9,
+    }
+}
+
+impl Model {
+    fn plug(&mut self, d: DeviceInfo) {
+        self.events.push(HostEvent::Attached(d.clone()));
+        self.devices.push(d);
+    }
+
+    fn unplug(&mut self, id: u32) {
+        let held = core::mem::take(&mut self.held);
+        for (device, t) in held {
+            if device == id {
+                self.done(t.token, Err(TransferError::NoDevice));
+            } else {
+                self.held.push((device, t));
+            }
+        }
+        let busid = self
+            .devices
+            .iter()
+            .find(|d| d.id == id)
+            .unwrap()
+            .busid
+            .clone();
+        self.devices.retain(|d| d.id != id);
+        self.events.push(HostEvent::Detached { id, busid });
+    }
+
+    fn done(&mut self, token: u64, result: Result<usize, TransferError>) {
+        self.events.push(HostEvent::Completed(Completion {
+            token,
+            result,
+            start_frame: 0,
+            iso: Vec::new(),
+        }));
+    }
+
+    fn run(&mut self, device: u32, t: &host::Transfer<LocalPage>) -> Result<usize, TransferError> {
+        let superspeed = self
+            .devices
+            .iter()
+            .any(|d| d.id == device && d.speed == Speed::Super);
+        let reply: Vec<u8> = match (t.setup, t.endpoint, t.direction) {
+            (Some(s), 0, host::Direction::In) if s[1] == 6 && s[3] == 1 => {
+                device_descriptor(superspeed).to_vec()
+            }
+            (Some(s), 0, host::Direction::In) if s[1] == 6 && s[3] == 2 => {
+                SS_CONFIGURATION.to_vec()
+            }
+            (None, 1, host::Direction::In) => (0..t.length()).map(|i| (i % 251) as u8).collect(),
+            (None, 2, host::Direction::Out) => {
+                for seg in &t.segments {
+                    let mut b = vec![0u8; usize::from(seg.len)];
+                    seg.page.read(usize::from(seg.offset), &mut b);
+                    self.out.extend(b);
+                }
+                return Ok(t.length());
+            }
+            _ => return Err(TransferError::Stall),
+        };
+        let mut at = 0;
+        for seg in &t.segments {
+            let n = usize::from(seg.len).min(reply.len().saturating_sub(at));
+            seg.page.write(usize::from(seg.offset), &reply[at..at + n]);
+            at += n;
+        }
+        Ok(at)
+    }
+}
+
+impl UsbHost<LocalPage> for Model {
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices.clone()
+    }
+    fn poll(&mut self, events: &mut Vec<HostEvent>) {
+        events.append(&mut self.events);
+    }
+    fn submit(&mut self, device: u32, t: host::Transfer<LocalPage>) -> Result<(), TransferError> {
+        if !self.devices.iter().any(|d| d.id == device) {
+            return Err(TransferError::NoDevice);
+        }
+        if self.hold {
+            self.held.push((device, t));
+        } else {
+            let r = self.run(device, &t);
+            self.done(t.token, r);
+        }
+        Ok(())
+    }
+    fn cancel(&mut self, device: u32, token: u64) -> bool {
+        let Some(i) = self
+            .held
+            .iter()
+            .position(|(d, t)| *d == device && t.token == token)
+        else {
+            return false;
+        };
+        self.held.remove(i);
+        self.done(token, Err(TransferError::Cancelled));
+        true
+    }
+    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
+        self.ops.push(format!("set_configuration {device} {value}"));
+        Ok(())
+    }
+    fn set_interface(&mut self, device: u32, i: u8, alt: u8) -> Result<(), TransferError> {
+        self.ops.push(format!("set_interface {device} {i} {alt}"));
+        Ok(())
+    }
+    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
+        self.ops.push(format!("clear_halt {device} {address:#04x}"));
+        Ok(())
+    }
+    fn reset(&mut self, device: u32) -> Result<(), TransferError> {
+        self.ops.push(format!("reset {device}"));
+        Ok(())
+    }
+}
+
+/// Runs the backend until nothing moves: xenstore, event channels, the host's events.
+fn settle(be: &mut Backend<Domain, SimXsTransport>, host: &mut Model) {
+    for _ in 0..4 {
+        be.poll_xenstore(host).unwrap();
+        let mut ports = Vec::new();
+        be.hypervisor().take_pending(&mut |p| ports.push(p));
+        for p in ports {
+            be.handle_event(p, host);
+        }
+        let mut events = Vec::new();
+        host.poll(&mut events);
+        be.host_events(host, events);
+    }
+}
+
+fn assign(xen: &Xen, be: DomId, fe: DomId, port: u8, busid: &str) {
+    let key = format!("{}/{ASSIGN_DIR}/{port}", bdir(be, fe));
+    xen.dom0()
+        .xenstore()
+        .write(TxId::NONE, &key, busid.as_bytes())
+        .unwrap();
+}
+
+fn port_status(xen: &Xen, be: DomId, fe: DomId, port: u8) -> String {
+    let key = format!("{}/{PORT_STATUS_DIR}/{port}", bdir(be, fe));
+    xen.dom0()
+        .xenstore()
+        .read_string(TxId::NONE, &key)
+        .unwrap_or_default()
+}
+
+/// A buffer of `len` bytes at `offset` in fresh frontend pages, granted to the backend
+/// (read-only for OUT, as Linux grants).
+struct Buffer {
+    pages: Vec<LocalPage>,
+    segs: Vec<UsbifRequestSegment>,
+}
+
+fn buffer(fe: &Domain, be: DomId, offset: usize, data: &[u8], readonly: bool) -> Buffer {
+    let mut pages = Vec::new();
+    let mut segs = Vec::new();
+    let (mut at, mut off) = (0, offset);
+    while at < data.len() {
+        let (gfn, page) = fe.alloc_page();
+        let n = (4096 - off).min(data.len() - at);
+        page.write(off, &data[at..at + n]);
+        let gref = fe.grant_access(be, gfn, readonly).unwrap();
+        segs.push(UsbifRequestSegment {
+            gref,
+            offset: off as u16,
+            length: n as u16,
+        });
+        pages.push(page);
+        at += n;
+        off = 0;
+    }
+    Buffer { pages, segs }
+}
+
+impl Buffer {
+    fn read(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (p, s) in self.pages.iter().zip(&self.segs) {
+            let mut b = vec![0u8; usize::from(s.length)];
+            p.read(usize::from(s.offset), &mut b);
+            out.extend(b);
+        }
+        out
+    }
+
+    fn released(&self, fe: &Domain) -> bool {
+        self.segs.iter().all(|s| !fe.grant_in_use(s.gref))
+    }
+}
+
+fn urb(
+    id: u16,
+    port: u8,
+    device: u8,
+    endpoint: u8,
+    dir: Direction,
+    kind: TransferType,
+) -> UsbifUrbRequest {
+    let mut r = UsbifUrbRequest::new_zeroed();
+    r.id = id;
+    r.pipe = Pipe {
+        port,
+        unlink: false,
+        direction: dir,
+        device,
+        endpoint,
+        transfer_type: kind,
+    }
+    .encode();
+    r
+}
+
+fn with_buffer(mut r: UsbifUrbRequest, b: &Buffer) -> UsbifUrbRequest {
+    r.nr_buffer_segs = b.segs.len() as u16;
+    r.buffer_length = b.segs.iter().map(|s| s.length).sum();
+    for (i, s) in b.segs.iter().enumerate() {
+        r.seg[i] = *s;
+    }
+    r
+}
+
+fn control(id: u16, port: u8, device: u8, setup: [u8; 8]) -> UsbifUrbRequest {
+    let dir = if setup[0] & 0x80 != 0 {
+        Direction::In
+    } else {
+        Direction::Out
+    };
+    let mut r = urb(id, port, device, 0, dir, TransferType::Control);
+    r.u = setup;
+    r
+}
+
+fn send(fe: &Domain, front: &mut Front, reqs: &[UsbifUrbRequest]) {
+    for r in reqs {
+        front.urb.push_request(r).unwrap();
+    }
+    if front.urb.push_requests_and_check_notify() {
+        fe.clone().send(front.port).unwrap();
+    }
+}
+
+fn responses(front: &mut Front) -> Vec<UsbifUrbResponse> {
+    let mut out = Vec::new();
+    while let Some(r) = front.urb.next_response().unwrap() {
+        out.push(r);
+    }
+    out
+}
+
+fn port_changes(front: &mut Front) -> Vec<(u8, u8)> {
+    let mut out = Vec::new();
+    while let Some(r) = front.conn.next_response().unwrap() {
+        out.push((r.portnum, r.speed));
+        front
+            .conn
+            .push_request(&UsbifConnRequest { id: r.id })
+            .unwrap();
+    }
+    front.conn.push_requests_and_check_notify();
+    out
+}
+
+struct Rig {
+    w: World,
+    host: Model,
+    front: Front,
+    be: DomId,
+    fe: DomId,
+}
+
+/// A connected frontend with 8 ports and a model host holding a high-speed device at 1-1.
+fn rig() -> Rig {
+    let mut w = world(8);
+    let mut host = Model::default();
+    host.plug(info(1, "1-1", Speed::High, 0, &[8]));
+    settle(&mut w.be, &mut host);
+    let (be, fe) = (DomId(1), w.fe.domid());
+    let front = frontend_connect(&w.fe, be, None);
+    settle(&mut w.be, &mut host);
+    Rig {
+        w,
+        host,
+        front,
+        be,
+        fe,
+    }
+}
+
+const GET_DEVICE: [u8; 8] = [0x80, 6, 0, 1, 0, 0, 18, 0];
+
+#[test]
+fn an_assigned_device_is_reported_and_its_urbs_pass_through_the_grants() {
+    let mut r = rig();
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(1, USBIF_SPEED_HIGH)]);
+    assert_eq!(port_status(&r.w.xen, r.be, r.fe, 1), "connected");
+    assert_eq!(r.host.ops, ["reset 1"], "a fresh device for the guest");
+
+    // GET_DESCRIPTOR to address 0 into a buffer at offset 100; SET_ADDRESS emulated.
+    let desc = buffer(&r.w.fe, r.be, 100, &[0; 18], false);
+    let get = with_buffer(control(0, 1, 0, GET_DEVICE), &desc);
+    let set_address = control(1, 1, 0, [0, 5, 7, 0, 0, 0, 0, 0]);
+    send(&r.w.fe, &mut r.front, &[get, set_address]);
+    settle(&mut r.w.be, &mut r.host);
+    let mut got = responses(&mut r.front);
+    got.sort_by_key(|r| r.id);
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].id, got[0].status, got[0].actual_length), (0, 0, 18));
+    assert_eq!(
+        (got[1].id, got[1].status),
+        (1, USBIF_STATUS_OK),
+        "answered at once"
+    );
+    assert_eq!(desc.read(), device_descriptor(false));
+    assert!(desc.released(&r.w.fe), "unmapped before the answer");
+
+    // At address 7 now: SET_CONFIGURATION goes through the host; address 6 is nobody.
+    let set_config = control(2, 1, 7, [0, 9, 1, 0, 0, 0, 0, 0]);
+    let clear_halt = control(3, 1, 7, [2, 1, 0, 0, 0x81, 0, 0, 0]);
+    let stray = with_buffer(control(4, 1, 6, GET_DEVICE), &desc);
+    send(&r.w.fe, &mut r.front, &[set_config, clear_halt, stray]);
+    settle(&mut r.w.be, &mut r.host);
+    let got: Vec<(u16, i32)> = responses(&mut r.front)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(got, [(2, 0), (3, 0), (4, USBIF_STATUS_NODEV)]);
+    assert_eq!(
+        r.host.ops[1..],
+        ["set_configuration 1 1", "clear_halt 1 0x81"]
+    );
+
+    // Bulk OUT over two pages (read-only grants), bulk IN over three.
+    let data: Vec<u8> = (0..6000u32).map(|i| (i * 7) as u8).collect();
+    let out = buffer(&r.w.fe, r.be, 4000, &data, true);
+    let inb = buffer(&r.w.fe, r.be, 50, &[0; 9000], false);
+    let bulk_out = with_buffer(urb(5, 1, 7, 2, Direction::Out, TransferType::Bulk), &out);
+    let bulk_in = with_buffer(urb(6, 1, 7, 1, Direction::In, TransferType::Bulk), &inb);
+    send(&r.w.fe, &mut r.front, &[bulk_out, bulk_in]);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut r.front);
+    assert_eq!(
+        (got[0].id, got[0].status, got[0].actual_length),
+        (5, 0, 6000)
+    );
+    assert_eq!(
+        (got[1].id, got[1].status, got[1].actual_length),
+        (6, 0, 9000)
+    );
+    assert_eq!(r.host.out, data, "OUT data reached the device");
+    let want: Vec<u8> = (0..9000).map(|i| (i % 251) as u8).collect();
+    assert_eq!(inb.read(), want, "IN data reached the guest's pages");
+    assert!(out.released(&r.w.fe) && inb.released(&r.w.fe));
+    let id = DeviceId {
+        frontend: r.fe,
+        devid: 0,
+    };
+    let stats = r.w.be.stats(id).unwrap();
+    assert_eq!((stats.completed, stats.errors, stats.bytes), (6, 1, 15018));
+}
+
+#[test]
+fn an_unlink_is_answered_after_its_request_and_unassigning_cancels_and_reports_gone() {
+    let mut r = rig();
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    settle(&mut r.w.be, &mut r.host);
+    port_changes(&mut r.front);
+    r.host.hold = true;
+    let b = buffer(&r.w.fe, r.be, 0, &[0; 512], false);
+    let read = with_buffer(urb(1, 1, 0, 1, Direction::In, TransferType::Bulk), &b);
+    send(&r.w.fe, &mut r.front, &[read]);
+    settle(&mut r.w.be, &mut r.host);
+    assert!(responses(&mut r.front).is_empty(), "in flight");
+    let mut unlink = urb(2, 1, 0, 1, Direction::In, TransferType::Bulk);
+    unlink.pipe |= USBIF_PIPE_UNLINK;
+    unlink.u[0] = 1;
+    let mut unknown = unlink;
+    unknown.id = 3;
+    unknown.u[0] = 9;
+    send(&r.w.fe, &mut r.front, &[unlink, unknown]);
+    settle(&mut r.w.be, &mut r.host);
+    let got: Vec<(u16, i32)> = responses(&mut r.front)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, USBIF_STATUS_INVAL),
+            (1, USBIF_STATUS_SHUTDOWN),
+            (2, USBIF_STATUS_OK)
+        ],
+        "the unknown unlink at once; the cancelled request, then its unlink"
+    );
+    assert!(b.released(&r.w.fe));
+
+    // Unassigned while a transfer is in flight: cancelled, answered, port empty.
+    let read = with_buffer(urb(4, 1, 0, 1, Direction::In, TransferType::Bulk), &b);
+    send(&r.w.fe, &mut r.front, &[read]);
+    settle(&mut r.w.be, &mut r.host);
+    assign(&r.w.xen, r.be, r.fe, 1, "");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(1, USBIF_SPEED_NONE)]);
+    let got = responses(&mut r.front);
+    assert_eq!((got[0].id, got[0].status), (4, USBIF_STATUS_SHUTDOWN));
+    assert!(b.released(&r.w.fe));
+
+    // Assigned again, then unplugged mid-transfer: no device, and the port waits for it.
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(1, USBIF_SPEED_HIGH)]);
+    let read = with_buffer(urb(5, 1, 0, 1, Direction::In, TransferType::Bulk), &b);
+    send(&r.w.fe, &mut r.front, &[read]);
+    settle(&mut r.w.be, &mut r.host);
+    r.host.unplug(1);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut r.front);
+    assert_eq!((got[0].id, got[0].status), (5, USBIF_STATUS_NODEV));
+    assert_eq!(port_changes(&mut r.front), [(1, USBIF_SPEED_NONE)]);
+    assert_eq!(
+        port_status(&r.w.xen, r.be, r.fe, 1),
+        "waiting device_absent"
+    );
+    // Plugged back: connected again by itself.
+    r.host.plug(info(2, "1-1", Speed::High, 0, &[8]));
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(1, USBIF_SPEED_HIGH)]);
+    assert_eq!(r.w.be.in_flight(), 0);
+}
+
+#[test]
+fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
+    let mut r = rig();
+    r.host.plug(info(2, "2-1", Speed::Super, 0, &[8]));
+    assign(&r.w.xen, r.be, r.fe, 2, "2-1");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(2, USBIF_SPEED_HIGH)]);
+    let desc = buffer(&r.w.fe, r.be, 0, &[0; 18], false);
+    let config = buffer(&r.w.fe, r.be, 0, &[0; 255], false);
+    let get = with_buffer(control(1, 2, 0, GET_DEVICE), &desc);
+    let get_config = with_buffer(control(2, 2, 0, [0x80, 6, 0, 2, 0, 0, 255, 0]), &config);
+    send(&r.w.fe, &mut r.front, &[get, get_config]);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut r.front);
+    assert_eq!(got[0].actual_length, 18);
+    let d = desc.read();
+    assert_eq!(
+        (d[2], d[3], d[7]),
+        (0x10, 0x02, 64),
+        "bcdUSB 2.10, EP0 64 bytes"
+    );
+    assert_eq!(got[1].actual_length, 32, "the two companions dropped");
+    let c = config.read();
+    assert_eq!(u16::from_le_bytes([c[2], c[3]]), 32);
+    assert_eq!(&c[18..25], &[7, 5, 0x81, 2, 0x00, 0x02, 0]);
+}
+
+#[test]
+fn hubs_devices_held_elsewhere_and_policy_refusals_are_not_connected() {
+    let mut r = rig();
+    r.host.plug(info(3, "1-3", Speed::Full, 9, &[9]));
+    r.host.plug(info(4, "1-4", Speed::Full, 0, &[3]));
+    r.w.be
+        .set_policy(policy::Policy::parse("deny:class=03").unwrap());
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    assign(&r.w.xen, r.be, r.fe, 2, "1-1");
+    assign(&r.w.xen, r.be, r.fe, 3, "1-3");
+    assign(&r.w.xen, r.be, r.fe, 4, "1-4");
+    assign(&r.w.xen, r.be, r.fe, 5, "9-9");
+    assign(&r.w.xen, r.be, r.fe, 6, "nonsense");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(1, USBIF_SPEED_HIGH)]);
+    let status = |n| port_status(&r.w.xen, r.be, r.fe, n);
+    assert!(
+        status(2).starts_with("refused assigned_elsewhere"),
+        "{}",
+        status(2)
+    );
+    assert_eq!(status(3), "refused hub");
+    assert_eq!(status(4), "refused policy rule=1 text=deny:class=03");
+    assert_eq!(status(5), "waiting device_absent");
+    assert_eq!(
+        r.w.be.port_device(
+            DeviceId {
+                frontend: r.fe,
+                devid: 0
+            },
+            4
+        ),
+        None
+    );
+}
+
+#[test]
+fn hostile_requests_get_errors_and_a_reused_id_disconnects_that_frontend_only() {
+    let mut r = rig();
+    // A second, well-behaved frontend with its own controller.
+    let good = r.w.xen.create_domain();
+    toolstack_add(&r.w.xen, r.be, good.domid(), 8);
+    settle(&mut r.w.be, &mut r.host);
+    let mut good_front = frontend_connect(&good, r.be, None);
+    settle(&mut r.w.be, &mut r.host);
+    r.host.plug(info(2, "1-2", Speed::High, 0, &[8]));
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    assign(&r.w.xen, r.be, good.domid(), 1, "1-2");
+    settle(&mut r.w.be, &mut r.host);
+
+    let b = buffer(&r.w.fe, r.be, 0, &[0; 64], false);
+    let base = with_buffer(urb(0, 1, 0, 1, Direction::In, TransferType::Bulk), &b);
+    let mut too_many = base;
+    too_many.id = 1;
+    too_many.nr_buffer_segs = 17;
+    let mut past_page = base;
+    past_page.id = 2;
+    past_page.seg[0].offset = 4090;
+    let mut bogus = base;
+    bogus.id = 3;
+    bogus.seg[0].gref = GrantRef(999);
+    let (other_gfn, _) = r.w.fe.alloc_page();
+    let elsewhere = r.w.fe.grant_access(DomId(7), other_gfn, false).unwrap();
+    let mut not_ours = base;
+    not_ours.id = 4;
+    not_ours.seg[0].gref = elsewhere;
+    let mut bad_port = base;
+    bad_port.id = 5;
+    bad_port.pipe = (bad_port.pipe & !0x1f) | 9;
+    let mut reserved_bits = base;
+    reserved_bits.id = 6;
+    reserved_bits.pipe |= 1 << 20;
+    let mut length_lie = base;
+    length_lie.id = 7;
+    length_lie.buffer_length = 100;
+    send(
+        &r.w.fe,
+        &mut r.front,
+        &[
+            too_many,
+            past_page,
+            bogus,
+            not_ours,
+            bad_port,
+            reserved_bits,
+            length_lie,
+        ],
+    );
+    settle(&mut r.w.be, &mut r.host);
+    let got: Vec<(u16, i32)> = responses(&mut r.front)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(
+        got,
+        (1..=7).map(|i| (i, USBIF_STATUS_INVAL)).collect::<Vec<_>>()
+    );
+    assert!(b.released(&r.w.fe), "nothing stays mapped after a refusal");
+
+    // The same id twice in flight: the frontend is disconnected, and only it.
+    r.host.hold = true;
+    let mut first = base;
+    first.id = 8;
+    let mut again = base;
+    again.id = 8;
+    send(&r.w.fe, &mut r.front, &[first, again]);
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(
+        state_of(&r.w.xen, &bdir(r.be, r.fe)).unwrap(),
+        XenbusState::Closed
+    );
+    assert!(b.released(&r.w.fe) && !r.w.fe.grant_in_use(r.front.grants[0]));
+    assert!(r.host.held.is_empty(), "its transfer was taken back");
+    r.host.hold = false;
+    let gb = buffer(&good, r.be, 0, &[0; 64], false);
+    let read = with_buffer(urb(0, 1, 0, 1, Direction::In, TransferType::Bulk), &gb);
+    send(&good, &mut good_front, &[read]);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut good_front);
+    assert_eq!(
+        (got[0].status, got[0].actual_length),
+        (0, 64),
+        "the other one is served"
+    );
+    assert_eq!(
+        state_of(&r.w.xen, &bdir(r.be, good.domid())).unwrap(),
+        XenbusState::Connected
     );
 }
