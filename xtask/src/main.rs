@@ -35,6 +35,7 @@ fn main() {
         Some("image") => image().map(|_| ()),
         Some("demo") => demo(),
         Some("e2e") => e2e(),
+        Some("bench") => bench(&args[1..]),
         Some("install") => install(),
         _ => {
             eprintln!(
@@ -44,6 +45,7 @@ fn main() {
                  \x20 run      boot it in QEMU with USB devices (extra words: `run -- loglevel=debug`)\n\
                  \x20 demo     the PVUSB connection played out on xen::sim\n\
                  \x20 e2e      the end-to-end run on real Xen inside QEMU\n\
+                 \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim\n\
                  \x20 install  only install prerequisites"
             );
             exit(2);
@@ -246,6 +248,27 @@ fn test() -> Result {
     e2e()?;
     eprintln!("xtask: all checks passed");
     Ok(())
+}
+
+/// Benchmarks (commands that print their figures, not tests).
+fn bench(args: &[String]) -> Result {
+    match args.first().map(String::as_str) {
+        Some("backend") => step(
+            "bench backend",
+            cargo().args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "usbback",
+                "--example",
+                "bench_backend",
+            ]),
+        ),
+        other => Err(format!(
+            "bench: unknown benchmark {other:?}; there is `cargo xtask bench backend`"
+        )),
+    }
 }
 
 fn demo() -> Result {
