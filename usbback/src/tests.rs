@@ -305,7 +305,8 @@ struct Model {
     events: Vec<HostEvent>,
     held: Vec<(u32, host::Transfer<LocalPage>)>,
     hold: bool,
-    out: Vec<u8>,
+    /// What bulk OUT 2 received, per device.
+    out: BTreeMap<u32, Vec<u8>>,
     ops: Vec<String>,
 }
 
@@ -375,7 +376,7 @@ impl Model {
                 for seg in &t.segments {
                     let mut b = vec![0u8; usize::from(seg.len)];
                     seg.page.read(usize::from(seg.offset), &mut b);
-                    self.out.extend(b);
+                    self.out.entry(device).or_default().extend(b);
                 }
                 return Ok(t.length());
             }
@@ -675,7 +676,7 @@ fn an_assigned_device_is_reported_and_its_urbs_pass_through_the_grants() {
         (got[1].id, got[1].status, got[1].actual_length),
         (6, 0, 9000)
     );
-    assert_eq!(r.host.out, data, "OUT data reached the device");
+    assert_eq!(r.host.out[&1], data, "OUT data reached the device");
     let want: Vec<u8> = (0..9000).map(|i| (i % 251) as u8).collect();
     assert_eq!(inb.read(), want, "IN data reached the guest's pages");
     assert!(out.released(&r.w.fe) && inb.released(&r.w.fe));
@@ -1056,4 +1057,136 @@ mod hostile {
             prop_assert_eq!(r.w.be.devices().count(), 0);
         }
     }
+}
+
+#[test]
+fn eight_frontends_at_once_each_get_their_own_data() {
+    let mut w = world(8);
+    let mut host = Model::default();
+    let be = DomId(1);
+    let mut fronts = vec![(w.fe.clone(), None)];
+    for _ in 1..8 {
+        let d = w.xen.create_domain();
+        toolstack_add(&w.xen, be, d.domid(), 8);
+        fronts.push((d, None));
+    }
+    settle(&mut w.be, &mut host);
+    for (n, (d, f)) in fronts.iter_mut().enumerate() {
+        let busid = format!("1-{}", n + 1);
+        host.plug(info(n as u32 + 1, &busid, Speed::High, 0, &[8]));
+        *f = Some(frontend_connect(d, be, None));
+        assign(&w.xen, be, d.domid(), 3, &busid);
+    }
+    settle(&mut w.be, &mut host);
+    // Every frontend: a control read, a bulk write of its own bytes, a bulk read; three
+    // rounds, all frontends' requests in the rings at once.
+    let mut buffers = Vec::new();
+    for round in 0..3u16 {
+        for (n, (d, f)) in fronts.iter_mut().enumerate() {
+            let front = f.as_mut().unwrap();
+            if round == 0 {
+                assert_eq!(port_changes(front), [(3, USBIF_SPEED_HIGH)]);
+            }
+            let mine: Vec<u8> = (0..3000)
+                .map(|i| (i as u8) ^ (n as u8 * 17 + round as u8))
+                .collect();
+            let desc = buffer(d, be, 8, &[0; 18], false);
+            let out = buffer(d, be, 3000, &mine, true);
+            let inb = buffer(d, be, 0, &[0; 5000], false);
+            let reqs = [
+                with_buffer(control(round * 3, 3, 0, GET_DEVICE), &desc),
+                with_buffer(
+                    urb(round * 3 + 1, 3, 0, 2, Direction::Out, TransferType::Bulk),
+                    &out,
+                ),
+                with_buffer(
+                    urb(round * 3 + 2, 3, 0, 1, Direction::In, TransferType::Bulk),
+                    &inb,
+                ),
+            ];
+            send(d, front, &reqs);
+            buffers.push((n, round, mine, desc, out, inb));
+        }
+        settle(&mut w.be, &mut host);
+        for (n, (d, f)) in fronts.iter_mut().enumerate() {
+            let mut got = responses(f.as_mut().unwrap());
+            got.sort_by_key(|r| r.id);
+            let lengths: Vec<(u16, i32, i32)> = got
+                .iter()
+                .map(|r| (r.id, r.status, r.actual_length))
+                .collect();
+            let base = round * 3;
+            assert_eq!(
+                lengths,
+                [(base, 0, 18), (base + 1, 0, 3000), (base + 2, 0, 5000)],
+                "frontend {n} round {round}"
+            );
+            let _ = d;
+        }
+    }
+    let pattern: Vec<u8> = (0..5000).map(|i| (i % 251) as u8).collect();
+    for (n, round, mine, desc, out, inb) in &buffers {
+        let (d, _) = &fronts[*n];
+        assert_eq!(desc.read(), device_descriptor(false));
+        assert_eq!(inb.read(), pattern);
+        assert!(desc.released(d) && out.released(d) && inb.released(d));
+        let written = &host.out[&(*n as u32 + 1)];
+        let at = usize::from(*round) * 3000;
+        assert_eq!(
+            &written[at..at + 3000],
+            &mine[..],
+            "device {} got frontend {n}'s bytes",
+            n + 1
+        );
+    }
+    for (d, _) in &fronts {
+        let s =
+            w.be.stats(DeviceId {
+                frontend: d.domid(),
+                devid: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            (s.completed, s.errors, s.bytes),
+            (9, 0, 3 * (18 + 3000 + 5000))
+        );
+    }
+    // Only the 16 ring pages stay mapped.
+    assert_eq!(w.be.hypervisor().mappings(), 16);
+}
+
+#[test]
+fn a_frontend_domain_destroyed_mid_transfer_is_cleaned_up() {
+    let mut r = rig();
+    let ports_before = r.w.be.hypervisor().open_ports();
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    settle(&mut r.w.be, &mut r.host);
+    r.host.hold = true;
+    let b = buffer(&r.w.fe, r.be, 0, &[0; 8192], false);
+    let read = with_buffer(urb(1, 1, 0, 1, Direction::In, TransferType::Bulk), &b);
+    send(&r.w.fe, &mut r.front, &[read]);
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(r.w.be.in_flight(), 1);
+    assert_eq!(
+        r.w.be.hypervisor().mappings(),
+        4,
+        "two rings, two data pages"
+    );
+    // The domain dies; the toolstack then removes its devices' directories.
+    r.w.xen.destroy_domain(r.fe);
+    let mut d0 = r.w.xen.dom0().xenstore();
+    d0.rm(TxId::NONE, &bdir(r.be, r.fe)).unwrap();
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(r.w.be.in_flight(), 0);
+    assert!(
+        r.host.held.is_empty(),
+        "the transfer was taken back from the host"
+    );
+    assert_eq!(r.w.be.hypervisor().mappings(), 0, "no grant left mapped");
+    assert_eq!(
+        r.w.be.hypervisor().open_ports(),
+        ports_before - 1,
+        "its channel closed"
+    );
+    assert_eq!(r.w.be.devices().count(), 0);
 }

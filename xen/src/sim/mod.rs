@@ -264,6 +264,17 @@ impl Domain {
         })
     }
 
+    /// How many foreign grants this domain has mapped now (its maptrack entries): what a
+    /// backend must bring back to zero when its frontends go.
+    pub fn mappings(&self) -> usize {
+        self.with(|m| m.domains.get(&self.domid).map_or(0, |d| d.maptrack.len()))
+    }
+
+    /// How many event channel ports this domain has open.
+    pub fn open_ports(&self) -> usize {
+        self.with(|m| m.domains.get(&self.domid).map_or(0, |d| d.ports.len()))
+    }
+
     /// Whether an event arrived on an unmasked port since the last [`take_pending`] drained
     /// them (the upcall a real guest would get).
     ///
