@@ -403,6 +403,30 @@ impl UsbHost<LocalPage> for Model {
         if !self.devices.iter().any(|d| d.id == device) {
             return Err(TransferError::NoDevice);
         }
+        if t.transfer_type == host::TransferType::Isochronous {
+            // Each packet moves its length, but the third fails on the bus.
+            let iso: Vec<host::IsoResult> = t
+                .iso_packets
+                .iter()
+                .enumerate()
+                .map(|(i, p)| host::IsoResult {
+                    actual_length: if i == 2 { 0 } else { p.length },
+                    status: if i == 2 {
+                        Err(TransferError::Protocol)
+                    } else {
+                        Ok(())
+                    },
+                })
+                .collect();
+            let total = iso.iter().map(|r| r.actual_length as usize).sum();
+            self.events.push(HostEvent::Completed(Completion {
+                token: t.token,
+                result: Ok(total),
+                start_frame: 77,
+                iso,
+            }));
+            return Ok(());
+        }
         if self.hold {
             self.held.push((device, t));
         } else {
@@ -1189,4 +1213,58 @@ fn a_frontend_domain_destroyed_mid_transfer_is_cleaned_up() {
         "its channel closed"
     );
     assert_eq!(r.w.be.devices().count(), 0);
+}
+
+#[test]
+fn isochronous_results_land_in_the_frontends_packet_descriptors() {
+    let mut r = rig();
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    settle(&mut r.w.be, &mut r.host);
+    let data = buffer(&r.w.fe, r.be, 0, &[0x55; 4 * 192], true);
+    // Four usb_iso_packet_descriptors {offset, length, actual_length, status}, the array
+    // starting 8 bytes before a page boundary so one descriptor straddles two pages.
+    let mut desc = Vec::new();
+    for i in 0..4u32 {
+        for v in [i * 192, 192, 0xdead, 0xbeef] {
+            desc.extend(v.to_le_bytes());
+        }
+    }
+    let descriptors = buffer(&r.w.fe, r.be, 4096 - 40, &desc, false);
+    let mut req = with_buffer(
+        urb(9, 1, 0, 3, Direction::Out, TransferType::Isochronous),
+        &data,
+    );
+    let n = data.segs.len();
+    for (i, s) in descriptors.segs.iter().enumerate() {
+        req.seg[n + i] = *s;
+    }
+    // interval, start_frame, number_of_packets, nr_frame_desc_segs
+    req.u = [1, 0, 0, 0, 4, 0, descriptors.segs.len() as u8, 0];
+    send(&r.w.fe, &mut r.front, &[req]);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut r.front);
+    assert_eq!(
+        (
+            got[0].id,
+            got[0].status,
+            got[0].actual_length,
+            got[0].error_count,
+            got[0].start_frame
+        ),
+        (9, 0, 3 * 192, 1, 77)
+    );
+    let d = descriptors.read();
+    let field = |i: usize, at: usize| {
+        u32::from_le_bytes(d[i * 16 + at..i * 16 + at + 4].try_into().unwrap())
+    };
+    for i in 0..4 {
+        assert_eq!(field(i, 0), i as u32 * 192, "offset kept");
+        let (actual, status) = if i == 2 {
+            (0, USBIF_STATUS_IOERROR as u32)
+        } else {
+            (192, 0)
+        };
+        assert_eq!((field(i, 8), field(i, 12)), (actual, status), "packet {i}");
+    }
+    assert!(data.released(&r.w.fe) && descriptors.released(&r.w.fe));
 }
