@@ -18,6 +18,8 @@
 extern crate alloc;
 
 pub mod host;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_host;
 
 use alloc::collections::BTreeMap;
 use alloc::format;
