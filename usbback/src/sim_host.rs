@@ -2215,6 +2215,41 @@ mod tests {
         assert_eq!(host.set_configuration(99, 1), Err(TransferError::NoDevice));
         assert_eq!(host.set_interface(id, 0, 1), Err(TransferError::Stall));
         assert_eq!(host.set_interface(id, 0, 0), Ok(()));
+        // SET_INTERFACE as a control transfer goes through the same checks.
+        let alternate = |alt| setup(0x01, SET_INTERFACE, alt, 0, 0);
+        assert_eq!(control_out(&mut host, id, alternate(0), &[]), Ok(0));
+        assert_eq!(
+            control_out(&mut host, id, alternate(1), &[]),
+            Err(TransferError::Stall)
+        );
+    }
+
+    #[test]
+    fn a_data_stage_the_wrong_way_is_a_phase_error() {
+        let (mut host, id) = storage();
+        // WRITE(10) of one block, but the CBW announces an IN data stage: nothing is
+        // written, the device sends nothing, and the CSW reports a phase error.
+        let cb = rw10(WRITE_10, 0, 1);
+        bulk_out(&mut host, id, &cbw(9, BLOCK_SIZE as u32, true, &cb), 0).unwrap();
+        assert_eq!(bulk_in(&mut host, id, BLOCK_SIZE, 0), Ok(Vec::new()));
+        assert_eq!(
+            csw_of(&mut host, id, 9),
+            (BLOCK_SIZE as u32, CSW_PHASE_ERROR)
+        );
+        // More OUT data than the CBW announced is refused with STALL.
+        let cb = rw10(WRITE_10, 0, 1);
+        bulk_out(&mut host, id, &cbw(10, BLOCK_SIZE as u32, false, &cb), 0).unwrap();
+        let too_much = vec![0xaa; 2 * BLOCK_SIZE];
+        assert_eq!(
+            bulk_out(&mut host, id, &too_much, 0),
+            Err(TransferError::Stall)
+        );
+        assert!(host
+            .model::<MassStorage>(id)
+            .unwrap()
+            .disk()
+            .iter()
+            .all(|b| *b == 0));
     }
 
     #[test]
