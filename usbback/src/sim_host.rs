@@ -1446,6 +1446,8 @@ impl DeviceModel for Keyboard {
     }
 
     fn reset(&mut self) {
+        // What the host set goes back to its default; keys injected but not yet reported
+        // are still held, so a test may press keys before the backend resets the device.
         let reports = core::mem::take(&mut self.reports);
         *self = Keyboard {
             reports,
