@@ -34,6 +34,8 @@ extern crate alloc;
 
 pub mod host;
 pub mod policy;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_host;
 pub mod superspeed;
 
 use alloc::collections::{BTreeMap, VecDeque};

@@ -1,0 +1,2306 @@
+//! A simulated USB host with device models: [`SimHost`] implements [`UsbHost`] over devices
+//! that live in memory, so the backend's URB path can be tested (and benchmarked) on the
+//! build machine, and demonstrated inside the unikernel without hardware.
+//!
+//! The host plays the part of the controller and of each device's USB 2.0 chapter 9 logic:
+//! it answers the standard requests from the model's descriptors, keeps the configuration,
+//! alternate settings and halted endpoints, checks every transfer against the endpoints that
+//! exist now, and moves the bytes between the transfer's pages and the model. A
+//! [`DeviceModel`] only supplies descriptors, class and vendor requests, and the data of its
+//! own endpoints. Three models come with it: [`MassStorage`] (Bulk-Only SCSI disk),
+//! [`Keyboard`] (boot HID keyboard) and [`Hub`].
+//!
+//! Transfers complete on the next [`UsbHost::poll`] unless a device was given a latency
+//! ([`SimHost::set_latency`]), or its endpoint NAKs (a keyboard without a key pressed), in
+//! which case they stay in flight, as on real hardware, until cancelled or answered.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::any::Any;
+
+use xen::abi::PAGE_SIZE;
+use xen::page::SharedPage;
+
+use crate::host::{
+    Completion, DeviceInfo, Direction, HostEvent, Segment, Speed, Transfer, TransferError,
+    TransferType, UsbHost,
+};
+
+// Standard requests (USB 2.0 table 9-4).
+const GET_STATUS: u8 = 0x00;
+const CLEAR_FEATURE: u8 = 0x01;
+const GET_DESCRIPTOR: u8 = 0x06;
+const GET_CONFIGURATION: u8 = 0x08;
+const SET_CONFIGURATION: u8 = 0x09;
+const GET_INTERFACE: u8 = 0x0a;
+const SET_INTERFACE: u8 = 0x0b;
+// Descriptor types (USB 2.0 table 9-5).
+const DEVICE: u8 = 1;
+const CONFIGURATION: u8 = 2;
+const STRING: u8 = 3;
+const INTERFACE: u8 = 4;
+const ENDPOINT: u8 = 5;
+/// Feature selector ENDPOINT_HALT (USB 2.0 table 9-6).
+const ENDPOINT_HALT: u16 = 0;
+/// LANGID of US English, the only language of the models' strings.
+const LANGID_EN_US: u16 = 0x0409;
+/// bDeviceClass of a hub.
+const HUB_CLASS: u8 = 9;
+/// pid.codes' vendor id for open source projects; the models use its test product ids.
+const VENDOR_PID_CODES: u16 = 0x1209;
+
+/// A SETUP packet, decoded (USB 2.0 §9.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetupPacket {
+    /// bmRequestType: direction (bit 7), type (bits 6..5), recipient (bits 4..0).
+    pub request_type: u8,
+    /// bRequest.
+    pub request: u8,
+    /// wValue.
+    pub value: u16,
+    /// wIndex.
+    pub index: u16,
+    /// wLength: the most bytes the data stage may carry.
+    pub length: u16,
+}
+
+impl SetupPacket {
+    /// Decodes the 8 bytes as sent on the wire (little-endian words).
+    pub fn parse(raw: &[u8; 8]) -> SetupPacket {
+        SetupPacket {
+            request_type: raw[0],
+            request: raw[1],
+            value: u16::from_le_bytes([raw[2], raw[3]]),
+            index: u16::from_le_bytes([raw[4], raw[5]]),
+            length: u16::from_le_bytes([raw[6], raw[7]]),
+        }
+    }
+
+    fn is_in(&self) -> bool {
+        self.request_type & 0x80 != 0
+    }
+
+    /// Whether it is a standard request (type 0), which the host answers itself.
+    fn is_standard(&self) -> bool {
+        (self.request_type >> 5) & 3 == 0
+    }
+
+    /// The descriptor type of a GET_DESCRIPTOR (high byte of wValue).
+    fn descriptor_type(&self) -> u8 {
+        (self.value >> 8) as u8
+    }
+}
+
+/// How a device answers a transaction (USB 2.0 §8.4.5): with data (or acceptance), not yet
+/// (the host retries, so the transfer stays in flight), or STALL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handshake<T> {
+    /// Done: the IN data, or the OUT data was taken.
+    Ack(T),
+    /// Not ready; asked again on the next poll.
+    Nak,
+    /// The request is not supported or the endpoint is halted.
+    Stall,
+}
+
+impl<T> Handshake<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Handshake<U> {
+        match self {
+            Handshake::Ack(t) => Handshake::Ack(f(t)),
+            Handshake::Nak => Handshake::Nak,
+            Handshake::Stall => Handshake::Stall,
+        }
+    }
+}
+
+/// The device side of a simulated device: what differs between devices. The host does the
+/// standard requests from these descriptors, so a model does not.
+pub trait DeviceModel: Any {
+    /// The 18-byte device descriptor.
+    fn device_descriptor(&self) -> Vec<u8>;
+    /// The configuration descriptor `index` (0-based) with all its interface, class and
+    /// endpoint descriptors, as GET_DESCRIPTOR(CONFIGURATION) returns it.
+    fn configuration_descriptor(&self, index: u8) -> Option<Vec<u8>>;
+    /// String descriptor `index` (never 0, the language table), in US English.
+    fn string(&self, index: u8) -> Option<&str>;
+    /// A control request the host does not handle itself (class, vendor, or standard ones
+    /// addressed to an interface): `data` is the OUT data stage; the answer is the IN data
+    /// (empty for OUT requests), which the host cuts to wLength.
+    fn control(&mut self, setup: &SetupPacket, data: &[u8]) -> Handshake<Vec<u8>>;
+    /// An IN transfer of at most `max_len` bytes on `endpoint` (an address with bit 7 set
+    /// that exists in the current configuration). Fewer bytes end it short; more is babble.
+    fn data_in(&mut self, endpoint: u8, max_len: usize) -> Handshake<Vec<u8>>;
+    /// An OUT transfer of `data` on `endpoint` (an address that exists in the current
+    /// configuration).
+    fn data_out(&mut self, endpoint: u8, data: &[u8]) -> Handshake<()>;
+    /// A bus reset: back to the power-on state of the function.
+    fn reset(&mut self);
+    /// For [`SimHost::model`] (the workspace's minimum Rust predates trait upcasting).
+    fn as_any(&self) -> &dyn Any;
+    /// For [`SimHost::model_mut`].
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Transfers one device saw, for tests that check every submission completed once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferCounts {
+    /// Accepted by [`UsbHost::submit`].
+    pub submitted: u64,
+    /// Completions handed out or queued.
+    pub completed: u64,
+}
+
+/// An endpoint of the active configuration and alternate settings.
+#[derive(Clone, Copy, Debug)]
+struct EndpointInfo {
+    address: u8,
+    interface: u8,
+    transfer_type: TransferType,
+}
+
+/// The descriptors in a configuration descriptor, in order; stops at a malformed one.
+fn descriptors(config: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = config;
+    core::iter::from_fn(move || {
+        let len = usize::from(*rest.first()?);
+        if len < 2 || len > rest.len() {
+            return None;
+        }
+        let (d, r) = rest.split_at(len);
+        rest = r;
+        Some(d)
+    })
+}
+
+/// The endpoints `config` has with the alternate settings `alternates` (0 when absent).
+fn active_endpoints(config: &[u8], alternates: &BTreeMap<u8, u8>) -> Vec<EndpointInfo> {
+    let mut current = None;
+    let mut out = Vec::new();
+    for d in descriptors(config) {
+        match d[1] {
+            INTERFACE if d.len() >= 9 => {
+                let selected = alternates.get(&d[2]).copied().unwrap_or(0);
+                current = (selected == d[3]).then_some(d[2]);
+            }
+            ENDPOINT if d.len() >= 7 => {
+                if let Some(interface) = current {
+                    let transfer_type = match d[3] & 3 {
+                        0 => TransferType::Control,
+                        1 => TransferType::Isochronous,
+                        2 => TransferType::Bulk,
+                        _ => TransferType::Interrupt,
+                    };
+                    out.push(EndpointInfo {
+                        address: d[2],
+                        interface,
+                        transfer_type,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether `config` has alternate setting `alternate` of interface `interface`.
+fn has_interface(config: &[u8], interface: u8, alternate: u8) -> bool {
+    descriptors(config)
+        .any(|d| d[1] == INTERFACE && d.len() >= 9 && d[2] == interface && d[3] == alternate)
+}
+
+/// Copies the first `len` bytes of the buffer out of its pages.
+fn gather<P: SharedPage>(segments: &[Segment<P>], len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    let mut at = 0;
+    for s in segments {
+        let n = usize::from(s.len).min(len - at);
+        s.page.read(usize::from(s.offset), &mut out[at..at + n]);
+        at += n;
+    }
+    out
+}
+
+/// Copies `data` into the buffer's pages, from its start (`data` fits: callers cut it).
+fn scatter<P: SharedPage>(segments: &[Segment<P>], data: &[u8]) {
+    let mut at = 0;
+    for s in segments {
+        let n = usize::from(s.len).min(data.len() - at);
+        s.page.write(usize::from(s.offset), &data[at..at + n]);
+        at += n;
+    }
+}
+
+/// Puts IN data a device sent into the transfer's buffer and says how it ended.
+fn deliver<P: SharedPage>(t: &Transfer<P>, data: &[u8]) -> Result<usize, TransferError> {
+    let len = t.length();
+    let n = data.len().min(len);
+    scatter(&t.segments, &data[..n]);
+    if data.len() > len {
+        Err(TransferError::Babble)
+    } else if t.short_not_ok && n < len {
+        // Linux reports this as -EREMOTEIO, which usbif has no status for but an I/O error.
+        Err(TransferError::Protocol)
+    } else {
+        Ok(n)
+    }
+}
+
+/// The address of the endpoint a transfer goes to; the default control pipe is one queue
+/// for both directions.
+fn address_of<P>(t: &Transfer<P>) -> u8 {
+    match (t.endpoint, t.direction) {
+        (0, _) => 0,
+        (n, Direction::In) => n | 0x80,
+        (n, Direction::Out) => n,
+    }
+}
+
+struct InFlight<P> {
+    transfer: Transfer<P>,
+    address: u8,
+    /// Polls left before it is started.
+    wait: u32,
+}
+
+struct SimDevice<P> {
+    info: DeviceInfo,
+    model: Box<dyn DeviceModel>,
+    /// bConfigurationValue, 0 when unconfigured.
+    configuration: u8,
+    alternates: BTreeMap<u8, u8>,
+    endpoints: Vec<EndpointInfo>,
+    halted: BTreeSet<u8>,
+    stall_next: BTreeSet<u8>,
+    latency: u32,
+    in_flight: Vec<InFlight<P>>,
+}
+
+impl<P: SharedPage> SimDevice<P> {
+    fn endpoint(&self, address: u8) -> Option<EndpointInfo> {
+        self.endpoints
+            .iter()
+            .find(|e| e.address == address)
+            .copied()
+    }
+
+    /// The configuration descriptor whose bConfigurationValue is `value`.
+    fn find_configuration(&self, value: u8) -> Option<Vec<u8>> {
+        let count = self.model.device_descriptor().get(17).copied().unwrap_or(0);
+        (0..count)
+            .filter_map(|i| self.model.configuration_descriptor(i))
+            .find(|c| c.get(5) == Some(&value))
+    }
+
+    fn configure(&mut self, value: u8) -> Result<(), TransferError> {
+        let endpoints = if value == 0 {
+            Vec::new()
+        } else {
+            let config = self.find_configuration(value).ok_or(TransferError::Stall)?;
+            active_endpoints(&config, &BTreeMap::new())
+        };
+        self.configuration = value;
+        self.alternates.clear();
+        self.endpoints = endpoints;
+        self.halted.clear();
+        Ok(())
+    }
+
+    fn select_alternate(&mut self, interface: u8, alternate: u8) -> Result<(), TransferError> {
+        let config = self
+            .find_configuration(self.configuration)
+            .filter(|c| self.configuration != 0 && has_interface(c, interface, alternate))
+            .ok_or(TransferError::Stall)?;
+        self.alternates.insert(interface, alternate);
+        self.endpoints = active_endpoints(&config, &self.alternates);
+        // SET_INTERFACE resets the interface's endpoints (USB 2.0 §9.4.10).
+        let endpoints = &self.endpoints;
+        self.halted.retain(|a| {
+            endpoints
+                .iter()
+                .any(|e| e.address == *a && e.interface != interface)
+        });
+        Ok(())
+    }
+
+    fn clear_halt(&mut self, address: u8) -> Result<(), TransferError> {
+        if address & 0x7f != 0 && self.endpoint(address).is_none() {
+            return Err(TransferError::Invalid);
+        }
+        self.halted.remove(&address);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.configuration = 0;
+        self.alternates.clear();
+        self.endpoints.clear();
+        self.halted.clear();
+        self.stall_next.clear();
+        self.model.reset();
+    }
+
+    /// Checks a transfer before it is queued: everything the guest chose is bounded here.
+    fn check(&self, t: &Transfer<P>) -> Result<(), TransferError> {
+        let fits = t
+            .segments
+            .iter()
+            .all(|s| usize::from(s.offset) + usize::from(s.len) <= PAGE_SIZE);
+        if t.endpoint > 15 || !fits {
+            return Err(TransferError::Invalid);
+        }
+        if t.endpoint == 0 {
+            let setup = t.setup.ok_or(TransferError::Invalid)?;
+            let is_in = t.direction == Direction::In;
+            if t.transfer_type != TransferType::Control
+                || SetupPacket::parse(&setup).is_in() != is_in
+            {
+                return Err(TransferError::Invalid);
+            }
+            return Ok(());
+        }
+        // The models have neither isochronous nor extra control endpoints.
+        let endpoint = self.endpoint(address_of(t)).ok_or(TransferError::Invalid)?;
+        match t.transfer_type {
+            TransferType::Bulk | TransferType::Interrupt
+                if t.setup.is_none() && endpoint.transfer_type == t.transfer_type =>
+            {
+                Ok(())
+            }
+            _ => Err(TransferError::Invalid),
+        }
+    }
+
+    /// Carries out one transfer; `None` when the device NAKed and it stays in flight.
+    fn run(&mut self, t: &Transfer<P>) -> Option<Result<usize, TransferError>> {
+        if t.endpoint == 0 {
+            return self.run_control(t);
+        }
+        let address = address_of(t);
+        if self.endpoint(address).is_none() {
+            // The configuration or alternate setting changed under it.
+            return Some(Err(TransferError::Shutdown));
+        }
+        if self.stall_next.remove(&address) {
+            self.halted.insert(address);
+        }
+        if self.halted.contains(&address) {
+            return Some(Err(TransferError::Stall));
+        }
+        let len = t.length();
+        let answer = match t.direction {
+            Direction::Out => self
+                .model
+                .data_out(address, &gather(&t.segments, len))
+                .map(|()| Ok(len)),
+            Direction::In => self
+                .model
+                .data_in(address, len)
+                .map(|data| deliver(t, &data)),
+        };
+        match answer {
+            Handshake::Ack(result) => Some(result),
+            Handshake::Nak => None,
+            Handshake::Stall => {
+                self.halted.insert(address);
+                Some(Err(TransferError::Stall))
+            }
+        }
+    }
+
+    fn run_control(&mut self, t: &Transfer<P>) -> Option<Result<usize, TransferError>> {
+        let setup = SetupPacket::parse(&t.setup?);
+        // A STALL on the default pipe is a protocol stall: the next SETUP clears it.
+        if self.stall_next.remove(&0) {
+            return Some(Err(TransferError::Stall));
+        }
+        let stage = usize::from(setup.length).min(t.length());
+        let out = if setup.is_in() {
+            Vec::new()
+        } else {
+            gather(&t.segments, stage)
+        };
+        let answer = match self.standard(&setup) {
+            Some(a) => a,
+            None => self.model.control(&setup, &out),
+        };
+        match answer {
+            Handshake::Ack(mut data) if setup.is_in() => {
+                data.truncate(usize::from(setup.length));
+                Some(deliver(t, &data))
+            }
+            Handshake::Ack(_) => Some(Ok(stage)),
+            Handshake::Nak => None,
+            Handshake::Stall => Some(Err(TransferError::Stall)),
+        }
+    }
+
+    /// The standard requests addressed to the device, or to an interface or endpoint for
+    /// the host's own state; `None` passes the request to the model.
+    fn standard(&mut self, setup: &SetupPacket) -> Option<Handshake<Vec<u8>>> {
+        if !setup.is_standard() {
+            return None;
+        }
+        let low = setup.value as u8;
+        let ok = |r: Result<(), TransferError>| match r {
+            Ok(()) => Handshake::Ack(Vec::new()),
+            Err(_) => Handshake::Stall,
+        };
+        let answer = match (setup.request_type, setup.request) {
+            (0x80, GET_STATUS) => Handshake::Ack(vec![0, 0]),
+            (0x81, GET_STATUS) => match self.interface_alternate(setup.index) {
+                Some(_) => Handshake::Ack(vec![0, 0]),
+                None => Handshake::Stall,
+            },
+            (0x82, GET_STATUS) => {
+                let address = setup.index as u8;
+                if setup.index > 0xff || (address & 0x7f != 0 && self.endpoint(address).is_none()) {
+                    Handshake::Stall
+                } else {
+                    Handshake::Ack(vec![u8::from(self.halted.contains(&address)), 0])
+                }
+            }
+            (0x02, CLEAR_FEATURE) if setup.value == ENDPOINT_HALT && setup.index <= 0xff => {
+                ok(self.clear_halt(setup.index as u8))
+            }
+            (0x80, GET_DESCRIPTOR) => match setup.descriptor_type() {
+                DEVICE => Handshake::Ack(self.model.device_descriptor()),
+                CONFIGURATION => match self.model.configuration_descriptor(low) {
+                    Some(c) => Handshake::Ack(c),
+                    None => Handshake::Stall,
+                },
+                STRING => self.string_descriptor(low),
+                _ => return None,
+            },
+            (0x80, GET_CONFIGURATION) => Handshake::Ack(vec![self.configuration]),
+            (0x00, SET_CONFIGURATION) if setup.value <= 0xff => ok(self.configure(low)),
+            (0x81, GET_INTERFACE) => match self.interface_alternate(setup.index) {
+                Some(alternate) => Handshake::Ack(vec![alternate]),
+                None => Handshake::Stall,
+            },
+            (0x01, SET_INTERFACE) if setup.index <= 0xff && setup.value <= 0xff => {
+                ok(self.select_alternate(setup.index as u8, low))
+            }
+            _ => return None,
+        };
+        Some(answer)
+    }
+
+    /// The alternate setting of interface `index` of the current configuration.
+    fn interface_alternate(&self, index: u16) -> Option<u8> {
+        let interface = u8::try_from(index).ok()?;
+        let alternate = self.alternates.get(&interface).copied().unwrap_or(0);
+        let config = self.find_configuration(self.configuration)?;
+        (self.configuration != 0 && has_interface(&config, interface, alternate))
+            .then_some(alternate)
+    }
+
+    /// String descriptor `index`: 0 is the table of languages, the others UTF-16LE text.
+    fn string_descriptor(&self, index: u8) -> Handshake<Vec<u8>> {
+        if index == 0 {
+            let [lo, hi] = LANGID_EN_US.to_le_bytes();
+            return Handshake::Ack(vec![4, STRING, lo, hi]);
+        }
+        let Some(text) = self.model.string(index) else {
+            return Handshake::Stall;
+        };
+        let mut d = vec![0, STRING];
+        // bLength is one byte: at most 126 UTF-16 units.
+        for unit in text.encode_utf16().take(126) {
+            d.extend_from_slice(&unit.to_le_bytes());
+        }
+        d[0] = d.len() as u8;
+        Handshake::Ack(d)
+    }
+}
+
+/// What the host found about a device, from its descriptors.
+fn describe(id: u32, busid: &str, speed: Speed, model: &dyn DeviceModel) -> DeviceInfo {
+    let device = model.device_descriptor();
+    let byte = |i: usize| device.get(i).copied().unwrap_or(0);
+    let word = |i: usize| u16::from_le_bytes([byte(i), byte(i + 1)]);
+    let config = model.configuration_descriptor(0).unwrap_or_default();
+    let interface_classes = descriptors(&config)
+        .filter(|d| d[1] == INTERFACE && d.len() >= 9 && d[3] == 0)
+        .map(|d| d[5])
+        .collect();
+    let product = match byte(15) {
+        0 => None,
+        i => model.string(i).map(String::from),
+    };
+    DeviceInfo {
+        id,
+        busid: String::from(busid),
+        speed,
+        vendor_id: word(8),
+        product_id: word(10),
+        class: byte(4),
+        interface_classes,
+        product,
+        is_hub: byte(4) == HUB_CLASS,
+    }
+}
+
+/// A host controller with simulated devices plugged into it.
+pub struct SimHost<P> {
+    devices: BTreeMap<u32, SimDevice<P>>,
+    /// Kept after a device leaves, so tests can check its transfers all completed.
+    counts: BTreeMap<u32, TransferCounts>,
+    /// What the next poll hands out, oldest first.
+    events: Vec<HostEvent>,
+    next_id: u32,
+}
+
+impl<P> Default for SimHost<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Queues the completion of `token` of device `id`.
+fn complete(
+    events: &mut Vec<HostEvent>,
+    counts: &mut BTreeMap<u32, TransferCounts>,
+    id: u32,
+    token: u64,
+    result: Result<usize, TransferError>,
+) {
+    counts.entry(id).or_default().completed += 1;
+    events.push(HostEvent::Completed(Completion {
+        token,
+        result,
+        start_frame: 0,
+        iso: Vec::new(),
+    }));
+}
+
+impl<P> SimHost<P> {
+    /// A host with nothing plugged in.
+    pub fn new() -> SimHost<P> {
+        SimHost {
+            devices: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            events: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Plugs in a device at `busid`: it is enumerated (addressed, unconfigured) and an
+    /// [`HostEvent::Attached`] is queued. Returns its id, never one used before.
+    pub fn plug(&mut self, model: Box<dyn DeviceModel>, busid: &str, speed: Speed) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let info = describe(id, busid, speed, model.as_ref());
+        self.events.push(HostEvent::Attached(info.clone()));
+        self.counts.insert(id, TransferCounts::default());
+        self.devices.insert(
+            id,
+            SimDevice {
+                info,
+                model,
+                configuration: 0,
+                alternates: BTreeMap::new(),
+                endpoints: Vec::new(),
+                halted: BTreeSet::new(),
+                stall_next: BTreeSet::new(),
+                latency: 0,
+                in_flight: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// Unplugs device `id`: its transfers complete with [`TransferError::NoDevice`], then
+    /// [`HostEvent::Detached`] is queued. False when there is no such device.
+    pub fn unplug(&mut self, id: u32) -> bool {
+        let Some(dev) = self.devices.remove(&id) else {
+            return false;
+        };
+        for f in dev.in_flight {
+            let token = f.transfer.token;
+            complete(
+                &mut self.events,
+                &mut self.counts,
+                id,
+                token,
+                Err(TransferError::NoDevice),
+            );
+        }
+        self.events.push(HostEvent::Detached {
+            id,
+            busid: dev.info.busid,
+        });
+        true
+    }
+
+    /// Makes device `id`'s transfers start only after `polls` polls (0, the default,
+    /// completes them on the next poll), so tests can cancel or unplug with transfers in
+    /// flight. False when there is no such device.
+    pub fn set_latency(&mut self, id: u32, polls: u32) -> bool {
+        self.devices
+            .get_mut(&id)
+            .map(|d| d.latency = polls)
+            .is_some()
+    }
+
+    /// Makes the next transfer on endpoint `address` (bit 7 IN; 0 for the default pipe)
+    /// of device `id` answer STALL. A non-zero endpoint then stays halted until its halt is
+    /// cleared, as a real one does. False when there is no such device.
+    pub fn stall_next(&mut self, id: u32, address: u8) -> bool {
+        self.devices
+            .get_mut(&id)
+            .map(|d| d.stall_next.insert(address & 0x8f))
+            .is_some()
+    }
+
+    /// Transfers in flight on all devices.
+    pub fn in_flight(&self) -> usize {
+        self.devices.values().map(|d| d.in_flight.len()).sum()
+    }
+
+    /// Transfers device `id` saw (also after it was unplugged).
+    pub fn counts(&self, id: u32) -> TransferCounts {
+        self.counts.get(&id).copied().unwrap_or_default()
+    }
+
+    /// The device's bConfigurationValue (0 unconfigured), or `None` if it is not plugged in.
+    pub fn configuration(&self, id: u32) -> Option<u8> {
+        self.devices.get(&id).map(|d| d.configuration)
+    }
+
+    /// The model of device `id`, if it is a `T`: tests read the disk or LEDs through it.
+    pub fn model<T: DeviceModel>(&self, id: u32) -> Option<&T> {
+        self.devices.get(&id)?.model.as_any().downcast_ref()
+    }
+
+    /// The model of device `id`, if it is a `T`: tests press keys through it.
+    pub fn model_mut<T: DeviceModel>(&mut self, id: u32) -> Option<&mut T> {
+        self.devices.get_mut(&id)?.model.as_any_mut().downcast_mut()
+    }
+}
+
+impl<P: SharedPage> UsbHost<P> for SimHost<P> {
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices.values().map(|d| d.info.clone()).collect()
+    }
+
+    fn poll(&mut self, events: &mut Vec<HostEvent>) {
+        for (&id, dev) in self.devices.iter_mut() {
+            // Endpoints whose oldest transfer is still waiting: the ones behind it wait too.
+            let mut blocked = BTreeSet::new();
+            let mut i = 0;
+            while i < dev.in_flight.len() {
+                let entry = &mut dev.in_flight[i];
+                let address = entry.address;
+                if entry.wait > 0 {
+                    entry.wait -= 1;
+                    blocked.insert(address);
+                }
+                if blocked.contains(&address) {
+                    i += 1;
+                    continue;
+                }
+                let entry = dev.in_flight.remove(i);
+                match dev.run(&entry.transfer) {
+                    Some(result) => complete(
+                        &mut self.events,
+                        &mut self.counts,
+                        id,
+                        entry.transfer.token,
+                        result,
+                    ),
+                    None => {
+                        blocked.insert(address);
+                        dev.in_flight.insert(i, entry);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        events.append(&mut self.events);
+    }
+
+    fn submit(&mut self, device: u32, transfer: Transfer<P>) -> Result<(), TransferError> {
+        let dev = self
+            .devices
+            .get_mut(&device)
+            .ok_or(TransferError::NoDevice)?;
+        dev.check(&transfer)?;
+        self.counts.entry(device).or_default().submitted += 1;
+        dev.in_flight.push(InFlight {
+            address: address_of(&transfer),
+            wait: dev.latency,
+            transfer,
+        });
+        Ok(())
+    }
+
+    fn cancel(&mut self, device: u32, token: u64) -> bool {
+        let Some(dev) = self.devices.get_mut(&device) else {
+            return false;
+        };
+        let Some(at) = dev.in_flight.iter().position(|f| f.transfer.token == token) else {
+            return false;
+        };
+        dev.in_flight.remove(at);
+        complete(
+            &mut self.events,
+            &mut self.counts,
+            device,
+            token,
+            Err(TransferError::Cancelled),
+        );
+        true
+    }
+
+    /// Transfers in flight on endpoints the new configuration lacks complete with
+    /// [`TransferError::Shutdown`] on the next poll, as Linux flushes them.
+    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
+        self.devices
+            .get_mut(&device)
+            .ok_or(TransferError::NoDevice)?
+            .configure(value)
+    }
+
+    fn set_interface(
+        &mut self,
+        device: u32,
+        interface: u8,
+        alternate: u8,
+    ) -> Result<(), TransferError> {
+        self.devices
+            .get_mut(&device)
+            .ok_or(TransferError::NoDevice)?
+            .select_alternate(interface, alternate)
+    }
+
+    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
+        self.devices
+            .get_mut(&device)
+            .ok_or(TransferError::NoDevice)?
+            .clear_halt(address)
+    }
+
+    fn reset(&mut self, device: u32) -> Result<(), TransferError> {
+        let dev = self
+            .devices
+            .get_mut(&device)
+            .ok_or(TransferError::NoDevice)?;
+        for f in dev.in_flight.drain(..) {
+            complete(
+                &mut self.events,
+                &mut self.counts,
+                device,
+                f.transfer.token,
+                Err(TransferError::NoDevice),
+            );
+        }
+        dev.reset();
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Descriptor building for the models.
+
+/// A device descriptor with strings 1 (manufacturer), 2 (product), 3 (serial number) and
+/// one configuration.
+fn device_descriptor(bcd_usb: u16, class: [u8; 3], max_packet0: u8, product_id: u16) -> Vec<u8> {
+    let [usb_lo, usb_hi] = bcd_usb.to_le_bytes();
+    let [vid_lo, vid_hi] = VENDOR_PID_CODES.to_le_bytes();
+    let [pid_lo, pid_hi] = product_id.to_le_bytes();
+    vec![
+        18,
+        DEVICE,
+        usb_lo,
+        usb_hi,
+        class[0],
+        class[1],
+        class[2],
+        max_packet0,
+        vid_lo,
+        vid_hi,
+        pid_lo,
+        pid_hi,
+        0x00,
+        0x01,
+        1,
+        2,
+        3,
+        1,
+    ]
+}
+
+/// Configuration 1 with `body` (interface, class and endpoint descriptors) after it.
+fn configuration_descriptor(attributes: u8, max_power_2ma: u8, body: &[&[u8]]) -> Vec<u8> {
+    let interfaces = body
+        .iter()
+        .filter(|d| d.get(1) == Some(&INTERFACE) && d.get(3) == Some(&0))
+        .count() as u8;
+    let mut c = vec![
+        9,
+        CONFIGURATION,
+        0,
+        0,
+        interfaces,
+        1,
+        0,
+        attributes,
+        max_power_2ma,
+    ];
+    for d in body {
+        c.extend_from_slice(d);
+    }
+    let total = (c.len() as u16).to_le_bytes();
+    c[2..4].copy_from_slice(&total);
+    c
+}
+
+/// Alternate setting 0 of interface `number`.
+fn interface_descriptor(number: u8, endpoints: u8, class: [u8; 3]) -> [u8; 9] {
+    [
+        9, INTERFACE, number, 0, endpoints, class[0], class[1], class[2], 0,
+    ]
+}
+
+fn endpoint_descriptor(
+    address: u8,
+    transfer_type: TransferType,
+    max_packet: u16,
+    interval: u8,
+) -> [u8; 7] {
+    let attributes = match transfer_type {
+        TransferType::Control => 0,
+        TransferType::Isochronous => 1,
+        TransferType::Bulk => 2,
+        TransferType::Interrupt => 3,
+    };
+    let [lo, hi] = max_packet.to_le_bytes();
+    [7, ENDPOINT, address, attributes, lo, hi, interval]
+}
+
+/// The strings every model has: 1 manufacturer, 2 product, 3 serial number.
+fn model_string(index: u8, product: &'static str, serial: &'static str) -> Option<&'static str> {
+    match index {
+        1 => Some("usbdom"),
+        2 => Some(product),
+        3 => Some(serial),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mass storage: Bulk-Only Transport (USB MSC BOT 1.0) with a SCSI disk (SPC/SBC).
+
+/// Bytes per logical block of [`MassStorage`].
+pub const BLOCK_SIZE: usize = 512;
+const MSC_BULK_IN: u8 = 0x81;
+const MSC_BULK_OUT: u8 = 0x02;
+/// dCBWSignature, "USBC".
+pub const CBW_SIGNATURE: u32 = 0x4342_5355;
+/// dCSWSignature, "USBS".
+pub const CSW_SIGNATURE: u32 = 0x5342_5355;
+/// Bytes of a Command Block Wrapper.
+pub const CBW_LEN: usize = 31;
+/// Bytes of a Command Status Wrapper.
+pub const CSW_LEN: usize = 13;
+/// bCSWStatus: command passed.
+pub const CSW_PASSED: u8 = 0;
+/// bCSWStatus: command failed (REQUEST SENSE says why).
+pub const CSW_FAILED: u8 = 1;
+/// bCSWStatus: phase error (the host and device disagree on the data stage).
+pub const CSW_PHASE_ERROR: u8 = 2;
+/// Bulk-Only Mass Storage Reset (class request).
+const BULK_ONLY_RESET: u8 = 0xff;
+/// Get Max LUN (class request).
+const GET_MAX_LUN: u8 = 0xfe;
+// SCSI operation codes.
+const TEST_UNIT_READY: u8 = 0x00;
+const REQUEST_SENSE: u8 = 0x03;
+const INQUIRY: u8 = 0x12;
+const MODE_SENSE_6: u8 = 0x1a;
+const READ_CAPACITY_10: u8 = 0x25;
+const READ_10: u8 = 0x28;
+const WRITE_10: u8 = 0x2a;
+/// Sense key ILLEGAL REQUEST.
+const ILLEGAL_REQUEST: u8 = 0x05;
+// Additional sense codes.
+const INVALID_COMMAND_OPERATION_CODE: u8 = 0x20;
+const LBA_OUT_OF_RANGE: u8 = 0x21;
+const INVALID_FIELD_IN_CDB: u8 = 0x24;
+/// MODE SENSE page code for all pages.
+const ALL_PAGES: u8 = 0x3f;
+
+/// Where the Bulk-Only Transport is (BOT §5, figure 1).
+enum BotState {
+    /// Waiting for a CBW on bulk OUT.
+    Command,
+    /// Sending the data stage; `data` is already cut to dCBWDataTransferLength.
+    DataIn {
+        tag: u32,
+        data: Vec<u8>,
+        sent: usize,
+        expected: usize,
+        status: u8,
+    },
+    /// Receiving the data stage; `write` is the disk range it goes to, if any.
+    DataOut {
+        tag: u32,
+        buf: Vec<u8>,
+        received: usize,
+        expected: usize,
+        write: Option<core::ops::Range<usize>>,
+        status: u8,
+    },
+    /// The CSW is ready on bulk IN.
+    Status([u8; CSW_LEN]),
+}
+
+/// What a SCSI command did when it was received.
+struct Command {
+    status: u8,
+    /// Data to send (cut to the allocation length).
+    data: Vec<u8>,
+    /// The disk range a WRITE fills from the data stage.
+    write: Option<core::ops::Range<usize>>,
+}
+
+/// A USB flash disk: one LUN over an in-memory disk of 512-byte blocks, high speed.
+pub struct MassStorage {
+    disk: Vec<u8>,
+    state: BotState,
+    /// Sense key, additional sense code: what REQUEST SENSE reports about the last failure.
+    sense: (u8, u8),
+}
+
+fn csw(tag: u32, residue: usize, status: u8) -> [u8; CSW_LEN] {
+    let mut c = [0; CSW_LEN];
+    c[0..4].copy_from_slice(&CSW_SIGNATURE.to_le_bytes());
+    c[4..8].copy_from_slice(&tag.to_le_bytes());
+    let residue = u32::try_from(residue).unwrap_or(u32::MAX);
+    c[8..12].copy_from_slice(&residue.to_le_bytes());
+    c[12] = status;
+    c
+}
+
+impl MassStorage {
+    /// A disk of `blocks` zeroed blocks (at least one).
+    pub fn new(blocks: usize) -> MassStorage {
+        MassStorage {
+            disk: vec![0; blocks.max(1) * BLOCK_SIZE],
+            state: BotState::Command,
+            sense: (0, 0),
+        }
+    }
+
+    /// The disk image, to check what the guest wrote.
+    pub fn disk(&self) -> &[u8] {
+        &self.disk
+    }
+
+    /// The disk image, to put data there for the guest to read.
+    pub fn disk_mut(&mut self) -> &mut [u8] {
+        &mut self.disk
+    }
+
+    fn good(&mut self, data: Vec<u8>, allocation: usize) -> Command {
+        self.sense = (0, 0);
+        let mut data = data;
+        data.truncate(allocation);
+        Command {
+            status: CSW_PASSED,
+            data,
+            write: None,
+        }
+    }
+
+    fn fail(&mut self, asc: u8) -> Command {
+        self.sense = (ILLEGAL_REQUEST, asc);
+        Command {
+            status: CSW_FAILED,
+            data: Vec::new(),
+            write: None,
+        }
+    }
+
+    /// The disk bytes of READ(10)/WRITE(10) `cb`, when they are on the disk.
+    fn blocks(&self, cb: &[u8; 16]) -> Option<core::ops::Range<usize>> {
+        let lba = u64::from(u32::from_be_bytes([cb[2], cb[3], cb[4], cb[5]]));
+        let count = u64::from(u16::from_be_bytes([cb[7], cb[8]]));
+        let start = usize::try_from(lba.checked_mul(BLOCK_SIZE as u64)?).ok()?;
+        let len = usize::try_from(count * BLOCK_SIZE as u64).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= self.disk.len()).then_some(start..end)
+    }
+
+    /// Executes a SCSI command block (zero-padded to 16 bytes).
+    fn scsi(&mut self, cb: &[u8; 16]) -> Command {
+        match cb[0] {
+            TEST_UNIT_READY => self.good(Vec::new(), 0),
+            REQUEST_SENSE => {
+                // Fixed format sense data (SPC-3 §4.5.3).
+                let mut s = vec![0; 18];
+                s[0] = 0x70;
+                s[2] = self.sense.0;
+                s[7] = 10;
+                s[12] = self.sense.1;
+                self.good(s, usize::from(cb[4]))
+            }
+            INQUIRY if cb[1] & 1 != 0 => self.fail(INVALID_FIELD_IN_CDB),
+            INQUIRY => {
+                // Direct access block device, SPC-3, response data format 2.
+                let mut d = vec![0, 0, 5, 2, 31, 0, 0, 0];
+                d.extend_from_slice(b"usbdom  ");
+                d.extend_from_slice(b"Sim disk        ");
+                d.extend_from_slice(b"0.1 ");
+                self.good(d, usize::from(u16::from_be_bytes([cb[3], cb[4]])))
+            }
+            MODE_SENSE_6 if cb[2] & 0x3f == ALL_PAGES => {
+                // Header only: medium type 0, not write protected, no block descriptor.
+                self.good(vec![3, 0, 0, 0], usize::from(cb[4]))
+            }
+            MODE_SENSE_6 => self.fail(INVALID_FIELD_IN_CDB),
+            READ_CAPACITY_10 => {
+                let last = u32::try_from(self.disk.len() / BLOCK_SIZE - 1).unwrap_or(u32::MAX);
+                let mut d = last.to_be_bytes().to_vec();
+                d.extend_from_slice(&(BLOCK_SIZE as u32).to_be_bytes());
+                self.good(d, 8)
+            }
+            READ_10 => match self.blocks(cb) {
+                Some(r) => {
+                    let data = self.disk[r].to_vec();
+                    let len = data.len();
+                    self.good(data, len)
+                }
+                None => self.fail(LBA_OUT_OF_RANGE),
+            },
+            WRITE_10 => match self.blocks(cb) {
+                Some(r) => {
+                    let mut c = self.good(Vec::new(), 0);
+                    c.write = Some(r);
+                    c
+                }
+                None => self.fail(LBA_OUT_OF_RANGE),
+            },
+            _ => self.fail(INVALID_COMMAND_OPERATION_CODE),
+        }
+    }
+
+    /// A CBW arrived: runs its command and sets up the data stage the host announced.
+    fn command_block(&mut self, cbw: &[u8]) -> Handshake<()> {
+        let word = |i: usize| u32::from_le_bytes([cbw[i], cbw[i + 1], cbw[i + 2], cbw[i + 3]]);
+        // A CBW that is not valid and meaningful (BOT §6.2) is answered with STALL, as
+        // QEMU's usb-storage does; LUN 0 is the only one.
+        if cbw.len() != CBW_LEN || word(0) != CBW_SIGNATURE || cbw[13] != 0 {
+            return Handshake::Stall;
+        }
+        let cb_len = usize::from(cbw[14]);
+        if !(1..=16).contains(&cb_len) {
+            return Handshake::Stall;
+        }
+        let tag = word(4);
+        let expected = usize::try_from(word(8)).unwrap_or(usize::MAX);
+        let is_in = cbw[12] & 0x80 != 0;
+        let mut cb = [0; 16];
+        cb[..cb_len].copy_from_slice(&cbw[15..15 + cb_len]);
+        let c = self.scsi(&cb);
+        // The host decides the data stage (BOT §6.7, the thirteen cases): a command whose
+        // data goes the other way, or a write larger than announced, is a phase error.
+        self.state = if expected == 0 {
+            let status = if c.write.as_ref().is_some_and(|r| !r.is_empty()) {
+                CSW_PHASE_ERROR
+            } else {
+                c.status
+            };
+            BotState::Status(csw(tag, 0, status))
+        } else if is_in {
+            let status = if c.write.is_some() {
+                CSW_PHASE_ERROR
+            } else {
+                c.status
+            };
+            let mut data = c.data;
+            data.truncate(expected);
+            BotState::DataIn {
+                tag,
+                data,
+                sent: 0,
+                expected,
+                status,
+            }
+        } else {
+            let (write, status) = match c.write {
+                Some(r) if r.len() <= expected => (Some(r), c.status),
+                Some(_) => (None, CSW_PHASE_ERROR),
+                None if !c.data.is_empty() => (None, CSW_PHASE_ERROR),
+                None => (None, c.status),
+            };
+            BotState::DataOut {
+                tag,
+                buf: Vec::new(),
+                received: 0,
+                expected,
+                write,
+                status,
+            }
+        };
+        Handshake::Ack(())
+    }
+}
+
+impl DeviceModel for MassStorage {
+    fn device_descriptor(&self) -> Vec<u8> {
+        device_descriptor(0x0200, [0, 0, 0], 64, 0x0001)
+    }
+
+    fn configuration_descriptor(&self, index: u8) -> Option<Vec<u8>> {
+        (index == 0).then(|| {
+            configuration_descriptor(
+                0x80,
+                250,
+                &[
+                    &interface_descriptor(0, 2, [8, 6, 0x50]),
+                    &endpoint_descriptor(MSC_BULK_IN, TransferType::Bulk, 512, 0),
+                    &endpoint_descriptor(MSC_BULK_OUT, TransferType::Bulk, 512, 0),
+                ],
+            )
+        })
+    }
+
+    fn string(&self, index: u8) -> Option<&str> {
+        model_string(index, "Sim flash disk", "000000000001")
+    }
+
+    fn control(&mut self, setup: &SetupPacket, _data: &[u8]) -> Handshake<Vec<u8>> {
+        match (setup.request_type, setup.request) {
+            (0x21, BULK_ONLY_RESET) if setup.value == 0 && setup.index == 0 => {
+                self.state = BotState::Command;
+                Handshake::Ack(Vec::new())
+            }
+            (0xa1, GET_MAX_LUN) if setup.value == 0 && setup.index == 0 => Handshake::Ack(vec![0]),
+            _ => Handshake::Stall,
+        }
+    }
+
+    fn data_in(&mut self, endpoint: u8, max_len: usize) -> Handshake<Vec<u8>> {
+        if endpoint != MSC_BULK_IN {
+            return Handshake::Stall;
+        }
+        match &mut self.state {
+            BotState::DataIn {
+                tag,
+                data,
+                sent,
+                expected,
+                status,
+            } => {
+                let n = (data.len() - *sent).min(max_len);
+                let chunk = data[*sent..*sent + n].to_vec();
+                *sent += n;
+                // A short packet ends the data stage early (BOT §6.7.2); the residue says
+                // how much of the announced length was not sent.
+                if *sent == *expected || n < max_len {
+                    self.state = BotState::Status(csw(*tag, *expected - *sent, *status));
+                }
+                Handshake::Ack(chunk)
+            }
+            BotState::Status(c) => {
+                let c = c.to_vec();
+                self.state = BotState::Command;
+                Handshake::Ack(c)
+            }
+            BotState::Command | BotState::DataOut { .. } => Handshake::Stall,
+        }
+    }
+
+    fn data_out(&mut self, endpoint: u8, data: &[u8]) -> Handshake<()> {
+        if endpoint != MSC_BULK_OUT {
+            return Handshake::Stall;
+        }
+        match &mut self.state {
+            BotState::Command => self.command_block(data),
+            BotState::DataOut {
+                tag,
+                buf,
+                received,
+                expected,
+                write,
+                status,
+            } => {
+                if data.len() > *expected - *received {
+                    return Handshake::Stall;
+                }
+                *received += data.len();
+                let used = write.as_ref().map_or(0, |r| r.len());
+                // Only what the write needs is kept: the host chose the announced length.
+                let keep = used.saturating_sub(buf.len()).min(data.len());
+                buf.extend_from_slice(&data[..keep]);
+                if *received == *expected {
+                    if let Some(r) = write.take() {
+                        self.disk[r].copy_from_slice(buf);
+                    }
+                    self.state = BotState::Status(csw(*tag, *expected - used, *status));
+                }
+                Handshake::Ack(())
+            }
+            BotState::DataIn { .. } | BotState::Status(_) => Handshake::Stall,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.state = BotState::Command;
+        self.sense = (0, 0);
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HID boot keyboard (HID 1.11).
+
+const KBD_INTERRUPT_IN: u8 = 0x81;
+const HID_DESCRIPTOR: u8 = 0x21;
+const HID_REPORT_DESCRIPTOR: u8 = 0x22;
+const GET_REPORT: u8 = 0x01;
+const GET_IDLE: u8 = 0x02;
+const GET_PROTOCOL: u8 = 0x03;
+const SET_REPORT: u8 = 0x09;
+const SET_IDLE: u8 = 0x0a;
+const SET_PROTOCOL: u8 = 0x0b;
+/// GET_REPORT/SET_REPORT report types (high byte of wValue).
+const REPORT_INPUT: u8 = 1;
+const REPORT_OUTPUT: u8 = 2;
+/// Keyboard usage ErrorRollOver: more keys pressed than a boot report holds.
+const ERROR_ROLL_OVER: u8 = 0x01;
+
+/// The boot keyboard report descriptor (HID 1.11 appendix E.6).
+const KEYBOARD_REPORT_DESCRIPTOR: [u8; 63] = [
+    0x05, 0x01, 0x09, 0x06, 0xa1, 0x01, 0x05, 0x07, 0x19, 0xe0, 0x29, 0xe7, 0x15, 0x00, 0x25, 0x01,
+    0x75, 0x01, 0x95, 0x08, 0x81, 0x02, 0x95, 0x01, 0x75, 0x08, 0x81, 0x01, 0x95, 0x05, 0x75, 0x01,
+    0x05, 0x08, 0x19, 0x01, 0x29, 0x05, 0x91, 0x02, 0x95, 0x01, 0x75, 0x03, 0x91, 0x01, 0x95, 0x06,
+    0x75, 0x08, 0x15, 0x00, 0x25, 0x65, 0x05, 0x07, 0x19, 0x00, 0x29, 0x65, 0x81, 0x00, 0xc0,
+];
+
+/// A boot protocol keyboard: reports go out on interrupt IN 0x81 only once keys are
+/// injected, so a pending transfer waits, as with a real keyboard.
+pub struct Keyboard {
+    reports: VecDeque<[u8; 8]>,
+    /// The last report sent, which GET_REPORT returns.
+    last: [u8; 8],
+    /// 0 boot, 1 report protocol.
+    protocol: u8,
+    idle: u8,
+    leds: u8,
+}
+
+impl Default for Keyboard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Keyboard {
+    /// A keyboard with no key down, in report protocol (the HID power-on default).
+    pub fn new() -> Keyboard {
+        Keyboard {
+            reports: VecDeque::new(),
+            last: [0; 8],
+            protocol: 1,
+            idle: 0,
+            leds: 0,
+        }
+    }
+
+    /// Queues a raw 8-byte boot report (modifiers, reserved, six key usages).
+    pub fn inject(&mut self, report: [u8; 8]) {
+        self.reports.push_back(report);
+    }
+
+    /// Queues the report of `keys` (usage ids) held with `modifiers`; more than six keys is
+    /// reported as ErrorRollOver, as a keyboard does.
+    pub fn press(&mut self, modifiers: u8, keys: &[u8]) {
+        let mut report = [0; 8];
+        report[0] = modifiers;
+        if keys.len() > 6 {
+            report[2..].fill(ERROR_ROLL_OVER);
+        } else {
+            report[2..2 + keys.len()].copy_from_slice(keys);
+        }
+        self.inject(report);
+    }
+
+    /// Queues the report of every key up.
+    pub fn release(&mut self) {
+        self.inject([0; 8]);
+    }
+
+    /// Reports not yet taken by an interrupt IN transfer.
+    pub fn pending_reports(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// The LED state the host last set (bit 0 Num Lock, 1 Caps Lock, 2 Scroll Lock).
+    pub fn leds(&self) -> u8 {
+        self.leds
+    }
+
+    /// The protocol the host chose: 0 boot, 1 report.
+    pub fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    fn hid_descriptor() -> [u8; 9] {
+        let [lo, hi] = (KEYBOARD_REPORT_DESCRIPTOR.len() as u16).to_le_bytes();
+        [
+            9,
+            HID_DESCRIPTOR,
+            0x11,
+            0x01,
+            0,
+            1,
+            HID_REPORT_DESCRIPTOR,
+            lo,
+            hi,
+        ]
+    }
+}
+
+impl DeviceModel for Keyboard {
+    fn device_descriptor(&self) -> Vec<u8> {
+        device_descriptor(0x0110, [0, 0, 0], 8, 0x0002)
+    }
+
+    fn configuration_descriptor(&self, index: u8) -> Option<Vec<u8>> {
+        (index == 0).then(|| {
+            configuration_descriptor(
+                0xa0,
+                50,
+                &[
+                    &interface_descriptor(0, 1, [3, 1, 1]),
+                    &Self::hid_descriptor(),
+                    &endpoint_descriptor(KBD_INTERRUPT_IN, TransferType::Interrupt, 8, 10),
+                ],
+            )
+        })
+    }
+
+    fn string(&self, index: u8) -> Option<&str> {
+        model_string(index, "Sim keyboard", "000000000002")
+    }
+
+    fn control(&mut self, setup: &SetupPacket, data: &[u8]) -> Handshake<Vec<u8>> {
+        if setup.index != 0 {
+            return Handshake::Stall;
+        }
+        let high = setup.descriptor_type();
+        match (setup.request_type, setup.request) {
+            (0x81, GET_DESCRIPTOR) if high == HID_REPORT_DESCRIPTOR => {
+                Handshake::Ack(KEYBOARD_REPORT_DESCRIPTOR.to_vec())
+            }
+            (0x81, GET_DESCRIPTOR) if high == HID_DESCRIPTOR => {
+                Handshake::Ack(Self::hid_descriptor().to_vec())
+            }
+            (0xa1, GET_REPORT) if high == REPORT_INPUT => Handshake::Ack(self.last.to_vec()),
+            (0xa1, GET_IDLE) => Handshake::Ack(vec![self.idle]),
+            (0xa1, GET_PROTOCOL) => Handshake::Ack(vec![self.protocol]),
+            (0x21, SET_REPORT) if high == REPORT_OUTPUT && !data.is_empty() => {
+                self.leds = data[0];
+                Handshake::Ack(Vec::new())
+            }
+            (0x21, SET_IDLE) => {
+                self.idle = high;
+                Handshake::Ack(Vec::new())
+            }
+            (0x21, SET_PROTOCOL) if setup.value <= 1 => {
+                self.protocol = setup.value as u8;
+                Handshake::Ack(Vec::new())
+            }
+            _ => Handshake::Stall,
+        }
+    }
+
+    fn data_in(&mut self, endpoint: u8, _max_len: usize) -> Handshake<Vec<u8>> {
+        if endpoint != KBD_INTERRUPT_IN {
+            return Handshake::Stall;
+        }
+        match self.reports.pop_front() {
+            Some(r) => {
+                self.last = r;
+                Handshake::Ack(r.to_vec())
+            }
+            None => Handshake::Nak,
+        }
+    }
+
+    fn data_out(&mut self, _endpoint: u8, _data: &[u8]) -> Handshake<()> {
+        Handshake::Stall
+    }
+
+    fn reset(&mut self) {
+        // What the host set goes back to its default; keys injected but not yet reported
+        // are still held, so a test may press keys before the backend resets the device.
+        let reports = core::mem::take(&mut self.reports);
+        *self = Keyboard {
+            reports,
+            ..Keyboard::new()
+        };
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hub (USB 2.0 chapter 11): descriptors only, nothing ever changes on its ports.
+
+const HUB_STATUS_IN: u8 = 0x81;
+const HUB_DESCRIPTOR: u8 = 0x29;
+
+/// A full-speed hub with nothing on its ports: the backend must see it and refuse to
+/// assign it.
+pub struct Hub {
+    ports: u8,
+}
+
+impl Hub {
+    /// A hub with `ports` downstream ports (1..=7).
+    pub fn new(ports: u8) -> Hub {
+        Hub {
+            ports: ports.clamp(1, 7),
+        }
+    }
+}
+
+impl DeviceModel for Hub {
+    fn device_descriptor(&self) -> Vec<u8> {
+        device_descriptor(0x0110, [HUB_CLASS, 0, 0], 64, 0x0003)
+    }
+
+    fn configuration_descriptor(&self, index: u8) -> Option<Vec<u8>> {
+        (index == 0).then(|| {
+            configuration_descriptor(
+                0xe0,
+                0,
+                &[
+                    &interface_descriptor(0, 1, [HUB_CLASS, 0, 0]),
+                    &endpoint_descriptor(HUB_STATUS_IN, TransferType::Interrupt, 1, 255),
+                ],
+            )
+        })
+    }
+
+    fn string(&self, index: u8) -> Option<&str> {
+        model_string(index, "Sim hub", "000000000003")
+    }
+
+    fn control(&mut self, setup: &SetupPacket, _data: &[u8]) -> Handshake<Vec<u8>> {
+        match (setup.request_type, setup.request) {
+            (0xa0, GET_DESCRIPTOR) if setup.descriptor_type() == HUB_DESCRIPTOR => {
+                // Individual power switching and over-current protection, 100 ms to power
+                // good, no removable-device bits, the USB 1.1 port power mask.
+                Handshake::Ack(vec![9, HUB_DESCRIPTOR, self.ports, 0x09, 0, 50, 0, 0, 0xff])
+            }
+            _ => Handshake::Stall,
+        }
+    }
+
+    fn data_in(&mut self, _endpoint: u8, _max_len: usize) -> Handshake<Vec<u8>> {
+        // No port ever changes.
+        Handshake::Nak
+    }
+
+    fn data_out(&mut self, _endpoint: u8, _data: &[u8]) -> Handshake<()> {
+        Handshake::Stall
+    }
+
+    fn reset(&mut self) {}
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xen::page::LocalPage;
+
+    type Host = SimHost<LocalPage>;
+
+    /// A zeroed buffer of `len` bytes starting `offset` bytes into its first page, so that
+    /// a long one spans several pages (and segments).
+    fn buffer(len: usize, offset: usize) -> Vec<Segment<LocalPage>> {
+        let mut segments = Vec::new();
+        let (mut left, mut offset) = (len, offset);
+        while left > 0 {
+            let n = (PAGE_SIZE - offset).min(left);
+            segments.push(Segment {
+                page: LocalPage::new(),
+                phys: 0,
+                offset: offset as u16,
+                len: n as u16,
+            });
+            left -= n;
+            offset = 0;
+        }
+        segments
+    }
+
+    fn transfer(
+        token: u64,
+        endpoint: u8,
+        direction: Direction,
+        transfer_type: TransferType,
+        segments: Vec<Segment<LocalPage>>,
+    ) -> Transfer<LocalPage> {
+        Transfer {
+            token,
+            endpoint,
+            direction,
+            transfer_type,
+            setup: None,
+            segments,
+            short_not_ok: false,
+            iso_packets: Vec::new(),
+            start_frame: None,
+        }
+    }
+
+    fn setup(request_type: u8, request: u8, value: u16, index: u16, length: u16) -> [u8; 8] {
+        let mut s = [request_type, request, 0, 0, 0, 0, 0, 0];
+        s[2..4].copy_from_slice(&value.to_le_bytes());
+        s[4..6].copy_from_slice(&index.to_le_bytes());
+        s[6..8].copy_from_slice(&length.to_le_bytes());
+        s
+    }
+
+    fn control(token: u64, raw: [u8; 8], segments: Vec<Segment<LocalPage>>) -> Transfer<LocalPage> {
+        let direction = if raw[0] & 0x80 != 0 {
+            Direction::In
+        } else {
+            Direction::Out
+        };
+        let mut t = transfer(token, 0, direction, TransferType::Control, segments);
+        t.setup = Some(raw);
+        t
+    }
+
+    /// Polls until `token` completes (at most 10 polls); other events are dropped.
+    fn wait(host: &mut Host, token: u64) -> Completion {
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            host.poll(&mut events);
+            for e in events.drain(..) {
+                if let HostEvent::Completed(c) = e {
+                    if c.token == token {
+                        return c;
+                    }
+                }
+            }
+        }
+        panic!("transfer {token} never completed");
+    }
+
+    fn run(host: &mut Host, id: u32, t: Transfer<LocalPage>) -> Result<usize, TransferError> {
+        let token = t.token;
+        host.submit(id, t)?;
+        wait(host, token).result
+    }
+
+    fn control_in(host: &mut Host, id: u32, raw: [u8; 8]) -> Result<Vec<u8>, TransferError> {
+        let segments = buffer(usize::from(u16::from_le_bytes([raw[6], raw[7]])), 4000);
+        let n = run(host, id, control(1, raw, segments.clone()))?;
+        Ok(gather(&segments, n))
+    }
+
+    fn control_out(
+        host: &mut Host,
+        id: u32,
+        raw: [u8; 8],
+        data: &[u8],
+    ) -> Result<usize, TransferError> {
+        let segments = buffer(data.len(), 100);
+        scatter(&segments, data);
+        run(host, id, control(2, raw, segments))
+    }
+
+    fn bulk_out(
+        host: &mut Host,
+        id: u32,
+        data: &[u8],
+        offset: usize,
+    ) -> Result<usize, TransferError> {
+        let segments = buffer(data.len(), offset);
+        scatter(&segments, data);
+        run(
+            host,
+            id,
+            transfer(3, 2, Direction::Out, TransferType::Bulk, segments),
+        )
+    }
+
+    fn bulk_in(
+        host: &mut Host,
+        id: u32,
+        len: usize,
+        offset: usize,
+    ) -> Result<Vec<u8>, TransferError> {
+        let segments = buffer(len, offset);
+        let n = run(
+            host,
+            id,
+            transfer(4, 1, Direction::In, TransferType::Bulk, segments.clone()),
+        )?;
+        Ok(gather(&segments, n))
+    }
+
+    fn cbw(tag: u32, length: u32, is_in: bool, cb: &[u8]) -> Vec<u8> {
+        let mut c = Vec::new();
+        c.extend_from_slice(&CBW_SIGNATURE.to_le_bytes());
+        c.extend_from_slice(&tag.to_le_bytes());
+        c.extend_from_slice(&length.to_le_bytes());
+        c.extend_from_slice(&[if is_in { 0x80 } else { 0 }, 0, cb.len() as u8]);
+        c.extend_from_slice(cb);
+        c.resize(CBW_LEN, 0);
+        c
+    }
+
+    /// Reads the CSW of command `tag`: (residue, status).
+    fn csw_of(host: &mut Host, id: u32, tag: u32) -> (u32, u8) {
+        let c = bulk_in(host, id, CSW_LEN, 0).unwrap();
+        assert_eq!(c.len(), CSW_LEN);
+        let word = |i: usize| u32::from_le_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+        assert_eq!(word(0), CSW_SIGNATURE);
+        assert_eq!(word(4), tag);
+        (word(8), c[12])
+    }
+
+    /// A command without data stage: its CSW status.
+    fn no_data(host: &mut Host, id: u32, tag: u32, cb: &[u8]) -> u8 {
+        assert_eq!(bulk_out(host, id, &cbw(tag, 0, false, cb), 0), Ok(CBW_LEN));
+        let (residue, status) = csw_of(host, id, tag);
+        assert_eq!(residue, 0);
+        status
+    }
+
+    fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+        let mut cb = [0; 10];
+        cb[0] = op;
+        cb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        cb
+    }
+
+    fn drain(host: &mut Host) -> Vec<HostEvent> {
+        let mut events = Vec::new();
+        host.poll(&mut events);
+        events
+    }
+
+    /// A configured 1 MiB disk.
+    fn storage() -> (Host, u32) {
+        let mut host = Host::new();
+        let id = host.plug(Box::new(MassStorage::new(2048)), "1-1", Speed::High);
+        drain(&mut host);
+        host.set_configuration(id, 1).unwrap();
+        (host, id)
+    }
+
+    fn keyboard() -> (Host, u32) {
+        let mut host = Host::new();
+        let id = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Full);
+        drain(&mut host);
+        host.set_configuration(id, 1).unwrap();
+        (host, id)
+    }
+
+    fn interrupt_in(token: u64) -> Transfer<LocalPage> {
+        transfer(
+            token,
+            1,
+            Direction::In,
+            TransferType::Interrupt,
+            buffer(8, 4092),
+        )
+    }
+
+    #[test]
+    fn enumeration_reads_descriptors_and_configures() {
+        let mut host = Host::new();
+        let id = host.plug(Box::new(MassStorage::new(2048)), "1-1", Speed::High);
+        let events = drain(&mut host);
+        let [HostEvent::Attached(info)] = events.as_slice() else {
+            panic!("expected one Attached, got {events:?}");
+        };
+        assert_eq!(info.id, id);
+        assert_eq!(info.busid, "1-1");
+        assert_eq!(info.interface_classes, [8]);
+        assert!(!info.is_hub);
+        assert_eq!(host.devices(), core::slice::from_ref(info));
+
+        // Asked for 64 bytes, the device descriptor is 18: a short IN.
+        let device = control_in(&mut host, id, setup(0x80, GET_DESCRIPTOR, 0x0100, 0, 64)).unwrap();
+        assert_eq!(device.len(), 18);
+        assert_eq!(device[1], DEVICE);
+        assert_eq!(u16::from_le_bytes([device[8], device[9]]), info.vendor_id);
+        assert_eq!(
+            u16::from_le_bytes([device[10], device[11]]),
+            info.product_id
+        );
+
+        let head = control_in(&mut host, id, setup(0x80, GET_DESCRIPTOR, 0x0200, 0, 9)).unwrap();
+        assert_eq!(head.len(), 9);
+        let total = u16::from_le_bytes([head[2], head[3]]);
+        let config =
+            control_in(&mut host, id, setup(0x80, GET_DESCRIPTOR, 0x0200, 0, total)).unwrap();
+        assert_eq!(config.len(), usize::from(total));
+        assert_eq!(config[..9], head[..]);
+        let endpoints = active_endpoints(&config, &BTreeMap::new());
+        let addresses: Vec<(u8, TransferType)> = endpoints
+            .iter()
+            .map(|e| (e.address, e.transfer_type))
+            .collect();
+        assert_eq!(
+            addresses,
+            [(0x81, TransferType::Bulk), (0x02, TransferType::Bulk)]
+        );
+        let interface = descriptors(&config).find(|d| d[1] == INTERFACE).unwrap();
+        assert_eq!(interface[5..8], [8, 6, 0x50]);
+
+        let languages =
+            control_in(&mut host, id, setup(0x80, GET_DESCRIPTOR, 0x0300, 0, 255)).unwrap();
+        assert_eq!(languages, [4, STRING, 0x09, 0x04]);
+        let raw = control_in(
+            &mut host,
+            id,
+            setup(
+                0x80,
+                GET_DESCRIPTOR,
+                0x0300 | u16::from(device[15]),
+                LANGID_EN_US,
+                255,
+            ),
+        )
+        .unwrap();
+        assert_eq!(usize::from(raw[0]), raw.len());
+        let units: Vec<u16> = raw[2..]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(Some(String::from_utf16(&units).unwrap()), info.product);
+        assert_eq!(
+            control_in(
+                &mut host,
+                id,
+                setup(0x80, GET_DESCRIPTOR, 0x03ee, LANGID_EN_US, 255)
+            ),
+            Err(TransferError::Stall)
+        );
+
+        // Unconfigured, the bulk endpoints do not exist yet.
+        let early = transfer(9, 2, Direction::Out, TransferType::Bulk, buffer(31, 0));
+        assert_eq!(host.submit(id, early), Err(TransferError::Invalid));
+        assert_eq!(
+            control_out(&mut host, id, setup(0x00, SET_CONFIGURATION, 7, 0, 0), &[]),
+            Err(TransferError::Stall)
+        );
+        assert_eq!(
+            control_out(&mut host, id, setup(0x00, SET_CONFIGURATION, 1, 0, 0), &[]),
+            Ok(0)
+        );
+        assert_eq!(host.configuration(id), Some(1));
+        assert_eq!(
+            control_in(&mut host, id, setup(0x80, GET_CONFIGURATION, 0, 0, 1)),
+            Ok(vec![1])
+        );
+        assert_eq!(
+            control_in(&mut host, id, setup(0x81, GET_INTERFACE, 0, 0, 1)),
+            Ok(vec![0])
+        );
+        assert_eq!(
+            no_data(&mut host, id, 1, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]),
+            CSW_PASSED
+        );
+        let c = host.counts(id);
+        assert_eq!(c.submitted, c.completed);
+    }
+
+    #[test]
+    fn write_then_read_back_through_bulk_only() {
+        let (mut host, id) = storage();
+        let pattern: Vec<u8> = (0..3 * BLOCK_SIZE)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let len = pattern.len() as u32;
+        // The data stage starts 3000 bytes into a page, so it spans two pages.
+        assert_eq!(
+            bulk_out(
+                &mut host,
+                id,
+                &cbw(0x11, len, false, &rw10(WRITE_10, 5, 3)),
+                0
+            ),
+            Ok(CBW_LEN)
+        );
+        assert_eq!(bulk_out(&mut host, id, &pattern, 3000), Ok(pattern.len()));
+        assert_eq!(csw_of(&mut host, id, 0x11), (0, CSW_PASSED));
+        let disk = host.model::<MassStorage>(id).unwrap().disk();
+        assert_eq!(disk[5 * BLOCK_SIZE..8 * BLOCK_SIZE], pattern[..]);
+        assert!(disk[..5 * BLOCK_SIZE]
+            .iter()
+            .chain(&disk[8 * BLOCK_SIZE..])
+            .all(|b| *b == 0));
+
+        assert_eq!(
+            bulk_out(
+                &mut host,
+                id,
+                &cbw(0x12, len, true, &rw10(READ_10, 5, 3)),
+                0
+            ),
+            Ok(CBW_LEN)
+        );
+        assert_eq!(
+            bulk_in(&mut host, id, pattern.len(), 2500),
+            Ok(pattern.clone())
+        );
+        assert_eq!(csw_of(&mut host, id, 0x12), (0, CSW_PASSED));
+
+        // READ CAPACITY tells the last block of the disk the model has.
+        let blocks = host.model::<MassStorage>(id).unwrap().disk().len() / BLOCK_SIZE;
+        let cb = [READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        bulk_out(&mut host, id, &cbw(0x13, 8, true, &cb), 0).unwrap();
+        let cap = bulk_in(&mut host, id, 8, 0).unwrap();
+        assert_eq!(
+            u32::from_be_bytes([cap[0], cap[1], cap[2], cap[3]]) as usize,
+            blocks - 1
+        );
+        assert_eq!(
+            u32::from_be_bytes([cap[4], cap[5], cap[6], cap[7]]) as usize,
+            BLOCK_SIZE
+        );
+        assert_eq!(csw_of(&mut host, id, 0x13), (0, CSW_PASSED));
+
+        // Past the end: the command fails, nothing is sent, and REQUEST SENSE says why.
+        let past = rw10(READ_10, blocks as u32 - 1, 2);
+        bulk_out(&mut host, id, &cbw(0x14, 1024, true, &past), 0).unwrap();
+        assert_eq!(bulk_in(&mut host, id, 1024, 0), Ok(Vec::new()));
+        assert_eq!(csw_of(&mut host, id, 0x14), (1024, CSW_FAILED));
+        bulk_out(
+            &mut host,
+            id,
+            &cbw(0x15, 18, true, &[REQUEST_SENSE, 0, 0, 0, 18, 0]),
+            0,
+        )
+        .unwrap();
+        let sense = bulk_in(&mut host, id, 18, 0).unwrap();
+        assert_eq!(
+            (sense[2] & 0xf, sense[12]),
+            (ILLEGAL_REQUEST, LBA_OUT_OF_RANGE)
+        );
+        assert_eq!(csw_of(&mut host, id, 0x15), (0, CSW_PASSED));
+        assert_eq!(
+            no_data(&mut host, id, 0x16, &[0xc5, 0, 0, 0, 0, 0]),
+            CSW_FAILED
+        );
+        assert_eq!(
+            no_data(&mut host, id, 0x17, &[MODE_SENSE_6, 0, 0x3f, 0, 0, 0]),
+            CSW_PASSED
+        );
+    }
+
+    #[test]
+    fn short_in_returns_the_actual_length() {
+        let (mut host, id) = storage();
+        // INQUIRY allows 96 bytes; the device has 36.
+        bulk_out(
+            &mut host,
+            id,
+            &cbw(7, 96, true, &[INQUIRY, 0, 0, 0, 96, 0]),
+            0,
+        )
+        .unwrap();
+        let inquiry = bulk_in(&mut host, id, 96, 0).unwrap();
+        assert_eq!(usize::from(inquiry[4]) + 5, inquiry.len());
+        assert_eq!((inquiry.len(), &inquiry[8..14]), (36, &b"usbdom"[..]));
+        assert_eq!(csw_of(&mut host, id, 7), (96 - 36, CSW_PASSED));
+
+        // With short_not_ok, the same kind of short IN is an error.
+        let mut t = control(5, setup(0x80, GET_DESCRIPTOR, 0x0100, 0, 64), buffer(64, 0));
+        t.short_not_ok = true;
+        assert_eq!(run(&mut host, id, t), Err(TransferError::Protocol));
+        // A buffer smaller than what the device sends is babble.
+        let max_lun = setup(0xa1, GET_MAX_LUN, 0, 0, 1);
+        assert_eq!(control_in(&mut host, id, max_lun), Ok(vec![0]));
+        bulk_out(
+            &mut host,
+            id,
+            &cbw(8, 0, false, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(bulk_in(&mut host, id, 8, 0), Err(TransferError::Babble));
+    }
+
+    #[test]
+    fn injected_key_completes_the_pending_interrupt_in() {
+        let (mut host, id) = keyboard();
+        assert_eq!(
+            control_out(&mut host, id, setup(0x21, SET_PROTOCOL, 0, 0, 0), &[]),
+            Ok(0)
+        );
+        assert_eq!(
+            control_in(&mut host, id, setup(0xa1, GET_PROTOCOL, 0, 0, 1)),
+            Ok(vec![0])
+        );
+        assert_eq!(host.model::<Keyboard>(id).unwrap().protocol(), 0);
+        assert_eq!(
+            control_out(&mut host, id, setup(0x21, SET_IDLE, 0x0000, 0, 0), &[]),
+            Ok(0)
+        );
+        assert_eq!(
+            control_out(
+                &mut host,
+                id,
+                setup(0x21, SET_REPORT, 0x0200, 0, 1),
+                &[0x02]
+            ),
+            Ok(1)
+        );
+        assert_eq!(host.model::<Keyboard>(id).unwrap().leds(), 0x02);
+
+        // The report descriptor is as long as the HID descriptor says.
+        let config =
+            control_in(&mut host, id, setup(0x80, GET_DESCRIPTOR, 0x0200, 0, 255)).unwrap();
+        let hid = descriptors(&config)
+            .find(|d| d[1] == HID_DESCRIPTOR)
+            .unwrap();
+        let report =
+            control_in(&mut host, id, setup(0x81, GET_DESCRIPTOR, 0x2200, 0, 255)).unwrap();
+        assert_eq!(
+            report.len(),
+            usize::from(u16::from_le_bytes([hid[7], hid[8]]))
+        );
+
+        let segments = buffer(8, 4092);
+        let t = transfer(
+            40,
+            1,
+            Direction::In,
+            TransferType::Interrupt,
+            segments.clone(),
+        );
+        host.submit(id, t).unwrap();
+        for _ in 0..3 {
+            assert!(drain(&mut host).is_empty());
+        }
+        assert_eq!(host.in_flight(), 1);
+        host.model_mut::<Keyboard>(id)
+            .unwrap()
+            .press(0x02, &[0x04, 0x05]);
+        let c = wait(&mut host, 40);
+        assert_eq!(c.result, Ok(8));
+        assert_eq!(gather(&segments, 8), [0x02, 0, 0x04, 0x05, 0, 0, 0, 0]);
+        assert_eq!(host.in_flight(), 0);
+        let current = control_in(&mut host, id, setup(0xa1, GET_REPORT, 0x0100, 0, 8)).unwrap();
+        assert_eq!(current, gather(&segments, 8));
+        assert_eq!(host.model::<Keyboard>(id).unwrap().pending_reports(), 0);
+    }
+
+    #[test]
+    fn cancel_completes_once_and_the_rest_of_the_endpoint_goes_on() {
+        let (mut host, id) = keyboard();
+        for token in 1..=3 {
+            host.submit(id, interrupt_in(token)).unwrap();
+        }
+        assert!(drain(&mut host).is_empty());
+        assert!(host.cancel(id, 2));
+        assert!(!host.cancel(id, 2));
+        assert!(!host.cancel(id, 99));
+        assert!(!host.cancel(id + 1, 1));
+        let kbd = host.model_mut::<Keyboard>(id).unwrap();
+        kbd.press(0, &[0x04]);
+        kbd.release();
+        let mut events = Vec::new();
+        for _ in 0..3 {
+            host.poll(&mut events);
+        }
+        let done: Vec<(u64, Result<usize, TransferError>)> = events
+            .iter()
+            .map(|e| match e {
+                HostEvent::Completed(c) => (c.token, c.result),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            done,
+            [(2, Err(TransferError::Cancelled)), (1, Ok(8)), (3, Ok(8))]
+        );
+        assert!(!host.cancel(id, 1));
+        assert_eq!(
+            host.counts(id),
+            TransferCounts {
+                submitted: 3,
+                completed: 3
+            }
+        );
+    }
+
+    #[test]
+    fn unplug_completes_in_flight_transfers_then_detaches() {
+        let (mut host, disk) = storage();
+        let kbd = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Low);
+        host.set_configuration(kbd, 1).unwrap();
+        host.set_latency(disk, 5);
+        let command = cbw(1, 0, false, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]);
+        let segments = buffer(CBW_LEN, 0);
+        scatter(&segments, &command);
+        host.submit(
+            disk,
+            transfer(7, 2, Direction::Out, TransferType::Bulk, segments),
+        )
+        .unwrap();
+        host.submit(kbd, interrupt_in(8)).unwrap();
+        let attached = drain(&mut host);
+        assert!(matches!(attached.as_slice(), [HostEvent::Attached(i)] if i.id == kbd));
+        assert_eq!(host.in_flight(), 2);
+
+        assert!(host.unplug(disk));
+        assert!(!host.unplug(disk));
+        let events = drain(&mut host);
+        let expected = [
+            HostEvent::Completed(Completion {
+                token: 7,
+                result: Err(TransferError::NoDevice),
+                start_frame: 0,
+                iso: Vec::new(),
+            }),
+            HostEvent::Detached {
+                id: disk,
+                busid: String::from("1-1"),
+            },
+        ];
+        assert_eq!(events, expected);
+        assert_eq!(
+            host.in_flight(),
+            1,
+            "the keyboard's transfer is still waiting"
+        );
+        assert_eq!(
+            host.counts(disk),
+            TransferCounts {
+                submitted: 1,
+                completed: 1
+            }
+        );
+        let again = transfer(9, 2, Direction::Out, TransferType::Bulk, buffer(31, 0));
+        assert_eq!(host.submit(disk, again), Err(TransferError::NoDevice));
+        assert!(host.model::<MassStorage>(disk).is_none());
+        let replug = host.plug(Box::new(MassStorage::new(16)), "1-1", Speed::High);
+        assert!(replug != disk && replug != kbd);
+        assert_eq!(host.devices().len(), 2);
+    }
+
+    #[test]
+    fn stall_then_clear_halt_then_success() {
+        let (mut host, id) = storage();
+        let status = setup(0x82, GET_STATUS, 0, 0x81, 2);
+        assert!(host.stall_next(id, 0x81));
+        assert_eq!(bulk_in(&mut host, id, 13, 0), Err(TransferError::Stall));
+        assert_eq!(
+            bulk_in(&mut host, id, 13, 0),
+            Err(TransferError::Stall),
+            "stays halted"
+        );
+        assert_eq!(control_in(&mut host, id, status), Ok(vec![1, 0]));
+        host.clear_halt(id, 0x81).unwrap();
+        assert_eq!(control_in(&mut host, id, status), Ok(vec![0, 0]));
+        assert_eq!(
+            no_data(&mut host, id, 3, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]),
+            CSW_PASSED
+        );
+
+        // A CBW that is not valid stalls bulk OUT; recovery is CLEAR_FEATURE(ENDPOINT_HALT)
+        // sent as a control transfer, then a Bulk-Only reset.
+        let mut bad = cbw(4, 0, false, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]);
+        bad[0] ^= 0xff;
+        assert_eq!(bulk_out(&mut host, id, &bad, 0), Err(TransferError::Stall));
+        assert_eq!(
+            bulk_out(&mut host, id, &bad[..30], 0),
+            Err(TransferError::Stall)
+        );
+        let clear = setup(0x02, CLEAR_FEATURE, ENDPOINT_HALT, 0x02, 0);
+        assert_eq!(control_out(&mut host, id, clear, &[]), Ok(0));
+        assert_eq!(
+            control_out(&mut host, id, setup(0x21, BULK_ONLY_RESET, 0, 0, 0), &[]),
+            Ok(0)
+        );
+        assert_eq!(
+            no_data(&mut host, id, 5, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]),
+            CSW_PASSED
+        );
+
+        // The default pipe's STALL is a protocol stall: the next request works.
+        host.stall_next(id, 0);
+        let get = setup(0x80, GET_CONFIGURATION, 0, 0, 1);
+        assert_eq!(control_in(&mut host, id, get), Err(TransferError::Stall));
+        assert_eq!(control_in(&mut host, id, get), Ok(vec![1]));
+        assert_eq!(host.clear_halt(id, 0x83), Err(TransferError::Invalid));
+        assert!(!host.stall_next(99, 0x81));
+    }
+
+    #[test]
+    fn bad_submissions_are_refused_and_never_complete() {
+        let (mut host, id) = storage();
+        let t = |token, endpoint, direction, kind| {
+            transfer(token, endpoint, direction, kind, buffer(8, 0))
+        };
+        assert_eq!(
+            host.submit(99, t(1, 1, Direction::In, TransferType::Bulk)),
+            Err(TransferError::NoDevice)
+        );
+        assert_eq!(
+            host.submit(id, t(2, 3, Direction::In, TransferType::Bulk)),
+            Err(TransferError::Invalid)
+        );
+        assert_eq!(
+            host.submit(id, t(3, 1, Direction::In, TransferType::Interrupt)),
+            Err(TransferError::Invalid)
+        );
+        assert_eq!(
+            host.submit(id, t(4, 1, Direction::Out, TransferType::Bulk)),
+            Err(TransferError::Invalid)
+        );
+        assert_eq!(
+            host.submit(id, t(5, 0, Direction::In, TransferType::Control)),
+            Err(TransferError::Invalid)
+        );
+        assert_eq!(
+            host.submit(id, t(6, 16, Direction::In, TransferType::Bulk)),
+            Err(TransferError::Invalid)
+        );
+        assert_eq!(
+            host.submit(id, t(7, 1, Direction::In, TransferType::Isochronous)),
+            Err(TransferError::Invalid)
+        );
+        let mut wrong_way = control(8, setup(0x80, GET_STATUS, 0, 0, 2), buffer(2, 0));
+        wrong_way.direction = Direction::Out;
+        assert_eq!(host.submit(id, wrong_way), Err(TransferError::Invalid));
+        let mut past_page = t(9, 1, Direction::In, TransferType::Bulk);
+        past_page.segments[0].offset = 4090;
+        assert_eq!(host.submit(id, past_page), Err(TransferError::Invalid));
+        assert_eq!(host.counts(id).submitted, 0);
+        assert!(drain(&mut host).is_empty());
+        // An unknown request reaches the model, which stalls it.
+        assert_eq!(
+            control_in(&mut host, id, setup(0xc0, 0x42, 0, 0, 4)),
+            Err(TransferError::Stall)
+        );
+        assert_eq!(host.set_configuration(99, 1), Err(TransferError::NoDevice));
+        assert_eq!(host.set_interface(id, 0, 1), Err(TransferError::Stall));
+        assert_eq!(host.set_interface(id, 0, 0), Ok(()));
+        // SET_INTERFACE as a control transfer goes through the same checks.
+        let alternate = |alt| setup(0x01, SET_INTERFACE, alt, 0, 0);
+        assert_eq!(control_out(&mut host, id, alternate(0), &[]), Ok(0));
+        assert_eq!(
+            control_out(&mut host, id, alternate(1), &[]),
+            Err(TransferError::Stall)
+        );
+    }
+
+    #[test]
+    fn a_data_stage_the_wrong_way_is_a_phase_error() {
+        let (mut host, id) = storage();
+        // WRITE(10) of one block, but the CBW announces an IN data stage: nothing is
+        // written, the device sends nothing, and the CSW reports a phase error.
+        let cb = rw10(WRITE_10, 0, 1);
+        bulk_out(&mut host, id, &cbw(9, BLOCK_SIZE as u32, true, &cb), 0).unwrap();
+        assert_eq!(bulk_in(&mut host, id, BLOCK_SIZE, 0), Ok(Vec::new()));
+        assert_eq!(
+            csw_of(&mut host, id, 9),
+            (BLOCK_SIZE as u32, CSW_PHASE_ERROR)
+        );
+        // More OUT data than the CBW announced is refused with STALL.
+        let cb = rw10(WRITE_10, 0, 1);
+        bulk_out(&mut host, id, &cbw(10, BLOCK_SIZE as u32, false, &cb), 0).unwrap();
+        let too_much = vec![0xaa; 2 * BLOCK_SIZE];
+        assert_eq!(
+            bulk_out(&mut host, id, &too_much, 0),
+            Err(TransferError::Stall)
+        );
+        assert!(host
+            .model::<MassStorage>(id)
+            .unwrap()
+            .disk()
+            .iter()
+            .all(|b| *b == 0));
+    }
+
+    #[test]
+    fn hub_is_reported_as_a_hub() {
+        let mut host = Host::new();
+        let id = host.plug(Box::new(Hub::new(4)), "1-3", Speed::Full);
+        let info = &host.devices()[0];
+        assert!(info.is_hub);
+        assert_eq!(
+            (info.class, info.interface_classes.as_slice()),
+            (HUB_CLASS, &[HUB_CLASS][..])
+        );
+        let d = control_in(&mut host, id, setup(0xa0, GET_DESCRIPTOR, 0x2900, 0, 71)).unwrap();
+        assert_eq!((d[1], d[2]), (HUB_DESCRIPTOR, 4));
+    }
+
+    #[test]
+    fn reset_and_reconfiguration_end_transfers_in_flight() {
+        let (mut host, id) = keyboard();
+        host.submit(id, interrupt_in(1)).unwrap();
+        host.reset(id).unwrap();
+        assert_eq!(wait(&mut host, 1).result, Err(TransferError::NoDevice));
+        assert_eq!(host.configuration(id), Some(0));
+        assert_eq!(
+            host.submit(id, interrupt_in(2)),
+            Err(TransferError::Invalid)
+        );
+
+        host.set_configuration(id, 1).unwrap();
+        host.submit(id, interrupt_in(3)).unwrap();
+        host.set_configuration(id, 0).unwrap();
+        assert_eq!(wait(&mut host, 3).result, Err(TransferError::Shutdown));
+        assert_eq!(
+            host.counts(id),
+            TransferCounts {
+                submitted: 2,
+                completed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn latency_delays_completion_by_that_many_polls() {
+        let (mut host, id) = storage();
+        host.set_latency(id, 2);
+        let get = control(1, setup(0x80, GET_CONFIGURATION, 0, 0, 1), buffer(1, 0));
+        host.submit(id, get).unwrap();
+        assert!(drain(&mut host).is_empty());
+        assert!(drain(&mut host).is_empty());
+        assert_eq!(drain(&mut host).len(), 1);
+    }
+}
