@@ -364,6 +364,10 @@ where
     /// Does everything that is due: follows xenstore (connect, close), handles a notification
     /// on our event channel (responses, port events), sends URBs that waited for a ring slot,
     /// and retries grants the backend held at teardown.
+    ///
+    /// It takes every pending event of the platform: a caller whose platform has other
+    /// channels calls [`poll_xenstore`](Self::poll_xenstore),
+    /// [`handle_event`](Self::handle_event) and [`kick`](Self::kick) itself.
     pub fn poll(&mut self) -> Result<(), Error> {
         self.poll_xenstore()?;
         let mut fired = false;
@@ -373,9 +377,15 @@ where
         if fired {
             self.handle_event();
         }
+        self.kick();
+        Ok(())
+    }
+
+    /// What xen-hcd's watchdog timer does: sends URBs (and unlinks) that waited for a ring
+    /// slot; also retries grants the backend still held at teardown.
+    pub fn kick(&mut self) {
         self.kick_pending();
         self.retry_deferred_grants();
-        Ok(())
     }
 
     /// Follows xenstore only: the backend's state (`xenhcd_backend_changed`) and the removal
@@ -627,7 +637,8 @@ where
         let nr = usize::from(f.req.nr_buffer_segs) + iso_desc_segs(&f.req);
         let mut released = true;
         for seg in &f.req.seg[..nr] {
-            if self.platform.end_access(seg.gref).is_err() {
+            // gnttab_try_end_foreign_access: refused while the backend maps or copies.
+            if self.platform.grant_in_use(seg.gref) || self.platform.end_access(seg.gref).is_err() {
                 self.deferred_grants.push(seg.gref);
                 if released && self.error.is_none() {
                     self.set_error(ProtocolError::GrantNotReleased { id, gref: seg.gref });

@@ -657,3 +657,19 @@ fn probe_needs_valid_backend_keys() {
         Err(Error::Xenbus(XenbusError::BadValue { .. }))
     ));
 }
+
+#[test]
+fn removal_of_the_device_directory_shuts_the_frontend_down() {
+    let mut w = real(8);
+    settle(&mut w);
+    let h = w.fe.submit(bulk(Direction::Out, vec![7; 10])).unwrap();
+    w.xen
+        .dom0()
+        .xenstore()
+        .rm(TxId::NONE, &w.nodes.frontend_dir())
+        .unwrap();
+    w.fe.poll().unwrap();
+    assert_eq!(w.fe.state(), XenbusState::Closed);
+    let done = drain(&mut w.fe);
+    assert_eq!((done[0].handle, done[0].status), (h, -errno::ESHUTDOWN));
+}
