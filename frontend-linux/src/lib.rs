@@ -488,10 +488,13 @@ where
                 .push_request(&UsbifConnRequest { id })
                 .expect("a fresh conn ring has a slot per id");
         }
-        if c.conn.push_requests_and_check_notify() {
+        let notify = c.conn.push_requests_and_check_notify();
+        self.conn = Some(c);
+        if notify {
+            // The backend has not bound the channel yet, so this is a no-op in Xen, as it is
+            // for xen-hcd; the backend scans the ring once it connects.
             self.platform.send(port)?;
         }
-        self.conn = Some(c);
         xenbus::switch_state(&mut self.xs, &dir, XenbusState::Connected)?;
         self.state = XenbusState::Connected;
         info!(
@@ -548,15 +551,17 @@ where
 
     /// Ends a grant we no longer need; one the backend still holds is retried later.
     fn end_grant(&mut self, gref: GrantRef) {
-        if self.platform.end_access(gref).is_err() {
-            self.deferred_grants.push(gref);
+        match self.platform.end_access(gref) {
+            Ok(()) => {}
+            Err(Errno::EBUSY) => self.deferred_grants.push(gref),
+            Err(e) => warn!("event=xenhcd_end_access_failed gref={gref} error={e}"),
         }
     }
 
     fn retry_deferred_grants(&mut self) {
         let platform = &mut self.platform;
         self.deferred_grants
-            .retain(|&g| platform.end_access(g).is_err());
+            .retain(|&g| platform.end_access(g) == Err(Errno::EBUSY));
     }
 
     /// Handles a notification (`xenhcd_int`): nothing at all after a protocol error;
