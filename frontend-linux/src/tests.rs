@@ -673,3 +673,44 @@ fn removal_of_the_device_directory_shuts_the_frontend_down() {
     let done = drain(&mut w.fe);
     assert_eq!((done[0].handle, done[0].status), (h, -errno::ESHUTDOWN));
 }
+
+#[test]
+fn many_frontends_share_one_backend() {
+    let xen = Xen::new();
+    let be_dom = xen.create_domain();
+    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
+    let mut fes: Vec<Fe> = (0..4)
+        .map(|_| {
+            let dom = xen.create_domain();
+            toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+            frontend(&dom)
+        })
+        .collect();
+    let round = |be: &mut usbback::Backend<Domain, SimXsTransport>, fes: &mut [Fe]| {
+        be.poll_xenstore().unwrap();
+        let mut ports = Vec::new();
+        be.hypervisor().take_pending(&mut |p| ports.push(p));
+        for p in ports {
+            be.handle_event(p);
+        }
+        for fe in fes.iter_mut() {
+            fe.poll().unwrap();
+        }
+    };
+    for _ in 0..3 {
+        round(&mut be, &mut fes);
+    }
+    for fe in &mut fes {
+        assert_eq!(fe.state(), XenbusState::Connected);
+        for _ in 0..20 {
+            fe.submit(get_device_descriptor()).unwrap();
+        }
+    }
+    for _ in 0..4 {
+        round(&mut be, &mut fes);
+    }
+    for fe in &mut fes {
+        assert_eq!(fe.stats().completed, 20);
+        assert_eq!(fe.error(), None);
+    }
+}
