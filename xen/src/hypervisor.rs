@@ -1,5 +1,6 @@
 //! What a backend needs from the hypervisor, as traits: grant mapping and copying, and event
-//! channels. (The xenstore transport is [`crate::xenstore::XsTransport`].)
+//! channels; and what a frontend needs: granting its own pages ([`GrantTable`]). (The
+//! xenstore transport is [`crate::xenstore::XsTransport`].)
 //!
 //! The driver domain implements them with hypercalls; [`crate::sim`] implements them in
 //! process. Code above them never sees a hypercall.
@@ -100,6 +101,23 @@ pub trait GrantMapper {
     fn unmap<I>(&mut self, mappings: I) -> Result<(), GntStatus>
     where
         I: IntoIterator<Item = GrantMapping<Self::Page>>;
+}
+
+/// The granting side of grant tables, as a frontend uses it: pages of our own memory offered
+/// to another domain (`gnttab_grant_foreign_access` and friends).
+pub trait GrantTable {
+    /// Access to one of our pages.
+    type Page: SharedPage + Clone;
+
+    /// A fresh zeroed page of our memory, with its frame number.
+    fn alloc_page(&mut self) -> Result<(Gfn, Self::Page), Errno>;
+    /// Grants `to` access to our frame `gfn`; `readonly` forbids the grantee to write.
+    fn grant_access(&mut self, to: DomId, gfn: Gfn, readonly: bool) -> Result<GrantRef, Errno>;
+    /// Revokes a grant; refused (`EBUSY`) while the grantee still has it mapped, as Linux's
+    /// `gnttab_try_end_foreign_access` fails on `GTF_reading`/`GTF_writing`.
+    fn end_access(&mut self, gref: GrantRef) -> Result<(), Errno>;
+    /// Whether the grantee has `gref` mapped (or is copying through it) right now.
+    fn grant_in_use(&self, gref: GrantRef) -> bool;
 }
 
 /// One side of a grant copy.

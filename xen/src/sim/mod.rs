@@ -4,7 +4,8 @@
 //! [`Xen`] holds the whole machine: per-domain memory, grant tables, event channels and a
 //! xenstored. A [`Domain`] is one domain's view of it and implements the traits a backend
 //! uses ([`GrantMapper`], [`GrantCopier`], [`EventChannels`]) plus the grant-table side a
-//! frontend uses; [`Domain::xenstore`] gives a xenstore client connected as that domain.
+//! frontend uses ([`GrantTable`]); [`Domain::xenstore`] gives a xenstore client connected as
+//! that domain.
 //!
 //! # Where this differs from Xen in ways a guest could notice
 //! - Memory is allocated page by page on request ([`Domain::alloc_page`]), not from a
@@ -344,6 +345,26 @@ impl Domain {
                 Ok((page.clone(), offset))
             }
         }
+    }
+}
+
+impl GrantTable for Domain {
+    type Page = LocalPage;
+
+    fn alloc_page(&mut self) -> Result<(Gfn, LocalPage), Errno> {
+        Ok(Domain::alloc_page(self))
+    }
+
+    fn grant_access(&mut self, to: DomId, gfn: Gfn, readonly: bool) -> Result<GrantRef, Errno> {
+        Domain::grant_access(self, to, gfn, readonly)
+    }
+
+    fn end_access(&mut self, gref: GrantRef) -> Result<(), Errno> {
+        Domain::end_access(self, gref)
+    }
+
+    fn grant_in_use(&self, gref: GrantRef) -> bool {
+        Domain::grant_in_use(self, gref)
     }
 }
 
