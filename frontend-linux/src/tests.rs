@@ -84,11 +84,11 @@ fn real(ports: u8) -> Real {
 }
 
 fn pump_backend(w: &mut Real) {
-    w.be.poll_xenstore().unwrap();
+    w.be.poll_xenstore(&mut usbback::host::Absent).unwrap();
     let mut ports = Vec::new();
     w.be.hypervisor().take_pending(&mut |p| ports.push(p));
     for p in ports {
-        w.be.handle_event(p);
+        w.be.handle_event(p, &mut usbback::host::Absent);
     }
 }
 
@@ -687,11 +687,11 @@ fn many_frontends_share_one_backend() {
         })
         .collect();
     let round = |be: &mut usbback::Backend<Domain, SimXsTransport>, fes: &mut [Fe]| {
-        be.poll_xenstore().unwrap();
+        be.poll_xenstore(&mut usbback::host::Absent).unwrap();
         let mut ports = Vec::new();
         be.hypervisor().take_pending(&mut |p| ports.push(p));
         for p in ports {
-            be.handle_event(p);
+            be.handle_event(p, &mut usbback::host::Absent);
         }
         for fe in fes.iter_mut() {
             fe.poll().unwrap();
