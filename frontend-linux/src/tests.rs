@@ -865,4 +865,65 @@ mod through_usbback {
             );
         }
     }
+
+    #[test]
+    fn unlinks_under_load_answer_each_urb_once_and_the_rest_carry_on() {
+        use usbback::sim_host::Keyboard;
+        let xen = Xen::new();
+        let be_dom = xen.create_domain();
+        let mut be =
+            usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
+        let mut host: SimHost<LocalPage> = SimHost::new();
+        let kbd = host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
+        let dom = xen.create_domain();
+        let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+        let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
+        xen.dom0()
+            .xenstore()
+            .write(TxId::NONE, &key, b"1-1")
+            .unwrap();
+        let mut fes = [frontend(&dom)];
+        round(&mut be, &mut host, &mut fes);
+        fes[0]
+            .submit(Urb::control(1, 0, [0, 9, 1, 0, 0, 0, 0, 0], Vec::new()))
+            .unwrap();
+        round(&mut be, &mut host, &mut fes);
+        drain(&mut fes[0]);
+        // Twelve interrupt INs waiting for keys, then every other one unlinked: an unlink
+        // takes a ring slot of its own, so the first four go at once and the others as the
+        // answers free slots.
+        let interrupt = Pipe {
+            port: 1,
+            unlink: false,
+            direction: Direction::In,
+            device: 0,
+            endpoint: 1,
+            transfer_type: TransferType::Interrupt,
+        };
+        let handles: Vec<UrbHandle> = (0..12)
+            .map(|_| fes[0].submit(Urb::new(interrupt, vec![0; 8])).unwrap())
+            .collect();
+        round(&mut be, &mut host, &mut fes);
+        assert_eq!(fes[0].in_flight(), 12);
+        for h in handles.iter().step_by(2) {
+            fes[0].unlink(*h).unwrap();
+        }
+        round(&mut be, &mut host, &mut fes);
+        let cancelled = drain(&mut fes[0]);
+        assert_eq!(cancelled.len(), 6);
+        assert!(cancelled.iter().all(|c| c.status == -errno::ECONNRESET));
+        // Six keys: the six left get them, in order.
+        for k in 0..6u8 {
+            host.model_mut::<Keyboard>(kbd).unwrap().press(0, &[4 + k]);
+        }
+        round(&mut be, &mut host, &mut fes);
+        let got = drain(&mut fes[0]);
+        let keys: Vec<u8> = got.iter().map(|c| c.data[2]).collect();
+        assert_eq!(keys, (4..10).collect::<Vec<u8>>());
+        let mut answered: Vec<UrbHandle> = cancelled.iter().chain(&got).map(|c| c.handle).collect();
+        answered.sort();
+        assert_eq!(answered, handles, "every URB answered exactly once");
+        assert_eq!(fes[0].error(), None);
+        assert_eq!(fes[0].grants().len(), 2);
+    }
 }
