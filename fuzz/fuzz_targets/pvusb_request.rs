@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(s.pipe.port >= 1 && s.pipe.port <= num_ports);
             assert!(s.buffer.len() + s.iso_descriptors.len() <= 16);
             let total: usize = s.buffer.iter().map(|g| usize::from(g.length)).sum();
-            assert_eq!(total, usize::from(s.buffer_length));
+            assert_eq!(total, s.buffer_length as usize);
             for g in s.buffer.iter().chain(s.iso_descriptors.iter()) {
                 assert!(g.length > 0 && usize::from(g.offset) + usize::from(g.length) <= 4096);
             }

@@ -90,6 +90,11 @@ struct VPort {
     superspeed: bool,
     /// The address the guest gave it (SET_ADDRESS), 0 before.
     address: u8,
+    /// SuperSpeed: configuration descriptors as rewritten for the guest, by index, once read
+    /// whole. A later read of any length is answered from here, so a guest that checks the
+    /// descriptors again (Linux does after every reset) finds them unchanged: rewriting a
+    /// partial read would drop a different number of companion bytes.
+    configs: Vec<(u8, Vec<u8>)>,
 }
 
 /// Per-frontend counters, logged as `event=stats`.
@@ -117,8 +122,10 @@ struct InFlight<P> {
     data: Vec<(u16, u16)>,
     /// (offset, length) in each descriptor page.
     descriptors: Vec<(u16, u16)>,
-    /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten: its type.
-    rewrite: Option<u8>,
+    /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten: its type and index.
+    rewrite: Option<(u8, u8)>,
+    /// The virtual port it was sent to.
+    port: u8,
     /// The unlink request waiting for this one's answer.
     unlinked_by: Option<u16>,
 }
@@ -890,6 +897,7 @@ where
         p.device = Some(info.id);
         p.superspeed = info.speed == Speed::Super;
         p.address = 0;
+        p.configs.clear();
         let code = speed_code(info.speed);
         info!(
             "event=port_connected domid={} devid={} port={n} busid={busid} vid={:04x} pid={:04x} speed={} reported_speed={code}",
@@ -1156,6 +1164,7 @@ where
             return true;
         }
         let superspeed = port.superspeed;
+        let port_number = s.pipe.port;
         let (direction, setup) = match s.transfer {
             pvusb::Transfer::Control { setup } => {
                 let d = if setup[0] & 0x80 != 0 {
@@ -1195,7 +1204,7 @@ where
                 && setup[1] == GET_DESCRIPTOR
                 && (kind == superspeed::DEVICE || kind == superspeed::CONFIGURATION)
             {
-                rewrite = Some(kind);
+                rewrite = Some((kind, value as u8));
             }
         }
 
@@ -1244,6 +1253,21 @@ where
             .iter()
             .map(|g| (g.offset, g.length))
             .collect();
+        // A configuration read whole before is answered as it was then.
+        if let Some((superspeed::CONFIGURATION, index)) = rewrite {
+            let cached = self.devices.get(&id).and_then(|d| {
+                let p = d.ports.get(usize::from(port_number) - 1)?;
+                p.configs.iter().find(|c| c.0 == index).map(|c| c.1.clone())
+            });
+            if let Some(config) = cached {
+                let total: usize = data.iter().map(|&(_, l)| usize::from(l)).sum();
+                let n = total.min(config.len());
+                write_linear(&mappings[..data.len()], &data, 0, &config[..n]);
+                unmap(&mut self.hv, id, mappings);
+                self.respond(id, response(s.id, USBIF_STATUS_OK, n));
+                return true;
+            }
+        }
         let mut iso_packets = Vec::new();
         if let pvusb::Transfer::Isochronous {
             number_of_packets, ..
@@ -1314,6 +1338,7 @@ where
                             data,
                             descriptors,
                             rewrite,
+                            port: port_number,
                             unlinked_by: None,
                         },
                     );
@@ -1336,14 +1361,21 @@ where
             Ok(n) => (USBIF_STATUS_OK, n.min(total)),
             Err(e) => (status_of(e), 0),
         };
-        if let (Some(kind), USBIF_STATUS_OK) = (f.rewrite, status) {
+        let mut whole_config = None;
+        if let (Some((kind, index)), USBIF_STATUS_OK) = (f.rewrite, status) {
             let mut bytes = alloc::vec![0u8; actual];
             read_linear(data_pages, &f.data, 0, &mut bytes);
             let rewritten = if kind == superspeed::DEVICE {
                 superspeed::rewrite_device(&mut bytes);
                 bytes
             } else {
-                superspeed::rewrite_configuration(&bytes)
+                let whole = bytes.len() >= 4
+                    && bytes.len() >= usize::from(u16::from_le_bytes([bytes[2], bytes[3]]));
+                let rewritten = superspeed::rewrite_configuration(&bytes);
+                if whole {
+                    whole_config = Some((index, rewritten.clone()));
+                }
+                rewritten
             };
             write_linear(data_pages, &f.data, 0, &rewritten);
             actual = rewritten.len();
@@ -1367,7 +1399,18 @@ where
         }
         // Unmapped before the answer: Linux's xen-hcd fails the frontend for good if a
         // grant is still mapped when the response arrives.
+        let port = f.port;
         unmap(&mut self.hv, id, f.mappings);
+        if let Some((index, config)) = whole_config {
+            if let Some(p) = self
+                .devices
+                .get_mut(&id)
+                .and_then(|d| d.ports.get_mut(usize::from(port).wrapping_sub(1)))
+            {
+                p.configs.retain(|c| c.0 != index);
+                p.configs.push((index, config));
+            }
+        }
         let rsp = UsbifUrbResponse {
             id: rid,
             start_frame: c.start_frame,

@@ -806,6 +806,19 @@ fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
     let c = config.read();
     assert_eq!(u16::from_le_bytes([c[2], c[3]]), 32);
     assert_eq!(&c[18..25], &[7, 5, 0x81, 2, 0x00, 0x02, 0]);
+    // Read again as Linux checks after a reset, at the length it was told: the same bytes,
+    // not a rewrite of the device's first 32 (which would drop one companion less).
+    let again = buffer(&r.w.fe, r.be, 0, &[0; 32], false);
+    let head = buffer(&r.w.fe, r.be, 0, &[0; 9], false);
+    let reread = with_buffer(control(3, 2, 0, [0x80, 6, 0, 2, 0, 0, 32, 0]), &again);
+    let header = with_buffer(control(4, 2, 0, [0x80, 6, 0, 2, 0, 0, 9, 0]), &head);
+    send(&r.w.fe, &mut r.front, &[reread, header]);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut r.front);
+    assert_eq!((got[0].actual_length, got[1].actual_length), (32, 9));
+    assert_eq!(again.read(), c[..32]);
+    assert_eq!(head.read(), c[..9], "wTotalLength 32 from then on");
+    assert!(again.released(&r.w.fe) && head.released(&r.w.fe));
 }
 
 #[test]

@@ -226,8 +226,9 @@ pub struct Submit {
     pub pipe: Pipe,
     /// `USBIF_SHORT_NOT_OK`: a short IN transfer is an error.
     pub short_not_ok: bool,
-    /// Total data bytes; equals the sum of the buffer segments' lengths.
-    pub buffer_length: u16,
+    /// Total data bytes: the sum of the buffer segments' lengths, up to 64 KiB (the wire's
+    /// u16 `buffer_length` holds it modulo 2^16).
+    pub buffer_length: u32,
     /// Transfer-type specific fields.
     pub transfer: Transfer,
     /// The data buffer, contiguous: only the first segment may start inside its page and only
@@ -427,7 +428,10 @@ impl UrbRequest {
             let _ = buffer.push(seg);
         }
         let total: usize = buffer.iter().map(|s| usize::from(s.length)).sum();
-        if total != usize::from(raw.buffer_length) {
+        // Linux's xen-hcd stores the URB's length in this u16 as it is, so a 64 KiB URB
+        // (16 full pages, which usb-storage sends) arrives with buffer_length 0: the segments
+        // are the length, and buffer_length must be their sum in 16 bits.
+        if total as u16 != raw.buffer_length {
             return Err(RequestError::LengthMismatch {
                 buffer_length: raw.buffer_length,
                 segments_total: total,
@@ -458,7 +462,7 @@ impl UrbRequest {
             id: raw.id,
             pipe,
             short_not_ok: raw.transfer_flags & USBIF_SHORT_NOT_OK != 0,
-            buffer_length: raw.buffer_length,
+            buffer_length: total as u32,
             transfer,
             buffer,
             iso_descriptors,
@@ -610,7 +614,8 @@ mod tests {
         r.id = 5;
         r.pipe = pipe;
         r.nr_buffer_segs = segs.len() as u16;
-        r.buffer_length = segs.iter().map(|s| s.2).sum();
+        // As xen-hcd stores it: the length in 16 bits.
+        r.buffer_length = segs.iter().map(|s| u32::from(s.2)).sum::<u32>() as u16;
         for (i, &(gref, offset, length)) in segs.iter().enumerate() {
             r.seg[i] = UsbifRequestSegment {
                 gref: GrantRef(gref),
@@ -719,6 +724,14 @@ mod tests {
                 segments_total: 10
             })
         );
+        // 64 KiB in 16 pages, as usb-storage sends through xen-hcd: buffer_length wraps to 0.
+        let pages: [(u32, u16, u16); 16] = core::array::from_fn(|g| (g as u32, 0, 4096));
+        let r = request(p, &pages);
+        assert_eq!(r.buffer_length, 0);
+        match UrbRequest::decode(&r, 8) {
+            Ok(UrbRequest::Submit(s)) => assert_eq!(s.buffer_length, 65536),
+            other => panic!("{other:?}"),
+        }
         let mut r = request(p, &[]);
         r.nr_buffer_segs = 17;
         assert_eq!(

@@ -257,11 +257,14 @@ pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
             HostEvent::Detached { .. } | HostEvent::Completed(_) => {}
         }
     }
-    if !events.is_empty() {
-        info!(
-            "event=xhci_events count={} xhci_interrupts={now}",
-            events.len()
-        );
+    // Devices that came or went are worth a line; transfers completing are not (one line
+    // per URB would swamp a serial console).
+    let changes = events
+        .iter()
+        .filter(|e| !matches!(e, HostEvent::Completed(_)))
+        .count();
+    if changes > 0 {
+        info!("event=xhci_events count={changes} xhci_interrupts={now}");
     }
     keyboard_reports(usb);
     step_loops(usb);
