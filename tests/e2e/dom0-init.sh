@@ -70,6 +70,15 @@ mark "phase=guest_keyboard"
 wait_for "$glog" "guest: usbdev .* vid=46f4 pid=0001" 60 || fail "guest_no_stick"
 mark "phase=guest_stick"
 usbctl list-assignable-devices | sed 's|^|ASSIGNED |'
+# Data through usbdom: the guest's usb-storage and sd drivers read the stick's first 16 MiB.
+wait_for "$glog" "guest: sda sha256=" 120 || fail "guest_no_disk"
+mark "phase=guest_disk"
+# The devices leave before their controller, as libxl removes usbdevs first: Linux's
+# xen-hcd cannot finish a device's URBs once its backend is gone.
+usbctl detach guest 0 1 || fail "detach_keyboard"
+usbctl detach guest 0 2 || fail "detach_stick"
+wait_for "$glog" "usb 1-2: USB disconnect" 30 || fail "guest_no_disconnect"
+mark "phase=guest_detached"
 usbdom_id=$(xl domid usbdom)
 guest_id=$(xl domid guest)
 usbctl hc-destroy guest 0 || fail "hc_destroy"

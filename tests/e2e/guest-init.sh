@@ -12,7 +12,17 @@ for m in usb-common usbcore xen-hcd; do
   esac
   if insmod "$f"; then echo "guest: loaded $m"; else echo "guest: failed to load $m"; fi
 done
+# Storage and HID drivers for the devices usbdom will give this guest.
+for m in $(cat /lib/modules/order); do
+  f=$(ls /lib/modules/$m.ko* 2>/dev/null | head -n1)
+  case "$f" in
+    *.xz) xz -dc "$f" > /lib/modules/$m.unpacked.ko && f=/lib/modules/$m.unpacked.ko ;;
+  esac
+  insmod "$f" 2>/dev/null || echo "guest: failed to load $m"
+done
 echo "guest: ready"
+# The stick, once: its first 16 MiB hashed.
+disk_done=
 while true; do
   for hc in /sys/bus/usb/devices/usb*; do
     [ -e "$hc/maxchild" ] && echo "guest: hc $(basename "$hc") ports=$(cat "$hc/maxchild") product=\"$(cat "$hc/product" 2>/dev/null)\""
@@ -23,5 +33,10 @@ while true; do
     [ -e "$d/idVendor" ] || continue
     echo "guest: usbdev $(basename "$d") vid=$(cat "$d/idVendor") pid=$(cat "$d/idProduct") speed=$(cat "$d/speed") config=$(cat "$d/bConfigurationValue" 2>/dev/null) product=\"$(cat "$d/product" 2>/dev/null)\""
   done
-  sleep 2
+  if [ -z "$disk_done" ] && [ -b /dev/sda ]; then
+    disk_done=1
+    sum=$(dd if=/dev/sda bs=1M count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
+    echo "guest: sda sha256=$sum"
+  fi
+  sleep 1
 done

@@ -19,6 +19,7 @@ guest=$(mktemp -d)
 mkdir -p "$guest/bin" "$guest/lib/modules" "$guest/proc" "$guest/sys" "$guest/dev"
 cp "$cache/dom0/bin/busybox" "$guest/bin/busybox"
 cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.ko" "$guest/lib/modules/"
+cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$guest/lib/modules/"
 install -m 0755 "$here/guest-init.sh" "$guest/init"
 (cd "$guest" && find . | cpio -o -H newc --quiet) > "$stage/boot/guest-initrd.img"
 rm -rf "$guest"

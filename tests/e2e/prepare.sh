@@ -6,6 +6,7 @@
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
 #   xen-hcd.ko     Linux's PVUSB frontend (frontend-linux/build-xen-hcd.sh)
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
+#   guestmods/     the guest's SCSI disk, usb-storage, HID and evdev modules, with their order
 # Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
 set -euo pipefail
 cache=${1:?cache dir}
@@ -43,6 +44,26 @@ if [ ! -f vmlinuz ]; then
   rm -rf k && mkdir k && dpkg -x "debs/linux-image-${kver}_"*.deb k
   cp "k/boot/vmlinuz-$kver" vmlinuz
   rm -rf k
+fi
+
+# The guest's modules beyond the USB core, in the order insmod needs them: SCSI disks over
+# usb-storage, and the HID keyboard with its evdev device.
+guest_modules="scsi_common scsi_mod crct10dif_common crct10dif_generic crc-t10dif crc64 \
+  crc64-rocksoft crc64_rocksoft_generic t10-pi sd_mod usb-storage hid usbhid hid-generic evdev"
+if [ ! -f guestmods/.done ]; then
+  log "taking the guest's storage and HID modules from the kernel package"
+  [ -f "debs/linux-image-${kver}_"*.deb ] 2>/dev/null || \
+    (cd debs && apt-get download -q "linux-image-$kver" >&2)
+  rm -rf gm guestmods && mkdir gm guestmods
+  dpkg -x "debs/linux-image-${kver}_"*.deb gm
+  for m in $guest_modules; do
+    f=$(find "gm/lib/modules/$kver/kernel" -name "$m.ko*" | head -n1)
+    [ -n "$f" ] || { echo "prepare: no module $m in linux-image-$kver" >&2; exit 1; }
+    cp "$f" guestmods/
+  done
+  echo "$guest_modules" > guestmods/order
+  rm -rf gm
+  touch guestmods/.done
 fi
 
 if [ ! -f xen-hcd.ko ]; then

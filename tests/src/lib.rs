@@ -4,7 +4,8 @@
 //! The image is `target/usbdom.elf` (built by `cargo xtask image`; `cargo xtask test` builds
 //! it first) or `$USBDOM_IMAGE`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -266,4 +267,31 @@ impl Run {
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Sends QMP `commands` (JSON, one per line) over the monitor socket and waits for each
+/// reply, so QEMU has acted on them before the socket closes.
+pub fn qmp(socket: &Path, commands: &[&str]) {
+    let stream = UnixStream::connect(socket).expect("QMP socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("QMP greeting");
+    let mut writer = stream;
+    for c in ["{\"execute\":\"qmp_capabilities\"}"]
+        .iter()
+        .chain(commands)
+    {
+        writeln!(writer, "{c}").unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("QMP reply");
+            assert!(!line.contains("\"error\""), "QMP {c}: {line}");
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
 }

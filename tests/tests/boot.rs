@@ -1,12 +1,9 @@
 //! usbdom boots on QEMU's q35 and pc machines with an xHCI controller and USB devices, and
 //! says so on the serial log.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Duration;
 
-use usbdom_tests::{field, Machine, Run, EXIT_SUCCESS};
+use usbdom_tests::{field, qmp, Machine, Run, EXIT_SUCCESS};
 
 fn boot(machine: &str) -> Run {
     Machine::new(machine, &format!("boot-{machine}"))
@@ -374,33 +371,6 @@ fn a_controller_error_is_recovered_by_a_restart_and_the_stick_works_after_it() {
         let (_, test) = r.event("usbtest_storage").expect("event=usbtest_storage");
         assert_eq!(field(test, "match"), Some("true"), "{test}");
     });
-}
-
-/// Sends QMP `commands` (JSON, one per line) over the monitor socket and waits for each
-/// reply, so QEMU has acted on them before the socket closes.
-fn qmp(socket: &Path, commands: &[&str]) {
-    let stream = UnixStream::connect(socket).expect("QMP socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("QMP greeting");
-    let mut writer = stream;
-    for c in ["{\"execute\":\"qmp_capabilities\"}"]
-        .iter()
-        .chain(commands)
-    {
-        writeln!(writer, "{c}").unwrap();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("QMP reply");
-            assert!(!line.contains("\"error\""), "QMP {c}: {line}");
-            if line.contains("\"return\"") {
-                break;
-            }
-        }
-    }
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use std::process::Command;
+
 use usbdom_tests::{field, run_qemu};
 
 fn artefact(var: &str) -> String {
@@ -14,7 +16,7 @@ fn artefact(var: &str) -> String {
 #[test]
 #[ignore = "needs the e2e artefacts: cargo xtask e2e"]
 fn xen_end_to_end() {
-    let (xen, kernel, initrd, stick) = (
+    let (xen, kernel, initrd, stick_image) = (
         artefact("USBDOM_E2E_XEN"),
         artefact("USBDOM_E2E_KERNEL"),
         artefact("USBDOM_E2E_INITRD"),
@@ -26,7 +28,7 @@ fn xen_end_to_end() {
         "-M", "q35", "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-smap", "-smp", "2",
         "-m", "2048", "-display", "none", "-nodefaults", "-no-reboot", "-serial", "stdio",
         "-device", "intel-iommu,intremap=on", "-device", "qemu-xhci,id=xhci,addr=0x5",
-        "-drive", &format!("if=none,id=usbdisk,file={stick},format=raw"),
+        "-drive", &format!("if=none,id=usbdisk,file={stick_image},format=raw"),
         "-device", "usb-storage,bus=xhci.0,drive=usbdisk",
         "-device", "usb-kbd,bus=xhci.0", "-device", "usb-hub,bus=xhci.0,port=3",
         "-kernel", &xen,
@@ -172,6 +174,28 @@ fn xen_end_to_end() {
                 .unwrap_or_else(|| panic!("usbdom connected {busid}"));
             assert_eq!(field(connected, "reported_speed"), Some("3"), "{connected}");
         }
+        // The stick's data through usbdom: the guest's hash of its first 16 MiB is the host
+        // image's.
+        assert!(phases.contains(&"guest_disk"), "phases: {phases:?}");
+        let sum = guest
+            .iter()
+            .find_map(|l| l.split("guest: sda sha256=").nth(1))
+            .expect("the guest hashed the stick")
+            .trim();
+        let image = std::fs::read(&stick_image).unwrap();
+        let host_sum = Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(&image[..16 << 20])?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        let host_sum = String::from_utf8_lossy(&host_sum.stdout);
+        println!("e2e: guest sha256={sum} host sha256={}", &host_sum[..64]);
+        assert_eq!(sum, &host_sum[..64], "the guest read the stick's bytes");
         let assigned: Vec<&str> = r
             .lines
             .iter()

@@ -465,10 +465,18 @@ fn e2e() -> Result {
                 .env("USBCTL", &usbctl),
         )
     })?;
+    // The stick: 64 MiB whose first 16 MiB are a pseudo-random pattern (the guest's hash of
+    // them must match), the rest zero.
     let stick = out.join("stick.img");
-    std::fs::File::create(&stick)
-        .and_then(|f| f.set_len(64 << 20))
-        .map_err(|e| format!("{}: {e}", stick.display()))?;
+    let mut bytes = vec![0u8; 64 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for chunk in bytes[..16 << 20].chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))?;
     let qemu_env = qemu_for_nested_xen(&cache)?;
     timed("run", || {
         step(
