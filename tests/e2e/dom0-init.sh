@@ -72,6 +72,7 @@ mark "phase=guest_stick"
 usbctl list-assignable-devices | sed 's|^|ASSIGNED |'
 # Data through usbdom: the guest's usb-storage and sd drivers read the stick's first 16 MiB.
 wait_for "$glog" "guest: sda sha256=" 120 || fail "guest_no_disk"
+wait_for "$glog" "guest: sda wrote=" 60 || fail "guest_no_write"
 mark "phase=guest_disk"
 # The devices leave before their controller, as libxl removes usbdevs first: Linux's
 # xen-hcd cannot finish a device's URBs once its backend is gone.

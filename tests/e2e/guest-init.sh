@@ -4,6 +4,7 @@
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mkdir -p /tmp
 echo "guest: init"
 for m in usb-common usbcore xen-hcd; do
   f=$(ls /lib/modules/$m.ko* 2>/dev/null | head -n1)
@@ -21,7 +22,7 @@ for m in $(cat /lib/modules/order); do
   insmod "$f" 2>/dev/null || echo "guest: failed to load $m"
 done
 echo "guest: ready"
-# The stick, once: its first 16 MiB hashed.
+# The stick, once: its first 16 MiB hashed, then a pattern written.
 disk_done=
 while true; do
   for hc in /sys/bus/usb/devices/usb*; do
@@ -37,6 +38,13 @@ while true; do
     disk_done=1
     sum=$(dd if=/dev/sda bs=1M count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
     echo "guest: sda sha256=$sum"
+    # A pattern written at 32 MiB, for the host to find in the image after the run.
+    printf 'usbdom-e2e-written-by-the-guest' > /tmp/pattern
+    if dd if=/tmp/pattern of=/dev/sda bs=512 seek=65536 conv=notrunc 2>/tmp/dd.err && sync; then
+      echo "guest: sda wrote=ok"
+    else
+      echo "guest: sda wrote=failed $(cat /tmp/dd.err)"
+    fi
   fi
   sleep 1
 done

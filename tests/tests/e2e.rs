@@ -175,7 +175,7 @@ fn xen_end_to_end() {
             assert_eq!(field(connected, "reported_speed"), Some("3"), "{connected}");
         }
         // The stick's data through usbdom: the guest's hash of its first 16 MiB is the host
-        // image's.
+        // image's (the guest writes only further on).
         assert!(phases.contains(&"guest_disk"), "phases: {phases:?}");
         let sum = guest
             .iter()
@@ -196,6 +196,19 @@ fn xen_end_to_end() {
         let host_sum = String::from_utf8_lossy(&host_sum.stdout);
         println!("e2e: guest sha256={sum} host sha256={}", &host_sum[..64]);
         assert_eq!(sum, &host_sum[..64], "the guest read the stick's bytes");
+        // And what the guest wrote through usbdom is in the host image.
+        let wrote = guest
+            .iter()
+            .find(|l| l.contains("guest: sda wrote="))
+            .expect("the guest wrote");
+        assert!(wrote.contains("wrote=ok"), "{wrote}");
+        let pattern = b"usbdom-e2e-written-by-the-guest";
+        let at = 65536 * 512;
+        assert_eq!(
+            &image[at..at + pattern.len()],
+            pattern,
+            "the guest's write is on the stick"
+        );
         let assigned: Vec<&str> = r
             .lines
             .iter()
