@@ -42,7 +42,11 @@ pub fn devices_dir(backend: DomId) -> String {
 
 pub use xen::pvusb::busid_key;
 
-pub use xen::pvusb::ASSIGN_DIR;
+pub use xen::pvusb::{ASSIGN_DIR, PORT_STATUS_DIR};
+
+/// Waits of `tick` the guest gets, after its devices are detached, before its controller
+/// goes.
+const GUEST_SETTLE_TICKS: u32 = 10;
 
 /// A device usbdom offers, as `list-assignable-devices` shows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -230,6 +234,7 @@ impl<T: XsTransport> Usbctl<T> {
     pub fn hc_destroy(&mut self, frontend: DomId, devid: u32) -> Result<(), Error> {
         let fdir = format!("{}/{devid}", Self::vusb_dir(frontend));
         let (bdir, _) = self.controller_backend_dir(frontend, devid)?;
+        self.detach_all(&bdir)?;
         self.xs.write(TxId::NONE, &format!("{bdir}/online"), b"0")?;
         xenbus::switch_state(&mut self.xs, &bdir, XenbusState::Closing)?;
         let closed = self.wait_state(&bdir, XenbusState::Closed, "the backend", true);
@@ -254,6 +259,54 @@ impl<T: XsTransport> Usbctl<T> {
                 "the backend did not remove {bdir} within {} s; removed it",
                 self.timeout.as_secs()
             ));
+        }
+        Ok(())
+    }
+
+    /// Frees every assigned port of the controller at `bdir` before it goes, as libxl
+    /// removes a controller's usbdevs first: the guest's xen-hcd then disconnects each device
+    /// while its backend still answers the unlinks of their transfers (with the backend gone
+    /// first, Linux's teardown of a device with a transfer in flight never ends). Waits for
+    /// the backend to take each assignment back (it removes the port's status key), then
+    /// gives the guest a moment.
+    fn detach_all(&mut self, bdir: &str) -> Result<(), Error> {
+        let ports = match self
+            .xs
+            .directory(TxId::NONE, &format!("{bdir}/{ASSIGN_DIR}"))
+        {
+            Ok(p) => p,
+            Err(XsError::Xs(XsdError::Enoent)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut freed = Vec::new();
+        for port in ports {
+            let key = format!("{bdir}/{ASSIGN_DIR}/{port}");
+            if !self
+                .xs
+                .read_string(TxId::NONE, &key)
+                .unwrap_or_default()
+                .is_empty()
+            {
+                self.xs.rm(TxId::NONE, &key)?;
+                freed.push(port);
+            }
+        }
+        if freed.is_empty() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        while start.elapsed() <= self.timeout {
+            let pending = freed.iter().any(|p| {
+                let key = format!("{bdir}/{PORT_STATUS_DIR}/{p}");
+                self.xs.read(TxId::NONE, &key).is_ok()
+            });
+            if !pending {
+                break;
+            }
+            (self.tick)();
+        }
+        for _ in 0..GUEST_SETTLE_TICKS {
+            (self.tick)();
         }
         Ok(())
     }

@@ -150,6 +150,27 @@ fn hc_destroy_follows_libxl_and_the_backend_removes_its_directory() {
 }
 
 #[test]
+fn hc_destroy_frees_the_assigned_ports_first() {
+    let w = world(true);
+    let mut u = usbctl(&w);
+    u.hc_create(w.guest, w.usbdom, 2, 8).unwrap();
+    let b = format!("/local/domain/{}/backend/vusb/{}/0", w.usbdom, w.guest);
+    let assigned = format!("{b}/usbdom-port/3");
+    let status = format!("{b}/usbdom-port-status/3");
+    u.xenstore().write(TxId::NONE, &assigned, b"1-4").unwrap();
+    // The backend takes the assignment up (its device is absent here).
+    if let Some(be) = w.backend.borrow_mut().as_mut() {
+        be.poll_xenstore(&mut usbback::host::Absent).unwrap();
+    }
+    assert_eq!(
+        u.xenstore().read_string(TxId::NONE, &status).unwrap(),
+        "waiting device_absent"
+    );
+    assert_eq!(u.hc_destroy(w.guest, 0), Ok(()));
+    assert!(u.xenstore().read(TxId::NONE, &b).is_err());
+}
+
+#[test]
 fn every_wrong_input_has_its_message() {
     let w = world(true);
     let mut u = usbctl(&w);
