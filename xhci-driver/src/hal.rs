@@ -24,6 +24,15 @@ pub trait DmaBuffer {
         self.write32(offset, value as u32);
         self.write32(offset + 4, (value >> 32) as u32);
     }
+    /// Copies `data` in at `offset` (4-aligned), a dword at a time; the bytes after
+    /// `data` in its last dword become zero.
+    fn write_bytes(&mut self, offset: usize, data: &[u8]) {
+        for (i, chunk) in data.chunks(4).enumerate() {
+            let mut dword = [0u8; 4];
+            dword[..chunk.len()].copy_from_slice(chunk);
+            self.write32(offset + 4 * i, u32::from_le_bytes(dword));
+        }
+    }
     /// Copies bytes out, starting at `offset`.
     fn read_bytes(&self, offset: usize, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {

@@ -277,11 +277,7 @@ impl<D: DmaBuffer> BulkOnly<D> {
         xhci: &mut Controller<H>,
         wrapper: &[u8; CBW_SIZE],
     ) -> Result<usize, Error> {
-        for (i, chunk) in wrapper.chunks(4).enumerate() {
-            let mut dword = [0u8; 4];
-            dword[..chunk.len()].copy_from_slice(chunk);
-            self.cbw.write32(4 * i, u32::from_le_bytes(dword));
-        }
+        self.cbw.write_bytes(0, wrapper);
         let out = [Segment {
             phys: self.cbw.phys(),
             len: CBW_SIZE,

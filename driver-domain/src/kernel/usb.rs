@@ -227,9 +227,8 @@ impl Usb {
 pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
     let mut events = Vec::new();
     let now = pci::xhci_interrupts();
-    let pending = usb.host.has_pending();
-    let xhci = usb.host.controller();
-    let quiet = now == usb.seen && !pending && !xhci.has_port_changes() && xhci.error().is_none();
+    // A controller error does not interrupt: it is looked for on every wake-up.
+    let quiet = !has_work(usb) && usb.host.controller().error().is_none();
     if usb.host.is_dead() || (usb.interrupt_routed && quiet) {
         return events;
     }
@@ -369,12 +368,7 @@ fn exercise(
     let count = (size / block_size) as u16;
 
     let pattern = storage_pattern();
-    for (i, word) in pattern.chunks_exact(4).enumerate() {
-        buf.write32(
-            4 * i,
-            u32::from_le_bytes([word[0], word[1], word[2], word[3]]),
-        );
-    }
+    buf.write_bytes(0, &pattern);
     let write = read_write_10(WRITE_10, STORAGE_PATTERN_LBA, count);
     run(xhci, &write, Direction::Out, STORAGE_PATTERN_SIZE, "write")?;
     // Cleared, so the comparison sees what the device sent back.
@@ -793,11 +787,7 @@ fn queue_read(
         0,
         &read_write_10(READ_10, lba, LOOP_READ_BLOCKS),
     );
-    for (i, chunk) in wrapper.chunks(4).enumerate() {
-        let mut dword = [0u8; 4];
-        dword[..chunk.len()].copy_from_slice(chunk);
-        buf.write32(4 * i, u32::from_le_bytes(dword));
-    }
+    buf.write_bytes(0, &wrapper);
     let segment = [Segment {
         phys: buf.phys(),
         len: CBW_SIZE,
