@@ -564,6 +564,24 @@ where
             return;
         };
         let (dir, frontend_dir, ours) = (dev.dir.clone(), dev.frontend_dir.clone(), dev.state);
+        // A destroyed domain's xenstore directory goes with it, and nobody else removes a
+        // backend directory the toolstack did not create through libxl: take everything back
+        // from the frontend and delete our directory ourselves. The toolstack made the
+        // frontend directory readable to us, so EACCES means it is gone too (xenstored
+        // answers EACCES for a missing node whose nearest ancestor we cannot read).
+        if matches!(
+            self.xs.read(TxId::NONE, &frontend_dir),
+            Err(XsError::Xs(
+                xen::abi::xs_wire::XsdError::Enoent | xen::abi::xs_wire::XsdError::Eacces
+            ))
+        ) {
+            self.forget(id, "frontend_gone", host);
+            // After the teardown, whose state writes would recreate it.
+            if let Err(e) = self.xs.rm(TxId::NONE, &dir) {
+                warn!("event=xenstore_error op=rm path={dir} error={e}");
+            }
+            return;
+        }
         // libxl removes a device by writing our state to Closing (and online to 0).
         let written = xenbus::read_state(&mut self.xs, TxId::NONE, &dir).ok();
         if written == Some(XenbusState::Closing)
@@ -766,8 +784,10 @@ where
                 .xs
                 .unwatch(&format!("{}/state", dev.frontend_dir), &dev.watch_token);
             info!(
-                "event=vusb_removed domid={} devid={} reason={why}",
-                id.frontend, id.devid
+                "event=vusb_removed domid={} devid={} reason={why} grants_mapped={}",
+                id.frontend,
+                id.devid,
+                self.hv.mapped()
             );
         }
     }

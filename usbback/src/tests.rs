@@ -1231,6 +1231,35 @@ fn a_frontend_domain_destroyed_mid_transfer_is_cleaned_up() {
 }
 
 #[test]
+fn a_destroyed_frontend_whose_directory_went_gets_its_backend_directory_removed() {
+    // `xl destroy` deletes the guest's /local/domain/<id> only: libxl does not know a
+    // controller usbctl created, so the backend directory is ours to remove.
+    let mut r = rig();
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    settle(&mut r.w.be, &mut r.host);
+    r.host.hold = true;
+    let b = buffer(&r.w.fe, r.be, 0, &[0; 4096], false);
+    let read = with_buffer(urb(1, 1, 0, 1, Direction::In, TransferType::Bulk), &b);
+    send(&r.w.fe, &mut r.front, &[read]);
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(r.w.be.in_flight(), 1);
+    r.w.xen.destroy_domain(r.fe);
+    let mut d0 = r.w.xen.dom0().xenstore();
+    d0.rm(TxId::NONE, &format!("/local/domain/{}", r.fe))
+        .unwrap();
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(r.w.be.in_flight(), 0);
+    assert!(r.host.held.is_empty(), "the transfer was taken back");
+    assert_eq!(r.w.be.hypervisor().mappings(), 0, "no grant left mapped");
+    assert_eq!(r.w.be.devices().count(), 0);
+    assert_eq!(
+        d0.read(TxId::NONE, &bdir(r.be, r.fe)).map(|_| ()),
+        Err(XsError::Xs(XsdError::Enoent)),
+        "the backend removed its directory"
+    );
+}
+
+#[test]
 fn isochronous_results_land_in_the_frontends_packet_descriptors() {
     let mut r = rig();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");

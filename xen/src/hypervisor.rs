@@ -101,6 +101,10 @@ pub trait GrantMapper {
     fn unmap<I>(&mut self, mappings: I) -> Result<(), GntStatus>
     where
         I: IntoIterator<Item = GrantMapping<Self::Page>>;
+
+    /// How many grants are mapped now, from every granter: what must come back to zero
+    /// when the last frontend is gone.
+    fn mapped(&self) -> usize;
 }
 
 /// The granting side of grant tables, as a frontend uses it: pages of our own memory offered

@@ -414,6 +414,10 @@ impl GrantWindow {
         None
     }
 
+    fn in_use(&self) -> usize {
+        self.used.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
     fn give_back(&mut self, addr: u64) {
         let slot = (addr - self.base) / PAGE_SIZE as u64;
         self.used[(slot / 64) as usize] &= !(1 << (slot % 64));
@@ -510,6 +514,10 @@ impl GrantMapper for Xen {
             }
         }
         first
+    }
+
+    fn mapped(&self) -> usize {
+        self.window.in_use()
     }
 }
 

@@ -452,6 +452,10 @@ impl GrantMapper for Domain {
             first_error
         })
     }
+
+    fn mapped(&self) -> usize {
+        self.mappings()
+    }
 }
 
 impl GrantCopier for Domain {
