@@ -37,55 +37,118 @@ xen-init-dom0 || fail "xen-init-dom0"
 xenconsoled --log=guest --log-dir=/var/log/xen/console || fail "xenconsoled"
 mark "phase=xen_tools_up"
 
-# The driver domain, HVM, with the xHCI controller passed through.
+# usbdom.mode= on dom0's command line: test (the scenario below), bench (tests/e2e/bench.sh)
+# or shell (`cargo xtask run --xen`: the scenario's first half, then a shell on the console).
+mode=$(sed -n 's/.*usbdom\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 xhci=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1; exit}')
 [ -n "$xhci" ] || fail "no_xhci_in_dom0"
-xl pci-assignable-add "$xhci" || fail "pci_assignable_add"
-sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|0000:00:05.0|$xhci|" \
-    -e "s|^extra = .*|extra = \"loglevel=debug\"|" /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
-mark "phase=usbdom_create xhci=$xhci"
-xl create /tmp/usbdom.cfg || fail "xl_create_usbdom"
-wait_for /var/log/xen/usbdom-serial.log "event=ready" 90 || fail "usbdom_not_ready"
-mark "phase=usbdom_ready"
+# The driver domain, HVM, with the xHCI controller passed through.
+create_usbdom() {
+  xl pci-assignable-add "$xhci" || fail "pci_assignable_add"
+  sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|0000:00:05.0|$xhci|" \
+      -e "s|^extra = .*|extra = \"loglevel=${1:-debug}\"|" /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
+  mark "phase=usbdom_create xhci=$xhci"
+  xl create /tmp/usbdom.cfg || fail "xl_create_usbdom"
+  wait_for /var/log/xen/usbdom-serial.log "event=ready" 90 || fail "usbdom_not_ready"
+  mark "phase=usbdom_ready"
+}
+if [ "$mode" = bench ]; then
+  . /e2e/bench.sh
+  finish
+fi
+create_usbdom
 
-# A Linux guest with the PVUSB frontend, then a virtual controller served by usbdom.
-xl create /e2e/xen-cfg/guest-pvh.cfg || fail "xl_create_guest"
-glog=/var/log/xen/console/guest-guest.log
-wait_for "$glog" "guest: ready" 120 || fail "guest_not_ready"
+# Two Linux guests with the PVUSB frontend, each with a virtual controller served by usbdom:
+# the stick goes to guest-a, the keyboard to guest-b.
+ulog=/var/log/xen/usbdom-serial.log
+alog=/var/log/xen/console/guest-guest-a.log
+blog=/var/log/xen/console/guest-guest-b.log
+for g in guest-a guest-b; do
+  sed -e "s|^name = .*|name = \"$g\"|" /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$g.cfg"
+  xl create "/tmp/$g.cfg" || fail "xl_create_$g"
+done
+wait_for "$alog" "guest: ready" 120 || fail "guest_a_not_ready"
+wait_for "$blog" "guest: ready" 120 || fail "guest_b_not_ready"
 mark "phase=guest_ready"
-usbctl hc-create guest 2 8 || fail "hc_create"
-mark "phase=hc_created"
-wait_for /var/log/xen/usbdom-serial.log "event=frontend_connected" 60 || fail "frontend_not_connected"
-mark "phase=frontend_connected"
-wait_for "$glog" "guest: hc usb[0-9]* ports=8" 60 || fail "guest_hc_missing"
-mark "phase=guest_hc_registered"
-usbctl list guest | sed 's|^|usbctl-list: |'
-usbctl list-assignable-devices | sed 's|^|ASSIGNABLE |'
-# Devices through usbdom to the guest's own xen-hcd: the keyboard (high speed) and the
-# stick (SuperSpeed on the host, offered as high speed with its descriptors rewritten).
-usbctl attach guest 0 1 1-2 || fail "attach_keyboard"
-usbctl attach guest 0 2 2-1 || fail "attach_stick"
-wait_for "$glog" "guest: usbdev .* vid=0627 pid=0001" 60 || fail "guest_no_keyboard"
-mark "phase=guest_keyboard"
-wait_for "$glog" "guest: usbdev .* vid=46f4 pid=0001" 60 || fail "guest_no_stick"
-mark "phase=guest_stick"
-usbctl list-assignable-devices | sed 's|^|ASSIGNED |'
-# Data through usbdom: the guest's usb-storage and sd drivers read the stick's first 16 MiB.
-wait_for "$glog" "guest: sda sha256=" 120 || fail "guest_no_disk"
-wait_for "$glog" "guest: sda wrote=" 60 || fail "guest_no_write"
-mark "phase=guest_disk"
-# The devices leave before their controller, as libxl removes usbdevs first: Linux's
-# xen-hcd cannot finish a device's URBs once its backend is gone.
-usbctl detach guest 0 1 || fail "detach_keyboard"
-usbctl detach guest 0 2 || fail "detach_stick"
-wait_for "$glog" "usb 1-2: USB disconnect" 30 || fail "guest_no_disconnect"
-mark "phase=guest_detached"
+a_id=$(xl domid guest-a)
+b_id=$(xl domid guest-b)
 usbdom_id=$(xl domid usbdom)
-guest_id=$(xl domid guest)
-usbctl hc-destroy guest 0 || fail "hc_destroy"
-xenstore-exists "/local/domain/$usbdom_id/backend/vusb/$guest_id/0" && fail "backend_dir_left"
-xenstore-exists "/local/domain/$guest_id/device/vusb/0" && fail "frontend_dir_left"
-wait_for /var/log/xen/usbdom-serial.log "event=vusb_removed" 30 || fail "usbdom_did_not_remove"
+mark "phase=domains usbdom=$usbdom_id guest_a=$a_id guest_b=$b_id"
+usbctl hc-create guest-a 2 8 || fail "hc_create_a"
+usbctl hc-create guest-b 2 8 || fail "hc_create_b"
+mark "phase=hc_created"
+wait_for "$ulog" "event=frontend_connected domid=$a_id " 60 || fail "frontend_a_not_connected"
+wait_for "$ulog" "event=frontend_connected domid=$b_id " 60 || fail "frontend_b_not_connected"
+mark "phase=frontend_connected"
+wait_for "$alog" "guest: hc usb[0-9]* ports=8" 60 || fail "guest_a_hc_missing"
+wait_for "$blog" "guest: hc usb[0-9]* ports=8" 60 || fail "guest_b_hc_missing"
+mark "phase=guest_hc_registered"
+usbctl list guest-a | sed 's|^|usbctl-list: |'
+usbctl list-assignable-devices | sed 's|^|ASSIGNABLE |'
+# The stick is SuperSpeed on the host (offered as high speed with its descriptors
+# rewritten); the keyboard is high speed.
+usbctl attach guest-a 0 1 2-1 || fail "attach_stick"
+usbctl attach guest-b 0 1 1-2 || fail "attach_keyboard"
+wait_for "$alog" "guest: usbdev .* vid=46f4 pid=0001" 60 || fail "guest_no_stick"
+mark "phase=guest_stick"
+wait_for "$blog" "guest: usbdev .* vid=0627 pid=0001" 60 || fail "guest_no_keyboard"
+mark "phase=guest_keyboard"
+usbctl list-assignable-devices | sed 's|^|ASSIGNED |'
+# Data through usbdom: guest-a's usb-storage and sd drivers read the stick's first 16 MiB,
+# then write.
+wait_for "$alog" "guest: sda sha256=.* round=1" 120 || fail "guest_no_disk"
+wait_for "$alog" "guest: sda wrote=" 60 || fail "guest_no_write"
+mark "phase=guest_disk"
+
+# Keys typed on the host's keyboard (the outer QEMU's QMP) reach guest-b's evdev, in order.
+wait_for "$blog" "guest: kbd listening" 60 || fail "guest_b_not_listening"
+mark "want=keys_abc"
+wait_for "$blog" "guest: keys 30:1 30:0 48:1 48:0 46:1 46:0 " 60 || fail "guest_b_no_keys"
+mark "phase=keys_typed"
+
+# The stick pulled out on the host (QMP device_del) and put back (device_add): guest-a sees
+# it go and come back on the same port, as the assignment waits for its bus id.
+mark "want=unplug"
+wait_for "$alog" "USB disconnect" 60 || fail "guest_a_no_disconnect"
+wait_for "$ulog" "event=port_disconnected domid=$a_id devid=0 port=1 busid=2-1 reason=unplugged" 30 || fail "usbdom_no_unplug"
+wait_for "$alog" "guest: sda gone" 30 || fail "guest_a_sda_stays"
+mark "phase=unplugged"
+usbctl list guest-a | sed 's|^|usbctl-list-unplugged: |'
+mark "want=replug"
+wait_for "$alog" "guest: sda sha256=.* round=2" 120 || fail "guest_a_no_disk_after_replug"
+mark "phase=replugged"
+
+# guest-a destroyed in the middle of a read: usbdom takes its transfers back, unmaps its
+# grants and removes the controller's directory; the domain is then really gone (no
+# mapping keeps it dying), and guest-b's keyboard still works.
+wait_for "$alog" "guest: sda reading" 30 || fail "guest_a_not_reading"
+sleep 3
+mark "phase=destroying_guest_a"
+xl destroy guest-a || fail "xl_destroy_guest_a"
+wait_for "$ulog" "event=vusb_removed domid=$a_id devid=0 reason=frontend_gone" 30 || fail "usbdom_kept_guest_a"
+i=0
+while xenstore-exists "/local/domain/$usbdom_id/backend/vusb/$a_id"; do
+  i=$((i + 1)); [ $i -lt 30 ] || fail "backend_dir_of_guest_a_left"; sleep 1
+done
+i=0
+while xl list | awk 'NR > 1 {print $1}' | grep -qE '^(guest-a|\(null\))$'; do
+  i=$((i + 1)); [ $i -lt 30 ] || { xl list | sed 's|^|xl-list: |'; fail "guest_a_still_dying"; }; sleep 1
+done
+mark "phase=guest_a_gone"
+xl list | sed 's|^|xl-list: |'
+mark "want=keys_de"
+wait_for "$blog" "guest: keys 30:1 30:0 48:1 48:0 46:1 46:0 32:1 32:0 18:1 18:0 " 60 || fail "guest_b_no_keys_after"
+mark "phase=keys_after_destroy"
+
+# The device leaves before its controller, as libxl removes usbdevs first: Linux's xen-hcd
+# cannot finish a device's URBs once its backend is gone.
+usbctl detach guest-b 0 1 || fail "detach_keyboard"
+wait_for "$blog" "usb 1-1: USB disconnect" 30 || fail "guest_b_no_disconnect"
+mark "phase=guest_detached"
+usbctl hc-destroy guest-b 0 || fail "hc_destroy"
+xenstore-exists "/local/domain/$usbdom_id/backend/vusb/$b_id/0" && fail "backend_dir_left"
+xenstore-exists "/local/domain/$b_id/device/vusb/0" && fail "frontend_dir_left"
+wait_for "$ulog" "event=vusb_removed domid=$b_id " 30 || fail "usbdom_did_not_remove"
 mark "phase=hc_destroyed"
 
 # The same image as a PVH domU: no passthrough there, but it serves xenstore and PVUSB.
@@ -94,11 +157,11 @@ xl create /tmp/usbdom-pvh.cfg || fail "xl_create_usbdom_pvh"
 plog=/var/log/xen/console/guest-usbdom-pvh.log
 wait_for "$plog" "event=ready" 90 || fail "usbdom_pvh_not_ready"
 mark "phase=usbdom_pvh_ready"
-usbctl --backend usbdom-pvh hc-create guest 1 4 || fail "hc_create_pvh"
+usbctl --backend usbdom-pvh hc-create guest-b 1 4 || fail "hc_create_pvh"
 wait_for "$plog" "event=frontend_connected" 60 || fail "pvh_frontend_not_connected"
-wait_for "$glog" "guest: hc usb[0-9]* ports=4" 60 || fail "pvh_guest_hc_missing"
+wait_for "$blog" "guest: hc usb[0-9]* ports=4" 60 || fail "pvh_guest_hc_missing"
 mark "phase=pvh_frontend_connected"
-usbctl hc-destroy guest 0 || fail "hc_destroy_pvh"
+usbctl hc-destroy guest-b 0 || fail "hc_destroy_pvh"
 mark "phase=pvh_hc_destroyed"
 
 mark "result=pass"

@@ -22,8 +22,35 @@ for m in $(cat /lib/modules/order); do
   insmod "$f" 2>/dev/null || echo "guest: failed to load $m"
 done
 echo "guest: ready"
-# The stick, once: its first 16 MiB hashed, then a pattern written.
-disk_done=
+# The benchmark (`usbdom_bench=<MiB>` on the command line): rounds of direct-I/O reads and
+# writes of the stick, each timed by dd, then nothing else.
+bench=$(sed -n 's/.*usbdom_bench=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$bench" ]; then
+  i=0
+  while [ ! -b /dev/sda ] && [ $i -lt 300 ]; do sleep 1; i=$((i + 1)); done
+  [ -b /dev/sda ] || echo "guest: bench error=no_disk"
+  seconds() { awk '/copied/ {for (i = 2; i <= NF; i++) if ($i ~ /^seconds/) print $(i - 1)}'; }
+  for round in 1 2 3; do
+    [ -b /dev/sda ] || break
+    s=$(dd if=/dev/sda of=/dev/null bs=1M count="$bench" iflag=direct 2>&1 | seconds)
+    echo "guest: bench op=read round=$round bytes=$((bench << 20)) seconds=$s"
+    # Written after the first 64 MiB, which the end-to-end test's data lives in.
+    s=$(dd if=/dev/zero of=/dev/sda bs=1M count="$bench" seek=64 oflag=direct conv=fsync 2>&1 | seconds)
+    echo "guest: bench op=write round=$round bytes=$((bench << 20)) seconds=$s"
+  done
+  echo "guest: bench done"
+  exec sleep 100000
+fi
+# What each device does once it is here (the same init runs in every guest):
+# - a stick (/dev/sda): each time it appears its first 16 MiB are hashed; the first time a
+#   pattern is written at 32 MiB, the second time (after a replug) it is read on and on
+#   (the host destroys this guest during such a read);
+# - a keyboard: its evdev device is opened (usbhid polls only an opened device) and the
+#   EV_KEY events read from it are printed as code:value, repeats left out.
+disk_round=0
+disk_present=
+keys_file=
+keys_seen=
 while true; do
   for hc in /sys/bus/usb/devices/usb*; do
     [ -e "$hc/maxchild" ] && echo "guest: hc $(basename "$hc") ports=$(cat "$hc/maxchild") product=\"$(cat "$hc/product" 2>/dev/null)\""
@@ -34,16 +61,49 @@ while true; do
     [ -e "$d/idVendor" ] || continue
     echo "guest: usbdev $(basename "$d") vid=$(cat "$d/idVendor") pid=$(cat "$d/idProduct") speed=$(cat "$d/speed") config=$(cat "$d/bConfigurationValue" 2>/dev/null) product=\"$(cat "$d/product" 2>/dev/null)\""
   done
-  if [ -z "$disk_done" ] && [ -b /dev/sda ]; then
-    disk_done=1
-    sum=$(dd if=/dev/sda bs=1M count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
-    echo "guest: sda sha256=$sum"
-    # A pattern written at 32 MiB, for the host to find in the image after the run.
-    printf 'usbdom-e2e-written-by-the-guest' > /tmp/pattern
-    if dd if=/tmp/pattern of=/dev/sda bs=512 seek=65536 conv=notrunc 2>/tmp/dd.err && sync; then
-      echo "guest: sda wrote=ok"
-    else
-      echo "guest: sda wrote=failed $(cat /tmp/dd.err)"
+  if [ -b /dev/sda ]; then
+    if [ -z "$disk_present" ]; then
+      disk_present=1
+      disk_round=$((disk_round + 1))
+      sum=$(dd if=/dev/sda bs=1M count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
+      echo "guest: sda sha256=$sum round=$disk_round"
+      if [ "$disk_round" = 1 ]; then
+        # A pattern written at 32 MiB, for the host to find in the image after the run.
+        printf 'usbdom-e2e-written-by-the-guest' > /tmp/pattern
+        if dd if=/tmp/pattern of=/dev/sda bs=512 seek=65536 conv=notrunc 2>/tmp/dd.err && sync; then
+          echo "guest: sda wrote=ok"
+        else
+          echo "guest: sda wrote=failed $(cat /tmp/dd.err)"
+        fi
+      else
+        (while [ -b /dev/sda ]; do
+           echo 3 > /proc/sys/vm/drop_caches
+           dd if=/dev/sda of=/dev/null bs=1M count=16 2>/dev/null
+         done) &
+        echo "guest: sda reading"
+      fi
+    fi
+  elif [ -n "$disk_present" ]; then
+    disk_present=
+    echo "guest: sda gone"
+  fi
+  if [ -z "$keys_file" ]; then
+    for e in /sys/class/input/event*; do
+      grep -q "Keyboard" "$e/device/name" 2>/dev/null || continue
+      keys_file=/tmp/keys
+      cat "/dev/input/$(basename "$e")" > "$keys_file" &
+      echo "guest: kbd listening $(basename "$e") name=\"$(cat "$e/device/name")\""
+      break
+    done
+  fi
+  if [ -n "$keys_file" ]; then
+    # struct input_event on x86-64: 16 bytes of time, then type, code (u16) and value
+    # (s32): 12 u16 words per event.
+    keys=$(od -An -v -tu2 "$keys_file" | awk '{for (i = 1; i <= NF; i++) w[n++] = $i}
+      END {for (i = 0; i + 11 < n; i += 12) if (w[i+8] == 1 && w[i+10] != 2) printf "%d:%d ", w[i+9], w[i+10]}')
+    if [ -n "$keys" ] && [ "$keys" != "$keys_seen" ]; then
+      keys_seen=$keys
+      echo "guest: keys $keys"
     fi
   fi
   sleep 1

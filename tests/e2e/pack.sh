@@ -11,6 +11,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/e2e/xen-cfg" "$stage/boot"
 install -m 0755 "$here/dom0-init.sh" "$stage/init"
+cp "$here/bench.sh" "$stage/e2e/bench.sh"
 cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
@@ -23,6 +24,9 @@ cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$guest/lib/modules/"
 install -m 0755 "$here/guest-init.sh" "$guest/init"
 (cd "$guest" && find . | cpio -o -H newc --quiet) > "$stage/boot/guest-initrd.img"
 rm -rf "$guest"
+# dom0 drives the controller itself while the benchmark measures QEMU's qusb backend.
+mkdir -p "$stage/e2e/mods"
+cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache"/guestmods/xhci-*.ko* "$stage/e2e/mods/"
 if [ -n "${USBCTL:-}" ]; then mkdir -p "$stage/usr/local/bin"; cp "$USBCTL" "$stage/usr/local/bin/usbctl"; fi
 (cd "$stage" && find . | cpio -o -H newc --quiet) > "$out.extra"
 cat "$cache/dom0-base.cpio" "$out.extra" > "$out"

@@ -6,7 +6,7 @@
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
 #   xen-hcd.ko     Linux's PVUSB frontend (frontend-linux/build-xen-hcd.sh)
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
-#   guestmods/     the guest's SCSI disk, usb-storage, HID and evdev modules, with their order
+#   guestmods/     the guest's SCSI disk, usb-storage, HID, evdev and xHCI modules, in order
 # Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
 set -euo pipefail
 cache=${1:?cache dir}
@@ -47,10 +47,12 @@ if [ ! -f vmlinuz ]; then
 fi
 
 # The guest's modules beyond the USB core, in the order insmod needs them: SCSI disks over
-# usb-storage, and the HID keyboard with its evdev device.
+# usb-storage, the HID keyboard with its evdev device, and the xHCI driver (for the
+# benchmark's guest that has the controller passed through, and for dom0 serving qusb).
 guest_modules="scsi_common scsi_mod crct10dif_common crct10dif_generic crc-t10dif crc64 \
-  crc64-rocksoft crc64_rocksoft_generic t10-pi sd_mod usb-storage hid usbhid hid-generic evdev"
-if [ ! -f guestmods/.done ]; then
+  crc64-rocksoft crc64_rocksoft_generic t10-pi sd_mod usb-storage hid usbhid hid-generic evdev \
+  xhci-hcd xhci-pci"
+if [ "$(cat guestmods/order 2>/dev/null)" != "$guest_modules" ]; then
   log "taking the guest's storage and HID modules from the kernel package"
   [ -f "debs/linux-image-${kver}_"*.deb ] 2>/dev/null || \
     (cd debs && apt-get download -q "linux-image-$kver" >&2)
@@ -61,9 +63,8 @@ if [ ! -f guestmods/.done ]; then
     [ -n "$f" ] || { echo "prepare: no module $m in linux-image-$kver" >&2; exit 1; }
     cp "$f" guestmods/
   done
-  echo "$guest_modules" > guestmods/order
   rm -rf gm
-  touch guestmods/.done
+  echo "$guest_modules" > guestmods/order
 fi
 
 if [ ! -f xen-hcd.ko ]; then

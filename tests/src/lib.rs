@@ -295,3 +295,70 @@ pub fn qmp(socket: &Path, commands: &[&str]) {
         }
     }
 }
+
+/// The machine of the end-to-end run: Xen 4.17 with a Debian dom0 inside QEMU (TCG), the xHCI
+/// controller with a USB stick on port 1, a keyboard on port 2 and a hub on port 3.
+/// `cargo xtask e2e` prepares the files and passes them in `USBDOM_E2E_*`.
+pub struct NestedXen {
+    /// Xen, a multiboot ELF.
+    pub xen: String,
+    /// dom0's (and the guests') Linux kernel.
+    pub kernel: String,
+    /// dom0's initramfs, with the scenario (`tests/e2e/dom0-init.sh`).
+    pub initrd: String,
+    /// The stick's raw image.
+    pub stick: String,
+}
+
+impl NestedXen {
+    /// The files named by `USBDOM_E2E_XEN`, `_KERNEL`, `_INITRD` and `_STICK`.
+    pub fn from_env() -> NestedXen {
+        let var = |v: &str| {
+            std::env::var(v).unwrap_or_else(|_| panic!("{v} is not set: run `cargo xtask e2e`"))
+        };
+        NestedXen {
+            xen: var("USBDOM_E2E_XEN"),
+            kernel: var("USBDOM_E2E_KERNEL"),
+            initrd: var("USBDOM_E2E_INITRD"),
+            stick: var("USBDOM_E2E_STICK"),
+        }
+    }
+
+    /// QEMU's arguments. `dom0_args` go on dom0's kernel command line (`usbdom.mode=…` picks
+    /// the scenario); `qmp` is a socket for the host's own actions (keys, unplugging).
+    ///
+    /// The outer machine of ../shared/docs/xen-in-qemu.md: q35, an IOMMU for passthrough,
+    /// `max,-smap` (plain max crashes the PV dom0), the xHCI away from 00:02.0. No i8042:
+    /// QMP's key events go to the first keyboard QEMU has, which must be the USB one.
+    pub fn args(&self, dom0_args: &str, qmp: Option<&Path>) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "-M", "q35,i8042=off", "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-smap",
+            "-smp", "2", "-m", "2560", "-display", "none", "-nodefaults", "-no-reboot",
+            "-device", "intel-iommu,intremap=on", "-device", "qemu-xhci,id=xhci,addr=0x5",
+            "-device", "usb-storage,bus=xhci.0,port=1,drive=usbdisk,id=stick",
+            "-device", "usb-kbd,bus=xhci.0,port=2,id=kbd",
+            "-device", "usb-hub,bus=xhci.0,port=3",
+            "-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([
+            "-drive".into(),
+            format!("if=none,id=usbdisk,file={},format=raw", self.stick),
+            "-kernel".into(),
+            self.xen.clone(),
+            "-initrd".into(),
+            format!(
+                "{} console=hvc0 loglevel=6 rdinit=/init {dom0_args},{}",
+                self.kernel, self.initrd
+            ),
+        ]);
+        if let Some(socket) = qmp {
+            args.extend([
+                "-qmp".into(),
+                format!("unix:{},server=on,wait=off", socket.display()),
+            ]);
+        }
+        args
+    }
+}

@@ -7,39 +7,63 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use usbdom_tests::{field, run_qemu};
-
-fn artefact(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run `cargo xtask e2e`"))
-}
+use usbdom_tests::{field, qmp, run_qemu, NestedXen};
 
 #[test]
 #[ignore = "needs the e2e artefacts: cargo xtask e2e"]
 fn xen_end_to_end() {
-    let (xen, kernel, initrd, stick_image) = (
-        artefact("USBDOM_E2E_XEN"),
-        artefact("USBDOM_E2E_KERNEL"),
-        artefact("USBDOM_E2E_INITRD"),
-        artefact("USBDOM_E2E_STICK"),
-    );
-    // The outer machine of ../shared/docs/xen-in-qemu.md: q35, an IOMMU for passthrough,
-    // `max,-smap` (plain max crashes the PV dom0), the xHCI away from 00:02.0.
-    let args: Vec<String> = [
-        "-M", "q35", "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-smap", "-smp", "2",
-        "-m", "2048", "-display", "none", "-nodefaults", "-no-reboot", "-serial", "stdio",
-        "-device", "intel-iommu,intremap=on", "-device", "qemu-xhci,id=xhci,addr=0x5",
-        "-drive", &format!("if=none,id=usbdisk,file={stick_image},format=raw"),
-        "-device", "usb-storage,bus=xhci.0,drive=usbdisk",
-        "-device", "usb-kbd,bus=xhci.0", "-device", "usb-hub,bus=xhci.0,port=3",
-        "-kernel", &xen,
-        "-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot",
-        "-initrd", &format!("{kernel} console=hvc0 loglevel=6 rdinit=/init,{initrd}"),
-    ]
-    .map(String::from)
-    .to_vec();
+    let machine = NestedXen::from_env();
+    let stick_image = machine.stick.clone();
+    let socket = std::env::temp_dir().join(format!("usbdom-e2e-{}.qmp", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let mut args = machine.args("usbdom.mode=test", Some(&socket));
+    args.extend(["-serial".into(), "stdio".into()]);
+    // dom0's scenario asks for what only the host can do: `E2E: want=<what>`.
+    let keys = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .flat_map(|k| [true, false].map(|down| (k, down)))
+            .map(|(k, down)| {
+                format!(
+                    r#"{{"execute":"input-send-event","arguments":{{"events":[{{"type":"key","data":{{"down":{down},"key":{{"type":"qcode","data":"{k}"}}}}}}]}}}}"#
+                )
+            })
+            .collect()
+    };
+    let host_action = |what: &str| match what {
+        "keys_abc" | "keys_de" => {
+            let names: &[&str] = if what == "keys_abc" {
+                &["a", "b", "c"]
+            } else {
+                &["d", "e"]
+            };
+            for k in keys(names) {
+                qmp(&socket, &[&k]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        "unplug" => qmp(
+            &socket,
+            &[r#"{"execute":"device_del","arguments":{"id":"stick"}}"#],
+        ),
+        "replug" => qmp(
+            &socket,
+            &[
+                &format!(
+                    r#"{{"execute":"blockdev-add","arguments":{{"driver":"raw","node-name":"usbdisk2","file":{{"driver":"file","filename":"{stick_image}"}}}}}}"#
+                ),
+                r#"{"execute":"device_add","arguments":{"driver":"usb-storage","bus":"xhci.0","port":"1","drive":"usbdisk2","id":"stick2"}}"#,
+            ],
+        ),
+        other => panic!("dom0 asked for {other}"),
+    };
     let run = run_qemu(&args, Duration::from_secs(20 * 60), |l| {
+        if let Some(what) = l.strip_prefix("E2E: want=") {
+            host_action(what.split_whitespace().next().unwrap_or(""));
+        }
         l.starts_with("E2E: done")
     });
+    let _ = std::fs::remove_file(&socket);
     let marks: Vec<(Duration, &str)> = run
         .lines
         .iter()
@@ -62,16 +86,22 @@ fn xen_end_to_end() {
             println!("usbdom-pvh| {l}");
         }
     }
-    let guest: Vec<&str> = run
-        .lines
-        .iter()
-        .filter_map(|(_, l)| l.strip_prefix("LOG guest-guest.log: "))
-        .collect();
-    for l in guest
-        .iter()
-        .filter(|l| l.contains("guest:") || l.contains("xen_hcd") || l.contains("usb"))
-    {
-        println!("guest | {l}");
+    let guest_log = |name: &str| -> Vec<&str> {
+        let prefix = format!("LOG guest-{name}.log: ");
+        run.lines
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix(prefix.as_str()))
+            .collect()
+    };
+    let (guest_a, guest_b) = (guest_log("guest-a"), guest_log("guest-b"));
+    for (name, log) in [("a", &guest_a), ("b", &guest_b)] {
+        for l in log
+            .iter()
+            .filter(|l| l.contains("guest:") || l.contains("xen_hcd") || l.contains("usb"))
+            .filter(|l| !l.contains("guest: hc ") && !l.contains("guest: usbdev "))
+        {
+            println!("guest-{name}| {l}");
+        }
     }
     let usbdom_event = |name: &str| {
         usbdom
@@ -142,46 +172,52 @@ fn xen_end_to_end() {
             (field(connected, "ports"), field(connected, "usb_ver")),
             (Some("8"), Some("2"))
         );
-        let hc = guest
-            .iter()
-            .find(|l| l.contains("guest: hc "))
-            .expect("the guest registered a controller");
-        assert_eq!(field(hc, "ports"), Some("8"));
-        // The guest's own xen-hcd enumerated both devices through usbdom: descriptors,
+        for (name, log) in [("guest-a", &guest_a), ("guest-b", &guest_b)] {
+            let hc = log
+                .iter()
+                .find(|l| l.contains("guest: hc "))
+                .unwrap_or_else(|| panic!("{name} registered a controller"));
+            assert_eq!(field(hc, "ports"), Some("8"), "{name}: {hc}");
+        }
+        // Each guest's own xen-hcd enumerated its device through usbdom: descriptors,
         // SET_ADDRESS and SET_CONFIGURATION over the rings, the stick's SuperSpeed
         // descriptors rewritten so Linux takes it as a high-speed device.
         for p in ["guest_keyboard", "guest_stick"] {
             assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
         }
-        let usbdev = |vid: &str| {
-            guest
+        let usbdev = |log: &[&'_ str], vid: &str| -> String {
+            log.iter()
+                .find(|l| l.contains("guest: usbdev ") && field(l, "vid") == Some(vid))
+                .unwrap_or_else(|| panic!("no device {vid} in the guest"))
+                .to_string()
+        };
+        let kbd = usbdev(&guest_b, "0627");
+        println!("e2e: guest-b {kbd}");
+        assert_eq!(field(&kbd, "config"), Some("1"), "{kbd}");
+        let stick = usbdev(&guest_a, "46f4");
+        println!("e2e: guest-a {stick}");
+        assert_eq!(field(&stick, "speed"), Some("480"), "{stick}");
+        assert_eq!(field(&stick, "config"), Some("1"), "{stick}");
+        for (g, log, other) in [("guest-a", &guest_a, "0627"), ("guest-b", &guest_b, "46f4")] {
+            assert!(
+                !log.iter()
+                    .any(|l| l.contains("guest: usbdev ") && field(l, "vid") == Some(other)),
+                "{g} sees only its own device"
+            );
+        }
+        let connects = |busid: &str| -> Vec<&str> {
+            usbdom
                 .iter()
                 .copied()
-                .find(|l| l.contains("guest: usbdev ") && field(l, "vid") == Some(vid))
-                .unwrap_or_else(|| panic!("the guest has no device {vid}"))
+                .filter(|l| l.contains("event=port_connected") && field(l, "busid") == Some(busid))
+                .collect()
         };
-        let kbd = usbdev("0627");
-        println!("e2e: {kbd}");
-        assert_eq!(field(kbd, "config"), Some("1"), "{kbd}");
-        let stick = usbdev("46f4");
-        println!("e2e: {stick}");
-        assert_eq!(field(stick, "speed"), Some("480"), "{stick}");
-        assert_eq!(field(stick, "config"), Some("1"), "{stick}");
-        for busid in ["1-2", "2-1"] {
-            let connected = usbdom
-                .iter()
-                .find(|l| l.contains("event=port_connected") && field(l, "busid") == Some(busid))
-                .unwrap_or_else(|| panic!("usbdom connected {busid}"));
-            assert_eq!(field(connected, "reported_speed"), Some("3"), "{connected}");
+        for c in connects("1-2").iter().chain(&connects("2-1")) {
+            assert_eq!(field(c, "reported_speed"), Some("3"), "{c}");
         }
-        // The stick's data through usbdom: the guest's hash of its first 16 MiB is the host
-        // image's (the guest writes only further on).
+        // The stick's data through usbdom: guest-a's hash of its first 16 MiB is the host
+        // image's (the guest writes only further on), before and after the replug.
         assert!(phases.contains(&"guest_disk"), "phases: {phases:?}");
-        let sum = guest
-            .iter()
-            .find_map(|l| l.split("guest: sda sha256=").nth(1))
-            .expect("the guest hashed the stick")
-            .trim();
         let image = std::fs::read(&stick_image).unwrap();
         let host_sum = Command::new("sha256sum")
             .stdin(std::process::Stdio::piped())
@@ -193,11 +229,20 @@ fn xen_end_to_end() {
                 c.wait_with_output()
             })
             .unwrap();
-        let host_sum = String::from_utf8_lossy(&host_sum.stdout);
-        println!("e2e: guest sha256={sum} host sha256={}", &host_sum[..64]);
-        assert_eq!(sum, &host_sum[..64], "the guest read the stick's bytes");
+        let host_sum = String::from_utf8_lossy(&host_sum.stdout)[..64].to_string();
+        let sums: Vec<(&str, &str)> = guest_a
+            .iter()
+            .filter_map(|l| l.split("guest: sda sha256=").nth(1))
+            .map(|l| (&l[..64.min(l.len())], field(l, "round").unwrap_or("?")))
+            .collect();
+        println!("e2e: guest-a sums {sums:?}, host sha256={host_sum}");
+        assert_eq!(
+            sums,
+            [(host_sum.as_str(), "1"), (host_sum.as_str(), "2")],
+            "guest-a read the stick's bytes, before and after the replug"
+        );
         // And what the guest wrote through usbdom is in the host image.
-        let wrote = guest
+        let wrote = guest_a
             .iter()
             .find(|l| l.contains("guest: sda wrote="))
             .expect("the guest wrote");
@@ -215,10 +260,77 @@ fn xen_end_to_end() {
             .filter_map(|(_, l)| l.strip_prefix("ASSIGNED "))
             .collect();
         assert_eq!(assigned.len(), 2, "{assigned:?}");
+
+        // Keys typed into the outer QEMU reached guest-b's evdev in order, before and after
+        // guest-a was destroyed (a=30 b=48 c=46 d=32 e=18, down 1 then up 0).
+        for p in ["keys_typed", "keys_after_destroy"] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
+        let keys = guest_b
+            .iter()
+            .filter_map(|l| l.split("guest: keys ").nth(1))
+            .next_back()
+            .expect("guest-b read keys")
+            .trim();
+        assert_eq!(keys, "30:1 30:0 48:1 48:0 46:1 46:0 32:1 32:0 18:1 18:0");
+
+        // The stick pulled out and put back: usbdom reported it gone, freed its slot,
+        // connected it again to the port still assigned to it.
+        for p in ["unplugged", "replugged"] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
         assert!(
-            usbdom_event("vusb_removed").is_some(),
-            "usbdom removed the device"
+            usbdom.iter().any(|l| l.contains("event=port_disconnected")
+                && field(l, "busid") == Some("2-1")
+                && field(l, "reason") == Some("unplugged")),
+            "usbdom logged the unplug"
         );
+        assert_eq!(connects("2-1").len(), 2, "the stick was connected twice");
+        let slots: Vec<usize> = usbdom
+            .iter()
+            .filter(|l| l.contains("event=xhci_events "))
+            .filter_map(|l| field(l, "slots_in_use")?.parse().ok())
+            .collect();
+        let most = *slots.iter().max().expect("event=xhci_events");
+        assert!(
+            slots.contains(&(most - 1)) && slots.last() == Some(&most),
+            "the stick's slot was freed and taken again: {slots:?}"
+        );
+
+        // guest-a destroyed during a read: usbdom took everything back and removed the
+        // controller's directory (dom0 checked it), and Xen let the domain go, which it does
+        // only once no other domain maps its pages.
+        for p in ["destroying_guest_a", "guest_a_gone"] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
+        let domid = |name: &str| {
+            marks
+                .iter()
+                .find_map(|(_, l)| field(l, name))
+                .unwrap_or_else(|| panic!("dom0 reported {name}"))
+        };
+        let (a_id, b_id) = (domid("guest_a"), domid("guest_b"));
+        let removed = |id: &str| {
+            usbdom
+                .iter()
+                .copied()
+                .find(|l| l.contains("event=vusb_removed") && field(l, "domid") == Some(id))
+                .unwrap_or_else(|| panic!("usbdom removed domain {id}'s controller"))
+        };
+        let a_removed = removed(a_id);
+        println!("e2e: {a_removed}");
+        assert_eq!(field(a_removed, "reason"), Some("frontend_gone"));
+        let cancelled = usbdom
+            .iter()
+            .find(|l| {
+                l.contains("event=frontend_transfers_cancelled") && field(l, "domid") == Some(a_id)
+            })
+            .expect("guest-a's transfers were taken back");
+        println!("e2e: {cancelled}");
+        // guest-b's controller went last, by usbctl: nothing is mapped any more.
+        let b_removed = removed(b_id);
+        assert_eq!(field(b_removed, "grants_mapped"), Some("0"), "{b_removed}");
+        assert!(phases.contains(&"hc_destroyed"), "phases: {phases:?}");
 
         // The same image as a PVH domU, its log read from xenconsoled's file (PV console).
         let pvh: Vec<&str> = r

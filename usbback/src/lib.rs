@@ -341,7 +341,7 @@ where
         for (id, dev) in &mut self.devices {
             if let Some(c) = dev.conn.as_mut() {
                 if c.stats != c.logged {
-                    log_stats(*id, &c.stats, "running");
+                    log_stats(*id, &c.stats, "running", c.inflight.len());
                     c.logged = c.stats;
                 }
             }
@@ -577,9 +577,7 @@ where
         ) {
             self.forget(id, "frontend_gone", host);
             // After the teardown, whose state writes would recreate it.
-            if let Err(e) = self.xs.rm(TxId::NONE, &dir) {
-                warn!("event=xenstore_error op=rm path={dir} error={e}");
-            }
+            self.remove_dir(&dir);
             return;
         }
         // libxl removes a device by writing our state to Closing (and online to 0).
@@ -619,10 +617,25 @@ where
         if closed && online != "1" {
             // As `xl devd` would: a closed device the toolstack took offline leaves, and the
             // driver domain deletes its own backend directory.
-            if let Err(e) = self.xs.rm(TxId::NONE, &dir) {
-                warn!("event=xenstore_error op=rm path={dir} error={e}");
-            }
+            self.remove_dir(&dir);
             self.forget(id, "offline", host);
+        }
+    }
+
+    /// Deletes a device's backend directory, and its frontend's directory above it once that
+    /// is empty (as libxl's path cleanup does), in one transaction so that a controller the
+    /// toolstack adds meanwhile is not taken with it.
+    fn remove_dir(&mut self, dir: &str) {
+        let parent = String::from(dir.rsplit_once('/').map_or(dir, |(p, _)| p));
+        let result = self.xs.transaction(5, |xs, tx| {
+            xs.rm(tx, dir)?;
+            if xs.directory(tx, &parent)?.is_empty() {
+                xs.rm(tx, &parent)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            warn!("event=xenstore_error op=rm path={dir} error={e}");
         }
     }
 
@@ -760,7 +773,7 @@ where
             drop(conn);
             unmap(&mut self.hv, id, rings);
             let _ = self.hv.close(port);
-            log_stats(id, &stats, "teardown");
+            log_stats(id, &stats, "teardown", 0);
             info!(
                 "event=frontend_transfers_cancelled domid={} devid={} count={cancelled}",
                 id.frontend, id.devid
@@ -1469,9 +1482,10 @@ fn unmap<H: GrantMapper>(hv: &mut H, id: DeviceId, mappings: Vec<GrantMapping<H:
     }
 }
 
-fn log_stats(id: DeviceId, s: &Stats, phase: &str) {
+/// `in_flight`: requests taken from the ring and not answered yet.
+fn log_stats(id: DeviceId, s: &Stats, phase: &str, in_flight: usize) {
     info!(
-        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={}",
+        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} in_flight={in_flight}",
         id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes
     );
 }

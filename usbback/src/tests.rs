@@ -1252,10 +1252,11 @@ fn a_destroyed_frontend_whose_directory_went_gets_its_backend_directory_removed(
     assert!(r.host.held.is_empty(), "the transfer was taken back");
     assert_eq!(r.w.be.hypervisor().mappings(), 0, "no grant left mapped");
     assert_eq!(r.w.be.devices().count(), 0);
+    let frontend_dir = format!("/local/domain/{}/backend/vusb/{}", r.be, r.fe);
     assert_eq!(
-        d0.read(TxId::NONE, &bdir(r.be, r.fe)).map(|_| ()),
+        d0.read(TxId::NONE, &frontend_dir).map(|_| ()),
         Err(XsError::Xs(XsdError::Enoent)),
-        "the backend removed its directory"
+        "the backend removed its directory and the frontend's above it"
     );
 }
 

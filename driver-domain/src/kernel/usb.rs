@@ -263,7 +263,11 @@ pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
         .filter(|e| !matches!(e, HostEvent::Completed(_)))
         .count();
     if changes > 0 {
-        info!("event=xhci_events count={changes} xhci_interrupts={now}");
+        info!(
+            "event=xhci_events count={changes} xhci_interrupts={now} devices={} slots_in_use={}",
+            usb.host.usb_devices().count(),
+            usb.host.controller().occupied_slots().count()
+        );
     }
     keyboard_reports(usb);
     step_loops(usb);

@@ -1,0 +1,87 @@
+# Sourced by dom0-init.sh with usbdom.mode=bench: the same stick read and written with direct
+# I/O by a Linux guest in three ways, one after the other in this one boot:
+#   qusb    a PVH guest whose xen-hcd talks to QEMU's qusb PVUSB backend in dom0, which
+#           reaches the stick through dom0's own xhci_hcd (what users have today);
+#   usbdom  a PVH guest whose xen-hcd talks to usbdom, which has the controller;
+#   native  an HVM guest with the controller passed through, its own xhci_hcd driving it.
+# Each guest prints `guest: bench op=… round=… bytes=… seconds=…` (tests/e2e/guest-init.sh);
+# they are reported as `E2E: bench path=… op=…` lines for `cargo xtask bench e2e`.
+mib=$(sed -n 's/.*usbdom\.mib=\([0-9]*\).*/\1/p' /proc/cmdline)
+mib=${mib:-16}
+
+# bench_guest PATH LOG: waits for the guest's rounds and reports them.
+bench_guest() {
+  wait_for "$2" "guest: bench done" 900 || fail "bench_$1_not_done"
+  grep -q "guest: bench error" "$2" && fail "bench_$1_$(grep -o 'error=[a-z_]*' "$2" | head -n1)"
+  grep "guest: bench op=" "$2" | sed -e 's|\r||' -e "s|^.*guest: bench |E2E: bench path=$1 |"
+  mark "phase=bench_$1_done"
+}
+
+# A PVH guest running the benchmark: guest_cfg NAME [EXTRA CONFIG LINE]
+guest_cfg() {
+  sed -e "s|^name = .*|name = \"$1\"|" -e "s|^extra = .*|extra = \"console=hvc0 usbdom_bench=$mib\"|" \
+    /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$1.cfg"
+  [ -z "${2:-}" ] || echo "$2" >> "/tmp/$1.cfg"
+}
+
+# qusb: dom0 drives the controller; QEMU's PV backends run in dom0's device model.
+for m in usb-common usbcore xhci-hcd xhci-pci; do
+  insmod "/e2e/mods/$m.ko" || fail "insmod_$m"
+done
+i=0; bus=; addr=
+while [ -z "$bus" ] && [ $i -lt 60 ]; do
+  for d in /sys/bus/usb/devices/*; do
+    [ "$(cat "$d/idVendor" 2>/dev/null)" = 46f4 ] || continue
+    bus=$(cat "$d/busnum"); addr=$(cat "$d/devnum")
+  done
+  sleep 1; i=$((i + 1))
+done
+[ -n "$bus" ] || fail "dom0_no_stick"
+mark "phase=dom0_stick bus=$bus addr=$addr"
+/usr/libexec/xen-qemu-system-i386 -xen-domid 0 -xen-attach -name dom0 -nographic -M xenpv \
+  -daemonize -monitor none -serial none -parallel none -pidfile /run/qemu-dom0.pid \
+  || fail "qemu_xenpv"
+guest_cfg guest-q "usbctrl = [ 'type=qusb,version=2,ports=4' ]"
+echo "usbdev = [ 'hostbus=$bus,hostaddr=$addr,controller=0,port=1' ]" >> /tmp/guest-q.cfg
+xl create /tmp/guest-q.cfg || fail "xl_create_guest_q"
+bench_guest qusb /var/log/xen/console/guest-guest-q.log
+xl destroy guest-q
+kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
+
+# usbdom: the controller goes to the driver domain (pci-assignable-add unbinds xhci_hcd).
+create_usbdom info
+guest_cfg guest-u
+xl create /tmp/guest-u.cfg || fail "xl_create_guest_u"
+wait_for /var/log/xen/console/guest-guest-u.log "guest: ready" 120 || fail "guest_u_not_ready"
+usbctl hc-create guest-u 2 8 || fail "hc_create_u"
+usbctl attach guest-u 0 1 2-1 || fail "attach_u"
+bench_guest usbdom /var/log/xen/console/guest-guest-u.log
+grep "event=stats" /var/log/xen/usbdom-serial.log | tail -n1 | sed 's|^|E2E: bench usbdom_stats |'
+xl destroy guest-u
+wait_for /var/log/xen/usbdom-serial.log "reason=frontend_gone" 30 || fail "usbdom_kept_guest_u"
+xl destroy usbdom
+i=0
+while xl list | awk 'NR > 1 {print $1}' | grep -qE '^(usbdom|\(null\))$'; do
+  i=$((i + 1)); [ $i -lt 30 ] || fail "usbdom_still_dying"; sleep 1
+done
+
+# native: an HVM guest with the controller, booted by its device model straight into Linux.
+cat > /tmp/guest-n.cfg <<EOF
+name = "guest-n"
+type = "hvm"
+kernel = "/boot/vmlinuz"
+ramdisk = "/boot/guest-initrd.img"
+extra = "console=ttyS0 usbdom_bench=$mib"
+memory = 512
+vcpus = 1
+tsc_mode = "native"
+vnc = 0
+vga = "none"
+serial = "file:/var/log/xen/guest-n-serial.log"
+pci = [ "$xhci" ]
+on_poweroff = "destroy"
+EOF
+xl create /tmp/guest-n.cfg || fail "xl_create_guest_n"
+bench_guest native /var/log/xen/guest-n-serial.log
+xl destroy guest-n
+mark "result=pass"
