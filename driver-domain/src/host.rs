@@ -146,6 +146,7 @@ impl<H: Hal> XhciHost<H> {
             class: d.class,
             interface_classes,
             product: d.product.clone(),
+            serial: d.serial.clone(),
             is_hub: d.is_hub(),
         };
         self.next_id += 1;

@@ -4,7 +4,23 @@
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 t0=$(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo 0)
 mark() { echo "E2E: $* uptime=$(cut -d' ' -f1 /proc/uptime)"; }
-fail() { mark "result=fail reason=$*"; finish; }
+fail() { mark "result=fail reason=$*"; [ "${mode:-}" = shell ] && shell; finish; }
+# `cargo xtask run --xen`: the user gets dom0's console.
+shell() {
+  cat <<EOF
+
+usbdom serves guest-a (the USB stick) and guest-b (the keyboard) on Xen. Try:
+  xl list                                       the domains
+  usbctl list guest-a                           guest-a's virtual controller and its ports
+  usbctl list-assignable-devices                what usbdom offers, and to whom
+  tail /var/log/xen/usbdom-serial.log           usbdom's log
+  tail /var/log/xen/console/guest-guest-a.log   guest-a's console
+  xl console guest-b                            a guest's console (Ctrl-] leaves it)
+(Xen's serial console may drop characters typed fast.) Ctrl-C here ends QEMU.
+
+EOF
+  exec setsid -c /bin/bash -i <>/dev/hvc0 >&0 2>&1
+}
 finish() {
   for f in /var/log/xen/usbdom-serial.log /var/log/xen/console/guest-*.log; do
     [ -f "$f" ] && sed "s|^|LOG $(basename "$f"): |" "$f"
@@ -99,6 +115,7 @@ usbctl list-assignable-devices | sed 's|^|ASSIGNED |'
 wait_for "$alog" "guest: sda sha256=.* round=1" 120 || fail "guest_no_disk"
 wait_for "$alog" "guest: sda wrote=" 60 || fail "guest_no_write"
 mark "phase=guest_disk"
+[ "$mode" = shell ] && shell
 
 # Keys typed on the host's keyboard (the outer QEMU's QMP) reach guest-b's evdev, in order.
 wait_for "$blog" "guest: kbd listening" 60 || fail "guest_b_not_listening"

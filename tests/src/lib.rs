@@ -141,17 +141,22 @@ impl Machine {
     }
 }
 
+/// `qemu-system-x86_64`, or the unpacked QEMU `cargo xtask e2e` may point at
+/// (`USBDOM_QEMU`, `USBDOM_QEMU_DATADIR`: see `qemu_for_nested_xen` there).
+pub fn qemu() -> Command {
+    let binary = std::env::var("USBDOM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    let mut c = Command::new(binary);
+    if let Ok(d) = std::env::var("USBDOM_QEMU_DATADIR") {
+        c.arg("-L").arg(d);
+    }
+    c
+}
+
 /// Runs `qemu-system-x86_64 args`, collecting its serial output (stdout) line by line, until
 /// it exits, `done` returns true for a line (QEMU is then killed), or `limit` passes.
 pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -> Run {
     let started = Instant::now();
-    // `cargo xtask e2e` may point at an unpacked QEMU (see `qemu_for_nested_xen` there).
-    let binary = std::env::var("USBDOM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-    let datadir: Vec<String> = std::env::var("USBDOM_QEMU_DATADIR")
-        .map(|d| vec!["-L".into(), d])
-        .unwrap_or_default();
-    let mut child = Command::new(&binary)
-        .args(&datadir)
+    let mut child = qemu()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -211,7 +216,7 @@ pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -
         timed_out,
         lines,
         stderr: err_reader.join().unwrap(),
-        command: format!("{binary} {} {}", datadir.join(" "), args.join(" ")),
+        command: format!("{:?} {}", qemu(), args.join(" ")),
     }
 }
 

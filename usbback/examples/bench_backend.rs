@@ -99,6 +99,7 @@ fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
         class: 0,
         interface_classes: vec![8],
         product: None,
+        serial: None,
         is_hub: false,
     };
     host.devices.push(info.clone());

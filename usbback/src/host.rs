@@ -60,6 +60,9 @@ pub struct DeviceInfo {
     pub interface_classes: Vec<u8>,
     /// The product string, when it has one.
     pub product: Option<String>,
+    /// The serial number string, when it has one: with the IDs, it names a device wherever
+    /// it is plugged in.
+    pub serial: Option<String>,
     /// Whether it is a hub (never assigned to a guest).
     pub is_hub: bool,
 }

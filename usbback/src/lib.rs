@@ -82,8 +82,8 @@ pub struct DeviceId {
 /// A virtual root-hub port of a frontend's controller.
 #[derive(Clone, Debug, Default)]
 struct VPort {
-    /// The bus id the toolstack assigned.
-    assigned: Option<String>,
+    /// The device the toolstack assigned (by bus id or by IDs).
+    assigned: Option<pvusb::DeviceSelector>,
     /// The host device connected to it, reported to the frontend.
     device: Option<u32>,
     /// That device runs at SuperSpeed: its descriptors are rewritten.
@@ -150,6 +150,8 @@ struct Device<P> {
     watch_token: String,
     num_ports: u8,
     usb_ver: u8,
+    /// The frontend's name, from the toolstack ([`pvusb::FRONTEND_NAME_KEY`]).
+    frontend_name: Option<String>,
     state: XenbusState,
     ports: Vec<VPort>,
     conn: Option<Connection<P>>,
@@ -239,8 +241,9 @@ where
 
     /// Publishes the host's devices under our `data/usbdom/devices` for the dom0 tool (what
     /// changed only): one key per device ([`xen::pvusb::busid_key`]), the value
-    /// `vid=… pid=… speed=… class=… assigned=<domid>/<devid>/<port>|none product=…`. Hubs
-    /// are not offered (libxl refuses them too).
+    /// `vid=… pid=… speed=… class=… assigned=<domid>/<devid>/<port>|none [serial=…]
+    /// product=…` (a serial only when an assignment could name it:
+    /// [`pvusb::DeviceSelector`]). Hubs are not offered (libxl refuses them too).
     pub fn publish_inventory(&mut self) {
         use xen::pvusb::{busid_key, DEVICES_DIR};
         if !core::mem::take(&mut self.inventory_changed) {
@@ -262,8 +265,17 @@ where
                             .map(|(_, n)| format!("{}/{}/{n}", id.frontend, id.devid))
                     })
                     .unwrap_or_else(|| String::from("none"));
+                let serial = d
+                    .serial
+                    .as_deref()
+                    .filter(|s| {
+                        let text = format!("0000:0000:{s}");
+                        pvusb::DeviceSelector::parse(&text).is_some()
+                    })
+                    .map(|s| format!("serial={s} "))
+                    .unwrap_or_default();
                 let description = format!(
-                    "vid={:04x} pid={:04x} speed={} class={:02x} assigned={assigned} product={}",
+                    "vid={:04x} pid={:04x} speed={} class={:02x} assigned={assigned} {serial}product={}",
                     d.vendor_id,
                     d.product_id,
                     d.speed.name(),
@@ -393,19 +405,25 @@ where
                     }
                 }
                 HostEvent::Attached(info) => {
-                    let busid = info.busid.clone();
-                    self.known.retain(|k| k.id != info.id);
-                    self.known.push(info);
                     let waiting: Vec<(DeviceId, u8)> = self
                         .devices
                         .iter()
                         .flat_map(|(id, d)| {
                             d.ports.iter().zip(1u8..).filter_map(|(p, n)| {
-                                (p.device.is_none() && p.assigned.as_deref() == Some(&busid))
-                                    .then_some((*id, n))
+                                let wanted = p.assigned.as_ref().is_some_and(|s| {
+                                    s.matches(
+                                        &info.busid,
+                                        info.vendor_id,
+                                        info.product_id,
+                                        info.serial.as_deref(),
+                                    )
+                                });
+                                (p.device.is_none() && wanted).then_some((*id, n))
                             })
                         })
                         .collect();
+                    self.known.retain(|k| k.id != info.id);
+                    self.known.push(info);
                     for (id, n) in waiting {
                         self.connect_port(id, n, host);
                         touched.push(id);
@@ -514,9 +532,15 @@ where
                     "event=vusb_initwait domid={} devid={} ports={num_ports} usb_ver={usb_ver}",
                     id.frontend, id.devid
                 );
+                let frontend_name = self
+                    .xs
+                    .read_string(TxId::NONE, &format!("{dir}/{}", pvusb::FRONTEND_NAME_KEY))
+                    .ok()
+                    .filter(|n| !n.is_empty());
                 let dev = Device {
                     dir,
                     frontend_dir,
+                    frontend_name,
                     watch_token,
                     num_ports,
                     usb_ver,
@@ -817,17 +841,17 @@ where
                 .xs
                 .read_string(TxId::NONE, &format!("{dir}/{ASSIGN_DIR}/{n}"))
                 .unwrap_or_default();
-            let busid = value.trim();
-            let want = if busid.is_empty() {
+            let value = value.trim();
+            let want = if value.is_empty() {
                 None
-            } else if pvusb::valid_busid(busid) {
-                Some(String::from(busid))
+            } else if let Some(s) = pvusb::DeviceSelector::parse(value) {
+                Some(s)
             } else {
                 warn!(
-                    "event=port_refused domid={} devid={} port={n} reason=bad_busid value={:?}",
+                    "event=port_refused domid={} devid={} port={n} reason=bad_device value={:?}",
                     id.frontend,
                     id.devid,
-                    busid.get(..32).unwrap_or(busid)
+                    value.get(..32).unwrap_or(value)
                 );
                 None
             };
@@ -862,30 +886,55 @@ where
         let Some(dev) = self.devices.get(&id) else {
             return;
         };
-        let Some(busid) = dev.ports[usize::from(n) - 1].assigned.clone() else {
+        let Some(want) = dev.ports[usize::from(n) - 1].assigned.clone() else {
             return;
         };
         let usb_ver = dev.usb_ver;
-        let Some(info) = self.known.iter().find(|k| k.busid == busid).cloned() else {
+        // Of several devices with the same IDs, one no other port holds.
+        let held: Vec<u32> = self
+            .devices
+            .iter()
+            .flat_map(|(other, d)| {
+                d.ports
+                    .iter()
+                    .zip(1u8..)
+                    .filter(move |(_, m)| (*other, *m) != (id, n))
+                    .filter_map(|(p, _)| p.device)
+            })
+            .collect();
+        let mut candidates = self
+            .known
+            .iter()
+            .filter(|k| want.matches(&k.busid, k.vendor_id, k.product_id, k.serial.as_deref()));
+        let first = candidates.clone().next();
+        let Some(info) = candidates
+            .find(|k| !held.contains(&k.id))
+            .or(first)
+            .cloned()
+        else {
             info!(
-                "event=port_waiting domid={} devid={} port={n} busid={busid} reason=device_absent",
+                "event=port_waiting domid={} devid={} port={n} device={want} reason=device_absent",
                 id.frontend, id.devid
             );
             self.port_status(id, n, "waiting device_absent");
             return;
         };
+        let busid = info.busid.clone();
         if info.is_hub {
             return self.refuse_port(id, n, &busid, "hub");
         }
         if usb_ver == 1 && info.speed >= Speed::High {
             return self.refuse_port(id, n, &busid, "high_speed_device_on_usb1_controller");
         }
-        // Another domain's name is readable only where the toolstack allows it: a rule that
-        // names domains then matches by id alone.
-        let name = self
-            .xs
-            .read_string(TxId::NONE, &format!("/local/domain/{}/name", id.frontend))
-            .ok();
+        // The name usbctl wrote, else the domain's own name key where the toolstack lets us
+        // read it; without either, rules naming domains decide against the device.
+        let name = match self.devices.get(&id).and_then(|d| d.frontend_name.clone()) {
+            Some(n) => Some(n),
+            None => self
+                .xs
+                .read_string(TxId::NONE, &format!("/local/domain/{}/name", id.frontend))
+                .ok(),
+        };
         if let (Verdict::Deny, rule) = self.policy.check(&info, id.frontend, name.as_deref()) {
             let text = rule
                 .and_then(|r| self.policy.rules.get(r - 1))
@@ -985,7 +1034,12 @@ where
             return;
         };
         p.address = 0;
-        let busid = p.assigned.clone().unwrap_or_default();
+        let busid = self
+            .known
+            .iter()
+            .find(|k| k.id == device)
+            .map(|k| k.busid.clone())
+            .unwrap_or_default();
         if let Some(c) = dev.conn.as_mut() {
             for f in c.inflight.values().filter(|f| f.device == device) {
                 host.cancel(device, f.token);

@@ -13,6 +13,10 @@
 //! or any of its interfaces' classes) and `dom=<domid or domain name>`. The first rule that
 //! matches decides; a device no rule matches is allowed. The example keeps mass storage away
 //! from domain `web` and keyboards and other HID devices away from every domain but `work`.
+//!
+//! Domain names come from the toolstack (`usbctl` writes the guest's name into the
+//! controller's backend directory). Where a domain's name is unknown, a `dom=<name>` matcher
+//! holds for a deny rule and not for an allow rule: the policy fails closed.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -152,7 +156,9 @@ impl Policy {
                     .is_none_or(|c| device.class == c || device.interface_classes.contains(&c))
                 && r.domain.as_ref().is_none_or(|d| match d {
                     DomainMatch::Id(id) => *id == dom,
-                    DomainMatch::Name(n) => name == Some(n.as_str()),
+                    // A domain whose name is unknown may be the one a deny rule names,
+                    // and may not be the one an allow rule names: fail closed.
+                    DomainMatch::Name(n) => name.map_or(!r.allow, |name| name == n),
                 });
             if holds {
                 let verdict = if r.allow {
@@ -212,6 +218,7 @@ mod tests {
             class,
             interface_classes: interfaces.to_vec(),
             product: None,
+            serial: None,
             is_hub: false,
         }
     }
@@ -233,6 +240,24 @@ mod tests {
         assert_eq!(p.check(&stick, DomId(7), None), (Verdict::Allow, Some(2)));
         assert_eq!(p.rules[0].text(), "deny:vid=0627:pid=0001");
         assert_eq!(Policy::parse("").unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn a_domain_whose_name_is_unknown_fails_closed() {
+        // "HID only to domain work, never mass storage to web."
+        let p =
+            Policy::parse("allow:class=03:dom=work;deny:class=03;deny:class=08:dom=web").unwrap();
+        let stick = device("2-1", 0x46f4, 1, 0, &[8]);
+        let kbd = device("1-2", 0x0627, 1, 0, &[3]);
+        let unknown = DomId(9);
+        // Not known to be `work`: the allow does not hold, the catch-all deny does.
+        assert_eq!(p.check(&kbd, unknown, None), (Verdict::Deny, Some(2)));
+        // Maybe `web`: denied.
+        assert_eq!(p.check(&stick, unknown, None), (Verdict::Deny, Some(3)));
+        assert_eq!(
+            p.check(&stick, unknown, Some("work")),
+            (Verdict::Allow, None)
+        );
     }
 
     #[test]

@@ -527,10 +527,11 @@ fn describe(id: u32, busid: &str, speed: Speed, model: &dyn DeviceModel) -> Devi
         .filter(|d| d[1] == INTERFACE && d.len() >= 9 && d[3] == 0)
         .map(|d| d[5])
         .collect();
-    let product = match byte(15) {
+    let string = |i: u8| match i {
         0 => None,
         i => model.string(i).map(String::from),
     };
+    let (product, serial) = (string(byte(15)), string(byte(16)));
     DeviceInfo {
         id,
         busid: String::from(busid),
@@ -540,6 +541,7 @@ fn describe(id: u32, busid: &str, speed: Speed, model: &dyn DeviceModel) -> Devi
         class: byte(4),
         interface_classes,
         product,
+        serial,
         is_hub: byte(4) == HUB_CLASS,
     }
 }

@@ -320,6 +320,7 @@ fn info(id: u32, busid: &str, speed: Speed, class: u8, interfaces: &[u8]) -> Dev
         class,
         interface_classes: interfaces.to_vec(),
         product: Some("Model".into()),
+        serial: None,
         is_hub: class == 9,
     }
 }
@@ -1228,6 +1229,61 @@ fn a_frontend_domain_destroyed_mid_transfer_is_cleaned_up() {
         "its channel closed"
     );
     assert_eq!(r.w.be.devices().count(), 0);
+}
+
+#[test]
+fn a_device_assigned_by_its_ids_and_serial_follows_it_to_another_port() {
+    let mut r = rig();
+    // The rig's device (1-1) has the model's IDs and no serial: it is not the one named.
+    assign(&r.w.xen, r.be, r.fe, 2, "1234:5678:SN7");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(
+        port_status(&r.w.xen, r.be, r.fe, 2),
+        "waiting device_absent"
+    );
+    let with_serial = |id, busid| DeviceInfo {
+        serial: Some("SN7".into()),
+        ..info(id, busid, Speed::High, 0, &[8])
+    };
+    r.host.plug(with_serial(2, "1-3"));
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_status(&r.w.xen, r.be, r.fe, 2), "connected");
+    assert_eq!(port_changes(&mut r.front), [(2, USBIF_SPEED_HIGH)]);
+    // Unplugged, then plugged into another port: still the guest's.
+    r.host.unplug(2);
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(2, USBIF_SPEED_NONE)]);
+    r.host.plug(with_serial(3, "2-4.1"));
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_status(&r.w.xen, r.be, r.fe, 2), "connected");
+    assert_eq!(port_changes(&mut r.front), [(2, USBIF_SPEED_HIGH)]);
+    // IDs alone take one of the matching devices no other port holds: the rig's 1-1.
+    assign(&r.w.xen, r.be, r.fe, 3, "1234:5678");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_status(&r.w.xen, r.be, r.fe, 3), "connected");
+    assert_eq!(
+        r.w.be.port_device(
+            DeviceId {
+                frontend: r.fe,
+                devid: 0
+            },
+            3
+        ),
+        Some(1)
+    );
+    // A value that names nothing is refused, and the port stays empty.
+    assign(&r.w.xen, r.be, r.fe, 4, "1234:5678:has space");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(
+        r.w.be.port_device(
+            DeviceId {
+                frontend: r.fe,
+                devid: 0
+            },
+            4
+        ),
+        None
+    );
 }
 
 #[test]

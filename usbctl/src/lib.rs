@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use xen::abi::xs_wire::XsdError;
 use xen::abi::{parse_decimal, DomId};
-use xen::pvusb::ControllerNodes;
+use xen::pvusb::{ControllerNodes, DeviceSelector, FRONTEND_NAME_KEY};
 use xen::xenbus::{self, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
@@ -40,6 +40,8 @@ pub fn devices_dir(backend: DomId) -> String {
     format!("/local/domain/{backend}/{}", xen::pvusb::DEVICES_DIR)
 }
 
+pub mod xlcfg;
+
 pub use xen::pvusb::busid_key;
 
 pub use xen::pvusb::{ASSIGN_DIR, PORT_STATUS_DIR};
@@ -47,6 +49,33 @@ pub use xen::pvusb::{ASSIGN_DIR, PORT_STATUS_DIR};
 /// Waits of `tick` the guest gets, after its devices are detached, before its controller
 /// goes.
 const GUEST_SETTLE_TICKS: u32 = 10;
+
+impl Assignable {
+    /// A field of the description (`vid`, `pid`, `serial`, …).
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.description
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// Whether an assignment of `selector` would take this device.
+    pub fn is(&self, selector: &DeviceSelector) -> bool {
+        let hex = |k| self.field(k).and_then(|v| u16::from_str_radix(v, 16).ok());
+        match (hex("vid"), hex("pid")) {
+            (Some(vid), Some(pid)) => selector.matches(&self.busid, vid, pid, self.field("serial")),
+            _ => matches!(selector, DeviceSelector::BusId(b) if *b == self.busid),
+        }
+    }
+}
+
+/// What became of an attach.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// The guest has the device.
+    Connected,
+    /// The assignment waits (for the device to be plugged in); the backend's reason.
+    Waiting(String),
+}
 
 /// A device usbdom offers, as `list-assignable-devices` shows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -206,14 +235,23 @@ impl<T: XsTransport> Usbctl<T> {
                 .map(|d| d as u32 + 1)
                 .max()
                 .unwrap_or(0);
-            ControllerNodes {
+            let nodes = ControllerNodes {
                 frontend,
                 backend,
                 devid,
                 usb_ver: usb_ver as u8,
                 ports: ports as u8,
+            };
+            nodes.write(xs, tx)?;
+            // The driver domain's policy names domains; it cannot read their names itself.
+            if let Ok(name) = xs.read_string(tx, &format!("/local/domain/{frontend}/name")) {
+                xs.write(
+                    tx,
+                    &format!("{}/{FRONTEND_NAME_KEY}", nodes.backend_dir()),
+                    name.as_bytes(),
+                )?;
             }
-            .write(xs, tx)
+            Ok(())
         })?;
         let bdir = Self::backend_dir(backend, frontend, devid);
         if let Err(e) = self.wait_state(&bdir, XenbusState::InitWait, "the backend", false) {
@@ -460,18 +498,23 @@ impl<T: XsTransport> Usbctl<T> {
         Ok((bdir, ports))
     }
 
-    /// `attach`: gives `port` of controller `devid` in `frontend` the device `busid` of the
-    /// controller's backend.
+    /// `attach`: gives `port` of controller `devid` in `frontend` the `device` (a bus id or
+    /// `vid:pid[:serial]`) of the controller's backend, and waits for the backend's verdict.
+    /// A device that is not plugged in is an error unless `keep_absent`: the assignment then
+    /// waits for it (persistent assignments of `vusb` entries). A refusal (policy, hub,
+    /// already elsewhere) is an error carrying the backend's reason; the assignment is taken
+    /// back.
     pub fn attach(
         &mut self,
         frontend: DomId,
         devid: u32,
         port: u32,
-        busid: &str,
-    ) -> Result<(), Error> {
-        if !valid_busid(busid) {
-            return err(format!("'{busid}' is not a bus id (like 1-2 or 1-4.3; see `usbctl list-assignable-devices`)"));
-        }
+        device: &str,
+        keep_absent: bool,
+    ) -> Result<Attached, Error> {
+        let Some(selector) = DeviceSelector::parse(device) else {
+            return err(format!("'{device}' is neither a bus id (like 1-2 or 1-4.3) nor vid:pid[:serial] (like 0627:0001); see `usbctl list-assignable-devices`"));
+        };
         let (bdir, ports) = self.controller_backend_dir(frontend, devid)?;
         if !(1..=ports).contains(&port) {
             return err(format!(
@@ -492,23 +535,96 @@ impl<T: XsTransport> Usbctl<T> {
                 ))
             })?;
         let offered = self.list_assignable(backend)?;
-        let Some(dev) = offered.iter().find(|d| d.busid == busid) else {
-            return err(format!("domain {backend} offers no USB device {busid} (see `usbctl list-assignable-devices`)"));
-        };
-        if let Some((f, d, p)) = dev.assigned {
-            return err(format!(
-                "{busid} is already assigned to domain {f} controller {d} port {p}"
-            ));
+        let present: Vec<&Assignable> = offered.iter().filter(|d| d.is(&selector)).collect();
+        if present.is_empty() && !keep_absent {
+            return err(format!("domain {backend} offers no USB device {device} (see `usbctl list-assignable-devices`)"));
+        }
+        if let [only] = present.as_slice() {
+            if let Some((f, d, p)) = only.assigned {
+                if (f, d, p) != (frontend, devid, port) {
+                    return err(format!(
+                        "{device} is already assigned to domain {f} controller {d} port {p}"
+                    ));
+                }
+            }
         }
         let key = format!("{bdir}/{ASSIGN_DIR}/{port}");
+        let status_key = format!("{bdir}/{PORT_STATUS_DIR}/{port}");
         match self.xs.read_string(TxId::NONE, &key) {
             Ok(b) if !b.is_empty() => {
                 return err(format!("port {port} already has {b}; detach it first"))
             }
             _ => {}
         }
-        self.xs.write(TxId::NONE, &key, busid.as_bytes())?;
-        Ok(())
+        // A status left from an earlier assignment must not pass for the backend's answer.
+        self.xs.transaction(5, |xs, tx| {
+            match xs.rm(tx, &status_key) {
+                Ok(()) | Err(XsError::Xs(XsdError::Enoent)) => {}
+                Err(e) => return Err(e),
+            }
+            xs.write(tx, &key, device.as_bytes())
+        })?;
+        let start = Instant::now();
+        while start.elapsed() <= self.timeout {
+            let status = self
+                .xs
+                .read_string(TxId::NONE, &status_key)
+                .unwrap_or_default();
+            if status == "connected" {
+                return Ok(Attached::Connected);
+            }
+            if let Some(why) = status.strip_prefix("waiting ") {
+                return Ok(Attached::Waiting(why.into()));
+            }
+            if let Some(why) = status.strip_prefix("refused ") {
+                let _ = self.xs.rm(TxId::NONE, &key);
+                return err(format!(
+                    "domain {backend} refused {device} for port {port}: {why}"
+                ));
+            }
+            (self.tick)();
+        }
+        let _ = self.xs.rm(TxId::NONE, &key);
+        err(format!(
+            "domain {backend} did not take {device} for port {port} within {} s: is usbdom running? (its log: event=port_*)",
+            self.timeout.as_secs()
+        ))
+    }
+
+    /// `apply`: creates the controllers a guest config's `vusb` entries list in `frontend`
+    /// and assigns their devices; devices not plugged in wait for it. `default_backend`
+    /// serves entries that name none. Returns what was done, a line each.
+    pub fn apply(
+        &mut self,
+        frontend: DomId,
+        vusb: &[xlcfg::Vusb],
+        default_backend: &str,
+    ) -> Result<Vec<String>, Error> {
+        let mut done = Vec::new();
+        for v in vusb {
+            let name = v.backend.as_deref().unwrap_or(default_backend);
+            let backend = self.domain(name).map_err(|_| {
+                Error(format!(
+                    "the backend domain '{name}' is not running (start it: xl create usbdom.cfg)"
+                ))
+            })?;
+            let devid = self.hc_create(frontend, backend, v.usb_ver, v.ports)?;
+            done.push(format!(
+                "controller {devid}: USB {}, {} ports, backend {name}",
+                v.usb_ver, v.ports
+            ));
+            for (port, device) in &v.assigned {
+                let device = device.to_string();
+                let line = match self.attach(frontend, devid, *port, &device, true)? {
+                    Attached::Connected => format!("  port {port}: {device} connected"),
+                    Attached::Waiting(why) => {
+                        format!("  port {port}: {device} waiting ({why}): attached when it is plugged in")
+                    }
+                };
+                done.push(line);
+            }
+        }
+        Ok(done)
     }
 
     /// `detach`: frees `port` of controller `devid` in `frontend`.
@@ -538,10 +654,22 @@ pub const USAGE: &str = "usage:
   usbctl hc-destroy DOMAIN DEVID
   usbctl list DOMAIN
   usbctl [--backend DOMAIN] list-assignable-devices
-  usbctl attach DOMAIN DEVID PORT BUSID
+  usbctl attach DOMAIN DEVID PORT DEVICE
   usbctl detach DOMAIN DEVID PORT
+  usbctl [--backend DOMAIN] up GUEST.CFG [XL CREATE ARGUMENTS]
+  usbctl [--backend DOMAIN] apply DOMAIN GUEST.CFG
 DOMAIN is a name or id; the backend defaults to the domain named usbdom.
-BUSID names a device the backend offers, Linux style: 1-2, 1-4.3.";
+DEVICE names a device the backend offers: a bus id, Linux style (1-2, 1-4.3), or
+vid:pid[:serial] (0627:0001), which follows the device to any port.
+up runs `xl create GUEST.CFG ...`, then does what apply does: creates the controllers
+and attaches the devices of the config's vusb = [ 'usbver=2, numports=8, port_1=1-2' ]
+entries. Devices not plugged in are attached when they are.";
+
+/// Reads and checks a guest config file's `vusb` entries.
+pub fn read_config(file: &str) -> Result<xlcfg::GuestConfig, Error> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error(format!("{file}: {e}")))?;
+    xlcfg::parse(file, &text)
+}
 
 fn number(what: &str, s: &str) -> Result<u32, Error> {
     xen::abi::parse_decimal(s)
@@ -618,8 +746,11 @@ pub fn run<T: XsTransport>(
             );
             let mut u = Usbctl::new(connect()?, tick);
             let frontend = u.domain(dom)?;
-            u.attach(frontend, devid, port, busid)?;
-            let _ = writeln!(out, "usbctl: {busid} assigned to port {port} of controller {devid} in domain {frontend} ({dom})");
+            let what = match u.attach(frontend, devid, port, busid, false)? {
+                Attached::Connected => "connected".to_string(),
+                Attached::Waiting(why) => format!("waiting: {why}"),
+            };
+            let _ = writeln!(out, "usbctl: {busid} assigned to port {port} of controller {devid} in domain {frontend} ({dom}): {what}");
             Ok(())
         }
         ["detach", dom, devid, port] => {
@@ -631,6 +762,15 @@ pub fn run<T: XsTransport>(
             let frontend = u.domain(dom)?;
             let busid = u.detach(frontend, devid, port)?;
             let _ = writeln!(out, "usbctl: {busid} removed from port {port} of controller {devid} in domain {frontend} ({dom})");
+            Ok(())
+        }
+        ["apply", dom, file] => {
+            let cfg = read_config(file)?;
+            let mut u = Usbctl::new(connect()?, tick);
+            let frontend = u.domain(dom)?;
+            for line in u.apply(frontend, &cfg.vusb, &backend_name)? {
+                let _ = writeln!(out, "usbctl: {dom}: {line}");
+            }
             Ok(())
         }
         ["list", dom] => {

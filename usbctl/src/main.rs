@@ -5,8 +5,10 @@
 //! usbctl hc-destroy DOMAIN DEVID
 //! usbctl list DOMAIN
 //! usbctl [--backend DOMAIN] list-assignable-devices
-//! usbctl attach DOMAIN DEVID PORT BUSID
+//! usbctl attach DOMAIN DEVID PORT DEVICE
 //! usbctl detach DOMAIN DEVID PORT
+//! usbctl [--backend DOMAIN] up GUEST.CFG [XL CREATE ARGUMENTS]
+//! usbctl [--backend DOMAIN] apply DOMAIN GUEST.CFG
 //! ```
 //! Domains by name or id; the backend defaults to the domain named `usbdom`.
 
@@ -89,10 +91,42 @@ fn connect() -> Result<XenStore<Socket>, Error> {
     )))
 }
 
+/// `up GUEST.CFG [ARGS]`: the config is checked, `xl create GUEST.CFG ARGS` runs, then
+/// `apply` for the domain the config names.
+fn up(backend: &[String], file: &str, xl_args: &[String]) -> Result<(), Error> {
+    let cfg = usbctl::read_config(file)?;
+    let name = cfg
+        .name
+        .ok_or_else(|| Error(format!("{file}: no name = \"...\" (xl needs one too)")))?;
+    let status = std::process::Command::new("xl")
+        .arg("create")
+        .arg(file)
+        .args(xl_args)
+        .status()
+        .map_err(|e| Error(format!("xl: {e}")))?;
+    if !status.success() {
+        return Err(Error(format!("xl create {file} failed ({status})")));
+    }
+    let mut args = backend.to_vec();
+    args.extend(["apply".into(), name, file.into()]);
+    let tick = Box::new(|| std::thread::sleep(Duration::from_millis(100)));
+    usbctl::run(&args, connect, tick, &mut std::io::stdout())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tick = Box::new(|| std::thread::sleep(Duration::from_millis(100)));
-    if let Err(e) = usbctl::run(&args, connect, tick, &mut std::io::stdout()) {
+    let (backend, rest) = match args.as_slice() {
+        [flag, dom, rest @ ..] if flag == "--backend" => (args[..2].to_vec(), rest),
+        rest => (Vec::new(), rest),
+    };
+    let result = match rest {
+        [cmd, file, xl_args @ ..] if cmd == "up" => up(&backend, file, xl_args),
+        _ => {
+            let tick = Box::new(|| std::thread::sleep(Duration::from_millis(100)));
+            usbctl::run(&args, connect, tick, &mut std::io::stdout())
+        }
+    };
+    if let Err(e) = result {
         eprintln!("usbctl: {e}");
         exit(1);
     }

@@ -5,18 +5,25 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use usbback::host::{HostEvent, Speed, UsbHost};
+use usbback::policy::Policy;
+use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 use usbback::Backend;
-use usbctl::{Error, Usbctl};
+use usbctl::{Attached, Error, Usbctl};
 use xen::abi::DomId;
+use xen::page::LocalPage;
 use xen::sim::{Domain, SimXsTransport, Xen};
 use xen::xenbus::XenbusState;
 use xen::xenstore::{Access, Perm, TxId};
 
 type Be = Rc<RefCell<Option<Backend<Domain, SimXsTransport>>>>;
+type Host = Rc<RefCell<SimHost<LocalPage>>>;
 
 struct World {
     xen: Xen,
     backend: Be,
+    /// A keyboard at 1-1 (1209:0002, serial 000000000002) and a stick at 1-4.1 (1209:0001).
+    host: Host,
     guest: DomId,
     usbdom: DomId,
 }
@@ -41,22 +48,36 @@ fn world(with_backend: bool) -> World {
     let backend = Rc::new(RefCell::new(with_backend.then(|| {
         Backend::new(usbdom.clone(), usbdom.xenstore(), usbdom.domid()).unwrap()
     })));
+    let mut host = SimHost::new();
+    host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
+    host.plug(Box::new(MassStorage::new(64)), "1-4.1", Speed::High);
+    let host = Rc::new(RefCell::new(host));
     World {
         xen,
         backend,
+        host,
         guest: guest.domid(),
         usbdom: usbdom.domid(),
     }
 }
 
-fn usbctl(w: &World) -> Usbctl<SimXsTransport> {
-    let be = w.backend.clone();
-    let tick = Box::new(move || {
+/// What usbdom's main loop does between two looks of usbctl.
+fn ticker(w: &World) -> Box<dyn FnMut()> {
+    let (be, host) = (w.backend.clone(), w.host.clone());
+    Box::new(move || {
         if let Some(b) = be.borrow_mut().as_mut() {
-            b.poll_xenstore(&mut usbback::host::Absent).unwrap();
+            let mut host = host.borrow_mut();
+            b.poll_xenstore(&mut *host).unwrap();
+            let mut events: Vec<HostEvent> = Vec::new();
+            host.poll(&mut events);
+            b.host_events(&mut *host, events);
+            b.publish_inventory();
         }
-    });
-    Usbctl::new(w.xen.dom0().xenstore(), tick).with_timeout(Duration::from_millis(200))
+    })
+}
+
+fn usbctl(w: &World) -> Usbctl<SimXsTransport> {
+    Usbctl::new(w.xen.dom0().xenstore(), ticker(w)).with_timeout(Duration::from_millis(200))
 }
 
 #[test]
@@ -216,43 +237,26 @@ fn a_backend_that_does_not_answer_is_reported_and_nothing_is_left_behind() {
     assert!(u.list(w.guest).unwrap().is_empty());
 }
 
-/// What usbdom publishes for the devices it can assign.
-fn publish(w: &World, busid: &str, description: &str) {
-    let mut xs = w.xen.domain(w.usbdom).unwrap().xenstore();
-    let key = usbctl::busid_key(busid);
-    xs.write(
-        TxId::NONE,
-        &format!("{}/{key}", usbctl::devices_dir(w.usbdom)),
-        description.as_bytes(),
-    )
-    .unwrap();
-}
-
 #[test]
 fn attach_and_detach_record_assignments_and_refuse_what_cannot_be() {
     let w = world(true);
-    publish(
-        &w,
-        "1-1",
-        "vid=0627 pid=0001 speed=high class=00 product=QEMU USB Keyboard",
-    );
-    publish(
-        &w,
-        "1-4.1",
-        "vid=46f4 pid=0001 speed=full class=00 product=QEMU USB HARDDRIVE",
-    );
     let mut u = usbctl(&w);
     u.hc_create(w.guest, w.usbdom, 2, 4).unwrap();
     u.hc_create(w.guest, w.usbdom, 2, 4).unwrap();
 
+    // usbdom's own inventory, as its main loop publishes it.
     let offered = u.list_assignable(w.usbdom).unwrap();
     assert_eq!(
         offered.iter().map(|d| d.busid.as_str()).collect::<Vec<_>>(),
         ["1-1", "1-4.1"]
     );
     assert!(offered.iter().all(|d| d.assigned.is_none()));
+    assert_eq!(offered[0].field("serial"), Some("000000000002"));
 
-    assert_eq!(u.attach(w.guest, 0, 2, "1-1"), Ok(()));
+    assert_eq!(
+        u.attach(w.guest, 0, 2, "1-1", false),
+        Ok(Attached::Connected)
+    );
     let b = format!("/local/domain/{}/backend/vusb/{}/0", w.usbdom, w.guest);
     assert_eq!(
         u.xenstore()
@@ -269,46 +273,61 @@ fn attach_and_detach_record_assignments_and_refuse_what_cannot_be() {
         Some((w.guest, 0, 2))
     );
 
-    let e = |r: Result<(), Error>| r.unwrap_err().0;
+    let e = |r: Result<Attached, Error>| r.unwrap_err().0;
     assert_eq!(
-        e(u.attach(w.guest, 1, 1, "1-1")),
+        e(u.attach(w.guest, 1, 1, "1-1", false)),
         format!(
             "1-1 is already assigned to domain {} controller 0 port 2",
             w.guest
         )
     );
     assert_eq!(
-        e(u.attach(w.guest, 0, 2, "1-4.1")),
+        e(u.attach(w.guest, 1, 1, "1209:0002", false)),
+        format!(
+            "1209:0002 is already assigned to domain {} controller 0 port 2",
+            w.guest
+        )
+    );
+    assert_eq!(
+        e(u.attach(w.guest, 0, 2, "1-4.1", false)),
         "port 2 already has 1-1; detach it first"
     );
     assert_eq!(
-        e(u.attach(w.guest, 0, 5, "1-4.1")),
+        e(u.attach(w.guest, 0, 5, "1-4.1", false)),
         format!(
             "port must be 1 to 4 on controller 0 of domain {}, not 5",
             w.guest
         )
     );
     assert_eq!(
-        e(u.attach(w.guest, 0, 1, "2-9")),
+        e(u.attach(w.guest, 0, 1, "2-9", false)),
         format!(
             "domain {} offers no USB device 2-9 (see `usbctl list-assignable-devices`)",
             w.usbdom
         )
     );
+    for bad in ["usb1", "1-0", "1209:2"] {
+        assert_eq!(
+            e(u.attach(w.guest, 0, 1, bad, false)),
+            format!("'{bad}' is neither a bus id (like 1-2 or 1-4.3) nor vid:pid[:serial] (like 0627:0001); see `usbctl list-assignable-devices`")
+        );
+    }
     assert_eq!(
-        e(u.attach(w.guest, 0, 1, "usb1")),
-        "'usb1' is not a bus id (like 1-2 or 1-4.3; see `usbctl list-assignable-devices`)"
-    );
-    assert_eq!(
-        e(u.attach(w.guest, 0, 1, "1-0")),
-        "'1-0' is not a bus id (like 1-2 or 1-4.3; see `usbctl list-assignable-devices`)"
-    );
-    assert_eq!(
-        e(u.attach(w.guest, 7, 1, "1-1")),
+        e(u.attach(w.guest, 7, 1, "1-1", false)),
         format!(
             "domain {} has no USB controller 7 (see `usbctl list`)",
             w.guest
         )
+    );
+    // By IDs and serial: the stick, wherever it is.
+    assert_eq!(
+        u.attach(w.guest, 1, 3, "1209:0001:000000000001", false),
+        Ok(Attached::Connected)
+    );
+    // Absent, kept when asked to (persistent assignments).
+    assert_eq!(
+        u.attach(w.guest, 1, 4, "1209:00ff", true),
+        Ok(Attached::Waiting("device_absent".into()))
     );
 
     assert_eq!(u.detach(w.guest, 0, 2), Ok("1-1".to_string()));
@@ -316,17 +335,85 @@ fn attach_and_detach_record_assignments_and_refuse_what_cannot_be() {
         u.detach(w.guest, 0, 2).unwrap_err().0,
         format!("port 2 of controller 0 in domain {} has no device", w.guest)
     );
-    assert_eq!(u.attach(w.guest, 1, 1, "1-1"), Ok(()));
+    assert_eq!(
+        u.attach(w.guest, 1, 1, "1-1", false),
+        Ok(Attached::Connected)
+    );
+}
+
+#[test]
+fn a_denied_attach_names_the_rule_and_leaves_no_assignment() {
+    let w = world(true);
+    w.backend
+        .borrow_mut()
+        .as_mut()
+        .unwrap()
+        .set_policy(Policy::parse("allow:class=03:dom=work;deny:class=03").unwrap());
+    let mut u = usbctl(&w);
+    u.hc_create(w.guest, w.usbdom, 2, 4).unwrap();
+    // usbctl tells usbdom the guest's name, which usbdom may not read for itself.
+    let b = format!("/local/domain/{}/backend/vusb/{}/0", w.usbdom, w.guest);
+    assert_eq!(
+        u.xenstore()
+            .read_string(TxId::NONE, &format!("{b}/usbdom-frontend-name"))
+            .unwrap(),
+        "guest"
+    );
+    assert_eq!(
+        u.attach(w.guest, 0, 1, "1-1", false).unwrap_err().0,
+        format!(
+            "domain {} refused 1-1 for port 1: policy rule=2 text=deny:class=03",
+            w.usbdom
+        )
+    );
+    assert!(u.list(w.guest).unwrap()[0].assigned.is_empty());
+    // The stick is no HID device: allowed.
+    assert_eq!(
+        u.attach(w.guest, 0, 1, "1-4.1", false),
+        Ok(Attached::Connected)
+    );
+}
+
+#[test]
+fn apply_creates_the_controllers_of_vusb_entries_and_keeps_absent_devices() {
+    let w = world(true);
+    let dir = std::env::temp_dir().join(format!("usbctl-apply-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("guest.cfg");
+    std::fs::write(
+        &cfg,
+        "name = 'guest'\nvusb = [ 'usbver=2, numports=4, port_1=1-1, port_3=1209:0009' ]\n",
+    )
+    .unwrap();
+    let out = cli(&w, &["apply", "guest", cfg.to_str().unwrap()]).unwrap();
+    assert_eq!(
+        out,
+        "usbctl: guest: controller 0: USB 2, 4 ports, backend usbdom\n\
+         usbctl: guest:   port 1: 1-1 connected\n\
+         usbctl: guest:   port 3: 1209:0009 waiting (device_absent): attached when it is plugged in\n"
+    );
+    let mut u = usbctl(&w);
+    assert_eq!(
+        u.list(w.guest).unwrap()[0].assigned,
+        [(1, "1-1".to_string()), (3, "1209:0009".to_string())]
+    );
+    std::fs::write(&cfg, "vusb = [ 'usbver=3' ]\n").unwrap();
+    let e = cli(&w, &["apply", "guest", cfg.to_str().unwrap()])
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        e,
+        format!(
+            "{}:1: vusb entry 1 ('usbver=3'): usbver must be 1 to 2, not '3'",
+            cfg.display()
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn cli(w: &World, args: &[&str]) -> Result<String, Error> {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let be = w.backend.clone();
-    let tick = Box::new(move || {
-        if let Some(b) = be.borrow_mut().as_mut() {
-            b.poll_xenstore(&mut usbback::host::Absent).unwrap();
-        }
-    });
+    let tick = ticker(w);
     let mut out = Vec::new();
     let xen = w.xen.clone();
     usbctl::run(&args, move || Ok(xen.dom0().xenstore()), tick, &mut out)?;

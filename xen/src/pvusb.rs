@@ -470,10 +470,16 @@ impl UrbRequest {
     }
 }
 
-/// Where a port's assignment lives in the backend directory: `usbdom-port/<N>` = bus id.
+/// Where a port's assignment lives in the backend directory: `usbdom-port/<N>` = a
+/// [`DeviceSelector`] (bus id or `vid:pid[:serial]`).
 /// Not libxl's `port/<N>`: libxl reads those as dom0 sysfs bus ids and would fail for every
 /// domain on finding one it does not know.
 pub const ASSIGN_DIR: &str = "usbdom-port";
+
+/// The frontend domain's name, as the toolstack (dom0) knew it when it created the
+/// controller, in the backend directory: the driver domain's policy names domains, and it
+/// may not read `/local/domain/<id>/name` itself.
+pub const FRONTEND_NAME_KEY: &str = "usbdom-frontend-name";
 
 /// Where the backend says what became of each assignment: `usbdom-port-status/<N>` =
 /// `connected`, `waiting <reason>` or `refused <reason>`.
@@ -489,6 +495,103 @@ pub fn valid_busid(busid: &str) -> bool {
         && path
             .split('.')
             .all(|p| crate::abi::parse_decimal(p).is_some_and(|p| (1..=31).contains(&p)))
+}
+
+/// What an assignment (`usbdom-port/<N>`) names: a place on the host, or a device wherever
+/// it is plugged in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSelector {
+    /// A bus id ([`valid_busid`]): whatever is plugged in there.
+    BusId(String),
+    /// `vid:pid[:serial]`, four hex digits each: the device with these IDs (and serial
+    /// number string), on any port.
+    Ids {
+        /// idVendor.
+        vendor_id: u16,
+        /// idProduct.
+        product_id: u16,
+        /// The serial number string; any when absent.
+        serial: Option<String>,
+    },
+}
+
+/// The longest serial number a selector may name (USB string descriptors hold at most 126
+/// UTF-16 units; real serials are far shorter).
+pub const MAX_SERIAL_LEN: usize = 64;
+
+impl DeviceSelector {
+    /// Parses `1-2.3` or `0627:0001` or `0627:0001:SN42`. A serial is ASCII letters, digits,
+    /// `.`, `_` and `-` (what xenstore values and shell arguments carry safely).
+    pub fn parse(text: &str) -> Option<DeviceSelector> {
+        if valid_busid(text) {
+            return Some(DeviceSelector::BusId(text.into()));
+        }
+        let mut parts = text.splitn(3, ':');
+        let hex4 = |p: Option<&str>| {
+            p.filter(|p| p.len() == 4 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        let vendor_id = hex4(parts.next())?;
+        let product_id = hex4(parts.next())?;
+        let serial = match parts.next() {
+            None => None,
+            Some(s)
+                if !s.is_empty()
+                    && s.len() <= MAX_SERIAL_LEN
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+            {
+                Some(s.into())
+            }
+            Some(_) => return None,
+        };
+        Some(DeviceSelector::Ids {
+            vendor_id,
+            product_id,
+            serial,
+        })
+    }
+
+    /// Whether a device at `busid` with these IDs and serial is the one named.
+    pub fn matches(
+        &self,
+        busid: &str,
+        vendor_id: u16,
+        product_id: u16,
+        serial: Option<&str>,
+    ) -> bool {
+        match self {
+            DeviceSelector::BusId(b) => b == busid,
+            DeviceSelector::Ids {
+                vendor_id: v,
+                product_id: p,
+                serial: s,
+            } => {
+                *v == vendor_id
+                    && *p == product_id
+                    && s.as_deref().is_none_or(|s| Some(s) == serial)
+            }
+        }
+    }
+}
+
+impl core::fmt::Display for DeviceSelector {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DeviceSelector::BusId(b) => f.write_str(b),
+            DeviceSelector::Ids {
+                vendor_id,
+                product_id,
+                serial,
+            } => {
+                write!(f, "{vendor_id:04x}:{product_id:04x}")?;
+                match serial {
+                    Some(s) => write!(f, ":{s}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// Where a driver domain publishes the USB devices it can assign, relative to its xenstore
@@ -596,6 +699,44 @@ impl ControllerNodes {
 mod tests {
     use super::*;
     use zerocopy::FromZeros;
+
+    #[test]
+    fn device_selectors_name_a_place_or_a_device() {
+        let ids = |v, p, s: Option<&str>| DeviceSelector::Ids {
+            vendor_id: v,
+            product_id: p,
+            serial: s.map(Into::into),
+        };
+        for (text, want) in [
+            ("1-2", Some(DeviceSelector::BusId("1-2".into()))),
+            ("2-4.3", Some(DeviceSelector::BusId("2-4.3".into()))),
+            ("0627:0001", Some(ids(0x0627, 1, None))),
+            (
+                "46F4:0001:SN-42_x.y",
+                Some(ids(0x46f4, 1, Some("SN-42_x.y"))),
+            ),
+            ("627:0001", None),
+            ("0627:00011", None),
+            ("0627:0001:", None),
+            ("0627:0001:a b", None),
+            ("0627:0001:a:b", None),
+            ("gggg:0001", None),
+            ("1-0", None),
+            ("", None),
+        ] {
+            assert_eq!(DeviceSelector::parse(text), want, "{text:?}");
+        }
+        let long = alloc::format!("0627:0001:{}", "x".repeat(MAX_SERIAL_LEN + 1));
+        assert_eq!(DeviceSelector::parse(&long), None);
+        let s = ids(0x0627, 1, Some("A1"));
+        assert_eq!(s.to_string(), "0627:0001:A1");
+        assert!(s.matches("3-1", 0x0627, 1, Some("A1")));
+        assert!(!s.matches("3-1", 0x0627, 1, Some("A2")));
+        assert!(!s.matches("3-1", 0x0627, 1, None));
+        assert!(ids(0x0627, 1, None).matches("1-9", 0x0627, 1, None));
+        assert!(!ids(0x0627, 1, None).matches("1-9", 0x0627, 2, None));
+        assert!(DeviceSelector::BusId("1-9".into()).matches("1-9", 0, 0, None));
+    }
 
     fn pipe(port: u8, ty: TransferType, dir: Direction) -> u32 {
         Pipe {

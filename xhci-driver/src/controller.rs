@@ -350,6 +350,8 @@ pub struct UsbDevice {
     pub max_packet_size0: u16,
     /// The product string, when the device has one and sent it.
     pub product: Option<String>,
+    /// The serial number string, likewise.
+    pub serial: Option<String>,
 }
 
 impl UsbDevice {
@@ -1295,7 +1297,7 @@ impl<H: Hal> Controller<H> {
     /// behind it after it.
     fn found(&mut self, d: UsbDevice, found: &mut Vec<UsbDevice>) {
         info!(
-            "event=usb_device busid={} port={} slot={} speed={} usb={:x}.{:02x} vid={:04x} pid={:04x} class={:02x} mps0={} product={:?}",
+            "event=usb_device busid={} port={} slot={} speed={} usb={:x}.{:02x} vid={:04x} pid={:04x} class={:02x} mps0={} product={:?} serial={:?}",
             d.busid(),
             d.root_port.port,
             d.slot_id,
@@ -1306,7 +1308,8 @@ impl<H: Hal> Controller<H> {
             d.product_id,
             d.class,
             d.max_packet_size0,
-            d.product.as_deref().unwrap_or("")
+            d.product.as_deref().unwrap_or(""),
+            d.serial.as_deref().unwrap_or("")
         );
         let is_hub = d.class == hub::HUB_CLASS;
         found.push(d.clone());
@@ -1738,18 +1741,20 @@ impl<H: Hal> Controller<H> {
         let word = |at: usize| u16::from_le_bytes([d[at], d[at + 1]]);
         let index = self.slot_index(slot_id)?;
         self.slots[index].num_configurations = d[17];
-        let i_product = d[15];
-        let product = if i_product == 0 {
-            None
-        } else {
-            match self.string(slot_id, i_product) {
+        let mut string = |index: u8| {
+            if index == 0 {
+                return None;
+            }
+            match self.string(slot_id, index) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    warn!("event=usb_string_error busid={busid} index={i_product} error={e}");
+                    warn!("event=usb_string_error busid={busid} index={index} error={e}");
                     None
                 }
             }
         };
+        // iProduct, iSerialNumber.
+        let (product, serial) = (string(d[15]), string(d[16]));
         Ok(UsbDevice {
             root_port,
             hub_ports,
@@ -1761,6 +1766,7 @@ impl<H: Hal> Controller<H> {
             class: d[4],
             max_packet_size0,
             product,
+            serial,
         })
     }
 

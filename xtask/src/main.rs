@@ -5,8 +5,11 @@
 //! - `cargo xtask image`: builds the driver-domain kernel to `target/usbdom.elf`.
 //! - `cargo xtask run [-- WORDS]`: builds the image and boots it in QEMU with USB devices,
 //!   streaming the serial log; extra words go to the kernel command line.
+//! - `cargo xtask run --xen`: Xen inside QEMU with dom0, usbdom and two Linux guests using
+//!   USB devices through it, then a shell on dom0's console.
 //! - `cargo xtask demo`: the PVUSB connection played out on `xen::sim`.
-//! - `cargo xtask e2e`: the end-to-end run: Xen 4.17 inside QEMU, dom0, usbdom, a guest.
+//! - `cargo xtask e2e`: the end-to-end run: Xen 4.17 inside QEMU, dom0, usbdom, two guests.
+//! - `cargo xtask bench backend|e2e`: figures, not tests (see `bench`).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -42,10 +45,12 @@ fn main() {
                 "usage: cargo xtask <command>\n\n\
                  \x20 test     install prerequisites, then fmt, clippy, the image, every test\n\
                  \x20 image    build the driver-domain kernel to target/usbdom.elf\n\
-                 \x20 run      boot it in QEMU with USB devices (extra words: `run -- loglevel=debug`)\n\
+                 \x20 run      boot it in QEMU with USB devices (extra words: `run -- loglevel=debug`);\n\
+                 \x20          `run --xen`: Xen, dom0, usbdom and two guests, then dom0's shell\n\
                  \x20 demo     the PVUSB connection played out on xen::sim\n\
                  \x20 e2e      the end-to-end run on real Xen inside QEMU\n\
-                 \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim\n\
+                 \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
+                 \x20          `bench e2e [--mib N]`: usbdom vs qusb vs passthrough on Xen\n\
                  \x20 install  only install prerequisites"
             );
             exit(2);
@@ -265,8 +270,19 @@ fn bench(args: &[String]) -> Result {
                 "bench_backend",
             ]),
         ),
+        Some("e2e") => {
+            // The guests write after the first 64 MiB (the end-to-end test's data).
+            let mib = match &args[1..] {
+                [flag, n] if flag == "--mib" => n
+                    .parse::<usize>()
+                    .map_err(|_| format!("bench e2e: --mib {n}: not a number"))?,
+                [] => 16,
+                _ => return Err("usage: cargo xtask bench e2e [--mib N]".into()),
+            };
+            nested_xen_program("bench_e2e", "bench-stick.img", 64 + mib, &args[1..])
+        }
         other => Err(format!(
-            "bench: unknown benchmark {other:?}; there is `cargo xtask bench backend`"
+            "bench: unknown benchmark {other:?}; there are `bench backend` and `bench e2e`"
         )),
     }
 }
@@ -436,8 +452,10 @@ fn qemu_for_nested_xen(cache: &Path) -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// Builds (or takes from the cache) Xen, the kernels, dom0's root and the guest's initramfs,
-/// packs this run's dom0 initramfs, and runs the end-to-end test.
-fn e2e() -> Result {
+/// packs this run's dom0 initramfs, and writes the stick's image `stick` of `mib` MiB whose
+/// first 16 MiB are a pseudo-random pattern (the guest's hash of them must match), the rest
+/// zero. Returns the environment that `usbdom_tests::NestedXen` and `run_qemu` read.
+fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
     install()?;
     let image = timed("image", image)?;
     let cache = e2e_cache();
@@ -465,10 +483,8 @@ fn e2e() -> Result {
                 .env("USBCTL", &usbctl),
         )
     })?;
-    // The stick: 64 MiB whose first 16 MiB are a pseudo-random pattern (the guest's hash of
-    // them must match), the rest zero.
-    let stick = out.join("stick.img");
-    let mut bytes = vec![0u8; 64 << 20];
+    let stick = out.join(stick);
+    let mut bytes = vec![0u8; mib << 20];
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for chunk in bytes[..16 << 20].chunks_mut(8) {
         x ^= x << 13;
@@ -477,33 +493,64 @@ fn e2e() -> Result {
         chunk.copy_from_slice(&x.to_le_bytes());
     }
     std::fs::write(&stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))?;
-    let qemu_env = qemu_for_nested_xen(&cache)?;
+    let mut env = qemu_for_nested_xen(&cache)?;
+    env.extend([
+        ("USBDOM_E2E_XEN".into(), cache.join("xen.elf")),
+        ("USBDOM_E2E_KERNEL".into(), cache.join("vmlinuz")),
+        ("USBDOM_E2E_INITRD".into(), initrd),
+        ("USBDOM_E2E_STICK".into(), stick),
+    ]);
+    Ok(env)
+}
+
+/// The end-to-end test on real Xen (`tests/tests/e2e.rs`).
+fn e2e() -> Result {
+    let env = e2e_prepare("stick.img", 64)?;
     timed("run", || {
         step(
             "end-to-end test",
-            cargo()
-                .envs(qemu_env.iter().map(|(k, v)| (k, v)))
-                .args([
-                    "test",
-                    "-p",
-                    "usbdom-tests",
-                    "--test",
-                    "e2e",
-                    "--",
-                    "--ignored",
-                    "--nocapture",
-                ])
-                .env("USBDOM_E2E_XEN", cache.join("xen.elf"))
-                .env("USBDOM_E2E_KERNEL", cache.join("vmlinuz"))
-                .env("USBDOM_E2E_INITRD", &initrd)
-                .env("USBDOM_E2E_STICK", &stick),
+            cargo().envs(env.iter().map(|(k, v)| (k, v))).args([
+                "test",
+                "-p",
+                "usbdom-tests",
+                "--test",
+                "e2e",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ]),
         )
     })
+}
+
+/// One of the tests crate's programs that boot the nested Xen machine
+/// (`tests/examples/`), with the artefacts prepared and a stick of `mib` MiB.
+fn nested_xen_program(example: &str, stick: &str, mib: usize, args: &[String]) -> Result {
+    let env = e2e_prepare(stick, mib)?;
+    step(
+        example,
+        cargo()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "usbdom-tests",
+                "--example",
+                example,
+                "--",
+            ])
+            .args(args),
+    )
 }
 
 /// Boots the image on q35 with a USB stick, a keyboard and a hub; the serial log streams to
 /// the terminal. Ctrl-C reaches QEMU, which exits.
 fn run(extra: &[String]) -> Result {
+    if extra.first().map(String::as_str) == Some("--xen") {
+        eprintln!("xtask: booting Xen with dom0, usbdom and two guests in QEMU (Ctrl-C to stop)");
+        return nested_xen_program("xen_shell", "stick.img", 64, &[]);
+    }
     install()?;
     let image = image()?;
     let stick = root().join("target/usbstick.img");
