@@ -12,8 +12,9 @@ mib=${mib:-16}
 # bench_guest PATH LOG: waits for the guest's rounds and reports them.
 bench_guest() {
   wait_for "$2" "guest: bench done" 900 || fail "bench_$1_not_done"
-  grep -q "guest: bench error" "$2" && fail "bench_$1_$(grep -o 'error=[a-z_]*' "$2" | head -n1)"
+  grep "guest: bench disk" "$2" | sed -e 's|\r||' -e "s|^.*guest: bench disk |E2E: bench path=$1 disk |"
   grep "guest: bench op=" "$2" | sed -e 's|\r||' -e "s|^.*guest: bench |E2E: bench path=$1 |"
+  grep -q "guest: bench.*error=" "$2" && fail "bench_$1_$(grep -o 'error=[a-z_]*' "$2" | head -n1)"
   mark "phase=bench_$1_done"
 }
 

@@ -29,20 +29,26 @@ if [ -n "$bench" ]; then
   i=0
   while [ ! -b /dev/sda ] && [ $i -lt 300 ]; do sleep 1; i=$((i + 1)); done
   [ -b /dev/sda ] || echo "guest: bench error=no_disk"
-  # Debian's busybox dd prints no timing: the uptime clock (10 ms) brackets each run.
+  echo "guest: bench disk model=\"$(cat /sys/block/sda/device/model 2>/dev/null)\" size_sectors=$(cat /sys/block/sda/size) clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+  # Debian's busybox dd prints no timing: the uptime clock (10 ms) brackets each run, and
+  # a run that did not move every block is an error, not a figure.
   timed() {
     t0=$(cut -d' ' -f1 /proc/uptime)
-    "$@" 2>/dev/null
+    "$@" 2>/tmp/dd.err
     t1=$(cut -d' ' -f1 /proc/uptime)
-    echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}'
+    if grep -q "^$bench+0 records out" /tmp/dd.err; then
+      echo "$t0 $t1" | awk '{printf "seconds=%.2f", $2 - $1}'
+    else
+      echo "error=dd_failed dd=\"$(tr '\n' ' ' < /tmp/dd.err)\""
+    fi
   }
   for round in 1 2 3; do
     [ -b /dev/sda ] || break
-    s=$(timed dd if=/dev/sda of=/dev/null bs=1M count="$bench" iflag=direct)
-    echo "guest: bench op=read round=$round bytes=$((bench << 20)) seconds=$s"
+    r=$(timed dd if=/dev/sda of=/dev/null bs=1M count="$bench" iflag=direct)
+    echo "guest: bench op=read round=$round bytes=$((bench << 20)) $r"
     # Written after the first 64 MiB, which the end-to-end test's data lives in.
-    s=$(timed dd if=/dev/zero of=/dev/sda bs=1M count="$bench" seek=64 oflag=direct conv=fsync)
-    echo "guest: bench op=write round=$round bytes=$((bench << 20)) seconds=$s"
+    r=$(timed dd if=/dev/zero of=/dev/sda bs=1M count="$bench" seek=64 oflag=direct conv=fsync)
+    echo "guest: bench op=write round=$round bytes=$((bench << 20)) $r"
   done
   echo "guest: bench done"
   exec sleep 100000

@@ -40,6 +40,7 @@ pub fn devices_dir(backend: DomId) -> String {
     format!("/local/domain/{backend}/{}", xen::pvusb::DEVICES_DIR)
 }
 
+pub mod monitor;
 pub mod xlcfg;
 
 pub use xen::pvusb::busid_key;
@@ -658,12 +659,16 @@ pub const USAGE: &str = "usage:
   usbctl detach DOMAIN DEVID PORT
   usbctl [--backend DOMAIN] up GUEST.CFG [XL CREATE ARGUMENTS]
   usbctl [--backend DOMAIN] apply DOMAIN GUEST.CFG
+  usbctl monitor [--follow] [--json] [LOG FILE | --domain DOMAIN]
 DOMAIN is a name or id; the backend defaults to the domain named usbdom.
 DEVICE names a device the backend offers: a bus id, Linux style (1-2, 1-4.3), or
 vid:pid[:serial] (0627:0001), which follows the device to any port.
 up runs `xl create GUEST.CFG ...`, then does what apply does: creates the controllers
 and attaches the devices of the config's vusb = [ 'usbver=2, numports=8, port_1=1-2' ]
-entries. Devices not plugged in are attached when they are.";
+entries. Devices not plugged in are attached when they are.
+monitor shows usbdom's devices, their owners and each controller's counters from its log
+(default /var/log/xen/usbdom-serial.log; --domain reads `xl console DOMAIN`), and exits 2
+with the panic text if usbdom panicked. --json prints JSON lines.";
 
 /// Reads and checks a guest config file's `vusb` entries.
 pub fn read_config(file: &str) -> Result<xlcfg::GuestConfig, Error> {

@@ -9,6 +9,7 @@
 //! usbctl detach DOMAIN DEVID PORT
 //! usbctl [--backend DOMAIN] up GUEST.CFG [XL CREATE ARGUMENTS]
 //! usbctl [--backend DOMAIN] apply DOMAIN GUEST.CFG
+//! usbctl monitor [--follow] [--json] [LOG FILE | --domain DOMAIN]
 //! ```
 //! Domains by name or id; the backend defaults to the domain named `usbdom`.
 
@@ -113,6 +114,75 @@ fn up(backend: &[String], file: &str, xl_args: &[String]) -> Result<(), Error> {
     usbctl::run(&args, connect, tick, &mut std::io::stdout())
 }
 
+/// The serial log `xen-cfg/usbdom.cfg` has usbdom write.
+const DEFAULT_LOG: &str = "/var/log/xen/usbdom-serial.log";
+
+/// `monitor [--follow] [--json] [FILE | --domain DOMAIN]`; returns the exit status.
+fn monitor(args: &[String]) -> Result<i32, Error> {
+    let (mut follow, mut json, mut file, mut domain) = (false, false, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--follow" | "-f" => follow = true,
+            "--json" => json = true,
+            "--domain" => {
+                domain = Some(
+                    it.next()
+                        .ok_or_else(|| Error("--domain needs a domain".into()))?
+                        .clone(),
+                )
+            }
+            f if !f.starts_with('-') && file.is_none() => file = Some(f.to_string()),
+            _ => return Err(Error(usbctl::USAGE.into())),
+        }
+    }
+    // Names of domains, where xenstore can be asked (dom0); ids alone elsewhere.
+    let xs = std::cell::RefCell::new(connect().ok());
+    let name = |d: u32| -> Option<String> {
+        xs.borrow_mut()
+            .as_mut()?
+            .read_string(
+                xen::xenstore::TxId::NONE,
+                &format!("/local/domain/{d}/name"),
+            )
+            .ok()
+    };
+    let mut out = std::io::stdout();
+    let state = if let Some(dom) = domain {
+        // `xl console` streams the console for as long as the domain runs.
+        let mut child = std::process::Command::new("xl")
+            .args(["console", &dom])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Error(format!("xl console {dom}: {e}")))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut input = std::io::BufReader::new(stdout);
+        let state = usbctl::monitor::watch(&mut input, &mut || false, json, &name, &mut out);
+        let _ = child.kill();
+        state
+    } else {
+        let path = file.unwrap_or_else(|| DEFAULT_LOG.into());
+        let f = std::fs::File::open(&path).map_err(|e| Error(format!("{path}: {e}")))?;
+        let mut input = std::io::BufReader::new(f);
+        let mut more = || {
+            if follow {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            follow
+        };
+        usbctl::monitor::watch(&mut input, &mut more, json, &name, &mut out)
+    }
+    .map_err(|e| Error(format!("reading the log: {e}")))?;
+    match state.panic {
+        Some((location, message)) => {
+            eprintln!("usbctl: usbdom panicked at {location}: {message}");
+            Ok(2)
+        }
+        None => Ok(0),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (backend, rest) = match args.as_slice() {
@@ -121,6 +191,11 @@ fn main() {
     };
     let result = match rest {
         [cmd, file, xl_args @ ..] if cmd == "up" => up(&backend, file, xl_args),
+        [cmd, args @ ..] if cmd == "monitor" => match monitor(args) {
+            Ok(0) => Ok(()),
+            Ok(code) => exit(code),
+            Err(e) => Err(e),
+        },
         _ => {
             let tick = Box::new(|| std::thread::sleep(Duration::from_millis(100)));
             usbctl::run(&args, connect, tick, &mut std::io::stdout())
