@@ -6,6 +6,7 @@
 //! `xen::sim`. The other side may change the page at any time: callers copy what they read
 //! before they check it.
 
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -45,19 +46,45 @@ impl<P: SharedPage + ?Sized> SharedPage for &P {
 /// A page of ordinary memory, shareable between in-process parties by cloning the handle.
 ///
 /// Built from atomic words so that two parties touching it concurrently is defined behaviour
-/// without `unsafe`.
+/// without `unsafe`. The words are a page-aligned page of their own ([`LocalPage::addr`]), so
+/// a kernel hosting `xen::sim` can give a device the page to DMA into, as a grant-mapped page
+/// would be given.
 #[derive(Clone)]
-pub struct LocalPage(Arc<[AtomicU32; PAGE_SIZE / 4]>);
+pub struct LocalPage(Arc<Storage>);
+
+/// The page's words, page-aligned.
+#[repr(C, align(4096))]
+struct Words([AtomicU32; PAGE_SIZE / 4]);
+
+/// Boxed apart from the `Arc`'s counters: inside the `Arc` the alignment would cost a
+/// second page per page.
+struct Storage(Box<Words>);
+
+impl core::ops::Deref for Storage {
+    type Target = [AtomicU32; PAGE_SIZE / 4];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0 .0
+    }
+}
 
 impl LocalPage {
     /// A zero-filled page.
     pub fn new() -> LocalPage {
-        LocalPage(Arc::new(core::array::from_fn(|_| AtomicU32::new(0))))
+        LocalPage(Arc::new(Storage(Box::new(Words(core::array::from_fn(
+            |_| AtomicU32::new(0),
+        ))))))
     }
 
     /// Whether two handles name the same page.
     pub fn same_page(&self, other: &LocalPage) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The address of the page's first byte in this address space (a multiple of 4096):
+    /// where a device may read and write it, in a kernel whose memory is identity-mapped.
+    pub fn addr(&self) -> usize {
+        core::ptr::from_ref::<Words>(&self.0 .0) as usize
     }
 
     fn byte(&self, offset: usize) -> u8 {
@@ -83,7 +110,7 @@ impl Default for LocalPage {
 
 impl core::fmt::Debug for LocalPage {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "LocalPage({:p})", Arc::as_ptr(&self.0))
+        write!(f, "LocalPage({:#x})", self.addr())
     }
 }
 
@@ -148,5 +175,7 @@ mod tests {
         q.store_u32(4092, 0xdead_beef);
         assert_eq!(p.load_u32(4092), 0xdead_beef);
         assert!(p.same_page(&q) && !p.same_page(&LocalPage::new()));
+        assert_eq!(p.addr() % PAGE_SIZE, 0, "page-aligned");
+        assert_eq!(p.addr(), q.addr());
     }
 }

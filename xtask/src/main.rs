@@ -501,6 +501,9 @@ fn e2e() -> Result {
     })
 }
 
+/// The demo's device assignment in `cargo xtask run`.
+const DEFAULT_ASSIGN: &str = "assign=2-1:vm1,1-2:vm2";
+
 /// Boots the image on q35 with a USB stick, a keyboard and a hub; the serial log streams to
 /// the terminal. Ctrl-C reaches QEMU, which exits.
 fn run(extra: &[String]) -> Result {
@@ -512,11 +515,16 @@ fn run(extra: &[String]) -> Result {
         f.set_len(64 << 20)
             .map_err(|e| format!("{}: {e}", stick.display()))?;
     }
-    let words: Vec<&str> = extra
+    let mut words: Vec<&str> = extra
         .iter()
         .map(String::as_str)
         .filter(|w| *w != "--")
         .collect();
+    // Without a hypervisor usbdom runs its demo: the stick (SuperSpeed, bus 2 port 1) goes to
+    // the simulated VM vm1, the keyboard (QEMU port 2, Linux's 1-2) to vm2.
+    if !words.iter().any(|w| w.starts_with("assign=")) {
+        words.push(DEFAULT_ASSIGN);
+    }
     eprintln!("xtask: booting usbdom in QEMU (Ctrl-C to stop)");
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
@@ -536,8 +544,8 @@ fn run(extra: &[String]) -> Result {
         "if=none,id=stick,file={},format=raw",
         stick.display()
     ))
-    .args(["-device", "usb-storage,bus=xhci.0,drive=stick"])
-    .args(["-device", "usb-kbd,bus=xhci.0"])
+    .args(["-device", "usb-storage,bus=xhci.0,drive=stick,port=1"])
+    .args(["-device", "usb-kbd,bus=xhci.0,port=2"])
     .args(["-device", "usb-hub,bus=xhci.0,port=3"])
     .args(["-device", "usb-mouse,bus=xhci.0,port=3.1"])
     .arg("-kernel")
