@@ -276,6 +276,24 @@ impl Vm {
         &self.name
     }
 
+    /// Its domain.
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+
+    /// The bus id of the device assigned to it.
+    pub fn busid(&self) -> Option<&str> {
+        self.busid.as_deref()
+    }
+
+    /// The block size of its stick, once configured.
+    pub fn block_size(&self) -> Option<u32> {
+        match self.stage {
+            Stage::Ready(s) => Some(s.block_size),
+            _ => None,
+        }
+    }
+
     /// Whether it has nothing left to do: workload finished, failed, or no device.
     pub fn idle(&self) -> bool {
         matches!(self.stage, Stage::Idle)

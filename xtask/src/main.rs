@@ -45,7 +45,8 @@ fn main() {
                  \x20 run      boot it in QEMU with USB devices (extra words: `run -- loglevel=debug`)\n\
                  \x20 demo     the PVUSB connection played out on xen::sim\n\
                  \x20 e2e      the end-to-end run on real Xen inside QEMU\n\
-                 \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim\n\
+                 \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
+                 \x20          `bench qemu`: the ring path against the driver alone, in QEMU\n\
                  \x20 install  only install prerequisites"
             );
             exit(2);
@@ -265,8 +266,130 @@ fn bench(args: &[String]) -> Result {
                 "bench_backend",
             ]),
         ),
+        Some("qemu") => bench_qemu(&args[1..]),
         other => Err(format!(
-            "bench: unknown benchmark {other:?}; there is `cargo xtask bench backend`"
+            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend` and `cargo xtask bench qemu [--rounds N] [--mib N]`"
+        )),
+    }
+}
+
+/// `cargo xtask bench qemu [--rounds N] [--mib N]`: one demo-mode boot with four sticks
+/// (`demo bench=N`): vm1's stick read, then written, N MiB at a time with 16 requests in
+/// flight, (a) through the xHCI driver alone and (b) through frontend, ring, usbback and the
+/// driver, rounds alternated; then 1, 2 and 4 VMs reading their own sticks at once. Prints
+/// the kernel's `event=bench_*` lines and a summary.
+fn bench_qemu(args: &[String]) -> Result {
+    let mut rounds = 3u32;
+    let mut mib = 8u32;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = |v: Option<&String>| -> Result<u32> {
+            v.and_then(|v| v.parse().ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("bench qemu: {a} needs a positive number"))
+        };
+        match a.as_str() {
+            "--rounds" => rounds = value(it.next())?,
+            "--mib" => mib = value(it.next())?.min(256),
+            other => return Err(format!("bench qemu: unknown argument {other:?}")),
+        }
+    }
+    let image = image()?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Each stick holds what is read (pseudo-random) and, after it, what is written.
+    let size = (2 * mib as usize + 1) << 20;
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-machine",
+        "q35",
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-device",
+        "qemu-xhci,id=xhci",
+    ]);
+    let mut assign = Vec::new();
+    for n in 1..=4u64 {
+        let stick = dir.join(format!("stick{n}.img"));
+        let mut bytes = vec![0u8; size];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ n;
+        for chunk in bytes[..(mib as usize) << 20].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(&stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))?;
+        qemu.arg("-drive")
+            .arg(format!(
+                "if=none,id=s{n},file={},format=raw",
+                stick.display()
+            ))
+            .arg("-device")
+            .arg(format!("usb-storage,bus=xhci.0,drive=s{n},port={n}"));
+        // SuperSpeed sticks on QEMU ports 1..4 are bus 2, ports 1..4.
+        assign.push(format!("2-{n}:vm{n}"));
+    }
+    let cmdline = format!(
+        "qemu_exit demo bench={rounds} demo_mib={mib} assign={}",
+        assign.join(",")
+    );
+    qemu.arg("-kernel").arg(&image).arg("-append").arg(&cmdline);
+    eprintln!("xtask: bench qemu: {cmdline}");
+    let out = Command::new("timeout")
+        .arg("600")
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
+        .output()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("event=bench") || l.contains("event=demo_finished") || l.contains("panic")
+        })
+        .collect();
+    for l in &lines {
+        println!("{l}");
+    }
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("?")
+            .to_string()
+    };
+    println!("summary: rounds={rounds} mib={mib} in_flight=16 (a = xhci-driver alone, b = frontend -> ring -> usbback -> xhci-driver)");
+    for l in lines.iter().filter(|l| l.contains("event=bench_ratio")) {
+        println!(
+            "summary: op={} ratio={} (b/a throughput) a_mib_s={} b_mib_s={} ring_full_frontend={} ring_full_backend={}",
+            field(l, "op"),
+            field(l, "ratio"),
+            field(l, "direct_mib_s"),
+            field(l, "ring_mib_s"),
+            field(l, "ring_full_frontend"),
+            field(l, "ring_full_backend")
+        );
+    }
+    for l in lines.iter().filter(|l| l.contains("event=bench_vms")) {
+        println!(
+            "summary: vms={} aggregate_mib_s={}",
+            field(l, "vms"),
+            field(l, "aggregate_mib_s")
+        );
+    }
+    // isa-debug-exit's success value: QEMU exits with 33.
+    match out.status.code() {
+        Some(33) if lines.iter().any(|l| l.contains("event=bench_done")) => Ok(()),
+        code => Err(format!(
+            "bench qemu: QEMU ended with {code:?} before event=bench_done; the log:\n{log}"
         )),
     }
 }
