@@ -82,7 +82,8 @@ type Fe = Frontend<Domain, SimXsTransport>;
 /// Something a VM with a mass-storage device does once it is configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
-    /// READ(10)s of `bytes` from `lba`, hashed with SHA-256 when `hash`.
+    /// READ(10)s of `bytes` from `lba`, hashed with SHA-256 when `hash` (otherwise the
+    /// data is not copied out of the frontend's pages: a throughput measurement).
     Read {
         /// First block.
         lba: u32,
@@ -228,8 +229,10 @@ struct Command {
     storage: Storage,
     direction: Direction,
     len: usize,
-    /// OUT: the data.
-    out: Option<Vec<u8>>,
+    /// OUT: the data, one buffer per URB.
+    out: Vec<Vec<u8>>,
+    /// IN: the data is not looked at ([`Urb::discard_in_data`]).
+    discard: bool,
     phase: Phase,
     /// The data URBs' answers, once in.
     data: Vec<Completion>,
@@ -352,18 +355,19 @@ impl Vm {
         self.submit(Urb::control(PORT, device, setup, Vec::new()));
     }
 
+    fn pipe(&self, direction: Direction, endpoint: u8) -> Pipe {
+        Pipe {
+            port: PORT,
+            unlink: false,
+            direction,
+            device: ADDRESS,
+            endpoint,
+            transfer_type: TransferType::Bulk,
+        }
+    }
+
     fn bulk(&mut self, direction: Direction, endpoint: u8, buffer: Vec<u8>) {
-        self.submit(Urb::new(
-            Pipe {
-                port: PORT,
-                unlink: false,
-                direction,
-                device: ADDRESS,
-                endpoint,
-                transfer_type: TransferType::Bulk,
-            },
-            buffer,
-        ));
+        self.submit(Urb::new(self.pipe(direction, endpoint), buffer));
     }
 
     /// Moves on; true when anything happened.
@@ -635,7 +639,7 @@ impl Vm {
                 bulk_out,
                 block_size: 0,
             };
-            self.command(s, &read_capacity_10(), Direction::In, 8, None);
+            self.command(s, &read_capacity_10(), Direction::In, 8, Vec::new(), false);
             return Some(Stage::Capacity(s));
         }
         let keyboard = config.interfaces.iter().find_map(|i| {
@@ -690,7 +694,8 @@ impl Vm {
         cdb: &[u8],
         direction: Direction,
         len: usize,
-        out: Option<Vec<u8>>,
+        out: Vec<Vec<u8>>,
+        discard: bool,
     ) {
         self.tag = self.tag.wrapping_add(1);
         let d = match direction {
@@ -704,6 +709,7 @@ impl Vm {
             direction,
             len,
             out,
+            discard,
             phase: Phase::Cbw,
             data: Vec::new(),
         });
@@ -715,17 +721,22 @@ impl Vm {
         let mut c = self.command.take()?;
         match c.phase {
             Phase::Cbw if c.len > 0 => {
-                let mut at = 0;
-                while at < c.len {
-                    let n = CHUNK.min(c.len - at);
-                    match (c.direction, &c.out) {
-                        (Direction::Out, Some(data)) => {
-                            let chunk = data[at..at + n].to_vec();
-                            self.bulk(Direction::Out, c.storage.bulk_out, chunk)
-                        }
-                        _ => self.bulk(Direction::In, c.storage.bulk_in, alloc::vec![0; n]),
+                if c.direction == Direction::Out {
+                    for chunk in core::mem::take(&mut c.out) {
+                        self.bulk(Direction::Out, c.storage.bulk_out, chunk);
                     }
-                    at += n;
+                } else {
+                    let mut at = 0;
+                    while at < c.len {
+                        let n = CHUNK.min(c.len - at);
+                        let mut urb = Urb::new(
+                            self.pipe(Direction::In, c.storage.bulk_in),
+                            alloc::vec![0; n],
+                        );
+                        urb.discard_in_data = c.discard;
+                        self.submit(urb);
+                        at += n;
+                    }
                 }
                 c.phase = Phase::Data;
             }
@@ -768,11 +779,16 @@ impl Vm {
         };
         let done = r.done;
         let out = match &r.job {
-            Job::Write { data, .. } => Some(data[done..done + len].to_vec()),
-            _ => None,
+            Job::Write { data, .. } => data[done..done + len]
+                .chunks(CHUNK)
+                .map(<[u8]>::to_vec)
+                .collect(),
+            _ => Vec::new(),
         };
         let cdb = read_write_10(opcode, lba, blocks);
-        self.command(s, &cdb, direction, len, out);
+        // A read that is not hashed does not look at its data.
+        let discard = matches!(r.job, Job::Read { hash: false, .. });
+        self.command(s, &cdb, direction, len, out, discard);
         if let Some(r) = self.running.as_mut() {
             r.tag = self.tag;
         }
