@@ -274,11 +274,6 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// The VM's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Its domain.
     pub fn domid(&self) -> DomId {
         self.domid

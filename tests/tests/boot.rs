@@ -794,3 +794,53 @@ fn demo_mode_serves_two_simulated_vms_through_usbback_and_the_xhci_driver() {
         }
     });
 }
+
+#[test]
+fn bench_mode_measures_both_paths_side_by_side_and_vms_at_once() {
+    // What `cargo xtask bench qemu` runs, small: one round of 1 MiB, two sticks.
+    let machine = Machine::new("q35", "demo-bench")
+        .usb_stick("stick1")
+        .usb_stick("stick2")
+        .append("demo bench=1 demo_mib=1 assign=2-1:vm1,2-2:vm2");
+    let run = machine.limit(Duration::from_secs(60)).boot();
+    run.check(|r| {
+        assert!(!r.timed_out, "QEMU did not exit in time");
+        assert_eq!(r.exit, Some(EXIT_SUCCESS));
+        assert!(r.event("bench_failed").is_none());
+        assert!(r.event("demo_failed").is_none());
+        for op in ["read", "write"] {
+            for path in ["direct", "ring"] {
+                let round = r
+                    .events("bench_round")
+                    .find(|l| field(l, "op") == Some(op) && field(l, "path") == Some(path))
+                    .unwrap_or_else(|| panic!("no {path} {op} round"));
+                assert_eq!(field(round, "bytes"), Some("1048576"), "{round}");
+            }
+            let ratio = r
+                .events("bench_ratio")
+                .find(|l| field(l, "op") == Some(op))
+                .unwrap_or_else(|| panic!("no {op} ratio"));
+            println!("bench: {ratio}");
+            let value: f64 = field(ratio, "ratio").unwrap().parse().unwrap();
+            assert!(value > 0.0, "{ratio}");
+            assert_eq!(field(ratio, "in_flight"), Some("16"), "{ratio}");
+        }
+        let vms: Vec<&str> = r.events("bench_vms").collect();
+        assert_eq!(
+            vms.iter()
+                .map(|l| field(l, "vms").unwrap())
+                .collect::<Vec<_>>(),
+            ["1", "2"],
+            "{vms:#?}"
+        );
+        let (_, done) = r.event("bench_done").expect("event=bench_done");
+        assert_eq!(field(done, "vms_with_sticks"), Some("2"), "{done}");
+        let (_, finished) = r.event("demo_finished").expect("event=demo_finished");
+        assert_eq!(
+            field(finished, "backend_in_flight"),
+            Some("0"),
+            "{finished}"
+        );
+        assert_eq!(field(finished, "protocol_errors"), Some("0"), "{finished}");
+    });
+}
