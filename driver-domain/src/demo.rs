@@ -4,7 +4,8 @@
 //! given (in the kernel: the xHCI driver and QEMU's devices).
 //!
 //! Each VM gets a virtual controller the way the dom0 tool does it (`usbctl hc-create`: the
-//! [`ControllerNodes`]; `usbctl attach`: the bus id in the backend's [`ASSIGN_DIR`]), and
+//! [`ControllerNodes`]; `usbctl attach`, once the backend waits for the frontend and offers
+//! the device: the bus id in the backend's [`ASSIGN_DIR`]), and
 //! then behaves as a Linux guest with that device: it enumerates it (GET_DESCRIPTOR,
 //! SET_ADDRESS, the configuration, SET_CONFIGURATION) and, for a mass-storage stick, runs
 //! Bulk-Only Transport SCSI commands with up to 16 URBs in flight ([`Job`]); for a HID
@@ -26,10 +27,12 @@ use usbback::host::{HostEvent, UsbHost};
 use xen::abi::DomId;
 use xen::hypervisor::EventChannels;
 use xen::page::LocalPage;
-use xen::pvusb::{ControllerNodes, Direction, Pipe, TransferType, ASSIGN_DIR};
+use xen::pvusb::{
+    busid_key, ControllerNodes, Direction, Pipe, TransferType, ASSIGN_DIR, DEVICES_DIR,
+};
 use xen::sim::{Domain, SimXsTransport, Xen};
-use xen::xenbus::XenbusState;
-use xen::xenstore::TxId;
+use xen::xenbus::{self, XenbusState};
+use xen::xenstore::{TxId, XenStore};
 use xhci_driver::descriptor::{self, parse_configuration, total_length, Configuration};
 use xhci_driver::mass_storage::{
     capacity, cbw, csw, is_bulk_only_scsi, read_capacity_10, read_write_10, CSW_SIZE, READ_10,
@@ -859,8 +862,20 @@ impl Vm {
     }
 }
 
+/// An assignment to make once the backend can take it.
+struct Attach {
+    vm: String,
+    backend_dir: String,
+    busid: String,
+}
+
 /// The simulated machine: a backend domain and the user VMs.
 pub struct Demo {
+    /// The toolstack's xenstore connection.
+    dom0: XenStore<SimXsTransport>,
+    /// Assignments not yet made: `usbctl attach` waits for the controller's backend and for
+    /// the device in the backend's inventory.
+    attaches: Vec<Attach>,
     backend: SimBackend,
     vms: Vec<Vm>,
     finished: bool,
@@ -887,6 +902,7 @@ impl Demo {
         let backend = SimBackend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid())
             .map_err(|e| format!("backend: {e}"))?;
         let mut out = Vec::new();
+        let mut attaches = Vec::new();
         for &vm in vms {
             let dom = xen.create_domain();
             name(&mut dom0, dom.domid(), vm)?;
@@ -900,12 +916,14 @@ impl Demo {
             };
             dom0.transaction(5, |xs, tx| nodes.write(xs, tx))
                 .map_err(|e| format!("xenstore: {e}"))?;
-            // usbctl attach <vm> 0 1 <busid>.
+            // usbctl attach <vm> 0 1 <busid>, once the backend is ready for it (step).
             let busid = assign.iter().find(|(_, v)| *v == vm).map(|(b, _)| *b);
             if let Some(b) = busid {
-                let key = format!("{}/{ASSIGN_DIR}/{PORT}", nodes.backend_dir());
-                dom0.write(TxId::NONE, &key, b.as_bytes())
-                    .map_err(|e| format!("xenstore: {e}"))?;
+                attaches.push(Attach {
+                    vm: String::from(vm),
+                    backend_dir: nodes.backend_dir(),
+                    busid: String::from(b),
+                });
             }
             let fe = Frontend::new(dom.clone(), dom.xenstore(), dom.domid(), 0)
                 .map_err(|e| format!("frontend of {vm}: {e}"))?;
@@ -935,6 +953,8 @@ impl Demo {
             });
         }
         Ok(Demo {
+            dom0,
+            attaches,
             backend,
             vms: out,
             finished: false,
@@ -959,11 +979,42 @@ impl Demo {
         for p in ports {
             self.backend.handle_event(p, host);
         }
+        progress |= self.attach();
         for vm in &mut self.vms {
             progress |= vm.step();
         }
         let after: Vec<XenbusState> = self.backend.devices().map(|(_, s)| s).collect();
         progress | (before != after)
+    }
+
+    /// What `usbctl attach` does, for each assignment whose controller's backend waits for
+    /// its frontend (or is further) and whose device the backend offers: the bus id goes into
+    /// the port's key. True when one was made.
+    fn attach(&mut self) -> bool {
+        let be = self.backend.hypervisor().domid();
+        let dom0 = &mut self.dom0;
+        let before = self.attaches.len();
+        self.attaches.retain(|a| {
+            let state = xenbus::read_state(dom0, TxId::NONE, &a.backend_dir);
+            let serving = matches!(
+                state,
+                Ok(XenbusState::InitWait | XenbusState::Initialised | XenbusState::Connected)
+            );
+            let offered = format!("/local/domain/{be}/{DEVICES_DIR}/{}", busid_key(&a.busid));
+            if !serving || dom0.read(TxId::NONE, &offered).is_err() {
+                return true;
+            }
+            let key = format!("{}/{ASSIGN_DIR}/{PORT}", a.backend_dir);
+            match dom0.write(TxId::NONE, &key, a.busid.as_bytes()) {
+                Ok(()) => info!(
+                    "event=demo_attach vm={} busid={} port={PORT} backend={}",
+                    a.vm, a.busid, a.backend_dir
+                ),
+                Err(e) => warn!("event=demo_attach_failed vm={} error={e}", a.vm),
+            }
+            false
+        });
+        self.attaches.len() != before
     }
 
     /// Logs where each VM waits (`event=demo_waiting`, debug).

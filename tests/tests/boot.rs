@@ -718,6 +718,13 @@ fn demo_mode_serves_two_simulated_vms_through_usbback_and_the_xhci_driver() {
         assert_eq!(vms.len(), 2, "{vms:#?}");
         assert_eq!(field(vms[0], "busid"), Some("2-1"), "{}", vms[0]);
         assert_eq!(field(vms[1], "busid"), Some("1-2"), "{}", vms[1]);
+        // usbctl attach's way: once the backend offers the device and waits for the VM.
+        let attached: Vec<(&str, &str)> = r
+            .events("demo_attach")
+            .map(|l| (field(l, "vm").unwrap(), field(l, "busid").unwrap()))
+            .collect();
+        assert_eq!(attached.len(), 2, "{attached:?}");
+        assert!(attached.contains(&("vm1", "2-1")) && attached.contains(&("vm2", "1-2")));
         // Each guest enumerates its device through usbback as Linux does.
         for vm in ["vm1", "vm2"] {
             for step in ["connected", "device_descriptor", "address", "configured"] {
