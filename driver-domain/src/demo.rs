@@ -862,6 +862,18 @@ impl Vm {
     }
 }
 
+/// Microseconds [`Demo::step`] spent in its parts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    /// usbback answering the host's completions (`host_events`: unmap, respond, notify).
+    pub completions: u64,
+    /// usbback taking the frontends' requests (`handle_event`: decode, map, submit to the
+    /// host; with an emulated controller this includes the device's work on each doorbell).
+    pub requests: u64,
+    /// The simulated VMs: their frontends (grants, ring, completions) and workloads.
+    pub frontends: u64,
+}
+
 /// An assignment to make once the backend can take it.
 struct Attach {
     vm: String,
@@ -876,6 +888,8 @@ pub struct Demo {
     /// Assignments not yet made: `usbctl attach` waits for the controller's backend and for
     /// the device in the backend's inventory.
     attaches: Vec<Attach>,
+    clock: fn() -> u64,
+    times: StepTimes,
     backend: SimBackend,
     vms: Vec<Vm>,
     finished: bool,
@@ -955,6 +969,8 @@ impl Demo {
         Ok(Demo {
             dom0,
             attaches,
+            clock,
+            times: StepTimes::default(),
             backend,
             vms: out,
             finished: false,
@@ -964,9 +980,11 @@ impl Demo {
     /// Does what is due: the host's events and xenstore for the backend, the frontends'
     /// notifications, each VM's next step. True when anything moved (call again at once).
     pub fn step(&mut self, host: &mut dyn UsbHost<LocalPage>, events: Vec<HostEvent>) -> bool {
+        let t0 = (self.clock)();
         let before: Vec<XenbusState> = self.backend.devices().map(|(_, s)| s).collect();
         let mut progress = !events.is_empty();
         self.backend.host_events(host, events);
+        let t1 = (self.clock)();
         if let Err(e) = self.backend.poll_xenstore(host) {
             warn!("event=xenstore_error op=poll error={e}");
         }
@@ -976,15 +994,26 @@ impl Demo {
             .hypervisor()
             .take_pending(&mut |p| ports.push(p));
         progress |= !ports.is_empty();
+        let t2 = (self.clock)();
         for p in ports {
             self.backend.handle_event(p, host);
         }
+        let t3 = (self.clock)();
         progress |= self.attach();
         for vm in &mut self.vms {
             progress |= vm.step();
         }
         let after: Vec<XenbusState> = self.backend.devices().map(|(_, s)| s).collect();
+        let t4 = (self.clock)();
+        self.times.completions += t1 - t0;
+        self.times.requests += t3 - t2;
+        self.times.frontends += t4 - t3;
         progress | (before != after)
+    }
+
+    /// Where [`step`](Self::step)'s time went since the last call.
+    pub fn take_times(&mut self) -> StepTimes {
+        core::mem::take(&mut self.times)
     }
 
     /// What `usbctl attach` does, for each assignment whose controller's backend waits for

@@ -378,6 +378,28 @@ fn bench_qemu(args: &[String]) -> Result {
             field(l, "ring_full_backend")
         );
     }
+    // Where the ring rounds' time went, on average (the rest is the main loop waiting for
+    // the controller).
+    for op in ["read", "write"] {
+        let rounds: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.contains("event=bench_round path=ring") && field(l, "op") == op)
+            .collect();
+        let mean = |key: &str| {
+            let sum: u64 = rounds
+                .iter()
+                .filter_map(|l| field(l, key).parse::<u64>().ok())
+                .sum();
+            sum / rounds.len().max(1) as u64
+        };
+        println!(
+            "summary: op={op} ring_round_us={} of_which usbback_requests_us={} usbback_completions_us={} frontends_us={}",
+            mean("us"),
+            mean("usbback_requests_us"),
+            mean("usbback_completions_us"),
+            mean("frontends_us")
+        );
+    }
     for l in lines.iter().filter(|l| l.contains("event=bench_vms")) {
         println!(
             "summary: vms={} aggregate_mib_s={}",

@@ -175,9 +175,10 @@ impl Bench {
                     return false;
                 };
                 let round = self.ring[usize::from(write)].len();
+                let t = demo.take_times();
                 info!(
-                    "event=bench_round path=ring op={} round={round} bytes={} us={}",
-                    r.job, r.bytes, r.micros
+                    "event=bench_round path=ring op={} round={round} bytes={} us={} usbback_requests_us={} usbback_completions_us={} frontends_us={}",
+                    r.job, r.bytes, r.micros, t.requests, t.completions, t.frontends
                 );
                 self.ring[usize::from(write)].push(r.micros);
                 match usb {
@@ -230,6 +231,9 @@ impl Bench {
             }
             return;
         }
+        // The ring round's parts are counted from here (the direct round runs outside the
+        // demo's steps).
+        demo.take_times();
         let Some(vm) = demo.vm("vm1") else {
             self.step = Step::Done;
             return;
