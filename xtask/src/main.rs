@@ -4,8 +4,11 @@
 //!   rustup target and components), then runs everything CI checks.
 //! - `cargo xtask image`: builds the driver-domain kernel to `target/usbdom.elf`.
 //! - `cargo xtask run [-- WORDS]`: builds the image and boots it in QEMU with USB devices,
-//!   streaming the serial log; extra words go to the kernel command line.
+//!   streaming the serial log; extra words go to the kernel command line. Without a
+//!   hypervisor the kernel runs its demo (simulated VMs served through usbback).
 //! - `cargo xtask demo`: the PVUSB connection played out on `xen::sim`.
+//! - `cargo xtask bench backend|qemu`: usbback's CPU time per URB on `xen::sim`; the ring
+//!   path against the xHCI driver alone, in one demo-mode boot.
 //! - `cargo xtask e2e`: the end-to-end run: Xen 4.17 inside QEMU, dom0, usbdom, a guest.
 
 use std::env;
