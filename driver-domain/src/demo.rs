@@ -102,6 +102,16 @@ pub enum Job {
         /// The bytes, a multiple of the block size.
         data: Vec<u8>,
     },
+    /// WRITE(10)s of `bytes` bytes of `byte` at `lba`: a throughput measurement of any size
+    /// without a buffer of that size.
+    Fill {
+        /// First block.
+        lba: u32,
+        /// Bytes, a multiple of the block size.
+        bytes: usize,
+        /// The value of every byte.
+        byte: u8,
+    },
     /// READ(10)s of `expect.len()` bytes at `lba`, compared with `expect`.
     Verify {
         /// First block.
@@ -115,20 +125,23 @@ impl Job {
     fn name(&self) -> &'static str {
         match self {
             Job::Read { .. } => "read",
-            Job::Write { .. } => "write",
+            Job::Write { .. } | Job::Fill { .. } => "write",
             Job::Verify { .. } => "verify",
         }
     }
 
     fn lba(&self) -> u32 {
         match self {
-            Job::Read { lba, .. } | Job::Write { lba, .. } | Job::Verify { lba, .. } => *lba,
+            Job::Read { lba, .. }
+            | Job::Write { lba, .. }
+            | Job::Fill { lba, .. }
+            | Job::Verify { lba, .. } => *lba,
         }
     }
 
     fn bytes(&self) -> usize {
         match self {
-            Job::Read { bytes, .. } => *bytes,
+            Job::Read { bytes, .. } | Job::Fill { bytes, .. } => *bytes,
             Job::Write { data, .. } => data.len(),
             Job::Verify { expect, .. } => expect.len(),
         }
@@ -772,7 +785,7 @@ impl Vm {
         let blocks = (len / bs) as u16;
         r.len = len;
         let (opcode, direction) = match r.job {
-            Job::Write { .. } => (WRITE_10, Direction::Out),
+            Job::Write { .. } | Job::Fill { .. } => (WRITE_10, Direction::Out),
             _ => (READ_10, Direction::In),
         };
         let done = r.done;
@@ -780,6 +793,9 @@ impl Vm {
             Job::Write { data, .. } => data[done..done + len]
                 .chunks(CHUNK)
                 .map(<[u8]>::to_vec)
+                .collect(),
+            Job::Fill { byte, .. } => (0..len.div_ceil(CHUNK))
+                .map(|i| alloc::vec![*byte; CHUNK.min(len - i * CHUNK)])
                 .collect(),
             _ => Vec::new(),
         };
@@ -819,7 +835,7 @@ impl Vm {
                     at += c.data.len();
                 }
             }
-            Job::Write { .. } => {}
+            Job::Write { .. } | Job::Fill { .. } => {}
         }
         let moved: usize = data.iter().map(|c| c.actual_length as usize).sum();
         let (expected, job) = (r.len, r.job.name());

@@ -77,14 +77,15 @@ fn a_stick_is_read_hashed_written_and_read_back_and_a_keyboard_reports() {
 #[test]
 fn bench_vms_configure_and_wait_for_jobs() {
     let mut host: SimHost<LocalPage> = SimHost::new();
-    host.plug(Box::new(MassStorage::new(4096)), "2-1", Speed::Super);
+    let stick = host.plug(Box::new(MassStorage::new(4096)), "2-1", Speed::Super);
     let mut demo = Demo::new(&["vm1"], &[("2-1", "vm1")], Workload::Bench, clock).unwrap();
     run(&mut demo, &mut host);
     let vm = demo.vm("vm1").unwrap();
     assert!(vm.ready() && vm.take_result().is_none());
-    vm.push(Job::Write {
+    vm.push(Job::Fill {
         lba: 0,
-        data: vec![7; COMMAND_BYTES * 2],
+        bytes: COMMAND_BYTES * 2 + CHUNK,
+        byte: 7,
     });
     vm.push(Job::Read {
         lba: 0,
@@ -95,10 +96,13 @@ fn bench_vms_configure_and_wait_for_jobs() {
     let vm = demo.vm("vm1").unwrap();
     let w = vm.take_result().unwrap();
     let r = vm.take_result().unwrap();
-    assert_eq!((w.job, w.bytes), ("write", COMMAND_BYTES * 2));
+    assert_eq!((w.job, w.bytes), ("write", COMMAND_BYTES * 2 + CHUNK));
     assert_eq!(
         (r.job, r.bytes, r.sha256),
         ("read", COMMAND_BYTES * 2, None)
     );
     assert!(w.micros > 0 && vm.ready());
+    let disk = host.model::<MassStorage>(stick).unwrap().disk();
+    assert!(disk[..COMMAND_BYTES * 2 + CHUNK].iter().all(|&b| b == 7));
+    assert_eq!(disk[COMMAND_BYTES * 2 + CHUNK], 0);
 }

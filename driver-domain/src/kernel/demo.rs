@@ -266,9 +266,10 @@ impl Bench {
             }
         }
         vm.push(if write {
-            Job::Write {
+            Job::Fill {
                 lba,
-                data: alloc::vec![usb::BENCH_WRITE_BYTE; self.bytes],
+                bytes: self.bytes,
+                byte: usb::BENCH_WRITE_BYTE,
             }
         } else {
             Job::Read {
