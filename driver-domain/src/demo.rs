@@ -699,6 +699,10 @@ impl Vm {
     /// it is through the data URBs all at once (the frontend keeps 16 in flight), once they
     /// are all answered the CSW. The stage's handler gets the data URBs' answers and the
     /// CSW's, last.
+    ///
+    /// Queueing the CSW behind the data is legal USB, but QEMU's usb-storage before its
+    /// 2025 rework ("usb/msd: Permit relaxed ordering of IN packets"; Debian's 7.2 here)
+    /// loses such a CSW now and then: the command never ends.
     fn command(
         &mut self,
         s: Storage,
