@@ -47,6 +47,48 @@ pub struct Cmdline {
     pub usb_policy: Option<String<MAX_POLICY>>,
     /// A `usbpolicy=` longer than [`MAX_POLICY`] bytes.
     pub policy_too_long: bool,
+    /// `demo`: host `xen::sim` with simulated user VMs even on Xen (demo mode is the default
+    /// without a hypervisor).
+    pub demo: bool,
+    /// `assign=<busid>:<vm>,…`: which device the demo gives which simulated VM.
+    pub assign: Vec<Assignment, MAX_ASSIGN>,
+    /// An `assign=` that does not parse (or has more than [`MAX_ASSIGN`] entries).
+    pub bad_assign: bool,
+    /// `demo_mib=N`: MiB the demo's storage workload reads and hashes (default 4).
+    pub demo_mib: u32,
+    /// `bench=N`: the demo measures instead, N rounds of each path.
+    pub bench_rounds: Option<u32>,
+}
+
+/// One `assign=` entry: device `busid` to the simulated VM named `vm`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The device's bus id (`event=usb_device busid=`).
+    pub busid: String<16>,
+    /// The VM's name (`vm1`, …).
+    pub vm: String<16>,
+}
+
+/// Most `assign=` entries.
+pub const MAX_ASSIGN: usize = 8;
+
+/// The demo reads this many MiB unless `demo_mib=` says otherwise.
+pub const DEFAULT_DEMO_MIB: u32 = 4;
+
+fn parse_assign(text: &str) -> Option<Vec<Assignment, MAX_ASSIGN>> {
+    let mut out = Vec::new();
+    for entry in text.split(',') {
+        let (busid, vm) = entry.split_once(':')?;
+        if busid.is_empty() || vm.is_empty() {
+            return None;
+        }
+        let a = Assignment {
+            busid: String::try_from(busid).ok()?,
+            vm: String::try_from(vm).ok()?,
+        };
+        out.push(a).ok()?;
+    }
+    Some(out)
 }
 
 /// The longest `usbpolicy=` value kept.
@@ -62,6 +104,11 @@ impl Default for Cmdline {
             usb_test: None,
             usb_policy: None,
             policy_too_long: false,
+            demo: false,
+            assign: Vec::new(),
+            bad_assign: false,
+            demo_mib: DEFAULT_DEMO_MIB,
+            bench_rounds: None,
         }
     }
 }
@@ -81,6 +128,19 @@ impl Cmdline {
                     Err(_) => c.bad_log_level = true,
                 },
                 ("qemu_exit", None) => c.qemu_exit = true,
+                ("demo", None) => c.demo = true,
+                ("assign", Some(v)) => match parse_assign(v) {
+                    Some(a) => c.assign = a,
+                    None => c.bad_assign = true,
+                },
+                ("demo_mib", Some(v))
+                    if v.parse::<u32>().is_ok_and(|n| (1..=1024).contains(&n)) =>
+                {
+                    c.demo_mib = v.parse().unwrap_or(DEFAULT_DEMO_MIB)
+                }
+                ("bench", Some(v)) if v.parse::<u32>().is_ok_and(|n| n >= 1) => {
+                    c.bench_rounds = v.parse().ok()
+                }
                 ("usbpolicy", Some(v)) => match String::try_from(v) {
                     Ok(text) => c.usb_policy = Some(text),
                     Err(_) => c.policy_too_long = true,
@@ -145,6 +205,24 @@ mod tests {
         let c = Cmdline::parse("usbtest=hid");
         assert_eq!(c.usb_test, None);
         assert_eq!(c.unknown[0].as_str(), "usbtest=hid");
+    }
+
+    #[test]
+    fn demo_words_are_understood() {
+        let c = Cmdline::parse("demo assign=2-1:vm1,1-2:vm2 demo_mib=8 bench=3");
+        assert!(c.demo && !c.bad_assign && c.unknown.is_empty());
+        let pairs: std::vec::Vec<(&str, &str)> = c
+            .assign
+            .iter()
+            .map(|a| (a.busid.as_str(), a.vm.as_str()))
+            .collect();
+        assert_eq!(pairs, [("2-1", "vm1"), ("1-2", "vm2")]);
+        assert_eq!((c.demo_mib, c.bench_rounds), (8, Some(3)));
+        assert!(Cmdline::parse("assign=2-1").bad_assign);
+        assert!(Cmdline::parse("assign=2-1:vm1,").bad_assign);
+        let c = Cmdline::parse("demo_mib=0 bench=x");
+        assert_eq!((c.demo_mib, c.bench_rounds), (DEFAULT_DEMO_MIB, None));
+        assert_eq!(c.unknown.len(), 2);
     }
 
     #[test]

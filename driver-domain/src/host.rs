@@ -11,6 +11,7 @@ use usbback::host::{
     self, Completion, DeviceInfo, HostEvent, IsoResult, Transfer, TransferError, TransferType,
     UsbHost,
 };
+use xen::page::LocalPage;
 use xhci_driver::{
     Controller, Direction, Error, Hal, IsoPacket, Segment, Speed, TransferId, UsbDevice,
 };
@@ -327,6 +328,65 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
     }
 }
 
+/// usbback's host for frontends on `xen::sim` hosted in this kernel (demo mode): the sim's
+/// pages are ordinary kernel memory, so each segment's bus address becomes its page's own
+/// (`bus_address` of [`LocalPage::addr`]) instead of the sim's grant-window name for it, and
+/// the controller DMAs straight into the frontends' pages, as it does into grant-mapped pages
+/// on Xen. Everything else goes to `host` unchanged.
+pub struct SimPages<'a, U: ?Sized> {
+    host: &'a mut U,
+    bus_address: fn(usize) -> u64,
+}
+
+impl<'a, U: UsbHost<LocalPage> + ?Sized> SimPages<'a, U> {
+    /// `host` with `bus_address` turning a kernel address into a bus address.
+    pub fn new(host: &'a mut U, bus_address: fn(usize) -> u64) -> Self {
+        SimPages { host, bus_address }
+    }
+}
+
+impl<U: UsbHost<LocalPage> + ?Sized> UsbHost<LocalPage> for SimPages<'_, U> {
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.host.devices()
+    }
+
+    fn poll(&mut self, events: &mut Vec<HostEvent>) {
+        self.host.poll(events)
+    }
+
+    fn submit(&mut self, device: u32, mut t: Transfer<LocalPage>) -> Result<(), TransferError> {
+        for s in &mut t.segments {
+            s.phys = (self.bus_address)(s.page.addr());
+        }
+        self.host.submit(device, t)
+    }
+
+    fn cancel(&mut self, device: u32, token: u64) -> bool {
+        self.host.cancel(device, token)
+    }
+
+    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
+        self.host.set_configuration(device, value)
+    }
+
+    fn set_interface(
+        &mut self,
+        device: u32,
+        interface: u8,
+        alternate: u8,
+    ) -> Result<(), TransferError> {
+        self.host.set_interface(device, interface, alternate)
+    }
+
+    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
+        self.host.clear_halt(device, address)
+    }
+
+    fn reset(&mut self, device: u32) -> Result<(), TransferError> {
+        self.host.reset(device)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,4 +538,55 @@ mod tests {
         assert!(UsbHost::<()>::devices(&host).is_empty());
         assert!(!UsbHost::<()>::cancel(&mut host, id, 1), "answered already");
     }
+
+    #[test]
+    fn sim_pages_give_the_controller_the_pages_own_addresses() {
+        let fake = FakeXhci::new();
+        let (mut host, events) = host(&fake);
+        let HostEvent::Attached(info) = &events[0] else {
+            panic!("{events:?}");
+        };
+        let id = info.id;
+        let page = LocalPage::new();
+        // The fake controller's DMA space is its own buffers: the page's "bus address" is
+        // one of them, so the device descriptor lands where the translation says, at the
+        // segment's offset.
+        let buf = host.controller().dma_alloc(0x1000, 0x1000).unwrap();
+        let get = Transfer {
+            token: 3,
+            endpoint: 0,
+            direction: HostDirection::In,
+            transfer_type: TransferType::Control,
+            setup: Some([0x80, 6, 0, 1, 0, 0, 18, 0]),
+            segments: alloc::vec![HostSegment {
+                page: page.clone(),
+                phys: xen::sim::GRANT_WINDOW.0,
+                offset: 4,
+                len: 18,
+            }],
+            short_not_ok: false,
+            iso_packets: Vec::new(),
+            start_frame: None,
+        };
+        BUS.store(buf.phys(), core::sync::atomic::Ordering::Relaxed);
+        let mut sim = SimPages::new(&mut host, |_| {
+            BUS.load(core::sync::atomic::Ordering::Relaxed)
+        });
+        sim.submit(id, get).unwrap();
+        let mut events = Vec::new();
+        sim.poll(&mut events);
+        let [HostEvent::Completed(c)] = &events[..] else {
+            panic!("{events:?}");
+        };
+        assert_eq!((c.token, c.result), (3, Ok(18)));
+        let mut bytes = [0u8; 18];
+        buf.read_bytes(4, &mut bytes);
+        assert_eq!(
+            bytes,
+            xhci_driver::testing::DEVICE_DESCRIPTOR,
+            "at the page offset"
+        );
+    }
+
+    static BUS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 }

@@ -10,6 +10,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod cmdline;
+pub mod demo;
 pub mod frames;
 pub mod host;
 pub mod logfmt;

@@ -31,6 +31,8 @@
 //!   its free list twice.
 //! - URBs of 64 KiB or more are refused instead of having their length truncated to u16.
 //! - Grants the backend still holds at teardown are retried on every poll instead of leaked.
+//! - IN data is copied out of the granted pages into the completion (xen-hcd leaves it in
+//!   the URB's pages), unless the URB says `discard_in_data`.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -235,6 +237,8 @@ struct InFlight<P> {
     iso_packets: usize,
     /// The caller unlinked it: it is given back with `-ECONNRESET`.
     unlinked: bool,
+    /// [`Urb::discard_in_data`].
+    discard_in_data: bool,
 }
 
 /// xen-hcd's `usb_shadow`: what each of the 16 request ids is doing.
@@ -667,7 +671,7 @@ where
         } else {
             translate_status(rsp.status)
         };
-        let data = if f.direction == Direction::In {
+        let data = if f.direction == Direction::In && !f.discard_in_data {
             read_buffer(&f.pages, f.page_offset, actual)
         } else {
             Vec::new()
@@ -1022,6 +1026,7 @@ where
                 0
             },
             unlinked: false,
+            discard_in_data: urb.discard_in_data,
         })
     }
 

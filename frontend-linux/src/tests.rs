@@ -422,6 +422,16 @@ fn in_data_comes_back_and_the_length_is_clamped() {
     assert_eq!(&done[0].data[6..], [0xa1; 294]);
     assert_eq!(f.fe.stats().bytes, 300);
 
+    // Asked not to: the length and status come back, the data does not.
+    let mut urb = bulk(Direction::In, vec![0; 300]);
+    urb.discard_in_data = true;
+    f.fe.submit(urb).unwrap();
+    let req = f.request();
+    f.respond(ok(req.id, 200));
+    let done = drain(&mut f.fe);
+    assert_eq!((done[0].status, done[0].actual_length), (0, 200));
+    assert!(done[0].data.is_empty());
+
     f.fe.submit(bulk(Direction::In, vec![0; 10])).unwrap();
     let req = f.request();
     f.respond(UsbifUrbResponse {

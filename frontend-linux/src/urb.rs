@@ -70,6 +70,11 @@ pub struct Urb {
     /// page aligned, the first segment then has this offset and the buffer may touch one page
     /// more.
     pub page_offset: u16,
+    /// IN: give the URB back without its data (only `actual_length`). Linux's xen-hcd copies
+    /// nothing, the data stays in the URB's own pages; this frontend copies it out of its
+    /// granted pages into [`Completion::data`], which a caller that does not look at the
+    /// data (a throughput benchmark) can spare.
+    pub discard_in_data: bool,
 }
 
 impl Urb {
@@ -84,6 +89,7 @@ impl Urb {
             iso_packets: Vec::new(),
             buffer,
             page_offset: 0,
+            discard_in_data: false,
         }
     }
 

@@ -92,6 +92,17 @@ impl Machine {
             .arg(&format!("usb-storage,bus=xhci.0,drive={id}"))
     }
 
+    /// Attaches a USB stick backed by a raw image holding `bytes`.
+    pub fn usb_stick_with(self, id: &str, bytes: &[u8]) -> Machine {
+        let img = self.scratch.join(format!("{id}.img"));
+        std::fs::write(&img, bytes).unwrap();
+        let drive = format!("if=none,id={id},file={},format=raw", img.display());
+        self.arg("-drive")
+            .arg(&drive)
+            .arg("-device")
+            .arg(&format!("usb-storage,bus=xhci.0,drive={id}"))
+    }
+
     /// Adds words to the kernel command line.
     pub fn append(mut self, words: &str) -> Machine {
         self.append.push(' ');

@@ -6,6 +6,7 @@
 //! `xen::sim`. The other side may change the page at any time: callers copy what they read
 //! before they check it.
 
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -45,19 +46,45 @@ impl<P: SharedPage + ?Sized> SharedPage for &P {
 /// A page of ordinary memory, shareable between in-process parties by cloning the handle.
 ///
 /// Built from atomic words so that two parties touching it concurrently is defined behaviour
-/// without `unsafe`.
+/// without `unsafe`. The words are a page-aligned page of their own ([`LocalPage::addr`]), so
+/// a kernel hosting `xen::sim` can give a device the page to DMA into, as a grant-mapped page
+/// would be given.
 #[derive(Clone)]
-pub struct LocalPage(Arc<[AtomicU32; PAGE_SIZE / 4]>);
+pub struct LocalPage(Arc<Storage>);
+
+/// The page's words, page-aligned.
+#[repr(C, align(4096))]
+struct Words([AtomicU32; PAGE_SIZE / 4]);
+
+/// Boxed apart from the `Arc`'s counters: inside the `Arc` the alignment would cost a
+/// second page per page.
+struct Storage(Box<Words>);
+
+impl core::ops::Deref for Storage {
+    type Target = [AtomicU32; PAGE_SIZE / 4];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0 .0
+    }
+}
 
 impl LocalPage {
     /// A zero-filled page.
     pub fn new() -> LocalPage {
-        LocalPage(Arc::new(core::array::from_fn(|_| AtomicU32::new(0))))
+        LocalPage(Arc::new(Storage(Box::new(Words(core::array::from_fn(
+            |_| AtomicU32::new(0),
+        ))))))
     }
 
     /// Whether two handles name the same page.
     pub fn same_page(&self, other: &LocalPage) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The address of the page's first byte in this address space (a multiple of 4096):
+    /// where a device may read and write it, in a kernel whose memory is identity-mapped.
+    pub fn addr(&self) -> usize {
+        core::ptr::from_ref::<Words>(&self.0 .0) as usize
     }
 
     fn byte(&self, offset: usize) -> u8 {
@@ -83,7 +110,7 @@ impl Default for LocalPage {
 
 impl core::fmt::Debug for LocalPage {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "LocalPage({:p})", Arc::as_ptr(&self.0))
+        write!(f, "LocalPage({:#x})", self.addr())
     }
 }
 
@@ -100,33 +127,44 @@ impl SharedPage for LocalPage {
 
     fn read(&self, offset: usize, buf: &mut [u8]) {
         assert!(offset + buf.len() <= PAGE_SIZE, "read past the page");
-        let mut i = 0;
-        while i < buf.len() {
-            let at = offset + i;
-            if at % 4 == 0 && i + 4 <= buf.len() {
-                let w = self.0[at / 4].load(Ordering::Relaxed);
-                buf[i..i + 4].copy_from_slice(&w.to_le_bytes());
-                i += 4;
-            } else {
-                buf[i] = self.byte(at);
-                i += 1;
-            }
+        // Bytes up to the first whole word, whole words, then the bytes after the last: the
+        // middle is one load per word (bulk data goes through here).
+        let head = ((4 - offset % 4) % 4).min(buf.len());
+        let (first, rest) = buf.split_at_mut(head);
+        for (i, b) in first.iter_mut().enumerate() {
+            *b = self.byte(offset + i);
+        }
+        let at = offset + head;
+        let whole = rest.len() / 4 * 4;
+        let (middle, tail) = rest.split_at_mut(whole);
+        for (dst, w) in middle.chunks_exact_mut(4).zip(&self.0[at / 4..]) {
+            dst.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let tail_at = at + whole;
+        for (i, b) in tail.iter_mut().enumerate() {
+            *b = self.byte(tail_at + i);
         }
     }
 
     fn write(&self, offset: usize, data: &[u8]) {
         assert!(offset + data.len() <= PAGE_SIZE, "write past the page");
-        let mut i = 0;
-        while i < data.len() {
-            let at = offset + i;
-            if at % 4 == 0 && i + 4 <= data.len() {
-                let w = u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
-                self.0[at / 4].store(w, Ordering::Relaxed);
-                i += 4;
-            } else {
-                self.set_byte(at, data[i]);
-                i += 1;
-            }
+        let head = ((4 - offset % 4) % 4).min(data.len());
+        let (first, rest) = data.split_at(head);
+        for (i, b) in first.iter().enumerate() {
+            self.set_byte(offset + i, *b);
+        }
+        let at = offset + head;
+        let whole = rest.len() / 4 * 4;
+        let (middle, tail) = rest.split_at(whole);
+        for (src, w) in middle.chunks_exact(4).zip(&self.0[at / 4..]) {
+            w.store(
+                u32::from_le_bytes([src[0], src[1], src[2], src[3]]),
+                Ordering::Relaxed,
+            );
+        }
+        let tail_at = at + whole;
+        for (i, b) in tail.iter().enumerate() {
+            self.set_byte(tail_at + i, *b);
         }
     }
 }
@@ -148,5 +186,27 @@ mod tests {
         q.store_u32(4092, 0xdead_beef);
         assert_eq!(p.load_u32(4092), 0xdead_beef);
         assert!(p.same_page(&q) && !p.same_page(&LocalPage::new()));
+        assert_eq!(p.addr() % PAGE_SIZE, 0, "page-aligned");
+        assert_eq!(p.addr(), q.addr());
+    }
+
+    #[test]
+    fn reads_and_writes_of_every_alignment_agree_with_a_byte_model() {
+        let mut model = [0u8; 64];
+        for offset in 0..24 {
+            for len in 0..24 {
+                let data: Vec<u8> = (0..len).map(|i| (offset * 31 + i * 7 + 1) as u8).collect();
+                let q = LocalPage::new();
+                q.write(offset, &data);
+                model.fill(0);
+                model[offset..offset + len].copy_from_slice(&data);
+                let mut back = [0u8; 64];
+                q.read(0, &mut back);
+                assert_eq!(back, model, "offset {offset} len {len}");
+                let mut part = vec![0u8; len];
+                q.read(offset, &mut part);
+                assert_eq!(part, data);
+            }
+        }
     }
 }

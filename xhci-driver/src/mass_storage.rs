@@ -213,26 +213,31 @@ impl<D: DmaBuffer> BulkOnly<D> {
         Ok(moved)
     }
 
-    /// Runs one IN command whose data phase is split into one bulk transfer per chunk, all
-    /// queued at once (as a host with many requests in flight does): the CBW, every chunk,
-    /// then the CSW. Returns the bytes the data phase moved.
+    /// Runs one command whose data phase (in `direction`) is split into one bulk transfer
+    /// per chunk, all queued at once (as a host with many requests in flight does): the CBW,
+    /// every chunk, then the CSW. Returns the bytes the data phase moved.
     pub fn command_in_flight<H: Hal<Dma = D>>(
         &mut self,
         xhci: &mut Controller<H>,
         cdb: &[u8],
+        direction: Direction,
         chunks: &[Segment],
         timeout_us: u64,
     ) -> Result<usize, StorageError> {
         self.tag = self.tag.wrapping_add(1);
         let length: usize = chunks.iter().map(|s| s.len).sum();
         let length = u32::try_from(length).map_err(|_| StorageError::Usb(Error::BadTransfer))?;
-        self.send_cbw(xhci, &cbw(self.tag, length, Direction::In, 0, cdb))?;
+        self.send_cbw(xhci, &cbw(self.tag, length, direction, 0, cdb))?;
+        let endpoint = match direction {
+            Direction::In => self.bulk_in,
+            Direction::Out => self.bulk_out,
+        };
         let mut queued = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let id = xhci.queue_transfer(
                 self.slot_id,
-                self.bulk_in,
-                Direction::In,
+                endpoint,
+                direction,
                 core::slice::from_ref(chunk),
             );
             match id {

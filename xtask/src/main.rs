@@ -4,12 +4,15 @@
 //!   rustup target and components), then runs everything CI checks.
 //! - `cargo xtask image`: builds the driver-domain kernel to `target/usbdom.elf`.
 //! - `cargo xtask run [-- WORDS]`: builds the image and boots it in QEMU with USB devices,
-//!   streaming the serial log; extra words go to the kernel command line.
+//!   streaming the serial log; extra words go to the kernel command line. Without a
+//!   hypervisor the kernel runs its demo (simulated VMs served through usbback).
 //! - `cargo xtask run --xen`: Xen inside QEMU with dom0, usbdom and two Linux guests using
 //!   USB devices through it, then a shell on dom0's console.
 //! - `cargo xtask demo`: the PVUSB connection played out on `xen::sim`.
 //! - `cargo xtask e2e`: the end-to-end run: Xen 4.17 inside QEMU, dom0, usbdom, two guests.
-//! - `cargo xtask bench backend|e2e`: figures, not tests (see `bench`).
+//! - `cargo xtask bench backend|qemu|e2e`: figures, not tests: usbback's CPU time per URB on
+//!   `xen::sim`; the ring path against the xHCI driver alone, in one demo-mode boot; usbdom
+//!   against qusb and passthrough on Xen.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,7 @@ fn main() {
                  \x20 demo     the PVUSB connection played out on xen::sim\n\
                  \x20 e2e      the end-to-end run on real Xen inside QEMU\n\
                  \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
+                 \x20          `bench qemu`: the ring path against the driver alone, in QEMU;\n\
                  \x20          `bench e2e [--mib N]`: usbdom vs qusb vs passthrough on Xen\n\
                  \x20 install  only install prerequisites"
             );
@@ -281,8 +285,152 @@ fn bench(args: &[String]) -> Result {
             };
             nested_xen_program("bench_e2e", "bench-stick.img", 64 + mib, &args[1..])
         }
+        Some("qemu") => bench_qemu(&args[1..]),
         other => Err(format!(
-            "bench: unknown benchmark {other:?}; there are `bench backend` and `bench e2e`"
+            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N]` and `cargo xtask bench e2e [--mib N]`"
+        )),
+    }
+}
+
+/// `cargo xtask bench qemu [--rounds N] [--mib N]`: one demo-mode boot with four sticks
+/// (`demo bench=N`): vm1's stick read, then written, N MiB at a time with 16 requests in
+/// flight, (a) through the xHCI driver alone and (b) through frontend, ring, usbback and the
+/// driver, rounds alternated; then 1, 2 and 4 VMs reading their own sticks at once. Prints
+/// the kernel's `event=bench_*` lines and a summary.
+fn bench_qemu(args: &[String]) -> Result {
+    let mut rounds = 3u32;
+    let mut mib = 8u32;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = |v: Option<&String>| -> Result<u32> {
+            v.and_then(|v| v.parse().ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("bench qemu: {a} needs a positive number"))
+        };
+        match a.as_str() {
+            "--rounds" => rounds = value(it.next())?,
+            "--mib" => mib = value(it.next())?.min(256),
+            other => return Err(format!("bench qemu: unknown argument {other:?}")),
+        }
+    }
+    let image = image()?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Each stick holds what is read (pseudo-random) and, after it, what is written.
+    let size = (2 * mib as usize + 1) << 20;
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-machine",
+        "q35",
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-device",
+        "qemu-xhci,id=xhci",
+    ]);
+    let mut assign = Vec::new();
+    for n in 1..=4u64 {
+        let stick = dir.join(format!("stick{n}.img"));
+        let mut bytes = vec![0u8; size];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ n;
+        for chunk in bytes[..(mib as usize) << 20].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(&stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))?;
+        qemu.arg("-drive")
+            .arg(format!(
+                "if=none,id=s{n},file={},format=raw",
+                stick.display()
+            ))
+            .arg("-device")
+            .arg(format!("usb-storage,bus=xhci.0,drive=s{n},port={n}"));
+        // SuperSpeed sticks on QEMU ports 1..4 are bus 2, ports 1..4.
+        assign.push(format!("2-{n}:vm{n}"));
+    }
+    let cmdline = format!(
+        "qemu_exit demo bench={rounds} demo_mib={mib} assign={}",
+        assign.join(",")
+    );
+    qemu.arg("-kernel").arg(&image).arg("-append").arg(&cmdline);
+    eprintln!("xtask: bench qemu: {cmdline}");
+    let out = Command::new("timeout")
+        .arg("600")
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
+        .output()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("event=bench") || l.contains("event=demo_finished") || l.contains("panic")
+        })
+        .collect();
+    for l in &lines {
+        println!("{l}");
+    }
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("?")
+            .to_string()
+    };
+    println!("summary: rounds={rounds} mib={mib} in_flight=16 (a = xhci-driver alone, b = frontend -> ring -> usbback -> xhci-driver)");
+    for l in lines.iter().filter(|l| l.contains("event=bench_ratio")) {
+        println!(
+            "summary: op={} ratio={} (b/a throughput) a_mib_s={} b_mib_s={} ring_full_frontend={} ring_full_backend={}",
+            field(l, "op"),
+            field(l, "ratio"),
+            field(l, "direct_mib_s"),
+            field(l, "ring_mib_s"),
+            field(l, "ring_full_frontend"),
+            field(l, "ring_full_backend")
+        );
+    }
+    // Where the ring rounds' time went, on average (the rest is the main loop waiting for
+    // the controller).
+    for op in ["read", "write"] {
+        let rounds: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.contains("event=bench_round path=ring") && field(l, "op") == op)
+            .collect();
+        let mean = |key: &str| {
+            let sum: u64 = rounds
+                .iter()
+                .filter_map(|l| field(l, key).parse::<u64>().ok())
+                .sum();
+            sum / rounds.len().max(1) as u64
+        };
+        println!(
+            "summary: op={op} ring_round_us={} of_which usbback_requests_us={} usbback_completions_us={} frontends_us={}",
+            mean("us"),
+            mean("usbback_requests_us"),
+            mean("usbback_completions_us"),
+            mean("frontends_us")
+        );
+    }
+    for l in lines.iter().filter(|l| l.contains("event=bench_vms")) {
+        println!(
+            "summary: vms={} aggregate_mib_s={}",
+            field(l, "vms"),
+            field(l, "aggregate_mib_s")
+        );
+    }
+    // isa-debug-exit's success value: QEMU exits with 33.
+    match out.status.code() {
+        Some(33) if lines.iter().any(|l| l.contains("event=bench_done")) => Ok(()),
+        code => Err(format!(
+            "bench qemu: QEMU ended with {code:?} before event=bench_done; the log:\n{log}"
         )),
     }
 }
@@ -544,6 +692,9 @@ fn nested_xen_program(example: &str, stick: &str, mib: usize, args: &[String]) -
     )
 }
 
+/// The demo's device assignment in `cargo xtask run`.
+const DEFAULT_ASSIGN: &str = "assign=2-1:vm1,1-2:vm2";
+
 /// Boots the image on q35 with a USB stick, a keyboard and a hub; the serial log streams to
 /// the terminal. Ctrl-C reaches QEMU, which exits.
 fn run(extra: &[String]) -> Result {
@@ -559,11 +710,16 @@ fn run(extra: &[String]) -> Result {
         f.set_len(64 << 20)
             .map_err(|e| format!("{}: {e}", stick.display()))?;
     }
-    let words: Vec<&str> = extra
+    let mut words: Vec<&str> = extra
         .iter()
         .map(String::as_str)
         .filter(|w| *w != "--")
         .collect();
+    // Without a hypervisor usbdom runs its demo: the stick (SuperSpeed, bus 2 port 1) goes to
+    // the simulated VM vm1, the keyboard (QEMU port 2, Linux's 1-2) to vm2.
+    if !words.iter().any(|w| w.starts_with("assign=")) {
+        words.push(DEFAULT_ASSIGN);
+    }
     eprintln!("xtask: booting usbdom in QEMU (Ctrl-C to stop)");
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
@@ -583,8 +739,8 @@ fn run(extra: &[String]) -> Result {
         "if=none,id=stick,file={},format=raw",
         stick.display()
     ))
-    .args(["-device", "usb-storage,bus=xhci.0,drive=stick"])
-    .args(["-device", "usb-kbd,bus=xhci.0"])
+    .args(["-device", "usb-storage,bus=xhci.0,drive=stick,port=1"])
+    .args(["-device", "usb-kbd,bus=xhci.0,port=2"])
     .args(["-device", "usb-hub,bus=xhci.0,port=3"])
     .args(["-device", "usb-mouse,bus=xhci.0,port=3.1"])
     .arg("-kernel")

@@ -3,6 +3,7 @@
 mod apic;
 mod boot;
 mod cpu;
+mod demo;
 mod interrupts;
 mod logger;
 mod memory;
@@ -98,6 +99,9 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     );
     if cmdline.bad_log_level {
         warn!("event=cmdline_bad_value key=loglevel expected=error|warn|info|debug|trace");
+    }
+    if cmdline.bad_assign {
+        warn!("event=cmdline_bad_value key=assign expected=busid:vm,busid:vm");
     }
     for word in &cmdline.unknown {
         warn!("event=cmdline_unknown word={word:?}");
@@ -196,8 +200,11 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         }
         _ => None,
     };
+    // Demo mode (no hypervisor, or `demo`): xen::sim in here with simulated VMs instead of
+    // serving Xen's; not beside a self-test, which owns the driver.
+    let demo_mode = cmdline.usb_test.is_none() && (xen.is_none() || cmdline.demo);
     // The PVUSB backend, on Xen.
-    let mut backend = xen.map(|x| {
+    let mut backend = xen.filter(|_| !demo_mode).map(|x| {
         let domid = x.domid;
         let mut store = xen::xenstore::XenStore::new(xen_guest::StoreTransport::new(&x));
         match store.read_string(xen::xenstore::TxId::NONE, "domid") {
@@ -245,17 +252,27 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         (Some(_), None) => warn!("event=usbtest step=find error=no_controller"),
         (None, _) => {}
     }
-    if QEMU_EXIT.load(Ordering::Relaxed) {
+    let demo = if demo_mode {
+        demo::start(&cmdline)
+    } else {
+        None
+    };
+    // With the demo, `qemu_exit` waits for it to finish.
+    if QEMU_EXIT.load(Ordering::Relaxed) && demo.is_none() {
         cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
     }
-    main_loop(backend.as_mut(), usb)
+    main_loop(backend.as_mut(), usb, demo)
 }
 
 /// Waits for interrupts and serves what they brought: xHCI events, xenstore watch events
 /// and frontend notifications. Pending Xen events are looked for with interrupts off, so one
 /// that arrives between the look and the `hlt` still wakes it; an xHCI interrupt in that gap
 /// is served at the next timer tick at the latest.
-fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! {
+fn main_loop(
+    mut backend: Option<&mut Backend>,
+    mut usb: Option<usb::Usb>,
+    mut demo: Option<demo::DemoRun>,
+) -> ! {
     use xen::hypervisor::EventChannels;
     // Without a controller (a PVH domU cannot be given one) usbback still serves, with no
     // device on any port.
@@ -263,7 +280,15 @@ fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! 
     let mut stats_at = time::now_micros();
     loop {
         let events = usb.as_mut().map(usb::service).unwrap_or_default();
-        if let Some(be) = backend.as_deref_mut() {
+        // The simulated VMs move on as far as they can; the loop comes back at once while
+        // they do, and sleeps until the next interrupt when they wait for the controller.
+        let mut demo_busy = false;
+        if let Some(d) = demo.as_mut() {
+            demo_busy = demo::step(d, usb.as_mut(), events);
+            if demo::finished(d) && QEMU_EXIT.load(Ordering::Relaxed) {
+                cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
+            }
+        } else if let Some(be) = backend.as_deref_mut() {
             let host: &mut dyn usbback::host::UsbHost<GrantPage> = match usb.as_mut() {
                 Some(u) => u.host(),
                 None => &mut absent,
@@ -289,7 +314,7 @@ fn main_loop(mut backend: Option<&mut Backend>, mut usb: Option<usb::Usb>) -> ! 
                 let _ = ports.push(p);
             });
         }
-        if ports.is_empty() && !usb.as_mut().is_some_and(usb::has_work) {
+        if ports.is_empty() && !demo_busy && !usb.as_mut().is_some_and(usb::has_work) {
             cpu::enable_and_halt();
             continue;
         }

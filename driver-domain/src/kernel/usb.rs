@@ -446,7 +446,7 @@ fn bench_in_flight(
     let mut lba = 0u32;
     while bytes < BENCH_BYTES {
         let read = read_write_10(READ_10, lba, per_command);
-        match bot.command_in_flight(xhci, &read, &chunks, DATA_TIMEOUT_US) {
+        match bot.command_in_flight(xhci, &read, Direction::In, &chunks, DATA_TIMEOUT_US) {
             Ok(n) => bytes += n,
             Err(e) => {
                 // Transfers that could not be taken back may still fill it.
@@ -462,6 +462,76 @@ fn bench_in_flight(
     );
     Ok(())
 }
+
+/// The direct path of `cargo xtask bench qemu`: `bytes` read (or written, a constant
+/// pattern) at `lba` of the stick `busid` through the driver alone, in Bulk-Only commands
+/// whose data phase is [`IN_FLIGHT`](platform::demo::IN_FLIGHT) transfers of
+/// [`CHUNK`](platform::demo::CHUNK) queued at once: the commands a simulated VM sends
+/// through its ring. The stick is configured already (by its VM). Runs to the end before it
+/// returns, as the self-tests do. Returns the microseconds the commands took.
+pub fn bench_direct(
+    usb: &mut Usb,
+    busid: &str,
+    write: bool,
+    lba: u32,
+    bytes: usize,
+    block_size: u32,
+) -> Result<u64, String> {
+    use platform::demo::{CHUNK, COMMAND_BYTES, IN_FLIGHT};
+    let slot_id = usb
+        .host
+        .usb_devices()
+        .find(|d| d.busid() == busid)
+        .map(|d| d.slot_id)
+        .ok_or("reason=no_device")?;
+    let xhci = usb.host.controller();
+    let config = xhci
+        .configuration(slot_id)
+        .map_err(|e| format!("step=configuration error={e}"))?;
+    let interface = config
+        .interfaces
+        .iter()
+        .find(|i| is_bulk_only_scsi(i))
+        .ok_or("reason=not_mass_storage")?;
+    let mut bot =
+        BulkOnly::new(xhci, slot_id, interface).map_err(|e| format!("step=bot error={e}"))?;
+    let mut buf = xhci
+        .dma_alloc(COMMAND_BYTES, 4096)
+        .map_err(|e| format!("step=dma error={e}"))?;
+    if write {
+        buf.write_bytes(0, &alloc::vec![BENCH_WRITE_BYTE; COMMAND_BYTES]);
+    }
+    let chunks: Vec<Segment> = (0..IN_FLIGHT)
+        .map(|i| Segment {
+            phys: buf.phys() + (i * CHUNK) as u64,
+            len: CHUNK,
+        })
+        .collect();
+    let (opcode, direction) = if write {
+        (WRITE_10, Direction::Out)
+    } else {
+        (READ_10, Direction::In)
+    };
+    let per_command = (COMMAND_BYTES / block_size as usize) as u16;
+    let started = time::now_micros();
+    let mut done = 0;
+    while done < bytes {
+        let at = lba + (done / block_size as usize) as u32;
+        let cdb = read_write_10(opcode, at, per_command);
+        match bot.command_in_flight(xhci, &cdb, direction, &chunks, DATA_TIMEOUT_US) {
+            Ok(n) => done += n,
+            Err(e) => {
+                // Transfers that could not be taken back may still reach it.
+                core::mem::forget(buf);
+                return Err(format!("step=command error={e}"));
+            }
+        }
+    }
+    Ok(time::now_micros() - started)
+}
+
+/// What both paths of the write benchmark write.
+pub const BENCH_WRITE_BYTE: u8 = 0x5a;
 
 /// STALLs provoked on the stick and recovered: a CBW with a bad signature on bulk OUT
 /// (BOT 6.6.1: the device stalls it), then a command that must work; GET_DESCRIPTOR of a
