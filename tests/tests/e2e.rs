@@ -327,6 +327,43 @@ fn xen_end_to_end() {
             })
             .expect("guest-a's transfers were taken back");
         println!("e2e: {cancelled}");
+        // guest-b came up by `usbctl up` with a vusb entry naming the keyboard by its IDs
+        // (its port 1 connected before its kernel looked); `usbctl monitor --json` read the
+        // owners and controllers out of usbdom's log while both guests had their devices.
+        assert!(
+            r.lines
+                .iter()
+                .any(|(_, l)| l
+                    .starts_with("usbctl-up: usbctl: guest-b:   port 1: 0627:0001 connected")),
+            "usbctl up attached the keyboard"
+        );
+        let monitor: Vec<&str> = r
+            .lines
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix("MONITOR "))
+            .collect();
+        let device = |busid: &str| {
+            monitor
+                .iter()
+                .copied()
+                .find(|l| {
+                    l.contains(r#""type":"device""#) && l.contains(&format!(r#""busid":"{busid}""#))
+                })
+                .unwrap_or_else(|| panic!("the monitor shows {busid}: {monitor:?}"))
+        };
+        for (busid, name, id) in [("2-1", "guest-a", a_id), ("1-2", "guest-b", b_id)] {
+            let owner = format!(r#""owner":{{"devid":0,"domain":"{name}","domid":{id},"port":1}}"#);
+            assert!(device(busid).contains(&owner), "{}", device(busid));
+        }
+        assert!(device("1-3").contains(r#""hub":true"#));
+        for id in [a_id, b_id] {
+            assert!(
+                monitor.iter().any(|l| l.contains(r#""type":"controller""#)
+                    && l.contains(r#""connected":true"#)
+                    && l.contains(&format!(r#""domid":{id},"#))),
+                "controller of domain {id} connected: {monitor:?}"
+            );
+        }
         // guest-b's controller went last, by usbctl: nothing is mapped any more.
         let b_removed = removed(b_id);
         assert_eq!(field(b_removed, "grants_mapped"), Some("0"), "{b_removed}");

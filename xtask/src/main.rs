@@ -460,7 +460,8 @@ fn image() -> Result<PathBuf> {
         "kernel build",
         cargo().args([
             "build",
-            "--release",
+            "--profile",
+            "kernel",
             "-p",
             "driver-domain",
             "--bin",
@@ -472,7 +473,7 @@ fn image() -> Result<PathBuf> {
     let built = root()
         .join("target")
         .join(KERNEL_TARGET)
-        .join("release/usbdom");
+        .join("kernel/usbdom");
     let out = root().join("target/usbdom.elf");
     step(
         "objcopy",
