@@ -51,6 +51,7 @@ kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
 
 # usbdom: the controller goes to the driver domain (pci-assignable-add unbinds xhci_hcd).
 create_usbdom info
+
 guest_cfg guest-u
 xl create /tmp/guest-u.cfg || fail "xl_create_guest_u"
 wait_for /var/log/xen/console/guest-guest-u.log "guest: ready" 120 || fail "guest_u_not_ready"
@@ -58,6 +59,8 @@ usbctl hc-create guest-u 2 8 || fail "hc_create_u"
 usbctl attach guest-u 0 1 2-1 || fail "attach_u"
 bench_guest usbdom /var/log/xen/console/guest-guest-u.log
 grep "event=stats" /var/log/xen/usbdom-serial.log | tail -n1 | sed 's|^|E2E: bench usbdom_stats |'
+# How busy usbdom's CPU was while the guest read and wrote.
+grep "event=cpu " /var/log/xen/usbdom-serial.log | sed 's|^.*event=cpu |E2E: bench usbdom_cpu |'
 xl destroy guest-u
 wait_for /var/log/xen/usbdom-serial.log "reason=frontend_gone" 30 || fail "usbdom_kept_guest_u"
 xl destroy usbdom

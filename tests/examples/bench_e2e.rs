@@ -78,6 +78,13 @@ fn main() {
     {
         println!("usbdom's counters after its rounds: {stats}");
     }
+    // How busy usbdom was during the guest's rounds, and how much of it in hypercalls.
+    for l in marks
+        .iter()
+        .filter_map(|l| l.strip_prefix("bench usbdom_cpu "))
+    {
+        println!("usbdom's cpu: {l}");
+    }
     let median = |path: &str, op: &str| -> f64 {
         let mut v = rates
             .get(&(path.to_string(), op.to_string()))

@@ -278,6 +278,8 @@ fn main_loop(
     // device on any port.
     let mut absent = usbback::host::Absent;
     let mut stats_at = time::now_micros();
+    // Where the CPU went since the last stats: halted, and how often it woke.
+    let (mut halted_us, mut wakeups) = (0u64, 0u64);
     loop {
         let events = usb.as_mut().map(usb::service).unwrap_or_default();
         // The simulated VMs move on as far as they can; the loop comes back at once while
@@ -301,7 +303,18 @@ fn main_loop(
             let now = time::now_micros();
             if now - stats_at >= STATS_INTERVAL_US {
                 be.log_stats();
+                let interval = now - stats_at;
+                let busy = interval.saturating_sub(halted_us);
+                // An idle second (timer ticks only) is not worth a line.
+                let [calls, calls_us, grant_ops, grant_us] = xen_guest::take_hypercall_times();
+                if busy * 100 >= interval {
+                    info!(
+                        "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us}",
+                        busy * 100 / interval
+                    );
+                }
                 stats_at = now;
+                (halted_us, wakeups) = (0, 0);
             }
         }
         // Work that arrived while the loop ran is looked for with interrupts off, so an
@@ -315,7 +328,10 @@ fn main_loop(
             });
         }
         if ports.is_empty() && !demo_busy && !usb.as_mut().is_some_and(usb::has_work) {
+            let before = time::now_micros();
             cpu::enable_and_halt();
+            halted_us += time::now_micros() - before;
+            wakeups += 1;
             continue;
         }
         cpu::enable_interrupts();

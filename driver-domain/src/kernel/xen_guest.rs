@@ -53,8 +53,31 @@ pub fn detect() -> Option<Detected> {
     })
 }
 
-/// Raw hypercall through the hypercall page (which hides VMCALL vs VMMCALL).
+/// Hypercalls made and the microseconds they took, all and grant-table ones:
+/// [`take_hypercall_times`].
+static HYPERCALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// Hypercalls since the last call (count, µs) and grant-table operations among them
+/// (count, µs), for `event=cpu`: where a busy driver domain's time goes.
+pub fn take_hypercall_times() -> [u64; 4] {
+    core::array::from_fn(|i| HYPERCALLS[i].swap(0, Ordering::Relaxed))
+}
+
+/// Raw hypercall through the hypercall page (which hides VMCALL vs VMMCALL), timed.
 fn hypercall(nr: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    let start = super::time::now_micros();
+    let ret = hypercall_untimed(nr, a1, a2, a3);
+    let us = super::time::now_micros().saturating_sub(start);
+    HYPERCALLS[0].fetch_add(1, Ordering::Relaxed);
+    HYPERCALLS[1].fetch_add(us, Ordering::Relaxed);
+    if nr == HYPERVISOR_GRANT_TABLE_OP {
+        HYPERCALLS[2].fetch_add(1, Ordering::Relaxed);
+        HYPERCALLS[3].fetch_add(us, Ordering::Relaxed);
+    }
+    ret
+}
+
+fn hypercall_untimed(nr: u32, a1: u64, a2: u64, a3: u64) -> i64 {
     let entry = HYPERCALL_PAGE.load(Ordering::Relaxed) + u64::from(nr) * 32;
     assert!(
         HYPERCALL_PAGE.load(Ordering::Relaxed) != 0,
