@@ -87,7 +87,13 @@ xl create /tmp/guest-a.cfg || fail "xl_create_guest-a"
 # keyboard named by its IDs; usbctl up runs xl create, then creates and attaches.
 echo "vusb = [ 'usbver=2, numports=8, port_1=0627:0001' ]" >> /tmp/guest-b.cfg
 usbctl up /tmp/guest-b.cfg 2>&1 | sed 's|^|usbctl-up: |'
-xl domid guest-b >/dev/null 2>&1 || fail "usbctl_up_guest-b"
+if ! xl domid guest-b >/dev/null 2>&1; then
+  # Seen once: libxc failed to decompress the same kernel it had just loaded for guest-a
+  # ("unable to XZ decompress kernel"). Retried once, visibly.
+  mark "phase=usbctl_up_retry"
+  usbctl up /tmp/guest-b.cfg 2>&1 | sed 's|^|usbctl-up: |'
+  xl domid guest-b >/dev/null 2>&1 || fail "usbctl_up_guest-b"
+fi
 wait_for "$alog" "guest: ready" 120 || fail "guest_a_not_ready"
 wait_for "$blog" "guest: ready" 120 || fail "guest_b_not_ready"
 mark "phase=guest_ready"
