@@ -22,6 +22,9 @@ EOF
   exec setsid -c /bin/bash -i <>/dev/hvc0 >&0 2>&1
 }
 finish() {
+  # What dom0 had left, for a run that failed for want of it.
+  free -m | sed 's|^|LOG dom0-free: |'
+  dmesg | tail -n 30 | sed 's|^|LOG dom0-dmesg: |'
   for f in /var/log/xen/usbdom-serial.log /var/log/xen/console/guest-*.log; do
     [ -f "$f" ] && sed "s|^|LOG $(basename "$f"): |" "$f"
   done

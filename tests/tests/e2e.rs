@@ -82,7 +82,10 @@ fn xen_end_to_end() {
         println!("usbdom| {l}");
     }
     for (_, l) in &run.lines {
-        if l.starts_with("usbctl-up: ") || l.starts_with("monitor: ") {
+        if l.starts_with("usbctl-up: ")
+            || l.starts_with("monitor: ")
+            || l.starts_with("LOG dom0-free: ")
+        {
             println!("dom0  | {l}");
         }
         if let Some(l) = l.strip_prefix("LOG guest-usbdom-pvh.log: ") {

@@ -348,16 +348,19 @@ where
     }
 
     /// Logs `event=stats` for every connected frontend whose counters changed since last
-    /// time (the main loop calls this now and then, not per URB).
-    pub fn log_stats(&mut self) {
+    /// time (the main loop calls this now and then, not per URB). Returns whether any had.
+    pub fn log_stats(&mut self) -> bool {
+        let mut any = false;
         for (id, dev) in &mut self.devices {
             if let Some(c) = dev.conn.as_mut() {
                 if c.stats != c.logged {
                     log_stats(*id, &c.stats, "running", c.inflight.len());
                     c.logged = c.stats;
+                    any = true;
                 }
             }
         }
+        any
     }
 
     /// Handles what xenstore delivered: watch events make every device be looked at again.

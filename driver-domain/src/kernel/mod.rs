@@ -302,12 +302,13 @@ fn main_loop(
             be.publish_inventory();
             let now = time::now_micros();
             if now - stats_at >= STATS_INTERVAL_US {
-                be.log_stats();
+                let served = be.log_stats();
                 let interval = now - stats_at;
                 let busy = interval.saturating_sub(halted_us);
-                // An idle second (timer ticks only) is not worth a line.
                 let [calls, calls_us, grant_ops, grant_us] = xen_guest::take_hypercall_times();
-                if busy * 100 >= interval {
+                // Only for a second in which guests moved data: an idle one (timer ticks,
+                // xenstore) is not worth a line on a slow serial port.
+                if served {
                     info!(
                         "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us}",
                         busy * 100 / interval
