@@ -44,7 +44,7 @@ mark "phase=dom0_stick bus=$bus addr=$addr"
   || fail "qemu_xenpv"
 guest_cfg guest-q "usbctrl = [ 'type=qusb,version=2,ports=4' ]"
 echo "usbdev = [ 'hostbus=$bus,hostaddr=$addr,controller=0,port=1' ]" >> /tmp/guest-q.cfg
-xl create /tmp/guest-q.cfg || fail "xl_create_guest_q"
+timeout 120 xl create /tmp/guest-q.cfg || fail "xl_create_guest_q"
 bench_guest qusb /var/log/xen/console/guest-guest-q.log
 xl destroy guest-q
 kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
@@ -53,7 +53,7 @@ kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
 create_usbdom info
 
 guest_cfg guest-u
-xl create /tmp/guest-u.cfg || fail "xl_create_guest_u"
+timeout 120 xl create /tmp/guest-u.cfg || fail "xl_create_guest_u"
 wait_for /var/log/xen/console/guest-guest-u.log "guest: ready" 120 || fail "guest_u_not_ready"
 usbctl hc-create guest-u 2 8 || fail "hc_create_u"
 usbctl attach guest-u 0 1 2-1 || fail "attach_u"
@@ -85,7 +85,7 @@ serial = "file:/var/log/xen/guest-n-serial.log"
 pci = [ "$xhci" ]
 on_poweroff = "destroy"
 EOF
-xl create /tmp/guest-n.cfg || fail "xl_create_guest_n"
+timeout 120 xl create /tmp/guest-n.cfg || fail "xl_create_guest_n"
 bench_guest native /var/log/xen/guest-n-serial.log
 xl destroy guest-n
 mark "result=pass"

@@ -63,11 +63,11 @@ xhci=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1; exit}')
 [ -n "$xhci" ] || fail "no_xhci_in_dom0"
 # The driver domain, HVM, with the xHCI controller passed through.
 create_usbdom() {
-  xl pci-assignable-add "$xhci" || fail "pci_assignable_add"
+  timeout 60 xl pci-assignable-add "$xhci" || fail "pci_assignable_add"
   sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|0000:00:05.0|$xhci|" \
       -e "s|^extra = .*|extra = \"loglevel=${1:-debug}\"|" /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
   mark "phase=usbdom_create xhci=$xhci"
-  xl create /tmp/usbdom.cfg || fail "xl_create_usbdom"
+  timeout 120 xl create /tmp/usbdom.cfg || fail "xl_create_usbdom"
   wait_for /var/log/xen/usbdom-serial.log "event=ready" 90 || fail "usbdom_not_ready"
   mark "phase=usbdom_ready"
 }
@@ -85,7 +85,7 @@ blog=/var/log/xen/console/guest-guest-b.log
 for g in guest-a guest-b; do
   sed -e "s|^name = .*|name = \"$g\"|" /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$g.cfg"
 done
-xl create /tmp/guest-a.cfg || fail "xl_create_guest-a"
+timeout 120 xl create /tmp/guest-a.cfg || fail "xl_create_guest-a"
 # guest-b as users configure it: the original PVUSB vusb entry in its own xl config, the
 # keyboard named by its IDs; usbctl up runs xl create, then creates and attaches.
 echo "vusb = [ 'usbver=2, numports=8, port_1=0627:0001' ]" >> /tmp/guest-b.cfg
@@ -186,7 +186,7 @@ mark "phase=hc_destroyed"
 
 # The same image as a PVH domU: no passthrough there, but it serves xenstore and PVUSB.
 sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" /e2e/xen-cfg/usbdom-pvh.cfg > /tmp/usbdom-pvh.cfg
-xl create /tmp/usbdom-pvh.cfg || fail "xl_create_usbdom_pvh"
+timeout 120 xl create /tmp/usbdom-pvh.cfg || fail "xl_create_usbdom_pvh"
 plog=/var/log/xen/console/guest-usbdom-pvh.log
 wait_for "$plog" "event=ready" 90 || fail "usbdom_pvh_not_ready"
 mark "phase=usbdom_pvh_ready"

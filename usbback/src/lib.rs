@@ -167,6 +167,9 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     known: Vec<DeviceInfo>,
     /// Requests the host holds: token → (frontend device, request id).
     tokens: BTreeMap<u64, (DeviceId, u16)>,
+    /// Grants of answered requests, unmapped together before any answer is published
+    /// ([`Backend::unmap_answered`]): one hypercall for every completion of a pass.
+    answered: Vec<(DeviceId, GrantMapping<H::Page>)>,
     next_token: u64,
     /// Which device may go to which domain.
     policy: Policy,
@@ -232,6 +235,7 @@ where
             devices: BTreeMap::new(),
             known: Vec::new(),
             tokens: BTreeMap::new(),
+            answered: Vec::new(),
             next_token: 1,
             policy: Policy::default(),
             published: BTreeMap::new(),
@@ -768,6 +772,7 @@ where
     }
 
     fn disconnect<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, why: &str, host: &mut U) {
+        self.unmap_answered();
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
@@ -1060,6 +1065,7 @@ where
     /// the frontend gave), responses on both rings, and a notification if the frontend asks
     /// for one. False when the frontend overran its conn ring.
     fn flush(&mut self, id: DeviceId) -> bool {
+        self.unmap_answered();
         let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
             return true;
         };
@@ -1174,6 +1180,25 @@ where
             warn!(
                 "event=urb_response_dropped domid={} devid={} id={}",
                 id.frontend, id.devid, rsp.id
+            );
+        }
+    }
+
+    /// Unmaps the grants of every request answered since the last publication, in one batch:
+    /// a hypercall costs far more than the pages it carries (under nested virtualisation,
+    /// hundreds of microseconds each), and a pass often answers several requests.
+    fn unmap_answered(&mut self) {
+        let Some(&(first, _)) = self.answered.first() else {
+            return;
+        };
+        let batch = core::mem::take(&mut self.answered);
+        let count = batch.len();
+        if let Err(s) = self.hv.unmap(batch.into_iter().map(|(_, m)| m)) {
+            warn!(
+                "event=grant_unmap_failed domid={} devid={} status={} batch={count}",
+                first.frontend,
+                first.devid,
+                s.name()
             );
         }
     }
@@ -1487,10 +1512,11 @@ where
                 + core::mem::offset_of!(UsbIsoPacketDescriptor, actual_length);
             write_linear(descriptor_pages, &f.descriptors, at, &result);
         }
-        // Unmapped before the answer: Linux's xen-hcd fails the frontend for good if a
-        // grant is still mapped when the response arrives.
+        // Unmapped before the answer is published (`flush`): Linux's xen-hcd fails the
+        // frontend for good if a grant is still mapped when the response arrives.
         let port = f.port;
-        unmap(&mut self.hv, id, f.mappings);
+        self.answered
+            .extend(f.mappings.into_iter().map(|m| (id, m)));
         if let Some((index, config)) = whole_config {
             if let Some(p) = self
                 .devices

@@ -305,12 +305,13 @@ fn main_loop(
                 let served = be.log_stats();
                 let interval = now - stats_at;
                 let busy = interval.saturating_sub(halted_us);
-                let [calls, calls_us, grant_ops, grant_us] = xen_guest::take_hypercall_times();
+                let [calls, calls_us, grant_ops, grant_us, grant_entries] =
+                    xen_guest::take_hypercall_times();
                 // Only for a second in which guests moved data: an idle one (timer ticks,
                 // xenstore) is not worth a line on a slow serial port.
                 if served {
                     info!(
-                        "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us}",
+                        "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us} grant_entries={grant_entries}",
                         busy * 100 / interval
                     );
                 }
