@@ -772,7 +772,6 @@ where
     }
 
     fn disconnect<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, why: &str, host: &mut U) {
-        self.unmap_answered();
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
@@ -798,12 +797,13 @@ where
             for (_, f) in inflight {
                 host.cancel(f.device, f.token);
                 self.tokens.remove(&f.token);
-                unmap(&mut self.hv, id, f.mappings);
+                self.release(id, f.mappings);
             }
-            // The rings are dropped before their pages are unmapped.
+            // The rings are dropped before their pages are unmapped, all in one batch.
             drop(urb);
             drop(conn);
-            unmap(&mut self.hv, id, rings);
+            self.release(id, rings);
+            self.unmap_answered();
             let _ = self.hv.close(port);
             log_stats(id, &stats, "teardown", 0);
             info!(
@@ -1184,6 +1184,13 @@ where
         }
     }
 
+    /// Gives back the grants of an answered request (or of a connection being torn down):
+    /// unmapped with the others of the pass by [`Backend::unmap_answered`], before any
+    /// answer is published.
+    fn release(&mut self, id: DeviceId, mappings: Vec<GrantMapping<H::Page>>) {
+        self.answered.extend(mappings.into_iter().map(|m| (id, m)));
+    }
+
     /// Unmaps the grants of every request answered since the last publication, in one batch:
     /// a hypercall costs far more than the pages it carries (under nested virtualisation,
     /// hundreds of microseconds each), and a pass often answers several requests.
@@ -1357,7 +1364,7 @@ where
                     "event=urb_grant_map_failed domid={} devid={} id={} status={status}",
                     id.frontend, id.devid, s.id
                 );
-                unmap(&mut self.hv, id, mappings);
+                self.release(id, mappings);
                 self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
                 return true;
             }
@@ -1378,7 +1385,7 @@ where
                 let total: usize = data.iter().map(|&(_, l)| usize::from(l)).sum();
                 let n = total.min(config.len());
                 write_linear(&mappings[..data.len()], &data, 0, &config[..n]);
-                unmap(&mut self.hv, id, mappings);
+                self.release(id, mappings);
                 self.respond(id, response(s.id, USBIF_STATUS_OK, n));
                 return true;
             }
@@ -1400,7 +1407,7 @@ where
                         "event=urb_invalid domid={} devid={} id={} reason=iso_packet_outside_buffer packet={i} offset={offset} length={length}",
                         id.frontend, id.devid, s.id
                     );
-                    unmap(&mut self.hv, id, mappings);
+                    self.release(id, mappings);
                     self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
                     return true;
                 }
@@ -1438,7 +1445,7 @@ where
         };
         match host.submit(device, transfer) {
             Err(e) => {
-                unmap(&mut self.hv, id, mappings);
+                self.release(id, mappings);
                 self.respond(id, response(s.id, status_of(e), 0));
             }
             Ok(()) => {
@@ -1515,8 +1522,7 @@ where
         // Unmapped before the answer is published (`flush`): Linux's xen-hcd fails the
         // frontend for good if a grant is still mapped when the response arrives.
         let port = f.port;
-        self.answered
-            .extend(f.mappings.into_iter().map(|m| (id, m)));
+        self.release(id, f.mappings);
         if let Some((index, config)) = whole_config {
             if let Some(p) = self
                 .devices
@@ -1547,21 +1553,6 @@ where
 fn queue_change<P>(c: &mut Connection<P>, port: u8, speed: u8) {
     if c.changes.len() < MAX_PENDING_CHANGES {
         c.changes.push_back((port, speed));
-    }
-}
-
-/// Unmaps a request's grants (or a connection's rings), logging a failure.
-fn unmap<H: GrantMapper>(hv: &mut H, id: DeviceId, mappings: Vec<GrantMapping<H::Page>>) {
-    if mappings.is_empty() {
-        return;
-    }
-    if let Err(s) = hv.unmap(mappings) {
-        warn!(
-            "event=grant_unmap_failed domid={} devid={} status={}",
-            id.frontend,
-            id.devid,
-            s.name()
-        );
     }
 }
 
