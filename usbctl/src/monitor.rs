@@ -151,12 +151,12 @@ pub struct State {
 }
 
 impl State {
-    /// Takes one event in; returns whether the state changed.
+    /// Takes one event in; returns whether it is one the state follows (the others change
+    /// nothing but `t`).
     pub fn apply(&mut self, e: &Event) -> bool {
         if let Some(t) = e.t {
             self.t = t;
         }
-        let before = self.clone();
         let port_id = |e: &Event| -> Option<(u32, u32, u32)> {
             Some((e.num("domid")?, e.num("devid")?, e.num("port")?))
         };
@@ -276,9 +276,7 @@ impl State {
             }
             _ => return false,
         }
-        let mut now = self.clone();
-        now.t = before.t;
-        now != before
+        true
     }
 
     /// The state for a person: devices with owners, then controllers with their counters.
@@ -395,38 +393,30 @@ pub fn watch(
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<State> {
     let mut state = State::default();
-    let mut shown: Option<State> = None;
+    // Printed once at least, then again after lines that changed it.
+    let mut dirty = true;
+    // A line without its end yet stays here until the rest is read.
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = input.read_until(b'\n', &mut line)?;
-        if n > 0 && line.last() == Some(&b'\n') {
+        input.read_until(b'\n', &mut line)?;
+        if line.ends_with(b"\n") {
             if let Some(e) = parse_line(&String::from_utf8_lossy(&line)) {
-                state.apply(&e);
+                dirty |= state.apply(&e);
                 if state.panic.is_some() {
                     print(&state, json, name, out)?;
                     return Ok(state);
                 }
             }
+            line.clear();
             continue;
         }
-        // The end of what is there now (a partial line waits for its end).
-        if shown.as_ref() != Some(&state) {
+        // The end of what is there now.
+        if dirty {
             print(&state, json, name, out)?;
-            shown = Some(state.clone());
+            dirty = false;
         }
         if !more() {
             return Ok(state);
-        }
-        if n > 0 {
-            // Put the partial line back together with what comes next.
-            let partial = std::mem::take(&mut line);
-            let mut rest = Vec::new();
-            input.read_until(b'\n', &mut rest)?;
-            let whole = [partial, rest].concat();
-            if let Some(e) = parse_line(&String::from_utf8_lossy(&whole)) {
-                state.apply(&e);
-            }
         }
     }
 }

@@ -318,18 +318,8 @@ fn bench_qemu(args: &[String]) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Each stick holds what is read (pseudo-random) and, after it, what is written.
     let size = (2 * mib as usize + 1) << 20;
-    let mut qemu = Command::new("qemu-system-x86_64");
+    let mut qemu = qemu_q35();
     qemu.args([
-        "-machine",
-        "q35",
-        "-m",
-        "256",
-        "-display",
-        "none",
-        "-nodefaults",
-        "-no-reboot",
-        "-serial",
-        "stdio",
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-device",
@@ -339,13 +329,10 @@ fn bench_qemu(args: &[String]) -> Result {
     for n in 1..=4u64 {
         let stick = dir.join(format!("stick{n}.img"));
         let mut bytes = vec![0u8; size];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ n;
-        for chunk in bytes[..(mib as usize) << 20].chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
+        pseudo_random(
+            &mut bytes[..(mib as usize) << 20],
+            0x9e37_79b9_7f4a_7c15 ^ n,
+        );
         std::fs::write(&stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))?;
         qemu.arg("-drive")
             .arg(format!(
@@ -634,13 +621,7 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
     })?;
     let stick = out.join(stick);
     let mut bytes = vec![0u8; mib << 20];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for chunk in bytes[..16 << 20].chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
+    pseudo_random(&mut bytes[..16 << 20], 0x2545_f491_4f6c_dd1d);
     std::fs::write(&stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))?;
     let mut env = qemu_for_nested_xen(&cache)?;
     env.extend([
@@ -693,6 +674,37 @@ fn nested_xen_program(example: &str, stick: &str, mib: usize, args: &[String]) -
     )
 }
 
+/// QEMU on q35 with 256 MiB, no display or default devices, the serial port on stdio: the
+/// machine `run` and `bench qemu` boot the image on.
+fn qemu_q35() -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-machine",
+        "q35",
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]);
+    qemu
+}
+
+/// Fills `bytes` with a xorshift64 stream from `seed` (8 bytes at a time; `bytes.len()` a
+/// multiple of 8): stick contents whose hash a guest must reproduce.
+fn pseudo_random(bytes: &mut [u8], seed: u64) {
+    let mut x = seed;
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
 /// The demo's device assignment in `cargo xtask run`.
 const DEFAULT_ASSIGN: &str = "assign=2-1:vm1,1-2:vm2";
 
@@ -722,32 +734,21 @@ fn run(extra: &[String]) -> Result {
         words.push(DEFAULT_ASSIGN);
     }
     eprintln!("xtask: booting usbdom in QEMU (Ctrl-C to stop)");
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-machine",
-        "q35",
-        "-m",
-        "256",
-        "-display",
-        "none",
-        "-nodefaults",
-        "-no-reboot",
-    ])
-    .args(["-serial", "stdio"])
-    .args(["-device", "qemu-xhci,id=xhci,addr=0x5"])
-    .arg("-drive")
-    .arg(format!(
-        "if=none,id=stick,file={},format=raw",
-        stick.display()
-    ))
-    .args(["-device", "usb-storage,bus=xhci.0,drive=stick,port=1"])
-    .args(["-device", "usb-kbd,bus=xhci.0,port=2"])
-    .args(["-device", "usb-hub,bus=xhci.0,port=3"])
-    .args(["-device", "usb-mouse,bus=xhci.0,port=3.1"])
-    .arg("-kernel")
-    .arg(&image)
-    .arg("-append")
-    .arg(words.join(" "));
+    let mut qemu = qemu_q35();
+    qemu.args(["-device", "qemu-xhci,id=xhci,addr=0x5"])
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=stick,file={},format=raw",
+            stick.display()
+        ))
+        .args(["-device", "usb-storage,bus=xhci.0,drive=stick,port=1"])
+        .args(["-device", "usb-kbd,bus=xhci.0,port=2"])
+        .args(["-device", "usb-hub,bus=xhci.0,port=3"])
+        .args(["-device", "usb-mouse,bus=xhci.0,port=3.1"])
+        .arg("-kernel")
+        .arg(&image)
+        .arg("-append")
+        .arg(words.join(" "));
     let status = qemu
         .status()
         .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
