@@ -272,10 +272,7 @@ where
                 let serial = d
                     .serial
                     .as_deref()
-                    .filter(|s| {
-                        let text = format!("0000:0000:{s}");
-                        pvusb::DeviceSelector::parse(&text).is_some()
-                    })
+                    .filter(|s| pvusb::valid_serial(s))
                     .map(|s| format!("serial={s} "))
                     .unwrap_or_default();
                 let description = format!(

@@ -519,9 +519,18 @@ pub enum DeviceSelector {
 /// UTF-16 units; real serials are far shorter).
 pub const MAX_SERIAL_LEN: usize = 64;
 
+/// Whether a serial number string can be named in a [`DeviceSelector`]: 1 to
+/// [`MAX_SERIAL_LEN`] ASCII letters, digits, `.`, `_` and `-` (what xenstore values and shell
+/// arguments carry safely).
+pub fn valid_serial(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SERIAL_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 impl DeviceSelector {
-    /// Parses `1-2.3` or `0627:0001` or `0627:0001:SN42`. A serial is ASCII letters, digits,
-    /// `.`, `_` and `-` (what xenstore values and shell arguments carry safely).
+    /// Parses `1-2.3` or `0627:0001` or `0627:0001:SN42` (a serial as [`valid_serial`]).
     pub fn parse(text: &str) -> Option<DeviceSelector> {
         if valid_busid(text) {
             return Some(DeviceSelector::BusId(text.into()));
@@ -535,14 +544,7 @@ impl DeviceSelector {
         let product_id = hex4(parts.next())?;
         let serial = match parts.next() {
             None => None,
-            Some(s)
-                if !s.is_empty()
-                    && s.len() <= MAX_SERIAL_LEN
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
-            {
-                Some(s.into())
-            }
+            Some(s) if valid_serial(s) => Some(s.into()),
             Some(_) => return None,
         };
         Some(DeviceSelector::Ids {
