@@ -53,27 +53,36 @@ pub fn detect() -> Option<Detected> {
     })
 }
 
-/// Hypercalls made and the microseconds they took, all and grant-table ones, and the
-/// entries those grant-table calls carried: [`take_hypercall_times`].
+/// Hypercalls made and the TSC ticks they took, all and grant-table ones, and the entries
+/// those grant-table calls carried: [`take_hypercall_times`].
 static HYPERCALLS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
 /// Hypercalls since the last call (count, µs), grant-table operations among them (count,
 /// µs) and their entries (pages mapped, unmapped or copied), for `event=cpu`: where a busy
 /// driver domain's time goes.
 pub fn take_hypercall_times() -> [u64; 5] {
-    core::array::from_fn(|i| HYPERCALLS[i].swap(0, Ordering::Relaxed))
+    let hz = super::time::tsc_hz().max(1);
+    core::array::from_fn(|i| {
+        let v = HYPERCALLS[i].swap(0, Ordering::Relaxed);
+        // Ticks to microseconds once a second, not on every hypercall.
+        if i == 1 || i == 3 {
+            (u128::from(v) * 1_000_000 / u128::from(hz)) as u64
+        } else {
+            v
+        }
+    })
 }
 
 /// Raw hypercall through the hypercall page (which hides VMCALL vs VMMCALL), timed.
 fn hypercall(nr: u32, a1: u64, a2: u64, a3: u64) -> i64 {
-    let start = super::time::now_micros();
+    let start = super::cpu::rdtsc();
     let ret = hypercall_untimed(nr, a1, a2, a3);
-    let us = super::time::now_micros().saturating_sub(start);
+    let ticks = super::cpu::rdtsc().wrapping_sub(start);
     HYPERCALLS[0].fetch_add(1, Ordering::Relaxed);
-    HYPERCALLS[1].fetch_add(us, Ordering::Relaxed);
+    HYPERCALLS[1].fetch_add(ticks, Ordering::Relaxed);
     if nr == HYPERVISOR_GRANT_TABLE_OP {
         HYPERCALLS[2].fetch_add(1, Ordering::Relaxed);
-        HYPERCALLS[3].fetch_add(us, Ordering::Relaxed);
+        HYPERCALLS[3].fetch_add(ticks, Ordering::Relaxed);
         // The third argument of GNTTABOP_* is the number of entries.
         HYPERCALLS[4].fetch_add(a3, Ordering::Relaxed);
     }
