@@ -885,9 +885,9 @@ impl Vm {
 /// Microseconds [`Demo::step`] spent in its parts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepTimes {
-    /// usbback answering the host's completions (`host_events`: unmap, respond, notify).
+    /// usbback answering the host's completions (`host_events`: copy out, respond, notify).
     pub completions: u64,
-    /// usbback taking the frontends' requests (`handle_event`: decode, map, submit to the
+    /// usbback taking the frontends' requests (`handle_event`: decode, copy in, submit to the
     /// host; with an emulated controller this includes the device's work on each doorbell).
     pub requests: u64,
     /// The simulated VMs: their frontends (grants, ring, completions) and workloads.
@@ -1018,6 +1018,8 @@ impl Demo {
         for p in ports {
             self.backend.handle_event(p, host);
         }
+        progress |= self.backend.has_work();
+        self.backend.serve_busy(host);
         let t3 = (self.clock)();
         progress |= self.attach();
         for vm in &mut self.vms {

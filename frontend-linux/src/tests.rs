@@ -90,6 +90,7 @@ fn pump_backend(w: &mut Real) {
     for p in ports {
         w.be.handle_event(p, &mut usbback::host::Absent);
     }
+    w.be.serve_busy(&mut usbback::host::Absent);
 }
 
 /// Both sides take turns until nothing changes any more.
@@ -703,6 +704,7 @@ fn many_frontends_share_one_backend() {
         for p in ports {
             be.handle_event(p, &mut usbback::host::Absent);
         }
+        be.serve_busy(&mut usbback::host::Absent);
         for fe in fes.iter_mut() {
             fe.poll().unwrap();
         }
@@ -770,6 +772,7 @@ mod through_usbback {
             for p in ports {
                 be.handle_event(p, host);
             }
+            be.serve_busy(host);
             let mut events: Vec<HostEvent> = Vec::new();
             host.poll(&mut events);
             be.host_events(host, events);

@@ -26,6 +26,7 @@ fn settle(be: &mut Backend<Domain, SimXsTransport>, host: &mut SimHost<LocalPage
         for p in ports {
             be.handle_event(p, host);
         }
+        be.serve_busy(host);
         let mut events: Vec<HostEvent> = Vec::new();
         host.poll(&mut events);
         be.host_events(host, events);

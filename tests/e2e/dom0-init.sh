@@ -4,7 +4,14 @@
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 t0=$(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo 0)
 mark() { echo "E2E: $* uptime=$(cut -d' ' -f1 /proc/uptime)"; }
-fail() { mark "result=fail reason=$*"; [ "${mode:-}" = shell ] && shell; finish; }
+# A failed step names what it waited for; usbdom's last lines come with it (the whole log
+# follows in finish).
+fail() {
+  mark "result=fail reason=$*"
+  tail -n 15 /var/log/xen/usbdom-serial.log 2>/dev/null | sed 's|^|E2E-LAST usbdom: |'
+  [ "${mode:-}" = shell ] && shell
+  finish
+}
 # `cargo xtask run --xen`: the user gets dom0's console.
 shell() {
   cat <<EOF
@@ -89,12 +96,12 @@ timeout 120 xl create /tmp/guest-a.cfg || fail "xl_create_guest-a"
 # guest-b as users configure it: the original PVUSB vusb entry in its own xl config, the
 # keyboard named by its IDs; usbctl up runs xl create, then creates and attaches.
 echo "vusb = [ 'usbver=2, numports=8, port_1=0627:0001' ]" >> /tmp/guest-b.cfg
-usbctl up /tmp/guest-b.cfg 2>&1 | sed 's|^|usbctl-up: |'
+timeout 240 usbctl up /tmp/guest-b.cfg 2>&1 | sed 's|^|usbctl-up: |'
 if ! xl domid guest-b >/dev/null 2>&1; then
   # Seen once: libxc failed to decompress the same kernel it had just loaded for guest-a
   # ("unable to XZ decompress kernel"). Retried once, visibly.
   mark "phase=usbctl_up_retry"
-  usbctl up /tmp/guest-b.cfg 2>&1 | sed 's|^|usbctl-up: |'
+  timeout 240 usbctl up /tmp/guest-b.cfg 2>&1 | sed 's|^|usbctl-up: |'
   xl domid guest-b >/dev/null 2>&1 || fail "usbctl_up_guest-b"
 fi
 wait_for "$alog" "guest: ready" 120 || fail "guest_a_not_ready"
@@ -104,7 +111,7 @@ a_id=$(xl domid guest-a)
 b_id=$(xl domid guest-b)
 usbdom_id=$(xl domid usbdom)
 mark "phase=domains usbdom=$usbdom_id guest_a=$a_id guest_b=$b_id"
-usbctl hc-create guest-a 2 8 || fail "hc_create_a"
+timeout 120 usbctl hc-create guest-a 2 8 || fail "hc_create_a"
 usbctl list guest-b | grep -q "port 1: 0627:0001" || fail "usbctl_up_no_assignment"
 mark "phase=hc_created"
 wait_for "$ulog" "event=frontend_connected domid=$a_id " 60 || fail "frontend_a_not_connected"
@@ -117,7 +124,7 @@ usbctl list guest-a | sed 's|^|usbctl-list: |'
 usbctl list-assignable-devices | sed 's|^|ASSIGNABLE |'
 # The stick is SuperSpeed on the host (offered as high speed with its descriptors
 # rewritten); the keyboard is high speed.
-usbctl attach guest-a 0 1 2-1 || fail "attach_stick"
+timeout 120 usbctl attach guest-a 0 1 2-1 || fail "attach_stick"
 wait_for "$alog" "guest: usbdev .* vid=46f4 pid=0001" 60 || fail "guest_no_stick"
 mark "phase=guest_stick"
 wait_for "$blog" "guest: usbdev .* vid=0627 pid=0001" 60 || fail "guest_no_keyboard"
@@ -157,7 +164,7 @@ mark "phase=replugged"
 wait_for "$alog" "guest: sda reading" 30 || fail "guest_a_not_reading"
 sleep 3
 mark "phase=destroying_guest_a"
-xl destroy guest-a || fail "xl_destroy_guest_a"
+timeout 60 xl destroy guest-a || fail "xl_destroy_guest_a"
 wait_for "$ulog" "event=vusb_removed domid=$a_id devid=0 reason=frontend_gone" 30 || fail "usbdom_kept_guest_a"
 i=0
 while xenstore-exists "/local/domain/$usbdom_id/backend/vusb/$a_id"; do
@@ -175,10 +182,10 @@ mark "phase=keys_after_destroy"
 
 # The device leaves before its controller, as libxl removes usbdevs first: Linux's xen-hcd
 # cannot finish a device's URBs once its backend is gone.
-usbctl detach guest-b 0 1 || fail "detach_keyboard"
+timeout 120 usbctl detach guest-b 0 1 || fail "detach_keyboard"
 wait_for "$blog" "usb 1-1: USB disconnect" 30 || fail "guest_b_no_disconnect"
 mark "phase=guest_detached"
-usbctl hc-destroy guest-b 0 || fail "hc_destroy"
+timeout 120 usbctl hc-destroy guest-b 0 || fail "hc_destroy"
 xenstore-exists "/local/domain/$usbdom_id/backend/vusb/$b_id/0" && fail "backend_dir_left"
 xenstore-exists "/local/domain/$b_id/device/vusb/0" && fail "frontend_dir_left"
 wait_for "$ulog" "event=vusb_removed domid=$b_id " 30 || fail "usbdom_did_not_remove"
@@ -190,11 +197,11 @@ timeout 120 xl create /tmp/usbdom-pvh.cfg || fail "xl_create_usbdom_pvh"
 plog=/var/log/xen/console/guest-usbdom-pvh.log
 wait_for "$plog" "event=ready" 90 || fail "usbdom_pvh_not_ready"
 mark "phase=usbdom_pvh_ready"
-usbctl --backend usbdom-pvh hc-create guest-b 1 4 || fail "hc_create_pvh"
+timeout 120 usbctl --backend usbdom-pvh hc-create guest-b 1 4 || fail "hc_create_pvh"
 wait_for "$plog" "event=frontend_connected" 60 || fail "pvh_frontend_not_connected"
 wait_for "$blog" "guest: hc usb[0-9]* ports=4" 60 || fail "pvh_guest_hc_missing"
 mark "phase=pvh_frontend_connected"
-usbctl hc-destroy guest-b 0 || fail "hc_destroy_pvh"
+timeout 120 usbctl hc-destroy guest-b 0 || fail "hc_destroy_pvh"
 mark "phase=pvh_hc_destroyed"
 
 mark "result=pass"

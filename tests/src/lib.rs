@@ -346,6 +346,15 @@ impl NestedXen {
     /// The outer machine of ../shared/docs/xen-in-qemu.md: q35, an IOMMU for passthrough,
     /// `max,-smap` (plain max crashes the PV dom0), the xHCI away from 00:02.0. No i8042:
     /// QMP's key events go to the first keyboard QEMU has, which must be the USB one.
+    ///
+    /// `iommu=no-sharept`: TCG's `-cpu max` is an AMD CPU (SVM, nested paging), the IOMMU an
+    /// Intel VT-d — a pair no real machine has. Xen 4.17 then reports "Intel VT-d Shared EPT
+    /// tables enabled" and lets the VT-d walk an HVM domain's p2m, which is in AMD's nested
+    /// page table format, not EPT's; and p2m changes are not followed by VT-d IOTLB flushes.
+    /// The passed-through xHCI's DMA for usbdom then lands now and then in other domains'
+    /// memory (dom0's processes died in `ld-linux`, `xl` failed a symbol lookup, guests'
+    /// libc aborted, a guest took a triple fault, one URB's DMA landed in another's page).
+    /// With separate IOMMU tables Xen maintains them in VT-d's format and flushes them.
     pub fn args(&self, dom0_args: &str, qmp: Option<&Path>) -> Vec<String> {
         let mut args: Vec<String> = [
             "-M", "q35,i8042=off", "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-smap",
@@ -354,7 +363,7 @@ impl NestedXen {
             "-device", "usb-storage,bus=xhci.0,port=1,drive=usbdisk,id=stick",
             "-device", "usb-kbd,bus=xhci.0,port=2,id=kbd",
             "-device", "usb-hub,bus=xhci.0,port=3",
-            "-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot",
+            "-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot iommu=no-sharept",
         ]
         .map(String::from)
         .to_vec();

@@ -57,7 +57,9 @@ fn xen_end_to_end() {
         ),
         other => panic!("dom0 asked for {other}"),
     };
-    let run = run_qemu(&args, Duration::from_secs(20 * 60), |l| {
+    // Every step of the scenario fails on its own after a bounded wait; this only catches
+    // a machine that stopped altogether.
+    let run = run_qemu(&args, Duration::from_secs(10 * 60), |l| {
         if let Some(what) = l.strip_prefix("E2E: want=") {
             host_action(what.split_whitespace().next().unwrap_or(""));
         }
@@ -116,10 +118,18 @@ fn xen_end_to_end() {
             .find(|l| l.split_whitespace().any(|w| w == format!("event={name}")))
     };
     run.check(|r| {
-        assert!(!r.timed_out, "the run did not finish in 20 minutes");
+        assert!(!r.timed_out, "the run did not finish in 10 minutes");
         assert!(
             marks.iter().any(|(_, l)| l.contains("result=pass")),
             "the dom0 scenario failed"
+        );
+        // The IOMMU keeps its own tables (see `NestedXen::args`): shared with an AMD nested
+        // p2m, the passed-through controller's DMA corrupted other domains.
+        assert!(
+            r.lines
+                .iter()
+                .any(|(_, l)| l.contains("(XEN) Intel VT-d Shared EPT tables not enabled")),
+            "Xen must not share the p2m with the emulated VT-d"
         );
         let boot = usbdom_event("boot").expect("usbdom logged event=boot");
         assert_eq!(field(boot, "platform"), Some("xen-hvm"));

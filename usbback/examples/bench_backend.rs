@@ -179,6 +179,7 @@ fn backend_round(be: &mut Backend<Domain, SimXsTransport>, host: &mut Instant0) 
     for p in ports {
         be.handle_event(p, host);
     }
+    be.serve_busy(host);
     let mut events = Vec::new();
     host.poll(&mut events);
     be.host_events(host, events);

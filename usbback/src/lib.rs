@@ -32,6 +32,7 @@
 
 extern crate alloc;
 
+pub mod bounce;
 pub mod host;
 pub mod policy;
 #[cfg(any(test, feature = "sim"))]
@@ -43,10 +44,17 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use core::ops::Range;
 use log::{info, warn};
 use xen::abi::usbif::*;
 use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
-use xen::hypervisor::{EventChannels, GrantMapper, GrantMapping, MapRequest};
+
+use bounce::{Buffer, FramePool};
+use xen::abi::grant_table::GntStatus;
+use xen::hypervisor::{
+    CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrame, LocalFrames,
+    MapRequest,
+};
 use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 
@@ -67,6 +75,11 @@ const SET_CONFIGURATION: u8 = 9;
 const SET_INTERFACE: u8 = 11;
 const CLEAR_FEATURE: u8 = 1;
 const GET_DESCRIPTOR: u8 = 6;
+/// Requests taken from one frontend's ring in one pass, at most: a ring's worth, then the
+/// other frontends and the controller's events get their turn.
+const BUDGET: usize = pvusb::URB_RING_SIZE as usize;
+/// `-ENOMEM`: no frame for a request's buffer (xen-hcd hands the status to the URB as is).
+const USBIF_STATUS_NOMEM: i32 = -12;
 /// Bytes of Linux's `usb_iso_packet_descriptor`.
 const ISO_DESCRIPTOR_SIZE: usize = core::mem::size_of::<UsbIsoPacketDescriptor>();
 
@@ -112,16 +125,14 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-/// A request handed to the host, with everything mapped for it.
+/// A request handed to the host, with its buffer in our frames.
 struct InFlight<P> {
     token: u64,
     device: u32,
-    /// Data pages first, then isochronous descriptor pages.
-    mappings: Vec<GrantMapping<P>>,
-    /// (offset, length) in each data page, in buffer order.
-    data: Vec<(u16, u16)>,
-    /// (offset, length) in each descriptor page.
-    descriptors: Vec<(u16, u16)>,
+    buffer: Buffer<P>,
+    direction: host::Direction,
+    /// Its isochronous packets (what is copied back of each).
+    iso_packets: Vec<IsoPacket>,
     /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten: its type and index.
     rewrite: Option<(u8, u8)>,
     /// The virtual port it was sent to.
@@ -167,9 +178,18 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     known: Vec<DeviceInfo>,
     /// Requests the host holds: token → (frontend device, request id).
     tokens: BTreeMap<u64, (DeviceId, u16)>,
-    /// Grants of answered requests, unmapped together before any answer is published
-    /// ([`Backend::unmap_answered`]): one hypercall for every completion of a pass.
-    answered: Vec<(DeviceId, GrantMapping<H::Page>)>,
+    /// Bounce frames: every byte a device moves for a guest passes through them.
+    pool: FramePool<H::Page>,
+    /// Frames of transfers whose frontend is gone, by token: they go back to the pool when
+    /// the host reports the transfer finished, not before (a cancelled transfer may still
+    /// be running).
+    quarantine: BTreeMap<u64, Vec<LocalFrame<H::Page>>>,
+    /// Answers waiting for their copies, pushed together before publication
+    /// ([`Backend::finish_answers`]), with the copies of all of them: one hypercall.
+    answers: Vec<Answer<H::Page>>,
+    answer_copies: Vec<CopyOp>,
+    /// Frontends that had requests left when their budget ran out, in turn.
+    busy: VecDeque<DeviceId>,
     next_token: u64,
     /// Which device may go to which domain.
     policy: Policy,
@@ -219,7 +239,7 @@ fn bad(key: &str, value: &str) -> XenbusError {
 
 impl<H, T> Backend<H, T>
 where
-    H: GrantMapper + EventChannels,
+    H: GrantMapper + GrantCopier + LocalFrames + EventChannels,
     H::Page: Clone + SharedPage,
     T: XsTransport,
 {
@@ -235,7 +255,11 @@ where
             devices: BTreeMap::new(),
             known: Vec::new(),
             tokens: BTreeMap::new(),
-            answered: Vec::new(),
+            pool: FramePool::default(),
+            quarantine: BTreeMap::new(),
+            answers: Vec::new(),
+            answer_copies: Vec::new(),
+            busy: VecDeque::new(),
             next_token: 1,
             policy: Policy::default(),
             published: BTreeMap::new(),
@@ -346,6 +370,12 @@ where
     /// Requests of all frontends the host holds now.
     pub fn in_flight(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Bounce frames in use: by transfers in flight, answers not yet published, and
+    /// transfers of departed frontends the host has not finished yet.
+    pub fn bounce_frames_held(&self) -> usize {
+        self.pool.held()
     }
 
     /// Logs `event=stats` for every connected frontend whose counters changed since last
@@ -769,11 +799,14 @@ where
     }
 
     fn disconnect<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, why: &str, host: &mut U) {
+        // Answers already queued go to this connection's ring, never to a later one's.
+        self.finish_answers();
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
         let conn = dev.conn.take();
         dev.state = XenbusState::Closed;
+        self.busy.retain(|b| *b != id);
         // Devices stay assigned, and are reported again when the frontend reconnects.
         for p in &mut dev.ports {
             p.address = 0;
@@ -789,22 +822,31 @@ where
                 stats,
                 ..
             } = c;
-            // Every transfer is taken back from the host before its pages are unmapped.
+            // Every transfer is taken back from the host; its frames stay out of use until
+            // the host says it finished (a cancel is asynchronous, and may fail).
             let cancelled = inflight.len();
+            let mut quarantined = 0;
             for (_, f) in inflight {
                 host.cancel(f.device, f.token);
                 self.tokens.remove(&f.token);
-                self.release(id, f.mappings);
+                quarantined += f.buffer.frames.len();
+                self.quarantine.insert(f.token, f.buffer.frames);
             }
-            // The rings are dropped before their pages are unmapped, all in one batch.
+            // The rings are dropped before their pages are unmapped, in one batch.
             drop(urb);
             drop(conn);
-            self.release(id, rings);
-            self.unmap_answered();
+            if let Err(s) = self.hv.unmap(rings) {
+                warn!(
+                    "event=grant_unmap_failed domid={} devid={} status={} what=rings",
+                    id.frontend,
+                    id.devid,
+                    s.name()
+                );
+            }
             let _ = self.hv.close(port);
             log_stats(id, &stats, "teardown", 0);
             info!(
-                "event=frontend_transfers_cancelled domid={} devid={} count={cancelled}",
+                "event=frontend_transfers_cancelled domid={} devid={} count={cancelled} frames_quarantined={quarantined}",
                 id.frontend, id.devid
             );
         }
@@ -1062,7 +1104,7 @@ where
     /// the frontend gave), responses on both rings, and a notification if the frontend asks
     /// for one. False when the frontend overran its conn ring.
     fn flush(&mut self, id: DeviceId) -> bool {
-        self.unmap_answered();
+        self.finish_answers();
         let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
             return true;
         };
@@ -1100,7 +1142,9 @@ where
         self.disconnect(id, "protocol_violation", host);
     }
 
-    /// Takes every waiting URB request of `id`, then pushes the answers.
+    /// Takes up to [`BUDGET`] waiting URB requests of `id`, copies in the OUT data of all of
+    /// them in one batch, queues them to the host, then pushes the answers. A frontend with
+    /// requests left waits in [`Backend::serve_busy`]'s queue behind the others.
     fn service<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
         enum Next {
             Request(UsbifUrbRequest),
@@ -1113,10 +1157,15 @@ where
                 c.stats.ring_full += 1;
             }
         }
-        loop {
+        let mut stage = Stage::default();
+        let mut taken = 0;
+        let more = loop {
             let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
-                return;
+                break false;
             };
+            if taken == BUDGET {
+                break true;
+            }
             let next = match c.urb.next_request() {
                 Ok(Some(raw)) => Ok(Next::Request(raw)),
                 // None now: ask to be notified, and look once more (the race with the
@@ -1132,78 +1181,119 @@ where
             };
             match next {
                 Ok(Next::Request(raw)) => {
-                    if !self.request(id, raw, host) {
-                        return;
+                    taken += 1;
+                    if !self.request(id, raw, host, &mut stage) {
+                        break false;
                     }
                 }
                 Ok(Next::Again) => {}
-                Ok(Next::Idle) => break,
+                Ok(Next::Idle) => break false,
                 Err(e) => {
                     self.misbehaving(id, &format!("{e}"), host);
-                    return;
+                    break false;
                 }
             }
+        };
+        self.launch(&mut stage, host);
+        if !self.connected(id) {
+            return;
+        }
+        if more && !self.busy.contains(&id) {
+            self.busy.push_back(id);
         }
         if !self.flush(id) {
             self.misbehaving(id, "reason=conn_ring_overrun", host);
         }
     }
 
-    /// Whether request id `rid` of `id` is taken: in flight, or an unlink waiting to be
-    /// answered.
-    fn id_in_use(&self, id: DeviceId, rid: u16) -> bool {
-        self.devices
-            .get(&id)
-            .and_then(|d| d.conn.as_ref())
-            .is_some_and(|c| {
-                c.inflight.contains_key(&rid)
-                    || c.inflight.values().any(|f| f.unlinked_by == Some(rid))
-            })
+    /// Whether `id` has a connection (rings mapped, channel bound).
+    fn connected(&self, id: DeviceId) -> bool {
+        self.devices.get(&id).is_some_and(|d| d.conn.is_some())
     }
 
-    /// Queues the answer to request `rid` of `id`, counting it.
+    /// Whether a frontend still has requests after its last budget: the main loop then calls
+    /// [`Backend::serve_busy`] instead of sleeping.
+    pub fn has_work(&self) -> bool {
+        !self.busy.is_empty()
+    }
+
+    /// Serves once more, one budget each and in turn, every frontend left with requests.
+    pub fn serve_busy<U: UsbHost<H::Page> + ?Sized>(&mut self, host: &mut U) {
+        for _ in 0..self.busy.len() {
+            if let Some(id) = self.busy.pop_front() {
+                self.service(id, host);
+            }
+        }
+    }
+
+    /// Whether request id `rid` of `id` is taken: in flight, staged in this pass, or an
+    /// unlink waiting to be answered.
+    fn id_in_use(&self, id: DeviceId, rid: u16, stage: &Stage<H::Page>) -> bool {
+        stage.requests.iter().any(|r| r.id == id && r.rid == rid)
+            || self
+                .devices
+                .get(&id)
+                .and_then(|d| d.conn.as_ref())
+                .is_some_and(|c| {
+                    c.inflight.contains_key(&rid)
+                        || c.inflight.values().any(|f| f.unlinked_by == Some(rid))
+                })
+    }
+
+    /// Queues the answer to a request that moved no data.
     fn respond(&mut self, id: DeviceId, rsp: UsbifUrbResponse) {
-        let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
+        self.answers.push(Answer {
+            id,
+            rsp,
+            frames: Vec::new(),
+            copies: 0..0,
+        });
+    }
+
+    /// Runs the copies of every queued answer in one batch, then pushes the answers in the
+    /// order they were queued (an unlink's right after the request it cancelled) and gives
+    /// their frames back. An answer whose copy failed (the frontend revoked its grant) says
+    /// so instead.
+    fn finish_answers(&mut self) {
+        if self.answers.is_empty() {
             return;
-        };
-        if rsp.status == USBIF_STATUS_OK {
-            c.stats.completed += 1;
-            c.stats.bytes += u64::try_from(rsp.actual_length).unwrap_or(0);
+        }
+        let statuses = if self.answer_copies.is_empty() {
+            Vec::new()
         } else {
-            c.stats.errors += 1;
-        }
-        // Cannot fail: every request is consumed before it is answered, once.
-        if c.urb.push_response(&rsp).is_err() {
-            warn!(
-                "event=urb_response_dropped domid={} devid={} id={}",
-                id.frontend, id.devid, rsp.id
-            );
-        }
-    }
-
-    /// Gives back the grants of an answered request (or of a connection being torn down):
-    /// unmapped with the others of the pass by [`Backend::unmap_answered`], before any
-    /// answer is published.
-    fn release(&mut self, id: DeviceId, mappings: Vec<GrantMapping<H::Page>>) {
-        self.answered.extend(mappings.into_iter().map(|m| (id, m)));
-    }
-
-    /// Unmaps the grants of every request answered since the last publication, in one batch:
-    /// a hypercall costs far more than the pages it carries (under nested virtualisation,
-    /// hundreds of microseconds each), and a pass often answers several requests.
-    fn unmap_answered(&mut self) {
-        let Some(&(first, _)) = self.answered.first() else {
-            return;
+            self.hv.copy(&self.answer_copies)
         };
-        let batch = core::mem::take(&mut self.answered);
-        let count = batch.len();
-        if let Err(s) = self.hv.unmap(batch.into_iter().map(|(_, m)| m)) {
-            warn!(
-                "event=grant_unmap_failed domid={} devid={} status={} batch={count}",
-                first.frontend,
-                first.devid,
-                s.name()
-            );
+        self.answer_copies.clear();
+        for a in core::mem::take(&mut self.answers) {
+            self.pool.give_back(a.frames);
+            let mut rsp = a.rsp;
+            if let Some(status) = copy_failure(&statuses, a.copies) {
+                warn!(
+                    "event=urb_grant_copy_failed domid={} devid={} id={} direction=to_frontend status={}",
+                    a.id.frontend,
+                    a.id.devid,
+                    rsp.id,
+                    status.name()
+                );
+                rsp.status = USBIF_STATUS_IOERROR;
+                rsp.actual_length = 0;
+            }
+            let Some(c) = self.devices.get_mut(&a.id).and_then(|d| d.conn.as_mut()) else {
+                continue;
+            };
+            if rsp.status == USBIF_STATUS_OK {
+                c.stats.completed += 1;
+                c.stats.bytes += u64::try_from(rsp.actual_length).unwrap_or(0);
+            } else {
+                c.stats.errors += 1;
+            }
+            // Cannot fail: every request is consumed before it is answered, once.
+            if c.urb.push_response(&rsp).is_err() {
+                warn!(
+                    "event=urb_response_dropped domid={} devid={} id={}",
+                    a.id.frontend, a.id.devid, rsp.id
+                );
+            }
         }
     }
 
@@ -1214,6 +1304,7 @@ where
         id: DeviceId,
         raw: UsbifUrbRequest,
         host: &mut U,
+        stage: &mut Stage<H::Page>,
     ) -> bool {
         let Some(num_ports) = self.devices.get(&id).map(|d| d.num_ports) else {
             return false;
@@ -1230,10 +1321,12 @@ where
             Ok(UrbRequest::Unlink {
                 id: rid, unlink_id, ..
             }) => {
-                if self.id_in_use(id, rid) {
+                if self.id_in_use(id, rid, stage) {
                     self.misbehaving(id, &format!("reason=id_reused id={rid}"), host);
                     return false;
                 }
+                // The request to cancel may be among those staged in this pass.
+                self.launch(stage, host);
                 let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
                     return false;
                 };
@@ -1249,17 +1342,20 @@ where
                 }
                 true
             }
-            Ok(UrbRequest::Submit(s)) => self.submit(id, s, host),
+            Ok(UrbRequest::Submit(s)) => self.submit(id, s, host, stage),
         }
     }
 
+    /// Checks a submission, answers the requests the backend handles itself, and stages the
+    /// rest with their buffers in our frames and their OUT data's copies in `stage`.
     fn submit<U: UsbHost<H::Page> + ?Sized>(
         &mut self,
         id: DeviceId,
         s: Submit,
         host: &mut U,
+        stage: &mut Stage<H::Page>,
     ) -> bool {
-        if self.id_in_use(id, s.id) {
+        if self.id_in_use(id, s.id, stage) {
             self.misbehaving(id, &format!("reason=id_reused id={}", s.id), host);
             return false;
         }
@@ -1302,17 +1398,31 @@ where
         if let Some(setup) = setup {
             let value = u16::from_le_bytes([setup[2], setup[3]]);
             let index = u16::from_le_bytes([setup[4], setup[5]]);
-            let intercepted = match (setup[0], setup[1]) {
-                (0x00, SET_ADDRESS) => {
-                    port.address = (value & 0x7f) as u8;
-                    Some(Ok(()))
-                }
-                (0x00, SET_CONFIGURATION) => Some(host.set_configuration(device, value as u8)),
-                (0x01, SET_INTERFACE) => Some(host.set_interface(device, index as u8, value as u8)),
-                (0x02, CLEAR_FEATURE) if value == 0 => Some(host.clear_halt(device, index as u8)),
+            if (setup[0], setup[1]) == (0x00, SET_ADDRESS) {
+                port.address = (value & 0x7f) as u8;
+                self.respond(id, response(s.id, USBIF_STATUS_OK, 0));
+                return true;
+            }
+            let operation = match (setup[0], setup[1]) {
+                (0x00, SET_CONFIGURATION) => Some(HostOperation::SetConfiguration(value as u8)),
+                (0x01, SET_INTERFACE) => Some(HostOperation::SetInterface {
+                    interface: index as u8,
+                    alternate: value as u8,
+                }),
+                (0x02, CLEAR_FEATURE) if value == 0 => Some(HostOperation::ClearHalt(index as u8)),
                 _ => None,
             };
-            if let Some(result) = intercepted {
+            if let Some(operation) = operation {
+                // Transfers staged before it reach the device before it does.
+                self.launch(stage, host);
+                let result = match operation {
+                    HostOperation::SetConfiguration(v) => host.set_configuration(device, v),
+                    HostOperation::SetInterface {
+                        interface,
+                        alternate,
+                    } => host.set_interface(device, interface, alternate),
+                    HostOperation::ClearHalt(address) => host.clear_halt(device, address),
+                };
                 let status = result.map_or_else(status_of, |()| USBIF_STATUS_OK);
                 self.respond(id, response(s.id, status, 0));
                 return true;
@@ -1327,51 +1437,31 @@ where
             }
         }
 
-        let readonly = direction == host::Direction::Out;
-        let requests: Vec<MapRequest> = s
+        // One of our frames per segment, data first, then isochronous descriptors.
+        let segments: Vec<pvusb::Segment> = s
             .buffer
             .iter()
-            .map(|g| MapRequest {
-                dom: id.frontend,
-                gref: g.gref,
-                readonly,
-            })
-            .chain(s.iso_descriptors.iter().map(|g| MapRequest {
-                dom: id.frontend,
-                gref: g.gref,
-                readonly: false,
-            }))
+            .chain(s.iso_descriptors.iter())
+            .copied()
             .collect();
-        let mut mappings = Vec::with_capacity(requests.len());
-        if !requests.is_empty() {
-            let mut failure = None;
-            match self.hv.map(&requests) {
-                Ok(results) => {
-                    for r in results {
-                        match r {
-                            Ok(m) => mappings.push(m),
-                            Err(status) => failure = failure.or(Some(status.name())),
-                        }
-                    }
-                }
-                Err(_) => failure = Some("batch_too_large"),
-            }
-            if let Some(status) = failure {
-                warn!(
-                    "event=urb_grant_map_failed domid={} devid={} id={} status={status}",
-                    id.frontend, id.devid, s.id
-                );
-                self.release(id, mappings);
-                self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
-                return true;
-            }
-        }
-        let data: Vec<(u16, u16)> = s.buffer.iter().map(|g| (g.offset, g.length)).collect();
-        let descriptors: Vec<(u16, u16)> = s
-            .iso_descriptors
-            .iter()
-            .map(|g| (g.offset, g.length))
-            .collect();
+        let Some(frames) = self.pool.take(&mut self.hv, segments.len()) else {
+            warn!(
+                "event=bounce_frames_exhausted domid={} devid={} id={} held={} max={}",
+                id.frontend,
+                id.devid,
+                s.id,
+                self.pool.held(),
+                bounce::MAX_POOL_FRAMES
+            );
+            self.respond(id, response(s.id, USBIF_STATUS_NOMEM, 0));
+            return true;
+        };
+        let buffer = Buffer {
+            dom: id.frontend,
+            frames,
+            segments,
+            data: s.buffer.len(),
+        };
         // A configuration read whole before is answered as it was then.
         if let Some((superspeed::CONFIGURATION, index)) = rewrite {
             let cached = self.devices.get(&id).and_then(|d| {
@@ -1379,103 +1469,172 @@ where
                 p.configs.iter().find(|c| c.0 == index).map(|c| c.1.clone())
             });
             if let Some(config) = cached {
-                let total: usize = data.iter().map(|&(_, l)| usize::from(l)).sum();
-                let n = total.min(config.len());
-                write_linear(&mappings[..data.len()], &data, 0, &config[..n]);
-                self.release(id, mappings);
-                self.respond(id, response(s.id, USBIF_STATUS_OK, n));
+                let n = buffer.data_len().min(config.len());
+                buffer.write_data(0, &config[..n]);
+                let start = self.answer_copies.len();
+                buffer.copy_out_data(0, n, &mut self.answer_copies);
+                self.answers.push(Answer {
+                    id,
+                    rsp: response(s.id, USBIF_STATUS_OK, n),
+                    frames: buffer.frames,
+                    copies: start..self.answer_copies.len(),
+                });
                 return true;
             }
         }
-        let mut iso_packets = Vec::new();
-        if let pvusb::Transfer::Isochronous {
-            number_of_packets, ..
-        } = s.transfer
-        {
-            let pages = &mappings[data.len()..];
-            for i in 0..usize::from(number_of_packets) {
-                let mut d = [0u8; ISO_DESCRIPTOR_SIZE];
-                read_linear(pages, &descriptors, i * ISO_DESCRIPTOR_SIZE, &mut d);
-                let offset = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-                let length = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
-                let end = u64::from(offset) + u64::from(length);
-                if end > u64::from(s.buffer_length) {
-                    warn!(
-                        "event=urb_invalid domid={} devid={} id={} reason=iso_packet_outside_buffer packet={i} offset={offset} length={length}",
-                        id.frontend, id.devid, s.id
-                    );
-                    self.release(id, mappings);
-                    self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
-                    return true;
-                }
-                iso_packets.push(IsoPacket { offset, length });
-            }
+        let start = stage.copies.len();
+        if direction == host::Direction::Out {
+            buffer.copy_in_data(&mut stage.copies);
+        } else {
+            buffer.probe_data(&mut stage.copies);
         }
+        buffer.copy_in_descriptors(&mut stage.copies);
+        let copies = start..stage.copies.len();
         let transfer_type = match s.pipe.transfer_type {
             pvusb::TransferType::Control => host::TransferType::Control,
             pvusb::TransferType::Isochronous => host::TransferType::Isochronous,
             pvusb::TransferType::Interrupt => host::TransferType::Interrupt,
             pvusb::TransferType::Bulk => host::TransferType::Bulk,
         };
+        let number_of_packets = match s.transfer {
+            pvusb::Transfer::Isochronous {
+                number_of_packets, ..
+            } => number_of_packets,
+            _ => 0,
+        };
         let token = self.next_token;
         self.next_token += 1;
-        let segments = mappings
-            .iter()
-            .zip(&data)
-            .map(|(m, &(offset, len))| host::Segment {
-                page: m.page.clone(),
-                phys: m.addr.0,
-                offset,
-                len,
-            })
-            .collect();
         let transfer = host::Transfer {
             token,
             endpoint: if setup.is_some() { 0 } else { s.pipe.endpoint },
             direction,
             transfer_type,
             setup,
-            segments,
+            segments: buffer.frames[..buffer.data]
+                .iter()
+                .zip(&buffer.segments)
+                .map(|(f, g)| host::Segment {
+                    page: f.page.clone(),
+                    phys: f.bus_addr,
+                    offset: g.offset,
+                    len: g.length,
+                })
+                .collect(),
             short_not_ok: s.short_not_ok,
-            iso_packets,
+            iso_packets: Vec::new(),
             start_frame: None,
         };
-        match host.submit(device, transfer) {
-            Err(e) => {
-                self.release(id, mappings);
-                self.respond(id, response(s.id, status_of(e), 0));
-            }
-            Ok(()) => {
-                self.tokens.insert(token, (id, s.id));
-                if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
-                    c.inflight.insert(
-                        s.id,
-                        InFlight {
-                            token,
-                            device,
-                            mappings,
-                            data,
-                            descriptors,
-                            rewrite,
-                            port: port_number,
-                            unlinked_by: None,
-                        },
-                    );
-                }
-            }
-        }
+        stage.requests.push(Staged {
+            id,
+            rid: s.id,
+            device,
+            port: port_number,
+            buffer,
+            copies,
+            transfer,
+            number_of_packets,
+            buffer_length: s.buffer_length,
+            rewrite,
+        });
         true
     }
 
-    /// Answers the request a host transfer finished: isochronous packet results written to
-    /// the frontend's descriptors, a SuperSpeed descriptor rewritten, every grant unmapped,
-    /// then the response (and the unlink's, if one waits). Returns the frontend touched.
+    /// Queues the staged requests to the host, in ring order, once their copies are done
+    /// (all in one batch). A request whose copy failed is answered with an error and never
+    /// reaches the device.
+    fn launch<U: UsbHost<H::Page> + ?Sized>(&mut self, stage: &mut Stage<H::Page>, host: &mut U) {
+        if stage.requests.is_empty() {
+            return;
+        }
+        let statuses = if stage.copies.is_empty() {
+            Vec::new()
+        } else {
+            self.hv.copy(&stage.copies)
+        };
+        stage.copies.clear();
+        for mut r in stage.requests.drain(..) {
+            let id = r.id;
+            // Its frontend was disconnected in this pass: nothing reached the device.
+            if !self.connected(id) {
+                self.pool.give_back(r.buffer.frames);
+                continue;
+            }
+            if let Some(status) = copy_failure(&statuses, r.copies.clone()) {
+                warn!(
+                    "event=urb_grant_copy_failed domid={} devid={} id={} direction=from_frontend status={}",
+                    id.frontend,
+                    id.devid,
+                    r.rid,
+                    status.name()
+                );
+                self.pool.give_back(r.buffer.frames);
+                self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
+                continue;
+            }
+            for i in 0..usize::from(r.number_of_packets) {
+                let mut d = [0u8; ISO_DESCRIPTOR_SIZE];
+                r.buffer.read_descriptors(i * ISO_DESCRIPTOR_SIZE, &mut d);
+                let offset = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                let length = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
+                if u64::from(offset) + u64::from(length) > u64::from(r.buffer_length) {
+                    warn!(
+                        "event=urb_invalid domid={} devid={} id={} reason=iso_packet_outside_buffer packet={i} offset={offset} length={length}",
+                        id.frontend, id.devid, r.rid
+                    );
+                    r.transfer.iso_packets.clear();
+                    break;
+                }
+                r.transfer.iso_packets.push(IsoPacket { offset, length });
+            }
+            if r.transfer.iso_packets.len() != usize::from(r.number_of_packets) {
+                self.pool.give_back(r.buffer.frames);
+                self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
+                continue;
+            }
+            let token = r.transfer.token;
+            let iso_packets = r.transfer.iso_packets.clone();
+            let direction = r.transfer.direction;
+            match host.submit(r.device, r.transfer) {
+                Err(e) => {
+                    self.pool.give_back(r.buffer.frames);
+                    self.respond(id, response(r.rid, status_of(e), 0));
+                }
+                Ok(()) => {
+                    self.tokens.insert(token, (id, r.rid));
+                    if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+                        c.inflight.insert(
+                            r.rid,
+                            InFlight {
+                                token,
+                                device: r.device,
+                                buffer: r.buffer,
+                                direction,
+                                iso_packets,
+                                rewrite: r.rewrite,
+                                port: r.port,
+                                unlinked_by: None,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the request a host transfer finished: a SuperSpeed descriptor rewritten,
+    /// isochronous packet results written to the descriptors, and what the device wrote
+    /// queued to be copied to the frontend with the answer (and the unlink's, if one waits).
+    /// A transfer of a frontend that is gone gives its frames back. Returns the frontend
+    /// touched.
     fn complete(&mut self, c: Completion) -> Option<DeviceId> {
+        if let Some(frames) = self.quarantine.remove(&c.token) {
+            self.pool.give_back(frames);
+            return None;
+        }
         let (id, rid) = self.tokens.remove(&c.token)?;
         let conn = self.devices.get_mut(&id)?.conn.as_mut()?;
         let f = conn.inflight.remove(&rid)?;
-        let total: usize = f.data.iter().map(|&(_, l)| usize::from(l)).sum();
-        let (data_pages, descriptor_pages) = f.mappings.split_at(f.data.len());
+        let total = f.buffer.data_len();
         let (status, mut actual) = match c.result {
             Ok(n) => (USBIF_STATUS_OK, n.min(total)),
             Err(e) => (status_of(e), 0),
@@ -1483,7 +1642,7 @@ where
         let mut whole_config = None;
         if let (Some((kind, index)), USBIF_STATUS_OK) = (f.rewrite, status) {
             let mut bytes = alloc::vec![0u8; actual];
-            read_linear(data_pages, &f.data, 0, &mut bytes);
+            f.buffer.read_data(0, &mut bytes);
             let rewritten = if kind == superspeed::DEVICE {
                 superspeed::rewrite_device(&mut bytes);
                 bytes
@@ -1496,8 +1655,8 @@ where
                 }
                 rewritten
             };
-            write_linear(data_pages, &f.data, 0, &rewritten);
-            actual = rewritten.len();
+            f.buffer.write_data(0, &rewritten);
+            actual = rewritten.len().min(total);
         }
         let mut error_count = 0;
         for (i, r) in c.iso.iter().enumerate() {
@@ -1514,35 +1673,106 @@ where
             result[4..].copy_from_slice(&packet_status.to_le_bytes());
             let at = i * ISO_DESCRIPTOR_SIZE
                 + core::mem::offset_of!(UsbIsoPacketDescriptor, actual_length);
-            write_linear(descriptor_pages, &f.descriptors, at, &result);
+            f.buffer.write_descriptors(at, &result);
         }
-        // Unmapped before the answer is published (`flush`): Linux's xen-hcd fails the
-        // frontend for good if a grant is still mapped when the response arrives.
-        let port = f.port;
-        self.release(id, f.mappings);
+        // Only bytes the device wrote go back: the frames held other requests' data before.
+        let start = self.answer_copies.len();
+        if f.direction == host::Direction::In {
+            if f.iso_packets.is_empty() {
+                f.buffer.copy_out_data(0, actual, &mut self.answer_copies);
+            } else {
+                for (p, r) in f.iso_packets.iter().zip(&c.iso) {
+                    let n = r.actual_length.min(p.length) as usize;
+                    f.buffer
+                        .copy_out_data(p.offset as usize, n, &mut self.answer_copies);
+                }
+            }
+        }
+        f.buffer.copy_out_descriptors(&mut self.answer_copies);
+        let copies = start..self.answer_copies.len();
         if let Some((index, config)) = whole_config {
             if let Some(p) = self
                 .devices
                 .get_mut(&id)
-                .and_then(|d| d.ports.get_mut(usize::from(port).wrapping_sub(1)))
+                .and_then(|d| d.ports.get_mut(usize::from(f.port).wrapping_sub(1)))
             {
                 p.configs.retain(|c| c.0 != index);
                 p.configs.push((index, config));
             }
         }
-        let rsp = UsbifUrbResponse {
-            id: rid,
-            start_frame: c.start_frame,
-            status,
-            actual_length: i32::try_from(actual).unwrap_or(i32::MAX),
-            error_count,
-        };
-        self.respond(id, rsp);
+        self.answers.push(Answer {
+            id,
+            rsp: UsbifUrbResponse {
+                id: rid,
+                start_frame: c.start_frame,
+                status,
+                actual_length: i32::try_from(actual).unwrap_or(i32::MAX),
+                error_count,
+            },
+            frames: f.buffer.frames,
+            copies,
+        });
         if let Some(unlink) = f.unlinked_by {
             self.respond(id, response(unlink, USBIF_STATUS_OK, 0));
         }
         Some(id)
     }
+}
+
+/// The operations a guest's standard control requests become on the host.
+enum HostOperation {
+    SetConfiguration(u8),
+    SetInterface { interface: u8, alternate: u8 },
+    ClearHalt(u8),
+}
+
+/// Requests of one pass waiting for their copies in: queued to the host in ring order once
+/// the batch is done.
+struct Stage<P> {
+    copies: Vec<CopyOp>,
+    requests: Vec<Staged<P>>,
+}
+
+impl<P> Default for Stage<P> {
+    fn default() -> Self {
+        Stage {
+            copies: Vec::new(),
+            requests: Vec::new(),
+        }
+    }
+}
+
+/// A checked submission with its buffer in our frames.
+struct Staged<P> {
+    id: DeviceId,
+    rid: u16,
+    device: u32,
+    port: u8,
+    buffer: Buffer<P>,
+    /// Its copies in the stage's batch.
+    copies: Range<usize>,
+    /// The transfer, but for its isochronous packets (read from the copied descriptors).
+    transfer: host::Transfer<P>,
+    number_of_packets: u16,
+    buffer_length: u32,
+    rewrite: Option<(u8, u8)>,
+}
+
+/// An answer waiting for its copies out and its publication.
+struct Answer<P> {
+    id: DeviceId,
+    rsp: UsbifUrbResponse,
+    /// Frames that go back to the pool once the copies are done.
+    frames: Vec<LocalFrame<P>>,
+    /// Its copies in [`Backend::answer_copies`].
+    copies: Range<usize>,
+}
+
+/// The first failed status among `statuses[range]` (a missing one counts as failed).
+fn copy_failure(statuses: &[GntStatus], range: Range<usize>) -> Option<GntStatus> {
+    range
+        .map(|i| statuses.get(i).copied().unwrap_or(GntStatus::GeneralError))
+        .find(|s| *s != GntStatus::Okay)
 }
 
 /// Queues a port change for the conn ring, dropping it when the frontend has let too many
@@ -1559,58 +1789,6 @@ fn log_stats(id: DeviceId, s: &Stats, phase: &str, in_flight: usize) {
         "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} in_flight={in_flight}",
         id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes
     );
-}
-
-/// Calls `f` with each (page, offset in page, range in `buf`) that bytes `at..at + len` of
-/// the buffer made of `segments` (offset, length) in `pages` fall in.
-fn for_linear<P>(
-    pages: &[GrantMapping<P>],
-    segments: &[(u16, u16)],
-    at: usize,
-    len: usize,
-    mut f: impl FnMut(&P, usize, core::ops::Range<usize>),
-) {
-    let mut skip = at;
-    let mut done = 0;
-    for (m, &(offset, length)) in pages.iter().zip(segments) {
-        let length = usize::from(length);
-        if done == len {
-            break;
-        }
-        if skip >= length {
-            skip -= length;
-            continue;
-        }
-        let n = (length - skip).min(len - done);
-        f(&m.page, usize::from(offset) + skip, done..done + n);
-        done += n;
-        skip = 0;
-    }
-}
-
-/// Copies bytes of a scattered buffer out (what lies past its end is left as it was).
-fn read_linear<P: SharedPage>(
-    pages: &[GrantMapping<P>],
-    segments: &[(u16, u16)],
-    at: usize,
-    buf: &mut [u8],
-) {
-    let len = buf.len();
-    for_linear(pages, segments, at, len, |page, offset, range| {
-        page.read(offset, &mut buf[range]);
-    });
-}
-
-/// Copies bytes into a scattered buffer (what would run past its end is not written).
-fn write_linear<P: SharedPage>(
-    pages: &[GrantMapping<P>],
-    segments: &[(u16, u16)],
-    at: usize,
-    data: &[u8],
-) {
-    for_linear(pages, segments, at, data.len(), |page, offset, range| {
-        page.write(offset, &data[range]);
-    });
 }
 
 #[cfg(test)]

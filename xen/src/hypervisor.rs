@@ -156,13 +156,32 @@ pub struct CopyOp {
     pub len: u16,
 }
 
-/// Statuses of one copy batch, one per op, in order.
-pub type CopyResults = Vec<GntStatus, MAX_GRANT_BATCH>;
-
 /// Copying to and from granted pages by the hypervisor, without mapping them.
 pub trait GrantCopier {
-    /// Runs every op in one batch (one hypercall).
-    fn copy(&mut self, ops: &[CopyOp]) -> Result<CopyResults, BatchTooLarge>;
+    /// Runs every op, as few hypercalls as the implementation can (a backend hands it
+    /// every copy of a pass at once: a hypercall costs far more than the bytes it moves).
+    /// Returns one status per op, in order; a failed op leaves the others done.
+    fn copy(&mut self, ops: &[CopyOp]) -> alloc::vec::Vec<GntStatus>;
+}
+
+/// A frame of our own memory that a device may DMA into: a backend's bounce buffer, which
+/// data reaches a guest from by [`GrantCopier::copy`]. A device then never DMAs into another
+/// domain's page, so no mapping of one can be reached through a stale IOMMU entry.
+#[derive(Clone, Debug)]
+pub struct LocalFrame<P> {
+    /// Its frame number, for grant copies.
+    pub gfn: Gfn,
+    /// The address a device reaches its first byte at.
+    pub bus_addr: u64,
+    /// Access to its bytes.
+    pub page: P,
+}
+
+/// Frames of our own memory for bounce buffers, of the same page type as grant mappings
+/// (the host controller's transfers take either).
+pub trait LocalFrames: GrantMapper {
+    /// A fresh frame, kept for good (a backend pools them).
+    fn alloc_frame(&mut self) -> Result<LocalFrame<Self::Page>, Errno>;
 }
 
 /// Event channels (2-level ABI).

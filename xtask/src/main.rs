@@ -40,7 +40,7 @@ fn main() {
         Some("run") => run(&args[1..]),
         Some("image") => image().map(|_| ()),
         Some("demo") => demo(),
-        Some("e2e") => e2e(),
+        Some("e2e") => e2e_command(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("install") => install(),
         _ => {
@@ -51,7 +51,8 @@ fn main() {
                  \x20 run      boot it in QEMU with USB devices (extra words: `run -- loglevel=debug`);\n\
                  \x20          `run --xen`: Xen, dom0, usbdom and two guests, then dom0's shell\n\
                  \x20 demo     the PVUSB connection played out on xen::sim\n\
-                 \x20 e2e      the end-to-end run on real Xen inside QEMU\n\
+                 \x20 e2e      the end-to-end run on real Xen inside QEMU;\n\
+                 \x20          `e2e --repeat N`: N runs in a row, and how many passed\n\
                  \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
                  \x20          `bench qemu`: the ring path against the driver alone, in QEMU;\n\
                  \x20          `bench e2e [--mib N]`: usbdom vs qusb vs passthrough on Xen\n\
@@ -636,21 +637,95 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
 /// The end-to-end test on real Xen (`tests/tests/e2e.rs`).
 fn e2e() -> Result {
     let env = e2e_prepare("stick.img", 64)?;
-    timed("run", || {
-        step(
-            "end-to-end test",
-            cargo().envs(env.iter().map(|(k, v)| (k, v))).args([
-                "test",
-                "-p",
-                "usbdom-tests",
-                "--test",
-                "e2e",
-                "--",
-                "--ignored",
-                "--nocapture",
-            ]),
-        )
-    })
+    timed("run", || step("end-to-end test", &mut e2e_test(&env)))
+}
+
+fn e2e_test(env: &[(String, PathBuf)]) -> Command {
+    let mut c = cargo();
+    c.envs(env.iter().map(|(k, v)| (k, v))).args([
+        "test",
+        "-p",
+        "usbdom-tests",
+        "--test",
+        "e2e",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]);
+    c
+}
+
+/// `cargo xtask e2e [--repeat N]`.
+fn e2e_command(args: &[String]) -> Result {
+    match args {
+        [] => e2e(),
+        [flag, n] if flag == "--repeat" => {
+            let n: u32 = n
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("e2e --repeat {n}: not a positive number"))?;
+            e2e_repeat(n)
+        }
+        _ => Err("usage: cargo xtask e2e [--repeat N]".into()),
+    }
+}
+
+/// Runs the end-to-end scenario `n` times in a row (a flaky run is a bug: this is how one
+/// is found), each on a fresh stick image, its whole output kept in
+/// `target/e2e/repeat-<k>.log`; prints one line per run and how many passed.
+fn e2e_repeat(n: u32) -> Result {
+    let mut passed = 0;
+    let mut lines = Vec::new();
+    for k in 1..=n {
+        // A fresh stick each time: the scenario writes to it.
+        let env = e2e_prepare("stick.img", 64)?;
+        let log = root().join(format!("target/e2e/repeat-{k}.log"));
+        let start = std::time::Instant::now();
+        let out = e2e_test(&env)
+            .output()
+            .map_err(|e| format!("end-to-end test: {e}"))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&log, &text).map_err(|e| format!("{}: {e}", log.display()))?;
+        let ok = out.status.success();
+        passed += u32::from(ok);
+        // The scenario's own verdict, else the first failed assertion.
+        let reason = text
+            .lines()
+            .find_map(|l| l.split("result=fail reason=").nth(1))
+            .or_else(|| {
+                text.lines()
+                    .skip_while(|l| !l.contains("panicked at"))
+                    .nth(1)
+            })
+            .unwrap_or("-")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let line = format!(
+            "xtask: e2e run={k} result={} seconds={:.0} log={}{}",
+            if ok { "pass" } else { "fail" },
+            start.elapsed().as_secs_f64(),
+            log.display(),
+            if ok {
+                String::new()
+            } else {
+                format!(" reason={reason}")
+            }
+        );
+        eprintln!("{line}");
+        lines.push(line);
+    }
+    eprintln!("xtask: e2e repeat passed={passed} of={n}");
+    for l in &lines {
+        println!("{l}");
+    }
+    if passed == n {
+        Ok(())
+    } else {
+        Err(format!("{} of {n} end-to-end runs failed", n - passed))
+    }
 }
 
 /// One of the tests crate's programs that boot the nested Xen machine

@@ -280,6 +280,7 @@ fn main_loop(
     let mut stats_at = time::now_micros();
     // Where the CPU went since the last stats: halted, and how often it woke.
     let (mut halted_us, mut wakeups) = (0u64, 0u64);
+    let mut ports: alloc::vec::Vec<xen::abi::EvtchnPort> = alloc::vec::Vec::new();
     loop {
         let events = usb.as_mut().map(usb::service).unwrap_or_default();
         // The simulated VMs move on as far as they can; the loop comes back at once while
@@ -323,13 +324,18 @@ fn main_loop(
         // interrupt after the look still wakes the `hlt` (`sti; hlt` takes it only after
         // the `hlt` began).
         cpu::disable_interrupts();
-        let mut ports: heapless::Vec<xen::abi::EvtchnPort, 64> = heapless::Vec::new();
+        // Every pending port, however many: a pending bit is cleared as it is taken.
+        ports.clear();
+        let mut backend_busy = false;
         if let Some(be) = backend.as_deref_mut() {
-            be.hypervisor().take_pending(&mut |p| {
-                let _ = ports.push(p);
-            });
+            be.hypervisor().take_pending(&mut |p| ports.push(p));
+            backend_busy = be.has_work();
         }
-        if ports.is_empty() && !demo_busy && !usb.as_mut().is_some_and(usb::has_work) {
+        if ports.is_empty()
+            && !demo_busy
+            && !backend_busy
+            && !usb.as_mut().is_some_and(usb::has_work)
+        {
             let before = time::now_micros();
             cpu::enable_and_halt();
             halted_us += time::now_micros() - before;
@@ -342,9 +348,12 @@ fn main_loop(
                 Some(u) => u.host(),
                 None => &mut absent,
             };
-            for p in ports {
+            for &p in &ports {
                 be.handle_event(p, host);
             }
+            // Frontends whose budget ran out get their next turn after every other
+            // frontend's and the controller's.
+            be.serve_busy(host);
         }
     }
 }

@@ -560,6 +560,84 @@ impl GrantMapper for Xen {
     }
 }
 
+/// Copies per hypercall: usbback copies everything a pass takes or answers at once (at most
+/// a ring of 16 requests of 16 pages per frontend). Xen preempts long batches itself.
+const COPY_BATCH: usize = 512;
+
+impl GrantCopier for Xen {
+    fn copy(&mut self, ops: &[CopyOp]) -> Vec<GntStatus> {
+        let ptr = |p: CopyPtr| match p {
+            CopyPtr::Grant { dom, gref, offset } => (
+                GnttabCopyPtr {
+                    u: u64::from(gref.0),
+                    domid: dom,
+                    offset,
+                    _pad: 0,
+                },
+                true,
+            ),
+            CopyPtr::Local { gfn, offset } => (
+                GnttabCopyPtr {
+                    u: gfn.0,
+                    domid: DomId::SELF,
+                    offset,
+                    _pad: 0,
+                },
+                false,
+            ),
+        };
+        let mut out = Vec::with_capacity(ops.len());
+        for chunk in ops.chunks(COPY_BATCH) {
+            let mut raw: Vec<GnttabCopy> = chunk
+                .iter()
+                .map(|op| {
+                    let (source, source_gref) = ptr(op.source);
+                    let (dest, dest_gref) = ptr(op.dest);
+                    let flags = if source_gref { GNTCOPY_SOURCE_GREF } else { 0 }
+                        | if dest_gref { GNTCOPY_DEST_GREF } else { 0 };
+                    GnttabCopy {
+                        source,
+                        dest,
+                        len: op.len,
+                        flags,
+                        status: GntStatus::GeneralError as i16,
+                        _pad: 0,
+                    }
+                })
+                .collect();
+            let rc = hypercall(
+                HYPERVISOR_GRANT_TABLE_OP,
+                u64::from(GNTTABOP_COPY),
+                raw.as_mut_ptr() as u64,
+                raw.len() as u64,
+            );
+            out.extend(raw.iter().map(|c| {
+                if rc < 0 {
+                    GntStatus::GeneralError
+                } else {
+                    GntStatus::from_raw(c.status)
+                }
+            }));
+        }
+        out
+    }
+}
+
+impl LocalFrames for Xen {
+    fn alloc_frame(&mut self) -> Result<LocalFrame<PhysPage>, Errno> {
+        // Our own RAM, identity-mapped: its guest-physical address is what the controller
+        // DMAs to (through the IOMMU's fixed mapping of our memory, which no grant
+        // operation changes).
+        let region =
+            memory::dma_alloc(PAGE_SIZE as u64, PAGE_SIZE as u64, true).ok_or(Errno::ENOSPC)?;
+        Ok(LocalFrame {
+            gfn: xen::abi::Gfn(region.phys >> 12),
+            bus_addr: region.phys,
+            page: PhysPage { addr: region.phys },
+        })
+    }
+}
+
 /// The xenstore connection over the shared ring: bytes move through the page, the store
 /// event channel tells xenstored to look. Waiting halts until any interrupt (the upcall or
 /// the timer) and gives up after five seconds, so a dead xenstored cannot hang the kernel.

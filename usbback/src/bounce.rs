@@ -1,0 +1,323 @@
+//! The data path's buffers: a guest's data never sits in the guest's own pages while a device
+//! works on it.
+//!
+//! Each segment of a request's buffer gets one of our own frames ([`LocalFrame`]) and lies in
+//! it at the same offset, so the frames together form the same scatter-gather list the guest
+//! described. OUT data and isochronous descriptors are copied in by the hypervisor
+//! ([`GrantCopier`]) before the transfer is queued; IN data (only the bytes the device wrote)
+//! and isochronous results are copied out before the answer is published. Every copy of a
+//! pass goes in one batch.
+//!
+//! Why not map the guest's grants and let the device DMA into them: a mapping reaches the
+//! device through the IOMMU, and an IOTLB entry that outlives the unmap (seen under QEMU's
+//! emulated VT-d) lets a late DMA land in a page its owner has since reused — another
+//! domain's memory. Our own frames never change owner. A frame goes back to the pool only
+//! once the transfer using it has completed: a frontend that disconnects leaves its
+//! transfers' frames in quarantine until the host reports them finished.
+//!
+//! [`GrantCopier`]: xen::hypervisor::GrantCopier
+
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use xen::abi::DomId;
+use xen::hypervisor::{CopyOp, CopyPtr, LocalFrame, LocalFrames};
+use xen::page::SharedPage;
+use xen::pvusb::Segment;
+
+/// The most frames the pool grows to (16 MiB): a ring's worth of 16-page requests for each of
+/// 16 frontends at once. Past it a request is answered with an error rather than the
+/// driver domain running out of memory.
+pub const MAX_POOL_FRAMES: usize = 4096;
+
+/// Frames for bounce buffers: taken from the hypervisor layer on demand, up to
+/// [`MAX_POOL_FRAMES`], and reused after.
+pub struct FramePool<P> {
+    free: Vec<LocalFrame<P>>,
+    total: usize,
+}
+
+impl<P> Default for FramePool<P> {
+    fn default() -> Self {
+        FramePool {
+            free: Vec::new(),
+            total: 0,
+        }
+    }
+}
+
+impl<P> FramePool<P> {
+    /// `n` frames, all or none.
+    pub fn take<H: LocalFrames<Page = P>>(
+        &mut self,
+        hv: &mut H,
+        n: usize,
+    ) -> Option<Vec<LocalFrame<P>>> {
+        while self.free.len() < n {
+            if self.total >= MAX_POOL_FRAMES {
+                return None;
+            }
+            let frame = hv.alloc_frame().ok()?;
+            self.free.push(frame);
+            self.total += 1;
+        }
+        let at = self.free.len() - n;
+        Some(self.free.split_off(at))
+    }
+
+    /// Frames whose transfer is over.
+    pub fn give_back(&mut self, frames: Vec<LocalFrame<P>>) {
+        self.free.extend(frames);
+    }
+
+    /// Frames handed out and not given back (in flight or quarantined).
+    pub fn held(&self) -> usize {
+        self.total - self.free.len()
+    }
+}
+
+/// A request's buffer in our frames: data segments first, then isochronous descriptor
+/// segments, each in its own frame at the guest's offset.
+pub struct Buffer<P> {
+    /// The guest's granting domain.
+    pub dom: DomId,
+    /// One frame per segment.
+    pub frames: Vec<LocalFrame<P>>,
+    /// The guest's segments, in the same order.
+    pub segments: Vec<Segment>,
+    /// How many of them are data (the rest are isochronous descriptors).
+    pub data: usize,
+}
+
+impl<P: SharedPage> Buffer<P> {
+    /// Total data bytes.
+    pub fn data_len(&self) -> usize {
+        self.segments[..self.data]
+            .iter()
+            .map(|s| usize::from(s.length))
+            .sum()
+    }
+
+    /// Copies of every data segment into its frame (OUT data).
+    pub fn copy_in_data(&self, ops: &mut Vec<CopyOp>) {
+        self.copy_in(0..self.data, ops);
+    }
+
+    /// Copies of every descriptor segment into its frame.
+    pub fn copy_in_descriptors(&self, ops: &mut Vec<CopyOp>) {
+        self.copy_in(self.data..self.segments.len(), ops);
+    }
+
+    fn copy_in(&self, which: Range<usize>, ops: &mut Vec<CopyOp>) {
+        for i in which {
+            let s = self.segments[i];
+            ops.push(CopyOp {
+                source: CopyPtr::Grant {
+                    dom: self.dom,
+                    gref: s.gref,
+                    offset: s.offset,
+                },
+                dest: CopyPtr::Local {
+                    gfn: self.frames[i].gfn,
+                    offset: s.offset,
+                },
+                len: s.length,
+            });
+        }
+    }
+
+    /// Zero-length copies into every data segment: the hypervisor checks each grant is
+    /// writable (and the frontend's) without moving a byte, in the same batch as the pass's
+    /// other copies, so an IN transfer with a bad grant never reaches the device.
+    pub fn probe_data(&self, ops: &mut Vec<CopyOp>) {
+        for i in 0..self.data {
+            let s = self.segments[i];
+            ops.push(CopyOp {
+                source: CopyPtr::Local {
+                    gfn: self.frames[i].gfn,
+                    offset: s.offset,
+                },
+                dest: CopyPtr::Grant {
+                    dom: self.dom,
+                    gref: s.gref,
+                    offset: s.offset,
+                },
+                len: 0,
+            });
+        }
+    }
+
+    /// Copies of data bytes `at..at + len` back to the guest (what a device wrote).
+    pub fn copy_out_data(&self, at: usize, len: usize, ops: &mut Vec<CopyOp>) {
+        self.for_range(0..self.data, at, len, |i, offset, range| {
+            ops.push(CopyOp {
+                source: CopyPtr::Local {
+                    gfn: self.frames[i].gfn,
+                    offset: offset as u16,
+                },
+                dest: CopyPtr::Grant {
+                    dom: self.dom,
+                    gref: self.segments[i].gref,
+                    offset: offset as u16,
+                },
+                len: range.len() as u16,
+            });
+        });
+    }
+
+    /// Copies of every descriptor segment back to the guest (isochronous results).
+    pub fn copy_out_descriptors(&self, ops: &mut Vec<CopyOp>) {
+        for i in self.data..self.segments.len() {
+            let s = self.segments[i];
+            ops.push(CopyOp {
+                source: CopyPtr::Local {
+                    gfn: self.frames[i].gfn,
+                    offset: s.offset,
+                },
+                dest: CopyPtr::Grant {
+                    dom: self.dom,
+                    gref: s.gref,
+                    offset: s.offset,
+                },
+                len: s.length,
+            });
+        }
+    }
+
+    /// Reads data bytes from `at` into `buf` (what lies past the end is left as it was).
+    pub fn read_data(&self, at: usize, buf: &mut [u8]) {
+        let len = buf.len();
+        self.for_range(0..self.data, at, len, |i, offset, range| {
+            self.frames[i].page.read(offset, &mut buf[range]);
+        });
+    }
+
+    /// Writes data bytes from `at` (what would run past the end is not written).
+    pub fn write_data(&self, at: usize, data: &[u8]) {
+        self.for_range(0..self.data, at, data.len(), |i, offset, range| {
+            self.frames[i].page.write(offset, &data[range]);
+        });
+    }
+
+    /// Reads descriptor bytes from `at`.
+    pub fn read_descriptors(&self, at: usize, buf: &mut [u8]) {
+        let len = buf.len();
+        let all = self.data..self.segments.len();
+        self.for_range(all, at, len, |i, offset, range| {
+            self.frames[i].page.read(offset, &mut buf[range]);
+        });
+    }
+
+    /// Writes descriptor bytes from `at`.
+    pub fn write_descriptors(&self, at: usize, data: &[u8]) {
+        let all = self.data..self.segments.len();
+        self.for_range(all, at, data.len(), |i, offset, range| {
+            self.frames[i].page.write(offset, &data[range]);
+        });
+    }
+
+    /// Calls `f` with (segment index, offset in its page, range of `0..len`) for each piece
+    /// of bytes `at..at + len` of the buffer made of segments `which`.
+    fn for_range(
+        &self,
+        which: Range<usize>,
+        at: usize,
+        len: usize,
+        mut f: impl FnMut(usize, usize, Range<usize>),
+    ) {
+        let mut skip = at;
+        let mut done = 0;
+        for i in which {
+            if done == len {
+                break;
+            }
+            let s = self.segments[i];
+            let length = usize::from(s.length);
+            if skip >= length {
+                skip -= length;
+                continue;
+            }
+            let n = (length - skip).min(len - done);
+            f(i, usize::from(s.offset) + skip, done..done + n);
+            done += n;
+            skip = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xen::abi::{Gfn, GrantRef};
+    use xen::page::LocalPage;
+
+    fn buffer() -> Buffer<LocalPage> {
+        let frame = |n| LocalFrame {
+            gfn: Gfn(n),
+            bus_addr: n << 12,
+            page: LocalPage::new(),
+        };
+        let seg = |gref, offset, length| Segment {
+            gref: GrantRef(gref),
+            offset,
+            length,
+        };
+        Buffer {
+            dom: DomId(5),
+            frames: alloc::vec![frame(1), frame(2), frame(3)],
+            // 96 bytes at the end of one page, then 10 at the start of the next; one
+            // descriptor segment.
+            segments: alloc::vec![seg(10, 4000, 96), seg(11, 0, 10), seg(12, 64, 32)],
+            data: 2,
+        }
+    }
+
+    #[test]
+    fn data_crosses_segments_at_their_offsets() {
+        let b = buffer();
+        assert_eq!(b.data_len(), 106);
+        let bytes: Vec<u8> = (0..106).collect();
+        b.write_data(0, &bytes);
+        let mut back = [0u8; 20];
+        b.read_data(90, &mut back);
+        assert_eq!(back[..16], bytes[90..106]);
+        let mut tail = [0u8; 10];
+        b.frames[1].page.read(0, &mut tail);
+        assert_eq!(tail[..], bytes[96..106]);
+    }
+
+    #[test]
+    fn copy_out_takes_only_the_bytes_asked_for() {
+        let b = buffer();
+        let mut ops = Vec::new();
+        b.copy_out_data(90, 10, &mut ops);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(
+            ops[0].dest,
+            CopyPtr::Grant {
+                dom: DomId(5),
+                gref: GrantRef(10),
+                offset: 4090
+            }
+        );
+        assert_eq!(ops[0].len, 6);
+        assert_eq!(
+            ops[1].source,
+            CopyPtr::Local {
+                gfn: Gfn(2),
+                offset: 0
+            }
+        );
+        assert_eq!(ops[1].len, 4);
+        let mut ops = Vec::new();
+        b.copy_in_descriptors(&mut ops);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(
+            ops[0].dest,
+            CopyPtr::Local {
+                gfn: Gfn(3),
+                offset: 64
+            }
+        );
+    }
+}
