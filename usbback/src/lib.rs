@@ -14,10 +14,11 @@
 //! cleared or the device unplugged.
 //!
 //! URBs: each request is copied out of the ring once and checked
-//! ([`xen::pvusb::UrbRequest::decode`]); its grants are mapped in one batch (read-only for
-//! OUT) and its buffer handed to the host controller ([`host::UsbHost`]) as a scatter-gather
-//! list; on completion every grant is unmapped *before* the response is pushed, as Linux's
-//! xen-hcd checks. SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
+//! ([`xen::pvusb::UrbRequest::decode`]); its buffer lives in our own frames ([`bounce`]),
+//! OUT data copied in from the guest's grants (one batch per pass), and is handed to the host
+//! controller ([`host::UsbHost`]) as a scatter-gather list; on completion what the device
+//! wrote is copied out with the answer (one batch per flush). No data grant is ever mapped.
+//! One pass takes at most a ring's worth of a frontend's requests ([`Backend::serve_busy`]). SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
 //! CLEAR_FEATURE(ENDPOINT_HALT) go through the host's own operations so the controller's
 //! endpoint state follows. An unlink is answered twice: the cancelled request, then the
 //! unlink. Every id gets exactly one answer.
