@@ -19,7 +19,8 @@
 //! list; on completion every grant is unmapped *before* the response is pushed, as Linux's
 //! xen-hcd checks. SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
 //! CLEAR_FEATURE(ENDPOINT_HALT) go through the host's own operations so the controller's
-//! endpoint state follows. An unlink is answered twice: the cancelled request, then the
+//! endpoint state follows, the first two checked against the [`policy`] (`control.rs`). An
+//! unlink is answered twice: the cancelled request, then the
 //! unlink. Every id gets exactly one answer.
 //!
 //! It knows no hypercall: only the `xen` crate's traits, so it runs against `xen::sim` in
@@ -32,6 +33,7 @@
 
 extern crate alloc;
 
+mod control;
 pub mod host;
 pub mod policy;
 #[cfg(any(test, feature = "sim"))]
@@ -51,7 +53,7 @@ use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 
 use host::{Completion, DeviceInfo, HostEvent, IsoPacket, Speed, TransferError, UsbHost};
-use policy::{Policy, Verdict};
+use policy::Policy;
 use xen::ring::BackRing;
 use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
@@ -61,11 +63,7 @@ pub use xen::pvusb::{ASSIGN_DIR, PORT_STATUS_DIR};
 /// Port changes waiting for conn-ring requests, per frontend: more are dropped (a frontend
 /// that stopped reading its conn ring gets no more).
 const MAX_PENDING_CHANGES: usize = 64;
-/// USB 2.0 9.4: standard requests the backend intercepts.
-const SET_ADDRESS: u8 = 5;
-const SET_CONFIGURATION: u8 = 9;
-const SET_INTERFACE: u8 = 11;
-const CLEAR_FEATURE: u8 = 1;
+/// USB 2.0 9.4: GET_DESCRIPTOR, whose answers a SuperSpeed device's port rewrites.
 const GET_DESCRIPTOR: u8 = 6;
 /// Bytes of Linux's `usb_iso_packet_descriptor`.
 const ISO_DESCRIPTOR_SIZE: usize = core::mem::size_of::<UsbIsoPacketDescriptor>();
@@ -188,6 +186,8 @@ pub fn status_of(e: TransferError) -> i32 {
         TransferError::Babble => USBIF_STATUS_BABBLE,
         TransferError::Invalid => USBIF_STATUS_INVAL,
         TransferError::Cancelled | TransferError::Shutdown => USBIF_STATUS_SHUTDOWN,
+        // How a device refuses a request it will not carry out (USB 2.0 9.2.7).
+        TransferError::Refused => USBIF_STATUS_STALL,
     }
 }
 
@@ -309,7 +309,8 @@ where
     }
 
     /// Sets the device policy (the driver domain's `usbpolicy=`). Ports connected already
-    /// keep their devices; later assignments follow it.
+    /// keep their devices; later assignments, SET_CONFIGURATION and SET_INTERFACE requests
+    /// follow it.
     pub fn set_policy(&mut self, policy: Policy) {
         for (i, r) in policy.rules.iter().enumerate() {
             info!("event=usb_policy_rule rule={} text={}", i + 1, r.text());
@@ -931,26 +932,8 @@ where
         if usb_ver == 1 && info.speed >= Speed::High {
             return self.refuse_port(id, n, &busid, "high_speed_device_on_usb1_controller");
         }
-        // The name usbctl wrote, else the domain's own name key where the toolstack lets us
-        // read it; without either, rules naming domains decide against the device.
-        let name = match self.devices.get(&id).and_then(|d| d.frontend_name.clone()) {
-            Some(n) => Some(n),
-            None => self
-                .xs
-                .read_string(TxId::NONE, &format!("/local/domain/{}/name", id.frontend))
-                .ok(),
-        };
-        if let (Verdict::Deny, rule) = self.policy.check(&info, id.frontend, name.as_deref()) {
-            let text = rule
-                .and_then(|r| self.policy.rules.get(r - 1))
-                .map(|r| r.text())
-                .unwrap_or_default();
-            return self.refuse_port(
-                id,
-                n,
-                &busid,
-                &format!("policy rule={} text={text}", rule.unwrap_or(0)),
-            );
+        if let Some((rule, text)) = self.policy_denies(id, &info) {
+            return self.refuse_port(id, n, &busid, &format!("policy rule={rule} text={text}"));
         }
         let elsewhere = self.devices.iter().find_map(|(other, d)| {
             d.ports
@@ -1300,23 +1283,10 @@ where
         };
         let mut rewrite = None;
         if let Some(setup) = setup {
-            let value = u16::from_le_bytes([setup[2], setup[3]]);
-            let index = u16::from_le_bytes([setup[4], setup[5]]);
-            let intercepted = match (setup[0], setup[1]) {
-                (0x00, SET_ADDRESS) => {
-                    port.address = (value & 0x7f) as u8;
-                    Some(Ok(()))
-                }
-                (0x00, SET_CONFIGURATION) => Some(host.set_configuration(device, value as u8)),
-                (0x01, SET_INTERFACE) => Some(host.set_interface(device, index as u8, value as u8)),
-                (0x02, CLEAR_FEATURE) if value == 0 => Some(host.clear_halt(device, index as u8)),
-                _ => None,
-            };
-            if let Some(result) = intercepted {
-                let status = result.map_or_else(status_of, |()| USBIF_STATUS_OK);
-                self.respond(id, response(s.id, status, 0));
+            if self.standard_request(id, s.id, port_number, device, setup, host) {
                 return true;
             }
+            let value = u16::from_le_bytes([setup[2], setup[3]]);
             let kind = (value >> 8) as u8;
             if superspeed
                 && setup[0] == 0x80
