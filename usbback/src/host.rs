@@ -51,6 +51,11 @@ impl Speed {
 /// SET_CONFIGURATION of any other is refused, so nothing unchecked can be activated.
 pub const MAX_CONFIGURATIONS: u8 = 8;
 
+/// Characters kept of a device's product and serial strings: a string descriptor holds at
+/// most 126 UTF-16 units (bLength is one byte), so a longer one did not come from a device
+/// as USB describes it.
+pub const MAX_STRING_CHARS: usize = 126;
+
 /// A set of class codes (bInterfaceClass): a bit each, so nothing a device reports makes it
 /// grow.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -148,6 +153,24 @@ pub struct DeviceInfo {
     pub serial: Option<String>,
     /// Whether it is a hub (never assigned to a guest).
     pub is_hub: bool,
+}
+
+impl DeviceInfo {
+    /// Cuts the product and serial strings to [`MAX_STRING_CHARS`]; returns which were cut.
+    /// They are logged and published, and a host other than the xHCI one (a model) may
+    /// report strings of any length.
+    pub fn cap_strings(&mut self) -> Vec<&'static str> {
+        let mut cut = Vec::new();
+        for (name, s) in [("product", &mut self.product), ("serial", &mut self.serial)] {
+            if let Some(s) = s {
+                if let Some((at, _)) = s.char_indices().nth(MAX_STRING_CHARS) {
+                    s.truncate(at);
+                    cut.push(name);
+                }
+            }
+        }
+        cut
+    }
 }
 
 /// What changed on the host.

@@ -88,11 +88,8 @@ struct VPort {
     superspeed: bool,
     /// The address the guest gave it (SET_ADDRESS), 0 before.
     address: u8,
-    /// SuperSpeed: configuration descriptors as rewritten for the guest, by index, once read
-    /// whole. A later read of any length is answered from here, so a guest that checks the
-    /// descriptors again (Linux does after every reset) finds them unchanged: rewriting a
-    /// partial read would drop a different number of companion bytes.
-    configs: Vec<(u8, Vec<u8>)>,
+    /// SuperSpeed: configuration descriptors as rewritten for the guest, bounded.
+    configs: superspeed::ConfigCache,
 }
 
 /// Per-frontend counters, logged as `event=stats`.
@@ -409,7 +406,14 @@ where
                         touched.push(id);
                     }
                 }
-                HostEvent::Attached(info) => {
+                HostEvent::Attached(mut info) => {
+                    for field in info.cap_strings() {
+                        warn!(
+                            "event=usb_device_string_capped busid={} field={field} limit={}",
+                            info.busid,
+                            host::MAX_STRING_CHARS
+                        );
+                    }
                     let waiting: Vec<(DeviceId, u8)> = self
                         .devices
                         .iter()
@@ -1346,7 +1350,7 @@ where
         if let Some((superspeed::CONFIGURATION, index)) = rewrite {
             let cached = self.devices.get(&id).and_then(|d| {
                 let p = d.ports.get(usize::from(port_number) - 1)?;
-                p.configs.iter().find(|c| c.0 == index).map(|c| c.1.clone())
+                p.configs.get(index).map(<[u8]>::to_vec)
             });
             if let Some(config) = cached {
                 let total: usize = data.iter().map(|&(_, l)| usize::from(l)).sum();
@@ -1496,8 +1500,16 @@ where
                 .get_mut(&id)
                 .and_then(|d| d.ports.get_mut(usize::from(port).wrapping_sub(1)))
             {
-                p.configs.retain(|c| c.0 != index);
-                p.configs.push((index, config));
+                if let Some(full) = p.configs.insert(index, config) {
+                    warn!(
+                        "event=superspeed_cache_full domid={} devid={} port={port} index={index} cap={} entries={} bytes={}",
+                        id.frontend,
+                        id.devid,
+                        full.name(),
+                        p.configs.len(),
+                        p.configs.bytes()
+                    );
+                }
             }
         }
         let rsp = UsbifUrbResponse {
