@@ -1492,3 +1492,5 @@ fn a_guest_writes_and_reads_a_simulated_stick_and_gets_keys_through_the_backend(
         "only the rings stay mapped"
     );
 }
+
+mod isolation;
