@@ -8,13 +8,18 @@ use alloc::vec::Vec;
 
 use log::{info, warn};
 use usbback::host::{
-    self, Completion, DeviceInfo, HostEvent, IsoResult, Transfer, TransferError, TransferType,
-    UsbHost,
+    self, ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, IsoResult, Transfer,
+    TransferError, TransferType, UsbHost, Vet,
 };
 use xen::page::LocalPage;
 use xhci_driver::{
-    Controller, Direction, Error, Hal, IsoPacket, Segment, Speed, TransferId, UsbDevice,
+    Configuration, Controller, Direction, Error, Hal, IsoPacket, Segment, Speed, TransferId,
+    UsbDevice,
 };
+
+// usbback tells policy the classes of the configurations the host offers, and trusts that
+// no other can be set: the driver must offer no more than usbback's bound.
+const _: () = assert!(xhci_driver::controller::MAX_CONFIGURATIONS <= host::MAX_CONFIGURATIONS);
 
 /// A device the host knows: usbback's view and the driver's.
 struct Known {
@@ -50,6 +55,15 @@ fn speed(s: Speed) -> host::Speed {
         Speed::High => host::Speed::High,
         Speed::Super | Speed::SuperPlus => host::Speed::Super,
     }
+}
+
+/// The classes of every interface and alternate setting of `configs`.
+fn classes<'a>(configs: impl IntoIterator<Item = &'a Configuration>) -> ClassSet {
+    configs
+        .into_iter()
+        .flat_map(|c| &c.interfaces)
+        .map(|i| i.class)
+        .collect()
 }
 
 /// The driver's error as usbback's (and so as a usbif status).
@@ -121,21 +135,18 @@ impl<H: Hal> XhciHost<H> {
     }
 
     fn attach(&mut self, d: UsbDevice) {
-        // The interfaces' classes are for policy: a device whose configuration cannot be
-        // read is still offered, with none.
-        let interface_classes = match self.xhci.configuration(d.slot_id) {
-            Ok(c) => {
-                let mut classes: Vec<u8> = c.interfaces.iter().map(|i| i.class).collect();
-                classes.dedup();
-                classes
-            }
+        // The interfaces' classes are for policy, of every configuration offered: a device
+        // one of whose configurations cannot be read is still offered, its classes unknown
+        // (class rules then fail closed).
+        let interface_classes = match self.xhci.configurations(d.slot_id) {
+            Ok(configs) => InterfaceClasses::Checked(classes(&configs)),
             Err(e) => {
                 warn!(
                     "event=usb_host_config_unread busid={} slot={} error={e}",
                     d.busid(),
                     d.slot_id
                 );
-                Vec::new()
+                InterfaceClasses::Unknown
             }
         };
         let info = DeviceInfo {
@@ -295,9 +306,25 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
         }
     }
 
-    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
+    /// The configuration is read once: what is vetted is what the endpoints are set up for.
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        vet: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
         let slot_id = self.slot(device)?;
-        self.xhci.set_configuration(slot_id, value).map_err(error)
+        if value == 0 {
+            return self.xhci.set_configuration(slot_id, 0).map_err(error);
+        }
+        let config = self
+            .xhci
+            .find_configuration(slot_id, value)
+            .map_err(error)?;
+        if !vet(&classes([&config])) {
+            return Err(TransferError::Refused);
+        }
+        self.xhci.configure(slot_id, &config).map_err(error)
     }
 
     fn set_interface(
@@ -305,8 +332,19 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
         device: u32,
         interface: u8,
         alternate: u8,
+        vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
         let slot_id = self.slot(device)?;
+        let class = self.xhci.active_configuration(slot_id).and_then(|c| {
+            c.interfaces
+                .iter()
+                .find(|i| i.number == interface && i.alternate_setting == alternate)
+                .map(|i| i.class)
+        });
+        // Without such a setting the driver refuses it without asking the device.
+        if class.is_some_and(|c| !vet(&ClassSet::of(c))) {
+            return Err(TransferError::Refused);
+        }
         self.xhci
             .set_interface(slot_id, interface, alternate)
             .map_err(error)
@@ -365,8 +403,13 @@ impl<U: UsbHost<LocalPage> + ?Sized> UsbHost<LocalPage> for SimPages<'_, U> {
         self.host.cancel(device, token)
     }
 
-    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
-        self.host.set_configuration(device, value)
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        vet: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.host.set_configuration(device, value, vet)
     }
 
     fn set_interface(
@@ -374,8 +417,9 @@ impl<U: UsbHost<LocalPage> + ?Sized> UsbHost<LocalPage> for SimPages<'_, U> {
         device: u32,
         interface: u8,
         alternate: u8,
+        vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
-        self.host.set_interface(device, interface, alternate)
+        self.host.set_interface(device, interface, alternate, vet)
     }
 
     fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
@@ -393,6 +437,10 @@ mod tests {
     use usbback::host::{Direction as HostDirection, Segment as HostSegment};
     use xhci_driver::testing::FakeXhci;
     use xhci_driver::DmaBuffer;
+
+    fn allow(_: &ClassSet) -> bool {
+        true
+    }
 
     fn host(fake: &FakeXhci) -> (XhciHost<&FakeXhci>, Vec<HostEvent>) {
         let mut xhci = Controller::start(fake).unwrap();
@@ -444,7 +492,10 @@ mod tests {
             (info.busid.as_str(), info.vendor_id, info.product_id),
             ("1-1", 0x1234, 0x5678)
         );
-        assert_eq!(info.interface_classes, [8]);
+        assert_eq!(
+            info.interface_classes,
+            InterfaceClasses::Checked(ClassSet::of(8))
+        );
         assert!(!info.is_hub);
         let id = info.id;
         let buf = host.controller().dma_alloc(0x1000, 0x1000).unwrap();
@@ -467,10 +518,10 @@ mod tests {
         buf.read_bytes(0, &mut bytes);
         assert_eq!(bytes, xhci_driver::testing::DEVICE_DESCRIPTOR);
         assert_eq!(
-            UsbHost::<()>::set_configuration(&mut host, id, 9),
+            UsbHost::<()>::set_configuration(&mut host, id, 9, &mut allow),
             Err(TransferError::Invalid)
         );
-        UsbHost::<()>::set_configuration(&mut host, id, 1).unwrap();
+        UsbHost::<()>::set_configuration(&mut host, id, 1, &mut allow).unwrap();
         assert_eq!(
             host.submit(
                 id + 1,
@@ -487,6 +538,88 @@ mod tests {
         );
     }
 
+    /// Configuration value 2: a HID interface, interrupt IN 1.
+    const HID: [u8; 25] = [
+        9, 2, 25, 0, 1, 2, 0, 0x80, 50, //
+        9, 4, 0, 0, 1, 3, 1, 1, 0, //
+        7, 5, 0x81, 3, 8, 0, 10,
+    ];
+
+    fn attached(events: &[HostEvent]) -> &DeviceInfo {
+        let [HostEvent::Attached(info)] = events else {
+            panic!("{events:?}");
+        };
+        info
+    }
+
+    #[test]
+    fn policy_sees_every_configuration_and_vets_what_set_configuration_activates() {
+        let fake = FakeXhci::new();
+        fake.num_configurations.set(2);
+        *fake.more_configurations.borrow_mut() = alloc::vec![HID.to_vec()];
+        let (mut host, events) = host(&fake);
+        let info = attached(&events);
+        assert_eq!(
+            info.interface_classes,
+            InterfaceClasses::Checked([3, 8].into_iter().collect())
+        );
+        let id = info.id;
+        // Configuration 2 is shown as the host read it, and refused: the device is not
+        // asked, nothing is set up.
+        let mut seen = Vec::new();
+        let mut deny = |c: &ClassSet| {
+            seen.push(*c);
+            false
+        };
+        assert_eq!(
+            UsbHost::<()>::set_configuration(&mut host, id, 2, &mut deny),
+            Err(TransferError::Refused)
+        );
+        assert_eq!(seen, [ClassSet::of(3)]);
+        assert!(
+            !fake.setups().iter().any(|s| s.1 == 9),
+            "no SET_CONFIGURATION"
+        );
+        assert_eq!(host.controller().active_configuration(1), None);
+        UsbHost::<()>::set_configuration(&mut host, id, 2, &mut allow).unwrap();
+        assert_eq!(fake.setups().last(), Some(&(0, 9, 2, 0)));
+    }
+
+    #[test]
+    fn set_interface_is_vetted_with_the_alternate_settings_class() {
+        // Interface 0: alternate setting 0 mass storage, 1 vendor specific (ff).
+        let fake = FakeXhci::new();
+        *fake.configuration.borrow_mut() = alloc::vec![
+            9, 2, 34, 0, 1, 1, 0, 0x80, 50, //
+            9, 4, 0, 0, 1, 8, 6, 0x50, 0, //
+            7, 5, 0x81, 2, 0x00, 0x02, 0, //
+            9, 4, 0, 1, 0, 0xff, 0, 0, 0,
+        ];
+        let (mut host, events) = host(&fake);
+        let id = attached(&events).id;
+        UsbHost::<()>::set_configuration(&mut host, id, 1, &mut allow).unwrap();
+        let mut no_vendor = |c: &ClassSet| !c.contains(0xff);
+        assert_eq!(
+            UsbHost::<()>::set_interface(&mut host, id, 0, 1, &mut no_vendor),
+            Err(TransferError::Refused)
+        );
+        assert!(!fake.setups().iter().any(|s| s.1 == 11), "no SET_INTERFACE");
+        UsbHost::<()>::set_interface(&mut host, id, 0, 0, &mut no_vendor).unwrap();
+        assert_eq!(fake.setups().last(), Some(&(1, 11, 0, 0)));
+    }
+
+    #[test]
+    fn a_device_whose_configuration_cannot_be_read_has_unknown_classes() {
+        // It claims two configurations and answers only the first.
+        let fake = FakeXhci::new();
+        fake.num_configurations.set(2);
+        let (_, events) = host(&fake);
+        assert_eq!(
+            attached(&events).interface_classes,
+            InterfaceClasses::Unknown
+        );
+    }
+
     #[test]
     fn an_unplugged_device_completes_its_transfers_before_it_is_reported_gone() {
         let fake = FakeXhci::new();
@@ -495,7 +628,7 @@ mod tests {
             panic!("{events:?}");
         };
         let id = info.id;
-        UsbHost::<()>::set_configuration(&mut host, id, 1).unwrap();
+        UsbHost::<()>::set_configuration(&mut host, id, 1, &mut allow).unwrap();
         fake.answer_bulk.set(false);
         let buf = host.controller().dma_alloc(0x1000, 0x1000).unwrap();
         for token in [1, 2] {

@@ -10,7 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use usbback::host::{Completion, DeviceInfo, HostEvent, Speed, Transfer, TransferError, UsbHost};
+use usbback::host::{
+    ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, Speed, Transfer, TransferError,
+    UsbHost, Vet,
+};
 use usbback::Backend;
 use xen::abi::usbif::*;
 use xen::abi::{EvtchnPort, GrantRef};
@@ -54,10 +57,16 @@ impl UsbHost<LocalPage> for Instant0 {
     fn cancel(&mut self, _: u32, _: u64) -> bool {
         false
     }
-    fn set_configuration(&mut self, _: u32, _: u8) -> Result<(), TransferError> {
+    fn set_configuration(&mut self, _: u32, _: u8, _: &mut Vet<'_>) -> Result<(), TransferError> {
         Ok(())
     }
-    fn set_interface(&mut self, _: u32, _: u8, _: u8) -> Result<(), TransferError> {
+    fn set_interface(
+        &mut self,
+        _: u32,
+        _: u8,
+        _: u8,
+        _: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
         Ok(())
     }
     fn clear_halt(&mut self, _: u32, _: u8) -> Result<(), TransferError> {
@@ -97,7 +106,7 @@ fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
         vendor_id: 0x1234,
         product_id: 0x5678,
         class: 0,
-        interface_classes: vec![8],
+        interface_classes: InterfaceClasses::Checked(ClassSet::of(8)),
         product: None,
         serial: None,
         is_hub: false,

@@ -10,6 +10,12 @@
 //! queues a transfer and returns, and its [`Completion`] comes out of
 //! [`UsbHost::poll`] later, exactly once, whether it succeeded, failed, was cancelled or its
 //! device went away.
+//!
+//! What a device offers is told for policy ([`DeviceInfo::interface_classes`]): the classes
+//! of every interface and alternate setting of every configuration the host offers (at most
+//! [`MAX_CONFIGURATIONS`]), or [`InterfaceClasses::Unknown`] when one could not be read. A
+//! configuration or alternate setting is vetted again when a guest selects it: the host
+//! shows the caller what it is about to activate ([`Vet`]) before it asks the device.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -40,6 +46,88 @@ impl Speed {
     }
 }
 
+/// Configurations of a device a host offers: the first this many (USB allows 255; devices
+/// have one or two). Their classes are what [`DeviceInfo::interface_classes`] tells, and a
+/// SET_CONFIGURATION of any other is refused, so nothing unchecked can be activated.
+pub const MAX_CONFIGURATIONS: u8 = 8;
+
+/// Characters kept of a device's product and serial strings: a string descriptor holds at
+/// most 126 UTF-16 units (bLength is one byte), so a longer one did not come from a device
+/// as USB describes it.
+pub const MAX_STRING_CHARS: usize = 126;
+
+/// A set of class codes (bInterfaceClass): a bit each, so nothing a device reports makes it
+/// grow.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassSet([u64; 4]);
+
+impl ClassSet {
+    /// The set holding `class` alone.
+    pub fn of(class: u8) -> ClassSet {
+        let mut s = ClassSet::default();
+        s.insert(class);
+        s
+    }
+
+    /// Adds `class`.
+    pub fn insert(&mut self, class: u8) {
+        self.0[usize::from(class / 64)] |= 1 << (class % 64);
+    }
+
+    /// Whether `class` is in it.
+    pub fn contains(&self, class: u8) -> bool {
+        self.0[usize::from(class / 64)] & (1 << (class % 64)) != 0
+    }
+
+    /// The classes in either set.
+    pub fn union(mut self, other: ClassSet) -> ClassSet {
+        self.0.iter_mut().zip(other.0).for_each(|(a, b)| *a |= b);
+        self
+    }
+
+    /// Its classes, in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..=u8::MAX).filter(|c| self.contains(*c))
+    }
+}
+
+impl FromIterator<u8> for ClassSet {
+    fn from_iter<I: IntoIterator<Item = u8>>(classes: I) -> ClassSet {
+        let mut s = ClassSet::default();
+        for c in classes {
+            s.insert(c);
+        }
+        s
+    }
+}
+
+impl fmt::Debug for ClassSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, c) in self.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{c:02x}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// The interface classes a device offers, as far as the host could read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceClasses {
+    /// Every interface and alternate setting of every configuration offered was read: these
+    /// are their bInterfaceClass values.
+    Checked(ClassSet),
+    /// A configuration descriptor could not be read (or parsed): the device may offer any
+    /// class, and the policy treats it so ([`crate::policy`]).
+    Unknown,
+}
+
+/// Asked by [`UsbHost::set_configuration`] and [`UsbHost::set_interface`] with the classes
+/// of what they would activate, after the host read it and before the device is asked:
+/// false refuses the operation ([`TransferError::Refused`]).
+pub type Vet<'a> = dyn FnMut(&ClassSet) -> bool + 'a;
+
 /// A device the host enumerated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -56,8 +144,8 @@ pub struct DeviceInfo {
     pub product_id: u16,
     /// bDeviceClass.
     pub class: u8,
-    /// bInterfaceClass of every interface of its first configuration, for policy.
-    pub interface_classes: Vec<u8>,
+    /// The classes of every interface it offers, for policy.
+    pub interface_classes: InterfaceClasses,
     /// The product string, when it has one.
     pub product: Option<String>,
     /// The serial number string, when it has one: with the IDs, it names a device wherever
@@ -65,6 +153,24 @@ pub struct DeviceInfo {
     pub serial: Option<String>,
     /// Whether it is a hub (never assigned to a guest).
     pub is_hub: bool,
+}
+
+impl DeviceInfo {
+    /// Cuts the product and serial strings to [`MAX_STRING_CHARS`]; returns which were cut.
+    /// They are logged and published, and a host other than the xHCI one (a model) may
+    /// report strings of any length.
+    pub fn cap_strings(&mut self) -> Vec<&'static str> {
+        let mut cut = Vec::new();
+        for (name, s) in [("product", &mut self.product), ("serial", &mut self.serial)] {
+            if let Some(s) = s {
+                if let Some((at, _)) = s.char_indices().nth(MAX_STRING_CHARS) {
+                    s.truncate(at);
+                    cut.push(name);
+                }
+            }
+        }
+        cut
+    }
 }
 
 /// What changed on the host.
@@ -200,6 +306,9 @@ pub enum TransferError {
     Invalid,
     /// The host controller failed or was reset.
     Shutdown,
+    /// The caller's [`Vet`] refused what the operation would activate; the device was not
+    /// asked.
+    Refused,
 }
 
 impl fmt::Display for TransferError {
@@ -212,6 +321,7 @@ impl fmt::Display for TransferError {
             TransferError::Babble => "babble",
             TransferError::Invalid => "invalid",
             TransferError::Shutdown => "shutdown",
+            TransferError::Refused => "refused",
         })
     }
 }
@@ -236,15 +346,25 @@ pub trait UsbHost<P> {
     fn cancel(&mut self, device: u32, token: u64) -> bool;
 
     /// SET_CONFIGURATION `value` (0 unconfigures), with the host's endpoints set up for it.
-    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError>;
+    /// The configuration is one of the first [`MAX_CONFIGURATIONS`]; `vet` is asked with the
+    /// classes of all its interfaces and alternate settings, as the host read them to set up
+    /// its endpoints, and when it says no the device is left as it was.
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        vet: &mut Vet<'_>,
+    ) -> Result<(), TransferError>;
 
     /// SET_INTERFACE: alternate setting `alternate` of interface `interface`, with the
-    /// host's endpoints switched to it.
+    /// host's endpoints switched to it. `vet` is asked with that alternate setting's class
+    /// first; when it says no the device is left as it was.
     fn set_interface(
         &mut self,
         device: u32,
         interface: u8,
         alternate: u8,
+        vet: &mut Vet<'_>,
     ) -> Result<(), TransferError>;
 
     /// CLEAR_FEATURE(ENDPOINT_HALT) on endpoint `address` (bit 7 IN), with the host's
@@ -276,11 +396,17 @@ impl<P> UsbHost<P> for Absent {
         false
     }
 
-    fn set_configuration(&mut self, _: u32, _: u8) -> Result<(), TransferError> {
+    fn set_configuration(&mut self, _: u32, _: u8, _: &mut Vet<'_>) -> Result<(), TransferError> {
         Err(TransferError::NoDevice)
     }
 
-    fn set_interface(&mut self, _: u32, _: u8, _: u8) -> Result<(), TransferError> {
+    fn set_interface(
+        &mut self,
+        _: u32,
+        _: u8,
+        _: u8,
+        _: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
         Err(TransferError::NoDevice)
     }
 

@@ -20,7 +20,8 @@
 //! wrote is copied out with the answer (one batch per flush). No data grant is ever mapped.
 //! One pass takes at most a ring's worth of a frontend's requests ([`Backend::serve_busy`]). SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
 //! CLEAR_FEATURE(ENDPOINT_HALT) go through the host's own operations so the controller's
-//! endpoint state follows. An unlink is answered twice: the cancelled request, then the
+//! endpoint state follows, the first two checked against the [`policy`] (`control.rs`). An
+//! unlink is answered twice: the cancelled request, then the
 //! unlink. Every id gets exactly one answer.
 //!
 //! It knows no hypercall: only the `xen` crate's traits, so it runs against `xen::sim` in
@@ -34,6 +35,7 @@
 extern crate alloc;
 
 pub mod bounce;
+mod control;
 pub mod host;
 pub mod policy;
 #[cfg(any(test, feature = "sim"))]
@@ -60,7 +62,7 @@ use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 
 use host::{Completion, DeviceInfo, HostEvent, IsoPacket, Speed, TransferError, UsbHost};
-use policy::{Policy, Verdict};
+use policy::Policy;
 use xen::ring::BackRing;
 use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
@@ -70,11 +72,7 @@ pub use xen::pvusb::{ASSIGN_DIR, PORT_STATUS_DIR};
 /// Port changes waiting for conn-ring requests, per frontend: more are dropped (a frontend
 /// that stopped reading its conn ring gets no more).
 const MAX_PENDING_CHANGES: usize = 64;
-/// USB 2.0 9.4: standard requests the backend intercepts.
-const SET_ADDRESS: u8 = 5;
-const SET_CONFIGURATION: u8 = 9;
-const SET_INTERFACE: u8 = 11;
-const CLEAR_FEATURE: u8 = 1;
+/// USB 2.0 9.4: GET_DESCRIPTOR, whose answers a SuperSpeed device's port rewrites.
 const GET_DESCRIPTOR: u8 = 6;
 /// Requests taken from one frontend's ring in one pass, at most: a ring's worth, then the
 /// other frontends and the controller's events get their turn.
@@ -104,11 +102,8 @@ struct VPort {
     superspeed: bool,
     /// The address the guest gave it (SET_ADDRESS), 0 before.
     address: u8,
-    /// SuperSpeed: configuration descriptors as rewritten for the guest, by index, once read
-    /// whole. A later read of any length is answered from here, so a guest that checks the
-    /// descriptors again (Linux does after every reset) finds them unchanged: rewriting a
-    /// partial read would drop a different number of companion bytes.
-    configs: Vec<(u8, Vec<u8>)>,
+    /// SuperSpeed: configuration descriptors as rewritten for the guest, bounded.
+    configs: superspeed::ConfigCache,
 }
 
 /// Per-frontend counters, logged as `event=stats`.
@@ -209,6 +204,8 @@ pub fn status_of(e: TransferError) -> i32 {
         TransferError::Babble => USBIF_STATUS_BABBLE,
         TransferError::Invalid => USBIF_STATUS_INVAL,
         TransferError::Cancelled | TransferError::Shutdown => USBIF_STATUS_SHUTDOWN,
+        // How a device refuses a request it will not carry out (USB 2.0 9.2.7).
+        TransferError::Refused => USBIF_STATUS_STALL,
     }
 }
 
@@ -334,7 +331,8 @@ where
     }
 
     /// Sets the device policy (the driver domain's `usbpolicy=`). Ports connected already
-    /// keep their devices; later assignments follow it.
+    /// keep their devices; later assignments, SET_CONFIGURATION and SET_INTERFACE requests
+    /// follow it.
     pub fn set_policy(&mut self, policy: Policy) {
         for (i, r) in policy.rules.iter().enumerate() {
             info!("event=usb_policy_rule rule={} text={}", i + 1, r.text());
@@ -439,7 +437,14 @@ where
                         touched.push(id);
                     }
                 }
-                HostEvent::Attached(info) => {
+                HostEvent::Attached(mut info) => {
+                    for field in info.cap_strings() {
+                        warn!(
+                            "event=usb_device_string_capped busid={} field={field} limit={}",
+                            info.busid,
+                            host::MAX_STRING_CHARS
+                        );
+                    }
                     let waiting: Vec<(DeviceId, u8)> = self
                         .devices
                         .iter()
@@ -974,26 +979,8 @@ where
         if usb_ver == 1 && info.speed >= Speed::High {
             return self.refuse_port(id, n, &busid, "high_speed_device_on_usb1_controller");
         }
-        // The name usbctl wrote, else the domain's own name key where the toolstack lets us
-        // read it; without either, rules naming domains decide against the device.
-        let name = match self.devices.get(&id).and_then(|d| d.frontend_name.clone()) {
-            Some(n) => Some(n),
-            None => self
-                .xs
-                .read_string(TxId::NONE, &format!("/local/domain/{}/name", id.frontend))
-                .ok(),
-        };
-        if let (Verdict::Deny, rule) = self.policy.check(&info, id.frontend, name.as_deref()) {
-            let text = rule
-                .and_then(|r| self.policy.rules.get(r - 1))
-                .map(|r| r.text())
-                .unwrap_or_default();
-            return self.refuse_port(
-                id,
-                n,
-                &busid,
-                &format!("policy rule={} text={text}", rule.unwrap_or(0)),
-            );
+        if let Some((rule, text)) = self.policy_denies(id, &info) {
+            return self.refuse_port(id, n, &busid, &format!("policy rule={rule} text={text}"));
         }
         let elsewhere = self.devices.iter().find_map(|(other, d)| {
             d.ports
@@ -1397,37 +1384,14 @@ where
         };
         let mut rewrite = None;
         if let Some(setup) = setup {
-            let value = u16::from_le_bytes([setup[2], setup[3]]);
-            let index = u16::from_le_bytes([setup[4], setup[5]]);
-            if (setup[0], setup[1]) == (0x00, SET_ADDRESS) {
-                port.address = (value & 0x7f) as u8;
-                self.respond(id, response(s.id, USBIF_STATUS_OK, 0));
-                return true;
-            }
-            let operation = match (setup[0], setup[1]) {
-                (0x00, SET_CONFIGURATION) => Some(HostOperation::SetConfiguration(value as u8)),
-                (0x01, SET_INTERFACE) => Some(HostOperation::SetInterface {
-                    interface: index as u8,
-                    alternate: value as u8,
-                }),
-                (0x02, CLEAR_FEATURE) if value == 0 => Some(HostOperation::ClearHalt(index as u8)),
-                _ => None,
-            };
-            if let Some(operation) = operation {
-                // Transfers staged before it reach the device before it does.
+            // Transfers staged before an intercepted request reach the device before it.
+            if control::intercept(&setup).is_some() {
                 self.launch(stage, host);
-                let result = match operation {
-                    HostOperation::SetConfiguration(v) => host.set_configuration(device, v),
-                    HostOperation::SetInterface {
-                        interface,
-                        alternate,
-                    } => host.set_interface(device, interface, alternate),
-                    HostOperation::ClearHalt(address) => host.clear_halt(device, address),
-                };
-                let status = result.map_or_else(status_of, |()| USBIF_STATUS_OK);
-                self.respond(id, response(s.id, status, 0));
+            }
+            if self.standard_request(id, s.id, port_number, device, setup, host) {
                 return true;
             }
+            let value = u16::from_le_bytes([setup[2], setup[3]]);
             let kind = (value >> 8) as u8;
             if superspeed
                 && setup[0] == 0x80
@@ -1467,7 +1431,7 @@ where
         if let Some((superspeed::CONFIGURATION, index)) = rewrite {
             let cached = self.devices.get(&id).and_then(|d| {
                 let p = d.ports.get(usize::from(port_number) - 1)?;
-                p.configs.iter().find(|c| c.0 == index).map(|c| c.1.clone())
+                p.configs.get(index).map(<[u8]>::to_vec)
             });
             if let Some(config) = cached {
                 let n = buffer.data_len().min(config.len());
@@ -1697,8 +1661,17 @@ where
                 .get_mut(&id)
                 .and_then(|d| d.ports.get_mut(usize::from(f.port).wrapping_sub(1)))
             {
-                p.configs.retain(|c| c.0 != index);
-                p.configs.push((index, config));
+                if let Some(full) = p.configs.insert(index, config) {
+                    warn!(
+                        "event=superspeed_cache_full domid={} devid={} port={} index={index} cap={} entries={} bytes={}",
+                        id.frontend,
+                        id.devid,
+                        f.port,
+                        full.name(),
+                        p.configs.len(),
+                        p.configs.bytes()
+                    );
+                }
             }
         }
         self.answers.push(Answer {
@@ -1718,13 +1691,6 @@ where
         }
         Some(id)
     }
-}
-
-/// The operations a guest's standard control requests become on the host.
-enum HostOperation {
-    SetConfiguration(u8),
-    SetInterface { interface: u8, alternate: u8 },
-    ClearHalt(u8),
 }
 
 /// Requests of one pass waiting for their copies in: queued to the host in ring order once

@@ -9,14 +9,26 @@
 //! ```
 //!
 //! A rule is `allow` or `deny` followed by matchers, all of which must hold: `busid=1-2`,
-//! `vid=046d`, `pid=c52b` (4 hex digits each), `class=08` (2 hex digits: the device's class
-//! or any of its interfaces' classes) and `dom=<domid or domain name>`. The first rule that
-//! matches decides; a device no rule matches is allowed. The example keeps mass storage away
-//! from domain `web` and keyboards and other HID devices away from every domain but `work`.
+//! `vid=046d`, `pid=c52b` (4 hex digits each), `class=08` (2 hex digits) and
+//! `dom=<domid or domain name>`. The first rule that matches decides; a device no rule
+//! matches is allowed. The example keeps mass storage away from domain `web` and keyboards
+//! and other HID devices away from every domain but `work`.
 //!
-//! Domain names come from the toolstack (`usbctl` writes the guest's name into the
-//! controller's backend directory). Where a domain's name is unknown, a `dom=<name>` matcher
-//! holds for a deny rule and not for an allow rule: the policy fails closed.
+//! What `class=` is checked against: the device's bDeviceClass and the bInterfaceClass of
+//! every interface, alternate settings included, of every configuration the host offers
+//! (the first [`crate::host::MAX_CONFIGURATIONS`]; a SET_CONFIGURATION of any other is
+//! refused). A device cannot hide a class behind a configuration or alternate setting it is
+//! not in when it is assigned: the backend checks again, against what the host activates,
+//! on every SET_CONFIGURATION and SET_INTERFACE a guest sends (so a device that describes
+//! itself differently later, or a policy changed since, is caught there), and refuses those
+//! requests with any other bmRequestType, which a device might obey without the backend
+//! seeing them (`crate::control`).
+//!
+//! The policy fails closed where it cannot know. Where a device's configurations could not
+//! all be read ([`InterfaceClasses::Unknown`]), a `class=` matcher holds for a deny rule and
+//! not for an allow rule. Domain names come from the toolstack (`usbctl` writes the guest's
+//! name into the controller's backend directory); where a domain's name is unknown, a
+//! `dom=<name>` matcher likewise holds for a deny rule and not for an allow rule.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -25,7 +37,7 @@ use core::fmt;
 
 use xen::abi::{parse_decimal, DomId};
 
-use crate::host::DeviceInfo;
+use crate::host::{DeviceInfo, InterfaceClasses};
 
 /// What a rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,8 +164,12 @@ impl Policy {
             let holds = r.busid.as_ref().is_none_or(|b| *b == device.busid)
                 && r.vendor_id.is_none_or(|v| v == device.vendor_id)
                 && r.product_id.is_none_or(|p| p == device.product_id)
-                && r.class
-                    .is_none_or(|c| device.class == c || device.interface_classes.contains(&c))
+                && r.class.is_none_or(|c| match device.interface_classes {
+                    InterfaceClasses::Checked(classes) => device.class == c || classes.contains(c),
+                    // It may offer any class: one a deny rule names, not one an allow rule
+                    // names. Fail closed.
+                    InterfaceClasses::Unknown => !r.allow,
+                })
                 && r.domain.as_ref().is_none_or(|d| match d {
                     DomainMatch::Id(id) => *id == dom,
                     // A domain whose name is unknown may be the one a deny rule names,
@@ -216,7 +232,7 @@ mod tests {
             vendor_id: vid,
             product_id: pid,
             class,
-            interface_classes: interfaces.to_vec(),
+            interface_classes: InterfaceClasses::Checked(interfaces.iter().copied().collect()),
             product: None,
             serial: None,
             is_hub: false,
@@ -258,6 +274,27 @@ mod tests {
             p.check(&stick, unknown, Some("work")),
             (Verdict::Allow, None)
         );
+    }
+
+    #[test]
+    fn a_device_whose_classes_are_unknown_fails_closed() {
+        let p = Policy::parse("allow:class=03:dom=work;deny:class=08;allow:vid=1234").unwrap();
+        let mut unread = device("1-2", 0x1234, 1, 3, &[]);
+        unread.interface_classes = InterfaceClasses::Unknown;
+        let work = DomId(4);
+        // Even with bDeviceClass 03, it is not known to be only HID: the allow does not
+        // hold; it may be mass storage: the deny does.
+        assert_eq!(
+            p.check(&unread, work, Some("work")),
+            (Verdict::Deny, Some(2))
+        );
+        // Rules without `class=` are unaffected.
+        let p = Policy::parse("allow:vid=1234;deny").unwrap();
+        assert_eq!(p.check(&unread, work, None), (Verdict::Allow, Some(1)));
+        // Every configuration's classes count, not only the first's.
+        let p = Policy::parse("deny:class=08").unwrap();
+        let two_faced = device("1-3", 0x1234, 1, 0, &[3, 8]);
+        assert_eq!(p.check(&two_faced, work, None), (Verdict::Deny, Some(1)));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! The host plays the part of the controller and of each device's USB 2.0 chapter 9 logic:
 //! it answers the standard requests from the model's descriptors, keeps the configuration,
 //! alternate settings and halted endpoints, checks every transfer against the endpoints that
-//! exist now, and moves the bytes between the transfer's pages and the model. A
+//! exist now, and moves the bytes between the transfer's pages and the model. Like many
+//! devices, it decodes SET_CONFIGURATION and SET_INTERFACE by bRequest alone, whatever
+//! recipient bmRequestType names: what the backend passes on, the device obeys. A
 //! [`DeviceModel`] only supplies descriptors, class and vendor requests, and the data of its
 //! own endpoints. Three models come with it: [`MassStorage`] (Bulk-Only SCSI disk),
 //! [`Keyboard`] (boot HID keyboard) and [`Hub`].
@@ -25,8 +27,8 @@ use xen::abi::PAGE_SIZE;
 use xen::page::SharedPage;
 
 use crate::host::{
-    Completion, DeviceInfo, Direction, HostEvent, Segment, Speed, Transfer, TransferError,
-    TransferType, UsbHost,
+    ClassSet, Completion, DeviceInfo, Direction, HostEvent, InterfaceClasses, Segment, Speed,
+    Transfer, TransferError, TransferType, UsbHost, Vet, MAX_CONFIGURATIONS,
 };
 
 // Standard requests (USB 2.0 table 9-4).
@@ -206,6 +208,32 @@ fn active_endpoints(config: &[u8], alternates: &BTreeMap<u8, u8>) -> Vec<Endpoin
     out
 }
 
+/// The classes of every interface descriptor (alternate settings included) of `config`, or
+/// `None` when it is not a whole, well-formed configuration descriptor set (what
+/// xhci-driver's parser refuses).
+fn classes(config: &[u8]) -> Option<ClassSet> {
+    if config.len() < 9 || config[1] != CONFIGURATION {
+        return None;
+    }
+    let total = usize::from(u16::from_le_bytes([config[2], config[3]]));
+    let config = config.get(..total)?;
+    let mut walked = 0;
+    let mut set = ClassSet::default();
+    for d in descriptors(config) {
+        walked += d.len();
+        if d[1] == INTERFACE {
+            set.insert(*d.get(5)?);
+        }
+    }
+    (walked == total).then_some(set)
+}
+
+/// Configuration indexes a host offers of a device whose device descriptor says it has
+/// `count`: at least the first, at most [`MAX_CONFIGURATIONS`] (as the xHCI host does).
+fn offered(count: u8) -> core::ops::Range<u8> {
+    0..count.clamp(1, MAX_CONFIGURATIONS)
+}
+
 /// Whether `config` has alternate setting `alternate` of interface `interface`.
 fn has_interface(config: &[u8], interface: u8, alternate: u8) -> bool {
     descriptors(config)
@@ -287,19 +315,23 @@ impl<P: SharedPage> SimDevice<P> {
             .copied()
     }
 
-    /// The configuration descriptor whose bConfigurationValue is `value`.
+    /// The configuration descriptor whose bConfigurationValue is `value`, among those offered.
     fn find_configuration(&self, value: u8) -> Option<Vec<u8>> {
         let count = self.model.device_descriptor().get(17).copied().unwrap_or(0);
-        (0..count)
+        offered(count)
             .filter_map(|i| self.model.configuration_descriptor(i))
             .find(|c| c.get(5) == Some(&value))
     }
 
-    fn configure(&mut self, value: u8) -> Result<(), TransferError> {
+    /// SET_CONFIGURATION, with `vet` shown the classes of the configuration's interfaces.
+    fn configure(&mut self, value: u8, vet: &mut Vet<'_>) -> Result<(), TransferError> {
         let endpoints = if value == 0 {
             Vec::new()
         } else {
             let config = self.find_configuration(value).ok_or(TransferError::Stall)?;
+            if !vet(&classes(&config).ok_or(TransferError::Invalid)?) {
+                return Err(TransferError::Refused);
+            }
             active_endpoints(&config, &BTreeMap::new())
         };
         self.configuration = value;
@@ -309,11 +341,24 @@ impl<P: SharedPage> SimDevice<P> {
         Ok(())
     }
 
-    fn select_alternate(&mut self, interface: u8, alternate: u8) -> Result<(), TransferError> {
+    /// SET_INTERFACE, with `vet` shown the alternate setting's class.
+    fn select_alternate(
+        &mut self,
+        interface: u8,
+        alternate: u8,
+        vet: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
         let config = self
             .find_configuration(self.configuration)
             .filter(|c| self.configuration != 0 && has_interface(c, interface, alternate))
             .ok_or(TransferError::Stall)?;
+        let class = descriptors(&config)
+            .find(|d| d[1] == INTERFACE && d.len() >= 9 && d[2] == interface && d[3] == alternate)
+            .map(|d| d[5])
+            .ok_or(TransferError::Stall)?;
+        if !vet(&ClassSet::of(class)) {
+            return Err(TransferError::Refused);
+        }
         self.alternates.insert(interface, alternate);
         self.endpoints = active_endpoints(&config, &self.alternates);
         // SET_INTERFACE resets the interface's endpoints (USB 2.0 §9.4.10).
@@ -476,13 +521,16 @@ impl<P: SharedPage> SimDevice<P> {
                 _ => return None,
             },
             (0x80, GET_CONFIGURATION) => Handshake::Ack(vec![self.configuration]),
-            (0x00, SET_CONFIGURATION) if setup.value <= 0xff => ok(self.configure(low)),
+            // By bRequest alone, as a lax device decodes it.
+            (_, SET_CONFIGURATION) if !setup.is_in() && setup.value <= 0xff => {
+                ok(self.configure(low, &mut |_| true))
+            }
             (0x81, GET_INTERFACE) => match self.interface_alternate(setup.index) {
                 Some(alternate) => Handshake::Ack(vec![alternate]),
                 None => Handshake::Stall,
             },
-            (0x01, SET_INTERFACE) if setup.index <= 0xff && setup.value <= 0xff => {
-                ok(self.select_alternate(setup.index as u8, low))
+            (_, SET_INTERFACE) if !setup.is_in() && setup.index <= 0xff && setup.value <= 0xff => {
+                ok(self.select_alternate(setup.index as u8, low, &mut |_| true))
             }
             _ => return None,
         };
@@ -522,11 +570,17 @@ fn describe(id: u32, busid: &str, speed: Speed, model: &dyn DeviceModel) -> Devi
     let device = model.device_descriptor();
     let byte = |i: usize| device.get(i).copied().unwrap_or(0);
     let word = |i: usize| u16::from_le_bytes([byte(i), byte(i + 1)]);
-    let config = model.configuration_descriptor(0).unwrap_or_default();
-    let interface_classes = descriptors(&config)
-        .filter(|d| d[1] == INTERFACE && d.len() >= 9 && d[3] == 0)
-        .map(|d| d[5])
-        .collect();
+    // Every configuration offered, every alternate setting: one unreadable makes them all
+    // unknown.
+    let interface_classes = offered(byte(17))
+        .map(|i| {
+            model
+                .configuration_descriptor(i)
+                .as_deref()
+                .and_then(classes)
+        })
+        .try_fold(ClassSet::default(), |all, c| Some(all.union(c?)))
+        .map_or(InterfaceClasses::Unknown, InterfaceClasses::Checked);
     let string = |i: u8| match i {
         0 => None,
         i => model.string(i).map(String::from),
@@ -760,11 +814,16 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
 
     /// Transfers in flight on endpoints the new configuration lacks complete with
     /// [`TransferError::Shutdown`] on the next poll, as Linux flushes them.
-    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        vet: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
         self.devices
             .get_mut(&device)
             .ok_or(TransferError::NoDevice)?
-            .configure(value)
+            .configure(value, vet)
     }
 
     fn set_interface(
@@ -772,11 +831,12 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
         device: u32,
         interface: u8,
         alternate: u8,
+        vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
         self.devices
             .get_mut(&device)
             .ok_or(TransferError::NoDevice)?
-            .select_alternate(interface, alternate)
+            .select_alternate(interface, alternate, vet)
     }
 
     fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
@@ -1547,6 +1607,11 @@ mod tests {
 
     type Host = SimHost<LocalPage>;
 
+    /// A vetting that lets everything be activated.
+    fn allow(_: &ClassSet) -> bool {
+        true
+    }
+
     /// A zeroed buffer of `len` bytes starting `offset` bytes into its first page, so that
     /// a long one spans several pages (and segments).
     fn buffer(len: usize, offset: usize) -> Vec<Segment<LocalPage>> {
@@ -1722,7 +1787,7 @@ mod tests {
         let mut host = Host::new();
         let id = host.plug(Box::new(MassStorage::new(2048)), "1-1", Speed::High);
         drain(&mut host);
-        host.set_configuration(id, 1).unwrap();
+        host.set_configuration(id, 1, &mut allow).unwrap();
         (host, id)
     }
 
@@ -1730,7 +1795,7 @@ mod tests {
         let mut host = Host::new();
         let id = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Full);
         drain(&mut host);
-        host.set_configuration(id, 1).unwrap();
+        host.set_configuration(id, 1, &mut allow).unwrap();
         (host, id)
     }
 
@@ -1754,7 +1819,10 @@ mod tests {
         };
         assert_eq!(info.id, id);
         assert_eq!(info.busid, "1-1");
-        assert_eq!(info.interface_classes, [8]);
+        assert_eq!(
+            info.interface_classes,
+            InterfaceClasses::Checked(ClassSet::of(8))
+        );
         assert!(!info.is_hub);
         assert_eq!(host.devices(), core::slice::from_ref(info));
 
@@ -2070,7 +2138,7 @@ mod tests {
     fn unplug_completes_in_flight_transfers_then_detaches() {
         let (mut host, disk) = storage();
         let kbd = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Low);
-        host.set_configuration(kbd, 1).unwrap();
+        host.set_configuration(kbd, 1, &mut allow).unwrap();
         host.set_latency(disk, 5);
         let command = cbw(1, 0, false, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]);
         let segments = buffer(CBW_LEN, 0);
@@ -2216,9 +2284,15 @@ mod tests {
             control_in(&mut host, id, setup(0xc0, 0x42, 0, 0, 4)),
             Err(TransferError::Stall)
         );
-        assert_eq!(host.set_configuration(99, 1), Err(TransferError::NoDevice));
-        assert_eq!(host.set_interface(id, 0, 1), Err(TransferError::Stall));
-        assert_eq!(host.set_interface(id, 0, 0), Ok(()));
+        assert_eq!(
+            host.set_configuration(99, 1, &mut allow),
+            Err(TransferError::NoDevice)
+        );
+        assert_eq!(
+            host.set_interface(id, 0, 1, &mut allow),
+            Err(TransferError::Stall)
+        );
+        assert_eq!(host.set_interface(id, 0, 0, &mut allow), Ok(()));
         // SET_INTERFACE as a control transfer goes through the same checks.
         let alternate = |alt| setup(0x01, SET_INTERFACE, alt, 0, 0);
         assert_eq!(control_out(&mut host, id, alternate(0), &[]), Ok(0));
@@ -2263,8 +2337,11 @@ mod tests {
         let info = &host.devices()[0];
         assert!(info.is_hub);
         assert_eq!(
-            (info.class, info.interface_classes.as_slice()),
-            (HUB_CLASS, &[HUB_CLASS][..])
+            (info.class, info.interface_classes),
+            (
+                HUB_CLASS,
+                InterfaceClasses::Checked(ClassSet::of(HUB_CLASS))
+            )
         );
         let d = control_in(&mut host, id, setup(0xa0, GET_DESCRIPTOR, 0x2900, 0, 71)).unwrap();
         assert_eq!((d[1], d[2]), (HUB_DESCRIPTOR, 4));
@@ -2282,9 +2359,9 @@ mod tests {
             Err(TransferError::Invalid)
         );
 
-        host.set_configuration(id, 1).unwrap();
+        host.set_configuration(id, 1, &mut allow).unwrap();
         host.submit(id, interrupt_in(3)).unwrap();
-        host.set_configuration(id, 0).unwrap();
+        host.set_configuration(id, 0, &mut allow).unwrap();
         assert_eq!(wait(&mut host, 3).result, Err(TransferError::Shutdown));
         assert_eq!(
             host.counts(id),

@@ -10,6 +10,8 @@
 
 use alloc::vec::Vec;
 
+use crate::host::MAX_CONFIGURATIONS;
+
 /// bDescriptorType of a device descriptor.
 pub const DEVICE: u8 = 1;
 /// bDescriptorType of a configuration descriptor.
@@ -65,6 +67,96 @@ pub fn rewrite_configuration(c: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Bytes of rewritten configurations a port keeps. The device chooses how many
+/// configurations it answers for and how long each is (wTotalLength up to 64 KiB), so without
+/// a bound one device could fill the driver domain's heap; real configurations are a few
+/// hundred bytes to a few KiB.
+pub const CACHE_BYTES: usize = 32 * 1024;
+
+/// A port's configuration descriptors as rewritten for the guest, by index, once read
+/// whole: a later read of any length is answered from here, so a guest that checks the
+/// descriptors again (Linux does after every reset) finds them unchanged (rewriting a partial
+/// read would drop a different number of companion bytes). At most [`MAX_CONFIGURATIONS`]
+/// entries and [`CACHE_BYTES`] bytes: what does not fit is rewritten afresh on each read.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigCache {
+    entries: Vec<(u8, Vec<u8>)>,
+    bytes: usize,
+    /// A cap was hit since the cache was last cleared (it is reported once).
+    full: bool,
+}
+
+/// Which bound kept a configuration out of a [`ConfigCache`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheFull {
+    /// [`MAX_CONFIGURATIONS`] entries are held.
+    Entries,
+    /// It would take the bytes held past [`CACHE_BYTES`].
+    Bytes,
+}
+
+impl CacheFull {
+    /// The name logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheFull::Entries => "entries",
+            CacheFull::Bytes => "bytes",
+        }
+    }
+}
+
+impl ConfigCache {
+    /// The rewritten configuration at `index`, if it was kept.
+    pub fn get(&self, index: u8) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == index)
+            .map(|e| e.1.as_slice())
+    }
+
+    /// Keeps `config` as configuration `index` (replacing what was kept for it) if it fits.
+    /// Returns the bound that kept it out the first time one does after [`Self::clear`], so
+    /// a device that tries again and again is logged once.
+    pub fn insert(&mut self, index: u8, config: Vec<u8>) -> Option<CacheFull> {
+        let held = self.get(index).map(<[u8]>::len);
+        let replaced = held.unwrap_or(0);
+        let refused = if held.is_none() && self.entries.len() >= usize::from(MAX_CONFIGURATIONS) {
+            Some(CacheFull::Entries)
+        } else if self.bytes - replaced + config.len() > CACHE_BYTES {
+            Some(CacheFull::Bytes)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            return (!core::mem::replace(&mut self.full, true)).then_some(why);
+        }
+        self.entries.retain(|e| e.0 != index);
+        self.bytes = self.bytes - replaced + config.len();
+        self.entries.push((index, config));
+        None
+    }
+
+    /// Forgets everything (a device was connected to the port).
+    pub fn clear(&mut self) {
+        *self = ConfigCache::default();
+    }
+
+    /// Configurations kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +203,28 @@ mod tests {
         assert_eq!(rewrite_configuration(&c[..20]), &c[..20]);
         let bad = [9, 2, 12, 0, 1, 1, 0, 0x80, 50, 0, 5, 1];
         assert_eq!(rewrite_configuration(&bad), bad);
+    }
+
+    #[test]
+    fn the_configuration_cache_is_bounded_in_entries_and_bytes_and_says_so_once() {
+        let mut cache = ConfigCache::default();
+        assert_eq!(cache.insert(0, vec![1; 100]), None);
+        // Replacing an entry counts its new size only.
+        assert_eq!(cache.insert(0, vec![2; 200]), None);
+        assert_eq!((cache.len(), cache.bytes()), (1, 200));
+        assert_eq!(cache.get(0), Some(&[2u8; 200][..]));
+        for i in 1..MAX_CONFIGURATIONS {
+            assert_eq!(cache.insert(i, vec![0; 10]), None);
+        }
+        assert_eq!(cache.insert(200, vec![0; 10]), Some(CacheFull::Entries));
+        assert_eq!(cache.insert(201, vec![0; 10]), None, "reported once");
+        assert_eq!(cache.get(200), None);
+        assert_eq!(cache.len(), usize::from(MAX_CONFIGURATIONS));
+        cache.clear();
+        assert!(cache.is_empty());
+        assert_eq!(cache.insert(0, vec![0; CACHE_BYTES]), None);
+        assert_eq!(cache.insert(1, vec![0; 1]), Some(CacheFull::Bytes));
+        assert_eq!(cache.insert(0, vec![0; 10]), None, "a smaller one fits");
+        assert_eq!(cache.bytes(), 10);
     }
 }

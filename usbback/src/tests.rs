@@ -324,7 +324,7 @@ fn info(id: u32, busid: &str, speed: Speed, class: u8, interfaces: &[u8]) -> Dev
         vendor_id: 0x1234,
         product_id: 0x5678,
         class,
-        interface_classes: interfaces.to_vec(),
+        interface_classes: host::InterfaceClasses::Checked(interfaces.iter().copied().collect()),
         product: Some("Model".into()),
         serial: None,
         is_hub: class == 9,
@@ -355,6 +355,19 @@ impl Model {
             .clone();
         self.devices.retain(|d| d.id != id);
         self.events.push(HostEvent::Detached { id, busid });
+    }
+
+    fn vet(&self, device: u32, vet: &mut host::Vet<'_>) -> Result<(), TransferError> {
+        let d = self.devices.iter().find(|d| d.id == device);
+        let classes = match d.map(|d| d.interface_classes) {
+            Some(host::InterfaceClasses::Checked(c)) => c,
+            _ => host::ClassSet::default(),
+        };
+        if vet(&classes) {
+            Ok(())
+        } else {
+            Err(TransferError::Refused)
+        }
     }
 
     fn done(&mut self, token: u64, result: Result<usize, TransferError>) {
@@ -455,11 +468,25 @@ impl UsbHost<LocalPage> for Model {
         self.done(token, Err(TransferError::Cancelled));
         true
     }
-    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
+    /// Vetted with the classes the device was described with.
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        vet: &mut host::Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.vet(device, vet)?;
         self.ops.push(format!("set_configuration {device} {value}"));
         Ok(())
     }
-    fn set_interface(&mut self, device: u32, i: u8, alt: u8) -> Result<(), TransferError> {
+    fn set_interface(
+        &mut self,
+        device: u32,
+        i: u8,
+        alt: u8,
+        vet: &mut host::Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.vet(device, vet)?;
         self.ops.push(format!("set_interface {device} {i} {alt}"));
         Ok(())
     }
@@ -1489,4 +1516,5 @@ fn a_guest_writes_and_reads_a_simulated_stick_and_gets_keys_through_the_backend(
     );
 }
 
-mod isolation;
+mod device_isolation;
+mod frontend_isolation;

@@ -105,6 +105,11 @@ const DESCRIPTOR_DEVICE: u16 = 1;
 const DESCRIPTOR_STRING: u16 = 3;
 const DEVICE_DESCRIPTOR_SIZE: u16 = 18;
 const LANGID_EN_US: u16 = 0x0409;
+/// Configurations of a device the driver offers: the first this many (USB allows 255;
+/// devices have one or two). Every one offered is read when the device is attached, so that
+/// a policy sees them all before a guest may choose among them; of a device claiming more,
+/// only these can be set (logged as `event=usb_configurations_capped`).
+pub const MAX_CONFIGURATIONS: u8 = 8;
 
 /// What went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1741,6 +1746,12 @@ impl<H: Hal> Controller<H> {
         let word = |at: usize| u16::from_le_bytes([d[at], d[at + 1]]);
         let index = self.slot_index(slot_id)?;
         self.slots[index].num_configurations = d[17];
+        if d[17] > MAX_CONFIGURATIONS {
+            warn!(
+                "event=usb_configurations_capped busid={busid} reported={} offered={MAX_CONFIGURATIONS}",
+                d[17]
+            );
+        }
         let mut string = |index: u8| {
             if index == 0 {
                 return None;
@@ -1779,8 +1790,8 @@ impl<H: Hal> Controller<H> {
         let mut input = alloc(&mut self.hal, 33 * ctx, 64)?;
         let output = alloc(&mut self.hal, 32 * ctx, 64)?;
         let ep0 = ProducerRing::new(alloc(&mut self.hal, RING_BYTES, 64)?);
-        // Room for a configuration descriptor with many interfaces.
-        let data = alloc(&mut self.hal, 4096, 64)?;
+        // Room for the longest configuration descriptor set read.
+        let data = alloc(&mut self.hal, descriptor::MAX_TOTAL_LENGTH, 64)?;
 
         // Add Context flags A0 (Slot) and A1 (EP0).
         input.write32(4, 0b11);
@@ -1869,6 +1880,13 @@ impl<H: Hal> Controller<H> {
         let value = DESCRIPTOR_CONFIGURATION << 8 | u16::from(n);
         let head = self.get_descriptor(slot_id, value, 0, descriptor::CONFIGURATION_SIZE as u16)?;
         let total = descriptor::total_length(&head).map_err(|_| Error::BadDescriptor)?;
+        if usize::from(total) > descriptor::MAX_TOTAL_LENGTH {
+            warn!(
+                "event=usb_descriptor_too_long slot={slot_id} index={n} total={total} limit={}",
+                descriptor::MAX_TOTAL_LENGTH
+            );
+            return Err(Error::BadDescriptor);
+        }
         let all = self.get_descriptor(slot_id, value, 0, total)?;
         descriptor::parse_configuration(&all).map_err(|_| Error::BadDescriptor)
     }
@@ -1876,6 +1894,44 @@ impl<H: Hal> Controller<H> {
     /// The device's first configuration, parsed.
     pub fn configuration(&mut self, slot_id: u8) -> Result<Configuration, Error> {
         self.configuration_at(slot_id, 0)
+    }
+
+    /// Indexes of the configurations offered of the device in `slot_id`: its
+    /// bNumConfigurations, at least the first (a device saying 0 is still asked for it), at
+    /// most [`MAX_CONFIGURATIONS`].
+    fn offered_configurations(&self, slot_id: u8) -> Result<core::ops::Range<u8>, Error> {
+        let index = self.slot_index(slot_id)?;
+        let count = self.slots[index].num_configurations;
+        Ok(0..count.clamp(1, MAX_CONFIGURATIONS))
+    }
+
+    /// Every configuration offered of the device in `slot_id`, parsed, alternate settings
+    /// included: what a policy must see before a guest may choose among them. One that
+    /// cannot be read fails the lot.
+    pub fn configurations(&mut self, slot_id: u8) -> Result<Vec<Configuration>, Error> {
+        self.offered_configurations(slot_id)?
+            .map(|n| self.configuration_at(slot_id, n))
+            .collect()
+    }
+
+    /// The offered configuration whose bConfigurationValue is `value`, read from the device
+    /// now ([`Error::BadTransfer`] when there is none): what [`Controller::configure`] with
+    /// it would set up.
+    pub fn find_configuration(&mut self, slot_id: u8, value: u8) -> Result<Configuration, Error> {
+        for n in self.offered_configurations(slot_id)? {
+            let config = self.configuration_at(slot_id, n)?;
+            if config.value == value {
+                return Ok(config);
+            }
+        }
+        Err(Error::BadTransfer)
+    }
+
+    /// The configuration the device in `slot_id` is in, if it is configured: what
+    /// [`Controller::set_interface`] chooses alternate settings from.
+    pub fn active_configuration(&self, slot_id: u8) -> Option<&Configuration> {
+        let index = self.slot_index(slot_id).ok()?;
+        self.slots[index].config.as_ref()
     }
 
     /// Configures the device (4.3.5) for `config`: the endpoints of a configuration in use
@@ -1898,9 +1954,9 @@ impl<H: Hal> Controller<H> {
     }
 
     /// SET_CONFIGURATION `value` as a guest asks it: 0 deconfigures (Configure Endpoint with
-    /// Deconfigure set), any other value is looked up among the device's configurations and
-    /// set up as [`Controller::configure`] does. A value the device does not have is
-    /// refused without asking it.
+    /// Deconfigure set), any other value is looked up among the configurations offered
+    /// ([`Controller::find_configuration`]) and set up as [`Controller::configure`] does. A
+    /// value the device does not have is refused without asking it.
     pub fn set_configuration(&mut self, slot_id: u8, value: u8) -> Result<(), Error> {
         if value == 0 {
             let drop = self.configured_dcis(slot_id)?;
@@ -1910,15 +1966,8 @@ impl<H: Hal> Controller<H> {
             self.slots[index].alternates.clear();
             return self.control_no_data(slot_id, 0, SET_CONFIGURATION, 0, 0);
         }
-        let index = self.slot_index(slot_id)?;
-        let count = self.slots[index].num_configurations.max(1);
-        for n in 0..count {
-            let config = self.configuration_at(slot_id, n)?;
-            if config.value == value {
-                return self.configure(slot_id, &config);
-            }
-        }
-        Err(Error::BadTransfer)
+        let config = self.find_configuration(slot_id, value)?;
+        self.configure(slot_id, &config)
     }
 
     /// SET_INTERFACE (USB 2.0 9.4.10): the endpoints of the interface's alternate setting in
@@ -3427,6 +3476,84 @@ mod tests {
         9, 4, 0, 1, 1, 1, 2, 0, 0, //
         7, 5, 0x83, 1, 0x00, 0x04, 1,
     ];
+
+    /// A second configuration for the fake device: value 2, one HID interface with
+    /// interrupt IN 1.
+    const HID: [u8; 25] = [
+        9, 2, 25, 0, 1, 2, 0, 0x80, 50, //
+        9, 4, 0, 0, 1, 3, 1, 1, 0, //
+        7, 5, 0x81, 3, 8, 0, 10,
+    ];
+
+    /// GET_DESCRIPTOR(CONFIGURATION) requests the device saw, by index.
+    fn configuration_reads(fake: &FakeXhci) -> Vec<u16> {
+        fake.setups()
+            .iter()
+            .filter(|s| (s.0, s.1, s.2 >> 8) == (0x80, GET_DESCRIPTOR, 2))
+            .map(|s| s.2 & 0xff)
+            .collect()
+    }
+
+    #[test]
+    fn every_configuration_offered_is_read_and_only_those_can_be_set() {
+        let fake = FakeXhci::new();
+        fake.num_configurations.set(2);
+        *fake.more_configurations.borrow_mut() = alloc::vec![HID.to_vec()];
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+        let configs = xhci.configurations(slot_id).unwrap();
+        let classes: Vec<(u8, Vec<u8>)> = configs
+            .iter()
+            .map(|c| (c.value, c.interfaces.iter().map(|i| i.class).collect()))
+            .collect();
+        assert_eq!(classes, [(1, alloc::vec![8]), (2, alloc::vec![3])]);
+        assert_eq!(
+            xhci.find_configuration(slot_id, 2).as_ref(),
+            Ok(&configs[1])
+        );
+        assert_eq!(xhci.active_configuration(slot_id), None);
+        xhci.set_configuration(slot_id, 2).unwrap();
+        assert_eq!(xhci.active_configuration(slot_id), Some(&configs[1]));
+        assert_eq!(fake.configured().0, 1 | 1 << 3, "interrupt IN 1 (DCI 3)");
+
+        // A device claiming 20 configurations is offered the first 8: the ninth is never
+        // read, and its value cannot be set.
+        let fake = FakeXhci::new();
+        fake.num_configurations.set(20);
+        *fake.more_configurations.borrow_mut() = (2..=20u8)
+            .map(|value| {
+                let mut c = HID.to_vec();
+                c[5] = value;
+                c
+            })
+            .collect();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+        assert_eq!(xhci.configurations(slot_id).unwrap().len(), 8);
+        assert_eq!(xhci.set_configuration(slot_id, 9), Err(Error::BadTransfer));
+        assert!(configuration_reads(&fake).iter().all(|i| *i < 8));
+
+        // One unreadable configuration (index 1 answers nothing) fails the lot.
+        let fake = FakeXhci::new();
+        fake.num_configurations.set(2);
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+        assert_eq!(xhci.configurations(slot_id), Err(Error::BadDescriptor));
+    }
+
+    #[test]
+    fn a_configuration_longer_than_the_driver_reads_is_refused_after_its_header() {
+        let fake = FakeXhci::new();
+        let mut long = t::CONFIGURATION.to_vec();
+        let total = descriptor::MAX_TOTAL_LENGTH as u16 + 1;
+        long[2..4].copy_from_slice(&total.to_le_bytes());
+        long.resize(usize::from(total), 0);
+        *fake.configuration.borrow_mut() = long;
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+        assert_eq!(xhci.configurations(slot_id), Err(Error::BadDescriptor));
+        assert_eq!(configuration_reads(&fake), [0], "the 9-byte header only");
+    }
 
     #[test]
     fn alternate_settings_deconfiguration_and_clear_halt_reconfigure_the_endpoints() {

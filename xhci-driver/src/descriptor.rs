@@ -14,6 +14,10 @@ pub const ENDPOINT: u8 = 5;
 pub const SS_ENDPOINT_COMPANION: u8 = 0x30;
 /// Size of the configuration descriptor itself.
 pub const CONFIGURATION_SIZE: usize = 9;
+/// The longest configuration descriptor set (wTotalLength) the driver reads: real ones are
+/// a few hundred bytes to a few KiB, and a device may claim up to 64 KiB; a longer one is
+/// refused whole rather than read in part (a part would hide interfaces from the policy).
+pub const MAX_TOTAL_LENGTH: usize = 4096;
 
 /// Why a descriptor set was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,7 +27,13 @@
 //!   [`Controller::cancel`] takes one back without disturbing the others on its endpoint.
 //! - **Device state** a guest changes: [`Controller::set_configuration`],
 //!   [`Controller::set_interface`], [`Controller::clear_halt`], [`Controller::reset_device`];
-//!   these wait for their commands and control transfers (milliseconds).
+//!   these wait for their commands and control transfers (milliseconds). For policy,
+//!   [`Controller::configurations`] reads every configuration offered (at most
+//!   [`controller::MAX_CONFIGURATIONS`], each at most [`descriptor::MAX_TOTAL_LENGTH`]
+//!   bytes), and a configuration can be vetted before it is set:
+//!   [`Controller::find_configuration`], then [`Controller::configure`] with it;
+//!   [`Controller::active_configuration`] has the alternate settings a SET_INTERFACE
+//!   chooses from.
 //! - **Controller failure**: [`Controller::poll_events`] returns [`Error::HostSystemError`]
 //!   or [`Error::HostControllerError`] ([`Controller::error`] looks without polling);
 //!   [`Controller::restart`] fails every transfer, gives up every device and brings the

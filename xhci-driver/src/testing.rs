@@ -189,8 +189,12 @@ pub struct FakeXhci {
     pub answer_commands: Cell<bool>,
     /// Whether the device answers control transfers.
     pub answer_transfers: Cell<bool>,
-    /// What GET_DESCRIPTOR(CONFIGURATION) returns.
+    /// What GET_DESCRIPTOR(CONFIGURATION) of index 0 returns.
     pub configuration: RefCell<Vec<u8>>,
+    /// What it returns for indexes 1, 2, …; nothing (a zero-length Data Stage) past them.
+    pub more_configurations: RefCell<Vec<Vec<u8>>>,
+    /// The device descriptor's bNumConfigurations.
+    pub num_configurations: Cell<u8>,
     /// How many bytes the next bulk IN TD gets (fewer than queued: a short packet).
     pub bulk_in_bytes: Cell<usize>,
     /// Whether the next bulk TD is answered with STALL.
@@ -257,6 +261,8 @@ impl FakeXhci {
             answer_commands: Cell::new(true),
             answer_transfers: Cell::new(true),
             configuration: RefCell::new(CONFIGURATION.to_vec()),
+            more_configurations: RefCell::new(Vec::new()),
+            num_configurations: Cell::new(DEVICE_DESCRIPTOR[17]),
             bulk_in_bytes: Cell::new(usize::MAX),
             stall_next: Cell::new(false),
             answer_bulk: Cell::new(true),
@@ -549,6 +555,10 @@ impl FakeXhci {
                     let value = w0 >> 16;
                     let hub = self.is_hub(slot);
                     let status;
+                    let mut device = DEVICE_DESCRIPTOR;
+                    device[17] = self.num_configurations.get();
+                    let more = self.more_configurations.borrow();
+                    let config_index = (value & 0xff) as usize;
                     let response: &[u8] = match (w0 as u8, value >> 8) {
                         // Hub GET_STATUS of a port.
                         (0xa3, _) => {
@@ -565,8 +575,9 @@ impl FakeXhci {
                         (0xa0, 0x29) => &self.hub_descriptor.borrow().clone().unwrap_or_default(),
                         (_, 1) if hub => &HUB_DEVICE_DESCRIPTOR,
                         (_, 2) if hub => &HUB_CONFIGURATION,
-                        (_, 1) => &DEVICE_DESCRIPTOR,
-                        (_, 2) => &self.configuration.borrow().clone(),
+                        (_, 1) => &device,
+                        (_, 2) if config_index == 0 => &self.configuration.borrow().clone(),
+                        (_, 2) => more.get(config_index - 1).map_or(&[], |c| c.as_slice()),
                         (_, 3) if value & 0xff == 0 => &LANGUAGES,
                         (_, 3) => &PRODUCT,
                         _ => &[],

@@ -75,11 +75,22 @@ impl UsbHost<LocalPage> for FloodHost {
     fn cancel(&mut self, device: u32, token: u64) -> bool {
         self.model.cancel(device, token)
     }
-    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
-        self.model.set_configuration(device, value)
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        vet: &mut host::Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.model.set_configuration(device, value, vet)
     }
-    fn set_interface(&mut self, device: u32, i: u8, alt: u8) -> Result<(), TransferError> {
-        self.model.set_interface(device, i, alt)
+    fn set_interface(
+        &mut self,
+        device: u32,
+        i: u8,
+        alt: u8,
+        vet: &mut host::Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.model.set_interface(device, i, alt, vet)
     }
     fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
         self.model.clear_halt(device, address)
@@ -231,11 +242,22 @@ impl UsbHost<LocalPage> for LazyCancel {
     fn cancel(&mut self, _: u32, _: u64) -> bool {
         false
     }
-    fn set_configuration(&mut self, device: u32, value: u8) -> Result<(), TransferError> {
-        self.model.set_configuration(device, value)
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        vet: &mut host::Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.model.set_configuration(device, value, vet)
     }
-    fn set_interface(&mut self, device: u32, i: u8, alt: u8) -> Result<(), TransferError> {
-        self.model.set_interface(device, i, alt)
+    fn set_interface(
+        &mut self,
+        device: u32,
+        i: u8,
+        alt: u8,
+        vet: &mut host::Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.model.set_interface(device, i, alt, vet)
     }
     fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
         self.model.clear_halt(device, address)
