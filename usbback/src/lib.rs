@@ -399,12 +399,31 @@ where
         host: &mut U,
     ) -> Result<(), XsError> {
         self.xs.poll()?;
-        let mut fired = false;
-        while self.xs.next_event().is_some() {
-            fired = true;
+        // A frontend's own state node names its device: only that one is looked at again.
+        // Anything under our backend directory (the toolstack's keys) means a full rescan.
+        let mut rescan = false;
+        let mut frontends = Vec::new();
+        while let Some(e) = self.xs.next_event() {
+            match self
+                .devices
+                .iter()
+                .find(|(_, d)| d.watch_token == e.token)
+                .map(|(id, _)| *id)
+            {
+                Some(id) if !rescan => frontends.push(id),
+                _ => rescan = true,
+            }
         }
-        if fired {
+        if rescan {
             self.rescan(host);
+        } else {
+            frontends.sort();
+            frontends.dedup();
+            for id in frontends {
+                if self.devices.contains_key(&id) {
+                    self.reconcile(id, host);
+                }
+            }
         }
         Ok(())
     }

@@ -621,9 +621,7 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
         )
     })?;
     let stick = out.join(stick);
-    let mut bytes = vec![0u8; mib << 20];
-    pseudo_random(&mut bytes[..16 << 20], 0x2545_f491_4f6c_dd1d);
-    std::fs::write(&stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))?;
+    write_stick(&stick, mib)?;
     let mut env = qemu_for_nested_xen(&cache)?;
     env.extend([
         ("USBDOM_E2E_XEN".into(), cache.join("xen.elf")),
@@ -632,6 +630,14 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
         ("USBDOM_E2E_STICK".into(), stick),
     ]);
     Ok(env)
+}
+
+/// Writes the stick's image: `mib` MiB whose first 16 MiB are a pseudo-random pattern (the
+/// guest's hash of them must match), the rest zero.
+fn write_stick(stick: &Path, mib: usize) -> Result {
+    let mut bytes = vec![0u8; mib << 20];
+    pseudo_random(&mut bytes[..16 << 20], 0x2545_f491_4f6c_dd1d);
+    std::fs::write(stick, &bytes).map_err(|e| format!("{}: {e}", stick.display()))
 }
 
 /// The end-to-end test on real Xen (`tests/tests/e2e.rs`).
@@ -677,9 +683,13 @@ fn e2e_command(args: &[String]) -> Result {
 fn e2e_repeat(n: u32) -> Result {
     let mut passed = 0;
     let mut lines = Vec::new();
+    // One image for all runs: what is repeated is the run, not the build.
+    let env = e2e_prepare("stick.img", 64)?;
     for k in 1..=n {
         // A fresh stick each time: the scenario writes to it.
-        let env = e2e_prepare("stick.img", 64)?;
+        if let Some((_, stick)) = env.iter().find(|(k, _)| k == "USBDOM_E2E_STICK") {
+            write_stick(stick, 64)?;
+        }
         let log = root().join(format!("target/e2e/repeat-{k}.log"));
         let start = std::time::Instant::now();
         let out = e2e_test(&env)
