@@ -1,6 +1,7 @@
 //! `usbattack`: a hostile PVUSB frontend run from a Linux guest's user space, against the
 //! usbdom backend serving this guest's controller `device/vusb/<devid>` (which no kernel
-//! driver may hold: xen-hcd must not be loaded). It runs frontend-linux's attack phases
+//! driver may hold: xen-hcd must not be loaded; it waits up to 2 minutes for the toolstack
+//! to create it). It runs frontend-linux's attack phases
 //! ([`frontend_linux::attack`]) over `/dev/xen/gntalloc`, `/dev/xen/evtchn` and
 //! `/dev/xen/xenbus`, printing one line per event:
 //!
@@ -26,6 +27,9 @@ use xen::xenstore::{TxId, XenStore};
 
 const USAGE: &str =
     "usage: usbattack [--devid N] [--phases all|flood,bogus_grefs,...] [--seconds S]";
+
+/// How long to wait for the toolstack to create our controller.
+const CONTROLLER_WAIT_MS: u64 = 120_000;
 
 struct Args {
     devid: u32,
@@ -121,6 +125,16 @@ fn main() -> ExitCode {
         println!("attack: done error=no_domid");
         return ExitCode::from(2);
     };
+    // The toolstack may create the controller after this guest is up: wait for it.
+    let backend_key = format!("device/vusb/{}/backend", args.devid);
+    let mut waited = false;
+    while xs.read(TxId::NONE, &backend_key).is_err() && env.now_ms() < CONTROLLER_WAIT_MS {
+        if !waited {
+            println!("attack: waiting_for={backend_key}");
+            waited = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let mut attacker = match Attacker::new(platform, xs, domid, args.devid) {
         Ok(a) => a,
         Err(e) => {
