@@ -39,6 +39,7 @@
 
 extern crate alloc;
 
+pub mod attack;
 #[cfg(test)]
 mod tests;
 mod urb;

@@ -6,7 +6,12 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /tmp
 echo "guest: init"
-for m in usb-common usbcore xen-hcd; do
+# An attacking guest (`usbdom_attack=<phases>`) speaks PVUSB itself, from user space: its
+# kernel must not take the controller, so xen-hcd stays out.
+attack=$(sed -n 's/.*usbdom_attack=\([a-z_,]*\).*/\1/p' /proc/cmdline)
+hcd=xen-hcd
+[ -n "$attack" ] && hcd=
+for m in usb-common usbcore $hcd; do
   f=$(ls /lib/modules/$m.ko* 2>/dev/null | head -n1)
   case "$f" in
     *.xz) xz -dc "$f" > /lib/modules/$m.unpacked.ko && f=/lib/modules/$m.unpacked.ko ;;
@@ -22,6 +27,12 @@ for m in $(cat /lib/modules/order); do
   insmod "$f" 2>/dev/null || echo "guest: failed to load $m"
 done
 echo "guest: ready"
+if [ -n "$attack" ]; then
+  # Its lines (`attack: …`) go to the console as they come; then it idles until destroyed.
+  /bin/usbattack --devid 0 --phases "$attack" --seconds 60
+  echo "guest: attack exit=$?"
+  exec sleep 100000
+fi
 # The benchmark (`usbdom_bench=<MiB>` on the command line): rounds of direct-I/O reads and
 # writes of the stick, each timed by dd, then nothing else.
 bench=$(sed -n 's/.*usbdom_bench=\([0-9]*\).*/\1/p' /proc/cmdline)

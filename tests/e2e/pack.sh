@@ -15,13 +15,16 @@ cp "$here/bench.sh" "$stage/e2e/bench.sh"
 cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
-# The guest's initramfs: busybox, the USB core modules, xen-hcd.ko and guest-init.sh.
+# The guest's initramfs: busybox, the USB core modules, xen-hcd.ko, guest-init.sh and
+# (when USBATTACK names it) usbattack.
 guest=$(mktemp -d)
 mkdir -p "$guest/bin" "$guest/lib/modules" "$guest/proc" "$guest/sys" "$guest/dev"
 cp "$cache/dom0/bin/busybox" "$guest/bin/busybox"
 cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.ko" "$guest/lib/modules/"
 cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$guest/lib/modules/"
 install -m 0755 "$here/guest-init.sh" "$guest/init"
+# The hostile frontend a guest runs when its command line says usbdom_attack=<phases>.
+if [ -n "${USBATTACK:-}" ]; then install -m 0755 "$USBATTACK" "$guest/bin/usbattack"; fi
 (cd "$guest" && find . | cpio -o -H newc --quiet) > "$stage/boot/guest-initrd.img"
 rm -rf "$guest"
 # dom0 drives the controller itself while the benchmark measures QEMU's qusb backend.

@@ -6,7 +6,8 @@
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
 #   xen-hcd.ko     Linux's PVUSB frontend (frontend-linux/build-xen-hcd.sh)
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
-#   guestmods/     the guest's SCSI disk, usb-storage, HID, evdev and xHCI modules, in order
+#   guestmods/     the guest's SCSI disk, usb-storage, HID, evdev, xHCI, gntalloc and evtchn
+#                  modules, in order
 # Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
 set -euo pipefail
 cache=${1:?cache dir}
@@ -48,10 +49,11 @@ fi
 
 # The guest's modules beyond the USB core, in the order insmod needs them: SCSI disks over
 # usb-storage, the HID keyboard with its evdev device, and the xHCI driver (for the
-# benchmark's guest that has the controller passed through, and for dom0 serving qusb).
+# benchmark's guest that has the controller passed through, and for dom0 serving qusb), and
+# the grant-allocation and event-channel devices usbattack speaks PVUSB through.
 guest_modules="scsi_common scsi_mod crct10dif_common crct10dif_generic crc-t10dif crc64 \
   crc64-rocksoft crc64_rocksoft_generic t10-pi sd_mod usb-storage hid usbhid hid-generic evdev \
-  xhci-hcd xhci-pci"
+  xhci-hcd xhci-pci xen-gntalloc xen-evtchn"
 if [ "$(cat guestmods/order 2>/dev/null)" != "$guest_modules" ]; then
   log "taking the guest's storage and HID modules from the kernel package"
   [ -f "debs/linux-image-${kver}_"*.deb ] 2>/dev/null || \

@@ -610,6 +610,18 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
         )?;
         Ok(root().join("target/release/usbctl"))
     })?;
+    // The hostile frontend for an attacking guest: static, since the guest's initramfs has
+    // no C library; for the host's own target, so the flags reach no build script.
+    let usbattack = timed("usbattack", || {
+        step(
+            "usbattack build",
+            cargo()
+                .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
+                .args(["-p", "usbattack", "--bin", "usbattack"])
+                .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+        )?;
+        Ok(root().join("target/x86_64-unknown-linux-gnu/release/usbattack"))
+    })?;
     timed("pack", || {
         step(
             "pack",
@@ -617,7 +629,8 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
                 .arg(&cache)
                 .arg(&image)
                 .arg(&initrd)
-                .env("USBCTL", &usbctl),
+                .env("USBCTL", &usbctl)
+                .env("USBATTACK", &usbattack),
         )
     })?;
     let stick = out.join(stick);
