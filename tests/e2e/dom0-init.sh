@@ -3,11 +3,16 @@
 # report each step on the console as "E2E: ..." lines the harness reads.
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 t0=$(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo 0)
-mark() { echo "E2E: $* uptime=$(cut -d' ' -f1 /proc/uptime)"; }
+mark() {
+  echo "E2E: $* uptime=$(cut -d' ' -f1 /proc/uptime)"
+  [ -n "${canary:-}" ] || return 0
+  case "$1" in phase=*) canary_check "${1#phase=}" ;; esac
+}
 # A failed step names what it waited for; usbdom's last lines come with it (the whole log
 # follows in finish).
 fail() {
   mark "result=fail reason=$*"
+  [ -n "${canary:-}" ] && canary_check fail
   tail -n 15 /var/log/xen/usbdom-serial.log 2>/dev/null | sed 's|^|E2E-LAST usbdom: |'
   [ "${mode:-}" = shell ] && shell
   finish
@@ -62,6 +67,29 @@ xenstored --pid-file /run/xenstored.pid || fail "xenstored"
 xen-init-dom0 || fail "xen-init-dom0"
 xenconsoled --log=guest --log-dir=/var/log/xen/console || fail "xenconsoled"
 mark "phase=xen_tools_up"
+
+# `usbdom.canary=<MiB>` on dom0's command line (USBDOM_E2E_CANARY for `cargo xtask e2e`):
+# that much of dom0's memory holds a known byte, compared after each step, to catch any
+# other party writing into dom0's pages and to show what it wrote.
+canary=$(sed -n 's/.*usbdom\.canary=\([0-9]*\).*/\1/p' /proc/cmdline)
+canary_stream() { tr '\0' 'U' < /dev/zero | head -c $((canary << 20)); }
+if [ -n "$canary" ]; then
+  mkdir -p /run/canary && mount -t tmpfs -o size=$((canary + 8))m tmpfs /run/canary
+  canary_stream > /run/canary/pattern
+fi
+canary_check() {
+  [ -n "$canary" ] || return 0
+  canary_stream | cmp -l - /run/canary/pattern > /tmp/canary.diff 2>/dev/null
+  n=$(wc -l < /tmp/canary.diff)
+  [ "$n" -eq 0 ] && return 0
+  first=$(awk 'NR == 1 {print $1 - 1}' /tmp/canary.diff)
+  echo "E2E-CANARY after=$1 changed_bytes=$n first_offset=$first pages=$(awk '{print int(($1 - 1) / 4096)}' /tmp/canary.diff | sort -u | tr '\n' ' ')"
+  for pg in $(awk '{print int(($1 - 1) / 4096)}' /tmp/canary.diff | sort -u | head -n 4); do
+    dd if=/run/canary/pattern bs=4096 skip="$pg" count=1 2>/dev/null | od -A d -t x1 | grep -v '55 55 55 55 55 55 55 55 55 55 55 55 55 55 55 55' | head -n 40 | sed "s|^|E2E-CANARY page=$pg |"
+  done
+  # Reported once per place: the pattern is restored.
+  canary_stream > /run/canary/pattern
+}
 
 # usbdom.mode= on dom0's command line: test (the scenario below), bench (tests/e2e/bench.sh)
 # or shell (`cargo xtask run --xen`: the scenario's first half, then a shell on the console).

@@ -16,7 +16,13 @@ fn xen_end_to_end() {
     let stick_image = machine.stick.clone();
     let socket = std::env::temp_dir().join(format!("usbdom-e2e-{}.qmp", std::process::id()));
     let _ = std::fs::remove_file(&socket);
-    let mut args = machine.args("usbdom.mode=test", Some(&socket));
+    // USBDOM_E2E_CANARY=<MiB>: dom0 keeps that much memory in a known pattern and reports
+    // any change (`E2E-CANARY` lines): evidence of another party's writes into dom0.
+    let canary = std::env::var("USBDOM_E2E_CANARY")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(String::new(), |mib| format!(" usbdom.canary={mib}"));
+    let mut args = machine.args(&format!("usbdom.mode=test{canary}"), Some(&socket));
     args.extend(["-serial".into(), "stdio".into()]);
     // dom0's scenario asks for what only the host can do: `E2E: want=<what>`.
     let keys = |names: &[&str]| -> Vec<String> {
@@ -117,8 +123,21 @@ fn xen_end_to_end() {
             .copied()
             .find(|l| l.split_whitespace().any(|w| w == format!("event={name}")))
     };
+    let canary_lines: Vec<&str> = run
+        .lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("E2E-CANARY "))
+        .map(|(_, l)| l.as_str())
+        .collect();
+    for l in &canary_lines {
+        println!("{l}");
+    }
     run.check(|r| {
         assert!(!r.timed_out, "the run did not finish in 10 minutes");
+        assert!(
+            canary_lines.is_empty(),
+            "something other than dom0 wrote into dom0's memory"
+        );
         assert!(
             marks.iter().any(|(_, l)| l.contains("result=pass")),
             "the dom0 scenario failed"
