@@ -1,8 +1,17 @@
 //! The `log` backend: one line per event (see `platform::logfmt`) to every sink.
+//!
+//! Once Xen's PV console exists it carries every line at once: a line is a copy into a
+//! shared ring and one notification. COM1 then gets the same lines through a queue that the
+//! main loop drains a few bytes per turn ([`drain_serial`]): every byte to an emulated UART
+//! is a trap to the device model in dom0, which under nested virtualisation costs about a
+//! millisecond, so a line written at once took 0.2–0.5 s of the driver domain, and a guest
+//! that made usbdom log could take all of its time. A line that finds the queue full is
+//! dropped from COM1 only, and the next one says how many were (`event=log_dropped`).
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use heapless::{Deque, String};
 use log::{LevelFilter, Log, Metadata, Record};
 
 use super::{serial, time};
@@ -10,25 +19,69 @@ use super::{serial, time};
 static COM1_PRESENT: AtomicBool = AtomicBool::new(false);
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 static XEN_CONSOLE: spin::Mutex<Option<super::xen_guest::XenConsole>> = spin::Mutex::new(None);
+
 /// Bytes of the boot log kept until the Xen console exists, so `xl console -t pv` and
 /// xenconsoled's file show the whole boot.
 const EARLY_BYTES: usize = 16 * 1024;
 static EARLY: spin::Mutex<Option<heapless::Vec<u8, EARLY_BYTES>>> =
     spin::Mutex::new(Some(heapless::Vec::new()));
 
-struct Sinks;
+/// Bytes waiting for COM1 while the Xen console carries the log.
+const SERIAL_QUEUE_BYTES: usize = 16 * 1024;
+static SERIAL_QUEUE: spin::Mutex<Deque<u8, SERIAL_QUEUE_BYTES>> = spin::Mutex::new(Deque::new());
+/// Lines dropped from COM1 since the last `event=log_dropped`.
+static SERIAL_DROPPED: AtomicU64 = AtomicU64::new(0);
 
-impl Write for Sinks {
+/// The longest line kept whole; a longer one is cut.
+const LINE_BYTES: usize = 768;
+
+/// One formatted line; what does not fit is cut.
+struct Line(String<LINE_BYTES>);
+
+impl Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        serial::write(s.as_bytes(), COM1_PRESENT.load(Ordering::Relaxed));
-        if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
-            console.write(s.as_bytes());
-        } else if let Some(early) = EARLY.try_lock().as_mut().and_then(|e| e.as_mut()) {
-            // Whatever does not fit is still on COM1 and the debug port.
-            let room = early.capacity() - early.len();
-            let _ = early.extend_from_slice(&s.as_bytes()[..s.len().min(room)]);
+        for c in s.chars() {
+            if self.0.push(c).is_err() {
+                break;
+            }
         }
         Ok(())
+    }
+}
+
+fn format(level: log::Level, args: &fmt::Arguments<'_>) -> Line {
+    let mut line = Line(String::new());
+    let _ = platform::logfmt::write_line(&mut line, time::now_micros(), level, args);
+    if !line.0.ends_with('\n') {
+        // Cut: still one line.
+        line.0.pop();
+        let _ = line.0.push('\n');
+    }
+    line
+}
+
+/// Writes a line to every sink; with the Xen console, COM1 gets it later.
+fn emit(line: &str) {
+    let com1 = COM1_PRESENT.load(Ordering::Relaxed);
+    if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
+        console.write(line.as_bytes());
+        if com1 {
+            let mut q = SERIAL_QUEUE.lock();
+            if q.capacity() - q.len() >= line.len() {
+                for &b in line.as_bytes() {
+                    let _ = q.push_back(b);
+                }
+            } else {
+                SERIAL_DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        return;
+    }
+    serial::write(line.as_bytes(), com1);
+    if let Some(early) = EARLY.try_lock().as_mut().and_then(|e| e.as_mut()) {
+        // Whatever does not fit is still on COM1 and the debug port.
+        let room = early.capacity() - early.len();
+        let _ = early.extend_from_slice(&line.as_bytes()[..line.len().min(room)]);
     }
 }
 
@@ -43,15 +96,11 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let line = format(record.level(), record.args());
         // Interrupt handlers log too: keep them out while a line is half written.
         super::cpu::without_interrupts(|| {
             let _guard = LOCK.lock();
-            let _ = platform::logfmt::write_line(
-                &mut Sinks,
-                time::now_micros(),
-                record.level(),
-                record.args(),
-            );
+            emit(&line.0);
         });
     }
 
@@ -68,11 +117,52 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
+/// Moves up to `max` queued bytes to COM1 (the main loop calls this once a turn), and says
+/// how many lines COM1 lost once there is room to.
+pub fn drain_serial(max: usize) {
+    let mut chunk: heapless::Vec<u8, 64> = heapless::Vec::new();
+    super::cpu::without_interrupts(|| {
+        let mut q = SERIAL_QUEUE.lock();
+        let dropped = SERIAL_DROPPED.load(Ordering::Relaxed);
+        if dropped > 0 && q.capacity() - q.len() >= LINE_BYTES {
+            SERIAL_DROPPED.store(0, Ordering::Relaxed);
+            let line = format(
+                log::Level::Warn,
+                &format_args!("event=log_dropped sink=com1 lines={dropped}"),
+            );
+            for &b in line.0.as_bytes() {
+                let _ = q.push_back(b);
+            }
+        }
+        while chunk.len() < max.min(chunk.capacity()) {
+            match q.pop_front() {
+                Some(b) => {
+                    let _ = chunk.push(b);
+                }
+                None => break,
+            }
+        }
+    });
+    if !chunk.is_empty() {
+        serial::write(&chunk, true);
+    }
+}
+
 /// Writes a line for a panic even if the logger's lock is held (the panic may have struck
-/// inside a log call): the line may interleave, but it is never lost.
+/// inside a log call): the line may interleave, but it is never lost. COM1 gets what was
+/// queued for it first.
 pub fn emergency(args: fmt::Arguments<'_>) {
     let guard = LOCK.try_lock();
-    let _ = platform::logfmt::write_line(&mut Sinks, time::now_micros(), log::Level::Error, &args);
+    let line = format(log::Level::Error, &args);
+    if let Some(mut q) = SERIAL_QUEUE.try_lock() {
+        while let Some(b) = q.pop_front() {
+            serial::write(&[b], COM1_PRESENT.load(Ordering::Relaxed));
+        }
+    }
+    serial::write(line.0.as_bytes(), COM1_PRESENT.load(Ordering::Relaxed));
+    if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
+        console.write(line.0.as_bytes());
+    }
     drop(guard);
 }
 

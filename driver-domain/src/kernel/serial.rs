@@ -1,6 +1,6 @@
 //! Log sinks that need no setup from a hypervisor: COM1 (a 16550 UART, the emulated serial a
-//! user watches with `xl console` or QEMU's `-serial`) and the 0xE9 debug port (Xen's
-//! `guest_loglvl=all` log and QEMU's `-debugcon`).
+//! user watches with `xl console` or QEMU's `-serial`) and, where there is none, the 0xE9
+//! debug port (Xen's `guest_loglvl=all` log and QEMU's `-debugcon`).
 
 use super::cpu::{inb, outb};
 
@@ -24,19 +24,28 @@ pub fn init() -> bool {
     true
 }
 
-/// Writes bytes to COM1 (when present) and the debug port.
+/// Bytes of the 16550's transmit FIFO: written in one go once it is empty.
+const FIFO_BYTES: usize = 16;
+
+/// Writes bytes to COM1, or to the debug port where there is no COM1. Each access is a trap
+/// to whatever emulates the port: the line status is read once per FIFO's worth, not per
+/// byte.
 pub fn write(bytes: &[u8], com1: bool) {
-    for &b in bytes {
-        if com1 {
-            // Wait for the transmit holding register; bounded so a wedged UART cannot hang
-            // the kernel.
-            for _ in 0..100_000 {
-                if inb(COM1 + 5) & 0x20 != 0 {
-                    break;
-                }
+    if !com1 {
+        for &b in bytes {
+            outb(DEBUGCON, b);
+        }
+        return;
+    }
+    for chunk in bytes.chunks(FIFO_BYTES) {
+        // Wait for an empty FIFO (THRE); bounded so a wedged UART cannot hang the kernel.
+        for _ in 0..100_000 {
+            if inb(COM1 + 5) & 0x20 != 0 {
+                break;
             }
+        }
+        for &b in chunk {
             outb(COM1, b);
         }
-        outb(DEBUGCON, b);
     }
 }
