@@ -156,7 +156,8 @@ where
             ),
             Standard::ClearHalt(endpoint) => host.clear_halt(device, endpoint),
             Standard::Malformed => {
-                warn!(
+                if self.may_warn(id) {
+                    warn!(
                     "event=urb_invalid domid={} devid={} id={rid} reason=malformed_standard_request request_type={:#04x} request={} value={} index={} length={}",
                     id.frontend,
                     id.devid,
@@ -166,6 +167,7 @@ where
                     u16::from_le_bytes([setup[4], setup[5]]),
                     u16::from_le_bytes([setup[6], setup[7]]),
                 );
+                }
                 self.respond(id, response(rid, USBIF_STATUS_INVAL, 0));
                 return true;
             }
@@ -205,7 +207,7 @@ where
                 }
             }
         });
-        if let Some(rule) = refused {
+        if let Some(rule) = refused.filter(|_| self.may_warn(id)) {
             warn!(
                 "event=policy_refused domid={} devid={} port={port} busid={} rule={rule} text={} request={request}",
                 id.frontend,

@@ -77,6 +77,16 @@ const GET_DESCRIPTOR: u8 = 6;
 /// Requests taken from one frontend's ring in one pass, at most: a ring's worth, then the
 /// other frontends and the controller's events get their turn.
 const BUDGET: usize = pvusb::URB_RING_SIZE as usize;
+/// Warnings about one frontend's requests logged between two [`Backend::log_stats`] calls
+/// (a second in the driver domain), at most: a log line costs a millisecond or more of
+/// serial port (far more under nested virtualisation), and a guest must not buy the driver
+/// domain's time with bad requests. The rest are counted in `event=log_suppressed`.
+const WARNINGS_PER_INTERVAL: u32 = 8;
+/// Changes of one frontend's state node looked at between two [`Backend::log_stats`] calls
+/// (a second), at most: each costs several xenstore round trips the main loop waits for, and
+/// a guest flapping its state node must not stall the others. Later ones are looked at,
+/// together, once the next second begins.
+const RECONCILES_PER_INTERVAL: u32 = 4;
 /// `-ENOMEM`: no frame for a request's buffer (xen-hcd hands the status to the URB as is).
 const USBIF_STATUS_NOMEM: i32 = -12;
 /// Bytes of Linux's `usb_iso_packet_descriptor`.
@@ -162,6 +172,14 @@ struct Device<P> {
     state: XenbusState,
     ports: Vec<VPort>,
     conn: Option<Connection<P>>,
+    /// Warnings about its requests logged in this interval, and those left out.
+    warned: u32,
+    suppressed: u32,
+    /// Its state changes looked at in this interval, and whether one waits for the next.
+    reconciles: u32,
+    reconcile_due: bool,
+    /// State change notifications that came over the budget, in this interval.
+    deferred: u32,
 }
 
 /// The backend of one driver domain.
@@ -382,6 +400,20 @@ where
     pub fn log_stats(&mut self) -> bool {
         let mut any = false;
         for (id, dev) in &mut self.devices {
+            if dev.suppressed > 0 {
+                info!(
+                    "event=log_suppressed domid={} devid={} count={} per_interval={WARNINGS_PER_INTERVAL}",
+                    id.frontend, id.devid, dev.suppressed
+                );
+            }
+            (dev.warned, dev.suppressed) = (0, 0);
+            if dev.deferred > 0 {
+                info!(
+                    "event=state_changes_deferred domid={} devid={} count={} per_interval={RECONCILES_PER_INTERVAL}",
+                    id.frontend, id.devid, dev.deferred
+                );
+            }
+            (dev.reconciles, dev.deferred) = (0, 0);
             if let Some(c) = dev.conn.as_mut() {
                 if c.stats != c.logged {
                     log_stats(*id, &c.stats, "running", c.inflight.len());
@@ -420,9 +452,26 @@ where
             frontends.sort();
             frontends.dedup();
             for id in frontends {
-                if self.devices.contains_key(&id) {
-                    self.reconcile(id, host);
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.reconcile_due = true;
+                    if d.reconciles >= RECONCILES_PER_INTERVAL {
+                        d.deferred = d.deferred.saturating_add(1);
+                    }
                 }
+            }
+        }
+        // Each frontend's state changes, within its budget.
+        let due: Vec<DeviceId> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.reconcile_due && d.reconciles < RECONCILES_PER_INTERVAL)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.reconciles += 1;
+                d.reconcile_due = false;
+                self.reconcile(id, host);
             }
         }
         Ok(())
@@ -606,6 +655,11 @@ where
                     state: XenbusState::InitWait,
                     ports: alloc::vec![VPort::default(); usize::from(num_ports)],
                     conn: None,
+                    warned: 0,
+                    suppressed: 0,
+                    reconciles: 0,
+                    reconcile_due: false,
+                    deferred: 0,
                 };
                 self.devices.insert(id, dev);
             }
@@ -1170,7 +1224,7 @@ where
             let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
                 break false;
             };
-            if taken == BUDGET {
+            if taken == BUDGET || stage.waited_on_device {
                 break true;
             }
             let next = match c.urb.next_request() {
@@ -1210,6 +1264,21 @@ where
         }
         if !self.flush(id) {
             self.misbehaving(id, "reason=conn_ring_overrun", host);
+        }
+    }
+
+    /// Whether a warning about a request of `id` may be logged now ([`WARNINGS_PER_INTERVAL`]);
+    /// one that may not is counted for `event=log_suppressed`.
+    fn may_warn(&mut self, id: DeviceId) -> bool {
+        let Some(d) = self.devices.get_mut(&id) else {
+            return false;
+        };
+        if d.warned < WARNINGS_PER_INTERVAL {
+            d.warned += 1;
+            true
+        } else {
+            d.suppressed = d.suppressed.saturating_add(1);
+            false
         }
     }
 
@@ -1275,13 +1344,15 @@ where
             self.pool.give_back(a.frames);
             let mut rsp = a.rsp;
             if let Some(status) = copy_failure(&statuses, a.copies) {
-                warn!(
+                if self.may_warn(a.id) {
+                    warn!(
                     "event=urb_grant_copy_failed domid={} devid={} id={} direction=to_frontend status={}",
                     a.id.frontend,
                     a.id.devid,
                     rsp.id,
                     status.name()
                 );
+                }
                 rsp.status = USBIF_STATUS_IOERROR;
                 rsp.actual_length = 0;
             }
@@ -1318,10 +1389,12 @@ where
         };
         match UrbRequest::decode(&raw, num_ports) {
             Err(e) => {
-                warn!(
-                    "event=urb_invalid domid={} devid={} id={} {e}",
-                    id.frontend, id.devid, raw.id
-                );
+                if self.may_warn(id) {
+                    warn!(
+                        "event=urb_invalid domid={} devid={} id={} {e}",
+                        id.frontend, id.devid, raw.id
+                    );
+                }
                 self.respond(id, response(raw.id, USBIF_STATUS_INVAL, 0));
                 true
             }
@@ -1404,8 +1477,16 @@ where
         let mut rewrite = None;
         if let Some(setup) = setup {
             // Transfers staged before an intercepted request reach the device before it.
-            if control::intercept(&setup).is_some() {
+            if let Some(request) = control::intercept(&setup) {
                 self.launch(stage, host);
+                // The host carries these out while the loop waits (a device may take up to
+                // its timeouts): one per frontend per pass, then the others get their turn.
+                stage.waited_on_device |= matches!(
+                    request,
+                    control::Standard::SetConfiguration(_)
+                        | control::Standard::SetInterface { .. }
+                        | control::Standard::ClearHalt(_)
+                );
             }
             if self.standard_request(id, s.id, port_number, device, setup, host) {
                 return true;
@@ -1429,14 +1510,16 @@ where
             .copied()
             .collect();
         let Some(frames) = self.pool.take(&mut self.hv, segments.len()) else {
-            warn!(
-                "event=bounce_frames_exhausted domid={} devid={} id={} held={} max={}",
-                id.frontend,
-                id.devid,
-                s.id,
-                self.pool.held(),
-                bounce::MAX_POOL_FRAMES
-            );
+            if self.may_warn(id) {
+                warn!(
+                    "event=bounce_frames_exhausted domid={} devid={} id={} held={} max={}",
+                    id.frontend,
+                    id.devid,
+                    s.id,
+                    self.pool.held(),
+                    bounce::MAX_POOL_FRAMES
+                );
+            }
             self.respond(id, response(s.id, USBIF_STATUS_NOMEM, 0));
             return true;
         };
@@ -1544,13 +1627,15 @@ where
                 continue;
             }
             if let Some(status) = copy_failure(&statuses, r.copies.clone()) {
-                warn!(
+                if self.may_warn(id) {
+                    warn!(
                     "event=urb_grant_copy_failed domid={} devid={} id={} direction=from_frontend status={}",
                     id.frontend,
                     id.devid,
                     r.rid,
                     status.name()
                 );
+                }
                 self.pool.give_back(r.buffer.frames);
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
@@ -1561,10 +1646,12 @@ where
                 let offset = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
                 let length = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
                 if u64::from(offset) + u64::from(length) > u64::from(r.buffer_length) {
-                    warn!(
+                    if self.may_warn(id) {
+                        warn!(
                         "event=urb_invalid domid={} devid={} id={} reason=iso_packet_outside_buffer packet={i} offset={offset} length={length}",
                         id.frontend, id.devid, r.rid
                     );
+                    }
                     r.transfer.iso_packets.clear();
                     break;
                 }
@@ -1717,6 +1804,9 @@ where
 struct Stage<P> {
     copies: Vec<CopyOp>,
     requests: Vec<Staged<P>>,
+    /// A request of this pass made the host wait for the device (SET_CONFIGURATION,
+    /// SET_INTERFACE, CLEAR_FEATURE): the pass ends after it.
+    waited_on_device: bool,
 }
 
 impl<P> Default for Stage<P> {
@@ -1724,6 +1814,7 @@ impl<P> Default for Stage<P> {
         Stage {
             copies: Vec::new(),
             requests: Vec::new(),
+            waited_on_device: false,
         }
     }
 }

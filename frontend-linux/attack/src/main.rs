@@ -29,7 +29,7 @@ const USAGE: &str =
     "usage: usbattack [--devid N] [--phases all|flood,bogus_grefs,...] [--seconds S]";
 
 /// How long to wait for the toolstack to create our controller.
-const CONTROLLER_WAIT_MS: u64 = 120_000;
+const CONTROLLER_WAIT_MS: u64 = 600_000;
 
 struct Args {
     devid: u32,

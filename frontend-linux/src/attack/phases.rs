@@ -467,10 +467,18 @@ fn reused_ids<G: GrantTable + EventChannels, T: XsTransport>(
                 if cut { "disconnected" } else { "survived" }
             ));
         } else {
-            // No device: each is answered at once, so the id is never twice in flight.
+            // No device: each is answered at once, so the id is never twice in flight. But
+            // the backend may have connected a device we were not told of yet (its conn-ring
+            // report races our reconnection): then the first is in flight and the second is
+            // a reused id, and a disconnect is the right answer too.
             let drain = deadline.max(env.now_ms() + DISCONNECT_LIMIT_MS);
             a.settle(env, r, drain);
-            r.note("same_push=answered_at_once");
+            if r.disconnects > 0 {
+                r.violations += 1;
+                r.note("same_push=disconnected_device_unannounced");
+            } else {
+                r.note("same_push=answered_at_once");
+            }
         }
     }
     // A request held in flight, then its id again: as a new request, and as an unlink's
@@ -504,7 +512,7 @@ fn reused_ids<G: GrantTable + EventChannels, T: XsTransport>(
             if cut { "disconnected" } else { "survived" }
         ));
     }
-    r.as_expected = if r.device {
+    r.as_expected = if r.device || r.violations > 0 {
         r.violations > 0 && r.disconnects == r.violations
     } else {
         all_refused(r)

@@ -156,6 +156,11 @@ impl AttackEnv for World {
 
     fn pause(&mut self, _ms: u64) {
         self.clock += 1;
+        // The driver domain's main loop logs its counters every second, which also opens
+        // each frontend's budgets for the next one.
+        if self.clock % 1000 == 0 {
+            self.be.log_stats();
+        }
         self.round();
     }
 

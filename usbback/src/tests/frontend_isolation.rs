@@ -379,3 +379,39 @@ fn a_transfer_that_outlives_its_frontend_never_writes_into_anyones_pages() {
     assert_eq!(w.be.bounce_frames_held(), 0);
     assert_eq!(w.be.hypervisor().mappings(), 2, "B's rings only");
 }
+
+#[test]
+fn requests_the_host_waits_on_the_device_for_take_one_turn_each() {
+    let mut r = rig();
+    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
+    settle(&mut r.w.be, &mut r.host);
+    r.host.ops.clear();
+    // Five SET_INTERFACE requests at once: each makes the host wait for the device.
+    let reqs: Vec<UsbifUrbRequest> = (0..5)
+        .map(|i| control(i, 1, 0, [0x01, 11, 0, 0, 0, 0, 0, 0]))
+        .collect();
+    send(&r.w.fe, &mut r.front, &reqs);
+    let mut ports = Vec::new();
+    r.w.be.hypervisor().take_pending(&mut |p| ports.push(p));
+    r.w.be.handle_event(ports[0], &mut r.host);
+    assert_eq!(
+        r.host.ops.len(),
+        1,
+        "one operation on the device per turn: {:?}",
+        r.host.ops
+    );
+    assert!(r.w.be.has_work(), "the rest wait for the next turn");
+    while r.w.be.has_work() {
+        r.w.be.serve_busy(&mut r.host);
+    }
+    assert_eq!(r.host.ops.len(), 5);
+    let mut ids: Vec<(u16, i32)> = responses(&mut r.front)
+        .iter()
+        .map(|a| (a.id, a.status))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        (0..5).map(|i| (i, USBIF_STATUS_OK)).collect::<Vec<_>>()
+    );
+}
