@@ -58,11 +58,11 @@ wait_for /var/log/xen/console/guest-guest-u.log "guest: ready" 120 || fail "gues
 usbctl hc-create guest-u 2 8 || fail "hc_create_u"
 usbctl attach guest-u 0 1 2-1 || fail "attach_u"
 bench_guest usbdom /var/log/xen/console/guest-guest-u.log
-grep "event=stats" /var/log/xen/usbdom-serial.log | tail -n1 | sed 's|^|E2E: bench usbdom_stats |'
+grep "event=stats" /var/log/xen/console/guest-usbdom.log | tail -n1 | sed 's|^|E2E: bench usbdom_stats |'
 # How busy usbdom's CPU was while the guest read and wrote.
-grep "event=cpu " /var/log/xen/usbdom-serial.log | sed 's|^.*event=cpu |E2E: bench usbdom_cpu |'
+grep "event=cpu " /var/log/xen/console/guest-usbdom.log | sed 's|^.*event=cpu |E2E: bench usbdom_cpu |'
 xl destroy guest-u
-wait_for /var/log/xen/usbdom-serial.log "reason=frontend_gone" 30 || fail "usbdom_kept_guest_u"
+wait_for /var/log/xen/console/guest-usbdom.log "reason=frontend_gone" 30 || fail "usbdom_kept_guest_u"
 xl destroy usbdom
 i=0
 while xl list | awk 'NR > 1 {print $1}' | grep -qE '^(usbdom|\(null\))$'; do

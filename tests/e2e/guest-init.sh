@@ -29,7 +29,8 @@ done
 echo "guest: ready"
 if [ -n "$attack" ]; then
   # Its lines (`attack: …`) go to the console as they come; then it idles until destroyed.
-  /bin/usbattack --devid 0 --phases "$attack" --seconds 60
+  seconds=$(sed -n 's/.*usbdom_attack_seconds=\([0-9]*\).*/\1/p' /proc/cmdline)
+  /bin/usbattack --devid 0 --phases "$attack" --seconds "${seconds:-60}"
   echo "guest: attack exit=$?"
   exec sleep 100000
 fi
@@ -101,7 +102,7 @@ while true; do
       else
         (while [ -b /dev/sda ]; do
            echo 3 > /proc/sys/vm/drop_caches
-           dd if=/dev/sda of=/dev/null bs=1M count=16 2>/dev/null
+           dd if=/dev/sda of=/dev/null bs=1M count=16 2>/dev/null && echo "guest: sda read mib=16"
          done) &
         echo "guest: sda reading"
       fi

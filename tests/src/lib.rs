@@ -363,6 +363,7 @@ impl NestedXen {
             "-device", "usb-storage,bus=xhci.0,port=1,drive=usbdisk,id=stick",
             "-device", "usb-kbd,bus=xhci.0,port=2,id=kbd",
             "-device", "usb-hub,bus=xhci.0,port=3",
+            "-device", "usb-wacom-tablet,bus=xhci.0,port=3.1",
             "-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot iommu=no-sharept",
         ]
         .map(String::from)

@@ -117,9 +117,28 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
-/// Moves up to `max` queued bytes to COM1 (the main loop calls this once a turn), and says
-/// how many lines COM1 lost once there is room to.
+/// Bytes a second COM1 gets while the Xen console carries the log: every byte is work for
+/// dom0's device model, so a busy driver domain must not make dom0 busy too. About eight
+/// lines a second; the queue holds some 15 s more before lines are dropped.
+const SERIAL_BYTES_PER_SECOND: u64 = 1024;
+/// Bytes COM1 may take now (refilled with time, up to a second's worth).
+static SERIAL_CREDIT: spin::Mutex<(u64, u64)> = spin::Mutex::new((0, 0));
+
+/// Moves up to `max` queued bytes to COM1 (the main loop calls this once a turn), within
+/// [`SERIAL_BYTES_PER_SECOND`], and says how many lines COM1 lost once there is room to.
 pub fn drain_serial(max: usize) {
+    let max = {
+        let now = time::now_micros();
+        let mut credit = SERIAL_CREDIT.lock();
+        let (bytes, at) = *credit;
+        let earned = now.saturating_sub(at) * SERIAL_BYTES_PER_SECOND / 1_000_000;
+        let bytes = (bytes + earned).min(SERIAL_BYTES_PER_SECOND);
+        let n = bytes.min(max as u64);
+        // Time is only consumed as it turns into bytes, so slow turns lose nothing.
+        let at = if earned > 0 { now } else { at };
+        *credit = (bytes - n, at);
+        n as usize
+    };
     let mut chunk: heapless::Vec<u8, 64> = heapless::Vec::new();
     super::cpu::without_interrupts(|| {
         let mut q = SERIAL_QUEUE.lock();
