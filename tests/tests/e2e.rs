@@ -371,6 +371,12 @@ fn xen_end_to_end() {
                 && field(l, "domid") != Some(c_id)),
             "nobody else was called misbehaving"
         );
+        // Once guest-c is gone only guest-a's and guest-b's two rings each stay mapped.
+        let c_removed = usbdom
+            .iter()
+            .find(|l| l.contains("event=vusb_removed") && field(l, "domid") == Some(c_id))
+            .expect("usbdom removed guest-c's controller");
+        assert_eq!(field(c_removed, "grants_mapped"), Some("4"), "{c_removed}");
         let reads = |phase: &str| -> u32 {
             marks
                 .iter()
