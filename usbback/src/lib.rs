@@ -431,19 +431,33 @@ where
         host: &mut U,
     ) -> Result<(), XsError> {
         self.xs.poll()?;
-        // A frontend's own state node names its device: only that one is looked at again.
-        // Anything under our backend directory (the toolstack's keys) means a full rescan.
+        // A frontend's own state node, or a node in a known device's backend directory,
+        // names its device: only that one is looked at again (our own writes there fire the
+        // watch too, and a frontend that makes us write must not make us rescan every
+        // controller). Anything else under our directory (a new device) means a full rescan.
         let mut rescan = false;
         let mut frontends = Vec::new();
+        let mut backend_nodes = Vec::new();
+        let mut assignments = Vec::new();
         while let Some(e) = self.xs.next_event() {
-            match self
+            if let Some(id) = self
                 .devices
                 .iter()
                 .find(|(_, d)| d.watch_token == e.token)
                 .map(|(id, _)| *id)
             {
-                Some(id) if !rescan => frontends.push(id),
-                _ => rescan = true,
+                frontends.push(id);
+                continue;
+            }
+            match self.device_node(&e.path) {
+                // The directory itself: created or removed as a whole.
+                Some((_, "")) => rescan = true,
+                Some((_, rest)) if rest.starts_with(PORT_STATUS_DIR) => {}
+                Some((id, rest)) if rest.starts_with(ASSIGN_DIR) => assignments.push(id),
+                // The toolstack's keys (online, state) or our own writes: a frontend makes us
+                // write only as often as its own changes are looked at, so not budgeted.
+                Some((id, _)) => backend_nodes.push(id),
+                None => rescan = true,
             }
         }
         if rescan {
@@ -457,6 +471,21 @@ where
                     if d.reconciles >= RECONCILES_PER_INTERVAL {
                         d.deferred = d.deferred.saturating_add(1);
                     }
+                }
+            }
+            backend_nodes.sort();
+            backend_nodes.dedup();
+            for id in backend_nodes {
+                if self.devices.contains_key(&id) {
+                    self.reconcile(id, host);
+                }
+            }
+            // The toolstack's port assignments (only it writes them).
+            assignments.sort();
+            assignments.dedup();
+            for id in assignments {
+                if self.devices.contains_key(&id) {
+                    self.read_assignments(id, host);
                 }
             }
         }
@@ -569,6 +598,19 @@ where
         for id in touched {
             self.flush(id);
         }
+    }
+
+    /// The known device whose backend directory holds node `path`, and the node's path
+    /// within it (empty for the directory itself).
+    fn device_node<'p>(&self, path: &'p str) -> Option<(DeviceId, &'p str)> {
+        let rest = path.strip_prefix(self.root.as_str())?.strip_prefix('/')?;
+        let mut parts = rest.splitn(3, '/');
+        let frontend = DomId::parse(parts.next()?)?;
+        let devid = parse_decimal(parts.next()?).and_then(|v| u32::try_from(v).ok())?;
+        let id = DeviceId { frontend, devid };
+        self.devices
+            .contains_key(&id)
+            .then_some((id, parts.next().unwrap_or("")))
     }
 
     fn rescan<U: UsbHost<H::Page> + ?Sized>(&mut self, host: &mut U) {
