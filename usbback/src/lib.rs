@@ -87,8 +87,6 @@ const WARNINGS_PER_INTERVAL: u32 = 8;
 /// a guest flapping its state node must not stall the others. Later ones are looked at,
 /// together, once the next second begins.
 const RECONCILES_PER_INTERVAL: u32 = 4;
-/// The longest wait, in intervals (seconds), before a misbehaving frontend is reconnected.
-const MAX_PENALTY_INTERVALS: u32 = 8;
 /// `-ENOMEM`: no frame for a request's buffer (xen-hcd hands the status to the URB as is).
 const USBIF_STATUS_NOMEM: i32 = -12;
 /// Bytes of Linux's `usb_iso_packet_descriptor`.
@@ -182,10 +180,6 @@ struct Device<P> {
     reconcile_due: bool,
     /// State change notifications that came over the budget, in this interval.
     deferred: u32,
-    /// Protocol violations so far, and intervals left before its state changes are looked
-    /// at again ([`Backend::misbehaving`]).
-    violations: u32,
-    penalty: u32,
 }
 
 /// The backend of one driver domain.
@@ -420,7 +414,6 @@ where
                 );
             }
             (dev.reconciles, dev.deferred) = (0, 0);
-            dev.penalty = dev.penalty.saturating_sub(1);
             if let Some(c) = dev.conn.as_mut() {
                 if c.stats != c.logged {
                     log_stats(*id, &c.stats, "running", c.inflight.len());
@@ -500,9 +493,7 @@ where
         let due: Vec<DeviceId> = self
             .devices
             .iter()
-            .filter(|(_, d)| {
-                d.reconcile_due && d.reconciles < RECONCILES_PER_INTERVAL && d.penalty == 0
-            })
+            .filter(|(_, d)| d.reconcile_due && d.reconciles < RECONCILES_PER_INTERVAL)
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -711,8 +702,6 @@ where
                     reconciles: 0,
                     reconcile_due: false,
                     deferred: 0,
-                    violations: 0,
-                    penalty: 0,
                 };
                 self.devices.insert(id, dev);
             }
@@ -1248,18 +1237,9 @@ where
         true
     }
 
-    /// Disconnects a frontend that broke the protocol. Its reconnection waits n seconds for
-    /// its n-th violation (up to [`MAX_PENALTY_INTERVALS`]): a connection costs tens of
-    /// xenstore round trips the main loop waits for, and a guest that breaks the protocol
-    /// on purpose must not make usbdom spend its time reconnecting it.
     fn misbehaving<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, why: &str, host: &mut U) {
-        let penalty = self.devices.get_mut(&id).map_or(0, |d| {
-            d.violations = d.violations.saturating_add(1);
-            d.penalty = d.violations.min(MAX_PENALTY_INTERVALS);
-            d.penalty
-        });
         warn!(
-            "event=frontend_misbehaving domid={} devid={} {why} reconnect_after_s={penalty}",
+            "event=frontend_misbehaving domid={} devid={} {why}",
             id.frontend, id.devid
         );
         self.disconnect(id, "protocol_violation", host);

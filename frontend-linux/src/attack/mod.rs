@@ -37,9 +37,8 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::Error;
 
-/// How long a (re)connection may take: the backend reaches InitWait, then Connected (it
-/// holds a frontend that broke the protocol back for up to 8 s).
-const CONNECT_LIMIT_MS: u64 = 30_000;
+/// How long a (re)connection may take: the backend reaches InitWait, then Connected.
+const CONNECT_LIMIT_MS: u64 = 10_000;
 /// The xenstore watch token of the backend's state.
 const WATCH_TOKEN: &str = "usbattack";
 /// Ids a frontend may use: one per URB-ring slot, as xen-hcd's shadow array.
