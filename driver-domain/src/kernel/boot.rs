@@ -123,8 +123,9 @@ boot_pdpt:
 boot_pd:
     .skip 4096 * 4
     .balign 16
+    .global boot_stack
 boot_stack:
-    .skip 64 * 1024
+    .skip 256 * 1024
 boot_stack_top:
     "#,
     options(att_syntax)

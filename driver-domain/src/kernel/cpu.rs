@@ -132,3 +132,36 @@ pub fn invlpg(addr: u64) {
     // SAFETY: invalidating a TLB entry only costs a later page walk.
     unsafe { asm!("invlpg [{}]", in(reg) addr, options(nostack, preserves_flags)) }
 }
+
+extern "C" {
+    /// The lowest byte of the kernel stack (`boot.rs`); the page tables lie just below it.
+    static mut boot_stack: [u64; 0];
+}
+
+/// What the lowest word of the kernel stack holds while nothing has grown into it.
+const STACK_CANARY: u64 = 0x5453_4d4f_4442_5355;
+
+/// Marks the bottom of the kernel stack (at boot, before anything can reach it).
+pub fn arm_stack_canary() {
+    // SAFETY: `boot_stack` is the kernel stack's lowest word, in .bss, identity-mapped and
+    // writable; the stack is 256 KiB deep and nothing has come near its bottom at boot.
+    unsafe {
+        core::ptr::addr_of_mut!(boot_stack)
+            .cast::<u64>()
+            .write_volatile(STACK_CANARY)
+    }
+}
+
+/// Stops the kernel, saying why, if the stack grew into its last word: the page tables come
+/// next, and overwriting them turns the next interrupt into a silent triple fault.
+pub fn check_stack_canary() {
+    // SAFETY: as in `arm_stack_canary`; a read of a word of our own .bss.
+    let word = unsafe {
+        core::ptr::addr_of!(boot_stack)
+            .cast::<u64>()
+            .read_volatile()
+    };
+    if word != STACK_CANARY {
+        panic!("the kernel stack overflowed into its last word ({word:#x})");
+    }
+}

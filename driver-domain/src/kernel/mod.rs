@@ -71,6 +71,7 @@ fn page_range(start: u64, len: u64) -> Range {
 
 #[no_mangle]
 extern "C" fn kernel_main(start_info_phys: u32) -> ! {
+    cpu::arm_stack_canary();
     let (tsc_hz, tsc_source) = time::init();
     logger::init(log::LevelFilter::Info);
 
@@ -322,6 +323,7 @@ fn main_loop(
         }
         // COM1 gets a few bytes a turn: each one traps to the UART's emulator.
         logger::drain_serial(SERIAL_BYTES_PER_TURN);
+        cpu::check_stack_canary();
         // Work that arrived while the loop ran is looked for with interrupts off, so an
         // interrupt after the look still wakes the `hlt` (`sti; hlt` takes it only after
         // the `hlt` began).
