@@ -18,11 +18,12 @@
 //! OUT data copied in from the guest's grants (one batch per pass), and is handed to the host
 //! controller ([`host::UsbHost`]) as a scatter-gather list; on completion what the device
 //! wrote is copied out with the answer (one batch per flush). No data grant is ever mapped.
-//! One pass takes at most a ring's worth of a frontend's requests ([`Backend::serve_busy`]). SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
+//! One pass takes at most a ring's worth of a frontend's requests ([`Backend::serve_busy`]).
+//! SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
 //! CLEAR_FEATURE(ENDPOINT_HALT) go through the host's own operations so the controller's
 //! endpoint state follows, the first two checked against the [`policy`] (`control.rs`). An
-//! unlink is answered twice: the cancelled request, then the
-//! unlink. Every id gets exactly one answer.
+//! unlink is answered twice: the cancelled request, then the unlink. Every id gets exactly
+//! one answer.
 //!
 //! It knows no hypercall: only the `xen` crate's traits, so it runs against `xen::sim` in
 //! tests and against real Xen in the driver domain. Everything a frontend writes (ring refs,
@@ -42,7 +43,7 @@ pub mod policy;
 pub mod sim_host;
 pub mod superspeed;
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -436,9 +437,9 @@ where
         // watch too, and a frontend that makes us write must not make us rescan every
         // controller). Anything else under our directory (a new device) means a full rescan.
         let mut rescan = false;
-        let mut frontends = Vec::new();
-        let mut backend_nodes = Vec::new();
-        let mut assignments = Vec::new();
+        let mut frontends = BTreeSet::new();
+        let mut backend_nodes = BTreeSet::new();
+        let mut assignments = BTreeSet::new();
         while let Some(e) = self.xs.next_event() {
             if let Some(id) = self
                 .devices
@@ -446,25 +447,27 @@ where
                 .find(|(_, d)| d.watch_token == e.token)
                 .map(|(id, _)| *id)
             {
-                frontends.push(id);
+                frontends.insert(id);
                 continue;
             }
             match self.device_node(&e.path) {
                 // The directory itself: created or removed as a whole.
                 Some((_, "")) => rescan = true,
                 Some((_, rest)) if rest.starts_with(PORT_STATUS_DIR) => {}
-                Some((id, rest)) if rest.starts_with(ASSIGN_DIR) => assignments.push(id),
+                Some((id, rest)) if rest.starts_with(ASSIGN_DIR) => {
+                    assignments.insert(id);
+                }
                 // The toolstack's keys (online, state) or our own writes: a frontend makes us
                 // write only as often as its own changes are looked at, so not budgeted.
-                Some((id, _)) => backend_nodes.push(id),
+                Some((id, _)) => {
+                    backend_nodes.insert(id);
+                }
                 None => rescan = true,
             }
         }
         if rescan {
             self.rescan(host);
         } else {
-            frontends.sort();
-            frontends.dedup();
             for id in frontends {
                 if let Some(d) = self.devices.get_mut(&id) {
                     d.reconcile_due = true;
@@ -473,16 +476,12 @@ where
                     }
                 }
             }
-            backend_nodes.sort();
-            backend_nodes.dedup();
             for id in backend_nodes {
                 if self.devices.contains_key(&id) {
                     self.reconcile(id, host);
                 }
             }
             // The toolstack's port assignments (only it writes them).
-            assignments.sort();
-            assignments.dedup();
             for id in assignments {
                 if self.devices.contains_key(&id) {
                     self.read_assignments(id, host);
@@ -1382,7 +1381,9 @@ where
             self.hv.copy(&self.answer_copies)
         };
         self.answer_copies.clear();
-        for a in core::mem::take(&mut self.answers) {
+        // Drained from a local and put back, so its allocation serves the next flush too.
+        let mut answers = core::mem::take(&mut self.answers);
+        for a in answers.drain(..) {
             self.pool.give_back(a.frames);
             let mut rsp = a.rsp;
             if let Some(status) = copy_failure(&statuses, a.copies) {
@@ -1415,6 +1416,7 @@ where
                 );
             }
         }
+        self.answers = answers;
     }
 
     /// One request copied out of the ring. False when it made the backend disconnect the
