@@ -302,6 +302,71 @@ fn read_state_or_unknown<T: XsTransport>(xs: &mut XenStore<T>, dir: &str) -> Xen
     xenbus::read_state(xs, TxId::NONE, dir).unwrap_or(XenbusState::Unknown)
 }
 
+/// What xenbus and `xenhcd_probe` read of a new device before granting anything.
+pub(crate) struct Probe {
+    /// `/local/domain/<domid>/device/vusb/<devid>`.
+    pub nodename: String,
+    /// The backend's directory.
+    pub otherend: String,
+    pub backend_id: DomId,
+    pub num_ports: u8,
+    pub usb_ver: u8,
+}
+
+/// Probes `/local/domain/<domid>/device/vusb/<devid>`: `backend` and `backend-id`, our
+/// state, which must be Initialising, the backend's `num-ports` (1..=31) and `usb-ver` (1
+/// or 2).
+pub(crate) fn probe<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    domid: DomId,
+    devid: u32,
+) -> Result<Probe, Error> {
+    let nodename = format!("/local/domain/{domid}/device/vusb/{devid}");
+    let otherend = xs.read_string(TxId::NONE, &format!("{nodename}/backend"))?;
+    let backend_id = xenbus::read_u32(xs, TxId::NONE, &nodename, "backend-id", 0..=0x7fef)?;
+    let state = xenbus::read_state(xs, TxId::NONE, &nodename)?;
+    if state != XenbusState::Initialising {
+        return Err(Error::NotInitialising(state));
+    }
+    let num_ports = xenbus::read_u32(xs, TxId::NONE, &otherend, "num-ports", 1..=USBIF_MAX_PORTNR)?;
+    let usb_ver = xenbus::read_u32(xs, TxId::NONE, &otherend, "usb-ver", 1..=2)?;
+    Ok(Probe {
+        nodename,
+        otherend,
+        // The ranges above make these exact.
+        backend_id: DomId(backend_id as u16),
+        num_ports: num_ports as u8,
+        usb_ver: usb_ver as u8,
+    })
+}
+
+/// `xenhcd_connect`'s transaction: the rings' grants and the event channel, under `dir`.
+pub(crate) fn publish_rings<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dir: &str,
+    urb_ring_ref: GrantRef,
+    conn_ring_ref: GrantRef,
+    port: EvtchnPort,
+) -> Result<(), XsError> {
+    xs.transaction(u32::MAX, |xs, tx| {
+        xs.write(
+            tx,
+            &format!("{dir}/urb-ring-ref"),
+            format!("{urb_ring_ref}").as_bytes(),
+        )?;
+        xs.write(
+            tx,
+            &format!("{dir}/conn-ring-ref"),
+            format!("{conn_ring_ref}").as_bytes(),
+        )?;
+        xs.write(
+            tx,
+            &format!("{dir}/event-channel"),
+            format!("{port}").as_bytes(),
+        )
+    })
+}
+
 /// Pages a buffer of `len` bytes touches when it starts `offset` bytes into its first page
 /// (`xenhcd_count_pages`).
 fn count_pages(offset: usize, len: usize) -> usize {
@@ -318,22 +383,13 @@ where
     /// backend's `num-ports` (1..=31) and `usb-ver` (1 or 2), and watches the backend's
     /// state. Nothing is granted until [`poll`](Self::poll) sees the backend ready.
     pub fn new(platform: G, mut xs: XenStore<T>, domid: DomId, devid: u32) -> Result<Self, Error> {
-        let nodename = format!("/local/domain/{domid}/device/vusb/{devid}");
-        let otherend = xs.read_string(TxId::NONE, &format!("{nodename}/backend"))?;
-        let backend_id =
-            xenbus::read_u32(&mut xs, TxId::NONE, &nodename, "backend-id", 0..=0x7fef)?;
-        let state = xenbus::read_state(&mut xs, TxId::NONE, &nodename)?;
-        if state != XenbusState::Initialising {
-            return Err(Error::NotInitialising(state));
-        }
-        let num_ports = xenbus::read_u32(
-            &mut xs,
-            TxId::NONE,
-            &otherend,
-            "num-ports",
-            1..=USBIF_MAX_PORTNR,
-        )?;
-        let usb_ver = xenbus::read_u32(&mut xs, TxId::NONE, &otherend, "usb-ver", 1..=2)?;
+        let Probe {
+            nodename,
+            otherend,
+            backend_id,
+            num_ports,
+            usb_ver,
+        } = probe(&mut xs, domid, devid)?;
         xs.watch(&format!("{otherend}/state"), WATCH_TOKEN)?;
         xs.watch(&nodename, WATCH_TOKEN)?;
         info!(
@@ -344,10 +400,10 @@ where
             xs,
             nodename,
             otherend,
-            backend_id: DomId(backend_id as u16),
-            num_ports: num_ports as u8,
-            usb_ver: usb_ver as u8,
-            state,
+            backend_id,
+            num_ports,
+            usb_ver,
+            state: XenbusState::Initialising,
             conn: None,
             shadow: (0..SHADOWS)
                 .map(|_| Shadow::Free { last_unlink: false })
@@ -462,24 +518,7 @@ where
             port,
         };
         let dir = self.nodename.clone();
-        let written = self.xs.transaction(u32::MAX, |xs, tx| {
-            xs.write(
-                tx,
-                &format!("{dir}/urb-ring-ref"),
-                format!("{urb_ring_ref}").as_bytes(),
-            )?;
-            xs.write(
-                tx,
-                &format!("{dir}/conn-ring-ref"),
-                format!("{conn_ring_ref}").as_bytes(),
-            )?;
-            xs.write(
-                tx,
-                &format!("{dir}/event-channel"),
-                format!("{port}").as_bytes(),
-            )
-        });
-        if let Err(e) = written {
+        if let Err(e) = publish_rings(&mut self.xs, &dir, urb_ring_ref, conn_ring_ref, port) {
             warn!("event=xenhcd_connect_failed nodename={dir} error={e}");
             self.conn = Some(c);
             self.destroy_rings();

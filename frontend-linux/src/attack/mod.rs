@@ -35,7 +35,7 @@ use xen::xenbus::{self, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsTransport};
 use zerocopy::{FromZeros, IntoBytes};
 
-use crate::Error;
+use crate::{probe, publish_rings, Error, Probe};
 
 /// How long a (re)connection may take: the backend reaches InitWait, then Connected.
 const CONNECT_LIMIT_MS: u64 = 10_000;
@@ -285,21 +285,13 @@ where
     /// Probes our device as xen-hcd does: `backend`, `backend-id`, our state Initialising,
     /// the backend's `num-ports`; watches the backend's state. Nothing is granted yet.
     pub fn new(platform: G, mut xs: XenStore<T>, domid: DomId, devid: u32) -> Result<Self, Error> {
-        let nodename = format!("/local/domain/{domid}/device/vusb/{devid}");
-        let otherend = xs.read_string(TxId::NONE, &format!("{nodename}/backend"))?;
-        let backend_id =
-            xenbus::read_u32(&mut xs, TxId::NONE, &nodename, "backend-id", 0..=0x7fef)?;
-        let state = xenbus::read_state(&mut xs, TxId::NONE, &nodename)?;
-        if state != XenbusState::Initialising {
-            return Err(Error::NotInitialising(state));
-        }
-        let num_ports = xenbus::read_u32(
-            &mut xs,
-            TxId::NONE,
-            &otherend,
-            "num-ports",
-            1..=USBIF_MAX_PORTNR,
-        )?;
+        let Probe {
+            nodename,
+            otherend,
+            backend_id,
+            num_ports,
+            ..
+        } = probe(&mut xs, domid, devid)?;
         xs.watch(&format!("{otherend}/state"), WATCH_TOKEN)?;
         Ok(Attacker {
             platform,
@@ -307,9 +299,9 @@ where
             domid,
             nodename,
             otherend,
-            backend_id: DomId(backend_id as u16),
-            num_ports: num_ports as u8,
-            state,
+            backend_id,
+            num_ports,
+            state: XenbusState::Initialising,
             link: None,
             port_speed: [USBIF_SPEED_NONE; USBIF_MAX_PORTNR as usize],
             target: None,
@@ -474,24 +466,7 @@ where
             }
         };
         let dir = self.nodename.clone();
-        let written = self.xs.transaction(u32::MAX, |xs, tx| {
-            xs.write(
-                tx,
-                &format!("{dir}/urb-ring-ref"),
-                format!("{urb_ring_ref}").as_bytes(),
-            )?;
-            xs.write(
-                tx,
-                &format!("{dir}/conn-ring-ref"),
-                format!("{conn_ring_ref}").as_bytes(),
-            )?;
-            xs.write(
-                tx,
-                &format!("{dir}/event-channel"),
-                format!("{port}").as_bytes(),
-            )
-        });
-        if let Err(e) = written {
+        if let Err(e) = publish_rings(&mut self.xs, &dir, urb_ring_ref, conn_ring_ref, port) {
             let _ = self.platform.close(port);
             self.end_grant(urb_ring_ref);
             self.end_grant(conn_ring_ref);
