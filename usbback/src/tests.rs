@@ -311,6 +311,9 @@ struct Model {
     hold: bool,
     /// Transfers queued, in all.
     submitted: usize,
+    /// `cancel` fails as a Stop Endpoint command can: the transfer stays held until
+    /// [`Model::finish_late`].
+    cancel_fails: bool,
     /// What bulk OUT 2 received, per device.
     out: BTreeMap<u32, Vec<u8>>,
     ops: Vec<String>,
@@ -368,6 +371,23 @@ impl Model {
         } else {
             Err(TransferError::Refused)
         }
+    }
+
+    /// The device's late DMA: `byte` into every segment of the held transfer `token`, then
+    /// its completion.
+    fn finish_late(&mut self, token: u64, byte: u8) {
+        let i = self
+            .held
+            .iter()
+            .position(|(_, t)| t.token == token)
+            .unwrap();
+        let (_, t) = self.held.remove(i);
+        for s in &t.segments {
+            s.page
+                .write(usize::from(s.offset), &vec![byte; usize::from(s.len)]);
+        }
+        let n = t.length();
+        self.done(token, Ok(n));
     }
 
     fn done(&mut self, token: u64, result: Result<usize, TransferError>) {
@@ -457,6 +477,9 @@ impl UsbHost<LocalPage> for Model {
         Ok(())
     }
     fn cancel(&mut self, device: u32, token: u64) -> bool {
+        if self.cancel_fails {
+            return false;
+        }
         let Some(i) = self
             .held
             .iter()
