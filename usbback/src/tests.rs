@@ -2,6 +2,7 @@
 //! Linux xen-hcd do.
 
 use super::*;
+use host::Completion;
 use xen::abi::xs_wire::XsdError;
 use xen::hypervisor::EventChannels;
 use xen::page::LocalPage;

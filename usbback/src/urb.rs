@@ -1,0 +1,682 @@
+//! The URB path of [`Backend`]: requests taken from a frontend's ring a budget at a time,
+//! their buffers in our frames ([`crate::bounce`]), OUT data copied in and the transfers
+//! queued to the host in one batch per pass ([`Backend::launch`]), completions answered
+//! with what the device wrote copied out in one batch per flush
+//! ([`Backend::finish_answers`]).
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use log::warn;
+use xen::abi::grant_table::GntStatus;
+use xen::abi::usbif::*;
+use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrame, LocalFrames};
+use xen::page::SharedPage;
+use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
+use xen::xenstore::XsTransport;
+
+use crate::bounce::{self, Buffer};
+use crate::host::{self, Completion, IsoPacket, UsbHost};
+use crate::{
+    control, response, status_of, superspeed, Backend, DeviceId, InFlight, BUDGET, GET_DESCRIPTOR,
+    ISO_DESCRIPTOR_SIZE, USBIF_STATUS_NOMEM, WARNINGS_PER_INTERVAL,
+};
+
+impl<H, T> Backend<H, T>
+where
+    H: GrantMapper + GrantCopier + LocalFrames + EventChannels,
+    H::Page: Clone + SharedPage,
+    T: XsTransport,
+{
+    /// Takes up to [`BUDGET`] waiting URB requests of `id`, copies in the OUT data of all of
+    /// them in one batch, queues them to the host, then pushes the answers. A frontend with
+    /// requests left waits in [`Backend::serve_busy`]'s queue behind the others.
+    pub(crate) fn service<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
+        enum Next {
+            Request(UsbifUrbRequest),
+            Again,
+            Idle,
+        }
+        if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+            let waiting = c.urb.unconsumed_requests().unwrap_or(0);
+            if waiting + c.urb.outstanding() >= c.urb.size() {
+                c.stats.ring_full += 1;
+            }
+        }
+        let mut stage = Stage::default();
+        let mut taken = 0;
+        let more = loop {
+            let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
+                break false;
+            };
+            if taken == BUDGET || stage.waited_on_device {
+                break true;
+            }
+            let next = match c.urb.next_request() {
+                Ok(Some(raw)) => Ok(Next::Request(raw)),
+                // None now: ask to be notified, and look once more (the race with the
+                // frontend's next push).
+                Ok(None) => c.urb.final_check_for_requests().map(|more| {
+                    if more {
+                        Next::Again
+                    } else {
+                        Next::Idle
+                    }
+                }),
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(Next::Request(raw)) => {
+                    taken += 1;
+                    if !self.request(id, raw, host, &mut stage) {
+                        break false;
+                    }
+                }
+                Ok(Next::Again) => {}
+                Ok(Next::Idle) => break false,
+                Err(e) => {
+                    self.misbehaving(id, &format!("{e}"), host);
+                    break false;
+                }
+            }
+        };
+        self.launch(&mut stage, host);
+        if !self.connected(id) {
+            return;
+        }
+        if more && !self.busy.contains(&id) {
+            self.busy.push_back(id);
+        }
+        if !self.flush(id) {
+            self.misbehaving(id, "reason=conn_ring_overrun", host);
+        }
+    }
+
+    /// Whether a warning about a request of `id` may be logged now ([`WARNINGS_PER_INTERVAL`]);
+    /// one that may not is counted for `event=log_suppressed`.
+    pub(crate) fn may_warn(&mut self, id: DeviceId) -> bool {
+        let Some(d) = self.devices.get_mut(&id) else {
+            return false;
+        };
+        if d.warned < WARNINGS_PER_INTERVAL {
+            d.warned += 1;
+            true
+        } else {
+            d.suppressed = d.suppressed.saturating_add(1);
+            false
+        }
+    }
+
+    /// Whether `id` has a connection (rings mapped, channel bound).
+    pub(crate) fn connected(&self, id: DeviceId) -> bool {
+        self.devices.get(&id).is_some_and(|d| d.conn.is_some())
+    }
+
+    /// Whether a frontend still has requests after its last budget: the main loop then calls
+    /// [`Backend::serve_busy`] instead of sleeping.
+    pub fn has_work(&self) -> bool {
+        !self.busy.is_empty()
+    }
+
+    /// Serves once more, one budget each and in turn, every frontend left with requests.
+    pub fn serve_busy<U: UsbHost<H::Page> + ?Sized>(&mut self, host: &mut U) {
+        for _ in 0..self.busy.len() {
+            if let Some(id) = self.busy.pop_front() {
+                self.service(id, host);
+            }
+        }
+    }
+
+    /// Whether request id `rid` of `id` is taken: in flight, staged in this pass, or an
+    /// unlink waiting to be answered.
+    fn id_in_use(&self, id: DeviceId, rid: u16, stage: &Stage<H::Page>) -> bool {
+        stage.requests.iter().any(|r| r.id == id && r.rid == rid)
+            || self
+                .devices
+                .get(&id)
+                .and_then(|d| d.conn.as_ref())
+                .is_some_and(|c| {
+                    c.inflight.contains_key(&rid)
+                        || c.inflight.values().any(|f| f.unlinked_by == Some(rid))
+                })
+    }
+
+    /// Queues the answer to a request that moved no data.
+    pub(crate) fn respond(&mut self, id: DeviceId, rsp: UsbifUrbResponse) {
+        self.answers.push(Answer {
+            id,
+            rsp,
+            frames: Vec::new(),
+            copies: 0..0,
+        });
+    }
+
+    /// Runs the copies of every queued answer in one batch, then pushes the answers in the
+    /// order they were queued (an unlink's right after the request it cancelled) and gives
+    /// their frames back. An answer whose copy failed (the frontend revoked its grant) says
+    /// so instead.
+    pub(crate) fn finish_answers(&mut self) {
+        if self.answers.is_empty() {
+            return;
+        }
+        let statuses = if self.answer_copies.is_empty() {
+            Vec::new()
+        } else {
+            self.hv.copy(&self.answer_copies)
+        };
+        self.answer_copies.clear();
+        // Drained from a local and put back, so its allocation serves the next flush too.
+        let mut answers = core::mem::take(&mut self.answers);
+        for a in answers.drain(..) {
+            self.pool.give_back(a.frames);
+            let mut rsp = a.rsp;
+            if let Some(status) = copy_failure(&statuses, a.copies) {
+                if self.may_warn(a.id) {
+                    warn!(
+                    "event=urb_grant_copy_failed domid={} devid={} id={} direction=to_frontend status={}",
+                    a.id.frontend,
+                    a.id.devid,
+                    rsp.id,
+                    status.name()
+                );
+                }
+                rsp.status = USBIF_STATUS_IOERROR;
+                rsp.actual_length = 0;
+            }
+            let Some(c) = self.devices.get_mut(&a.id).and_then(|d| d.conn.as_mut()) else {
+                continue;
+            };
+            if rsp.status == USBIF_STATUS_OK {
+                c.stats.completed += 1;
+                c.stats.bytes += u64::try_from(rsp.actual_length).unwrap_or(0);
+            } else {
+                c.stats.errors += 1;
+            }
+            // Cannot fail: every request is consumed before it is answered, once.
+            if c.urb.push_response(&rsp).is_err() {
+                warn!(
+                    "event=urb_response_dropped domid={} devid={} id={}",
+                    a.id.frontend, a.id.devid, rsp.id
+                );
+            }
+        }
+        self.answers = answers;
+    }
+
+    /// One request copied out of the ring. False when it made the backend disconnect the
+    /// frontend.
+    fn request<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        raw: UsbifUrbRequest,
+        host: &mut U,
+        stage: &mut Stage<H::Page>,
+    ) -> bool {
+        let Some(num_ports) = self.devices.get(&id).map(|d| d.num_ports) else {
+            return false;
+        };
+        match UrbRequest::decode(&raw, num_ports) {
+            Err(e) => {
+                if self.may_warn(id) {
+                    warn!(
+                        "event=urb_invalid domid={} devid={} id={} {e}",
+                        id.frontend, id.devid, raw.id
+                    );
+                }
+                self.respond(id, response(raw.id, USBIF_STATUS_INVAL, 0));
+                true
+            }
+            Ok(UrbRequest::Unlink {
+                id: rid, unlink_id, ..
+            }) => {
+                if self.id_in_use(id, rid, stage) {
+                    self.misbehaving(id, &format!("reason=id_reused id={rid}"), host);
+                    return false;
+                }
+                // The request to cancel may be among those staged in this pass.
+                self.launch(stage, host);
+                let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
+                    return false;
+                };
+                match c.inflight.get_mut(&unlink_id) {
+                    // Answered once the cancelled request is, right after it.
+                    Some(f) if f.unlinked_by.is_none() => {
+                        f.unlinked_by = Some(rid);
+                        c.stats.unlinked += 1;
+                        let (device, token) = (f.device, f.token);
+                        host.cancel(device, token);
+                    }
+                    _ => self.respond(id, response(rid, USBIF_STATUS_INVAL, 0)),
+                }
+                true
+            }
+            Ok(UrbRequest::Submit(s)) => self.submit(id, s, host, stage),
+        }
+    }
+
+    /// Checks a submission, answers the requests the backend handles itself, and stages the
+    /// rest with their buffers in our frames and their OUT data's copies in `stage`.
+    fn submit<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        s: Submit,
+        host: &mut U,
+        stage: &mut Stage<H::Page>,
+    ) -> bool {
+        if self.id_in_use(id, s.id, stage) {
+            self.misbehaving(id, &format!("reason=id_reused id={}", s.id), host);
+            return false;
+        }
+        let Some(dev) = self.devices.get_mut(&id) else {
+            return false;
+        };
+        let Some(port) = usize::from(s.pipe.port)
+            .checked_sub(1)
+            .and_then(|i| dev.ports.get_mut(i))
+        else {
+            self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
+            return true;
+        };
+        let Some(device) = port.device else {
+            self.respond(id, response(s.id, USBIF_STATUS_NODEV, 0));
+            return true;
+        };
+        // Address 0 is the default address a device answers after a reset.
+        if s.pipe.device != 0 && s.pipe.device != port.address {
+            self.respond(id, response(s.id, USBIF_STATUS_NODEV, 0));
+            return true;
+        }
+        let superspeed = port.superspeed;
+        let port_number = s.pipe.port;
+        let (direction, setup) = match s.transfer {
+            pvusb::Transfer::Control { setup } => {
+                let d = if setup[0] & 0x80 != 0 {
+                    host::Direction::In
+                } else {
+                    host::Direction::Out
+                };
+                (d, Some(setup))
+            }
+            _ => match s.pipe.direction {
+                pvusb::Direction::In => (host::Direction::In, None),
+                pvusb::Direction::Out => (host::Direction::Out, None),
+            },
+        };
+        let mut rewrite = None;
+        if let Some(setup) = setup {
+            // Transfers staged before an intercepted request reach the device before it.
+            if let Some(request) = control::intercept(&setup) {
+                self.launch(stage, host);
+                // The host carries these out while the loop waits (a device may take up to
+                // its timeouts): one per frontend per pass, then the others get their turn.
+                stage.waited_on_device |= matches!(
+                    request,
+                    control::Standard::SetConfiguration(_)
+                        | control::Standard::SetInterface { .. }
+                        | control::Standard::ClearHalt(_)
+                );
+            }
+            if self.standard_request(id, s.id, port_number, device, setup, host) {
+                return true;
+            }
+            let value = u16::from_le_bytes([setup[2], setup[3]]);
+            let kind = (value >> 8) as u8;
+            if superspeed
+                && setup[0] == 0x80
+                && setup[1] == GET_DESCRIPTOR
+                && (kind == superspeed::DEVICE || kind == superspeed::CONFIGURATION)
+            {
+                rewrite = Some((kind, value as u8));
+            }
+        }
+
+        // One of our frames per segment, data first, then isochronous descriptors.
+        let segments: Vec<pvusb::Segment> = s
+            .buffer
+            .iter()
+            .chain(s.iso_descriptors.iter())
+            .copied()
+            .collect();
+        let Some(frames) = self.pool.take(&mut self.hv, segments.len()) else {
+            if self.may_warn(id) {
+                warn!(
+                    "event=bounce_frames_exhausted domid={} devid={} id={} held={} max={}",
+                    id.frontend,
+                    id.devid,
+                    s.id,
+                    self.pool.held(),
+                    bounce::MAX_POOL_FRAMES
+                );
+            }
+            self.respond(id, response(s.id, USBIF_STATUS_NOMEM, 0));
+            return true;
+        };
+        let buffer = Buffer {
+            dom: id.frontend,
+            frames,
+            segments,
+            data: s.buffer.len(),
+        };
+        // A configuration read whole before is answered as it was then.
+        if let Some((superspeed::CONFIGURATION, index)) = rewrite {
+            let cached = self.devices.get(&id).and_then(|d| {
+                let p = d.ports.get(usize::from(port_number) - 1)?;
+                p.configs.get(index).map(<[u8]>::to_vec)
+            });
+            if let Some(config) = cached {
+                let n = buffer.data_len().min(config.len());
+                buffer.write_data(0, &config[..n]);
+                let start = self.answer_copies.len();
+                buffer.copy_out_data(0, n, &mut self.answer_copies);
+                self.answers.push(Answer {
+                    id,
+                    rsp: response(s.id, USBIF_STATUS_OK, n),
+                    frames: buffer.frames,
+                    copies: start..self.answer_copies.len(),
+                });
+                return true;
+            }
+        }
+        let start = stage.copies.len();
+        if direction == host::Direction::Out {
+            buffer.copy_in_data(&mut stage.copies);
+        } else {
+            buffer.probe_data(&mut stage.copies);
+        }
+        buffer.copy_in_descriptors(&mut stage.copies);
+        let copies = start..stage.copies.len();
+        let transfer_type = match s.pipe.transfer_type {
+            pvusb::TransferType::Control => host::TransferType::Control,
+            pvusb::TransferType::Isochronous => host::TransferType::Isochronous,
+            pvusb::TransferType::Interrupt => host::TransferType::Interrupt,
+            pvusb::TransferType::Bulk => host::TransferType::Bulk,
+        };
+        let number_of_packets = match s.transfer {
+            pvusb::Transfer::Isochronous {
+                number_of_packets, ..
+            } => number_of_packets,
+            _ => 0,
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        let transfer = host::Transfer {
+            token,
+            endpoint: if setup.is_some() { 0 } else { s.pipe.endpoint },
+            direction,
+            transfer_type,
+            setup,
+            segments: buffer.frames[..buffer.data]
+                .iter()
+                .zip(&buffer.segments)
+                .map(|(f, g)| host::Segment {
+                    page: f.page.clone(),
+                    phys: f.bus_addr,
+                    offset: g.offset,
+                    len: g.length,
+                })
+                .collect(),
+            short_not_ok: s.short_not_ok,
+            iso_packets: Vec::new(),
+            start_frame: None,
+        };
+        stage.requests.push(Staged {
+            id,
+            rid: s.id,
+            device,
+            port: port_number,
+            buffer,
+            copies,
+            transfer,
+            number_of_packets,
+            buffer_length: s.buffer_length,
+            rewrite,
+        });
+        true
+    }
+
+    /// Queues the staged requests to the host, in ring order, once their copies are done
+    /// (all in one batch). A request whose copy failed is answered with an error and never
+    /// reaches the device.
+    fn launch<U: UsbHost<H::Page> + ?Sized>(&mut self, stage: &mut Stage<H::Page>, host: &mut U) {
+        if stage.requests.is_empty() {
+            return;
+        }
+        let statuses = if stage.copies.is_empty() {
+            Vec::new()
+        } else {
+            self.hv.copy(&stage.copies)
+        };
+        stage.copies.clear();
+        for mut r in stage.requests.drain(..) {
+            let id = r.id;
+            // Its frontend was disconnected in this pass: nothing reached the device.
+            if !self.connected(id) {
+                self.pool.give_back(r.buffer.frames);
+                continue;
+            }
+            if let Some(status) = copy_failure(&statuses, r.copies.clone()) {
+                if self.may_warn(id) {
+                    warn!(
+                    "event=urb_grant_copy_failed domid={} devid={} id={} direction=from_frontend status={}",
+                    id.frontend,
+                    id.devid,
+                    r.rid,
+                    status.name()
+                );
+                }
+                self.pool.give_back(r.buffer.frames);
+                self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
+                continue;
+            }
+            for i in 0..usize::from(r.number_of_packets) {
+                let mut d = [0u8; ISO_DESCRIPTOR_SIZE];
+                r.buffer.read_descriptors(i * ISO_DESCRIPTOR_SIZE, &mut d);
+                let offset = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                let length = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
+                if u64::from(offset) + u64::from(length) > u64::from(r.buffer_length) {
+                    if self.may_warn(id) {
+                        warn!(
+                        "event=urb_invalid domid={} devid={} id={} reason=iso_packet_outside_buffer packet={i} offset={offset} length={length}",
+                        id.frontend, id.devid, r.rid
+                    );
+                    }
+                    r.transfer.iso_packets.clear();
+                    break;
+                }
+                r.transfer.iso_packets.push(IsoPacket { offset, length });
+            }
+            if r.transfer.iso_packets.len() != usize::from(r.number_of_packets) {
+                self.pool.give_back(r.buffer.frames);
+                self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
+                continue;
+            }
+            let token = r.transfer.token;
+            let iso_packets = r.transfer.iso_packets.clone();
+            let direction = r.transfer.direction;
+            match host.submit(r.device, r.transfer) {
+                Err(e) => {
+                    self.pool.give_back(r.buffer.frames);
+                    self.respond(id, response(r.rid, status_of(e), 0));
+                }
+                Ok(()) => {
+                    self.tokens.insert(token, (id, r.rid));
+                    if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+                        c.inflight.insert(
+                            r.rid,
+                            InFlight {
+                                token,
+                                device: r.device,
+                                buffer: r.buffer,
+                                direction,
+                                iso_packets,
+                                rewrite: r.rewrite,
+                                port: r.port,
+                                unlinked_by: None,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the request a host transfer finished: a SuperSpeed descriptor rewritten,
+    /// isochronous packet results written to the descriptors, and what the device wrote
+    /// queued to be copied to the frontend with the answer (and the unlink's, if one waits).
+    /// A transfer of a frontend that is gone gives its frames back. Returns the frontend
+    /// touched.
+    pub(crate) fn complete(&mut self, c: Completion) -> Option<DeviceId> {
+        if let Some(frames) = self.quarantine.remove(&c.token) {
+            self.pool.give_back(frames);
+            return None;
+        }
+        let (id, rid) = self.tokens.remove(&c.token)?;
+        let conn = self.devices.get_mut(&id)?.conn.as_mut()?;
+        let f = conn.inflight.remove(&rid)?;
+        let total = f.buffer.data_len();
+        let (status, mut actual) = match c.result {
+            Ok(n) => (USBIF_STATUS_OK, n.min(total)),
+            Err(e) => (status_of(e), 0),
+        };
+        let mut whole_config = None;
+        if let (Some((kind, index)), USBIF_STATUS_OK) = (f.rewrite, status) {
+            let mut bytes = alloc::vec![0u8; actual];
+            f.buffer.read_data(0, &mut bytes);
+            let rewritten = if kind == superspeed::DEVICE {
+                superspeed::rewrite_device(&mut bytes);
+                bytes
+            } else {
+                let whole = bytes.len() >= 4
+                    && bytes.len() >= usize::from(u16::from_le_bytes([bytes[2], bytes[3]]));
+                let rewritten = superspeed::rewrite_configuration(&bytes);
+                if whole {
+                    whole_config = Some((index, rewritten.clone()));
+                }
+                rewritten
+            };
+            f.buffer.write_data(0, &rewritten);
+            actual = rewritten.len().min(total);
+        }
+        let mut error_count = 0;
+        for (i, r) in c.iso.iter().enumerate() {
+            let packet_status = match r.status {
+                Ok(()) => 0,
+                Err(e) => {
+                    error_count += 1;
+                    status_of(e)
+                }
+            };
+            // actual_length and status of the i-th `usb_iso_packet_descriptor`.
+            let mut result = [0u8; 8];
+            result[..4].copy_from_slice(&r.actual_length.to_le_bytes());
+            result[4..].copy_from_slice(&packet_status.to_le_bytes());
+            let at = i * ISO_DESCRIPTOR_SIZE
+                + core::mem::offset_of!(UsbIsoPacketDescriptor, actual_length);
+            f.buffer.write_descriptors(at, &result);
+        }
+        // Only bytes the device wrote go back: the frames held other requests' data before.
+        let start = self.answer_copies.len();
+        if f.direction == host::Direction::In {
+            if f.iso_packets.is_empty() {
+                f.buffer.copy_out_data(0, actual, &mut self.answer_copies);
+            } else {
+                for (p, r) in f.iso_packets.iter().zip(&c.iso) {
+                    let n = r.actual_length.min(p.length) as usize;
+                    f.buffer
+                        .copy_out_data(p.offset as usize, n, &mut self.answer_copies);
+                }
+            }
+        }
+        f.buffer.copy_out_descriptors(&mut self.answer_copies);
+        let copies = start..self.answer_copies.len();
+        if let Some((index, config)) = whole_config {
+            if let Some(p) = self
+                .devices
+                .get_mut(&id)
+                .and_then(|d| d.ports.get_mut(usize::from(f.port).wrapping_sub(1)))
+            {
+                if let Some(full) = p.configs.insert(index, config) {
+                    warn!(
+                        "event=superspeed_cache_full domid={} devid={} port={} index={index} cap={} entries={} bytes={}",
+                        id.frontend,
+                        id.devid,
+                        f.port,
+                        full.name(),
+                        p.configs.len(),
+                        p.configs.bytes()
+                    );
+                }
+            }
+        }
+        self.answers.push(Answer {
+            id,
+            rsp: UsbifUrbResponse {
+                id: rid,
+                start_frame: c.start_frame,
+                status,
+                actual_length: i32::try_from(actual).unwrap_or(i32::MAX),
+                error_count,
+            },
+            frames: f.buffer.frames,
+            copies,
+        });
+        if let Some(unlink) = f.unlinked_by {
+            self.respond(id, response(unlink, USBIF_STATUS_OK, 0));
+        }
+        Some(id)
+    }
+}
+
+/// Requests of one pass waiting for their copies in: queued to the host in ring order once
+/// the batch is done.
+struct Stage<P> {
+    copies: Vec<CopyOp>,
+    requests: Vec<Staged<P>>,
+    /// A request of this pass made the host wait for the device (SET_CONFIGURATION,
+    /// SET_INTERFACE, CLEAR_FEATURE): the pass ends after it.
+    waited_on_device: bool,
+}
+
+impl<P> Default for Stage<P> {
+    fn default() -> Self {
+        Stage {
+            copies: Vec::new(),
+            requests: Vec::new(),
+            waited_on_device: false,
+        }
+    }
+}
+
+/// A checked submission with its buffer in our frames.
+struct Staged<P> {
+    id: DeviceId,
+    rid: u16,
+    device: u32,
+    port: u8,
+    buffer: Buffer<P>,
+    /// Its copies in the stage's batch.
+    copies: Range<usize>,
+    /// The transfer, but for its isochronous packets (read from the copied descriptors).
+    transfer: host::Transfer<P>,
+    number_of_packets: u16,
+    buffer_length: u32,
+    rewrite: Option<(u8, u8)>,
+}
+
+/// An answer waiting for its copies out and its publication.
+pub(crate) struct Answer<P> {
+    id: DeviceId,
+    rsp: UsbifUrbResponse,
+    /// Frames that go back to the pool once the copies are done.
+    frames: Vec<LocalFrame<P>>,
+    /// Its copies in [`Backend::answer_copies`].
+    copies: Range<usize>,
+}
+
+/// The first failed status among `statuses[range]` (a missing one counts as failed).
+fn copy_failure(statuses: &[GntStatus], range: Range<usize>) -> Option<GntStatus> {
+    range
+        .map(|i| statuses.get(i).copied().unwrap_or(GntStatus::GeneralError))
+        .find(|s| *s != GntStatus::Okay)
+}
