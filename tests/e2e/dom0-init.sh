@@ -143,7 +143,8 @@ canary_check() {
   canary_stream > /run/canary/pattern
 }
 
-# usbdom.mode= on dom0's command line: test (the scenario below), bench (tests/e2e/bench.sh)
+# usbdom.mode= on dom0's command line: test (the scenario below), bench (tests/e2e/bench.sh),
+# soak (tests/e2e/soak.sh)
 # or shell (`cargo xtask run --xen`: the scenario's first half, then a shell on the console).
 mode=$(sed -n 's/.*usbdom\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 xhci=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1; exit}')
@@ -160,6 +161,10 @@ create_usbdom() {
 }
 if [ "$mode" = bench ]; then
   . /e2e/bench.sh
+  finish
+fi
+if [ "$mode" = soak ]; then
+  . /e2e/soak.sh
   finish
 fi
 create_usbdom

@@ -34,6 +34,27 @@ if [ -n "$attack" ]; then
   echo "guest: attack exit=$?"
   exec sleep 100000
 fi
+# The soak (`usbdom_soak=<seconds>`, tests/e2e/soak.sh): new processes, one after the other,
+# for that long (each a fresh exec of busybox: the kernel reports any that crash), while a
+# stick, if one comes, is read on and on.
+soak=$(sed -n 's/.*usbdom_soak=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$soak" ]; then
+  (while true; do
+     if [ -b /dev/sda ]; then
+       dd if=/dev/sda of=/dev/null bs=1M count=16 iflag=direct 2>/dev/null && echo "guest: soak read mib=16"
+     else
+       sleep 1
+     fi
+   done) &
+  end=$(( $(cut -d. -f1 /proc/uptime) + soak ))
+  n=0 failed=0
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+    /bin/busybox true || failed=$((failed + 1))
+    n=$((n + 1))
+  done
+  echo "guest: soak execs=$n failed=$failed"
+  exec sleep 100000
+fi
 # The benchmark (`usbdom_bench=<MiB>` on the command line): rounds of direct-I/O reads and
 # writes of the stick, each timed by dd, then nothing else.
 bench=$(sed -n 's/.*usbdom_bench=\([0-9]*\).*/\1/p' /proc/cmdline)

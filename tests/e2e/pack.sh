@@ -11,7 +11,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/e2e/xen-cfg" "$stage/boot"
 install -m 0755 "$here/dom0-init.sh" "$stage/init"
-cp "$here/bench.sh" "$stage/e2e/bench.sh"
+cp "$here/bench.sh" "$here/soak.sh" "$stage/e2e/"
 cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"

@@ -368,6 +368,19 @@ impl NestedXen {
         ]
         .map(String::from)
         .to_vec();
+        // Experiments on the outer machine (`cargo xtask soak`): USBDOM_E2E_ACCEL and
+        // USBDOM_E2E_CPU replace the accelerator's and the CPU's options, USBDOM_E2E_XEN_ARGS
+        // is added to Xen's command line.
+        if let Ok(accel) = std::env::var("USBDOM_E2E_ACCEL") {
+            args[3] = accel;
+        }
+        if let Ok(cpu) = std::env::var("USBDOM_E2E_CPU") {
+            args[5] = cpu;
+        }
+        if let Ok(extra) = std::env::var("USBDOM_E2E_XEN_ARGS") {
+            let append = args.len() - 1;
+            args[append] = format!("{} {extra}", args[append]);
+        }
         args.extend([
             "-drive".into(),
             format!("if=none,id=usbdisk,file={},format=raw", self.stick),

@@ -13,6 +13,8 @@
 //! - `cargo xtask bench backend|qemu|e2e`: figures, not tests: usbback's CPU time per URB on
 //!   `xen::sim`; the ring path against the xHCI driver alone, in one demo-mode boot; usbdom
 //!   against qusb and passthrough on Xen.
+//! - `cargo xtask soak`: the nested machine's own soundness: crashed processes and triple
+//!   faults per domain with usbdom, qusb or no USB traffic (tests/examples/soak_e2e.rs).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ fn main() {
         Some("demo") => demo(),
         Some("e2e") => e2e_command(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("soak") => nested_xen_program("soak_e2e", "soak-stick.img", 64, &args[1..]),
         Some("install") => install(),
         _ => {
             eprintln!(
@@ -56,6 +59,8 @@ fn main() {
                  \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
                  \x20          `bench qemu`: the ring path against the driver alone, in QEMU;\n\
                  \x20          `bench e2e [--mib N]`: usbdom vs qusb vs passthrough on Xen\n\
+                 \x20 soak     crashes in the nested machine with and without usbdom's traffic:\n\
+                 \x20          `soak [--usb none|usbdom|qusb] [--type pvh|pv] [--seconds N] [--runs N]`\n\
                  \x20 install  only install prerequisites"
             );
             exit(2);
