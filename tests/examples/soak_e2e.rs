@@ -67,9 +67,12 @@ fn main() {
         }
         if !passed {
             println!(
-                "soak run={run} did not finish{}",
+                "soak run={run} did not finish{}; its last lines:",
                 if out.timed_out { " (time limit)" } else { "" }
             );
+            for (t, l) in out.lines.iter().rev().take(30).rev() {
+                println!("soak run={run} [{:8.3}] {l}", t.as_secs_f64());
+            }
         }
     }
     println!("soak usb={usb} type={gtype} vcpus={vcpus} seconds={seconds} runs={runs} execs={execs} crashes={crashes} triple_faults={triples}");

@@ -348,13 +348,11 @@ impl NestedXen {
     /// QMP's key events go to the first keyboard QEMU has, which must be the USB one.
     ///
     /// `iommu=no-sharept`: TCG's `-cpu max` is an AMD CPU (SVM, nested paging), the IOMMU an
-    /// Intel VT-d — a pair no real machine has. Xen 4.17 then reports "Intel VT-d Shared EPT
-    /// tables enabled" and lets the VT-d walk an HVM domain's p2m, which is in AMD's nested
-    /// page table format, not EPT's; and p2m changes are not followed by VT-d IOTLB flushes.
-    /// The passed-through xHCI's DMA for usbdom then lands now and then in other domains'
-    /// memory (dom0's processes died in `ld-linux`, `xl` failed a symbol lookup, guests'
-    /// libc aborted, a guest took a triple fault, one URB's DMA landed in another's page).
-    /// With separate IOMMU tables Xen maintains them in VT-d's format and flushes them.
+    /// Intel VT-d — a pair no real machine has. Xen 4.17 would report "Intel VT-d Shared EPT
+    /// tables enabled" and let the VT-d walk an HVM domain's p2m, which is in AMD's nested
+    /// page table format, not EPT's; with separate tables Xen keeps VT-d's own and flushes
+    /// them. (It was first taken for the cause of the crashes of dom0's and the guests'
+    /// processes; `cargo xtask soak` shows those with no passthrough and no USB at all.)
     pub fn args(&self, dom0_args: &str, qmp: Option<&Path>) -> Vec<String> {
         let mut args: Vec<String> = [
             "-M", "q35,i8042=off", "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-smap",
