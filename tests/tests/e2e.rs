@@ -148,8 +148,8 @@ fn xen_end_to_end() {
             marks.iter().any(|(_, l)| l.contains("result=pass")),
             "the dom0 scenario failed"
         );
-        // The IOMMU keeps its own tables (see `NestedXen::args`): shared with an AMD nested
-        // p2m, the passed-through controller's DMA corrupted other domains.
+        // The IOMMU keeps its own tables (see `NestedXen::args`): VT-d cannot walk an AMD
+        // nested p2m.
         assert!(
             !r.lines
                 .iter()

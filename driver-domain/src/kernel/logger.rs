@@ -60,12 +60,13 @@ fn format(level: log::Level, args: &fmt::Arguments<'_>) -> Line {
     line
 }
 
-/// Writes a line to every sink; with the Xen console, COM1 gets it later.
-fn emit(line: &str) {
+/// Writes a line to every sink; with the Xen console, COM1 gets it later, and never a
+/// `periodic` one (counters logged every second: on COM1 they took most of its share).
+fn emit(line: &str, periodic: bool) {
     let com1 = COM1_PRESENT.load(Ordering::Relaxed);
     if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
         console.write(line.as_bytes());
-        if com1 {
+        if com1 && !periodic {
             let mut q = SERIAL_QUEUE.lock();
             if q.capacity() - q.len() >= line.len() {
                 for &b in line.as_bytes() {
@@ -97,10 +98,11 @@ impl Log for Logger {
             return;
         }
         let line = format(record.level(), record.args());
+        let periodic = record.target() == usbback::PERIODIC_TARGET;
         // Interrupt handlers log too: keep them out while a line is half written.
         super::cpu::without_interrupts(|| {
             let _guard = LOCK.lock();
-            emit(&line.0);
+            emit(&line.0, periodic);
         });
     }
 
@@ -117,27 +119,34 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
-/// Bytes a second COM1 gets while the Xen console carries the log: every byte is work for
-/// dom0's device model, so a busy driver domain must not make dom0 busy too. About eight
-/// lines a second; the queue holds some 15 s more before lines are dropped.
-const SERIAL_BYTES_PER_SECOND: u64 = 1024;
-/// Bytes COM1 may take now (refilled with time, up to a second's worth).
-static SERIAL_CREDIT: spin::Mutex<(u64, u64)> = spin::Mutex::new((0, 0));
+/// The share of the driver domain's time COM1 may take while the Xen console carries the
+/// log, in percent. Every byte to an emulated UART is a trap to dom0's device model: some
+/// microseconds on hardware (thousands of bytes a second within the share), about a
+/// millisecond under nested virtualisation (some 50). A byte budget of 1 KB/s let COM1 take
+/// a third of usbdom's time with guests reading, and all of it under a logging attack.
+const SERIAL_SHARE_PERCENT: u64 = 5;
+/// The most COM1 time saved up while it had nothing to write, in µs.
+const SERIAL_BURST_US: i64 = 20_000;
+/// COM1's time credit in µs (negative after a turn that cost more) and when it was last
+/// earned.
+static SERIAL_CREDIT: spin::Mutex<(i64, u64)> = spin::Mutex::new((0, 0));
 
-/// Moves up to `max` queued bytes to COM1 (the main loop calls this once a turn), within
-/// [`SERIAL_BYTES_PER_SECOND`], and says how many lines COM1 lost once there is room to.
+/// Moves up to `max` queued bytes to COM1 (the main loop calls this once a turn) while COM1
+/// is within its [`SERIAL_SHARE_PERCENT`] of the time, measured, and says how many lines
+/// COM1 lost once there is room to.
 pub fn drain_serial(max: usize) {
     let max = {
         let now = time::now_micros();
         let mut credit = SERIAL_CREDIT.lock();
-        let (bytes, at) = *credit;
-        let earned = now.saturating_sub(at) * SERIAL_BYTES_PER_SECOND / 1_000_000;
-        let bytes = (bytes + earned).min(SERIAL_BYTES_PER_SECOND);
-        let n = bytes.min(max as u64);
-        // Time is only consumed as it turns into bytes, so slow turns lose nothing.
-        let at = if earned > 0 { now } else { at };
-        *credit = (bytes - n, at);
-        n as usize
+        let (us, at) = *credit;
+        let earned = (now.saturating_sub(at) * SERIAL_SHARE_PERCENT / 100) as i64;
+        let us = us.saturating_add(earned).min(SERIAL_BURST_US);
+        *credit = (us, now);
+        if us > 0 {
+            max
+        } else {
+            0
+        }
     };
     let mut chunk: heapless::Vec<u8, 64> = heapless::Vec::new();
     super::cpu::without_interrupts(|| {
@@ -163,7 +172,11 @@ pub fn drain_serial(max: usize) {
         }
     });
     if !chunk.is_empty() {
+        let before = time::now_micros();
         serial::write(&chunk, true);
+        let cost = time::now_micros().saturating_sub(before) as i64;
+        let mut credit = SERIAL_CREDIT.lock();
+        credit.0 = credit.0.saturating_sub(cost);
     }
 }
 

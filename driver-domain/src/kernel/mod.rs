@@ -313,6 +313,7 @@ fn main_loop(
                 // xenstore) is not worth a line on a slow serial port.
                 if served {
                     info!(
+                        target: usbback::PERIODIC_TARGET,
                         "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us} grant_entries={grant_entries}",
                         busy * 100 / interval
                     );
@@ -386,9 +387,9 @@ fn policy(cmdline: &Cmdline) -> usbback::policy::Policy {
     }
 }
 
-/// Bytes of queued log moved to COM1 per main-loop turn: about 16 traps to dom0's device
-/// model (some 16 ms under nested virtualisation, microseconds on hardware); the loop turns
-/// at least at every timer tick (100 Hz), so COM1 keeps up with 1.6 KB/s of log when idle.
+/// Bytes of queued log moved to COM1 per main-loop turn (within COM1's share of the time,
+/// `logger::drain_serial`): about 16 traps to dom0's device model, some 16 ms under nested
+/// virtualisation, microseconds on hardware.
 const SERIAL_BYTES_PER_TURN: usize = 16;
 
 /// How often the frontends' counters are logged when they changed (`event=stats`).
