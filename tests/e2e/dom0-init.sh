@@ -13,6 +13,12 @@ mark() {
 # follows in finish).
 fail() {
   mark "result=fail reason=$*"
+  # A domain the emulated CPU ended (see the guests' note below): Xen's dump of its state
+  # is Xen's own, RIP in Xen's text (e008:ffff82d0…) after its VMRUN.
+  xl dmesg 2>/dev/null | awk '/Triple fault/ {d = $2} d && /RIP:/ {print d, $3; d = ""}' \
+    | while read -r vcpu rip; do
+        case "$rip" in e008:*) mark "environment_fault what=vmrun_triple_fault vcpu=$vcpu rip=$rip" ;; esac
+      done
   [ -n "${canary:-}" ] && canary_check fail
   tail -n 15 /var/log/xen/console/guest-usbdom.log 2>/dev/null | sed 's|^|E2E-LAST usbdom: |'
   [ "${mode:-}" = shell ] && shell
