@@ -26,22 +26,7 @@ guest_cfg() {
 }
 
 # qusb: dom0 drives the controller; QEMU's PV backends run in dom0's device model.
-for m in usb-common usbcore xhci-hcd xhci-pci; do
-  insmod "/e2e/mods/$m.ko" || fail "insmod_$m"
-done
-i=0; bus=; addr=
-while [ -z "$bus" ] && [ $i -lt 60 ]; do
-  for d in /sys/bus/usb/devices/*; do
-    [ "$(cat "$d/idVendor" 2>/dev/null)" = 46f4 ] || continue
-    bus=$(cat "$d/busnum"); addr=$(cat "$d/devnum")
-  done
-  sleep 1; i=$((i + 1))
-done
-[ -n "$bus" ] || fail "dom0_no_stick"
-mark "phase=dom0_stick bus=$bus addr=$addr"
-/usr/libexec/xen-qemu-system-i386 -xen-domid 0 -xen-attach -name dom0 -nographic -M xenpv \
-  -daemonize -monitor none -serial none -parallel none -pidfile /run/qemu-dom0.pid \
-  || fail "qemu_xenpv"
+start_qusb
 guest_cfg guest-q "usbctrl = [ 'type=qusb,version=2,ports=4' ]"
 echo "usbdev = [ 'hostbus=$bus,hostaddr=$addr,controller=0,port=1' ]" >> /tmp/guest-q.cfg
 timeout 120 xl create /tmp/guest-q.cfg || fail "xl_create_guest_q"

@@ -176,6 +176,26 @@ create_usbdom() {
   wait_for /var/log/xen/console/guest-usbdom.log "event=ready" 90 || fail "usbdom_not_ready"
   mark "phase=usbdom_ready"
 }
+# start_qusb: dom0 drives the controller itself (xhci_hcd) and runs QEMU's PV backends in its
+# device model, as users have it today; sets $bus and $addr of the stick.
+start_qusb() {
+  for m in usb-common usbcore xhci-hcd xhci-pci; do
+    insmod "/e2e/mods/$m.ko" || fail "insmod_$m"
+  done
+  i=0; bus=; addr=
+  while [ -z "$bus" ] && [ $i -lt 60 ]; do
+    for d in /sys/bus/usb/devices/*; do
+      [ "$(cat "$d/idVendor" 2>/dev/null)" = 46f4 ] || continue
+      bus=$(cat "$d/busnum"); addr=$(cat "$d/devnum")
+    done
+    sleep 1; i=$((i + 1))
+  done
+  [ -n "$bus" ] || fail "dom0_no_stick"
+  mark "phase=dom0_stick bus=$bus addr=$addr"
+  /usr/libexec/xen-qemu-system-i386 -xen-domid 0 -xen-attach -name dom0 -nographic -M xenpv \
+    -daemonize -monitor none -serial none -parallel none -pidfile /run/qemu-dom0.pid \
+    || fail "qemu_xenpv"
+}
 if [ "$mode" = bench ]; then
   . /e2e/bench.sh
   finish

@@ -354,31 +354,46 @@ impl NestedXen {
     /// them. (It was first taken for the cause of the crashes of dom0's and the guests'
     /// processes; `cargo xtask soak` shows those with no passthrough and no USB at all.)
     pub fn args(&self, dom0_args: &str, qmp: Option<&Path>) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-M", "q35,i8042=off", "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-smap",
-            "-smp", "2", "-m", "2560", "-display", "none", "-nodefaults", "-no-reboot",
-            "-device", "intel-iommu,intremap=on", "-device", "qemu-xhci,id=xhci,addr=0x5",
-            "-device", "usb-storage,bus=xhci.0,port=1,drive=usbdisk,id=stick",
-            "-device", "usb-kbd,bus=xhci.0,port=2,id=kbd",
-            "-device", "usb-hub,bus=xhci.0,port=3",
-            "-device", "usb-wacom-tablet,bus=xhci.0,port=3.1",
-            "-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot iommu=no-sharept",
-        ]
-        .map(String::from)
-        .to_vec();
         // Experiments on the outer machine (`cargo xtask soak`): USBDOM_E2E_ACCEL and
         // USBDOM_E2E_CPU replace the accelerator's and the CPU's options, USBDOM_E2E_XEN_ARGS
         // is added to Xen's command line.
-        if let Ok(accel) = std::env::var("USBDOM_E2E_ACCEL") {
-            args[3] = accel;
-        }
-        if let Ok(cpu) = std::env::var("USBDOM_E2E_CPU") {
-            args[5] = cpu;
-        }
-        if let Ok(extra) = std::env::var("USBDOM_E2E_XEN_ARGS") {
-            let append = args.len() - 1;
-            args[append] = format!("{} {extra}", args[append]);
-        }
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
+        let xen_args = format!(
+            "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot iommu=no-sharept {}",
+            var("USBDOM_E2E_XEN_ARGS", "")
+        );
+        let mut args: Vec<String> = [
+            "-M",
+            "q35,i8042=off",
+            "-accel",
+            &var("USBDOM_E2E_ACCEL", "tcg,thread=multi,tb-size=256"),
+            "-cpu",
+            &var("USBDOM_E2E_CPU", "max,-smap"),
+            "-smp",
+            "2",
+            "-m",
+            "2560",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-device",
+            "intel-iommu,intremap=on",
+            "-device",
+            "qemu-xhci,id=xhci,addr=0x5",
+            "-device",
+            "usb-storage,bus=xhci.0,port=1,drive=usbdisk,id=stick",
+            "-device",
+            "usb-kbd,bus=xhci.0,port=2,id=kbd",
+            "-device",
+            "usb-hub,bus=xhci.0,port=3",
+            "-device",
+            "usb-wacom-tablet,bus=xhci.0,port=3.1",
+            "-append",
+            xen_args.trim_end(),
+        ]
+        .map(String::from)
+        .to_vec();
         args.extend([
             "-drive".into(),
             format!("if=none,id=usbdisk,file={},format=raw", self.stick),
