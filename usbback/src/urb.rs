@@ -160,27 +160,14 @@ where
         if self.answers.is_empty() {
             return;
         }
-        let statuses = if self.answer_copies.is_empty() {
-            Vec::new()
-        } else {
-            self.hv.copy(&self.answer_copies)
-        };
-        self.answer_copies.clear();
+        let statuses = run_copies(&mut self.hv, &mut self.answer_copies);
         // Drained from a local and put back, so its allocation serves the next flush too.
         let mut answers = core::mem::take(&mut self.answers);
         for a in answers.drain(..) {
             self.pool.give_back(a.frames);
             let mut rsp = a.rsp;
             if let Some(status) = copy_failure(&statuses, a.copies) {
-                if self.may_warn(a.id) {
-                    warn!(
-                    "event=urb_grant_copy_failed domid={} devid={} id={} direction=to_frontend status={}",
-                    a.id.frontend,
-                    a.id.devid,
-                    rsp.id,
-                    status.name()
-                );
-                }
+                self.warn_copy_failed(a.id, rsp.id, "to_frontend", status);
                 rsp.status = USBIF_STATUS_IOERROR;
                 rsp.actual_length = 0;
             }
@@ -202,6 +189,18 @@ where
             }
         }
         self.answers = answers;
+    }
+
+    /// `event=urb_grant_copy_failed`, within the frontend's warning budget.
+    fn warn_copy_failed(&mut self, id: DeviceId, rid: u16, direction: &str, status: GntStatus) {
+        if self.may_warn(id) {
+            warn!(
+                "event=urb_grant_copy_failed domid={} devid={} id={rid} direction={direction} status={}",
+                id.frontend,
+                id.devid,
+                status.name()
+            );
+        }
     }
 
     /// One request copied out of the ring. False when it made the backend disconnect the
@@ -442,12 +441,7 @@ where
         if stage.requests.is_empty() {
             return;
         }
-        let statuses = if stage.copies.is_empty() {
-            Vec::new()
-        } else {
-            self.hv.copy(&stage.copies)
-        };
-        stage.copies.clear();
+        let statuses = run_copies(&mut self.hv, &mut stage.copies);
         for mut r in stage.requests.drain(..) {
             let id = r.id;
             // Its frontend was disconnected in this pass: nothing reached the device.
@@ -456,15 +450,7 @@ where
                 continue;
             }
             if let Some(status) = copy_failure(&statuses, r.copies.clone()) {
-                if self.may_warn(id) {
-                    warn!(
-                    "event=urb_grant_copy_failed domid={} devid={} id={} direction=from_frontend status={}",
-                    id.frontend,
-                    id.devid,
-                    r.rid,
-                    status.name()
-                );
-                }
+                self.warn_copy_failed(id, r.rid, "from_frontend", status);
                 self.pool.give_back(r.buffer.frames);
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
@@ -675,6 +661,17 @@ pub(crate) struct Answer<P> {
 }
 
 /// The first failed status among `statuses[range]` (a missing one counts as failed).
+/// Runs a batch of grant copies in one hypercall (none for an empty batch) and empties it,
+/// keeping its allocation.
+fn run_copies<C: GrantCopier + ?Sized>(hv: &mut C, copies: &mut Vec<CopyOp>) -> Vec<GntStatus> {
+    if copies.is_empty() {
+        return Vec::new();
+    }
+    let statuses = hv.copy(copies);
+    copies.clear();
+    statuses
+}
+
 fn copy_failure(statuses: &[GntStatus], range: Range<usize>) -> Option<GntStatus> {
     range
         .map(|i| statuses.get(i).copied().unwrap_or(GntStatus::GeneralError))
