@@ -25,6 +25,11 @@ const _: () = assert!(xhci_driver::controller::MAX_CONFIGURATIONS <= host::MAX_C
 struct Known {
     info: DeviceInfo,
     device: UsbDevice,
+    /// Its configurations, read once when it was attached (empty when one could not be
+    /// read): what policy saw, what SET_CONFIGURATION is vetted against and what the
+    /// endpoints are set up from, so a guest's SET_CONFIGURATION never waits on the device
+    /// to describe itself again.
+    configs: Vec<Configuration>,
 }
 
 /// A transfer in flight: which device and token it was submitted for.
@@ -32,6 +37,9 @@ struct InFlight {
     id: TransferId,
     device: u32,
     token: u64,
+    /// A CLEAR_FEATURE(ENDPOINT_HALT) of this endpoint: once the device took it, the
+    /// controller's side of the endpoint is reset to match.
+    clears_halt: Option<u8>,
 }
 
 /// The xHCI controller as usbback sees it.
@@ -138,8 +146,12 @@ impl<H: Hal> XhciHost<H> {
         // The interfaces' classes are for policy, of every configuration offered: a device
         // one of whose configurations cannot be read is still offered, its classes unknown
         // (class rules then fail closed).
+        let mut configs = Vec::new();
         let interface_classes = match self.xhci.configurations(d.slot_id) {
-            Ok(configs) => InterfaceClasses::Checked(classes(&configs)),
+            Ok(read) => {
+                configs = read;
+                InterfaceClasses::Checked(classes(&configs))
+            }
             Err(e) => {
                 warn!(
                     "event=usb_host_config_unread busid={} slot={} error={e}",
@@ -163,7 +175,38 @@ impl<H: Hal> XhciHost<H> {
         };
         self.next_id += 1;
         self.pending.push(HostEvent::Attached(info.clone()));
-        self.devices.push(Known { info, device: d });
+        self.devices.push(Known {
+            info,
+            device: d,
+            configs,
+        });
+    }
+
+    /// A request the host queued for usbback (`token`), completed in [`UsbHost::poll`].
+    fn track(
+        &mut self,
+        device: u32,
+        token: u64,
+        queued: Result<TransferId, Error>,
+        clears_halt: Option<u8>,
+    ) -> Result<(), TransferError> {
+        let id = queued.map_err(error)?;
+        self.in_flight.push(InFlight {
+            id,
+            device,
+            token,
+            clears_halt,
+        });
+        Ok(())
+    }
+
+    /// The controller's side of endpoint `address` of `device` reset after the device
+    /// cleared its halt.
+    fn reset_host_endpoint(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
+        let slot_id = self.slot(device)?;
+        self.xhci
+            .reset_host_endpoint(slot_id, address)
+            .map_err(error)
     }
 
     fn slot(&self, device: u32) -> Result<u8, TransferError> {
@@ -208,6 +251,10 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                     continue;
                 };
                 let f = self.in_flight.remove(i);
+                let mut result = done.result.map_err(error);
+                if let (Some(address), Ok(_)) = (f.clears_halt, result) {
+                    result = self.reset_host_endpoint(f.device, address).map(|()| 0);
+                }
                 let iso = done
                     .packets
                     .iter()
@@ -218,7 +265,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                     .collect();
                 events.push(HostEvent::Completed(Completion {
                     token: f.token,
-                    result: done.result.map_err(error),
+                    result,
                     start_frame: done.start_frame,
                     iso,
                 }));
@@ -284,6 +331,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
             id,
             device,
             token: t.token,
+            clears_halt: None,
         });
         Ok(())
     }
@@ -306,25 +354,33 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
         }
     }
 
-    /// The configuration is read once: what is vetted is what the endpoints are set up for.
+    /// Vetted against the configuration read when the device was attached, which is what
+    /// the endpoints are then set up for; the device's answer comes as transfer `token`.
     fn set_configuration(
         &mut self,
         device: u32,
         value: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
         let slot_id = self.slot(device)?;
-        if value == 0 {
-            return self.xhci.set_configuration(slot_id, 0).map_err(error);
-        }
-        let config = self
-            .xhci
-            .find_configuration(slot_id, value)
-            .map_err(error)?;
-        if !vet(&classes([&config])) {
-            return Err(TransferError::Refused);
-        }
-        self.xhci.configure(slot_id, &config).map_err(error)
+        let config = match value {
+            0 => None,
+            _ => {
+                let known = self.devices.iter().find(|k| k.info.id == device);
+                let config = known
+                    .and_then(|k| k.configs.iter().find(|c| c.value == value))
+                    .cloned()
+                    // A value the device does not offer is refused without asking it.
+                    .ok_or(TransferError::Invalid)?;
+                if !vet(&classes([&config])) {
+                    return Err(TransferError::Refused);
+                }
+                Some(config)
+            }
+        };
+        let queued = self.xhci.queue_set_configuration(slot_id, config.as_ref());
+        self.track(device, token, queued, None)
     }
 
     fn set_interface(
@@ -332,6 +388,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
         device: u32,
         interface: u8,
         alternate: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
         let slot_id = self.slot(device)?;
@@ -345,14 +402,14 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
         if class.is_some_and(|c| !vet(&ClassSet::of(c))) {
             return Err(TransferError::Refused);
         }
-        self.xhci
-            .set_interface(slot_id, interface, alternate)
-            .map_err(error)
+        let queued = self.xhci.queue_set_interface(slot_id, interface, alternate);
+        self.track(device, token, queued, None)
     }
 
-    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
+    fn clear_halt(&mut self, device: u32, address: u8, token: u64) -> Result<(), TransferError> {
         let slot_id = self.slot(device)?;
-        self.xhci.clear_halt(slot_id, address).map_err(error)
+        let queued = self.xhci.queue_clear_halt(slot_id, address);
+        self.track(device, token, queued, Some(address))
     }
 
     fn reset(&mut self, device: u32) -> Result<(), TransferError> {
@@ -407,9 +464,10 @@ impl<U: UsbHost<LocalPage> + ?Sized> UsbHost<LocalPage> for SimPages<'_, U> {
         &mut self,
         device: u32,
         value: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
-        self.host.set_configuration(device, value, vet)
+        self.host.set_configuration(device, value, token, vet)
     }
 
     fn set_interface(
@@ -417,13 +475,15 @@ impl<U: UsbHost<LocalPage> + ?Sized> UsbHost<LocalPage> for SimPages<'_, U> {
         device: u32,
         interface: u8,
         alternate: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
-        self.host.set_interface(device, interface, alternate, vet)
+        self.host
+            .set_interface(device, interface, alternate, token, vet)
     }
 
-    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
-        self.host.clear_halt(device, address)
+    fn clear_halt(&mut self, device: u32, address: u8, token: u64) -> Result<(), TransferError> {
+        self.host.clear_halt(device, address, token)
     }
 
     fn reset(&mut self, device: u32) -> Result<(), TransferError> {
@@ -518,10 +578,10 @@ mod tests {
         buf.read_bytes(0, &mut bytes);
         assert_eq!(bytes, xhci_driver::testing::DEVICE_DESCRIPTOR);
         assert_eq!(
-            UsbHost::<()>::set_configuration(&mut host, id, 9, &mut allow),
+            UsbHost::<()>::set_configuration(&mut host, id, 9, 900, &mut allow),
             Err(TransferError::Invalid)
         );
-        UsbHost::<()>::set_configuration(&mut host, id, 1, &mut allow).unwrap();
+        configure(&mut host, id, 1);
         assert_eq!(
             host.submit(
                 id + 1,
@@ -536,6 +596,27 @@ mod tests {
             ),
             Err(TransferError::NoDevice)
         );
+    }
+
+    /// Polls until the host answers `token`, which must have succeeded.
+    fn answered(host: &mut XhciHost<&FakeXhci>, token: u64) {
+        for _ in 0..4 {
+            let mut events = Vec::new();
+            UsbHost::<()>::poll(host, &mut events);
+            for e in events {
+                if let HostEvent::Completed(c) = e {
+                    assert_eq!((c.token, c.result), (token, Ok(0)));
+                    return;
+                }
+            }
+        }
+        panic!("{token} never answered");
+    }
+
+    /// SET_CONFIGURATION `value` of `id` through usbback's interface, answered.
+    fn configure(host: &mut XhciHost<&FakeXhci>, id: u32, value: u8) {
+        UsbHost::<()>::set_configuration(host, id, value, 900, &mut allow).unwrap();
+        answered(host, 900);
     }
 
     /// Configuration value 2: a HID interface, interrupt IN 1.
@@ -572,7 +653,7 @@ mod tests {
             false
         };
         assert_eq!(
-            UsbHost::<()>::set_configuration(&mut host, id, 2, &mut deny),
+            UsbHost::<()>::set_configuration(&mut host, id, 2, 900, &mut deny),
             Err(TransferError::Refused)
         );
         assert_eq!(seen, [ClassSet::of(3)]);
@@ -581,7 +662,7 @@ mod tests {
             "no SET_CONFIGURATION"
         );
         assert_eq!(host.controller().active_configuration(1), None);
-        UsbHost::<()>::set_configuration(&mut host, id, 2, &mut allow).unwrap();
+        configure(&mut host, id, 2);
         assert_eq!(fake.setups().last(), Some(&(0, 9, 2, 0)));
     }
 
@@ -597,15 +678,111 @@ mod tests {
         ];
         let (mut host, events) = host(&fake);
         let id = attached(&events).id;
-        UsbHost::<()>::set_configuration(&mut host, id, 1, &mut allow).unwrap();
+        configure(&mut host, id, 1);
         let mut no_vendor = |c: &ClassSet| !c.contains(0xff);
         assert_eq!(
-            UsbHost::<()>::set_interface(&mut host, id, 0, 1, &mut no_vendor),
+            UsbHost::<()>::set_interface(&mut host, id, 0, 1, 900, &mut no_vendor),
             Err(TransferError::Refused)
         );
         assert!(!fake.setups().iter().any(|s| s.1 == 11), "no SET_INTERFACE");
-        UsbHost::<()>::set_interface(&mut host, id, 0, 0, &mut no_vendor).unwrap();
+        UsbHost::<()>::set_interface(&mut host, id, 0, 0, 901, &mut no_vendor).unwrap();
+        answered(&mut host, 901);
         assert_eq!(fake.setups().last(), Some(&(1, 11, 0, 0)));
+    }
+
+    /// Interface 0: alternate setting 0 mass storage with bulk IN 1, 1 vendor specific (ff)
+    /// without endpoints.
+    const TWO_SETTINGS: [u8; 34] = [
+        9, 2, 34, 0, 1, 1, 0, 0x80, 50, //
+        9, 4, 0, 0, 1, 8, 6, 0x50, 0, //
+        7, 5, 0x81, 2, 0x00, 0x02, 0, //
+        9, 4, 0, 1, 0, 0xff, 0, 0, 0,
+    ];
+
+    /// The Completed events of one poll, as (token, result).
+    fn completions(host: &mut XhciHost<&FakeXhci>) -> Vec<(u64, Result<usize, TransferError>)> {
+        let mut events = Vec::new();
+        UsbHost::<()>::poll(host, &mut events);
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                HostEvent::Completed(c) => Some((c.token, c.result)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_device_that_does_not_answer_keeps_no_one_waiting() {
+        let fake = FakeXhci::new();
+        *fake.configuration.borrow_mut() = TWO_SETTINGS.to_vec();
+        let (mut host, events) = host(&fake);
+        let id = attached(&events).id;
+        configure(&mut host, id, 1);
+        let buf = host.controller().dma_alloc(0x1000, 0x1000).unwrap();
+        let get = |token| {
+            let setup = Some([0x80, 6, 0, 1, 0, 0, 18, 0]);
+            transfer(
+                token,
+                TransferType::Control,
+                HostDirection::In,
+                setup,
+                buf.phys(),
+                18,
+            )
+        };
+
+        // The device stops answering control transfers. The host still takes each request
+        // at once: the controller's side is done, the device's answer is left to come.
+        fake.answer_transfers.set(false);
+        let start = (&fake).now_micros();
+        UsbHost::<()>::set_configuration(&mut host, id, 1, 10, &mut allow).unwrap();
+        UsbHost::<()>::clear_halt(&mut host, id, 0x81, 11).unwrap();
+        assert_eq!(completions(&mut host), []);
+        let spent = (&fake).now_micros() - start;
+        assert!(spent < 1000, "the host waited {spent} µs for the device");
+        assert_eq!(fake.dropped(), 0b1000, "SET_CONFIGURATION's own endpoints");
+        let setups = fake.setups().len();
+        let configure_endpoints = || fake.commands().iter().filter(|&&t| t == 12).count();
+        let before = configure_endpoints();
+
+        // It answers: both complete, in order, and only then is the endpoint whose halt
+        // was cleared reset on the controller's side.
+        fake.answer_transfers.set(true);
+        host.submit(id, get(12)).unwrap();
+        assert_eq!(
+            completions(&mut host),
+            [(10, Ok(0)), (11, Ok(0)), (12, Ok(18))]
+        );
+        assert_eq!(
+            fake.setups()[setups..],
+            [(0, 9, 1, 0), (2, 1, 0, 0x81), (0x80, 6, 0x100, 0)]
+        );
+        assert_eq!(configure_endpoints(), before + 1);
+        assert_eq!(
+            (fake.dropped(), fake.configured().0),
+            (0b1000, 0b1001),
+            "endpoint 0x81 dropped and added again"
+        );
+
+        // SET_INTERFACE the same way; a request the device never answers is cancelled as
+        // a transfer is.
+        fake.answer_transfers.set(false);
+        UsbHost::<()>::set_interface(&mut host, id, 0, 1, 13, &mut allow).unwrap();
+        assert_eq!(completions(&mut host), []);
+        assert_eq!(
+            fake.dropped(),
+            0b1000,
+            "alternate setting 0's endpoint dropped at once"
+        );
+        assert!(UsbHost::<()>::cancel(&mut host, id, 13));
+        assert_eq!(
+            completions(&mut host),
+            [(13, Err(TransferError::Cancelled))]
+        );
+        fake.answer_transfers.set(true);
+        host.submit(id, get(14)).unwrap();
+        assert_eq!(completions(&mut host), [(14, Ok(18))]);
     }
 
     #[test]
@@ -628,7 +805,7 @@ mod tests {
             panic!("{events:?}");
         };
         let id = info.id;
-        UsbHost::<()>::set_configuration(&mut host, id, 1, &mut allow).unwrap();
+        configure(&mut host, id, 1);
         fake.answer_bulk.set(false);
         let buf = host.controller().dma_alloc(0x1000, 0x1000).unwrap();
         for token in [1, 2] {

@@ -38,6 +38,18 @@ struct Instant0 {
     events: Vec<HostEvent>,
 }
 
+impl Instant0 {
+    /// A standard request the host carried out, answered on the next poll.
+    fn answer(&mut self, token: u64) {
+        self.events.push(HostEvent::Completed(Completion {
+            token,
+            result: Ok(0),
+            start_frame: 0,
+            iso: Vec::new(),
+        }));
+    }
+}
+
 impl UsbHost<LocalPage> for Instant0 {
     fn devices(&self) -> Vec<DeviceInfo> {
         self.devices.clone()
@@ -57,7 +69,14 @@ impl UsbHost<LocalPage> for Instant0 {
     fn cancel(&mut self, _: u32, _: u64) -> bool {
         false
     }
-    fn set_configuration(&mut self, _: u32, _: u8, _: &mut Vet<'_>) -> Result<(), TransferError> {
+    fn set_configuration(
+        &mut self,
+        _: u32,
+        _: u8,
+        token: u64,
+        _: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.answer(token);
         Ok(())
     }
     fn set_interface(
@@ -65,11 +84,14 @@ impl UsbHost<LocalPage> for Instant0 {
         _: u32,
         _: u8,
         _: u8,
+        token: u64,
         _: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
+        self.answer(token);
         Ok(())
     }
-    fn clear_halt(&mut self, _: u32, _: u8) -> Result<(), TransferError> {
+    fn clear_halt(&mut self, _: u32, _: u8, token: u64) -> Result<(), TransferError> {
+        self.answer(token);
         Ok(())
     }
     fn reset(&mut self, _: u32) -> Result<(), TransferError> {

@@ -15,6 +15,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use log::warn;
 use xen::abi::usbif::{USBIF_STATUS_INVAL, USBIF_STATUS_OK};
@@ -22,9 +23,10 @@ use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames};
 use xen::page::SharedPage;
 use xen::xenstore::{TxId, XsTransport};
 
-use crate::host::{ClassSet, DeviceInfo, InterfaceClasses, TransferError, UsbHost, Vet};
+use crate::bounce::Buffer;
+use crate::host::{ClassSet, DeviceInfo, Direction, InterfaceClasses, TransferError, UsbHost, Vet};
 use crate::policy::Verdict;
-use crate::{response, status_of, Backend, DeviceId};
+use crate::{response, status_of, Backend, DeviceId, InFlight};
 
 /// bRequest codes (USB 2.0 Table 9-4).
 const CLEAR_FEATURE: u8 = 1;
@@ -126,6 +128,7 @@ where
         let Some(request) = intercept(&setup) else {
             return false;
         };
+        let token = self.next_token;
         let result = match request {
             Standard::SetAddress(address) => {
                 if let Some(p) = self
@@ -135,14 +138,15 @@ where
                 {
                     p.address = address;
                 }
-                Ok(())
+                self.respond(id, response(rid, USBIF_STATUS_OK, 0));
+                return true;
             }
             Standard::SetConfiguration(value) => self.vetted(
                 id,
                 port,
                 device,
                 format!("set_configuration value={value}"),
-                &mut |vet| host.set_configuration(device, value, vet),
+                &mut |vet| host.set_configuration(device, value, token, vet),
             ),
             Standard::SetInterface {
                 interface,
@@ -152,9 +156,9 @@ where
                 port,
                 device,
                 format!("set_interface value={alternate} interface={interface}"),
-                &mut |vet| host.set_interface(device, interface, alternate, vet),
+                &mut |vet| host.set_interface(device, interface, alternate, token, vet),
             ),
-            Standard::ClearHalt(endpoint) => host.clear_halt(device, endpoint),
+            Standard::ClearHalt(endpoint) => host.clear_halt(device, endpoint, token),
             Standard::Malformed => {
                 if self.may_warn(id) {
                     warn!(
@@ -172,8 +176,35 @@ where
                 return true;
             }
         };
-        let status = result.map_or_else(status_of, |()| USBIF_STATUS_OK);
-        self.respond(id, response(rid, status, 0));
+        match result {
+            // On its way: answered when the host completes it, as a transfer without data
+            // (and cancelled by an unlink or a disconnect like one).
+            Ok(()) => {
+                self.next_token += 1;
+                self.tokens.insert(token, (id, rid));
+                if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+                    c.inflight.insert(
+                        rid,
+                        InFlight {
+                            token,
+                            device,
+                            buffer: Buffer {
+                                dom: id.frontend,
+                                frames: Vec::new(),
+                                segments: Vec::new(),
+                                data: 0,
+                            },
+                            direction: Direction::Out,
+                            iso_packets: Vec::new(),
+                            rewrite: None,
+                            port,
+                            unlinked_by: None,
+                        },
+                    );
+                }
+            }
+            Err(e) => self.respond(id, response(rid, status_of(e), 0)),
+        }
         true
     }
 

@@ -349,27 +349,36 @@ pub trait UsbHost<P> {
     /// The configuration is one of the first [`MAX_CONFIGURATIONS`]; `vet` is asked with the
     /// classes of all its interfaces and alternate settings, as the host read them to set up
     /// its endpoints, and when it says no the device is left as it was.
+    ///
+    /// Like [`UsbHost::submit`], it does not wait for the device: on `Ok` the request is
+    /// on its way and its outcome comes as the completion of transfer `token` (no data),
+    /// which [`UsbHost::cancel`] can cancel. A slow device keeps only its own guest
+    /// waiting.
     fn set_configuration(
         &mut self,
         device: u32,
         value: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError>;
 
     /// SET_INTERFACE: alternate setting `alternate` of interface `interface`, with the
     /// host's endpoints switched to it. `vet` is asked with that alternate setting's class
-    /// first; when it says no the device is left as it was.
+    /// first; when it says no the device is left as it was. Completes as transfer `token`,
+    /// as [`UsbHost::set_configuration`] does.
     fn set_interface(
         &mut self,
         device: u32,
         interface: u8,
         alternate: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError>;
 
     /// CLEAR_FEATURE(ENDPOINT_HALT) on endpoint `address` (bit 7 IN), with the host's
-    /// endpoint state (data toggle, sequence number) reset to match.
-    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError>;
+    /// endpoint state (data toggle, sequence number) reset to match once the device took
+    /// it. Completes as transfer `token`, as [`UsbHost::set_configuration`] does.
+    fn clear_halt(&mut self, device: u32, address: u8, token: u64) -> Result<(), TransferError>;
 
     /// Resets the device (port reset) and brings it back to its address, unconfigured.
     /// In-flight transfers complete with [`TransferError::NoDevice`].
@@ -396,7 +405,13 @@ impl<P> UsbHost<P> for Absent {
         false
     }
 
-    fn set_configuration(&mut self, _: u32, _: u8, _: &mut Vet<'_>) -> Result<(), TransferError> {
+    fn set_configuration(
+        &mut self,
+        _: u32,
+        _: u8,
+        _: u64,
+        _: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
         Err(TransferError::NoDevice)
     }
 
@@ -405,12 +420,13 @@ impl<P> UsbHost<P> for Absent {
         _: u32,
         _: u8,
         _: u8,
+        _: u64,
         _: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
         Err(TransferError::NoDevice)
     }
 
-    fn clear_halt(&mut self, _: u32, _: u8) -> Result<(), TransferError> {
+    fn clear_halt(&mut self, _: u32, _: u8, _: u64) -> Result<(), TransferError> {
         Err(TransferError::NoDevice)
     }
 

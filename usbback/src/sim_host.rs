@@ -292,6 +292,9 @@ struct InFlight<P> {
     address: u8,
     /// Polls left before it is started.
     wait: u32,
+    /// A standard request the host carried out when it was asked (SET_CONFIGURATION,
+    /// SET_INTERFACE, CLEAR_FEATURE): only the device's answer is still to come.
+    carried_out: bool,
 }
 
 struct SimDevice<P> {
@@ -732,6 +735,31 @@ impl<P> SimHost<P> {
         self.devices.get(&id)?.model.as_any().downcast_ref()
     }
 
+    /// The device's answer to standard request `setup`, which the host carried out already:
+    /// it completes as transfer `token` behind the transfers queued on the default pipe
+    /// before it, after the device's latency, as a real device's would.
+    fn queue_answer(&mut self, device: u32, token: u64, setup: [u8; 8]) {
+        let Some(dev) = self.devices.get_mut(&device) else {
+            return;
+        };
+        dev.in_flight.push(InFlight {
+            transfer: Transfer {
+                token,
+                endpoint: 0,
+                direction: Direction::Out,
+                transfer_type: TransferType::Control,
+                setup: Some(setup),
+                segments: Vec::new(),
+                short_not_ok: false,
+                iso_packets: Vec::new(),
+                start_frame: None,
+            },
+            address: 0,
+            wait: dev.latency,
+            carried_out: true,
+        });
+    }
+
     /// The model of device `id`, if it is a `T`: tests press keys through it.
     pub fn model_mut<T: DeviceModel>(&mut self, id: u32) -> Option<&mut T> {
         self.devices.get_mut(&id)?.model.as_any_mut().downcast_mut()
@@ -760,6 +788,16 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
                     continue;
                 }
                 let entry = dev.in_flight.remove(i);
+                // Not a transfer of the guest's: not counted.
+                if entry.carried_out {
+                    self.events.push(HostEvent::Completed(Completion {
+                        token: entry.transfer.token,
+                        result: Ok(0),
+                        start_frame: 0,
+                        iso: Vec::new(),
+                    }));
+                    continue;
+                }
                 match dev.run(&entry.transfer) {
                     Some(result) => complete(
                         &mut self.events,
@@ -790,6 +828,7 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
             address: address_of(&transfer),
             wait: dev.latency,
             transfer,
+            carried_out: false,
         });
         Ok(())
     }
@@ -818,12 +857,16 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
         &mut self,
         device: u32,
         value: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
-        self.devices
+        let dev = self
+            .devices
             .get_mut(&device)
-            .ok_or(TransferError::NoDevice)?
-            .configure(value, vet)
+            .ok_or(TransferError::NoDevice)?;
+        dev.configure(value, vet)?;
+        self.queue_answer(device, token, [0, SET_CONFIGURATION, value, 0, 0, 0, 0, 0]);
+        Ok(())
     }
 
     fn set_interface(
@@ -831,19 +874,27 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
         device: u32,
         interface: u8,
         alternate: u8,
+        token: u64,
         vet: &mut Vet<'_>,
     ) -> Result<(), TransferError> {
-        self.devices
+        let dev = self
+            .devices
             .get_mut(&device)
-            .ok_or(TransferError::NoDevice)?
-            .select_alternate(interface, alternate, vet)
+            .ok_or(TransferError::NoDevice)?;
+        dev.select_alternate(interface, alternate, vet)?;
+        let setup = [1, SET_INTERFACE, alternate, 0, interface, 0, 0, 0];
+        self.queue_answer(device, token, setup);
+        Ok(())
     }
 
-    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
-        self.devices
+    fn clear_halt(&mut self, device: u32, address: u8, token: u64) -> Result<(), TransferError> {
+        let dev = self
+            .devices
             .get_mut(&device)
-            .ok_or(TransferError::NoDevice)?
-            .clear_halt(address)
+            .ok_or(TransferError::NoDevice)?;
+        dev.clear_halt(address)?;
+        self.queue_answer(device, token, [2, CLEAR_FEATURE, 0, 0, address, 0, 0, 0]);
+        Ok(())
     }
 
     fn reset(&mut self, device: u32) -> Result<(), TransferError> {
@@ -1782,12 +1833,18 @@ mod tests {
         events
     }
 
+    /// SET_CONFIGURATION `value` through the host, and its answer waited for.
+    fn configure(host: &mut Host, id: u32, value: u8) {
+        host.set_configuration(id, value, 900, &mut allow).unwrap();
+        assert_eq!(wait(host, 900).result, Ok(0));
+    }
+
     /// A configured 1 MiB disk.
     fn storage() -> (Host, u32) {
         let mut host = Host::new();
         let id = host.plug(Box::new(MassStorage::new(2048)), "1-1", Speed::High);
         drain(&mut host);
-        host.set_configuration(id, 1, &mut allow).unwrap();
+        configure(&mut host, id, 1);
         (host, id)
     }
 
@@ -1795,7 +1852,7 @@ mod tests {
         let mut host = Host::new();
         let id = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Full);
         drain(&mut host);
-        host.set_configuration(id, 1, &mut allow).unwrap();
+        configure(&mut host, id, 1);
         (host, id)
     }
 
@@ -2138,7 +2195,7 @@ mod tests {
     fn unplug_completes_in_flight_transfers_then_detaches() {
         let (mut host, disk) = storage();
         let kbd = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Low);
-        host.set_configuration(kbd, 1, &mut allow).unwrap();
+        host.set_configuration(kbd, 1, 900, &mut allow).unwrap();
         host.set_latency(disk, 5);
         let command = cbw(1, 0, false, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]);
         let segments = buffer(CBW_LEN, 0);
@@ -2150,7 +2207,10 @@ mod tests {
         .unwrap();
         host.submit(kbd, interrupt_in(8)).unwrap();
         let attached = drain(&mut host);
-        assert!(matches!(attached.as_slice(), [HostEvent::Attached(i)] if i.id == kbd));
+        assert!(matches!(
+            attached.as_slice(),
+            [HostEvent::Attached(i), HostEvent::Completed(c)] if i.id == kbd && c.token == 900
+        ));
         assert_eq!(host.in_flight(), 2);
 
         assert!(host.unplug(disk));
@@ -2201,7 +2261,7 @@ mod tests {
             "stays halted"
         );
         assert_eq!(control_in(&mut host, id, status), Ok(vec![1, 0]));
-        host.clear_halt(id, 0x81).unwrap();
+        host.clear_halt(id, 0x81, 900).unwrap();
         assert_eq!(control_in(&mut host, id, status), Ok(vec![0, 0]));
         assert_eq!(
             no_data(&mut host, id, 3, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]),
@@ -2233,7 +2293,7 @@ mod tests {
         let get = setup(0x80, GET_CONFIGURATION, 0, 0, 1);
         assert_eq!(control_in(&mut host, id, get), Err(TransferError::Stall));
         assert_eq!(control_in(&mut host, id, get), Ok(vec![1]));
-        assert_eq!(host.clear_halt(id, 0x83), Err(TransferError::Invalid));
+        assert_eq!(host.clear_halt(id, 0x83, 900), Err(TransferError::Invalid));
         assert!(!host.stall_next(99, 0x81));
     }
 
@@ -2285,14 +2345,14 @@ mod tests {
             Err(TransferError::Stall)
         );
         assert_eq!(
-            host.set_configuration(99, 1, &mut allow),
+            host.set_configuration(99, 1, 900, &mut allow),
             Err(TransferError::NoDevice)
         );
         assert_eq!(
-            host.set_interface(id, 0, 1, &mut allow),
+            host.set_interface(id, 0, 1, 900, &mut allow),
             Err(TransferError::Stall)
         );
-        assert_eq!(host.set_interface(id, 0, 0, &mut allow), Ok(()));
+        assert_eq!(host.set_interface(id, 0, 0, 900, &mut allow), Ok(()));
         // SET_INTERFACE as a control transfer goes through the same checks.
         let alternate = |alt| setup(0x01, SET_INTERFACE, alt, 0, 0);
         assert_eq!(control_out(&mut host, id, alternate(0), &[]), Ok(0));
@@ -2359,9 +2419,9 @@ mod tests {
             Err(TransferError::Invalid)
         );
 
-        host.set_configuration(id, 1, &mut allow).unwrap();
+        host.set_configuration(id, 1, 900, &mut allow).unwrap();
         host.submit(id, interrupt_in(3)).unwrap();
-        host.set_configuration(id, 0, &mut allow).unwrap();
+        host.set_configuration(id, 0, 900, &mut allow).unwrap();
         assert_eq!(wait(&mut host, 3).result, Err(TransferError::Shutdown));
         assert_eq!(
             host.counts(id),

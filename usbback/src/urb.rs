@@ -50,7 +50,7 @@ where
             let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
                 break false;
             };
-            if taken == BUDGET || stage.waited_on_device {
+            if taken == BUDGET {
                 break true;
             }
             let next = match c.urb.next_request() {
@@ -305,16 +305,8 @@ where
         let mut rewrite = None;
         if let Some(setup) = setup {
             // Transfers staged before an intercepted request reach the device before it.
-            if let Some(request) = control::intercept(&setup) {
+            if control::intercept(&setup).is_some() {
                 self.launch(stage, host);
-                // The host carries these out while the loop waits (a device may take up to
-                // its timeouts): one per frontend per pass, then the others get their turn.
-                stage.waited_on_device |= matches!(
-                    request,
-                    control::Standard::SetConfiguration(_)
-                        | control::Standard::SetInterface { .. }
-                        | control::Standard::ClearHalt(_)
-                );
             }
             if self.standard_request(id, s.id, port_number, device, setup, host) {
                 return true;
@@ -619,9 +611,6 @@ where
 struct Stage<P> {
     copies: Vec<CopyOp>,
     requests: Vec<Staged<P>>,
-    /// A request of this pass made the host wait for the device (SET_CONFIGURATION,
-    /// SET_INTERFACE, CLEAR_FEATURE): the pass ends after it.
-    waited_on_device: bool,
 }
 
 impl<P> Default for Stage<P> {
@@ -629,7 +618,6 @@ impl<P> Default for Stage<P> {
         Stage {
             copies: Vec::new(),
             requests: Vec::new(),
-            waited_on_device: false,
         }
     }
 }

@@ -1937,48 +1937,72 @@ impl<H: Hal> Controller<H> {
     /// Configures the device (4.3.5) for `config`: the endpoints of a configuration in use
     /// are dropped (their transfers complete as cancelled), a Transfer Ring is made for
     /// every endpoint of each interface's alternate setting 0, one Configure Endpoint says
-    /// both, then SET_CONFIGURATION.
+    /// both, then SET_CONFIGURATION, waited for.
     pub fn configure(&mut self, slot_id: u8, config: &Configuration) -> Result<(), Error> {
-        let add: Vec<Endpoint> = config
-            .interfaces
-            .iter()
-            .filter(|i| i.alternate_setting == 0)
-            .flat_map(|i| i.endpoints.iter().copied())
-            .collect();
-        let drop = self.configured_dcis(slot_id)?;
-        self.reconfigure(slot_id, &drop, &add, false)?;
-        let index = self.slot_index(slot_id)?;
-        self.slots[index].config = Some(config.clone());
-        self.slots[index].alternates.clear();
-        self.control_no_data(slot_id, 0, SET_CONFIGURATION, u16::from(config.value), 0)
+        let id = self.queue_set_configuration(slot_id, Some(config))?;
+        self.wait(id, TRANSFER_TIMEOUT_US).map(|_| ())
     }
 
-    /// SET_CONFIGURATION `value` as a guest asks it: 0 deconfigures (Configure Endpoint with
-    /// Deconfigure set), any other value is looked up among the configurations offered
+    /// SET_CONFIGURATION `value` as a guest asks it, waited for: 0 deconfigures, any other
+    /// value is looked up among the configurations offered
     /// ([`Controller::find_configuration`]) and set up as [`Controller::configure`] does. A
     /// value the device does not have is refused without asking it.
     pub fn set_configuration(&mut self, slot_id: u8, value: u8) -> Result<(), Error> {
-        if value == 0 {
-            let drop = self.configured_dcis(slot_id)?;
-            self.reconfigure(slot_id, &drop, &[], true)?;
-            let index = self.slot_index(slot_id)?;
-            self.slots[index].config = None;
-            self.slots[index].alternates.clear();
-            return self.control_no_data(slot_id, 0, SET_CONFIGURATION, 0, 0);
-        }
-        let config = self.find_configuration(slot_id, value)?;
-        self.configure(slot_id, &config)
+        let config = match value {
+            0 => None,
+            _ => Some(self.find_configuration(slot_id, value)?),
+        };
+        let id = self.queue_set_configuration(slot_id, config.as_ref())?;
+        self.wait(id, TRANSFER_TIMEOUT_US).map(|_| ())
     }
 
-    /// SET_INTERFACE (USB 2.0 9.4.10): the endpoints of the interface's alternate setting in
-    /// use are dropped and those of `alternate` added in one Configure Endpoint, then the
-    /// request goes to the device.
+    /// The controller's side of SET_CONFIGURATION, done now, and the request queued to the
+    /// device: one Configure Endpoint that drops the endpoints of a configuration in use
+    /// (their transfers complete as cancelled) and adds those of each interface's
+    /// alternate setting 0 of `config`, or deconfigures (`None`). The request completes as
+    /// [`Controller::queue_control`]'s transfers do, so no one waits for the device here.
+    pub fn queue_set_configuration(
+        &mut self,
+        slot_id: u8,
+        config: Option<&Configuration>,
+    ) -> Result<TransferId, Error> {
+        let drop = self.configured_dcis(slot_id)?;
+        let add: Vec<Endpoint> = config
+            .iter()
+            .flat_map(|c| &c.interfaces)
+            .filter(|i| i.alternate_setting == 0)
+            .flat_map(|i| i.endpoints.iter().copied())
+            .collect();
+        self.reconfigure(slot_id, &drop, &add, config.is_none())?;
+        let index = self.slot_index(slot_id)?;
+        self.slots[index].config = config.cloned();
+        self.slots[index].alternates.clear();
+        let value = config.map_or(0, |c| c.value);
+        self.queue_no_data(slot_id, 0, SET_CONFIGURATION, u16::from(value), 0)
+    }
+
+    /// SET_INTERFACE (USB 2.0 9.4.10), waited for: see
+    /// [`Controller::queue_set_interface`].
     pub fn set_interface(
         &mut self,
         slot_id: u8,
         interface: u8,
         alternate: u8,
     ) -> Result<(), Error> {
+        let id = self.queue_set_interface(slot_id, interface, alternate)?;
+        self.wait(id, TRANSFER_TIMEOUT_US).map(|_| ())
+    }
+
+    /// The controller's side of SET_INTERFACE (USB 2.0 9.4.10), done now, and the request
+    /// queued to the device: the endpoints of the interface's alternate setting in use are
+    /// dropped and those of `alternate` added in one Configure Endpoint. The request
+    /// completes as [`Controller::queue_control`]'s transfers do.
+    pub fn queue_set_interface(
+        &mut self,
+        slot_id: u8,
+        interface: u8,
+        alternate: u8,
+    ) -> Result<TransferId, Error> {
         let index = self.slot_index(slot_id)?;
         let slot = &self.slots[index];
         let config = slot.config.as_ref().ok_or(Error::NoEndpoint)?;
@@ -2009,7 +2033,7 @@ impl<H: Hal> Controller<H> {
         if alternate != 0 {
             alternates.push((interface, alternate));
         }
-        self.control_no_data(
+        self.queue_no_data(
             slot_id,
             REQUEST_TYPE_INTERFACE,
             SET_INTERFACE,
@@ -2018,18 +2042,31 @@ impl<H: Hal> Controller<H> {
         )
     }
 
-    /// CLEAR_FEATURE(ENDPOINT_HALT) of endpoint `address` (bit 7 IN) on the device, and the
-    /// controller's side of that endpoint reset to match (data toggle or sequence number 0):
-    /// the endpoint is dropped and added again (4.6.8 allows Reset Endpoint only on a
-    /// Halted endpoint), its transfers completing as cancelled.
+    /// CLEAR_FEATURE(ENDPOINT_HALT) of endpoint `address` (bit 7 IN), waited for, then the
+    /// controller's side of it ([`Controller::reset_host_endpoint`]).
     pub fn clear_halt(&mut self, slot_id: u8, address: u8) -> Result<(), Error> {
-        self.control_no_data(
+        let id = self.queue_clear_halt(slot_id, address)?;
+        self.wait(id, TRANSFER_TIMEOUT_US)?;
+        self.reset_host_endpoint(slot_id, address)
+    }
+
+    /// CLEAR_FEATURE(ENDPOINT_HALT) of endpoint `address` queued to the device; once it
+    /// succeeded, [`Controller::reset_host_endpoint`] resets the controller's side.
+    pub fn queue_clear_halt(&mut self, slot_id: u8, address: u8) -> Result<TransferId, Error> {
+        self.queue_no_data(
             slot_id,
             REQUEST_TYPE_ENDPOINT,
             CLEAR_FEATURE,
             FEATURE_ENDPOINT_HALT,
             u16::from(address),
-        )?;
+        )
+    }
+
+    /// The controller's side of endpoint `address` reset to match a device whose halt was
+    /// cleared (data toggle or sequence number 0): the endpoint is dropped and added again
+    /// (4.6.8 allows Reset Endpoint only on a Halted endpoint), its transfers completing as
+    /// cancelled. Endpoint 0 and endpoints not configured need nothing.
+    pub fn reset_host_endpoint(&mut self, slot_id: u8, address: u8) -> Result<(), Error> {
         let index = self.slot_index(slot_id)?;
         let dci = 2 * (address & 0xf) + u8::from(address & 0x80 != 0);
         if dci < 2 {
@@ -2567,9 +2604,21 @@ impl<H: Hal> Controller<H> {
         value: u16,
         w_index: u16,
     ) -> Result<(), Error> {
-        let setup = setup_packet(request_type, request, value, w_index, 0);
-        let id = self.queue_control(slot_id, setup, Direction::Out, &[])?;
+        let id = self.queue_no_data(slot_id, request_type, request, value, w_index)?;
         self.wait(id, TRANSFER_TIMEOUT_US).map(|_| ())
+    }
+
+    /// A control transfer without a Data Stage the driver makes itself, queued.
+    fn queue_no_data(
+        &mut self,
+        slot_id: u8,
+        request_type: u8,
+        request: u8,
+        value: u16,
+        w_index: u16,
+    ) -> Result<TransferId, Error> {
+        let setup = setup_packet(request_type, request, value, w_index, 0);
+        self.queue_control(slot_id, setup, Direction::Out, &[])
     }
 
     /// GET_DESCRIPTOR on the Default Control Endpoint.

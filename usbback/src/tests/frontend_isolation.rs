@@ -79,21 +79,23 @@ impl UsbHost<LocalPage> for FloodHost {
         &mut self,
         device: u32,
         value: u8,
+        token: u64,
         vet: &mut host::Vet<'_>,
     ) -> Result<(), TransferError> {
-        self.model.set_configuration(device, value, vet)
+        self.model.set_configuration(device, value, token, vet)
     }
     fn set_interface(
         &mut self,
         device: u32,
         i: u8,
         alt: u8,
+        token: u64,
         vet: &mut host::Vet<'_>,
     ) -> Result<(), TransferError> {
-        self.model.set_interface(device, i, alt, vet)
+        self.model.set_interface(device, i, alt, token, vet)
     }
-    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
-        self.model.clear_halt(device, address)
+    fn clear_halt(&mut self, device: u32, address: u8, token: u64) -> Result<(), TransferError> {
+        self.model.clear_halt(device, address, token)
     }
     fn reset(&mut self, device: u32) -> Result<(), TransferError> {
         self.model.reset(device)
@@ -301,37 +303,86 @@ fn a_transfer_that_outlives_its_frontend_never_writes_into_anyones_pages() {
 }
 
 #[test]
-fn requests_the_host_waits_on_the_device_for_take_one_turn_each() {
-    let mut r = rig();
-    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
-    settle(&mut r.w.be, &mut r.host);
-    r.host.ops.clear();
-    // Five SET_INTERFACE requests at once: each makes the host wait for the device.
-    let reqs: Vec<UsbifUrbRequest> = (0..5)
-        .map(|i| control(i, 1, 0, [0x01, 11, 0, 0, 0, 0, 0, 0]))
-        .collect();
-    send(&r.w.fe, &mut r.front, &reqs);
-    let mut ports = Vec::new();
-    r.w.be.hypervisor().take_pending(&mut |p| ports.push(p));
-    r.w.be.handle_event(ports[0], &mut r.host);
-    assert_eq!(
-        r.host.ops.len(),
-        1,
-        "one operation on the device per turn: {:?}",
-        r.host.ops
+fn a_slow_device_keeps_only_its_own_guest_waiting() {
+    let mut w = world(8);
+    let be_id = DomId(1);
+    let (a, b_dom) = (w.fe.clone(), w.xen.create_domain());
+    toolstack_add(&w.xen, be_id, b_dom.domid(), 8);
+    // A's device takes its time over every standard request the host makes for it.
+    let mut host = Model {
+        slow: vec![1],
+        ..Model::default()
+    };
+    host.plug(info(1, "1-1", Speed::High, 0, &[3]));
+    host.plug(info(2, "1-2", Speed::High, 0, &[8]));
+    settle(&mut w.be, &mut host);
+    let mut afront = frontend_connect(&a, be_id, None);
+    let mut bfront = frontend_connect(&b_dom, be_id, None);
+    settle(&mut w.be, &mut host);
+    assign(&w.xen, be_id, a.domid(), 1, "1-1");
+    assign(&w.xen, be_id, b_dom.domid(), 1, "1-2");
+    settle(&mut w.be, &mut host);
+    responses(&mut afront);
+    responses(&mut bfront);
+
+    // A asks for a configuration, an alternate setting and a cleared halt; B reads.
+    let a_reqs = [
+        control(1, 1, 0, [0x00, 9, 1, 0, 0, 0, 0, 0]),
+        control(2, 1, 0, [0x01, 11, 1, 0, 0, 0, 0, 0]),
+        control(3, 1, 0, [0x02, 1, 0, 0, 0x81, 0, 0, 0]),
+    ];
+    send(&a, &mut afront, &a_reqs);
+    let bbuf = buffer(&b_dom, be_id, 0, &[0; 512], false);
+    send(
+        &b_dom,
+        &mut bfront,
+        &[with_buffer(
+            urb(7, 1, 0, 1, Direction::In, TransferType::Bulk),
+            &bbuf,
+        )],
     );
-    assert!(r.w.be.has_work(), "the rest wait for the next turn");
-    while r.w.be.has_work() {
-        r.w.be.serve_busy(&mut r.host);
-    }
-    assert_eq!(r.host.ops.len(), 5);
-    let mut ids: Vec<(u16, i32)> = responses(&mut r.front)
+    settle(&mut w.be, &mut host);
+    assert_eq!(
+        host.ops,
+        [
+            "reset 1",
+            "reset 2",
+            "set_configuration 1 1",
+            "set_interface 1 0 1",
+            "clear_halt 1 0x81"
+        ],
+        "the host was asked for all three without waiting for the device"
+    );
+    let b_got: Vec<(u16, i32, u32)> = responses(&mut bfront)
         .iter()
-        .map(|a| (a.id, a.status))
+        .map(|r| (r.id, r.status, r.actual_length as u32))
         .collect();
-    ids.sort();
-    assert_eq!(
-        ids,
-        (0..5).map(|i| (i, USBIF_STATUS_OK)).collect::<Vec<_>>()
-    );
+    assert_eq!(b_got, [(7, USBIF_STATUS_OK, 512)], "B was served meanwhile");
+    assert!(responses(&mut afront).is_empty(), "A waits for its device");
+    assert_eq!(w.be.in_flight(), 3);
+
+    // A gives up on the alternate setting: cancelled like a transfer, the unlink after it.
+    let mut unlink = urb(8, 1, 0, 0, Direction::Out, TransferType::Control);
+    unlink.pipe |= USBIF_PIPE_UNLINK;
+    unlink.u[0] = 2;
+    send(&a, &mut afront, &[unlink]);
+    settle(&mut w.be, &mut host);
+    let got: Vec<(u16, i32)> = responses(&mut afront)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(got, [(2, USBIF_STATUS_SHUTDOWN), (8, USBIF_STATUS_OK)]);
+
+    // The device answers the other two at last.
+    let tokens: Vec<u64> = host.held.iter().map(|(_, t)| t.token).collect();
+    for token in tokens {
+        host.finish_late(token, 0);
+    }
+    settle(&mut w.be, &mut host);
+    let got: Vec<(u16, i32)> = responses(&mut afront)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(got, [(1, USBIF_STATUS_OK), (3, USBIF_STATUS_OK)]);
+    assert_eq!(w.be.in_flight(), 0);
 }

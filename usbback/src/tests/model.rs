@@ -38,6 +38,9 @@ pub(super) struct Model {
     /// What bulk OUT 2 received, per device.
     pub(super) out: BTreeMap<u32, Vec<u8>>,
     pub(super) ops: Vec<String>,
+    /// Devices that take their time over SET_CONFIGURATION, SET_INTERFACE and
+    /// CLEAR_FEATURE: the answer is held as a transfer until [`Model::finish_late`].
+    pub(super) slow: Vec<u32>,
 }
 
 pub(super) fn info(id: u32, busid: &str, speed: Speed, class: u8, interfaces: &[u8]) -> DeviceInfo {
@@ -109,6 +112,26 @@ impl Model {
         }
         let n = t.length();
         self.done(token, Ok(n));
+    }
+
+    /// The device's answer to a standard request the host carried out: on the next poll,
+    /// or held when the device is slow.
+    fn answer(&mut self, device: u32, token: u64, setup: [u8; 8]) {
+        if !self.slow.contains(&device) {
+            return self.done(token, Ok(0));
+        }
+        let t = host::Transfer {
+            token,
+            endpoint: 0,
+            direction: host::Direction::Out,
+            transfer_type: host::TransferType::Control,
+            setup: Some(setup),
+            segments: Vec::new(),
+            short_not_ok: false,
+            iso_packets: Vec::new(),
+            start_frame: None,
+        };
+        self.held.push((device, t));
     }
 
     pub(super) fn done(&mut self, token: u64, result: Result<usize, TransferError>) {
@@ -216,15 +239,18 @@ impl UsbHost<LocalPage> for Model {
         self.done(token, Err(TransferError::Cancelled));
         true
     }
-    /// Vetted with the classes the device was described with.
+    /// Vetted with the classes the device was described with; the device answers on the
+    /// next poll.
     fn set_configuration(
         &mut self,
         device: u32,
         value: u8,
+        token: u64,
         vet: &mut host::Vet<'_>,
     ) -> Result<(), TransferError> {
         self.vet(device, vet)?;
         self.ops.push(format!("set_configuration {device} {value}"));
+        self.answer(device, token, [0, 9, value, 0, 0, 0, 0, 0]);
         Ok(())
     }
     fn set_interface(
@@ -232,14 +258,17 @@ impl UsbHost<LocalPage> for Model {
         device: u32,
         i: u8,
         alt: u8,
+        token: u64,
         vet: &mut host::Vet<'_>,
     ) -> Result<(), TransferError> {
         self.vet(device, vet)?;
         self.ops.push(format!("set_interface {device} {i} {alt}"));
+        self.answer(device, token, [1, 11, alt, 0, i, 0, 0, 0]);
         Ok(())
     }
-    fn clear_halt(&mut self, device: u32, address: u8) -> Result<(), TransferError> {
+    fn clear_halt(&mut self, device: u32, address: u8, token: u64) -> Result<(), TransferError> {
         self.ops.push(format!("clear_halt {device} {address:#04x}"));
+        self.answer(device, token, [2, 1, 0, 0, address, 0, 0, 0]);
         Ok(())
     }
     fn reset(&mut self, device: u32) -> Result<(), TransferError> {
