@@ -25,11 +25,6 @@ const _: () = assert!(xhci_driver::controller::MAX_CONFIGURATIONS <= host::MAX_C
 struct Known {
     info: DeviceInfo,
     device: UsbDevice,
-    /// Its configurations, read once when it was attached (empty when one could not be
-    /// read): what policy saw, what SET_CONFIGURATION is vetted against and what the
-    /// endpoints are set up from, so a guest's SET_CONFIGURATION never waits on the device
-    /// to describe itself again.
-    configs: Vec<Configuration>,
 }
 
 /// A transfer in flight: which device and token it was submitted for.
@@ -146,12 +141,8 @@ impl<H: Hal> XhciHost<H> {
         // The interfaces' classes are for policy, of every configuration offered: a device
         // one of whose configurations cannot be read is still offered, its classes unknown
         // (class rules then fail closed).
-        let mut configs = Vec::new();
         let interface_classes = match self.xhci.configurations(d.slot_id) {
-            Ok(read) => {
-                configs = read;
-                InterfaceClasses::Checked(classes(&configs))
-            }
+            Ok(configs) => InterfaceClasses::Checked(classes(&configs)),
             Err(e) => {
                 warn!(
                     "event=usb_host_config_unread busid={} slot={} error={e}",
@@ -175,11 +166,7 @@ impl<H: Hal> XhciHost<H> {
         };
         self.next_id += 1;
         self.pending.push(HostEvent::Attached(info.clone()));
-        self.devices.push(Known {
-            info,
-            device: d,
-            configs,
-        });
+        self.devices.push(Known { info, device: d });
     }
 
     /// A request the host queued for usbback (`token`), completed in [`UsbHost::poll`].
@@ -354,8 +341,9 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
         }
     }
 
-    /// Vetted against the configuration read when the device was attached, which is what
-    /// the endpoints are then set up for; the device's answer comes as transfer `token`.
+    /// Vetted against the configuration as the device described it when it was enumerated
+    /// (what policy saw), which is what the endpoints are then set up for; the device's
+    /// answer comes as transfer `token`.
     fn set_configuration(
         &mut self,
         device: u32,
@@ -367,12 +355,11 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
         let config = match value {
             0 => None,
             _ => {
-                let known = self.devices.iter().find(|k| k.info.id == device);
-                let config = known
-                    .and_then(|k| k.configs.iter().find(|c| c.value == value))
-                    .cloned()
-                    // A value the device does not offer is refused without asking it.
-                    .ok_or(TransferError::Invalid)?;
+                // A value the device does not offer is refused without asking it.
+                let config = self
+                    .xhci
+                    .find_configuration(slot_id, value)
+                    .map_err(error)?;
                 if !vet(&classes([&config])) {
                     return Err(TransferError::Refused);
                 }

@@ -86,6 +86,11 @@ const RUN_TIMEOUT_US: u64 = 20_000;
 const RESET_TIMEOUT_US: u64 = 1_000_000;
 /// Port Reset to Port Reset Change: USB 2.0 7.1.7.5 allows 50 ms for the root port reset.
 const PORT_RESET_TIMEOUT_US: u64 = 100_000;
+/// All a device may take to describe itself once it is addressed: its device, string and
+/// configuration descriptors, however long each read alone may take. Devices take a few
+/// milliseconds (4 ms under nested Xen in QEMU); one that answers each read just inside
+/// [`TRANSFER_TIMEOUT_US`] would otherwise hold the driver for two seconds a plug.
+const ENUMERATION_BUDGET_US: u64 = 500_000;
 /// USB 2.0 TRSTRCY: the device's recovery time after a reset before it is addressed.
 const RESET_RECOVERY_US: u64 = 10_000;
 /// Between two GET_STATUS of a hub port being reset.
@@ -500,6 +505,9 @@ struct Slot<D> {
     alternates: Vec<(u8, u8)>,
     /// bNumConfigurations.
     num_configurations: u8,
+    /// The configurations offered ([`Controller::configurations`]), read when it was
+    /// enumerated.
+    configurations: Result<Vec<Configuration>, Error>,
     input_context: D,
     /// The Output Device Context: where the controller saves endpoint state (a stopped
     /// endpoint's TR Dequeue Pointer).
@@ -539,6 +547,9 @@ pub struct Controller<H: Hal> {
     next_transfer: u64,
     /// The hubs whose ports are watched.
     hubs: Vec<HubWatch<H::Dma>>,
+    /// While a device describes itself: when its [`ENUMERATION_BUDGET_US`] is up. Every
+    /// wait for one of its transfers ends by then.
+    deadline: Option<u64>,
 }
 
 /// The memory a running controller owns: the Device Context Base Address Array, the
@@ -646,6 +657,7 @@ impl<H: Hal> Controller<H> {
             detached: Vec::new(),
             next_transfer: 0,
             hubs: Vec::new(),
+            deadline: None,
         };
         xhci.run()?;
         info!(
@@ -1703,7 +1715,18 @@ impl<H: Hal> Controller<H> {
         if slot_id == 0 || slot_id > self.caps.max_slots {
             return Err(Error::SlotId(slot_id));
         }
-        let described = self.describe(slot_id, at);
+        let busid = hub::busid(&at.root_port, &at.hub_ports);
+        self.deadline = Some(self.hal.now_micros() + ENUMERATION_BUDGET_US);
+        let mut described = self.describe(slot_id, at);
+        // Out of time: not offered, whatever it managed to say.
+        if self.deadline.is_some_and(|d| self.hal.now_micros() >= d) {
+            warn!(
+                "event=usb_enumeration_too_slow busid={busid} slot={slot_id} budget_ms={}",
+                ENUMERATION_BUDGET_US / 1000
+            );
+            described = Err(Error::Timeout("enumeration"));
+        }
+        self.deadline = None;
         if described.is_err() {
             // Give the slot back: nothing queued for a silent device stays live, and the
             // slot is free for a later attempt. Its memory is kept if the controller may
@@ -1766,6 +1789,9 @@ impl<H: Hal> Controller<H> {
         };
         // iProduct, iSerialNumber.
         let (product, serial) = (string(d[15]), string(d[16]));
+        let configurations = self.read_configurations(slot_id);
+        let index = self.slot_index(slot_id)?;
+        self.slots[index].configurations = configurations;
         Ok(UsbDevice {
             root_port,
             hub_ports,
@@ -1834,6 +1860,7 @@ impl<H: Hal> Controller<H> {
             config: None,
             alternates: Vec::new(),
             num_configurations: 0,
+            configurations: Ok(Vec::new()),
             data,
         };
         let words = slot_context(&slot, 1);
@@ -1906,25 +1933,29 @@ impl<H: Hal> Controller<H> {
     }
 
     /// Every configuration offered of the device in `slot_id`, parsed, alternate settings
-    /// included: what a policy must see before a guest may choose among them. One that
-    /// cannot be read fails the lot.
-    pub fn configurations(&mut self, slot_id: u8) -> Result<Vec<Configuration>, Error> {
+    /// included, as it described them when it was enumerated: what a policy must see
+    /// before a guest may choose among them, and what [`Controller::set_configuration`]
+    /// sets up. One that could not be read fails the lot.
+    pub fn configurations(&self, slot_id: u8) -> Result<Vec<Configuration>, Error> {
+        let index = self.slot_index(slot_id)?;
+        self.slots[index].configurations.clone()
+    }
+
+    /// Reads every configuration offered from the device.
+    fn read_configurations(&mut self, slot_id: u8) -> Result<Vec<Configuration>, Error> {
         self.offered_configurations(slot_id)?
             .map(|n| self.configuration_at(slot_id, n))
             .collect()
     }
 
-    /// The offered configuration whose bConfigurationValue is `value`, read from the device
-    /// now ([`Error::BadTransfer`] when there is none): what [`Controller::configure`] with
-    /// it would set up.
-    pub fn find_configuration(&mut self, slot_id: u8, value: u8) -> Result<Configuration, Error> {
-        for n in self.offered_configurations(slot_id)? {
-            let config = self.configuration_at(slot_id, n)?;
-            if config.value == value {
-                return Ok(config);
-            }
-        }
-        Err(Error::BadTransfer)
+    /// The offered configuration whose bConfigurationValue is `value`
+    /// ([`Error::BadTransfer`] when there is none): what [`Controller::configure`] with it
+    /// would set up.
+    pub fn find_configuration(&self, slot_id: u8, value: u8) -> Result<Configuration, Error> {
+        self.configurations(slot_id)?
+            .into_iter()
+            .find(|c| c.value == value)
+            .ok_or(Error::BadTransfer)
     }
 
     /// The configuration the device in `slot_id` is in, if it is configured: what
@@ -2388,7 +2419,7 @@ impl<H: Hal> Controller<H> {
     /// Waits up to `timeout_us` for transfer `id` (handling every other event meanwhile);
     /// one that does not finish in time is cancelled and [`Error::Timeout`] returned.
     pub fn wait(&mut self, id: TransferId, timeout_us: u64) -> Result<usize, Error> {
-        let until = self.hal.now_micros() + timeout_us;
+        let until = (self.hal.now_micros() + timeout_us).min(self.deadline.unwrap_or(u64::MAX));
         loop {
             if let Some(result) = self.take_completion(id) {
                 return result;
@@ -3588,6 +3619,46 @@ mod tests {
         let mut xhci = Controller::start(&fake).unwrap();
         let slot_id = xhci.enumerate_root_ports()[0].slot_id;
         assert_eq!(xhci.configurations(slot_id), Err(Error::BadDescriptor));
+    }
+
+    #[test]
+    fn a_device_slow_to_describe_itself_is_given_up_on_within_the_budget() {
+        // Each answer just inside the transfer timeout: eight configurations would hold the
+        // driver for 18 reads, 1.6 s.
+        let fake = FakeXhci::new();
+        fake.num_configurations.set(8);
+        *fake.more_configurations.borrow_mut() = (2..=8u8)
+            .map(|value| {
+                let mut c = HID.to_vec();
+                c[5] = value;
+                c
+            })
+            .collect();
+        fake.control_delay_us.set(TRANSFER_TIMEOUT_US - 10_000);
+        let mut xhci = Controller::start(&fake).unwrap();
+        let start = (&fake).now_micros();
+        assert_eq!(xhci.enumerate_root_ports(), []);
+        let spent = (&fake).now_micros() - start;
+        assert!(
+            spent < ENUMERATION_BUDGET_US + 2 * COMMAND_TIMEOUT_US,
+            "enumeration took {spent} µs"
+        );
+
+        // The same device answering in 10 ms is described whole, every configuration.
+        let fake = FakeXhci::new();
+        fake.num_configurations.set(8);
+        *fake.more_configurations.borrow_mut() = (2..=8u8)
+            .map(|value| {
+                let mut c = HID.to_vec();
+                c[5] = value;
+                c
+            })
+            .collect();
+        fake.control_delay_us.set(10_000);
+        let mut xhci = Controller::start(&fake).unwrap();
+        let found = xhci.enumerate_root_ports();
+        assert_eq!(found.len(), 1);
+        assert_eq!(xhci.configurations(found[0].slot_id).unwrap().len(), 8);
     }
 
     #[test]

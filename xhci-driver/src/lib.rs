@@ -25,15 +25,19 @@
 //!   once: bytes done, or why not ([`Error::Stall`] with the endpoint already reset,
 //!   [`Error::NoDevice`] when the device left, [`Error::Cancelled`], …).
 //!   [`Controller::cancel`] takes one back without disturbing the others on its endpoint.
-//! - **Device state** a guest changes: [`Controller::set_configuration`],
-//!   [`Controller::set_interface`], [`Controller::clear_halt`], [`Controller::reset_device`];
-//!   these wait for their commands and control transfers (milliseconds). For policy,
-//!   [`Controller::configurations`] reads every configuration offered (at most
-//!   [`controller::MAX_CONFIGURATIONS`], each at most [`descriptor::MAX_TOTAL_LENGTH`]
-//!   bytes), and a configuration can be vetted before it is set:
-//!   [`Controller::find_configuration`], then [`Controller::configure`] with it;
-//!   [`Controller::active_configuration`] has the alternate settings a SET_INTERFACE
-//!   chooses from.
+//! - **Device state** a guest changes: [`Controller::queue_set_configuration`],
+//!   [`Controller::queue_set_interface`] and [`Controller::queue_clear_halt`] (then
+//!   [`Controller::reset_host_endpoint`]) do the controller's side at once and queue the
+//!   device's request as a control transfer, so no one waits for the device;
+//!   [`Controller::set_configuration`], [`Controller::set_interface`] and
+//!   [`Controller::clear_halt`] are the same, waited for; [`Controller::reset_device`]
+//!   waits for the port reset. For policy, [`Controller::configurations`] has every
+//!   configuration offered (at most [`controller::MAX_CONFIGURATIONS`], each at most
+//!   [`descriptor::MAX_TOTAL_LENGTH`] bytes) as the device described them when it was
+//!   enumerated, within a time budget for the whole description; a configuration can be
+//!   vetted before it is set: [`Controller::find_configuration`], then
+//!   [`Controller::queue_set_configuration`] with it; [`Controller::active_configuration`]
+//!   has the alternate settings a SET_INTERFACE chooses from.
 //! - **Controller failure**: [`Controller::poll_events`] returns [`Error::HostSystemError`]
 //!   or [`Error::HostControllerError`] ([`Controller::error`] looks without polling);
 //!   [`Controller::restart`] fails every transfer, gives up every device and brings the

@@ -189,6 +189,10 @@ pub struct FakeXhci {
     pub answer_commands: Cell<bool>,
     /// Whether the device answers control transfers.
     pub answer_transfers: Cell<bool>,
+    /// How long (µs of its clock) the device takes to answer each control transfer.
+    pub control_delay_us: Cell<u64>,
+    /// Default Control Endpoints rung and not yet answered: (when, slot).
+    deferred: RefCell<Vec<(u64, u8)>>,
     /// What GET_DESCRIPTOR(CONFIGURATION) of index 0 returns.
     pub configuration: RefCell<Vec<u8>>,
     /// What it returns for indexes 1, 2, …; nothing (a zero-length Data Stage) past them.
@@ -260,6 +264,8 @@ impl FakeXhci {
             state: RefCell::new(State::default()),
             answer_commands: Cell::new(true),
             answer_transfers: Cell::new(true),
+            control_delay_us: Cell::new(0),
+            deferred: RefCell::new(Vec::new()),
             configuration: RefCell::new(CONFIGURATION.to_vec()),
             more_configurations: RefCell::new(Vec::new()),
             num_configurations: Cell::new(DEVICE_DESCRIPTOR[17]),
@@ -773,7 +779,14 @@ impl Hal for &FakeXhci {
             }
             DOORBELLS => self.run_commands(),
             o if (DOORBELLS + 4..DOORBELLS + 0x100).contains(&o) && value == 1 => {
-                self.run_transfers(((o - DOORBELLS) / 4) as u8)
+                let slot = ((o - DOORBELLS) / 4) as u8;
+                match self.control_delay_us.get() {
+                    0 => self.run_transfers(slot),
+                    delay => self
+                        .deferred
+                        .borrow_mut()
+                        .push((self.clock.get() + delay, slot)),
+                }
             }
             o if (DOORBELLS + 4..DOORBELLS + 0x100).contains(&o) => {
                 self.run_bulk(((o - DOORBELLS) / 4) as u8, value as u8)
@@ -792,7 +805,21 @@ impl Hal for &FakeXhci {
 
     fn now_micros(&self) -> u64 {
         // Time passes as the driver looks at the clock, so deadlines arrive.
-        self.clock.set(self.clock.get() + 1);
-        self.clock.get()
+        let now = self.clock.get() + 1;
+        self.clock.set(now);
+        let due: Vec<u8> = {
+            let mut deferred = self.deferred.borrow_mut();
+            let due = deferred
+                .iter()
+                .filter(|d| d.0 <= now)
+                .map(|d| d.1)
+                .collect();
+            deferred.retain(|d| d.0 > now);
+            due
+        };
+        for slot in due {
+            self.run_transfers(slot);
+        }
+        now
     }
 }
