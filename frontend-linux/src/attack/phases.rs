@@ -561,9 +561,18 @@ fn unlink_storm<G: GrantTable + EventChannels, T: XsTransport>(
         }
         a.responses.clear();
         for round in 0..2 {
+            // All in one push: the ids they take are chosen while every original is still
+            // in flight, so no unlink takes the id of an original answered meanwhile (its
+            // answer would pass for the original's).
             for &id in &held {
-                a.send(env, r, deadline, unlink(id), Vec::new());
+                let (true, Some(free)) = (a.room() > 0, a.free_id()) else {
+                    break;
+                };
+                let mut req = unlink(id);
+                req.id = free;
+                a.put(&req, Vec::new(), r);
             }
+            a.publish();
             let drain = deadline.max(env.now_ms() + DISCONNECT_LIMIT_MS);
             a.settle(env, r, drain);
             if round == 0 {
