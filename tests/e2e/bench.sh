@@ -9,8 +9,18 @@
 mib=$(sed -n 's/.*usbdom\.mib=\([0-9]*\).*/\1/p' /proc/cmdline)
 mib=${mib:-16}
 
-# bench_guest PATH LOG: waits for the guest's rounds and reports them.
+# dom0's busy CPU time in ms, both vCPUs (user, nice, system, irq, softirq, steal).
+dom0_busy_ms() { awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) * 10}' /proc/stat; }
+
+# bench_guest PATH LOG: waits for the guest's rounds, with dom0's CPU time during each op,
+# and reports them.
 bench_guest() {
+  for op in read write; do
+    wait_for "$2" "guest: bench start op=$op" 900 || fail "bench_$1_not_started"
+    c0=$(dom0_busy_ms)
+    wait_for "$2" "guest: bench end op=$op" 900 || fail "bench_$1_not_done"
+    echo "E2E: bench dom0 path=$1 op=$op cpu_ms=$(( $(dom0_busy_ms) - c0 ))"
+  done
   wait_for "$2" "guest: bench done" 900 || fail "bench_$1_not_done"
   grep "guest: bench disk" "$2" | sed -e 's|\r||' -e "s|^.*guest: bench disk |E2E: bench path=$1 disk |"
   grep "guest: bench op=" "$2" | sed -e 's|\r||' -e "s|^.*guest: bench |E2E: bench path=$1 |"

@@ -68,7 +68,10 @@ env_retry() {
 }
 # xl_create NAME CFG: creates a domain, once more (after removing what is left) if xl failed.
 xl_create() {
-  timeout 120 xl create "$2" && return 0
+  timeout 120 xl create "$2" > /tmp/xl-create.out 2>&1; rc=$?
+  cat /tmp/xl-create.out
+  [ "$rc" -eq 0 ] && return 0
+  mark "xl_create_failed name=$1 status=$rc said=\"$(tail -n 3 /tmp/xl-create.out | tr '\n' ' ' | cut -c1-300)\""
   env_retry "xl_create_$1"
   timeout 60 xl destroy "$1" 2>/dev/null
   timeout 120 xl create "$2"

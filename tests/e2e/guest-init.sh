@@ -99,13 +99,27 @@ if [ -n "$bench" ]; then
       echo "error=dd_failed dd=\"$(tr '\n' ' ' < /tmp/dd.err)\""
     fi
   }
-  for round in 1 2 3; do
-    [ -b /dev/sda ] || break
-    r=$(timed dd if=/dev/sda of=/dev/null bs=1M count="$bench" iflag=direct)
-    echo "guest: bench op=read round=$round bytes=$((bench << 20)) $r"
-    # Written after the first 64 MiB, which the end-to-end test's data lives in.
-    r=$(timed dd if=/dev/zero of=/dev/sda bs=1M count="$bench" seek=64 oflag=direct conv=fsync)
-    echo "guest: bench op=write round=$round bytes=$((bench << 20)) $r"
+  # This guest's busy CPU time (user, nice, system, irq, softirq, steal; USER_HZ is 100).
+  busy_ms() { awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) * 10}' /proc/stat; }
+  # All reads, then all writes, each op bracketed by marks and idle seconds: dom0 (which
+  # polls this log each second) samples its own CPU time inside the gaps, and usbdom's
+  # per-second lines fall to one op or the other.
+  for op in read write; do
+    echo "guest: bench start op=$op"
+    sleep 2
+    for round in 1 2 3; do
+      [ -b /dev/sda ] || break
+      c0=$(busy_ms)
+      if [ "$op" = read ]; then
+        r=$(timed dd if=/dev/sda of=/dev/null bs=1M count="$bench" iflag=direct)
+      else
+        # Written after the first 64 MiB, which the end-to-end test's data lives in.
+        r=$(timed dd if=/dev/zero of=/dev/sda bs=1M count="$bench" seek=64 oflag=direct conv=fsync)
+      fi
+      echo "guest: bench op=$op round=$round bytes=$((bench << 20)) $r cpu_ms=$(( $(busy_ms) - c0 ))"
+    done
+    echo "guest: bench end op=$op"
+    sleep 2
   done
   echo "guest: bench done"
   exec sleep 100000

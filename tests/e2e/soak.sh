@@ -27,8 +27,8 @@ case "$usb" in
     echo "usbdev = [ 'hostbus=$bus,hostaddr=$addr,controller=0,port=1' ]" >> /tmp/guest-s1.cfg
     ;;
 esac
-timeout 120 xl create /tmp/guest-s1.cfg || fail "xl_create_guest_s1"
-timeout 120 xl create /tmp/guest-s2.cfg || fail "xl_create_guest_s2"
+xl_create guest-s1 /tmp/guest-s1.cfg || fail "xl_create_guest_s1"
+xl_create guest-s2 /tmp/guest-s2.cfg || fail "xl_create_guest_s2"
 if [ "$usb" = usbdom ]; then
   wait_for /var/log/xen/console/guest-guest-s1.log "guest: ready" 120 || fail "guest_s1_not_ready"
   usbctl hc-create guest-s1 2 8 || fail "hc_create_s1"

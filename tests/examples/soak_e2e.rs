@@ -40,7 +40,8 @@ fn main() {
         let mut passed = false;
         for (_, l) in &out.lines {
             if let Some(m) = l.strip_prefix("E2E: ") {
-                if m.starts_with("soak ") || m.starts_with("result=") {
+                let shown = ["soak ", "result=", "environment_retry", "xl_create_failed"];
+                if shown.iter().any(|p| m.starts_with(p)) {
                     println!("soak run={run} {m}");
                 }
                 passed |= m.starts_with("result=pass");

@@ -130,6 +130,8 @@ pub struct Stats {
     pub ring_full: u64,
     /// Data bytes moved.
     pub bytes: u64,
+    /// Of those, IN data (device to guest: what a guest reads).
+    pub bytes_in: u64,
 }
 
 /// A request handed to the host, with its buffer in our frames.
@@ -206,6 +208,8 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// Frontends that had requests left when their budget ran out, in turn.
     busy: VecDeque<DeviceId>,
     next_token: u64,
+    /// What all frontends moved since [`Backend::take_moved`].
+    moved: Stats,
     /// Which device may go to which domain.
     policy: Policy,
     /// The inventory last published: key → description.
@@ -278,6 +282,7 @@ where
             answer_copies: Vec::new(),
             busy: VecDeque::new(),
             next_token: 1,
+            moved: Stats::default(),
             policy: Policy::default(),
             published: BTreeMap::new(),
             inventory_changed: true,
@@ -394,6 +399,12 @@ where
     /// transfers of departed frontends the host has not finished yet.
     pub fn bounce_frames_held(&self) -> usize {
         self.pool.held()
+    }
+
+    /// What every frontend together moved since the last call: for the driver domain's
+    /// `event=cpu`, so its hypercalls and notifications can be put per MiB and per request.
+    pub fn take_moved(&mut self) -> Stats {
+        core::mem::take(&mut self.moved)
     }
 
     /// Logs `event=stats` for every connected frontend whose counters changed since last
@@ -1261,8 +1272,8 @@ pub const PERIODIC_TARGET: &str = "periodic";
 fn log_stats(id: DeviceId, s: &Stats, phase: &str, in_flight: usize) {
     info!(
         target: PERIODIC_TARGET,
-        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} in_flight={in_flight}",
-        id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes
+        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} bytes_in={} in_flight={in_flight}",
+        id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes, s.bytes_in
     );
 }
 

@@ -354,6 +354,14 @@ fn an_assigned_device_is_reported_and_its_urbs_pass_through_the_grants() {
     };
     let stats = r.w.be.stats(id).unwrap();
     assert_eq!((stats.completed, stats.errors, stats.bytes), (6, 1, 15018));
+    // IN: the 18-byte descriptor and the 9000 bytes read; the rest went out.
+    assert_eq!(stats.bytes_in, 9018);
+    let moved = r.w.be.take_moved();
+    assert_eq!(
+        (moved.completed, moved.bytes, moved.bytes_in),
+        (6, 15018, 9018)
+    );
+    assert_eq!(r.w.be.take_moved(), Stats::default(), "since the last take");
 }
 
 #[test]

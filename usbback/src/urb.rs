@@ -42,6 +42,7 @@ where
             let waiting = c.urb.unconsumed_requests().unwrap_or(0);
             if waiting + c.urb.outstanding() >= c.urb.size() {
                 c.stats.ring_full += 1;
+                self.moved.ring_full += 1;
             }
         }
         let mut stage = Stage::default();
@@ -149,6 +150,7 @@ where
             rsp,
             frames: Vec::new(),
             copies: 0..0,
+            inbound: false,
         });
     }
 
@@ -174,11 +176,15 @@ where
             let Some(c) = self.devices.get_mut(&a.id).and_then(|d| d.conn.as_mut()) else {
                 continue;
             };
-            if rsp.status == USBIF_STATUS_OK {
-                c.stats.completed += 1;
-                c.stats.bytes += u64::try_from(rsp.actual_length).unwrap_or(0);
-            } else {
-                c.stats.errors += 1;
+            let bytes = u64::try_from(rsp.actual_length).unwrap_or(0);
+            for s in [&mut c.stats, &mut self.moved] {
+                if rsp.status == USBIF_STATUS_OK {
+                    s.completed += 1;
+                    s.bytes += bytes;
+                    s.bytes_in += if a.inbound { bytes } else { 0 };
+                } else {
+                    s.errors += 1;
+                }
             }
             // Cannot fail: every request is consumed before it is answered, once.
             if c.urb.push_response(&rsp).is_err() {
@@ -365,6 +371,7 @@ where
                     rsp: response(s.id, USBIF_STATUS_OK, n),
                     frames: buffer.frames,
                     copies: start..self.answer_copies.len(),
+                    inbound: true,
                 });
                 return true;
             }
@@ -598,6 +605,7 @@ where
             },
             frames: f.buffer.frames,
             copies,
+            inbound: f.direction == host::Direction::In,
         });
         if let Some(unlink) = f.unlinked_by {
             self.respond(id, response(unlink, USBIF_STATUS_OK, 0));
@@ -646,6 +654,8 @@ pub(crate) struct Answer<P> {
     frames: Vec<LocalFrame<P>>,
     /// Its copies in [`Backend::answer_copies`].
     copies: Range<usize>,
+    /// It carries IN data (device to guest).
+    inbound: bool,
 }
 
 /// The first failed status among `statuses[range]` (a missing one counts as failed).

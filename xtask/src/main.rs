@@ -61,7 +61,7 @@ fn main() {
                  \x20          `e2e --repeat N`: N runs in a row, and how many passed\n\
                  \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
                  \x20          `bench qemu`: the ring path against the driver alone, in QEMU;\n\
-                 \x20          `bench e2e [--mib N]`: usbdom vs qusb vs passthrough on Xen\n\
+                 \x20          `bench e2e [--mib N] [--runs N]`: usbdom vs qusb vs passthrough on Xen\n\
                  \x20 soak     crashes in the nested machine with and without usbdom's traffic:\n\
                  \x20          `soak [--usb none|usbdom|qusb] [--type pvh|pv] [--seconds N] [--runs N]`\n\
                  \x20 install  only install prerequisites"
@@ -285,18 +285,23 @@ fn bench(args: &[String]) -> Result {
         ),
         Some("e2e") => {
             // The guests write after the first 64 MiB (the end-to-end test's data).
-            let mib = match &args[1..] {
-                [flag, n] if flag == "--mib" => n
-                    .parse::<usize>()
-                    .map_err(|_| format!("bench e2e: --mib {n}: not a number"))?,
-                [] => 16,
-                _ => return Err("usage: cargo xtask bench e2e [--mib N]".into()),
-            };
+            let mut mib = 16;
+            for pair in args[1..].chunks(2) {
+                match pair {
+                    [flag, n] if flag == "--mib" => {
+                        mib = n
+                            .parse::<usize>()
+                            .map_err(|_| format!("bench e2e: --mib {n}: not a number"))?
+                    }
+                    [flag, _] if flag == "--runs" => {}
+                    _ => return Err("usage: cargo xtask bench e2e [--mib N] [--runs N]".into()),
+                }
+            }
             nested_xen_program("bench_e2e", "bench-stick.img", 64 + mib, &args[1..])
         }
         Some("qemu") => bench_qemu(&args[1..]),
         other => Err(format!(
-            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N]` and `cargo xtask bench e2e [--mib N]`"
+            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N]` and `cargo xtask bench e2e [--mib N] [--runs N]`"
         )),
     }
 }

@@ -307,15 +307,20 @@ fn main_loop(
                 let served = be.log_stats();
                 let interval = now - stats_at;
                 let busy = interval.saturating_sub(halted_us);
-                let [calls, calls_us, grant_ops, grant_us, grant_entries] =
+                let [calls, calls_us, grant_ops, grant_us, grant_entries, notifications] =
                     xen_guest::take_hypercall_times();
+                let moved = be.take_moved();
                 // Only for a second in which guests moved data: an idle one (timer ticks,
                 // xenstore) is not worth a line on a slow serial port.
                 if served {
                     info!(
                         target: usbback::PERIODIC_TARGET,
-                        "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us} grant_entries={grant_entries}",
-                        busy * 100 / interval
+                        "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us} grant_entries={grant_entries} notifications={notifications} urbs={} bytes_in={} bytes_out={} ring_full={}",
+                        busy * 100 / interval,
+                        moved.completed + moved.errors,
+                        moved.bytes_in,
+                        moved.bytes - moved.bytes_in,
+                        moved.ring_full
                     );
                 }
                 stats_at = now;

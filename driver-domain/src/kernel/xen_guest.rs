@@ -53,14 +53,15 @@ pub fn detect() -> Option<Detected> {
     })
 }
 
-/// Hypercalls made and the TSC ticks they took, all and grant-table ones, and the entries
-/// those grant-table calls carried: [`take_hypercall_times`].
-static HYPERCALLS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+/// Hypercalls made and the TSC ticks they took, all and grant-table ones, the entries
+/// those grant-table calls carried, and the event-channel notifications among them:
+/// [`take_hypercall_times`].
+static HYPERCALLS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 /// Hypercalls since the last call (count, µs), grant-table operations among them (count,
-/// µs) and their entries (pages mapped, unmapped or copied), for `event=cpu`: where a busy
-/// driver domain's time goes.
-pub fn take_hypercall_times() -> [u64; 5] {
+/// µs), their entries (pages mapped, unmapped or copied) and notifications sent
+/// (`EVTCHNOP_send`), for `event=cpu`: where a busy driver domain's time goes.
+pub fn take_hypercall_times() -> [u64; 6] {
     let hz = super::time::tsc_hz().max(1);
     core::array::from_fn(|i| {
         let v = HYPERCALLS[i].swap(0, Ordering::Relaxed);
@@ -85,6 +86,9 @@ fn hypercall(nr: u32, a1: u64, a2: u64, a3: u64) -> i64 {
         HYPERCALLS[3].fetch_add(ticks, Ordering::Relaxed);
         // The third argument of GNTTABOP_* is the number of entries.
         HYPERCALLS[4].fetch_add(a3, Ordering::Relaxed);
+    }
+    if nr == HYPERVISOR_EVENT_CHANNEL_OP && a1 == u64::from(EVTCHNOP_SEND) {
+        HYPERCALLS[5].fetch_add(1, Ordering::Relaxed);
     }
     ret
 }
