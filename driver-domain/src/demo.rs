@@ -999,11 +999,11 @@ impl Demo {
 
     /// Does what is due: the host's events and xenstore for the backend, the frontends'
     /// notifications, each VM's next step. True when anything moved (call again at once).
-    pub fn step(&mut self, host: &mut dyn UsbHost<LocalPage>, events: Vec<HostEvent>) -> bool {
+    pub fn step(&mut self, host: &mut dyn UsbHost<LocalPage>, mut events: Vec<HostEvent>) -> bool {
         let t0 = (self.clock)();
         let before: Vec<XenbusState> = self.backend.devices().map(|(_, s)| s).collect();
         let mut progress = !events.is_empty();
-        self.backend.host_events(host, events);
+        self.backend.host_events(host, &mut events);
         let t1 = (self.clock)();
         if let Err(e) = self.backend.poll_xenstore(host) {
             warn!("event=xenstore_error op=poll error={e}");

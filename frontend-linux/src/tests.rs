@@ -775,7 +775,7 @@ mod through_usbback {
             be.serve_busy(host);
             let mut events: Vec<HostEvent> = Vec::new();
             host.poll(&mut events);
-            be.host_events(host, events);
+            be.host_events(host, &mut events);
             for fe in fes.iter_mut() {
                 fe.poll_xenstore().unwrap();
                 fe.handle_event();

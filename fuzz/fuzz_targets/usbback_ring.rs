@@ -29,7 +29,7 @@ fn settle(be: &mut Backend<Domain, SimXsTransport>, host: &mut SimHost<LocalPage
         be.serve_busy(host);
         let mut events: Vec<HostEvent> = Vec::new();
         host.poll(&mut events);
-        be.host_events(host, events);
+        be.host_events(host, &mut events);
     }
 }
 

@@ -3,12 +3,12 @@
 //! blocks, N MiB, three rounds of reads, then three of writes) three ways — (a) through
 //! usbdom, (b) through QEMU's `qusb` PVUSB backend in dom0, (c) in an HVM guest with the
 //! controller passed through ("native", as in the PVUSB 2009 table) — and prints a/c, b/c and
-//! a/b for read and write, and where the time went: per MiB moved, the guest's and dom0's
-//! CPU time and, for usbdom, its busy time, hypercalls, grant operations and the pages they
-//! carried, notifications, wakeups and requests, and how often a ring was full. dom0's side
-//! is `tests/e2e/bench.sh`. With `--runs N` the outer machine boots N times and each run's
-//! ratios are printed beside the others. A command that prints figures, not a test: nothing
-//! here is timed against a threshold.
+//! a/b for read and write, and where the time went. Per MiB moved: the guest's and dom0's
+//! CPU time and, for usbdom, its busy time and the part of it in hypercalls, its hypercalls,
+//! grant operations and the pages they carried, notifications, wakeups and requests, and
+//! how often a ring was full. dom0's side is `tests/e2e/bench.sh`. With `--runs N` the outer
+//! machine boots N times and each run's ratios are printed beside the others. A command
+//! that prints figures, not a test: nothing here is timed against a threshold.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,8 +20,9 @@ const OPS: [&str; 2] = ["read", "write"];
 /// Rounds of each op the guest runs (tests/e2e/guest-init.sh).
 const ROUNDS: f64 = 3.0;
 /// usbdom's `event=cpu` counters summed per op.
-const USBDOM_COUNTERS: [&str; 9] = [
+const USBDOM_COUNTERS: [&str; 10] = [
     "busy_us",
+    "hypercall_us",
     "hypercalls",
     "grant_ops",
     "grant_entries",
@@ -193,13 +194,14 @@ fn report(run: &Run, mib: u32, n: u32) {
     }
     println!("bench run={n}: where the time went, per MiB moved ({per_op_mib} MiB per op)");
     println!(
-        "  {:<7} {:<5} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
+        "  {:<7} {:<5} {:>6} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
         "path",
         "op",
         "MB/s",
         "guest_ms",
         "dom0_ms",
         "usbdom_ms",
+        "hcall_ms",
         "hypercalls",
         "grant_ops",
         "grant_pg",
@@ -229,13 +231,14 @@ fn report(run: &Run, mib: u32, n: u32) {
             )
         });
         println!(
-            "  {:<7} {:<5} {:>6.2} {:>9.1} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
+            "  {:<7} {:<5} {:>6.2} {:>9.1} {:>9} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
             path,
             op,
             median(run, path, op),
             guest,
             dom0,
             col("busy_us", 0.001),
+            col("hypercall_us", 0.001),
             col("hypercalls", 1.0),
             col("grant_ops", 1.0),
             col("grant_entries", 1.0),

@@ -5,9 +5,12 @@
 //!
 //! Each frontend keeps 16 bulk IN requests of 4 KiB in flight (Linux xen-hcd's limit), each
 //! on its own granted page, and resubmits every answered one. Only the time spent inside the
-//! backend's calls is counted. Prints one line per frontend count:
-//! `bench=backend frontends=N urbs=… ns_per_urb=… urbs_per_s=…`.
+//! backend's calls is counted, and so are the heap allocations made inside them. Prints one
+//! line per frontend count:
+//! `bench=backend frontends=N urbs=… ns_per_urb=… urbs_per_s=… allocs_per_urb=…`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use usbback::host::{
@@ -25,6 +28,32 @@ use xen::sim::{Domain, SimXsTransport, Xen};
 use xen::xenbus::{self, XenbusState};
 use xen::xenstore::TxId;
 use zerocopy::FromZeros;
+
+/// The system allocator, counting allocations (and reallocations, which may move).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// URBs each frontend has answered before its time is taken.
 const URBS_PER_FRONTEND: u64 = 40_000;
@@ -202,22 +231,35 @@ fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
     }
 }
 
-/// Runs the backend once over everything pending; returns the time it took.
-fn backend_round(be: &mut Backend<Domain, SimXsTransport>, host: &mut Instant0) -> Duration {
+/// The main loop's buffers, kept from turn to turn as the driver domain's are.
+#[derive(Default)]
+struct Turn {
+    ports: Vec<EvtchnPort>,
+    events: Vec<HostEvent>,
+}
+
+/// Runs the backend once over everything pending; returns the time it took and the heap
+/// allocations made meanwhile.
+fn backend_round(
+    be: &mut Backend<Domain, SimXsTransport>,
+    host: &mut Instant0,
+    turn: &mut Turn,
+) -> (Duration, u64) {
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     let started = Instant::now();
-    let mut ports = Vec::new();
-    be.hypervisor().take_pending(&mut |p| ports.push(p));
-    for p in ports {
+    turn.ports.clear();
+    be.hypervisor().take_pending(&mut |p| turn.ports.push(p));
+    for &p in &turn.ports {
         be.handle_event(p, host);
     }
     be.serve_busy(host);
-    let mut events = Vec::new();
-    host.poll(&mut events);
-    be.host_events(host, events);
-    started.elapsed()
+    host.poll(&mut turn.events);
+    be.host_events(host, &mut turn.events);
+    let elapsed = started.elapsed();
+    (elapsed, ALLOCATIONS.load(Ordering::Relaxed) - allocations)
 }
 
-fn run(frontends: u32) -> (u64, Duration) {
+fn run(frontends: u32) -> (u64, Duration, u64) {
     let xen = Xen::new();
     let be_dom = xen.create_domain();
     let mut host = Instant0::default();
@@ -225,10 +267,11 @@ fn run(frontends: u32) -> (u64, Duration) {
     let mut fronts: Vec<Frontend> = (1..=frontends)
         .map(|n| frontend(&xen, &be_dom, &mut host, n))
         .collect();
+    let mut turn = Turn::default();
     // Connect everything (not timed).
     for _ in 0..4 {
         be.poll_xenstore(&mut host).unwrap();
-        backend_round(&mut be, &mut host);
+        backend_round(&mut be, &mut host, &mut turn);
     }
     for f in &mut fronts {
         for r in &f.requests {
@@ -238,10 +281,12 @@ fn run(frontends: u32) -> (u64, Duration) {
             f.dom.clone().send(f.port).unwrap();
         }
     }
-    let mut busy = Duration::ZERO;
+    let (mut busy, mut allocations) = (Duration::ZERO, 0);
     let goal = URBS_PER_FRONTEND;
     while fronts.iter().any(|f| f.answered < goal) {
-        busy += backend_round(&mut be, &mut host);
+        let (took, allocated) = backend_round(&mut be, &mut host, &mut turn);
+        busy += took;
+        allocations += allocated;
         for f in &mut fronts {
             let mut again = Vec::new();
             while let Some(rsp) = f.urb.next_response().unwrap() {
@@ -261,16 +306,17 @@ fn run(frontends: u32) -> (u64, Duration) {
         }
     }
     let total = fronts.iter().map(|f| f.answered).sum();
-    (total, busy)
+    (total, busy, allocations)
 }
 
 fn main() {
     for frontends in [1, 2, 4, 8] {
-        let (urbs, busy) = run(frontends);
+        let (urbs, busy, allocations) = run(frontends);
         let ns = busy.as_nanos() as f64 / urbs as f64;
         println!(
-            "bench=backend frontends={frontends} urbs={urbs} bytes_per_urb={LENGTH} ns_per_urb={ns:.0} urbs_per_s={:.0}",
-            1e9 / ns
+            "bench=backend frontends={frontends} urbs={urbs} bytes_per_urb={LENGTH} ns_per_urb={ns:.0} urbs_per_s={:.0} allocs_per_urb={:.2}",
+            1e9 / ns,
+            allocations as f64 / urbs as f64
         );
     }
 }

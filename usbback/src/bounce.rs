@@ -15,15 +15,68 @@
 //! once the transfer using it has completed: a frontend that disconnects leaves its
 //! transfers' frames in quarantine until the host reports them finished.
 //!
+//! An IN request's grants are checked before the device is asked for data: a zero-length
+//! copy into each, in the pass's batch, unless a copy into that grant of this frontend's
+//! succeeded lately ([`WrittenGrants`]): Linux's frontend takes its grant references from a
+//! free list and uses the same few again and again, so a stream of reads needs no checks
+//! (each cost a hypercall per pass). A grant revoked since is still caught, when the data
+//! is copied out: the request is answered with an error and only that frontend's own device
+//! did the work.
+//!
 //! [`GrantCopier`]: xen::hypervisor::GrantCopier
 
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use xen::abi::DomId;
+use xen::abi::{DomId, GrantRef};
 use xen::hypervisor::{CopyOp, CopyPtr, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
 use xen::pvusb::Segment;
+
+/// How many grant references of a frontend [`WrittenGrants`] remembers: a ring's worth of
+/// requests of 16 segments.
+const WRITTEN_GRANTS: usize = 256;
+
+/// Grant references of one frontend that a copy into lately succeeded, direct-mapped by
+/// reference (a newer one takes an older one's place): what [`Buffer::probe_data`] need
+/// not check again.
+pub struct WrittenGrants {
+    slots: [Option<GrantRef>; WRITTEN_GRANTS],
+}
+
+impl Default for WrittenGrants {
+    fn default() -> Self {
+        WrittenGrants {
+            slots: [None; WRITTEN_GRANTS],
+        }
+    }
+}
+
+impl WrittenGrants {
+    fn slot(gref: GrantRef) -> usize {
+        gref.0 as usize % WRITTEN_GRANTS
+    }
+
+    /// Whether a copy into `gref` succeeded lately.
+    pub fn contains(&self, gref: GrantRef) -> bool {
+        self.slots[Self::slot(gref)] == Some(gref)
+    }
+
+    /// Records what a batch did to the grants written by `ops`: each succeeded
+    /// (`ok`) or failed.
+    pub fn note(&mut self, ops: &[CopyOp], ok: impl Fn(usize) -> bool) {
+        for (i, op) in ops.iter().enumerate() {
+            if let CopyPtr::Grant { gref, .. } = op.dest {
+                let slot = &mut self.slots[Self::slot(gref)];
+                if ok(i) {
+                    *slot = Some(gref);
+                } else if *slot == Some(gref) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+}
 
 /// The most frames the pool grows to (16 MiB): a ring's worth of 16-page requests for each of
 /// 16 frontends at once. Past it a request is answered with an error rather than the
@@ -126,12 +179,16 @@ impl<P: SharedPage> Buffer<P> {
         }
     }
 
-    /// Zero-length copies into every data segment: the hypervisor checks each grant is
-    /// writable (and the frontend's) without moving a byte, in the same batch as the pass's
-    /// other copies, so an IN transfer with a bad grant never reaches the device.
-    pub fn probe_data(&self, ops: &mut Vec<CopyOp>) {
+    /// Zero-length copies into every data segment whose grant is not among `written`: the
+    /// hypervisor checks each grant is writable (and the frontend's) without moving a byte,
+    /// in the same batch as the pass's other copies, so an IN transfer with a grant never
+    /// written to never reaches the device.
+    pub fn probe_data(&self, ops: &mut Vec<CopyOp>, written: &WrittenGrants) {
         for i in 0..self.data {
             let s = self.segments[i];
+            if written.contains(s.gref) {
+                continue;
+            }
             ops.push(CopyOp {
                 source: CopyPtr::Local {
                     gfn: self.frames[i].gfn,

@@ -53,7 +53,7 @@ use log::{info, warn};
 use xen::abi::usbif::*;
 use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
 
-use bounce::{Buffer, FramePool};
+use bounce::{Buffer, FramePool, WrittenGrants};
 use urb::Answer;
 use xen::hypervisor::{
     CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrame, LocalFrames,
@@ -158,6 +158,8 @@ struct Connection<P> {
     /// By request id. At most the ring's size: a frontend cannot have more requests out
     /// without overrunning its ring.
     inflight: BTreeMap<u16, InFlight<P>>,
+    /// Its grants a copy wrote to lately: IN requests into them need no check first.
+    written: WrittenGrants,
     /// Port changes (port, speed) not yet reported on the conn ring.
     changes: VecDeque<(u8, u8)>,
     stats: Stats,
@@ -210,6 +212,8 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     next_token: u64,
     /// What all frontends moved since [`Backend::take_moved`].
     moved: Stats,
+    /// [`Backend::host_events`]' frontends to flush, kept for its allocation.
+    touched: Vec<DeviceId>,
     /// Which device may go to which domain.
     policy: Policy,
     /// The inventory last published: key → description.
@@ -283,6 +287,7 @@ where
             busy: VecDeque::new(),
             next_token: 1,
             moved: Stats::default(),
+            touched: Vec::new(),
             policy: Policy::default(),
             published: BTreeMap::new(),
             inventory_changed: true,
@@ -533,11 +538,11 @@ where
     pub fn host_events<U: UsbHost<H::Page> + ?Sized>(
         &mut self,
         host: &mut U,
-        events: Vec<HostEvent>,
+        events: &mut Vec<HostEvent>,
     ) {
-        let mut touched = Vec::new();
+        let mut touched = core::mem::take(&mut self.touched);
         self.inventory_changed |= events.iter().any(|e| !matches!(e, HostEvent::Completed(_)));
-        for e in events {
+        for e in events.drain(..) {
             match e {
                 HostEvent::Completed(c) => {
                     if let Some(id) = self.complete(c) {
@@ -605,9 +610,11 @@ where
         }
         touched.sort();
         touched.dedup();
-        for id in touched {
+        for &id in &touched {
             self.flush(id);
         }
+        touched.clear();
+        self.touched = touched;
     }
 
     /// The known device whose backend directory holds node `path`, and the node's path
@@ -890,6 +897,7 @@ where
             conn,
             port,
             inflight: BTreeMap::new(),
+            written: WrittenGrants::default(),
             changes: VecDeque::new(),
             stats: Stats::default(),
             logged: Stats::default(),

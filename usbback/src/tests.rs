@@ -985,6 +985,7 @@ fn a_guest_writes_and_reads_a_simulated_stick_and_gets_keys_through_the_backend(
 
 mod device_isolation;
 mod frontend_isolation;
+mod grant_copies;
 mod hostile;
 mod model;
 use model::*;

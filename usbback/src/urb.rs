@@ -162,13 +162,13 @@ where
         if self.answers.is_empty() {
             return;
         }
-        let statuses = run_copies(&mut self.hv, &mut self.answer_copies);
+        let statuses = run_copies(&mut self.hv, &self.answer_copies);
         // Drained from a local and put back, so its allocation serves the next flush too.
         let mut answers = core::mem::take(&mut self.answers);
         for a in answers.drain(..) {
             self.pool.give_back(a.frames);
             let mut rsp = a.rsp;
-            if let Some(status) = copy_failure(&statuses, a.copies) {
+            if let Some(status) = copy_failure(&statuses, a.copies.clone()) {
                 self.warn_copy_failed(a.id, rsp.id, "to_frontend", status);
                 rsp.status = USBIF_STATUS_IOERROR;
                 rsp.actual_length = 0;
@@ -176,6 +176,10 @@ where
             let Some(c) = self.devices.get_mut(&a.id).and_then(|d| d.conn.as_mut()) else {
                 continue;
             };
+            let at = a.copies.start;
+            c.written.note(&self.answer_copies[a.copies.clone()], |i| {
+                statuses.get(at + i) == Some(&GntStatus::Okay)
+            });
             let bytes = u64::try_from(rsp.actual_length).unwrap_or(0);
             for s in [&mut c.stats, &mut self.moved] {
                 if rsp.status == USBIF_STATUS_OK {
@@ -194,6 +198,7 @@ where
                 );
             }
         }
+        self.answer_copies.clear();
         self.answers = answers;
     }
 
@@ -380,7 +385,11 @@ where
         if direction == host::Direction::Out {
             buffer.copy_in_data(&mut stage.copies);
         } else {
-            buffer.probe_data(&mut stage.copies);
+            let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
+                self.pool.give_back(buffer.frames);
+                return false;
+            };
+            buffer.probe_data(&mut stage.copies, &c.written);
         }
         buffer.copy_in_descriptors(&mut stage.copies);
         let copies = start..stage.copies.len();
@@ -440,14 +449,18 @@ where
         if stage.requests.is_empty() {
             return;
         }
-        let statuses = run_copies(&mut self.hv, &mut stage.copies);
+        let statuses = run_copies(&mut self.hv, &stage.copies);
         for mut r in stage.requests.drain(..) {
             let id = r.id;
             // Its frontend was disconnected in this pass: nothing reached the device.
-            if !self.connected(id) {
+            let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
                 self.pool.give_back(r.buffer.frames);
                 continue;
-            }
+            };
+            let at = r.copies.start;
+            c.written.note(&stage.copies[r.copies.clone()], |i| {
+                statuses.get(at + i) == Some(&GntStatus::Okay)
+            });
             if let Some(status) = copy_failure(&statuses, r.copies.clone()) {
                 self.warn_copy_failed(id, r.rid, "from_frontend", status);
                 self.pool.give_back(r.buffer.frames);
@@ -504,6 +517,7 @@ where
                 }
             }
         }
+        stage.copies.clear();
     }
 
     /// Answers the request a host transfer finished: a SuperSpeed descriptor rewritten,
@@ -659,15 +673,12 @@ pub(crate) struct Answer<P> {
 }
 
 /// The first failed status among `statuses[range]` (a missing one counts as failed).
-/// Runs a batch of grant copies in one hypercall (none for an empty batch) and empties it,
-/// keeping its allocation.
-fn run_copies<C: GrantCopier + ?Sized>(hv: &mut C, copies: &mut Vec<CopyOp>) -> Vec<GntStatus> {
+/// Runs a batch of grant copies in one hypercall (none for an empty batch).
+fn run_copies<C: GrantCopier + ?Sized>(hv: &mut C, copies: &[CopyOp]) -> Vec<GntStatus> {
     if copies.is_empty() {
         return Vec::new();
     }
-    let statuses = hv.copy(copies);
-    copies.clear();
-    statuses
+    hv.copy(copies)
 }
 
 fn copy_failure(statuses: &[GntStatus], range: Range<usize>) -> Option<GntStatus> {

@@ -70,7 +70,7 @@ fn ticker(w: &World) -> Box<dyn FnMut()> {
             b.poll_xenstore(&mut *host).unwrap();
             let mut events: Vec<HostEvent> = Vec::new();
             host.poll(&mut events);
-            b.host_events(&mut *host, events);
+            b.host_events(&mut *host, &mut events);
             b.publish_inventory();
         }
     })

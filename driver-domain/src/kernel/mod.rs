@@ -283,7 +283,7 @@ fn main_loop(
     let (mut halted_us, mut wakeups) = (0u64, 0u64);
     let mut ports: alloc::vec::Vec<xen::abi::EvtchnPort> = alloc::vec::Vec::new();
     loop {
-        let events = usb.as_mut().map(usb::service).unwrap_or_default();
+        let mut events = usb.as_mut().map(usb::service).unwrap_or_default();
         // The simulated VMs move on as far as they can; the loop comes back at once while
         // they do, and sleeps until the next interrupt when they wait for the controller.
         let mut demo_busy = false;
@@ -297,7 +297,7 @@ fn main_loop(
                 Some(u) => u.host(),
                 None => &mut absent,
             };
-            be.host_events(host, events);
+            be.host_events(host, &mut events);
             if let Err(e) = be.poll_xenstore(host) {
                 warn!("event=xenstore_error op=poll error={e}");
             }

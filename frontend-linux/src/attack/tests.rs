@@ -144,7 +144,7 @@ impl World {
         self.be.serve_busy(host);
         let mut events: Vec<HostEvent> = Vec::new();
         host.poll(&mut events);
-        self.be.host_events(host, events);
+        self.be.host_events(host, &mut events);
         self.victim.step();
     }
 }
@@ -340,7 +340,14 @@ fn foreign_and_read_only_grants_are_refused_and_never_written() {
     let r = attack(&mut w, &mut a, Phase::ForeignGrefs);
     assert!(r.as_expected && r.device, "{r}");
     assert!(r.detail.contains("read_only_intact=yes"), "{r}");
-    assert!(only(&r, USBIF_STATUS_INVAL), "{r}");
+    // Refused before the device, or, for a reference a copy wrote to lately (each round
+    // grants anew and gets the numbers back), when the data is copied out: never written.
+    assert!(
+        r.statuses
+            .keys()
+            .all(|s| [USBIF_STATUS_INVAL, USBIF_STATUS_IOERROR].contains(s)),
+        "{r}"
+    );
     finish(w, a);
 }
 

@@ -107,7 +107,7 @@ impl UsbHost<LocalPage> for FloodHost {
 fn main_loop_turn<U: UsbHost<LocalPage>>(be: &mut Backend<Domain, SimXsTransport>, host: &mut U) {
     let mut events = Vec::new();
     host.poll(&mut events);
-    be.host_events(host, events);
+    be.host_events(host, &mut events);
     let mut ports = Vec::new();
     be.hypervisor().take_pending(&mut |p| ports.push(p));
     for p in ports {

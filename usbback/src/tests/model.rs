@@ -291,7 +291,7 @@ pub(super) fn settle<U: UsbHost<LocalPage>>(
         }
         let mut events = Vec::new();
         host.poll(&mut events);
-        be.host_events(host, events);
+        be.host_events(host, &mut events);
         while be.has_work() {
             be.serve_busy(host);
         }
