@@ -516,12 +516,14 @@ mod tests {
             direction,
             transfer_type,
             setup,
-            segments: alloc::vec![HostSegment {
+            segments: [HostSegment {
                 page: (),
                 phys,
                 offset: 0,
                 len,
-            }],
+            }]
+            .into_iter()
+            .collect(),
             short_not_ok: false,
             iso_packets: Vec::new(),
             start_frame: None,
@@ -855,12 +857,14 @@ mod tests {
             direction: HostDirection::In,
             transfer_type: TransferType::Control,
             setup: Some([0x80, 6, 0, 1, 0, 0, 18, 0]),
-            segments: alloc::vec![HostSegment {
+            segments: [HostSegment {
                 page: page.clone(),
                 phys: xen::sim::GRANT_WINDOW.0,
                 offset: 4,
                 len: 18,
-            }],
+            }]
+            .into_iter()
+            .collect(),
             short_not_ok: false,
             iso_packets: Vec::new(),
             start_frame: None,

@@ -28,10 +28,17 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
+use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
 use xen::abi::{DomId, GrantRef};
 use xen::hypervisor::{CopyOp, CopyPtr, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
 use xen::pvusb::Segment;
+
+/// A request's frames, one per segment: inline, so taking them allocates nothing.
+pub type Frames<P> = heapless::Vec<LocalFrame<P>, USBIF_MAX_SEGMENTS_PER_REQUEST>;
+
+/// A request's segments, data then isochronous descriptors.
+pub type Segments = heapless::Vec<Segment, USBIF_MAX_SEGMENTS_PER_REQUEST>;
 
 /// How many grant references of a frontend [`WrittenGrants`] remembers: a ring's worth of
 /// requests of 16 segments.
@@ -100,12 +107,11 @@ impl<P> Default for FramePool<P> {
 }
 
 impl<P> FramePool<P> {
-    /// `n` frames, all or none.
-    pub fn take<H: LocalFrames<Page = P>>(
-        &mut self,
-        hv: &mut H,
-        n: usize,
-    ) -> Option<Vec<LocalFrame<P>>> {
+    /// `n` frames (at most a request's segments), all or none.
+    pub fn take<H: LocalFrames<Page = P>>(&mut self, hv: &mut H, n: usize) -> Option<Frames<P>> {
+        if n > USBIF_MAX_SEGMENTS_PER_REQUEST {
+            return None;
+        }
         while self.free.len() < n {
             if self.total >= MAX_POOL_FRAMES {
                 return None;
@@ -115,11 +121,11 @@ impl<P> FramePool<P> {
             self.total += 1;
         }
         let at = self.free.len() - n;
-        Some(self.free.split_off(at))
+        Some(self.free.drain(at..).collect())
     }
 
     /// Frames whose transfer is over.
-    pub fn give_back(&mut self, frames: Vec<LocalFrame<P>>) {
+    pub fn give_back(&mut self, frames: Frames<P>) {
         self.free.extend(frames);
     }
 
@@ -135,9 +141,9 @@ pub struct Buffer<P> {
     /// The guest's granting domain.
     pub dom: DomId,
     /// One frame per segment.
-    pub frames: Vec<LocalFrame<P>>,
+    pub frames: Frames<P>,
     /// The guest's segments, in the same order.
-    pub segments: Vec<Segment>,
+    pub segments: Segments,
     /// How many of them are data (the rest are isochronous descriptors).
     pub data: usize,
 }
@@ -321,10 +327,12 @@ mod tests {
         };
         Buffer {
             dom: DomId(5),
-            frames: alloc::vec![frame(1), frame(2), frame(3)],
+            frames: [frame(1), frame(2), frame(3)].into_iter().collect(),
             // 96 bytes at the end of one page, then 10 at the start of the next; one
             // descriptor segment.
-            segments: alloc::vec![seg(10, 4000, 96), seg(11, 0, 10), seg(12, 64, 32)],
+            segments: [seg(10, 4000, 96), seg(11, 0, 10), seg(12, 64, 32)]
+                .into_iter()
+                .collect(),
             data: 2,
         }
     }

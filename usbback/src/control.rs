@@ -23,7 +23,7 @@ use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames};
 use xen::page::SharedPage;
 use xen::xenstore::{TxId, XsTransport};
 
-use crate::bounce::Buffer;
+use crate::bounce::{Buffer, Frames, Segments};
 use crate::host::{ClassSet, DeviceInfo, Direction, InterfaceClasses, TransferError, UsbHost, Vet};
 use crate::policy::Verdict;
 use crate::{response, status_of, Backend, DeviceId, InFlight};
@@ -190,8 +190,8 @@ where
                             device,
                             buffer: Buffer {
                                 dom: id.frontend,
-                                frames: Vec::new(),
-                                segments: Vec::new(),
+                                frames: Frames::new(),
+                                segments: Segments::new(),
                                 data: 0,
                             },
                             direction: Direction::Out,

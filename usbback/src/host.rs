@@ -21,6 +21,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
+
 /// Device speed as the host found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Speed {
@@ -260,7 +262,7 @@ pub struct Transfer<P> {
     /// The SETUP packet of a control transfer.
     pub setup: Option<[u8; 8]>,
     /// The buffer, in order; empty for a transfer without data.
-    pub segments: Vec<Segment<P>>,
+    pub segments: TransferSegments<P>,
     /// A short IN transfer is an error (USB's URB_SHORT_NOT_OK).
     pub short_not_ok: bool,
     /// Isochronous packets; empty otherwise.
@@ -275,6 +277,9 @@ impl<P> Transfer<P> {
         self.segments.iter().map(|s| usize::from(s.len)).sum()
     }
 }
+
+/// A transfer's buffer: at most a request's segments, inline (no allocation per transfer).
+pub type TransferSegments<P> = heapless::Vec<Segment<P>, USBIF_MAX_SEGMENTS_PER_REQUEST>;
 
 /// A finished transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]

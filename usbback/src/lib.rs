@@ -38,6 +38,7 @@ extern crate alloc;
 pub mod bounce;
 mod control;
 pub mod host;
+mod inflight;
 pub mod policy;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim_host;
@@ -48,16 +49,17 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use xen::abi::grant_table::GntStatus;
 
 use log::{info, warn};
 use xen::abi::usbif::*;
 use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
 
 use bounce::{Buffer, FramePool, WrittenGrants};
+use inflight::InFlightTable;
 use urb::Answer;
 use xen::hypervisor::{
-    CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrame, LocalFrames,
-    MapRequest,
+    CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrames, MapRequest,
 };
 use xen::page::SharedPage;
 use xen::pvusb::{self, UsbIsoPacketDescriptor};
@@ -157,7 +159,7 @@ struct Connection<P> {
     port: EvtchnPort,
     /// By request id. At most the ring's size: a frontend cannot have more requests out
     /// without overrunning its ring.
-    inflight: BTreeMap<u16, InFlight<P>>,
+    inflight: InFlightTable<P>,
     /// Its grants a copy wrote to lately: IN requests into them need no check first.
     written: WrittenGrants,
     /// Port changes (port, speed) not yet reported on the conn ring.
@@ -202,7 +204,7 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// Frames of transfers whose frontend is gone, by token: they go back to the pool when
     /// the host reports the transfer finished, not before (a cancelled transfer may still
     /// be running).
-    quarantine: BTreeMap<u64, Vec<LocalFrame<H::Page>>>,
+    quarantine: BTreeMap<u64, bounce::Frames<H::Page>>,
     /// Answers waiting for their copies, pushed together before publication
     /// ([`Backend::finish_answers`]), with the copies of all of them: one hypercall.
     answers: Vec<Answer<H::Page>>,
@@ -214,6 +216,10 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     moved: Stats,
     /// [`Backend::host_events`]' frontends to flush, kept for its allocation.
     touched: Vec<DeviceId>,
+    /// A pass's staged requests and copies, kept for their allocations.
+    stage: urb::Stage<H::Page>,
+    /// The statuses of a batch of copies, kept for its allocation.
+    statuses: Vec<GntStatus>,
     /// Which device may go to which domain.
     policy: Policy,
     /// The inventory last published: key → description.
@@ -288,6 +294,8 @@ where
             next_token: 1,
             moved: Stats::default(),
             touched: Vec::new(),
+            stage: urb::Stage::default(),
+            statuses: Vec::new(),
             policy: Policy::default(),
             published: BTreeMap::new(),
             inventory_changed: true,
@@ -896,7 +904,7 @@ where
             urb,
             conn,
             port,
-            inflight: BTreeMap::new(),
+            inflight: InFlightTable::default(),
             written: WrittenGrants::default(),
             changes: VecDeque::new(),
             stats: Stats::default(),
@@ -957,7 +965,7 @@ where
                 urb,
                 conn,
                 port,
-                inflight,
+                mut inflight,
                 stats,
                 ..
             } = c;
@@ -965,7 +973,7 @@ where
             // the host says it finished (a cancel is asynchronous, and may fail).
             let cancelled = inflight.len();
             let mut quarantined = 0;
-            for (_, f) in inflight {
+            for f in inflight.drain() {
                 host.cancel(f.device, f.token);
                 self.tokens.remove(&f.token);
                 quarantined += f.buffer.frames.len();

@@ -28,7 +28,7 @@ use xen::page::SharedPage;
 
 use crate::host::{
     ClassSet, Completion, DeviceInfo, Direction, HostEvent, InterfaceClasses, Segment, Speed,
-    Transfer, TransferError, TransferType, UsbHost, Vet, MAX_CONFIGURATIONS,
+    Transfer, TransferError, TransferSegments, TransferType, UsbHost, Vet, MAX_CONFIGURATIONS,
 };
 
 // Standard requests (USB 2.0 table 9-4).
@@ -749,7 +749,7 @@ impl<P> SimHost<P> {
                 direction: Direction::Out,
                 transfer_type: TransferType::Control,
                 setup: Some(setup),
-                segments: Vec::new(),
+                segments: TransferSegments::new(),
                 short_not_ok: false,
                 iso_packets: Vec::new(),
                 start_frame: None,
@@ -1695,7 +1695,7 @@ mod tests {
             direction,
             transfer_type,
             setup: None,
-            segments,
+            segments: segments.into_iter().collect(),
             short_not_ok: false,
             iso_packets: Vec::new(),
             start_frame: None,

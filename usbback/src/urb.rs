@@ -11,12 +11,12 @@ use core::ops::Range;
 use log::warn;
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
-use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrame, LocalFrames};
+use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrames};
 use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 use xen::xenstore::XsTransport;
 
-use crate::bounce::{self, Buffer};
+use crate::bounce::{self, Buffer, Frames};
 use crate::host::{self, Completion, IsoPacket, UsbHost};
 use crate::{
     control, response, status_of, superspeed, Backend, DeviceId, InFlight, BUDGET, GET_DESCRIPTOR,
@@ -45,7 +45,8 @@ where
                 self.moved.ring_full += 1;
             }
         }
-        let mut stage = Stage::default();
+        // The pass's buffers are the backend's, kept from pass to pass.
+        let mut stage = core::mem::take(&mut self.stage);
         let mut taken = 0;
         let more = loop {
             let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
@@ -83,6 +84,7 @@ where
             }
         };
         self.launch(&mut stage, host);
+        self.stage = stage;
         if !self.connected(id) {
             return;
         }
@@ -138,7 +140,7 @@ where
                 .get(&id)
                 .and_then(|d| d.conn.as_ref())
                 .is_some_and(|c| {
-                    c.inflight.contains_key(&rid)
+                    c.inflight.contains(rid)
                         || c.inflight.values().any(|f| f.unlinked_by == Some(rid))
                 })
     }
@@ -148,7 +150,7 @@ where
         self.answers.push(Answer {
             id,
             rsp,
-            frames: Vec::new(),
+            frames: Frames::new(),
             copies: 0..0,
             inbound: false,
         });
@@ -162,7 +164,8 @@ where
         if self.answers.is_empty() {
             return;
         }
-        let statuses = run_copies(&mut self.hv, &self.answer_copies);
+        let mut statuses = core::mem::take(&mut self.statuses);
+        run_copies(&mut self.hv, &self.answer_copies, &mut statuses);
         // Drained from a local and put back, so its allocation serves the next flush too.
         let mut answers = core::mem::take(&mut self.answers);
         for a in answers.drain(..) {
@@ -200,6 +203,7 @@ where
         }
         self.answer_copies.clear();
         self.answers = answers;
+        self.statuses = statuses;
     }
 
     /// `event=urb_grant_copy_failed`, within the frontend's warning budget.
@@ -249,7 +253,7 @@ where
                 let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
                     return false;
                 };
-                match c.inflight.get_mut(&unlink_id) {
+                match c.inflight.get_mut(unlink_id) {
                     // Answered once the cancelled request is, right after it.
                     Some(f) if f.unlinked_by.is_none() => {
                         f.unlinked_by = Some(rid);
@@ -334,7 +338,7 @@ where
         }
 
         // One of our frames per segment, data first, then isochronous descriptors.
-        let segments: Vec<pvusb::Segment> = s
+        let segments: bounce::Segments = s
             .buffer
             .iter()
             .chain(s.iso_descriptors.iter())
@@ -449,7 +453,8 @@ where
         if stage.requests.is_empty() {
             return;
         }
-        let statuses = run_copies(&mut self.hv, &stage.copies);
+        let mut statuses = core::mem::take(&mut self.statuses);
+        run_copies(&mut self.hv, &stage.copies, &mut statuses);
         for mut r in stage.requests.drain(..) {
             let id = r.id;
             // Its frontend was disconnected in this pass: nothing reached the device.
@@ -518,6 +523,7 @@ where
             }
         }
         stage.copies.clear();
+        self.statuses = statuses;
     }
 
     /// Answers the request a host transfer finished: a SuperSpeed descriptor rewritten,
@@ -532,7 +538,7 @@ where
         }
         let (id, rid) = self.tokens.remove(&c.token)?;
         let conn = self.devices.get_mut(&id)?.conn.as_mut()?;
-        let f = conn.inflight.remove(&rid)?;
+        let f = conn.inflight.remove(rid)?;
         let total = f.buffer.data_len();
         let (status, mut actual) = match c.result {
             Ok(n) => (USBIF_STATUS_OK, n.min(total)),
@@ -630,7 +636,7 @@ where
 
 /// Requests of one pass waiting for their copies in: queued to the host in ring order once
 /// the batch is done.
-struct Stage<P> {
+pub(crate) struct Stage<P> {
     copies: Vec<CopyOp>,
     requests: Vec<Staged<P>>,
 }
@@ -665,7 +671,7 @@ pub(crate) struct Answer<P> {
     id: DeviceId,
     rsp: UsbifUrbResponse,
     /// Frames that go back to the pool once the copies are done.
-    frames: Vec<LocalFrame<P>>,
+    frames: Frames<P>,
     /// Its copies in [`Backend::answer_copies`].
     copies: Range<usize>,
     /// It carries IN data (device to guest).
@@ -673,12 +679,17 @@ pub(crate) struct Answer<P> {
 }
 
 /// The first failed status among `statuses[range]` (a missing one counts as failed).
-/// Runs a batch of grant copies in one hypercall (none for an empty batch).
-fn run_copies<C: GrantCopier + ?Sized>(hv: &mut C, copies: &[CopyOp]) -> Vec<GntStatus> {
-    if copies.is_empty() {
-        return Vec::new();
+/// Runs a batch of grant copies in one hypercall (none for an empty batch), their statuses
+/// in `statuses`.
+fn run_copies<C: GrantCopier + ?Sized>(
+    hv: &mut C,
+    copies: &[CopyOp],
+    statuses: &mut Vec<GntStatus>,
+) {
+    statuses.clear();
+    if !copies.is_empty() {
+        hv.copy(copies, statuses);
     }
-    hv.copy(copies)
 }
 
 fn copy_failure(statuses: &[GntStatus], range: Range<usize>) -> Option<GntStatus> {

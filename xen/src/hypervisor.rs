@@ -160,8 +160,9 @@ pub struct CopyOp {
 pub trait GrantCopier {
     /// Runs every op, as few hypercalls as the implementation can (a backend hands it
     /// every copy of a pass at once: a hypercall costs far more than the bytes it moves).
-    /// Returns one status per op, in order; a failed op leaves the others done.
-    fn copy(&mut self, ops: &[CopyOp]) -> alloc::vec::Vec<GntStatus>;
+    /// Puts one status per op in `statuses` (emptied first; the caller keeps it, so a
+    /// stream of batches allocates nothing), in order; a failed op leaves the others done.
+    fn copy(&mut self, ops: &[CopyOp], statuses: &mut alloc::vec::Vec<GntStatus>);
 }
 
 /// A frame of our own memory that a device may DMA into: a backend's bounce buffer, which

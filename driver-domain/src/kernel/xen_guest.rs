@@ -204,6 +204,8 @@ pub struct Xen {
     /// The vector of the event upcall.
     pub vector: u8,
     window: GrantWindow,
+    /// The hypercall's copy descriptors, kept from batch to batch.
+    copy_buf: Vec<GnttabCopy>,
 }
 
 /// Errors of Xen setup, named for the log.
@@ -289,6 +291,7 @@ pub fn init(detected: Detected, window: (u64, u64)) -> Result<Xen, SetupError> {
         store,
         vector,
         window: GrantWindow::new(window.0, window.1),
+        copy_buf: Vec::new(),
     })
 }
 
@@ -569,7 +572,7 @@ impl GrantMapper for Xen {
 const COPY_BATCH: usize = 512;
 
 impl GrantCopier for Xen {
-    fn copy(&mut self, ops: &[CopyOp]) -> Vec<GntStatus> {
+    fn copy(&mut self, ops: &[CopyOp], statuses: &mut Vec<GntStatus>) {
         let ptr = |p: CopyPtr| match p {
             CopyPtr::Grant { dom, gref, offset } => (
                 GnttabCopyPtr {
@@ -590,32 +593,31 @@ impl GrantCopier for Xen {
                 false,
             ),
         };
-        let mut out = Vec::with_capacity(ops.len());
+        statuses.clear();
+        let mut raw = core::mem::take(&mut self.copy_buf);
         for chunk in ops.chunks(COPY_BATCH) {
-            let mut raw: Vec<GnttabCopy> = chunk
-                .iter()
-                .map(|op| {
-                    let (source, source_gref) = ptr(op.source);
-                    let (dest, dest_gref) = ptr(op.dest);
-                    let flags = if source_gref { GNTCOPY_SOURCE_GREF } else { 0 }
-                        | if dest_gref { GNTCOPY_DEST_GREF } else { 0 };
-                    GnttabCopy {
-                        source,
-                        dest,
-                        len: op.len,
-                        flags,
-                        status: GntStatus::GeneralError as i16,
-                        _pad: 0,
-                    }
-                })
-                .collect();
+            raw.clear();
+            raw.extend(chunk.iter().map(|op| {
+                let (source, source_gref) = ptr(op.source);
+                let (dest, dest_gref) = ptr(op.dest);
+                let flags = if source_gref { GNTCOPY_SOURCE_GREF } else { 0 }
+                    | if dest_gref { GNTCOPY_DEST_GREF } else { 0 };
+                GnttabCopy {
+                    source,
+                    dest,
+                    len: op.len,
+                    flags,
+                    status: GntStatus::GeneralError as i16,
+                    _pad: 0,
+                }
+            }));
             let rc = hypercall(
                 HYPERVISOR_GRANT_TABLE_OP,
                 u64::from(GNTTABOP_COPY),
                 raw.as_mut_ptr() as u64,
                 raw.len() as u64,
             );
-            out.extend(raw.iter().map(|c| {
+            statuses.extend(raw.iter().map(|c| {
                 if rc < 0 {
                     GntStatus::GeneralError
                 } else {
@@ -623,7 +625,7 @@ impl GrantCopier for Xen {
                 }
             }));
         }
-        out
+        self.copy_buf = raw;
     }
 }
 

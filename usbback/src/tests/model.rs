@@ -126,7 +126,7 @@ impl Model {
             direction: host::Direction::Out,
             transfer_type: host::TransferType::Control,
             setup: Some(setup),
-            segments: Vec::new(),
+            segments: host::TransferSegments::new(),
             short_not_ok: false,
             iso_packets: Vec::new(),
             start_frame: None,

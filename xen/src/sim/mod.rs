@@ -466,27 +466,26 @@ impl GrantMapper for Domain {
 }
 
 impl GrantCopier for Domain {
-    fn copy(&mut self, ops: &[CopyOp]) -> Vec<GntStatus> {
+    fn copy(&mut self, ops: &[CopyOp], statuses: &mut Vec<GntStatus>) {
         let me = self.domid;
+        statuses.clear();
         self.with(|m| {
             m.domains.get_mut(&me).expect("domain is alive").copy_calls += 1;
-            ops.iter()
-                .map(|op| {
-                    let status = (|| {
-                        let (src, so) = Self::resolve(m, me, op.source, false)?;
-                        let (dst, dof) = Self::resolve(m, me, op.dest, true)?;
-                        let len = usize::from(op.len);
-                        if usize::from(so) + len > PAGE_SIZE || usize::from(dof) + len > PAGE_SIZE {
-                            return Err(GntStatus::BadCopyArg);
-                        }
-                        let mut buf = [0u8; PAGE_SIZE];
-                        src.read(usize::from(so), &mut buf[..len]);
-                        dst.write(usize::from(dof), &buf[..len]);
-                        Ok(())
-                    })();
-                    status.err().unwrap_or(GntStatus::Okay)
-                })
-                .collect()
+            statuses.extend(ops.iter().map(|op| {
+                let status = (|| {
+                    let (src, so) = Self::resolve(m, me, op.source, false)?;
+                    let (dst, dof) = Self::resolve(m, me, op.dest, true)?;
+                    let len = usize::from(op.len);
+                    if usize::from(so) + len > PAGE_SIZE || usize::from(dof) + len > PAGE_SIZE {
+                        return Err(GntStatus::BadCopyArg);
+                    }
+                    let mut buf = [0u8; PAGE_SIZE];
+                    src.read(usize::from(so), &mut buf[..len]);
+                    dst.write(usize::from(dof), &buf[..len]);
+                    Ok(())
+                })();
+                status.err().unwrap_or(GntStatus::Okay)
+            }));
         })
     }
 }

@@ -177,7 +177,8 @@ fn grant_copy_checks_access_and_page_bounds() {
         // A frame we do not have.
         op(mine(Gfn(1), 0), grant(rw, 0)),
     ];
-    let st = be.copy(&ops);
+    let mut st = vec![GntStatus::Okay; 9];
+    be.copy(&ops, &mut st);
     assert_eq!(
         st.as_slice(),
         &[

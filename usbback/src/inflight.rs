@@ -1,0 +1,59 @@
+//! A frontend's requests in flight, by request id.
+
+use alloc::vec::Vec;
+
+use xen::pvusb::URB_RING_SIZE;
+
+use crate::InFlight;
+
+/// At most a ring's worth of requests (a frontend cannot have more out without overrunning
+/// its ring), in one allocation made when the frontend connects: taking a request in and
+/// answering it neither allocates nor shifts the others.
+pub(crate) struct InFlightTable<P> {
+    entries: Vec<(u16, InFlight<P>)>,
+}
+
+impl<P> Default for InFlightTable<P> {
+    fn default() -> Self {
+        InFlightTable {
+            entries: Vec::with_capacity(URB_RING_SIZE as usize),
+        }
+    }
+}
+
+impl<P> InFlightTable<P> {
+    /// Adds request `rid`, which the caller checked is not in flight.
+    pub(crate) fn insert(&mut self, rid: u16, f: InFlight<P>) {
+        self.entries.push((rid, f));
+    }
+
+    pub(crate) fn contains(&self, rid: u16) -> bool {
+        self.entries.iter().any(|e| e.0 == rid)
+    }
+
+    pub(crate) fn get_mut(&mut self, rid: u16) -> Option<&mut InFlight<P>> {
+        self.entries
+            .iter_mut()
+            .find(|e| e.0 == rid)
+            .map(|e| &mut e.1)
+    }
+
+    /// Takes request `rid` out; the last entry takes its place.
+    pub(crate) fn remove(&mut self, rid: u16) -> Option<InFlight<P>> {
+        let at = self.entries.iter().position(|e| e.0 == rid)?;
+        Some(self.entries.swap_remove(at).1)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &InFlight<P>> {
+        self.entries.iter().map(|e| &e.1)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Every request, taken out.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = InFlight<P>> + '_ {
+        self.entries.drain(..).map(|e| e.1)
+    }
+}
