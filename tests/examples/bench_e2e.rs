@@ -20,9 +20,14 @@ const OPS: [&str; 2] = ["read", "write"];
 /// Rounds of each op the guest runs (tests/e2e/guest-init.sh).
 const ROUNDS: f64 = 3.0;
 /// usbdom's `event=cpu` counters summed per op.
-const USBDOM_COUNTERS: [&str; 10] = [
+const USBDOM_COUNTERS: [&str; 15] = [
     "busy_us",
     "hypercall_us",
+    "usb_us",
+    "answer_us",
+    "xenstore_us",
+    "log_us",
+    "serve_us",
     "hypercalls",
     "grant_ops",
     "grant_entries",
@@ -246,6 +251,31 @@ fn report(run: &Run, mib: u32, n: u32) {
             col("wakeups", 1.0),
             col("urbs", 1.0),
             full
+        );
+    }
+    // usbdom's busy time by step of its main loop (the rest: interrupts, the loop itself).
+    println!("bench run={n}: usbdom's busy ms per MiB by step of its main loop");
+    println!(
+        "  {:<5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7}",
+        "op", "busy", "usb", "answer", "xenstore", "log", "serve", "other"
+    );
+    for op in OPS {
+        let Some(s) = run.usbdom.get(op) else {
+            continue;
+        };
+        let ms = |k: &str| s.get(k).copied().unwrap_or(0.0) / 1000.0 / per_op_mib;
+        let steps = ["usb_us", "answer_us", "xenstore_us", "log_us", "serve_us"];
+        let other = ms("busy_us") - steps.iter().map(|k| ms(k)).sum::<f64>();
+        println!(
+            "  {:<5} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>7.1}",
+            op,
+            ms("busy_us"),
+            ms("usb_us"),
+            ms("answer_us"),
+            ms("xenstore_us"),
+            ms("log_us"),
+            ms("serve_us"),
+            other
         );
     }
 }

@@ -281,9 +281,13 @@ fn main_loop(
     let mut stats_at = time::now_micros();
     // Where the CPU went since the last stats: halted, and how often it woke.
     let (mut halted_us, mut wakeups) = (0u64, 0u64);
+    // And where the busy part of it went, by step of the turn.
+    let mut steps = Steps::default();
     let mut ports: alloc::vec::Vec<xen::abi::EvtchnPort> = alloc::vec::Vec::new();
     loop {
+        let mut at = time::now_micros();
         let mut events = usb.as_mut().map(usb::service).unwrap_or_default();
+        steps.usb += lap(&mut at);
         // The simulated VMs move on as far as they can; the loop comes back at once while
         // they do, and sleeps until the next interrupt when they wait for the controller.
         let mut demo_busy = false;
@@ -298,10 +302,12 @@ fn main_loop(
                 None => &mut absent,
             };
             be.host_events(host, &mut events);
+            steps.answer += lap(&mut at);
             if let Err(e) = be.poll_xenstore(host) {
                 warn!("event=xenstore_error op=poll error={e}");
             }
             be.publish_inventory();
+            steps.xenstore += lap(&mut at);
             let now = time::now_micros();
             if now - stats_at >= STATS_INTERVAL_US {
                 let served = be.log_stats();
@@ -315,21 +321,27 @@ fn main_loop(
                 if served {
                     info!(
                         target: usbback::PERIODIC_TARGET,
-                        "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us} grant_entries={grant_entries} notifications={notifications} urbs={} bytes_in={} bytes_out={} ring_full={}",
+                        "event=cpu interval_us={interval} busy_us={busy} busy_pct={} wakeups={wakeups} hypercalls={calls} hypercall_us={calls_us} grant_ops={grant_ops} grant_op_us={grant_us} grant_entries={grant_entries} notifications={notifications} urbs={} bytes_in={} bytes_out={} ring_full={} usb_us={} answer_us={} xenstore_us={} log_us={} serve_us={}",
                         busy * 100 / interval,
                         moved.completed + moved.errors,
                         moved.bytes_in,
                         moved.bytes - moved.bytes_in,
-                        moved.ring_full
+                        moved.ring_full,
+                        steps.usb,
+                        steps.answer,
+                        steps.xenstore,
+                        steps.log,
+                        steps.serve
                     );
                 }
                 stats_at = now;
-                (halted_us, wakeups) = (0, 0);
+                (halted_us, wakeups, steps) = (0, 0, Steps::default());
             }
         }
         // COM1 gets a few bytes a turn: each one traps to the UART's emulator.
         logger::drain_serial(SERIAL_BYTES_PER_TURN);
         cpu::check_stack_canary();
+        steps.log += lap(&mut at);
         // Work that arrived while the loop ran is looked for with interrupts off, so an
         // interrupt after the look still wakes the `hlt` (`sti; hlt` takes it only after
         // the `hlt` began).
@@ -358,14 +370,38 @@ fn main_loop(
                 Some(u) => u.host(),
                 None => &mut absent,
             };
+            let mut at = time::now_micros();
             for &p in &ports {
                 be.handle_event(p, host);
             }
             // Frontends whose budget ran out get their next turn after every other
             // frontend's and the controller's.
             be.serve_busy(host);
+            steps.serve += lap(&mut at);
         }
     }
+}
+
+/// Microseconds a main-loop turn spent in each step, for `event=cpu`: the controller's
+/// events (`usb`), answering what completed (`answer`: copies out, responses,
+/// notifications), xenstore, the log (stats lines and COM1), and serving the frontends'
+/// rings (`serve`: copies in, queueing to the controller). What busy time is in none of
+/// them went to interrupts and the loop itself.
+#[derive(Default)]
+struct Steps {
+    usb: u64,
+    answer: u64,
+    xenstore: u64,
+    log: u64,
+    serve: u64,
+}
+
+/// The microseconds since `*at`, which becomes now.
+fn lap(at: &mut u64) -> u64 {
+    let now = time::now_micros();
+    let since = now.saturating_sub(*at);
+    *at = now;
+    since
 }
 
 /// The device policy the command line gives. One that cannot be parsed denies every
