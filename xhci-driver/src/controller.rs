@@ -3598,15 +3598,7 @@ mod tests {
 
         // A device claiming 20 configurations is offered the first 8: the ninth is never
         // read, and its value cannot be set.
-        let fake = FakeXhci::new();
-        fake.num_configurations.set(20);
-        *fake.more_configurations.borrow_mut() = (2..=20u8)
-            .map(|value| {
-                let mut c = HID.to_vec();
-                c[5] = value;
-                c
-            })
-            .collect();
+        let fake = hid_configurations(20);
         let mut xhci = Controller::start(&fake).unwrap();
         let slot_id = xhci.enumerate_root_ports()[0].slot_id;
         assert_eq!(xhci.configurations(slot_id).unwrap().len(), 8);
@@ -3621,19 +3613,25 @@ mod tests {
         assert_eq!(xhci.configurations(slot_id), Err(Error::BadDescriptor));
     }
 
-    #[test]
-    fn a_device_slow_to_describe_itself_is_given_up_on_within_the_budget() {
-        // Each answer just inside the transfer timeout: eight configurations would hold the
-        // driver for 18 reads, 1.6 s.
+    /// A device with `count` configurations: the fake's own, then HID ones of values 2…
+    fn hid_configurations(count: u8) -> FakeXhci {
         let fake = FakeXhci::new();
-        fake.num_configurations.set(8);
-        *fake.more_configurations.borrow_mut() = (2..=8u8)
+        fake.num_configurations.set(count);
+        *fake.more_configurations.borrow_mut() = (2..=count)
             .map(|value| {
                 let mut c = HID.to_vec();
                 c[5] = value;
                 c
             })
             .collect();
+        fake
+    }
+
+    #[test]
+    fn a_device_slow_to_describe_itself_is_given_up_on_within_the_budget() {
+        // Each answer just inside the transfer timeout: eight configurations would hold the
+        // driver for 18 reads, 1.6 s.
+        let fake = hid_configurations(8);
         fake.control_delay_us.set(TRANSFER_TIMEOUT_US - 10_000);
         let mut xhci = Controller::start(&fake).unwrap();
         let start = (&fake).now_micros();
@@ -3645,15 +3643,7 @@ mod tests {
         );
 
         // The same device answering in 10 ms is described whole, every configuration.
-        let fake = FakeXhci::new();
-        fake.num_configurations.set(8);
-        *fake.more_configurations.borrow_mut() = (2..=8u8)
-            .map(|value| {
-                let mut c = HID.to_vec();
-                c[5] = value;
-                c
-            })
-            .collect();
+        let fake = hid_configurations(8);
         fake.control_delay_us.set(10_000);
         let mut xhci = Controller::start(&fake).unwrap();
         let found = xhci.enumerate_root_ports();

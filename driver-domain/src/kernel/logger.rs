@@ -7,6 +7,10 @@
 //! millisecond, so a line written at once took 0.2–0.5 s of the driver domain, and a guest
 //! that made usbdom log could take all of its time. A line that finds the queue full is
 //! dropped from COM1 only, and the next one says how many were (`event=log_dropped`).
+//!
+//! The PV console's ring is filled as far as it has room, the rest queued and moved on each
+//! main-loop turn ([`drain_serial`]): writing never waits for xenconsoled in dom0 (a full
+//! ring used to hold the driver domain up to 50 ms a line, notifying dom0 all the while).
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +35,12 @@ const SERIAL_QUEUE_BYTES: usize = 16 * 1024;
 static SERIAL_QUEUE: spin::Mutex<Deque<u8, SERIAL_QUEUE_BYTES>> = spin::Mutex::new(Deque::new());
 /// Lines dropped from COM1 since the last `event=log_dropped`.
 static SERIAL_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes waiting for room in the PV console's ring.
+const CONSOLE_QUEUE_BYTES: usize = 16 * 1024;
+static CONSOLE_QUEUE: spin::Mutex<Deque<u8, CONSOLE_QUEUE_BYTES>> = spin::Mutex::new(Deque::new());
+/// Lines dropped from the PV console since the last `event=log_dropped sink=console`.
+static CONSOLE_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The longest line kept whole; a longer one is cut.
 const LINE_BYTES: usize = 768;
@@ -60,12 +70,53 @@ fn format(level: log::Level, args: &fmt::Arguments<'_>) -> Line {
     line
 }
 
+/// Queues `line` for a sink (`sink`), or counts it in `dropped` when it does not fit; a
+/// line saying how many were dropped goes first once there is room again.
+fn queue_line<const N: usize>(q: &mut Deque<u8, N>, line: &str, dropped: &AtomicU64, sink: &str) {
+    let lost = dropped.load(Ordering::Relaxed);
+    if lost > 0 && q.capacity() - q.len() >= LINE_BYTES + line.len() {
+        dropped.store(0, Ordering::Relaxed);
+        let note = format(
+            log::Level::Warn,
+            &format_args!("event=log_dropped sink={sink} lines={lost}"),
+        );
+        for &b in note.0.as_bytes() {
+            let _ = q.push_back(b);
+        }
+    }
+    if q.capacity() - q.len() < line.len() {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    for &b in line.as_bytes() {
+        let _ = q.push_back(b);
+    }
+}
+
+/// Moves what the PV console's ring has room for out of the queue.
+fn flush_console<const N: usize>(console: &super::xen_guest::XenConsole, q: &mut Deque<u8, N>) {
+    while !q.is_empty() {
+        let (front, _) = q.as_slices();
+        let n = console.write_some(front);
+        if n == 0 {
+            return;
+        }
+        for _ in 0..n {
+            q.pop_front();
+        }
+    }
+}
+
 /// Writes a line to every sink; with the Xen console, COM1 gets it later, and never a
 /// `periodic` one (counters logged every second: on COM1 they took most of its share).
 fn emit(line: &str, periodic: bool) {
     let com1 = COM1_PRESENT.load(Ordering::Relaxed);
     if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
-        console.write(line.as_bytes());
+        {
+            let mut q = CONSOLE_QUEUE.lock();
+            queue_line(&mut q, line, &CONSOLE_DROPPED, "console");
+            flush_console(console, &mut q);
+        }
         if com1 && !periodic {
             let mut q = SERIAL_QUEUE.lock();
             if q.capacity() - q.len() >= line.len() {
@@ -131,10 +182,18 @@ const SERIAL_BURST_US: i64 = 20_000;
 /// earned.
 static SERIAL_CREDIT: spin::Mutex<(i64, u64)> = spin::Mutex::new((0, 0));
 
-/// Moves up to `max` queued bytes to COM1 (the main loop calls this once a turn) while COM1
-/// is within its [`SERIAL_SHARE_PERCENT`] of the time, measured, and says how many lines
-/// COM1 lost once there is room to.
+/// Moves what the PV console's ring has room for out of its queue, and up to `max` queued
+/// bytes to COM1 (the main loop calls this once a turn) while COM1 is within its
+/// [`SERIAL_SHARE_PERCENT`] of the time, measured, and says how many lines COM1 lost once
+/// there is room to.
 pub fn drain_serial(max: usize) {
+    super::cpu::without_interrupts(|| {
+        if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
+            if let Some(mut q) = CONSOLE_QUEUE.try_lock() {
+                flush_console(console, &mut q);
+            }
+        }
+    });
     let max = {
         let now = time::now_micros();
         let mut credit = SERIAL_CREDIT.lock();

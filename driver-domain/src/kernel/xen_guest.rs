@@ -716,30 +716,41 @@ impl XenConsole {
     const OUT_PROD: usize = 3084;
 
     /// Appends `bytes`, waiting up to 50 ms in all for xenconsoled to make room (a console
-    /// nobody reads must not stall the kernel: past that the rest is dropped).
+    /// nobody reads must not stall the kernel: past that the rest is dropped). For the boot
+    /// log and a panic; the main loop's lines go through [`XenConsole::write_some`].
     pub fn write(&self, bytes: &[u8]) {
         let deadline = time::deadline(50_000);
         let mut rest = bytes;
         while !rest.is_empty() {
-            let cons = self.page.load_u32(Self::OUT_CONS);
-            let mut prod = self.page.load_u32(Self::OUT_PROD);
-            core::sync::atomic::fence(Ordering::SeqCst);
-            let room = Self::OUT_SIZE.saturating_sub(prod.wrapping_sub(cons)) as usize;
-            let n = room.min(rest.len());
-            for &b in &rest[..n] {
-                self.page
-                    .write(Self::OUT + (prod % Self::OUT_SIZE) as usize, &[b]);
-                prod = prod.wrapping_add(1);
-            }
+            let n = self.write_some(rest);
             rest = &rest[n..];
-            // The bytes before the index that publishes them.
-            core::sync::atomic::fence(Ordering::Release);
-            self.page.store_u32(Self::OUT_PROD, prod);
-            let _ = notify(self.port);
             if !rest.is_empty() && time::now_micros() > deadline {
                 return;
             }
             core::hint::spin_loop();
         }
+    }
+
+    /// Appends what of `bytes` fits now and returns how many that was; notifies
+    /// xenconsoled once if any. Never waits.
+    pub fn write_some(&self, bytes: &[u8]) -> usize {
+        let cons = self.page.load_u32(Self::OUT_CONS);
+        let mut prod = self.page.load_u32(Self::OUT_PROD);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        let room = Self::OUT_SIZE.saturating_sub(prod.wrapping_sub(cons)) as usize;
+        let n = room.min(bytes.len());
+        if n == 0 {
+            return 0;
+        }
+        for &b in &bytes[..n] {
+            self.page
+                .write(Self::OUT + (prod % Self::OUT_SIZE) as usize, &[b]);
+            prod = prod.wrapping_add(1);
+        }
+        // The bytes before the index that publishes them.
+        core::sync::atomic::fence(Ordering::Release);
+        self.page.store_u32(Self::OUT_PROD, prod);
+        let _ = notify(self.port);
+        n
     }
 }

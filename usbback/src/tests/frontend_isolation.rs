@@ -204,26 +204,58 @@ fn a_refill_flood_gets_one_ring_per_turn_and_the_other_frontend_its_answers() {
     assert_eq!(w.be.bounce_frames_held(), 0);
 }
 
-#[test]
-fn a_transfer_that_outlives_its_frontend_never_writes_into_anyones_pages() {
+/// Two frontends, A (the world's) and B (a new domain), each connected with device 1-1
+/// (A's, interfaces `a_classes`) or 1-2 (B's, mass storage) of `host` on its port 1.
+struct Pair {
+    w: World,
+    be_id: DomId,
+    a: Domain,
+    b: Domain,
+    afront: Front,
+    bfront: Front,
+}
+
+fn pair(host: &mut Model, a_classes: &[u8]) -> Pair {
     let mut w = world(8);
     let be_id = DomId(1);
-    let (a, b_dom) = (w.fe.clone(), w.xen.create_domain());
-    toolstack_add(&w.xen, be_id, b_dom.domid(), 8);
+    let (a, b) = (w.fe.clone(), w.xen.create_domain());
+    toolstack_add(&w.xen, be_id, b.domid(), 8);
+    host.plug(info(1, "1-1", Speed::High, 0, a_classes));
+    host.plug(info(2, "1-2", Speed::High, 0, &[8]));
+    settle(&mut w.be, host);
+    let mut afront = frontend_connect(&a, be_id, None);
+    let mut bfront = frontend_connect(&b, be_id, None);
+    settle(&mut w.be, host);
+    assign(&w.xen, be_id, a.domid(), 1, "1-1");
+    assign(&w.xen, be_id, b.domid(), 1, "1-2");
+    settle(&mut w.be, host);
+    responses(&mut afront);
+    responses(&mut bfront);
+    Pair {
+        w,
+        be_id,
+        a,
+        b,
+        afront,
+        bfront,
+    }
+}
+
+#[test]
+fn a_transfer_that_outlives_its_frontend_never_writes_into_anyones_pages() {
     // Its cancel fails as a Stop Endpoint command can: the transfer stays queued.
     let mut host = Model {
         cancel_fails: true,
         ..Model::default()
     };
-    host.plug(info(1, "1-1", Speed::High, 0, &[8]));
-    host.plug(info(2, "1-2", Speed::High, 0, &[8]));
-    settle(&mut w.be, &mut host);
-    let mut afront = frontend_connect(&a, be_id, None);
-    let mut bfront = frontend_connect(&b_dom, be_id, None);
-    settle(&mut w.be, &mut host);
-    assign(&w.xen, be_id, a.domid(), 1, "1-1");
-    assign(&w.xen, be_id, b_dom.domid(), 1, "1-2");
-    settle(&mut w.be, &mut host);
+    let Pair {
+        mut w,
+        be_id,
+        a,
+        b: b_dom,
+        mut afront,
+        mut bfront,
+    } = pair(&mut host, &[8]);
     host.hold = true;
 
     // A reads 8 KiB; the device has not answered when A's domain is destroyed.
@@ -304,26 +336,19 @@ fn a_transfer_that_outlives_its_frontend_never_writes_into_anyones_pages() {
 
 #[test]
 fn a_slow_device_keeps_only_its_own_guest_waiting() {
-    let mut w = world(8);
-    let be_id = DomId(1);
-    let (a, b_dom) = (w.fe.clone(), w.xen.create_domain());
-    toolstack_add(&w.xen, be_id, b_dom.domid(), 8);
     // A's device takes its time over every standard request the host makes for it.
     let mut host = Model {
         slow: vec![1],
         ..Model::default()
     };
-    host.plug(info(1, "1-1", Speed::High, 0, &[3]));
-    host.plug(info(2, "1-2", Speed::High, 0, &[8]));
-    settle(&mut w.be, &mut host);
-    let mut afront = frontend_connect(&a, be_id, None);
-    let mut bfront = frontend_connect(&b_dom, be_id, None);
-    settle(&mut w.be, &mut host);
-    assign(&w.xen, be_id, a.domid(), 1, "1-1");
-    assign(&w.xen, be_id, b_dom.domid(), 1, "1-2");
-    settle(&mut w.be, &mut host);
-    responses(&mut afront);
-    responses(&mut bfront);
+    let Pair {
+        mut w,
+        be_id,
+        a,
+        b: b_dom,
+        mut afront,
+        mut bfront,
+    } = pair(&mut host, &[3]);
 
     // A asks for a configuration, an alternate setting and a cleared halt; B reads.
     let a_reqs = [
