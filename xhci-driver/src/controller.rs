@@ -86,6 +86,9 @@ const RUN_TIMEOUT_US: u64 = 20_000;
 const RESET_TIMEOUT_US: u64 = 1_000_000;
 /// Port Reset to Port Reset Change: USB 2.0 7.1.7.5 allows 50 ms for the root port reset.
 const PORT_RESET_TIMEOUT_US: u64 = 100_000;
+/// Events taken before ERDP is written even though more wait: a quarter of the Event Ring,
+/// so the controller always has room to write.
+const ERDP_BATCH: u32 = (RING_BYTES / crate::ring::TRB_SIZE / 4) as u32;
 /// All a device may take to describe itself once it is addressed: its device, string and
 /// configuration descriptors, however long each read alone may take. Devices take a few
 /// milliseconds (4 ms under nested Xen in QEMU); one that answers each read just inside
@@ -550,6 +553,8 @@ pub struct Controller<H: Hal> {
     /// While a device describes itself: when its [`ENUMERATION_BUDGET_US`] is up. Every
     /// wait for one of its transfers ends by then.
     deadline: Option<u64>,
+    /// Events taken from the Event Ring since ERDP was last written.
+    unacknowledged: u32,
 }
 
 /// The memory a running controller owns: the Device Context Base Address Array, the
@@ -658,6 +663,7 @@ impl<H: Hal> Controller<H> {
             next_transfer: 0,
             hubs: Vec::new(),
             deadline: None,
+            unacknowledged: 0,
         };
         xhci.run()?;
         info!(
@@ -793,9 +799,10 @@ impl<H: Hal> Controller<H> {
     fn next_event(&mut self, until: u64, what: &'static str) -> Result<event::Allowed, Error> {
         loop {
             if let Some(raw) = self.event_ring.pop() {
-                let ir = self.caps.rtsoff + INTERRUPTER_0;
-                self.hal
-                    .write64(ir + ERDP, self.event_ring.dequeue_pointer() | ERDP_EHB);
+                self.unacknowledged += 1;
+                if self.unacknowledged >= ERDP_BATCH || !self.event_ring.has_next() {
+                    self.acknowledge_events();
+                }
                 match event::Allowed::try_from(raw) {
                     Ok(e) => return Ok(e),
                     Err(raw) => {
@@ -819,6 +826,20 @@ impl<H: Hal> Controller<H> {
             }
             core::hint::spin_loop();
         }
+    }
+
+    /// Writes the Event Ring Dequeue Pointer (with Event Handler Busy cleared) past the
+    /// events taken since it was last written (4.9.4): when the last event written so far
+    /// is taken, or every [`ERDP_BATCH`] events, not once an event (each write is an MMIO
+    /// write, a trap to the device model when the controller is emulated).
+    fn acknowledge_events(&mut self) {
+        if self.unacknowledged == 0 {
+            return;
+        }
+        self.unacknowledged = 0;
+        let ir = self.caps.rtsoff + INTERRUPTER_0;
+        self.hal
+            .write64(ir + ERDP, self.event_ring.dequeue_pointer() | ERDP_EHB);
     }
 
     /// Keeps what an event not waited for says.
@@ -3070,6 +3091,38 @@ mod tests {
         assert_eq!(fake.dropped(), 1 << 3 | 1 << 4);
         assert_eq!(fake.configured().0, 1 | 1 << 3 | 1 << 4);
         assert_eq!(xhci.configuration(9).err(), Some(Error::NoDevice));
+    }
+
+    #[test]
+    fn events_taken_together_are_acknowledged_with_one_erdp_write() {
+        let fake = FakeXhci::new();
+        let mut xhci = Controller::start(&fake).unwrap();
+        let slot_id = configured(&mut xhci);
+        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 512,
+        }];
+        // Four transfers done by the time the driver looks: four events, one ERDP write.
+        let ids: Vec<TransferId> = (0..4)
+            .map(|_| {
+                xhci.queue_transfer(slot_id, 1, Direction::In, &seg)
+                    .unwrap()
+            })
+            .collect();
+        let writes = fake.erdp_writes.get();
+        assert_eq!(xhci.poll_events(), Ok(4));
+        assert_eq!(fake.erdp_writes.get() - writes, 1);
+        for id in ids {
+            assert_eq!(xhci.take_completion(id), Some(Ok(512)));
+        }
+        let erdp = fake.reg(t::ERDP);
+        assert_eq!(erdp & 0b1000, 0b1000, "Event Handler Busy cleared");
+        assert_eq!(
+            u64::from(erdp & !0xf),
+            xhci.event_ring.dequeue_pointer(),
+            "past the last event"
+        );
     }
 
     #[test]

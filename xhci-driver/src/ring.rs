@@ -255,6 +255,12 @@ impl<D: DmaBuffer> EventRing<D> {
         self.segment.phys() + (self.dequeue * TRB_SIZE) as u64
     }
 
+    /// Whether the controller has written an event not taken yet.
+    pub fn has_next(&self) -> bool {
+        let d3 = self.segment.read32(self.dequeue * TRB_SIZE + 12);
+        (d3 & CYCLE != 0) == self.cycle
+    }
+
     /// Takes the next event the controller has written, if any.
     pub fn pop(&mut self) -> Option<[u32; 4]> {
         let base = self.dequeue * TRB_SIZE;

@@ -191,6 +191,8 @@ pub struct FakeXhci {
     pub answer_transfers: Cell<bool>,
     /// How long (µs of its clock) the device takes to answer each control transfer.
     pub control_delay_us: Cell<u64>,
+    /// Writes of ERDP (its low dword) so far.
+    pub erdp_writes: Cell<u32>,
     /// Default Control Endpoints rung and not yet answered: (when, slot).
     deferred: RefCell<Vec<(u64, u8)>>,
     /// What GET_DESCRIPTOR(CONFIGURATION) of index 0 returns.
@@ -265,6 +267,7 @@ impl FakeXhci {
             answer_commands: Cell::new(true),
             answer_transfers: Cell::new(true),
             control_delay_us: Cell::new(0),
+            erdp_writes: Cell::new(0),
             deferred: RefCell::new(Vec::new()),
             configuration: RefCell::new(CONFIGURATION.to_vec()),
             more_configurations: RefCell::new(Vec::new()),
@@ -751,6 +754,9 @@ impl Hal for &FakeXhci {
             return self.write_portsc(offset, value);
         }
         self.regs.borrow_mut()[offset / 4] = value;
+        if offset == ERDP {
+            self.erdp_writes.set(self.erdp_writes.get() + 1);
+        }
         match offset {
             USBCMD => {
                 let halted = u32::from(value & 1 == 0);
