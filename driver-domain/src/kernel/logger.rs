@@ -118,14 +118,7 @@ fn emit(line: &str, periodic: bool) {
             flush_console(console, &mut q);
         }
         if com1 && !periodic {
-            let mut q = SERIAL_QUEUE.lock();
-            if q.capacity() - q.len() >= line.len() {
-                for &b in line.as_bytes() {
-                    let _ = q.push_back(b);
-                }
-            } else {
-                SERIAL_DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
+            queue_line(&mut SERIAL_QUEUE.lock(), line, &SERIAL_DROPPED, "com1");
         }
         return;
     }
@@ -184,8 +177,7 @@ static SERIAL_CREDIT: spin::Mutex<(i64, u64)> = spin::Mutex::new((0, 0));
 
 /// Moves what the PV console's ring has room for out of its queue, and up to `max` queued
 /// bytes to COM1 (the main loop calls this once a turn) while COM1 is within its
-/// [`SERIAL_SHARE_PERCENT`] of the time, measured, and says how many lines COM1 lost once
-/// there is room to.
+/// [`SERIAL_SHARE_PERCENT`] of the time, measured.
 pub fn drain_serial(max: usize) {
     super::cpu::without_interrupts(|| {
         if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
@@ -210,17 +202,6 @@ pub fn drain_serial(max: usize) {
     let mut chunk: heapless::Vec<u8, 64> = heapless::Vec::new();
     super::cpu::without_interrupts(|| {
         let mut q = SERIAL_QUEUE.lock();
-        let dropped = SERIAL_DROPPED.load(Ordering::Relaxed);
-        if dropped > 0 && q.capacity() - q.len() >= LINE_BYTES {
-            SERIAL_DROPPED.store(0, Ordering::Relaxed);
-            let line = format(
-                log::Level::Warn,
-                &format_args!("event=log_dropped sink=com1 lines={dropped}"),
-            );
-            for &b in line.0.as_bytes() {
-                let _ = q.push_back(b);
-            }
-        }
         while chunk.len() < max.min(chunk.capacity()) {
             match q.pop_front() {
                 Some(b) => {
