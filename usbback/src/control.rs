@@ -128,7 +128,7 @@ where
         let Some(request) = intercept(&setup) else {
             return false;
         };
-        let token = self.next_token;
+        let token = self.tokens.issue(id, rid);
         let result = match request {
             Standard::SetAddress(address) => {
                 if let Some(p) = self
@@ -138,6 +138,7 @@ where
                 {
                     p.address = address;
                 }
+                self.tokens.take(token);
                 self.respond(id, response(rid, USBIF_STATUS_OK, 0));
                 return true;
             }
@@ -172,6 +173,7 @@ where
                     u16::from_le_bytes([setup[6], setup[7]]),
                 );
                 }
+                self.tokens.take(token);
                 self.respond(id, response(rid, USBIF_STATUS_INVAL, 0));
                 return true;
             }
@@ -180,8 +182,6 @@ where
             // On its way: answered when the host completes it, as a transfer without data
             // (and cancelled by an unlink or a disconnect like one).
             Ok(()) => {
-                self.next_token += 1;
-                self.tokens.insert(token, (id, rid));
                 if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
                     c.inflight.insert(
                         rid,
@@ -203,7 +203,10 @@ where
                     );
                 }
             }
-            Err(e) => self.respond(id, response(rid, status_of(e), 0)),
+            Err(e) => {
+                self.tokens.take(token);
+                self.respond(id, response(rid, status_of(e), 0));
+            }
         }
         true
     }

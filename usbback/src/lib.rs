@@ -43,6 +43,7 @@ pub mod policy;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim_host;
 pub mod superspeed;
+mod tokens;
 mod urb;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -57,6 +58,7 @@ use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
 
 use bounce::{Buffer, FramePool, WrittenGrants};
 use inflight::InFlightTable;
+use tokens::Tokens;
 use urb::Answer;
 use xen::hypervisor::{
     CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrames, MapRequest,
@@ -198,7 +200,7 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// The host's devices, as its events told.
     known: Vec<DeviceInfo>,
     /// Requests the host holds: token → (frontend device, request id).
-    tokens: BTreeMap<u64, (DeviceId, u16)>,
+    tokens: Tokens,
     /// Bounce frames: every byte a device moves for a guest passes through them.
     pool: FramePool<H::Page>,
     /// Frames of transfers whose frontend is gone, by token: they go back to the pool when
@@ -211,7 +213,6 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     answer_copies: Vec<CopyOp>,
     /// Frontends that had requests left when their budget ran out, in turn.
     busy: VecDeque<DeviceId>,
-    next_token: u64,
     /// What all frontends moved since [`Backend::take_moved`].
     moved: Stats,
     /// [`Backend::host_events`]' frontends to flush, kept for its allocation.
@@ -285,13 +286,12 @@ where
             root,
             devices: BTreeMap::new(),
             known: Vec::new(),
-            tokens: BTreeMap::new(),
+            tokens: Tokens::default(),
             pool: FramePool::default(),
             quarantine: BTreeMap::new(),
             answers: Vec::new(),
             answer_copies: Vec::new(),
             busy: VecDeque::new(),
-            next_token: 1,
             moved: Stats::default(),
             touched: Vec::new(),
             stage: urb::Stage::default(),
@@ -975,7 +975,7 @@ where
             let mut quarantined = 0;
             for f in inflight.drain() {
                 host.cancel(f.device, f.token);
-                self.tokens.remove(&f.token);
+                self.tokens.take(f.token);
                 quarantined += f.buffer.frames.len();
                 self.quarantine.insert(f.token, f.buffer.frames);
             }

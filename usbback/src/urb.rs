@@ -409,10 +409,9 @@ where
             } => number_of_packets,
             _ => 0,
         };
-        let token = self.next_token;
-        self.next_token += 1;
         let transfer = host::Transfer {
-            token,
+            // Named when it is queued (launch).
+            token: 0,
             endpoint: if setup.is_some() { 0 } else { s.pipe.endpoint },
             direction,
             transfer_type,
@@ -494,16 +493,17 @@ where
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
             }
-            let token = r.transfer.token;
+            let token = self.tokens.issue(id, r.rid);
+            r.transfer.token = token;
             let iso_packets = r.transfer.iso_packets.clone();
             let direction = r.transfer.direction;
             match host.submit(r.device, r.transfer) {
                 Err(e) => {
+                    self.tokens.take(token);
                     self.pool.give_back(r.buffer.frames);
                     self.respond(id, response(r.rid, status_of(e), 0));
                 }
                 Ok(()) => {
-                    self.tokens.insert(token, (id, r.rid));
                     if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
                         c.inflight.insert(
                             r.rid,
@@ -536,7 +536,7 @@ where
             self.pool.give_back(frames);
             return None;
         }
-        let (id, rid) = self.tokens.remove(&c.token)?;
+        let (id, rid) = self.tokens.take(c.token)?;
         let conn = self.devices.get_mut(&id)?.conn.as_mut()?;
         let f = conn.inflight.remove(rid)?;
         let total = f.buffer.data_len();
