@@ -2,14 +2,15 @@
 //!
 //! Once Xen's PV console exists it carries every line at once: a line is a copy into a
 //! shared ring and one notification. COM1 then gets the same lines through a queue that the
-//! main loop drains a few bytes per turn ([`drain_serial`]): every byte to an emulated UART
+//! main loop drains a few bytes at a time when it has nothing else to do
+//! ([`drain_serial`]): every byte to an emulated UART
 //! is a trap to the device model in dom0, which under nested virtualisation costs about a
 //! millisecond, so a line written at once took 0.2–0.5 s of the driver domain, and a guest
 //! that made usbdom log could take all of its time. A line that finds the queue full is
 //! dropped from COM1 only, and the next one says how many were (`event=log_dropped`).
 //!
 //! The PV console's ring is filled as far as it has room, the rest queued and moved on each
-//! main-loop turn ([`drain_serial`]): writing never waits for xenconsoled in dom0 (a full
+//! main-loop turn ([`flush_console`]): writing never waits for xenconsoled in dom0 (a full
 //! ring used to hold the driver domain up to 50 ms a line, notifying dom0 all the while).
 
 use core::fmt::{self, Write};
@@ -94,7 +95,10 @@ fn queue_line<const N: usize>(q: &mut Deque<u8, N>, line: &str, dropped: &Atomic
 }
 
 /// Moves what the PV console's ring has room for out of the queue.
-fn flush_console<const N: usize>(console: &super::xen_guest::XenConsole, q: &mut Deque<u8, N>) {
+fn flush_console_queue<const N: usize>(
+    console: &super::xen_guest::XenConsole,
+    q: &mut Deque<u8, N>,
+) {
     while !q.is_empty() {
         let (front, _) = q.as_slices();
         let n = console.write_some(front);
@@ -115,7 +119,7 @@ fn emit(line: &str, periodic: bool) {
         {
             let mut q = CONSOLE_QUEUE.lock();
             queue_line(&mut q, line, &CONSOLE_DROPPED, "console");
-            flush_console(console, &mut q);
+            flush_console_queue(console, &mut q);
         }
         if com1 && !periodic {
             queue_line(&mut SERIAL_QUEUE.lock(), line, &SERIAL_DROPPED, "com1");
@@ -175,30 +179,41 @@ const SERIAL_BURST_US: i64 = 20_000;
 /// earned.
 static SERIAL_CREDIT: spin::Mutex<(i64, u64)> = spin::Mutex::new((0, 0));
 
-/// Moves what the PV console's ring has room for out of its queue, and up to `max` queued
-/// bytes to COM1 (the main loop calls this once a turn) while COM1 is within its
-/// [`SERIAL_SHARE_PERCENT`] of the time, measured.
-pub fn drain_serial(max: usize) {
+/// Moves what the PV console's ring has room for out of its queue (the main loop calls this
+/// once a turn).
+pub fn flush_console() {
     super::cpu::without_interrupts(|| {
         if let Some(console) = XEN_CONSOLE.try_lock().as_ref().and_then(|c| c.as_ref()) {
             if let Some(mut q) = CONSOLE_QUEUE.try_lock() {
-                flush_console(console, &mut q);
+                flush_console_queue(console, &mut q);
             }
         }
     });
-    let max = {
-        let now = time::now_micros();
-        let mut credit = SERIAL_CREDIT.lock();
-        let (us, at) = *credit;
-        let earned = (now.saturating_sub(at) * SERIAL_SHARE_PERCENT / 100) as i64;
-        let us = us.saturating_add(earned).min(SERIAL_BURST_US);
-        *credit = (us, now);
-        if us > 0 {
-            max
-        } else {
-            0
-        }
-    };
+}
+
+/// COM1's time credit now, in µs, brought up to date.
+fn serial_credit() -> i64 {
+    let now = time::now_micros();
+    let mut credit = SERIAL_CREDIT.lock();
+    let (us, at) = *credit;
+    let earned = (now.saturating_sub(at) * SERIAL_SHARE_PERCENT / 100) as i64;
+    let us = us.saturating_add(earned).min(SERIAL_BURST_US);
+    *credit = (us, now);
+    us
+}
+
+/// Whether bytes wait for COM1 and COM1 is within its share of the time: the main loop
+/// then moves some ([`drain_serial`]) instead of halting. Every byte traps to dom0's device
+/// model, so this is done only when nothing else waits: a guest's request never queues
+/// behind the serial port.
+pub fn serial_due() -> bool {
+    !SERIAL_QUEUE.lock().is_empty() && serial_credit() > 0
+}
+
+/// Moves up to `max` queued bytes to COM1 while COM1 is within its [`SERIAL_SHARE_PERCENT`]
+/// of the time, measured.
+pub fn drain_serial(max: usize) {
+    let max = if serial_credit() > 0 { max } else { 0 };
     let mut chunk: heapless::Vec<u8, 64> = heapless::Vec::new();
     super::cpu::without_interrupts(|| {
         let mut q = SERIAL_QUEUE.lock();

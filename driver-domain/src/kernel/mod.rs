@@ -338,8 +338,7 @@ fn main_loop(
                 (halted_us, wakeups, steps) = (0, 0, Steps::default());
             }
         }
-        // COM1 gets a few bytes a turn: each one traps to the UART's emulator.
-        logger::drain_serial(SERIAL_BYTES_PER_TURN);
+        logger::flush_console();
         cpu::check_stack_canary();
         steps.log += lap(&mut at);
         // Work that arrived while the loop ran is looked for with interrupts off, so an
@@ -358,6 +357,14 @@ fn main_loop(
             && !backend_busy
             && !usb.as_mut().is_some_and(usb::has_work)
         {
+            // COM1 gets a few bytes when nothing else waits: each one traps to the UART's
+            // emulator. Then the loop looks for work again before it sleeps.
+            if logger::serial_due() {
+                cpu::enable_interrupts();
+                logger::drain_serial(SERIAL_BYTES_PER_TURN);
+                steps.log += lap(&mut at);
+                continue;
+            }
             let before = time::now_micros();
             cpu::enable_and_halt();
             halted_us += time::now_micros() - before;
@@ -428,9 +435,9 @@ fn policy(cmdline: &Cmdline) -> usbback::policy::Policy {
     }
 }
 
-/// Bytes of queued log moved to COM1 per main-loop turn (within COM1's share of the time,
-/// `logger::drain_serial`): about 16 traps to dom0's device model, some 16 ms under nested
-/// virtualisation, microseconds on hardware.
+/// Bytes of queued log moved to COM1 per idle main-loop turn (within COM1's share of the
+/// time, `logger::drain_serial`): about 16 traps to dom0's device model, some 16 ms under
+/// nested virtualisation, microseconds on hardware.
 const SERIAL_BYTES_PER_TURN: usize = 16;
 
 /// How often the frontends' counters are logged when they changed (`event=stats`).
