@@ -3060,6 +3060,16 @@ mod tests {
     }
 
     /// Enumerates the fake's device and configures it; returns its slot ID.
+    /// A page of DMA memory and a 512-byte segment at its start, for bulk transfers.
+    fn bulk_buffer(xhci: &mut Controller<&FakeXhci>) -> (crate::testing::Memory, [Segment; 1]) {
+        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 512,
+        }];
+        (buf, seg)
+    }
+
     fn configured(xhci: &mut Controller<&FakeXhci>) -> u8 {
         let devices = xhci.enumerate_root_ports();
         let slot_id = devices[0].slot_id;
@@ -3098,11 +3108,7 @@ mod tests {
         let fake = FakeXhci::new();
         let mut xhci = Controller::start(&fake).unwrap();
         let slot_id = configured(&mut xhci);
-        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-        let seg = [Segment {
-            phys: buf.phys(),
-            len: 512,
-        }];
+        let (_buf, seg) = bulk_buffer(&mut xhci);
         // Four transfers done by the time the driver looks: four events, one ERDP write.
         let ids: Vec<TransferId> = (0..4)
             .map(|_| {
@@ -3203,11 +3209,7 @@ mod tests {
         let fake = FakeXhci::new();
         let mut xhci = Controller::start(&fake).unwrap();
         let slot_id = configured(&mut xhci);
-        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-        let seg = [Segment {
-            phys: buf.phys(),
-            len: 512,
-        }];
+        let (_buf, seg) = bulk_buffer(&mut xhci);
         let a = xhci
             .queue_transfer(slot_id, 1, Direction::In, &seg)
             .unwrap();
@@ -3237,11 +3239,7 @@ mod tests {
         let fake = FakeXhci::new();
         let mut xhci = Controller::start(&fake).unwrap();
         let slot_id = configured(&mut xhci);
-        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-        let seg = [Segment {
-            phys: buf.phys(),
-            len: 512,
-        }];
+        let (_buf, seg) = bulk_buffer(&mut xhci);
         fake.stall_next.set(true);
         assert_eq!(
             xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
@@ -3265,11 +3263,7 @@ mod tests {
         let fake = FakeXhci::new();
         let mut xhci = Controller::start(&fake).unwrap();
         let slot_id = configured(&mut xhci);
-        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-        let seg = [Segment {
-            phys: buf.phys(),
-            len: 512,
-        }];
+        let (_buf, seg) = bulk_buffer(&mut xhci);
         fake.answer_bulk.set(false);
         assert_eq!(
             xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
@@ -3552,11 +3546,7 @@ mod tests {
         let slot_id = found[0].slot_id;
         let config = xhci.configuration(slot_id).unwrap();
         xhci.configure(slot_id, &config).unwrap();
-        let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-        let seg = [Segment {
-            phys: buf.phys(),
-            len: 512,
-        }];
+        let (_buf, seg) = bulk_buffer(&mut xhci);
         assert_eq!(
             xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
             Ok(512)
