@@ -313,14 +313,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                     .queue_isochronous(slot_id, t.endpoint, direction, &segments, &packets)
             }
         };
-        let id = queued.map_err(error)?;
-        self.in_flight.push(InFlight {
-            id,
-            device,
-            token: t.token,
-            clears_halt: None,
-        });
-        Ok(())
+        self.track(device, t.token, queued, None)
     }
 
     fn cancel(&mut self, device: u32, token: u64) -> bool {

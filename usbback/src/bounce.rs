@@ -28,6 +28,7 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
+use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
 use xen::abi::{DomId, GrantRef};
 use xen::hypervisor::{CopyOp, CopyPtr, LocalFrame, LocalFrames};
@@ -69,13 +70,18 @@ impl WrittenGrants {
         self.slots[Self::slot(gref)] == Some(gref)
     }
 
-    /// Records what a batch did to the grants written by `ops`: each succeeded
-    /// (`ok`) or failed.
-    pub fn note(&mut self, ops: &[CopyOp], ok: impl Fn(usize) -> bool) {
-        for (i, op) in ops.iter().enumerate() {
-            if let CopyPtr::Grant { gref, .. } = op.dest {
+    /// Records what a batch did to the grants written by `ops[range]`, whose outcomes are
+    /// `statuses[range]` (a missing one counts as failed).
+    pub fn note(&mut self, ops: &[CopyOp], statuses: &[GntStatus], range: Range<usize>) {
+        for i in range {
+            if let Some(CopyOp {
+                dest: CopyPtr::Grant { gref, .. },
+                ..
+            }) = ops.get(i)
+            {
+                let gref = *gref;
                 let slot = &mut self.slots[Self::slot(gref)];
-                if ok(i) {
+                if statuses.get(i) == Some(&GntStatus::Okay) {
                     *slot = Some(gref);
                 } else if *slot == Some(gref) {
                     *slot = None;

@@ -128,8 +128,7 @@ where
         let Some(request) = intercept(&setup) else {
             return false;
         };
-        let token = self.tokens.issue(id, rid);
-        let result = match request {
+        match request {
             Standard::SetAddress(address) => {
                 if let Some(p) = self
                     .devices
@@ -138,28 +137,36 @@ where
                 {
                     p.address = address;
                 }
-                self.tokens.take(token);
                 self.respond(id, response(rid, USBIF_STATUS_OK, 0));
-                return true;
             }
-            Standard::SetConfiguration(value) => self.vetted(
-                id,
-                port,
-                device,
-                format!("set_configuration value={value}"),
-                &mut |vet| host.set_configuration(device, value, token, vet),
-            ),
+            Standard::SetConfiguration(value) => {
+                self.through_host(id, rid, port, device, |be, token| {
+                    be.vetted(
+                        id,
+                        port,
+                        device,
+                        format!("set_configuration value={value}"),
+                        &mut |vet| host.set_configuration(device, value, token, vet),
+                    )
+                })
+            }
             Standard::SetInterface {
                 interface,
                 alternate,
-            } => self.vetted(
-                id,
-                port,
-                device,
-                format!("set_interface value={alternate} interface={interface}"),
-                &mut |vet| host.set_interface(device, interface, alternate, token, vet),
-            ),
-            Standard::ClearHalt(endpoint) => host.clear_halt(device, endpoint, token),
+            } => self.through_host(id, rid, port, device, |be, token| {
+                be.vetted(
+                    id,
+                    port,
+                    device,
+                    format!("set_interface value={alternate} interface={interface}"),
+                    &mut |vet| host.set_interface(device, interface, alternate, token, vet),
+                )
+            }),
+            Standard::ClearHalt(endpoint) => {
+                self.through_host(id, rid, port, device, |_, token| {
+                    host.clear_halt(device, endpoint, token)
+                })
+            }
             Standard::Malformed => {
                 if self.may_warn(id) {
                     warn!(
@@ -173,14 +180,25 @@ where
                     u16::from_le_bytes([setup[6], setup[7]]),
                 );
                 }
-                self.tokens.take(token);
                 self.respond(id, response(rid, USBIF_STATUS_INVAL, 0));
-                return true;
             }
-        };
-        match result {
-            // On its way: answered when the host completes it, as a transfer without data
-            // (and cancelled by an unlink or a disconnect like one).
+        }
+        true
+    }
+
+    /// Request `rid` of `id` carried out by the host (`op`, given its token): on its way, it
+    /// is answered when the host completes it, as a transfer without data (and cancelled by
+    /// an unlink or a disconnect like one); refused, it is answered now.
+    fn through_host(
+        &mut self,
+        id: DeviceId,
+        rid: u16,
+        port: u8,
+        device: u32,
+        op: impl FnOnce(&mut Self, u64) -> Result<(), TransferError>,
+    ) {
+        let token = self.tokens.issue(id, rid);
+        match op(self, token) {
             Ok(()) => {
                 if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
                     c.inflight.insert(
@@ -208,7 +226,6 @@ where
                 self.respond(id, response(rid, status_of(e), 0));
             }
         }
-        true
     }
 
     /// Runs a host operation that activates interfaces (`op`, given the vetting), checking

@@ -382,6 +382,28 @@ impl<P: SharedPage> SimDevice<P> {
         Ok(())
     }
 
+    /// Its answer to standard request `setup`, which the host carried out already: it
+    /// completes as transfer `token` behind the transfers queued on the default pipe before
+    /// it, after the device's latency, as a real device's would.
+    fn queue_answer(&mut self, token: u64, setup: [u8; 8]) {
+        self.in_flight.push(InFlight {
+            transfer: Transfer {
+                token,
+                endpoint: 0,
+                direction: Direction::Out,
+                transfer_type: TransferType::Control,
+                setup: Some(setup),
+                segments: TransferSegments::new(),
+                short_not_ok: false,
+                iso_packets: Vec::new(),
+                start_frame: None,
+            },
+            address: 0,
+            wait: self.latency,
+            carried_out: true,
+        });
+    }
+
     fn reset(&mut self) {
         self.configuration = 0;
         self.alternates.clear();
@@ -735,31 +757,6 @@ impl<P> SimHost<P> {
         self.devices.get(&id)?.model.as_any().downcast_ref()
     }
 
-    /// The device's answer to standard request `setup`, which the host carried out already:
-    /// it completes as transfer `token` behind the transfers queued on the default pipe
-    /// before it, after the device's latency, as a real device's would.
-    fn queue_answer(&mut self, device: u32, token: u64, setup: [u8; 8]) {
-        let Some(dev) = self.devices.get_mut(&device) else {
-            return;
-        };
-        dev.in_flight.push(InFlight {
-            transfer: Transfer {
-                token,
-                endpoint: 0,
-                direction: Direction::Out,
-                transfer_type: TransferType::Control,
-                setup: Some(setup),
-                segments: TransferSegments::new(),
-                short_not_ok: false,
-                iso_packets: Vec::new(),
-                start_frame: None,
-            },
-            address: 0,
-            wait: dev.latency,
-            carried_out: true,
-        });
-    }
-
     /// The model of device `id`, if it is a `T`: tests press keys through it.
     pub fn model_mut<T: DeviceModel>(&mut self, id: u32) -> Option<&mut T> {
         self.devices.get_mut(&id)?.model.as_any_mut().downcast_mut()
@@ -865,7 +862,7 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
             .get_mut(&device)
             .ok_or(TransferError::NoDevice)?;
         dev.configure(value, vet)?;
-        self.queue_answer(device, token, [0, SET_CONFIGURATION, value, 0, 0, 0, 0, 0]);
+        dev.queue_answer(token, [0, SET_CONFIGURATION, value, 0, 0, 0, 0, 0]);
         Ok(())
     }
 
@@ -882,8 +879,7 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
             .get_mut(&device)
             .ok_or(TransferError::NoDevice)?;
         dev.select_alternate(interface, alternate, vet)?;
-        let setup = [1, SET_INTERFACE, alternate, 0, interface, 0, 0, 0];
-        self.queue_answer(device, token, setup);
+        dev.queue_answer(token, [1, SET_INTERFACE, alternate, 0, interface, 0, 0, 0]);
         Ok(())
     }
 
@@ -893,7 +889,7 @@ impl<P: SharedPage> UsbHost<P> for SimHost<P> {
             .get_mut(&device)
             .ok_or(TransferError::NoDevice)?;
         dev.clear_halt(address)?;
-        self.queue_answer(device, token, [2, CLEAR_FEATURE, 0, 0, address, 0, 0, 0]);
+        dev.queue_answer(token, [2, CLEAR_FEATURE, 0, 0, address, 0, 0, 0]);
         Ok(())
     }
 

@@ -179,10 +179,8 @@ where
             let Some(c) = self.devices.get_mut(&a.id).and_then(|d| d.conn.as_mut()) else {
                 continue;
             };
-            let at = a.copies.start;
-            c.written.note(&self.answer_copies[a.copies.clone()], |i| {
-                statuses.get(at + i) == Some(&GntStatus::Okay)
-            });
+            c.written
+                .note(&self.answer_copies, &statuses, a.copies.clone());
             let bytes = u64::try_from(rsp.actual_length).unwrap_or(0);
             for s in [&mut c.stats, &mut self.moved] {
                 if rsp.status == USBIF_STATUS_OK {
@@ -461,10 +459,7 @@ where
                 self.pool.give_back(r.buffer.frames);
                 continue;
             };
-            let at = r.copies.start;
-            c.written.note(&stage.copies[r.copies.clone()], |i| {
-                statuses.get(at + i) == Some(&GntStatus::Okay)
-            });
+            c.written.note(&stage.copies, &statuses, r.copies.clone());
             if let Some(status) = copy_failure(&statuses, r.copies.clone()) {
                 self.warn_copy_failed(id, r.rid, "from_frontend", status);
                 self.pool.give_back(r.buffer.frames);
@@ -678,7 +673,6 @@ pub(crate) struct Answer<P> {
     inbound: bool,
 }
 
-/// The first failed status among `statuses[range]` (a missing one counts as failed).
 /// Runs a batch of grant copies in one hypercall (none for an empty batch), their statuses
 /// in `statuses`.
 fn run_copies<C: GrantCopier + ?Sized>(
@@ -692,6 +686,7 @@ fn run_copies<C: GrantCopier + ?Sized>(
     }
 }
 
+/// The first failed status among `statuses[range]` (a missing one counts as failed).
 fn copy_failure(statuses: &[GntStatus], range: Range<usize>) -> Option<GntStatus> {
     range
         .map(|i| statuses.get(i).copied().unwrap_or(GntStatus::GeneralError))
