@@ -1,0 +1,998 @@
+//! The controller's tests, on the simulated controller (`crate::testing::FakeXhci`).
+
+use super::*;
+
+/// QEMU's qemu-xhci list: USB 3 on ports 1..4, USB 2 on 5..8 (measured).
+fn qemu_protocols() -> Vec<Protocol> {
+    let mut regs = [0u32; 64];
+    // At 0x20 (dword 8): USB 3.0, next in 8 dwords, ports 1..4.
+    regs[8] = 0x0300_0802;
+    regs[9] = u32::from_le_bytes(*b"USB ");
+    regs[10] = 0x0000_0401;
+    // At 0x40 (dword 16): USB 2.0, last, ports 5..8.
+    regs[16] = 0x0200_0002;
+    regs[17] = u32::from_le_bytes(*b"USB ");
+    regs[18] = 0x0000_0405;
+    supported_protocols(|at| regs[at / 4], 0x20, 0x100)
+}
+
+#[test]
+fn supported_protocols_are_found_in_the_extended_capability_list() {
+    let p = qemu_protocols();
+    assert_eq!(p.len(), 2);
+    assert_eq!((p[0].major, p[0].first_port, p[0].count), (3, 1, 4));
+    assert_eq!((p[1].major, p[1].first_port, p[1].count), (2, 5, 4));
+    assert_eq!(ports_of(&p, 2), 4);
+}
+
+#[test]
+fn a_capability_list_running_off_the_registers_is_cut_there() {
+    // Every dword a capability with Next = 1: the list never ends by itself.
+    let p = supported_protocols(
+        |at| {
+            assert!(at < 0x100, "read at {at:#x}, outside the registers");
+            0x0200_0102
+        },
+        0x20,
+        0x100,
+    );
+    assert_eq!(p.len(), (0x100 - 0x20 - 16) / 4 + 1);
+}
+
+#[test]
+fn root_ports_get_linux_bus_ids() {
+    let p = qemu_protocols();
+    assert_eq!(RootPort::new(&p, 1).to_string(), "2-1");
+    assert_eq!(RootPort::new(&p, 4).to_string(), "2-4");
+    assert_eq!(RootPort::new(&p, 5).to_string(), "1-1");
+    assert_eq!(RootPort::new(&p, 7).to_string(), "1-3");
+    assert_eq!(RootPort::new(&p, 9).bus, 0, "a port no protocol lists");
+}
+
+use crate::port::{PED, PR};
+use crate::testing::{self as t, FakeXhci};
+
+#[test]
+fn bring_up_programs_the_controller_and_a_noop_completes() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(fake.reg(t::CONFIG) & 0xff, 8, "MaxSlotsEn");
+    assert_eq!(fake.reg(t::USBCMD) & 0b101, 0b101, "Run/Stop and INTE");
+    assert_eq!(fake.reg(t::USBSTS) & 1, 0, "running");
+    assert_eq!(fake.reg(t::IMAN) & 0b10, 0b10, "Interrupter 0 enabled");
+    assert_eq!(fake.reg(t::ERSTSZ), 1);
+    assert_eq!(fake.reg(t::CRCR) & 1, 1, "Ring Cycle State 1");
+    // DCBAA entry 0 is the Scratchpad Buffer Array: two page-aligned pages.
+    let dcbaa = u64::from(fake.reg(t::DCBAAP));
+    let array = u64::from(fake.arena().read32(dcbaa));
+    for i in 0..2 {
+        let page = fake.arena().read32(array + i * 8);
+        assert!(
+            page != 0 && page % 4096 == 0,
+            "scratchpad buffer {i}: {page:#x}"
+        );
+    }
+    assert_eq!(xhci.capabilities().context_size, 32);
+    xhci.noop().unwrap();
+    xhci.noop().unwrap();
+    assert_eq!(fake.commands(), [23, 23]);
+    // ERDP follows the two events, with Event Handler Busy written 1 to clear it.
+    let erdp = fake.reg(t::ERDP);
+    assert_eq!(erdp & 0b1000, 0b1000);
+    let segment = fake.arena().read32(u64::from(fake.reg(t::ERSTBA)));
+    assert_eq!(erdp & !0xf, segment + 2 * 16);
+}
+
+#[test]
+fn with_64_byte_contexts_the_input_context_is_laid_out_wider() {
+    let fake = FakeXhci::with_64_byte_contexts();
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(xhci.capabilities().context_size, 64);
+    let devices = xhci.enumerate_root_ports();
+    assert_eq!(
+        devices.len(),
+        1,
+        "the fake found EP0's ring at 2 x 64 bytes"
+    );
+    assert_eq!(devices[0].vendor_id, 0x1234);
+}
+
+#[test]
+fn halting_clears_run_stop_and_waits_for_hchalted() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(xhci.halt(), Ok(()));
+    assert_eq!(fake.reg(t::USBCMD) & 0b101, 0);
+    assert_eq!(fake.reg(t::USBSTS) & 1, 1);
+}
+
+#[test]
+fn a_running_controller_is_refused() {
+    let fake = FakeXhci::new();
+    (&fake).write32(t::USBCMD, 1);
+    assert_eq!(Controller::start(&fake).err(), Some(Error::NotHalted));
+}
+
+#[test]
+fn a_command_that_never_completes_times_out() {
+    let fake = FakeXhci::new();
+    fake.answer_commands.set(false);
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(xhci.noop(), Err(Error::Timeout("command")));
+}
+
+#[test]
+fn a_usb2_device_is_reset_addressed_and_described() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let devices = xhci.enumerate_root_ports();
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    let d = &devices[0];
+    assert_eq!(d.root_port.to_string(), "1-1");
+    assert_eq!(d.root_port.port, 2);
+    assert_eq!((d.vendor_id, d.product_id, d.class), (0x1234, 0x5678, 0));
+    assert_eq!((d.speed, d.usb_version, d.slot_id), (Speed::High, 0x200, 1));
+    assert_eq!(d.max_packet_size0, 8);
+    assert_eq!(d.product.as_deref(), Some("Fake"));
+    // Enable Slot, Address Device, Evaluate Context (bMaxPacketSize0 8, not 64).
+    assert_eq!(fake.commands(), [9, 11, 13]);
+    let writes = fake.portsc_writes();
+    assert!(writes.iter().all(|&(_, w)| w & PED == 0), "{writes:x?}");
+    assert!(
+        writes.contains(&(2, crate::port::PP | CSC)),
+        "stale change acknowledged"
+    );
+    assert!(
+        writes.iter().any(|&(p, w)| p == 2 && w & PR != 0),
+        "port reset"
+    );
+    assert!(
+        writes.iter().all(|&(p, _)| p == 2),
+        "the empty USB3 port is left alone"
+    );
+    // The Port Status Change Event of the reset was consumed, not left for later.
+    assert!(xhci.handle_port_changes().is_empty());
+}
+
+#[test]
+fn a_usb3_port_whose_link_did_not_train_gets_a_warm_reset() {
+    let fake = FakeXhci::new();
+    fake.set_portsc(1, crate::port::PP | crate::port::CCS | (7 << 5));
+    let mut xhci = Controller::start(&fake).unwrap();
+    let devices = xhci.enumerate_root_ports();
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    assert_eq!(devices[0].root_port.to_string(), "2-1");
+    assert_eq!(devices[0].speed, Speed::Super);
+    let writes = fake.portsc_writes();
+    assert!(writes
+        .iter()
+        .any(|&(p, w)| p == 1 && w & crate::port::WPR != 0));
+    assert!(
+        !writes.iter().any(|&(p, w)| p == 1 && w & PR != 0),
+        "{writes:x?}"
+    );
+}
+
+#[test]
+fn a_device_that_leaves_is_disabled_and_one_that_comes_is_enumerated() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(xhci.enumerate_root_ports().len(), 1);
+    fake.unplug(2);
+    assert_eq!(xhci.poll_events(), Ok(1));
+    assert!(xhci.handle_port_changes().is_empty());
+    assert_eq!(fake.commands().last(), Some(&10), "Disable Slot");
+    fake.plug(2);
+    assert_eq!(xhci.poll_events(), Ok(1));
+    let again = xhci.handle_port_changes();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].slot_id, again[0].vendor_id), (2, 0x1234));
+    // The reset's own Port Status Change is seen and changes nothing.
+    xhci.poll_events().unwrap();
+    assert!(xhci.handle_port_changes().is_empty());
+    assert_eq!(fake.commands().iter().filter(|&&c| c == 9).count(), 2);
+}
+
+#[test]
+fn a_device_replaced_between_two_looks_is_enumerated_anew() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(xhci.enumerate_root_ports().len(), 1);
+    assert!(!xhci.has_port_changes());
+    fake.unplug(2);
+    fake.plug(2);
+    xhci.poll_events().unwrap();
+    assert!(xhci.has_port_changes());
+    let again = xhci.handle_port_changes();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        fake.commands()[3..],
+        [10, 9, 11, 13],
+        "Disable Slot, then a new slot"
+    );
+}
+
+#[test]
+fn a_device_that_failed_is_retried_only_when_plugged_again() {
+    let fake = FakeXhci::new();
+    fake.answer_transfers.set(false);
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert!(xhci.enumerate_root_ports().is_empty());
+    // The reset's Port Status Change Event is still to be looked at: it changes nothing.
+    assert!(xhci.has_port_changes());
+    assert!(xhci.handle_port_changes().is_empty());
+    assert_eq!(fake.commands(), [9, 11, 15, 10]);
+    fake.answer_transfers.set(true);
+    fake.unplug(2);
+    fake.plug(2);
+    xhci.poll_events().unwrap();
+    assert_eq!(xhci.handle_port_changes().len(), 1);
+}
+
+#[test]
+fn a_device_that_does_not_answer_is_reported_not_waited_for() {
+    let fake = FakeXhci::new();
+    fake.answer_transfers.set(false);
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(
+        xhci.enumerate(xhci.root_port(2)),
+        Err(Error::Timeout("transfer"))
+    );
+    // Enable Slot, Address Device, Stop Endpoint to take the transfer that timed out
+    // back, then Disable Slot.
+    assert_eq!(fake.commands(), [9, 11, 15, 10]);
+}
+
+/// Enumerates the fake's device and configures it; returns its slot ID.
+/// A page of DMA memory and a 512-byte segment at its start, for bulk transfers.
+fn bulk_buffer(xhci: &mut Controller<&FakeXhci>) -> (crate::testing::Memory, [Segment; 1]) {
+    let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+    let seg = [Segment {
+        phys: buf.phys(),
+        len: 512,
+    }];
+    (buf, seg)
+}
+
+fn configured(xhci: &mut Controller<&FakeXhci>) -> u8 {
+    let devices = xhci.enumerate_root_ports();
+    let slot_id = devices[0].slot_id;
+    let config = xhci.configuration(slot_id).unwrap();
+    xhci.configure(slot_id, &config).unwrap();
+    slot_id
+}
+
+#[test]
+fn configuring_adds_the_bulk_endpoints_and_sets_the_configuration() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    assert_eq!(fake.commands().last(), Some(&12), "Configure Endpoint");
+    let (add, slot_dword0) = fake.configured();
+    assert_eq!(
+        add,
+        1 | 1 << 3 | 1 << 4,
+        "Slot, bulk OUT 2 (DCI 4), bulk IN 1 (DCI 3)"
+    );
+    assert_eq!(slot_dword0 >> 27, 4, "Context Entries");
+    assert_eq!((slot_dword0 >> 20) & 0xf, 3, "high speed kept");
+    let setups = fake.setups();
+    assert_eq!(setups.last(), Some(&(0, SET_CONFIGURATION, 1, 0)));
+    assert_eq!(fake.dropped(), 0);
+    // Configuring again drops the endpoints and adds them anew.
+    let config = xhci.configuration(slot_id).unwrap();
+    xhci.configure(slot_id, &config).unwrap();
+    assert_eq!(fake.dropped(), 1 << 3 | 1 << 4);
+    assert_eq!(fake.configured().0, 1 | 1 << 3 | 1 << 4);
+    assert_eq!(xhci.configuration(9).err(), Some(Error::NoDevice));
+}
+
+#[test]
+fn events_taken_together_are_acknowledged_with_one_erdp_write() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let (_buf, seg) = bulk_buffer(&mut xhci);
+    // Four transfers done by the time the driver looks: four events, one ERDP write.
+    let ids: Vec<TransferId> = (0..4)
+        .map(|_| {
+            xhci.queue_transfer(slot_id, 1, Direction::In, &seg)
+                .unwrap()
+        })
+        .collect();
+    let writes = fake.erdp_writes.get();
+    assert_eq!(xhci.poll_events(), Ok(4));
+    assert_eq!(fake.erdp_writes.get() - writes, 1);
+    for id in ids {
+        assert_eq!(xhci.take_completion(id), Some(Ok(512)));
+    }
+    let erdp = fake.reg(t::ERDP);
+    assert_eq!(erdp & 0b1000, 0b1000, "Event Handler Busy cleared");
+    assert_eq!(
+        u64::from(erdp & !0xf),
+        xhci.event_ring.dequeue_pointer(),
+        "past the last event"
+    );
+}
+
+#[test]
+fn a_malformed_configuration_is_an_error() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+    // wTotalLength promises more than the device sends.
+    fake.configuration.borrow_mut()[2] = 64;
+    assert_eq!(xhci.configuration(slot_id), Err(Error::BadDescriptor));
+    // An endpoint descriptor of length 0.
+    *fake.configuration.borrow_mut() = t::CONFIGURATION.to_vec();
+    fake.configuration.borrow_mut()[18] = 0;
+    assert_eq!(xhci.configuration(slot_id), Err(Error::BadDescriptor));
+    // Not a configuration descriptor at all.
+    *fake.configuration.borrow_mut() = alloc::vec![2, 2];
+    assert_eq!(xhci.configuration(slot_id), Err(Error::BadDescriptor));
+}
+
+#[test]
+fn bulk_transfers_complete_with_their_length_and_short_packets_with_less() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let buf = xhci.dma_alloc(0x20000, 0x10000).unwrap();
+    // Across a 64 KiB boundary: two TRBs.
+    let seg = [Segment {
+        phys: buf.phys() + 0x8000,
+        len: 0x10000,
+    }];
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Ok(0x10000)
+    );
+    assert_eq!(buf.read32(0x8000), 0xa5a5_a5a5);
+    assert_eq!(buf.read32(0x17ffc), 0xa5a5_a5a5);
+    assert_eq!(buf.read32(0x18000), 0, "nothing past the TD");
+    // Short in the first TRB: the residue of that TRB gives the length.
+    fake.bulk_in_bytes.set(100);
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Ok(100)
+    );
+    // Short in the second TRB: the first TRB's bytes count too.
+    fake.bulk_in_bytes.set(0x9000);
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Ok(0x9000)
+    );
+    // The ring goes on: many TDs wrap it.
+    for _ in 0..300 {
+        assert_eq!(
+            xhci.transfer(slot_id, 1, Direction::In, &seg[..], 1000),
+            Ok(0x10000)
+        );
+    }
+    let out = [Segment {
+        phys: buf.phys(),
+        len: 31,
+    }];
+    assert_eq!(
+        xhci.transfer(slot_id, 2, Direction::Out, &out, 1000),
+        Ok(31)
+    );
+    assert_eq!(fake.bulk_out.borrow().len(), 31);
+    assert_eq!(
+        xhci.transfer(slot_id, 3, Direction::Out, &out, 1000),
+        Err(Error::NoEndpoint)
+    );
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &[], 1000),
+        Err(Error::BadTransfer)
+    );
+}
+
+#[test]
+fn queued_transfers_complete_in_the_background() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let (_buf, seg) = bulk_buffer(&mut xhci);
+    let a = xhci
+        .queue_transfer(slot_id, 1, Direction::In, &seg)
+        .unwrap();
+    let b = xhci
+        .queue_transfer(slot_id, 2, Direction::Out, &seg)
+        .unwrap();
+    assert_eq!(xhci.take_completion(a), None, "not seen yet");
+    assert_eq!(xhci.poll_events(), Ok(2));
+    assert_eq!(xhci.take_completion(b), Some(Ok(512)));
+    assert_eq!(xhci.take_completion(a), Some(Ok(512)));
+    assert_eq!(xhci.take_completion(a), None, "taken once");
+}
+
+#[test]
+fn a_running_controller_is_halted_and_reset_before_bring_up() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    xhci.noop().unwrap();
+    drop(xhci);
+    assert_eq!(halt_and_reset(&&fake), Ok(true), "it was running");
+    assert_eq!(halt_and_reset(&&fake), Ok(false));
+    assert!(Controller::start(&fake).is_ok());
+}
+
+#[test]
+fn a_stall_is_an_error_and_the_endpoint_is_recovered() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let (_buf, seg) = bulk_buffer(&mut xhci);
+    fake.stall_next.set(true);
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Err(Error::Stall)
+    );
+    let commands = fake.commands();
+    assert_eq!(
+        commands[commands.len() - 2..],
+        [14, 16],
+        "Reset Endpoint, Set TR Dequeue Pointer"
+    );
+    assert_eq!(fake.setups().last(), Some(&(0x02, CLEAR_FEATURE, 0, 0x81)));
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Ok(512)
+    );
+}
+
+#[test]
+fn a_transfer_that_never_completes_is_taken_back() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let (_buf, seg) = bulk_buffer(&mut xhci);
+    fake.answer_bulk.set(false);
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Err(Error::Timeout("transfer"))
+    );
+    let commands = fake.commands();
+    assert_eq!(
+        commands[commands.len() - 2..],
+        [15, 16],
+        "Stop Endpoint, Set TR Dequeue Pointer"
+    );
+    fake.answer_bulk.set(true);
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Ok(512),
+        "the abandoned TD was skipped"
+    );
+}
+
+#[test]
+fn a_device_behind_a_high_speed_hub_gets_its_route_string_and_tt() {
+    let fake = FakeXhci::with_hub();
+    // The status change endpoint's transfer stays queued.
+    fake.answer_bulk.set(false);
+    let mut xhci = Controller::start(&fake).unwrap();
+    let devices = xhci.enumerate_root_ports();
+    let ids: Vec<(String, u8, Speed)> = devices
+        .iter()
+        .map(|d| (d.busid(), d.slot_id, d.speed))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("1-1".into(), 1, Speed::High),
+            ("1-1.3".into(), 2, Speed::Full)
+        ]
+    );
+    assert_eq!(devices[0].class, 9);
+    let contexts = fake.slot_contexts();
+    // The hub: configured (its status change endpoint, DCI 3), then Configure Endpoint
+    // with the Slot Context alone: Hub, 4 ports, TT Think Time 1.
+    assert_eq!(
+        contexts[1..3],
+        [
+            (1, 12, [(3 << 27) | (3 << 20), 2 << 16, 0]),
+            (
+                1,
+                12,
+                [
+                    (3 << 27) | (1 << 26) | (3 << 20),
+                    (4 << 24) | (2 << 16),
+                    1 << 16
+                ]
+            ),
+        ]
+    );
+    assert_eq!(fake.configured().0, 1, "A0 only");
+    // The full-speed device behind port 3: route 3, root port 2, the hub's TT.
+    assert_eq!(
+        contexts[3],
+        (2, 11, [(1 << 27) | (1 << 20) | 3, 2 << 16, 1 | (3 << 8)])
+    );
+    let hub_requests: Vec<(u8, u8, u16, u16)> = fake
+        .setups()
+        .into_iter()
+        .filter(|s| s.0 & 0x20 != 0)
+        .collect();
+    let power: Vec<_> = (1..=4).map(|p| (0x23, 3, 8, p)).collect();
+    assert_eq!(hub_requests[1..5], power[..], "{hub_requests:x?}");
+    assert!(
+        hub_requests.contains(&(0x23, 3, 4, 3)),
+        "PORT_RESET of port 3"
+    );
+    assert!(
+        hub_requests.contains(&(0x23, 1, 16, 3)),
+        "C_PORT_CONNECTION"
+    );
+    assert!(hub_requests.contains(&(0x23, 1, 20, 3)), "C_PORT_RESET");
+    assert!(
+        !hub_requests
+            .iter()
+            .any(|&(_, r, f, p)| r == 3 && f == 4 && p != 3),
+        "only the connected port is reset"
+    );
+    // Unplugging the hub releases the device behind it first.
+    fake.unplug(2);
+    xhci.poll_events().unwrap();
+    assert!(xhci.handle_port_changes().is_empty());
+    assert_eq!(xhci.occupied_slots().count(), 0);
+    assert_eq!(fake.commands()[fake.commands().len() - 2..], [10, 10]);
+}
+
+#[test]
+fn a_malformed_hub_descriptor_skips_the_hub_without_harm() {
+    let fake = FakeXhci::with_hub();
+    fake.answer_bulk.set(false);
+    *fake.hub_descriptor.borrow_mut() = Some(alloc::vec![9, 0x29, 200, 0, 0]);
+    let mut xhci = Controller::start(&fake).unwrap();
+    let devices = xhci.enumerate_root_ports();
+    assert_eq!(devices.len(), 1, "the hub itself, nothing behind it");
+    assert!(
+        !fake.setups().iter().any(|s| s.0 == 0x23),
+        "no port requests"
+    );
+}
+
+#[test]
+fn a_hub_that_never_ends_a_port_reset_is_given_up() {
+    let fake = FakeXhci::with_hub();
+    fake.answer_bulk.set(false);
+    fake.hub_resets.set(false);
+    let mut xhci = Controller::start(&fake).unwrap();
+    let devices = xhci.enumerate_root_ports();
+    assert_eq!(devices.len(), 1);
+    // Ports 1 and 2 looked at, port 3's reset timed out, port 4 never asked about.
+    let asked: Vec<u16> = fake
+        .setups()
+        .iter()
+        .filter(|s| s.0 == 0xa3)
+        .map(|s| s.3)
+        .collect();
+    assert_eq!(asked.first(), Some(&1));
+    assert!(!asked.contains(&4), "{asked:?}");
+}
+
+#[test]
+fn the_slot_context_has_the_route_hub_fields_and_tt() {
+    // A full-speed mouse on port 3 of a high-speed hub on port 2 of a hub on root
+    // port 7: route 0x32, and the TT of the high-speed hub (slot 4).
+    let tt = Some(Tt {
+        hub_slot_id: 4,
+        port: 3,
+    });
+    assert_eq!(
+        slot_context_of(Speed::Full, 7, &[2, 3], None, tt, 1),
+        [(1 << 27) | (1 << 20) | 0x32, 7 << 16, 4 | (3 << 8)]
+    );
+    // That high-speed hub: Hub, Number of Ports 4, TT Think Time 2 (24 FS bit times).
+    let hub = HubDescriptor {
+        ports: 4,
+        characteristics: 2 << 5,
+        power_on_to_power_good_ms: 100,
+    };
+    assert_eq!(
+        slot_context_of(Speed::High, 7, &[2], Some(&hub), None, 3),
+        [
+            (3 << 27) | (1 << 26) | (3 << 20) | 0x2,
+            (4 << 24) | (7 << 16),
+            2 << 16
+        ]
+    );
+    // A full-speed hub has no TT: TT Think Time stays 0.
+    assert_eq!(
+        slot_context_of(Speed::Full, 7, &[], Some(&hub), None, 3)[2],
+        0
+    );
+}
+
+#[test]
+fn ep0_context_dword1_encodes_cerr_type_and_max_packet_size() {
+    assert_eq!(ep0_dword1(64), (64 << 16) | (4 << 3) | (3 << 1));
+}
+
+/// Three bulk OUT transfers of 512 bytes queued while the device does not answer: the
+/// first of bytes 1, the second 2, the third 3.
+fn three_queued(fake: &FakeXhci, xhci: &mut Controller<&FakeXhci>, slot_id: u8) -> [TransferId; 3] {
+    fake.answer_bulk.set(false);
+    [1u8, 2, 3].map(|b| {
+        let mut buf = xhci.dma_alloc(512, 64).unwrap();
+        for at in (0..512).step_by(4) {
+            buf.write32(at, u32::from_le_bytes([b; 4]));
+        }
+        let seg = [Segment {
+            phys: buf.phys(),
+            len: 512,
+        }];
+        core::mem::forget(buf);
+        xhci.queue_transfer(slot_id, 2, Direction::Out, &seg)
+            .unwrap()
+    })
+}
+
+#[test]
+fn a_cancelled_transfer_is_skipped_and_the_others_on_its_endpoint_run() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let [a, b, c] = three_queued(&fake, &mut xhci, slot_id);
+    fake.answer_bulk.set(true);
+    let before = fake.commands().len();
+    assert_eq!(xhci.cancel(b), Ok(true));
+    // The endpoint stopped at the first transfer: no Set TR Dequeue Pointer, the second
+    // transfer's TRBs became No Ops and the doorbell restarted the endpoint.
+    assert_eq!(fake.commands()[before..], [15]);
+    assert_eq!(xhci.take_completion(b), Some(Err(Error::Cancelled)));
+    xhci.poll_events().unwrap();
+    assert_eq!(xhci.take_completion(a), Some(Ok(512)));
+    assert_eq!(xhci.take_completion(c), Some(Ok(512)));
+    let out = fake.bulk_out.borrow();
+    assert_eq!(out.len(), 1024);
+    assert!(out[..512].iter().all(|&x| x == 1) && out[512..].iter().all(|&x| x == 3));
+    assert_eq!(xhci.cancel(b), Ok(false), "taken: unknown now");
+}
+
+#[test]
+fn cancelling_the_transfer_in_progress_moves_the_dequeue_pointer_past_it() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let [a, b, c] = three_queued(&fake, &mut xhci, slot_id);
+    fake.answer_bulk.set(true);
+    let before = fake.commands().len();
+    assert_eq!(xhci.cancel(a), Ok(true));
+    assert_eq!(
+        fake.commands()[before..],
+        [15, 16],
+        "Stop, Set TR Dequeue Pointer"
+    );
+    assert_eq!(xhci.take_completion(a), Some(Err(Error::Cancelled)));
+    xhci.poll_events().unwrap();
+    assert_eq!(xhci.take_completion(b), Some(Ok(512)));
+    assert_eq!(xhci.take_completion(c), Some(Ok(512)));
+    let out = fake.bulk_out.borrow();
+    assert!(out[..512].iter().all(|&x| x == 2) && out[512..].iter().all(|&x| x == 3));
+}
+
+#[test]
+fn a_device_unplugged_with_transfers_queued_fails_them_and_frees_its_slot() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let ids = three_queued(&fake, &mut xhci, slot_id);
+    fake.unplug(2);
+    xhci.poll_events().unwrap();
+    assert!(xhci.handle_port_changes().is_empty());
+    for id in ids {
+        assert_eq!(xhci.take_completion(id), Some(Err(Error::NoDevice)));
+    }
+    assert_eq!(xhci.take_detached(), [(slot_id, "1-1".into())]);
+    assert_eq!(xhci.occupied_slots().count(), 0);
+    assert_eq!(fake.commands().last(), Some(&10), "Disable Slot");
+    let seg = [Segment {
+        phys: 0x1000,
+        len: 8,
+    }];
+    assert_eq!(
+        xhci.queue_transfer(slot_id, 2, Direction::Out, &seg),
+        Err(Error::NoDevice)
+    );
+}
+
+#[test]
+fn a_controller_error_fails_every_transfer_and_the_controller_comes_back() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let ids = three_queued(&fake, &mut xhci, slot_id);
+    fake.fail(1 << 12);
+    let error = xhci.poll_events().unwrap_err();
+    assert_eq!(error, Error::HostControllerError);
+    fake.answer_bulk.set(true);
+    let found = xhci.restart(error).unwrap();
+    for id in ids {
+        assert_eq!(
+            xhci.take_completion(id),
+            Some(Err(Error::HostControllerError))
+        );
+    }
+    assert_eq!(xhci.take_detached(), [(slot_id, "1-1".into())]);
+    assert_eq!(found.len(), 1, "the device is enumerated again");
+    assert_eq!(
+        fake.reg(t::USBSTS) & (1 << 12 | 1),
+        0,
+        "running, error gone"
+    );
+    let slot_id = found[0].slot_id;
+    let config = xhci.configuration(slot_id).unwrap();
+    xhci.configure(slot_id, &config).unwrap();
+    let (_buf, seg) = bulk_buffer(&mut xhci);
+    assert_eq!(
+        xhci.transfer(slot_id, 1, Direction::In, &seg, 1000),
+        Ok(512)
+    );
+}
+
+#[test]
+fn control_transfers_run_asynchronously_in_both_directions() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let mut buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+    let seg = [Segment {
+        phys: buf.phys(),
+        len: 64,
+    }];
+    let get = xhci
+        .queue_control(slot_id, [0x80, 6, 0, 1, 0, 0, 64, 0], Direction::In, &seg)
+        .unwrap();
+    xhci.poll_events().unwrap();
+    assert_eq!(
+        xhci.take_completion(get),
+        Some(Ok(18)),
+        "a short Data Stage"
+    );
+    let mut got = [0u8; 18];
+    buf.read_bytes(0, &mut got);
+    assert_eq!(got, t::DEVICE_DESCRIPTOR);
+    buf.write32(0, 0x0403_0201);
+    let seg = [Segment {
+        phys: buf.phys(),
+        len: 4,
+    }];
+    let set = xhci
+        .queue_control(slot_id, [0x21, 9, 0, 2, 0, 0, 4, 0], Direction::Out, &seg)
+        .unwrap();
+    xhci.poll_events().unwrap();
+    assert_eq!(xhci.take_completion(set), Some(Ok(4)));
+    assert_eq!(*fake.control_out.borrow(), [1, 2, 3, 4]);
+    assert_eq!(fake.setups().last(), Some(&(0x21, 9, 0x200, 0)));
+}
+
+/// A configuration with interface 0 (bulk IN 1, bulk OUT 2) whose alternate setting 1
+/// has an isochronous IN endpoint 3 of 1024 bytes instead.
+const ALTERNATES: [u8; 48] = [
+    9, 2, 48, 0, 1, 1, 0, 0x80, 50, //
+    9, 4, 0, 0, 2, 8, 6, 0x50, 0, //
+    7, 5, 0x81, 2, 0x00, 0x02, 0, //
+    7, 5, 0x02, 2, 0x00, 0x02, 0, //
+    9, 4, 0, 1, 1, 1, 2, 0, 0, //
+    7, 5, 0x83, 1, 0x00, 0x04, 1,
+];
+
+/// A second configuration for the fake device: value 2, one HID interface with
+/// interrupt IN 1.
+const HID: [u8; 25] = [
+    9, 2, 25, 0, 1, 2, 0, 0x80, 50, //
+    9, 4, 0, 0, 1, 3, 1, 1, 0, //
+    7, 5, 0x81, 3, 8, 0, 10,
+];
+
+/// GET_DESCRIPTOR(CONFIGURATION) requests the device saw, by index.
+fn configuration_reads(fake: &FakeXhci) -> Vec<u16> {
+    fake.setups()
+        .iter()
+        .filter(|s| (s.0, s.1, s.2 >> 8) == (0x80, GET_DESCRIPTOR, 2))
+        .map(|s| s.2 & 0xff)
+        .collect()
+}
+
+#[test]
+fn every_configuration_offered_is_read_and_only_those_can_be_set() {
+    let fake = FakeXhci::new();
+    fake.num_configurations.set(2);
+    *fake.more_configurations.borrow_mut() = alloc::vec![HID.to_vec()];
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+    let configs = xhci.configurations(slot_id).unwrap();
+    let classes: Vec<(u8, Vec<u8>)> = configs
+        .iter()
+        .map(|c| (c.value, c.interfaces.iter().map(|i| i.class).collect()))
+        .collect();
+    assert_eq!(classes, [(1, alloc::vec![8]), (2, alloc::vec![3])]);
+    assert_eq!(
+        xhci.find_configuration(slot_id, 2).as_ref(),
+        Ok(&configs[1])
+    );
+    assert_eq!(xhci.active_configuration(slot_id), None);
+    xhci.set_configuration(slot_id, 2).unwrap();
+    assert_eq!(xhci.active_configuration(slot_id), Some(&configs[1]));
+    assert_eq!(fake.configured().0, 1 | 1 << 3, "interrupt IN 1 (DCI 3)");
+
+    // A device claiming 20 configurations is offered the first 8: the ninth is never
+    // read, and its value cannot be set.
+    let fake = hid_configurations(20);
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+    assert_eq!(xhci.configurations(slot_id).unwrap().len(), 8);
+    assert_eq!(xhci.set_configuration(slot_id, 9), Err(Error::BadTransfer));
+    assert!(configuration_reads(&fake).iter().all(|i| *i < 8));
+
+    // One unreadable configuration (index 1 answers nothing) fails the lot.
+    let fake = FakeXhci::new();
+    fake.num_configurations.set(2);
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+    assert_eq!(xhci.configurations(slot_id), Err(Error::BadDescriptor));
+}
+
+/// A device with `count` configurations: the fake's own, then HID ones of values 2…
+fn hid_configurations(count: u8) -> FakeXhci {
+    let fake = FakeXhci::new();
+    fake.num_configurations.set(count);
+    *fake.more_configurations.borrow_mut() = (2..=count)
+        .map(|value| {
+            let mut c = HID.to_vec();
+            c[5] = value;
+            c
+        })
+        .collect();
+    fake
+}
+
+#[test]
+fn a_device_slow_to_describe_itself_is_given_up_on_within_the_budget() {
+    // Each answer just inside the transfer timeout: eight configurations would hold the
+    // driver for 18 reads, 1.6 s.
+    let fake = hid_configurations(8);
+    fake.control_delay_us.set(TRANSFER_TIMEOUT_US - 10_000);
+    let mut xhci = Controller::start(&fake).unwrap();
+    let start = (&fake).now_micros();
+    assert_eq!(xhci.enumerate_root_ports(), []);
+    let spent = (&fake).now_micros() - start;
+    assert!(
+        spent < ENUMERATION_BUDGET_US + 2 * COMMAND_TIMEOUT_US,
+        "enumeration took {spent} µs"
+    );
+
+    // The same device answering in 10 ms is described whole, every configuration.
+    let fake = hid_configurations(8);
+    fake.control_delay_us.set(10_000);
+    let mut xhci = Controller::start(&fake).unwrap();
+    let found = xhci.enumerate_root_ports();
+    assert_eq!(found.len(), 1);
+    assert_eq!(xhci.configurations(found[0].slot_id).unwrap().len(), 8);
+}
+
+#[test]
+fn a_configuration_longer_than_the_driver_reads_is_refused_after_its_header() {
+    let fake = FakeXhci::new();
+    let mut long = t::CONFIGURATION.to_vec();
+    let total = descriptor::MAX_TOTAL_LENGTH as u16 + 1;
+    long[2..4].copy_from_slice(&total.to_le_bytes());
+    long.resize(usize::from(total), 0);
+    *fake.configuration.borrow_mut() = long;
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+    assert_eq!(xhci.configurations(slot_id), Err(Error::BadDescriptor));
+    assert_eq!(configuration_reads(&fake), [0], "the 9-byte header only");
+}
+
+#[test]
+fn alternate_settings_deconfiguration_and_clear_halt_reconfigure_the_endpoints() {
+    let fake = FakeXhci::new();
+    *fake.configuration.borrow_mut() = ALTERNATES.to_vec();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+    xhci.set_configuration(slot_id, 1).unwrap();
+    assert_eq!(fake.configured().0, 1 | 1 << 3 | 1 << 4);
+    assert_eq!(
+        xhci.set_configuration(slot_id, 7),
+        Err(Error::BadTransfer),
+        "no such configuration"
+    );
+    xhci.set_interface(slot_id, 0, 1).unwrap();
+    assert_eq!(fake.dropped(), 1 << 3 | 1 << 4);
+    assert_eq!(fake.configured().0, 1 | 1 << 7, "isochronous IN 3 (DCI 7)");
+    assert_eq!(fake.setups().last(), Some(&(0x01, SET_INTERFACE, 1, 0)));
+    let seg = [Segment {
+        phys: 0x1000,
+        len: 8,
+    }];
+    assert_eq!(
+        xhci.queue_transfer(slot_id, 1, Direction::In, &seg),
+        Err(Error::NoEndpoint),
+        "bulk IN 1 went with alternate setting 0"
+    );
+    assert_eq!(xhci.set_interface(slot_id, 0, 5), Err(Error::BadTransfer));
+    xhci.set_interface(slot_id, 0, 0).unwrap();
+    assert_eq!(fake.dropped(), 1 << 7);
+    // CLEAR_FEATURE(ENDPOINT_HALT) goes to the device, and the endpoint is dropped and
+    // added again so its data toggle is 0 on both sides.
+    xhci.clear_halt(slot_id, 0x81).unwrap();
+    assert_eq!(fake.setups().last(), Some(&(0x02, CLEAR_FEATURE, 0, 0x81)));
+    assert_eq!(fake.dropped(), 1 << 3);
+    assert_eq!(fake.configured().0, 1 | 1 << 3);
+    xhci.set_configuration(slot_id, 0).unwrap();
+    assert_eq!(fake.dropped(), u32::MAX, "Deconfigure");
+    assert_eq!(fake.setups().last(), Some(&(0, SET_CONFIGURATION, 0, 0)));
+}
+
+#[test]
+fn isochronous_packets_each_report_their_length() {
+    let fake = FakeXhci::new();
+    *fake.configuration.borrow_mut() = ALTERNATES.to_vec();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = xhci.enumerate_root_ports()[0].slot_id;
+    xhci.set_configuration(slot_id, 1).unwrap();
+    xhci.set_interface(slot_id, 0, 1).unwrap();
+    let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
+    let seg = [Segment {
+        phys: buf.phys(),
+        len: 3 * 1024,
+    }];
+    let packets = [0, 1024, 2048].map(|offset| IsoPacket {
+        offset,
+        length: 1024,
+    });
+    // The first packet gets 100 bytes, the others all they asked for.
+    fake.bulk_in_bytes.set(100);
+    let id = xhci
+        .queue_isochronous(slot_id, 3, Direction::In, &seg, &packets)
+        .unwrap();
+    xhci.poll_events().unwrap();
+    let (done, c) = xhci.take_completed().unwrap();
+    assert_eq!(done, id);
+    assert_eq!(c.result, Ok(100 + 2048));
+    let lengths: Vec<usize> = c.packets.iter().map(|p| p.actual_length).collect();
+    assert_eq!(lengths, [100, 1024, 1024]);
+    assert!(c.packets.iter().all(|p| p.status.is_ok()));
+    assert_eq!(
+        xhci.queue_transfer(slot_id, 3, Direction::In, &seg),
+        Err(Error::BadTransfer),
+        "not a bulk or interrupt endpoint"
+    );
+}
+
+#[test]
+fn a_device_reset_resets_its_port_and_slot_and_addresses_it_again() {
+    let fake = FakeXhci::new();
+    let mut xhci = Controller::start(&fake).unwrap();
+    let slot_id = configured(&mut xhci);
+    let [a, _, _] = three_queued(&fake, &mut xhci, slot_id);
+    let before = fake.commands().len();
+    xhci.reset_device(slot_id).unwrap();
+    assert_eq!(
+        fake.commands()[before..],
+        [17, 11],
+        "Reset Device, Address Device"
+    );
+    assert_eq!(xhci.take_completion(a), Some(Err(Error::NoDevice)));
+    let seg = [Segment {
+        phys: 0x1000,
+        len: 8,
+    }];
+    assert_eq!(
+        xhci.queue_transfer(slot_id, 2, Direction::Out, &seg),
+        Err(Error::NoEndpoint),
+        "unconfigured"
+    );
+    // It answers on EP0 at its slot, and can be configured again.
+    let config = xhci.configuration(slot_id).unwrap();
+    xhci.configure(slot_id, &config).unwrap();
+    assert!(fake
+        .portsc_writes()
+        .iter()
+        .filter(|(port, _)| *port == 2)
+        .any(|(_, v)| v & PR != 0));
+}
