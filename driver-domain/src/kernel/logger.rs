@@ -2,12 +2,12 @@
 //!
 //! Once Xen's PV console exists it carries every line at once: a line is a copy into a
 //! shared ring and one notification. COM1 then gets the same lines through a queue that the
-//! main loop drains a few bytes at a time when it has nothing else to do
-//! ([`drain_serial`]): every byte to an emulated UART
-//! is a trap to the device model in dom0, which under nested virtualisation costs about a
-//! millisecond, so a line written at once took 0.2–0.5 s of the driver domain, and a guest
-//! that made usbdom log could take all of its time. A line that finds the queue full is
-//! dropped from COM1 only, and the next one says how many were (`event=log_dropped`).
+//! main loop drains a few bytes at a time when it has nothing else to do ([`drain_serial`]):
+//! every byte to an emulated UART is a trap to the device model in dom0, which under nested
+//! virtualisation costs about a millisecond, so a line written at once took 0.2–0.5 s of
+//! the driver domain, and a guest that made usbdom log could take all of its time. A line
+//! that finds the queue full is dropped from COM1 only, and the next one says how many were
+//! (`event=log_dropped`).
 //!
 //! The PV console's ring is filled as far as it has room, the rest queued and moved on each
 //! main-loop turn ([`flush_console`]): writing never waits for xenconsoled in dom0 (a full

@@ -377,7 +377,7 @@ fn main_loop(
                 Some(u) => u.host(),
                 None => &mut absent,
             };
-            let mut at = time::now_micros();
+            at = time::now_micros();
             for &p in &ports {
                 be.handle_event(p, host);
             }
