@@ -83,10 +83,13 @@ usbctl_step() {
   env_retry "usbctl_$1"
   timeout 120 usbctl "$@"
 }
-# xl_destroy NAME
+# xl_destroy NAME: once more if xl failed and the domain is still there. (Seen: xl's
+# destroying child died of SIGSEGV after the domain was already gone, and the second xl
+# then failed on the name.)
 xl_destroy() {
   timeout 60 xl destroy "$1" && return 0
   env_retry "xl_destroy_$1"
+  xl domid "$1" >/dev/null 2>&1 || return 0
   timeout 60 xl destroy "$1"
 }
 # ready NAME LOG REMAKE: waits for a guest's "guest: ready"; a guest that died first (its

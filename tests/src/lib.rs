@@ -274,6 +274,13 @@ impl Run {
                 eprintln!("[{:>8.3}] {l}", t.as_secs_f64());
             }
             eprintln!("---- qemu stderr:\n{}", self.stderr);
+            // Repeated last: a CI report shows only the tail of the output.
+            let why = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            eprintln!("---- failed check: {why}");
             std::panic::resume_unwind(e);
         }
     }

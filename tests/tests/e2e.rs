@@ -146,7 +146,11 @@ fn xen_end_to_end() {
         );
         assert!(
             marks.iter().any(|(_, l)| l.contains("result=pass")),
-            "the dom0 scenario failed"
+            "the dom0 scenario failed: {}",
+            marks
+                .iter()
+                .find(|(_, l)| l.contains("result=fail"))
+                .map_or("no result line", |(_, l)| *l)
         );
         // The IOMMU keeps its own tables (see `NestedXen::args`): VT-d cannot walk an AMD
         // nested p2m.
