@@ -398,14 +398,17 @@ where
     }
 
     /// As xen-hcd reconnecting from scratch: Closed (the backend lets go of the old rings),
-    /// Initialising (it resets to InitWait), new rings, Connected.
+    /// Initialising (it resets to InitWait), new rings, Connected. Each step waits for the
+    /// backend's answer to it: an InitWait seen right after writing Closed may be the
+    /// backend's answer to an earlier Initialising, and connecting on it races the backend,
+    /// which then reads Connected while Closed and waits for an Initialising that is past.
     fn reconnect(&mut self, env: &mut dyn AttackEnv) -> bool {
         use XenbusState::*;
         if self.link.is_some() || self.state != Initialising {
             self.drop_link();
             let _ = xenbus::switch_state(&mut self.xs, &self.nodename, Closed);
             self.state = Closed;
-            if !self.await_backend(env, &[Closed, InitWait]) {
+            if !self.await_backend(env, &[Closed]) {
                 self.say(env, "event=reconnect_failed waiting_for=closed");
                 return false;
             }

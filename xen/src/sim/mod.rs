@@ -31,7 +31,7 @@ use crate::abi::grant_table::GntStatus;
 use crate::abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES;
 use crate::abi::{DomId, EvtchnPort, Gfn, GrantRef, GuestPhysAddr, PAGE_SIZE};
 use crate::hypervisor::*;
-use crate::page::{LocalPage, SharedPage};
+use crate::page::LocalPage;
 use crate::xenstore::{Decoder, XenStore, XsError, XsTransport};
 use xenstored::Xenstored;
 
@@ -479,9 +479,7 @@ impl GrantCopier for Domain {
                     if usize::from(so) + len > PAGE_SIZE || usize::from(dof) + len > PAGE_SIZE {
                         return Err(GntStatus::BadCopyArg);
                     }
-                    let mut buf = [0u8; PAGE_SIZE];
-                    src.read(usize::from(so), &mut buf[..len]);
-                    dst.write(usize::from(dof), &buf[..len]);
+                    dst.copy_from(usize::from(dof), &src, usize::from(so), len);
                     Ok(())
                 })();
                 status.err().unwrap_or(GntStatus::Okay)

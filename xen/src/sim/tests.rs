@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::abi::grant_table::GntStatus;
+use crate::page::SharedPage;
 
 fn frontend_page(fe: &Domain, be: &Domain, readonly: bool) -> (GrantRef, LocalPage) {
     let (gfn, page) = fe.alloc_page();
