@@ -35,8 +35,13 @@ use xen::hypervisor::{CopyOp, CopyPtr, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
 use xen::pvusb::Segment;
 
-/// A request's frames, one per segment: inline, so taking them allocates nothing.
-pub type Frames<P> = heapless::Vec<LocalFrame<P>, USBIF_MAX_SEGMENTS_PER_REQUEST>;
+/// One of the pool's frames, by its place in the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameId(u16);
+
+/// A request's frames, one per segment: inline and small (names, not the frames), so taking
+/// them allocates nothing and moving a request along the path copies little.
+pub type Frames = heapless::Vec<FrameId, USBIF_MAX_SEGMENTS_PER_REQUEST>;
 
 /// A request's segments, data then isochronous descriptors.
 pub type Segments = heapless::Vec<Segment, USBIF_MAX_SEGMENTS_PER_REQUEST>;
@@ -99,62 +104,68 @@ pub const MAX_POOL_FRAMES: usize = 4096;
 /// Frames for bounce buffers: taken from the hypervisor layer on demand, up to
 /// [`MAX_POOL_FRAMES`], and reused after.
 pub struct FramePool<P> {
-    free: Vec<LocalFrame<P>>,
-    total: usize,
+    frames: Vec<LocalFrame<P>>,
+    free: Vec<FrameId>,
 }
 
 impl<P> Default for FramePool<P> {
     fn default() -> Self {
         FramePool {
+            frames: Vec::new(),
             free: Vec::new(),
-            total: 0,
         }
     }
 }
 
 impl<P> FramePool<P> {
     /// `n` frames (at most a request's segments), all or none.
-    pub fn take<H: LocalFrames<Page = P>>(&mut self, hv: &mut H, n: usize) -> Option<Frames<P>> {
+    pub fn take<H: LocalFrames<Page = P>>(&mut self, hv: &mut H, n: usize) -> Option<Frames> {
         if n > USBIF_MAX_SEGMENTS_PER_REQUEST {
             return None;
         }
         while self.free.len() < n {
-            if self.total >= MAX_POOL_FRAMES {
+            if self.frames.len() >= MAX_POOL_FRAMES {
                 return None;
             }
             let frame = hv.alloc_frame().ok()?;
-            self.free.push(frame);
-            self.total += 1;
+            // Below MAX_POOL_FRAMES, which fits.
+            self.free.push(FrameId(self.frames.len() as u16));
+            self.frames.push(frame);
         }
         let at = self.free.len() - n;
         Some(self.free.drain(at..).collect())
     }
 
     /// Frames whose transfer is over.
-    pub fn give_back(&mut self, frames: Frames<P>) {
+    pub fn give_back(&mut self, frames: Frames) {
         self.free.extend(frames);
+    }
+
+    /// The frame `id` names.
+    pub fn frame(&self, id: FrameId) -> &LocalFrame<P> {
+        &self.frames[usize::from(id.0)]
     }
 
     /// Frames handed out and not given back (in flight or quarantined).
     pub fn held(&self) -> usize {
-        self.total - self.free.len()
+        self.frames.len() - self.free.len()
     }
 }
 
 /// A request's buffer in our frames: data segments first, then isochronous descriptor
 /// segments, each in its own frame at the guest's offset.
-pub struct Buffer<P> {
+pub struct Buffer {
     /// The guest's granting domain.
     pub dom: DomId,
     /// One frame per segment.
-    pub frames: Frames<P>,
+    pub frames: Frames,
     /// The guest's segments, in the same order.
     pub segments: Segments,
     /// How many of them are data (the rest are isochronous descriptors).
     pub data: usize,
 }
 
-impl<P: SharedPage> Buffer<P> {
+impl Buffer {
     /// Total data bytes.
     pub fn data_len(&self) -> usize {
         self.segments[..self.data]
@@ -164,16 +175,16 @@ impl<P: SharedPage> Buffer<P> {
     }
 
     /// Copies of every data segment into its frame (OUT data).
-    pub fn copy_in_data(&self, ops: &mut Vec<CopyOp>) {
-        self.copy_in(0..self.data, ops);
+    pub fn copy_in_data<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
+        self.copy_in(pool, 0..self.data, ops);
     }
 
     /// Copies of every descriptor segment into its frame.
-    pub fn copy_in_descriptors(&self, ops: &mut Vec<CopyOp>) {
-        self.copy_in(self.data..self.segments.len(), ops);
+    pub fn copy_in_descriptors<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
+        self.copy_in(pool, self.data..self.segments.len(), ops);
     }
 
-    fn copy_in(&self, which: Range<usize>, ops: &mut Vec<CopyOp>) {
+    fn copy_in<P>(&self, pool: &FramePool<P>, which: Range<usize>, ops: &mut Vec<CopyOp>) {
         for i in which {
             let s = self.segments[i];
             ops.push(CopyOp {
@@ -183,7 +194,7 @@ impl<P: SharedPage> Buffer<P> {
                     offset: s.offset,
                 },
                 dest: CopyPtr::Local {
-                    gfn: self.frames[i].gfn,
+                    gfn: pool.frame(self.frames[i]).gfn,
                     offset: s.offset,
                 },
                 len: s.length,
@@ -195,7 +206,12 @@ impl<P: SharedPage> Buffer<P> {
     /// hypervisor checks each grant is writable (and the frontend's) without moving a byte,
     /// in the same batch as the pass's other copies, so an IN transfer with a grant never
     /// written to never reaches the device.
-    pub fn probe_data(&self, ops: &mut Vec<CopyOp>, written: &WrittenGrants) {
+    pub fn probe_data<P>(
+        &self,
+        pool: &FramePool<P>,
+        ops: &mut Vec<CopyOp>,
+        written: &WrittenGrants,
+    ) {
         for i in 0..self.data {
             let s = self.segments[i];
             if written.contains(s.gref) {
@@ -203,7 +219,7 @@ impl<P: SharedPage> Buffer<P> {
             }
             ops.push(CopyOp {
                 source: CopyPtr::Local {
-                    gfn: self.frames[i].gfn,
+                    gfn: pool.frame(self.frames[i]).gfn,
                     offset: s.offset,
                 },
                 dest: CopyPtr::Grant {
@@ -217,11 +233,17 @@ impl<P: SharedPage> Buffer<P> {
     }
 
     /// Copies of data bytes `at..at + len` back to the guest (what a device wrote).
-    pub fn copy_out_data(&self, at: usize, len: usize, ops: &mut Vec<CopyOp>) {
+    pub fn copy_out_data<P>(
+        &self,
+        pool: &FramePool<P>,
+        at: usize,
+        len: usize,
+        ops: &mut Vec<CopyOp>,
+    ) {
         self.for_range(0..self.data, at, len, |i, offset, range| {
             ops.push(CopyOp {
                 source: CopyPtr::Local {
-                    gfn: self.frames[i].gfn,
+                    gfn: pool.frame(self.frames[i]).gfn,
                     offset: offset as u16,
                 },
                 dest: CopyPtr::Grant {
@@ -235,12 +257,12 @@ impl<P: SharedPage> Buffer<P> {
     }
 
     /// Copies of every descriptor segment back to the guest (isochronous results).
-    pub fn copy_out_descriptors(&self, ops: &mut Vec<CopyOp>) {
+    pub fn copy_out_descriptors<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
         for i in self.data..self.segments.len() {
             let s = self.segments[i];
             ops.push(CopyOp {
                 source: CopyPtr::Local {
-                    gfn: self.frames[i].gfn,
+                    gfn: pool.frame(self.frames[i]).gfn,
                     offset: s.offset,
                 },
                 dest: CopyPtr::Grant {
@@ -254,34 +276,39 @@ impl<P: SharedPage> Buffer<P> {
     }
 
     /// Reads data bytes from `at` into `buf` (what lies past the end is left as it was).
-    pub fn read_data(&self, at: usize, buf: &mut [u8]) {
+    pub fn read_data<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, buf: &mut [u8]) {
         let len = buf.len();
         self.for_range(0..self.data, at, len, |i, offset, range| {
-            self.frames[i].page.read(offset, &mut buf[range]);
+            pool.frame(self.frames[i]).page.read(offset, &mut buf[range]);
         });
     }
 
     /// Writes data bytes from `at` (what would run past the end is not written).
-    pub fn write_data(&self, at: usize, data: &[u8]) {
+    pub fn write_data<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, data: &[u8]) {
         self.for_range(0..self.data, at, data.len(), |i, offset, range| {
-            self.frames[i].page.write(offset, &data[range]);
+            pool.frame(self.frames[i]).page.write(offset, &data[range]);
         });
     }
 
     /// Reads descriptor bytes from `at`.
-    pub fn read_descriptors(&self, at: usize, buf: &mut [u8]) {
+    pub fn read_descriptors<P: SharedPage>(
+        &self,
+        pool: &FramePool<P>,
+        at: usize,
+        buf: &mut [u8],
+    ) {
         let len = buf.len();
         let all = self.data..self.segments.len();
         self.for_range(all, at, len, |i, offset, range| {
-            self.frames[i].page.read(offset, &mut buf[range]);
+            pool.frame(self.frames[i]).page.read(offset, &mut buf[range]);
         });
     }
 
     /// Writes descriptor bytes from `at`.
-    pub fn write_descriptors(&self, at: usize, data: &[u8]) {
+    pub fn write_descriptors<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, data: &[u8]) {
         let all = self.data..self.segments.len();
         self.for_range(all, at, data.len(), |i, offset, range| {
-            self.frames[i].page.write(offset, &data[range]);
+            pool.frame(self.frames[i]).page.write(offset, &data[range]);
         });
     }
 
@@ -317,51 +344,50 @@ impl<P: SharedPage> Buffer<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xen::abi::{Gfn, GrantRef};
+    use xen::abi::GrantRef;
     use xen::page::LocalPage;
+    use xen::sim::Xen;
 
-    fn buffer() -> Buffer<LocalPage> {
-        let frame = |n| LocalFrame {
-            gfn: Gfn(n),
-            bus_addr: n << 12,
-            page: LocalPage::new(),
-        };
+    fn buffer() -> (FramePool<LocalPage>, Buffer) {
+        let mut pool = FramePool::default();
+        let frames = pool.take(&mut Xen::new().create_domain(), 3).unwrap();
         let seg = |gref, offset, length| Segment {
             gref: GrantRef(gref),
             offset,
             length,
         };
-        Buffer {
+        let b = Buffer {
             dom: DomId(5),
-            frames: [frame(1), frame(2), frame(3)].into_iter().collect(),
+            frames,
             // 96 bytes at the end of one page, then 10 at the start of the next; one
             // descriptor segment.
             segments: [seg(10, 4000, 96), seg(11, 0, 10), seg(12, 64, 32)]
                 .into_iter()
                 .collect(),
             data: 2,
-        }
+        };
+        (pool, b)
     }
 
     #[test]
     fn data_crosses_segments_at_their_offsets() {
-        let b = buffer();
+        let (pool, b) = buffer();
         assert_eq!(b.data_len(), 106);
         let bytes: Vec<u8> = (0..106).collect();
-        b.write_data(0, &bytes);
+        b.write_data(&pool, 0, &bytes);
         let mut back = [0u8; 20];
-        b.read_data(90, &mut back);
+        b.read_data(&pool, 90, &mut back);
         assert_eq!(back[..16], bytes[90..106]);
         let mut tail = [0u8; 10];
-        b.frames[1].page.read(0, &mut tail);
+        pool.frame(b.frames[1]).page.read(0, &mut tail);
         assert_eq!(tail[..], bytes[96..106]);
     }
 
     #[test]
     fn copy_out_takes_only_the_bytes_asked_for() {
-        let b = buffer();
+        let (pool, b) = buffer();
         let mut ops = Vec::new();
-        b.copy_out_data(90, 10, &mut ops);
+        b.copy_out_data(&pool, 90, 10, &mut ops);
         assert_eq!(ops.len(), 2);
         assert_eq!(
             ops[0].dest,
@@ -375,20 +401,41 @@ mod tests {
         assert_eq!(
             ops[1].source,
             CopyPtr::Local {
-                gfn: Gfn(2),
+                gfn: pool.frame(b.frames[1]).gfn,
                 offset: 0
             }
         );
         assert_eq!(ops[1].len, 4);
         let mut ops = Vec::new();
-        b.copy_in_descriptors(&mut ops);
+        b.copy_in_descriptors(&pool, &mut ops);
         assert_eq!(ops.len(), 1);
         assert_eq!(
             ops[0].dest,
             CopyPtr::Local {
-                gfn: Gfn(3),
+                gfn: pool.frame(b.frames[2]).gfn,
                 offset: 64
             }
         );
+    }
+
+    #[test]
+    fn frames_given_back_are_taken_again_and_the_pool_stops_at_its_cap() {
+        let mut dom = Xen::new().create_domain();
+        let mut pool: FramePool<LocalPage> = FramePool::default();
+        let a = pool.take(&mut dom, 16).unwrap();
+        assert_eq!(pool.held(), 16);
+        assert!(pool.take(&mut dom, 17).is_none(), "more than a request's segments");
+        pool.give_back(a.clone());
+        let b = pool.take(&mut dom, 16).unwrap();
+        let sorted = |f: &Frames| {
+            let mut v: Vec<u16> = f.iter().map(|id| id.0).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(&a), sorted(&b), "the same frames, no new ones");
+        while pool.held() + 16 <= MAX_POOL_FRAMES {
+            pool.take(&mut dom, 16).unwrap();
+        }
+        assert!(pool.take(&mut dom, 16).is_none(), "capped at MAX_POOL_FRAMES");
     }
 }

@@ -9,11 +9,11 @@ use crate::InFlight;
 /// At most a ring's worth of requests (a frontend cannot have more out without overrunning
 /// its ring), in one allocation made when the frontend connects: taking a request in and
 /// answering it neither allocates nor shifts the others.
-pub(crate) struct InFlightTable<P> {
-    entries: Vec<(u16, InFlight<P>)>,
+pub(crate) struct InFlightTable {
+    entries: Vec<(u16, InFlight)>,
 }
 
-impl<P> Default for InFlightTable<P> {
+impl Default for InFlightTable {
     fn default() -> Self {
         InFlightTable {
             entries: Vec::with_capacity(URB_RING_SIZE as usize),
@@ -21,9 +21,9 @@ impl<P> Default for InFlightTable<P> {
     }
 }
 
-impl<P> InFlightTable<P> {
+impl InFlightTable {
     /// Adds request `rid`, which the caller checked is not in flight.
-    pub(crate) fn insert(&mut self, rid: u16, f: InFlight<P>) {
+    pub(crate) fn insert(&mut self, rid: u16, f: InFlight) {
         self.entries.push((rid, f));
     }
 
@@ -31,7 +31,7 @@ impl<P> InFlightTable<P> {
         self.entries.iter().any(|e| e.0 == rid)
     }
 
-    pub(crate) fn get_mut(&mut self, rid: u16) -> Option<&mut InFlight<P>> {
+    pub(crate) fn get_mut(&mut self, rid: u16) -> Option<&mut InFlight> {
         self.entries
             .iter_mut()
             .find(|e| e.0 == rid)
@@ -39,12 +39,12 @@ impl<P> InFlightTable<P> {
     }
 
     /// Takes request `rid` out; the last entry takes its place.
-    pub(crate) fn remove(&mut self, rid: u16) -> Option<InFlight<P>> {
+    pub(crate) fn remove(&mut self, rid: u16) -> Option<InFlight> {
         let at = self.entries.iter().position(|e| e.0 == rid)?;
         Some(self.entries.swap_remove(at).1)
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &InFlight<P>> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &InFlight> {
         self.entries.iter().map(|e| &e.1)
     }
 
@@ -53,7 +53,7 @@ impl<P> InFlightTable<P> {
     }
 
     /// Every request, taken out.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = InFlight<P>> + '_ {
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = InFlight> + '_ {
         self.entries.drain(..).map(|e| e.1)
     }
 }

@@ -139,10 +139,10 @@ pub struct Stats {
 }
 
 /// A request handed to the host, with its buffer in our frames.
-struct InFlight<P> {
+struct InFlight {
     token: u64,
     device: u32,
-    buffer: Buffer<P>,
+    buffer: Buffer,
     direction: host::Direction,
     /// Its isochronous packets (what is copied back of each).
     iso_packets: Vec<IsoPacket>,
@@ -161,7 +161,7 @@ struct Connection<P> {
     port: EvtchnPort,
     /// By request id. At most the ring's size: a frontend cannot have more requests out
     /// without overrunning its ring.
-    inflight: InFlightTable<P>,
+    inflight: InFlightTable,
     /// Its grants a copy wrote to lately: IN requests into them need no check first.
     written: WrittenGrants,
     /// Port changes (port, speed) not yet reported on the conn ring.
@@ -206,10 +206,10 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// Frames of transfers whose frontend is gone, by token: they go back to the pool when
     /// the host reports the transfer finished, not before (a cancelled transfer may still
     /// be running).
-    quarantine: BTreeMap<u64, bounce::Frames<H::Page>>,
+    quarantine: BTreeMap<u64, bounce::Frames>,
     /// Answers waiting for their copies, pushed together before publication
     /// ([`Backend::finish_answers`]), with the copies of all of them: one hypercall.
-    answers: Vec<Answer<H::Page>>,
+    answers: Vec<Answer>,
     answer_copies: Vec<CopyOp>,
     /// Frontends that had requests left when their budget ran out, in turn.
     busy: VecDeque<DeviceId>,

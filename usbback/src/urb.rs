@@ -370,9 +370,9 @@ where
             });
             if let Some(config) = cached {
                 let n = buffer.data_len().min(config.len());
-                buffer.write_data(0, &config[..n]);
+                buffer.write_data(&self.pool, 0, &config[..n]);
                 let start = self.answer_copies.len();
-                buffer.copy_out_data(0, n, &mut self.answer_copies);
+                buffer.copy_out_data(&self.pool, 0, n, &mut self.answer_copies);
                 self.answers.push(Answer {
                     id,
                     rsp: response(s.id, USBIF_STATUS_OK, n),
@@ -385,15 +385,15 @@ where
         }
         let start = stage.copies.len();
         if direction == host::Direction::Out {
-            buffer.copy_in_data(&mut stage.copies);
+            buffer.copy_in_data(&self.pool, &mut stage.copies);
         } else {
             let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
                 self.pool.give_back(buffer.frames);
                 return false;
             };
-            buffer.probe_data(&mut stage.copies, &c.written);
+            buffer.probe_data(&self.pool, &mut stage.copies, &c.written);
         }
-        buffer.copy_in_descriptors(&mut stage.copies);
+        buffer.copy_in_descriptors(&self.pool, &mut stage.copies);
         let copies = start..stage.copies.len();
         let transfer_type = match s.pipe.transfer_type {
             pvusb::TransferType::Control => host::TransferType::Control,
@@ -417,11 +417,14 @@ where
             segments: buffer.frames[..buffer.data]
                 .iter()
                 .zip(&buffer.segments)
-                .map(|(f, g)| host::Segment {
-                    page: f.page.clone(),
-                    phys: f.bus_addr,
-                    offset: g.offset,
-                    len: g.length,
+                .map(|(&f, g)| {
+                    let f = self.pool.frame(f);
+                    host::Segment {
+                        page: f.page.clone(),
+                        phys: f.bus_addr,
+                        offset: g.offset,
+                        len: g.length,
+                    }
                 })
                 .collect(),
             short_not_ok: s.short_not_ok,
@@ -468,7 +471,8 @@ where
             }
             for i in 0..usize::from(r.number_of_packets) {
                 let mut d = [0u8; ISO_DESCRIPTOR_SIZE];
-                r.buffer.read_descriptors(i * ISO_DESCRIPTOR_SIZE, &mut d);
+                r.buffer
+                    .read_descriptors(&self.pool, i * ISO_DESCRIPTOR_SIZE, &mut d);
                 let offset = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
                 let length = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
                 if u64::from(offset) + u64::from(length) > u64::from(r.buffer_length) {
@@ -542,7 +546,7 @@ where
         let mut whole_config = None;
         if let (Some((kind, index)), USBIF_STATUS_OK) = (f.rewrite, status) {
             let mut bytes = alloc::vec![0u8; actual];
-            f.buffer.read_data(0, &mut bytes);
+            f.buffer.read_data(&self.pool, 0, &mut bytes);
             let rewritten = if kind == superspeed::DEVICE {
                 superspeed::rewrite_device(&mut bytes);
                 bytes
@@ -555,7 +559,7 @@ where
                 }
                 rewritten
             };
-            f.buffer.write_data(0, &rewritten);
+            f.buffer.write_data(&self.pool, 0, &rewritten);
             actual = rewritten.len().min(total);
         }
         let mut error_count = 0;
@@ -573,22 +577,28 @@ where
             result[4..].copy_from_slice(&packet_status.to_le_bytes());
             let at = i * ISO_DESCRIPTOR_SIZE
                 + core::mem::offset_of!(UsbIsoPacketDescriptor, actual_length);
-            f.buffer.write_descriptors(at, &result);
+            f.buffer.write_descriptors(&self.pool, at, &result);
         }
         // Only bytes the device wrote go back: the frames held other requests' data before.
         let start = self.answer_copies.len();
         if f.direction == host::Direction::In {
             if f.iso_packets.is_empty() {
-                f.buffer.copy_out_data(0, actual, &mut self.answer_copies);
+                f.buffer
+                    .copy_out_data(&self.pool, 0, actual, &mut self.answer_copies);
             } else {
                 for (p, r) in f.iso_packets.iter().zip(&c.iso) {
                     let n = r.actual_length.min(p.length) as usize;
-                    f.buffer
-                        .copy_out_data(p.offset as usize, n, &mut self.answer_copies);
+                    f.buffer.copy_out_data(
+                        &self.pool,
+                        p.offset as usize,
+                        n,
+                        &mut self.answer_copies,
+                    );
                 }
             }
         }
-        f.buffer.copy_out_descriptors(&mut self.answer_copies);
+        f.buffer
+            .copy_out_descriptors(&self.pool, &mut self.answer_copies);
         let copies = start..self.answer_copies.len();
         if let Some((index, config)) = whole_config {
             if let Some(p) = self
@@ -651,7 +661,7 @@ struct Staged<P> {
     rid: u16,
     device: u32,
     port: u8,
-    buffer: Buffer<P>,
+    buffer: Buffer,
     /// Its copies in the stage's batch.
     copies: Range<usize>,
     /// The transfer, but for its isochronous packets (read from the copied descriptors).
@@ -662,11 +672,11 @@ struct Staged<P> {
 }
 
 /// An answer waiting for its copies out and its publication.
-pub(crate) struct Answer<P> {
+pub(crate) struct Answer {
     id: DeviceId,
     rsp: UsbifUrbResponse,
     /// Frames that go back to the pool once the copies are done.
-    frames: Frames<P>,
+    frames: Frames,
     /// Its copies in [`Backend::answer_copies`].
     copies: Range<usize>,
     /// It carries IN data (device to guest).
