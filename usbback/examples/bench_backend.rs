@@ -7,13 +7,13 @@
 //! on its own granted page, and resubmits every answered one. Only the time spent inside the
 //! backend's calls is counted, and so are the heap allocations made inside them.
 //!
-//! The time inside the simulated hypervisor (grant copies, notifications, the pending-event
+//! The time (and the heap allocations) inside the simulated hypervisor (grant copies, notifications, the pending-event
 //! scan) is taken apart from the backend's own: `xen::sim` copies a page word by word
 //! through atomics and keeps its tables in maps behind a lock, several times what Xen's
 //! `memcpy` and a hypercall cost on hardware, and nothing the backend could change. What
 //! the backend decides is how many hypercalls it makes; they are counted. Prints one line
 //! per frontend count:
-//! `bench=backend frontends=N urbs=… ns_per_urb=… urbs_per_s=… allocs_per_urb=…
+//! `bench=backend frontends=N urbs=… ns_per_urb=… urbs_per_s=… allocs=… allocs_per_urb=…
 //! hypercalls_per_urb=… copy_ops_per_urb=… sim_hypervisor_ns_per_urb=…`, where
 //! `ns_per_urb` is the backend's own time.
 
@@ -145,15 +145,19 @@ impl UsbHost<LocalPage> for Instant0 {
 struct Timed {
     dom: Domain,
     spent: Duration,
+    /// Heap allocations `xen::sim` made (its tables), not the backend's.
+    allocations: u64,
     hypercalls: u64,
     copy_ops: u64,
 }
 
 impl Timed {
     fn call<R>(&mut self, hypercalls: u64, f: impl FnOnce(&mut Domain) -> R) -> R {
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed);
         let started = Instant::now();
         let r = f(&mut self.dom);
         self.spent += started.elapsed();
+        self.allocations += ALLOCATIONS.load(Ordering::Relaxed) - allocations;
         self.hypercalls += hypercalls;
         r
     }
@@ -348,7 +352,7 @@ fn backend_round(
     host: &mut Instant0,
     turn: &mut Turn,
 ) -> Cost {
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - be.hypervisor().allocations;
     let in_hypervisor = be.hypervisor().spent;
     let started = Instant::now();
     turn.ports.clear();
@@ -364,7 +368,7 @@ fn backend_round(
     Cost {
         own: elapsed.saturating_sub(hypervisor),
         hypervisor,
-        allocations: ALLOCATIONS.load(Ordering::Relaxed) - allocations,
+        allocations: ALLOCATIONS.load(Ordering::Relaxed) - be.hypervisor().allocations - allocations,
     }
 }
 
@@ -383,6 +387,7 @@ fn run(frontends: u32) -> Totals {
     let timed = Timed {
         dom: be_dom.clone(),
         spent: Duration::ZERO,
+        allocations: 0,
         hypercalls: 0,
         copy_ops: 0,
     };
@@ -441,9 +446,10 @@ fn main() {
         let per_urb = |x: f64| x / t.urbs as f64;
         let ns = per_urb(t.cost.own.as_nanos() as f64);
         println!(
-            "bench=backend frontends={frontends} urbs={} bytes_per_urb={LENGTH} ns_per_urb={ns:.0} urbs_per_s={:.0} allocs_per_urb={:.2} hypercalls_per_urb={:.3} copy_ops_per_urb={:.2} sim_hypervisor_ns_per_urb={:.0}",
+            "bench=backend frontends={frontends} urbs={} bytes_per_urb={LENGTH} ns_per_urb={ns:.0} urbs_per_s={:.0} allocs={} allocs_per_urb={:.2} hypercalls_per_urb={:.3} copy_ops_per_urb={:.2} sim_hypervisor_ns_per_urb={:.0}",
             t.urbs,
             1e9 / ns,
+            t.cost.allocations,
             per_urb(t.cost.allocations as f64),
             per_urb(t.hypercalls as f64),
             per_urb(t.copy_ops as f64),

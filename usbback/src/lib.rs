@@ -218,7 +218,7 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// [`Backend::host_events`]' frontends to flush, kept for its allocation.
     touched: Vec<DeviceId>,
     /// A pass's staged requests and copies, kept for their allocations.
-    stage: urb::Stage<H::Page>,
+    stage: urb::Stage,
     /// The statuses of a batch of copies, kept for its allocation.
     statuses: Vec<GntStatus>,
     /// Which device may go to which domain.

@@ -133,7 +133,7 @@ where
 
     /// Whether request id `rid` of `id` is taken: in flight, staged in this pass, or an
     /// unlink waiting to be answered.
-    fn id_in_use(&self, id: DeviceId, rid: u16, stage: &Stage<H::Page>) -> bool {
+    fn id_in_use(&self, id: DeviceId, rid: u16, stage: &Stage) -> bool {
         stage.requests.iter().any(|r| r.id == id && r.rid == rid)
             || self
                 .devices
@@ -223,7 +223,7 @@ where
         id: DeviceId,
         raw: UsbifUrbRequest,
         host: &mut U,
-        stage: &mut Stage<H::Page>,
+        stage: &mut Stage,
     ) -> bool {
         let Some(num_ports) = self.devices.get(&id).map(|d| d.num_ports) else {
             return false;
@@ -274,7 +274,7 @@ where
         id: DeviceId,
         s: Submit,
         host: &mut U,
-        stage: &mut Stage<H::Page>,
+        stage: &mut Stage,
     ) -> bool {
         if self.id_in_use(id, s.id, stage) {
             self.misbehaving(id, &format!("reason=id_reused id={}", s.id), host);
@@ -407,29 +407,12 @@ where
             } => number_of_packets,
             _ => 0,
         };
-        let transfer = host::Transfer {
-            // Named when it is queued (launch).
-            token: 0,
+        let transfer = TransferShape {
             endpoint: if setup.is_some() { 0 } else { s.pipe.endpoint },
             direction,
             transfer_type,
             setup,
-            segments: buffer.frames[..buffer.data]
-                .iter()
-                .zip(&buffer.segments)
-                .map(|(&f, g)| {
-                    let f = self.pool.frame(f);
-                    host::Segment {
-                        page: f.page.clone(),
-                        phys: f.bus_addr,
-                        offset: g.offset,
-                        len: g.length,
-                    }
-                })
-                .collect(),
             short_not_ok: s.short_not_ok,
-            iso_packets: Vec::new(),
-            start_frame: None,
         };
         stage.requests.push(Staged {
             id,
@@ -449,13 +432,13 @@ where
     /// Queues the staged requests to the host, in ring order, once their copies are done
     /// (all in one batch). A request whose copy failed is answered with an error and never
     /// reaches the device.
-    fn launch<U: UsbHost<H::Page> + ?Sized>(&mut self, stage: &mut Stage<H::Page>, host: &mut U) {
+    fn launch<U: UsbHost<H::Page> + ?Sized>(&mut self, stage: &mut Stage, host: &mut U) {
         if stage.requests.is_empty() {
             return;
         }
         let mut statuses = core::mem::take(&mut self.statuses);
         run_copies(&mut self.hv, &stage.copies, &mut statuses);
-        for mut r in stage.requests.drain(..) {
+        for r in stage.requests.drain(..) {
             let id = r.id;
             // Its frontend was disconnected in this pass: nothing reached the device.
             let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
@@ -469,6 +452,7 @@ where
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
             }
+            let mut iso_packets = Vec::new();
             for i in 0..usize::from(r.number_of_packets) {
                 let mut d = [0u8; ISO_DESCRIPTOR_SIZE];
                 r.buffer
@@ -482,21 +466,44 @@ where
                         id.frontend, id.devid, r.rid
                     );
                     }
-                    r.transfer.iso_packets.clear();
+                    iso_packets.clear();
                     break;
                 }
-                r.transfer.iso_packets.push(IsoPacket { offset, length });
+                iso_packets.push(IsoPacket { offset, length });
             }
-            if r.transfer.iso_packets.len() != usize::from(r.number_of_packets) {
+            if iso_packets.len() != usize::from(r.number_of_packets) {
                 self.pool.give_back(r.buffer.frames);
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
             }
             let token = self.tokens.issue(id, r.rid);
-            r.transfer.token = token;
-            let iso_packets = r.transfer.iso_packets.clone();
-            let direction = r.transfer.direction;
-            match host.submit(r.device, r.transfer) {
+            let shape = r.transfer;
+            let buffer = &r.buffer;
+            let transfer = host::Transfer {
+                token,
+                endpoint: shape.endpoint,
+                direction: shape.direction,
+                transfer_type: shape.transfer_type,
+                setup: shape.setup,
+                segments: buffer.frames[..buffer.data]
+                    .iter()
+                    .zip(&buffer.segments)
+                    .map(|(&f, g)| {
+                        let f = self.pool.frame(f);
+                        host::Segment {
+                            page: f.page.clone(),
+                            phys: f.bus_addr,
+                            offset: g.offset,
+                            len: g.length,
+                        }
+                    })
+                    .collect(),
+                short_not_ok: shape.short_not_ok,
+                iso_packets: iso_packets.clone(),
+                start_frame: None,
+            };
+            let direction = shape.direction;
+            match host.submit(r.device, transfer) {
                 Err(e) => {
                     self.tokens.take(token);
                     self.pool.give_back(r.buffer.frames);
@@ -641,22 +648,14 @@ where
 
 /// Requests of one pass waiting for their copies in: queued to the host in ring order once
 /// the batch is done.
-pub(crate) struct Stage<P> {
+#[derive(Default)]
+pub(crate) struct Stage {
     copies: Vec<CopyOp>,
-    requests: Vec<Staged<P>>,
-}
-
-impl<P> Default for Stage<P> {
-    fn default() -> Self {
-        Stage {
-            copies: Vec::new(),
-            requests: Vec::new(),
-        }
-    }
+    requests: Vec<Staged>,
 }
 
 /// A checked submission with its buffer in our frames.
-struct Staged<P> {
+struct Staged {
     id: DeviceId,
     rid: u16,
     device: u32,
@@ -664,11 +663,22 @@ struct Staged<P> {
     buffer: Buffer,
     /// Its copies in the stage's batch.
     copies: Range<usize>,
-    /// The transfer, but for its isochronous packets (read from the copied descriptors).
-    transfer: host::Transfer<P>,
+    /// What the transfer will be; its buffer and isochronous packets (read from the copied
+    /// descriptors) are added when it is queued.
+    transfer: TransferShape,
     number_of_packets: u16,
     buffer_length: u32,
     rewrite: Option<(u8, u8)>,
+}
+
+/// A transfer's kind, endpoint and flags: what [`host::Transfer`] has besides its buffer.
+#[derive(Clone, Copy)]
+struct TransferShape {
+    endpoint: u8,
+    direction: host::Direction,
+    transfer_type: host::TransferType,
+    setup: Option<[u8; 8]>,
+    short_not_ok: bool,
 }
 
 /// An answer waiting for its copies out and its publication.
