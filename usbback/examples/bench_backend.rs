@@ -26,12 +26,12 @@ use usbback::host::{
     UsbHost, Vet,
 };
 use usbback::Backend;
-use xen::abi::usbif::*;
 use xen::abi::grant_table::GntStatus;
+use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort, GrantRef};
 use xen::hypervisor::{
-    BatchTooLarge, CopyOp, Errno, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrame,
-    LocalFrames, MapRequest, MapResults,
+    BatchTooLarge, CopyOp, Errno, EventChannels, GrantCopier, GrantMapper, GrantMapping,
+    LocalFrame, LocalFrames, MapRequest, MapResults,
 };
 use xen::page::LocalPage;
 use xen::pvusb::{ControllerNodes, Direction, Pipe, TransferType, ASSIGN_DIR};
@@ -368,7 +368,9 @@ fn backend_round(
     Cost {
         own: elapsed.saturating_sub(hypervisor),
         hypervisor,
-        allocations: ALLOCATIONS.load(Ordering::Relaxed) - be.hypervisor().allocations - allocations,
+        allocations: ALLOCATIONS.load(Ordering::Relaxed)
+            - be.hypervisor().allocations
+            - allocations,
     }
 }
 

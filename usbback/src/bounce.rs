@@ -279,7 +279,9 @@ impl Buffer {
     pub fn read_data<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, buf: &mut [u8]) {
         let len = buf.len();
         self.for_range(0..self.data, at, len, |i, offset, range| {
-            pool.frame(self.frames[i]).page.read(offset, &mut buf[range]);
+            pool.frame(self.frames[i])
+                .page
+                .read(offset, &mut buf[range]);
         });
     }
 
@@ -291,16 +293,13 @@ impl Buffer {
     }
 
     /// Reads descriptor bytes from `at`.
-    pub fn read_descriptors<P: SharedPage>(
-        &self,
-        pool: &FramePool<P>,
-        at: usize,
-        buf: &mut [u8],
-    ) {
+    pub fn read_descriptors<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, buf: &mut [u8]) {
         let len = buf.len();
         let all = self.data..self.segments.len();
         self.for_range(all, at, len, |i, offset, range| {
-            pool.frame(self.frames[i]).page.read(offset, &mut buf[range]);
+            pool.frame(self.frames[i])
+                .page
+                .read(offset, &mut buf[range]);
         });
     }
 
@@ -424,7 +423,10 @@ mod tests {
         let mut pool: FramePool<LocalPage> = FramePool::default();
         let a = pool.take(&mut dom, 16).unwrap();
         assert_eq!(pool.held(), 16);
-        assert!(pool.take(&mut dom, 17).is_none(), "more than a request's segments");
+        assert!(
+            pool.take(&mut dom, 17).is_none(),
+            "more than a request's segments"
+        );
         pool.give_back(a.clone());
         let b = pool.take(&mut dom, 16).unwrap();
         let sorted = |f: &Frames| {
@@ -436,6 +438,9 @@ mod tests {
         while pool.held() + 16 <= MAX_POOL_FRAMES {
             pool.take(&mut dom, 16).unwrap();
         }
-        assert!(pool.take(&mut dom, 16).is_none(), "capped at MAX_POOL_FRAMES");
+        assert!(
+            pool.take(&mut dom, 16).is_none(),
+            "capped at MAX_POOL_FRAMES"
+        );
     }
 }

@@ -4,12 +4,15 @@
 use super::*;
 use host::Completion;
 use xen::abi::xs_wire::XsdError;
+use xen::abi::GrantRef;
 use xen::hypervisor::EventChannels;
 use xen::page::LocalPage;
 use xen::pvusb::ControllerNodes;
 use xen::pvusb::{Direction, Pipe, TransferType};
 use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
+use xen::xenbus;
+use xen::xenstore::TxId;
 use zerocopy::FromZeros;
 
 struct World {

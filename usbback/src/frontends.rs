@@ -1,0 +1,532 @@
+//! The xenbus side of the backend: a frontend's controller directory found under ours, its
+//! state followed (InitWait, Connected, Closing, Closed), its rings mapped and its channel
+//! bound when it connects, everything taken back when it goes or misbehaves.
+
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use log::{info, warn};
+use xen::abi::usbif::*;
+use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
+use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest};
+use xen::page::SharedPage;
+use xen::pvusb;
+use xen::ring::BackRing;
+use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
+use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
+
+use crate::host::UsbHost;
+use crate::*;
+
+impl<H, T> Backend<H, T>
+where
+    H: GrantMapper + GrantCopier + LocalFrames + EventChannels,
+    H::Page: Clone + SharedPage,
+    T: XsTransport,
+{
+    /// Handles what xenstore delivered: watch events make every device be looked at again.
+    pub fn poll_xenstore<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        host: &mut U,
+    ) -> Result<(), XsError> {
+        self.xs.poll()?;
+        // A frontend's own state node, or a node in a known device's backend directory,
+        // names its device: only that one is looked at again (our own writes there fire the
+        // watch too, and a frontend that makes us write must not make us rescan every
+        // controller). Anything else under our directory (a new device) means a full rescan.
+        let mut rescan = false;
+        let mut frontends = BTreeSet::new();
+        let mut backend_nodes = BTreeSet::new();
+        let mut assignments = BTreeSet::new();
+        while let Some(e) = self.xs.next_event() {
+            if let Some(id) = self
+                .devices
+                .iter()
+                .find(|(_, d)| d.watch_token == e.token)
+                .map(|(id, _)| *id)
+            {
+                frontends.insert(id);
+                continue;
+            }
+            match self.device_node(&e.path) {
+                // The directory itself: created or removed as a whole.
+                Some((_, "")) => rescan = true,
+                Some((_, rest)) if rest.starts_with(PORT_STATUS_DIR) => {}
+                Some((id, rest)) if rest.starts_with(ASSIGN_DIR) => {
+                    assignments.insert(id);
+                }
+                // The toolstack's keys (online, state) or our own writes: a frontend makes us
+                // write only as often as its own changes are looked at, so not budgeted.
+                Some((id, _)) => {
+                    backend_nodes.insert(id);
+                }
+                None => rescan = true,
+            }
+        }
+        if rescan {
+            self.rescan(host);
+        } else {
+            for id in frontends {
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.reconcile_due = true;
+                    if d.reconciles >= RECONCILES_PER_INTERVAL {
+                        d.deferred = d.deferred.saturating_add(1);
+                    }
+                }
+            }
+            for id in backend_nodes {
+                if self.devices.contains_key(&id) {
+                    self.reconcile(id, host);
+                }
+            }
+            // The toolstack's port assignments (only it writes them).
+            for id in assignments {
+                if self.devices.contains_key(&id) {
+                    self.read_assignments(id, host);
+                }
+            }
+        }
+        // Each frontend's state changes, within its budget.
+        let due: Vec<DeviceId> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.reconcile_due && d.reconciles < RECONCILES_PER_INTERVAL)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.reconciles += 1;
+                d.reconcile_due = false;
+                self.reconcile(id, host);
+            }
+        }
+        Ok(())
+    }
+
+    /// The known device whose backend directory holds node `path`, and the node's path
+    /// within it (empty for the directory itself).
+    pub(crate) fn device_node<'p>(&self, path: &'p str) -> Option<(DeviceId, &'p str)> {
+        let rest = path.strip_prefix(self.root.as_str())?.strip_prefix('/')?;
+        let mut parts = rest.splitn(3, '/');
+        let frontend = DomId::parse(parts.next()?)?;
+        let devid = parse_decimal(parts.next()?).and_then(|v| u32::try_from(v).ok())?;
+        let id = DeviceId { frontend, devid };
+        self.devices
+            .contains_key(&id)
+            .then_some((id, parts.next().unwrap_or("")))
+    }
+
+    pub(crate) fn rescan<U: UsbHost<H::Page> + ?Sized>(&mut self, host: &mut U) {
+        let mut present = Vec::new();
+        let frontends = match self.xs.directory(TxId::NONE, &self.root) {
+            Ok(d) => d,
+            Err(XsError::Xs(xen::abi::xs_wire::XsdError::Enoent)) => Vec::new(),
+            Err(e) => {
+                warn!(
+                    "event=xenstore_error op=directory path={} error={e}",
+                    self.root
+                );
+                return;
+            }
+        };
+        for fe in frontends {
+            let Some(frontend) = DomId::parse(&fe) else {
+                continue;
+            };
+            let devids = self
+                .xs
+                .directory(TxId::NONE, &format!("{}/{fe}", self.root))
+                .unwrap_or_default();
+            for d in devids {
+                let Some(devid) = parse_decimal(&d).and_then(|v| u32::try_from(v).ok()) else {
+                    continue;
+                };
+                present.push(DeviceId { frontend, devid });
+            }
+        }
+        let gone: Vec<DeviceId> = self
+            .devices
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.forget(id, "directory_removed", host);
+        }
+        for id in present {
+            if !self.devices.contains_key(&id) {
+                self.add(id);
+            }
+            if self.devices.contains_key(&id) {
+                self.reconcile(id, host);
+            }
+            if self.devices.contains_key(&id) {
+                self.read_assignments(id, host);
+            }
+        }
+    }
+
+    pub(crate) fn add(&mut self, id: DeviceId) {
+        let dir = format!("{}/{}/{}", self.root, id.frontend, id.devid);
+        match self.read_config(&dir, id) {
+            Ok((frontend_dir, num_ports, usb_ver)) => {
+                let watch_token = format!("fe-{}-{}", id.frontend, id.devid);
+                if let Err(e) = self
+                    .xs
+                    .watch(&format!("{frontend_dir}/state"), &watch_token)
+                {
+                    warn!("event=xenstore_error op=watch path={frontend_dir}/state error={e}");
+                    return;
+                }
+                if let Err(e) = xenbus::switch_state(&mut self.xs, &dir, XenbusState::InitWait) {
+                    warn!("event=xenstore_error op=write path={dir}/state error={e}");
+                }
+                info!(
+                    "event=vusb_initwait domid={} devid={} ports={num_ports} usb_ver={usb_ver}",
+                    id.frontend, id.devid
+                );
+                let frontend_name = self
+                    .xs
+                    .read_string(TxId::NONE, &format!("{dir}/{}", pvusb::FRONTEND_NAME_KEY))
+                    .ok()
+                    .filter(|n| !n.is_empty());
+                let dev = Device {
+                    dir,
+                    frontend_dir,
+                    frontend_name,
+                    watch_token,
+                    num_ports,
+                    usb_ver,
+                    state: XenbusState::InitWait,
+                    ports: alloc::vec![VPort::default(); usize::from(num_ports)],
+                    conn: None,
+                    warned: 0,
+                    suppressed: 0,
+                    reconciles: 0,
+                    reconcile_due: false,
+                    deferred: 0,
+                };
+                self.devices.insert(id, dev);
+            }
+            Err(e) => warn!(
+                "event=vusb_refused domid={} devid={} {e}",
+                id.frontend, id.devid
+            ),
+        }
+    }
+
+    /// The toolstack's keys of a new device (trusted writer, still checked).
+    pub(crate) fn read_config(
+        &mut self,
+        dir: &str,
+        id: DeviceId,
+    ) -> Result<(String, u8, u8), XenbusError> {
+        let frontend_dir = self
+            .xs
+            .read_string(TxId::NONE, &format!("{dir}/frontend"))?;
+        let fe_id = self
+            .xs
+            .read_string(TxId::NONE, &format!("{dir}/frontend-id"))?;
+        if DomId::parse(&fe_id) != Some(id.frontend) {
+            return Err(bad("frontend-id", &fe_id));
+        }
+        let expected = format!("/local/domain/{}/device/vusb/{}", id.frontend, id.devid);
+        if frontend_dir != expected {
+            return Err(bad("frontend", &frontend_dir));
+        }
+        let num_ports = xenbus::read_u32(
+            &mut self.xs,
+            TxId::NONE,
+            dir,
+            "num-ports",
+            1..=USBIF_MAX_PORTNR,
+        )? as u8;
+        let usb_ver = xenbus::read_u32(&mut self.xs, TxId::NONE, dir, "usb-ver", 1..=2)? as u8;
+        Ok((frontend_dir, num_ports, usb_ver))
+    }
+
+    pub(crate) fn reconcile<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
+        let Some(dev) = self.devices.get(&id) else {
+            return;
+        };
+        let (dir, frontend_dir, ours) = (dev.dir.clone(), dev.frontend_dir.clone(), dev.state);
+        // A destroyed domain's xenstore directory goes with it, and nobody else removes a
+        // backend directory the toolstack did not create through libxl: take everything back
+        // from the frontend and delete our directory ourselves. The toolstack made the
+        // frontend directory readable to us, so EACCES means it is gone too (xenstored
+        // answers EACCES for a missing node whose nearest ancestor we cannot read).
+        if matches!(
+            self.xs.read(TxId::NONE, &frontend_dir),
+            Err(XsError::Xs(
+                xen::abi::xs_wire::XsdError::Enoent | xen::abi::xs_wire::XsdError::Eacces
+            ))
+        ) {
+            self.forget(id, "frontend_gone", host);
+            // After the teardown, whose state writes would recreate it.
+            self.remove_dir(&dir);
+            return;
+        }
+        // libxl removes a device by writing our state to Closing (and online to 0).
+        let written = xenbus::read_state(&mut self.xs, TxId::NONE, &dir).ok();
+        if written == Some(XenbusState::Closing)
+            && ours != XenbusState::Closing
+            && ours != XenbusState::Closed
+        {
+            self.disconnect(id, "toolstack_closing", host);
+        } else {
+            let frontend = xenbus::read_state(&mut self.xs, TxId::NONE, &frontend_dir)
+                .unwrap_or(XenbusState::Unknown);
+            match xenbus::backend_action(ours, frontend) {
+                BackendAction::Connect => self.connect(id, host),
+                BackendAction::Disconnect(_) => self.disconnect(id, "frontend_closing", host),
+                BackendAction::Reset => {
+                    if let Some(d) = self.devices.get_mut(&id) {
+                        d.state = XenbusState::InitWait;
+                    }
+                    let _ = xenbus::switch_state(&mut self.xs, &dir, XenbusState::InitWait);
+                    info!(
+                        "event=vusb_initwait domid={} devid={} reason=frontend_reinitialising",
+                        id.frontend, id.devid
+                    );
+                }
+                BackendAction::None => {}
+            }
+        }
+        let closed = self
+            .devices
+            .get(&id)
+            .is_some_and(|d| d.state == XenbusState::Closed);
+        let online = self
+            .xs
+            .read_string(TxId::NONE, &format!("{dir}/online"))
+            .unwrap_or_default();
+        if closed && online != "1" {
+            // As `xl devd` would: a closed device the toolstack took offline leaves, and the
+            // driver domain deletes its own backend directory.
+            self.remove_dir(&dir);
+            self.forget(id, "offline", host);
+        }
+    }
+
+    /// Deletes a device's backend directory, and its frontend's directory above it once that
+    /// is empty (as libxl's path cleanup does), in one transaction so that a controller the
+    /// toolstack adds meanwhile is not taken with it.
+    pub(crate) fn remove_dir(&mut self, dir: &str) {
+        let parent = String::from(dir.rsplit_once('/').map_or(dir, |(p, _)| p));
+        let result = self.xs.transaction(5, |xs, tx| {
+            xs.rm(tx, dir)?;
+            if xs.directory(tx, &parent)?.is_empty() {
+                xs.rm(tx, &parent)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            warn!("event=xenstore_error op=rm path={dir} error={e}");
+        }
+    }
+
+    pub(crate) fn connect<U: UsbHost<H::Page> + ?Sized>(&mut self, id: DeviceId, host: &mut U) {
+        let Some(dev) = self.devices.get(&id) else {
+            return;
+        };
+        let fdir = dev.frontend_dir.clone();
+        let read =
+            |xs: &mut XenStore<T>, key, range| xenbus::read_u32(xs, TxId::NONE, &fdir, key, range);
+        let refs = (|| {
+            let urb = GrantRef(read(&mut self.xs, "urb-ring-ref", 0..=u32::MAX)?);
+            let conn = GrantRef(read(&mut self.xs, "conn-ring-ref", 0..=u32::MAX)?);
+            let port = EvtchnPort(read(&mut self.xs, "event-channel", 1..=u32::MAX)?);
+            Ok::<_, XenbusError>((urb, conn, port))
+        })();
+        let (urb_ref, conn_ref, remote_port) = match refs {
+            Ok(r) => r,
+            Err(e) => return self.refuse(id, &format!("{e}")),
+        };
+        let reqs = [urb_ref, conn_ref].map(|gref| MapRequest {
+            dom: id.frontend,
+            gref,
+            readonly: false,
+        });
+        let results = match self.hv.map(&reqs) {
+            Ok(r) => r,
+            Err(_) => return self.refuse(id, "reason=map_batch"),
+        };
+        let mut rings = Vec::new();
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(m) => rings.push(m),
+                Err(s) => failure = Some(s),
+            }
+        }
+        if let Some(status) = failure {
+            let _ = self.hv.unmap(rings);
+            return self.refuse(
+                id,
+                &format!("reason=ring_map_failed status={}", status.name()),
+            );
+        }
+        let port = match self.hv.bind_interdomain(id.frontend, remote_port) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.hv.unmap(rings);
+                return self.refuse(
+                    id,
+                    &format!("reason=bind_failed error={e} remote_port={remote_port}"),
+                );
+            }
+        };
+        let urb = BackRing::new(rings[0].page.clone());
+        let conn = BackRing::new(rings[1].page.clone());
+        let Some(dev) = self.devices.get_mut(&id) else {
+            return;
+        };
+        let mut c = Connection {
+            rings,
+            urb,
+            conn,
+            port,
+            inflight: InFlightTable::default(),
+            written: WrittenGrants::default(),
+            changes: VecDeque::new(),
+            stats: Stats::default(),
+            logged: Stats::default(),
+        };
+        // Devices already on its ports are reported first.
+        for (p, n) in dev.ports.iter().zip(1u8..) {
+            if let Some(d) = p.device {
+                let speed = self.known.iter().find(|k| k.id == d).map(|k| k.speed);
+                queue_change(&mut c, n, speed.map_or(USBIF_SPEED_NONE, speed_code));
+            }
+        }
+        dev.conn = Some(c);
+        dev.state = XenbusState::Connected;
+        let (dir, ports, ver) = (dev.dir.clone(), dev.num_ports, dev.usb_ver);
+        if let Err(e) = xenbus::switch_state(&mut self.xs, &dir, XenbusState::Connected) {
+            warn!("event=xenstore_error op=write path={dir}/state error={e}");
+        }
+        info!(
+            "event=frontend_connected domid={} devid={} ports={ports} usb_ver={ver} evtchn={port} urb_ring_ref={urb_ref} conn_ring_ref={conn_ref}",
+            id.frontend, id.devid
+        );
+        // The frontend may have notified before we bound the channel.
+        self.service(id, host);
+    }
+
+    /// Gives up on a frontend that published unusable ring details: Closing, as Linux's
+    /// `xenbus_dev_fatal` does, so the toolstack sees it.
+    pub(crate) fn refuse(&mut self, id: DeviceId, why: &str) {
+        warn!(
+            "event=frontend_refused domid={} devid={} {why}",
+            id.frontend, id.devid
+        );
+        if let Some(dev) = self.devices.get_mut(&id) {
+            dev.state = XenbusState::Closing;
+            let dir = dev.dir.clone();
+            let _ = xenbus::switch_state(&mut self.xs, &dir, XenbusState::Closing);
+        }
+    }
+
+    pub(crate) fn disconnect<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        why: &str,
+        host: &mut U,
+    ) {
+        // Answers already queued go to this connection's ring, never to a later one's.
+        self.finish_answers();
+        let Some(dev) = self.devices.get_mut(&id) else {
+            return;
+        };
+        let conn = dev.conn.take();
+        dev.state = XenbusState::Closed;
+        self.busy.retain(|b| *b != id);
+        // Devices stay assigned, and are reported again when the frontend reconnects.
+        for p in &mut dev.ports {
+            p.address = 0;
+        }
+        let dir = dev.dir.clone();
+        if let Some(c) = conn {
+            let Connection {
+                rings,
+                urb,
+                conn,
+                port,
+                mut inflight,
+                stats,
+                ..
+            } = c;
+            // Every transfer is taken back from the host; its frames stay out of use until
+            // the host says it finished (a cancel is asynchronous, and may fail).
+            let cancelled = inflight.len();
+            let mut quarantined = 0;
+            for f in inflight.drain() {
+                host.cancel(f.device, f.token);
+                self.tokens.take(f.token);
+                quarantined += f.buffer.frames.len();
+                self.quarantine.insert(f.token, f.buffer.frames);
+            }
+            // The rings are dropped before their pages are unmapped, in one batch.
+            drop(urb);
+            drop(conn);
+            if let Err(s) = self.hv.unmap(rings) {
+                warn!(
+                    "event=grant_unmap_failed domid={} devid={} status={} what=rings",
+                    id.frontend,
+                    id.devid,
+                    s.name()
+                );
+            }
+            let _ = self.hv.close(port);
+            log_stats(id, &stats, "teardown", 0);
+            info!(
+                "event=frontend_transfers_cancelled domid={} devid={} count={cancelled} frames_quarantined={quarantined}",
+                id.frontend, id.devid
+            );
+        }
+        if let Err(e) = xenbus::switch_state(&mut self.xs, &dir, XenbusState::Closed) {
+            warn!("event=xenstore_error op=write path={dir}/state error={e}");
+        }
+        info!(
+            "event=frontend_disconnected domid={} devid={} reason={why}",
+            id.frontend, id.devid
+        );
+    }
+
+    pub(crate) fn forget<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        why: &str,
+        host: &mut U,
+    ) {
+        if self.devices.get(&id).is_some_and(|d| d.conn.is_some()) {
+            self.disconnect(id, why, host);
+        }
+        if let Some(dev) = self.devices.remove(&id) {
+            let _ = self
+                .xs
+                .unwatch(&format!("{}/state", dev.frontend_dir), &dev.watch_token);
+            info!(
+                "event=vusb_removed domid={} devid={} reason={why} grants_mapped={}",
+                id.frontend,
+                id.devid,
+                self.hv.mapped()
+            );
+        }
+    }
+
+    pub(crate) fn misbehaving<U: UsbHost<H::Page> + ?Sized>(
+        &mut self,
+        id: DeviceId,
+        why: &str,
+        host: &mut U,
+    ) {
+        warn!(
+            "event=frontend_misbehaving domid={} devid={} {why}",
+            id.frontend, id.devid
+        );
+        self.disconnect(id, "protocol_violation", host);
+    }
+}
