@@ -58,6 +58,9 @@ pub struct Cmdline {
     pub demo_mib: u32,
     /// `bench=N`: the demo measures instead, N rounds of each path.
     pub bench_rounds: Option<u32>,
+    /// `datapath=copy|map`: how transfers' data reaches the guests (usbback's
+    /// [`usbback::DataPath`]; copy unless this says map).
+    pub data_path: usbback::DataPath,
 }
 
 /// One `assign=` entry: device `busid` to the simulated VM named `vm`.
@@ -109,6 +112,7 @@ impl Default for Cmdline {
             bad_assign: false,
             demo_mib: DEFAULT_DEMO_MIB,
             bench_rounds: None,
+            data_path: usbback::DataPath::Copy,
         }
     }
 }
@@ -140,6 +144,9 @@ impl Cmdline {
                 }
                 ("bench", Some(v)) if v.parse::<u32>().is_ok_and(|n| n >= 1) => {
                     c.bench_rounds = v.parse().ok()
+                }
+                ("datapath", Some(v)) if usbback::DataPath::parse(v).is_some() => {
+                    c.data_path = usbback::DataPath::parse(v).unwrap_or_default()
                 }
                 ("usbpolicy", Some(v)) => match String::try_from(v) {
                     Ok(text) => c.usb_policy = Some(text),
@@ -205,6 +212,18 @@ mod tests {
         let c = Cmdline::parse("usbtest=hid");
         assert_eq!(c.usb_test, None);
         assert_eq!(c.unknown[0].as_str(), "usbtest=hid");
+    }
+
+    #[test]
+    fn the_data_path_is_copy_unless_map_is_named() {
+        assert_eq!(Cmdline::parse("").data_path, usbback::DataPath::Copy);
+        assert_eq!(
+            Cmdline::parse("datapath=map").data_path,
+            usbback::DataPath::Map
+        );
+        let c = Cmdline::parse("datapath=dma");
+        assert_eq!(c.data_path, usbback::DataPath::Copy);
+        assert_eq!(c.unknown[0].as_str(), "datapath=dma");
     }
 
     #[test]

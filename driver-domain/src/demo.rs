@@ -997,6 +997,11 @@ impl Demo {
         })
     }
 
+    /// How the backend moves the VMs' data (`datapath=`).
+    pub fn set_data_path(&mut self, path: usbback::DataPath) {
+        self.backend.set_data_path(path);
+    }
+
     /// Does what is due: the host's events and xenstore for the backend, the frontends'
     /// notifications, each VM's next step. True when anything moved (call again at once).
     pub fn step(&mut self, host: &mut dyn UsbHost<LocalPage>, mut events: Vec<HostEvent>) -> bool {

@@ -160,12 +160,19 @@ fn xen_end_to_end() {
                 .any(|(_, l)| l.contains("Shared EPT tables enabled")),
             "Xen must not share the p2m with the emulated IOMMU"
         );
-        for event in ["event=boot ", "event=ready ", "event=frontend_connected "] {
+        // The serial port gets its bytes only when usbdom is idle, some 50 a second under
+        // nesting: it carries the boot, but how far past that it gets while guests read
+        // all the time depends on the run. The PV console carries everything at once.
+        for event in ["event=boot ", "event=ready "] {
             assert!(
                 serial.iter().any(|l| l.contains(event)),
                 "the serial log has {event}"
             );
         }
+        assert!(
+            usbdom.iter().any(|l| l.contains("event=frontend_connected ")),
+            "the console log has event=frontend_connected"
+        );
         let boot = usbdom_event("boot").expect("usbdom logged event=boot");
         assert_eq!(field(boot, "platform"), Some("xen-hvm"));
         let xen = usbdom_event("xen").expect("usbdom set Xen up");

@@ -30,16 +30,21 @@ use core::ops::Range;
 
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
+use xen::abi::Gfn;
 use xen::abi::{DomId, GrantRef};
-use xen::hypervisor::{CopyOp, CopyPtr, LocalFrame, LocalFrames};
+use xen::hypervisor::{CopyOp, CopyPtr, GrantMapping, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
 use xen::pvusb::Segment;
 
-/// One of the pool's frames, by its place in the pool.
+/// A page of a request's buffer, by its place in the pool: one of our frames, or (with
+/// [`crate::DataPath::Map`]) a guest's grant mapped for the transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameId(u16);
 
-/// A request's frames, one per segment: inline and small (names, not the frames), so taking
+/// Ids from here on name mapped grants, below it our frames.
+const MAPPED: u16 = 0x8000;
+
+/// A request's pages, one per segment: inline and small (names, not the pages), so taking
 /// them allocates nothing and moving a request along the path copies little.
 pub type Frames = heapless::Vec<FrameId, USBIF_MAX_SEGMENTS_PER_REQUEST>;
 
@@ -102,10 +107,13 @@ impl WrittenGrants {
 pub const MAX_POOL_FRAMES: usize = 4096;
 
 /// Frames for bounce buffers: taken from the hypervisor layer on demand, up to
-/// [`MAX_POOL_FRAMES`], and reused after.
+/// [`MAX_POOL_FRAMES`], and reused after; and the grants mapped for transfers that go
+/// straight to a guest's pages ([`crate::DataPath::Map`]), until they are unmapped.
 pub struct FramePool<P> {
     frames: Vec<LocalFrame<P>>,
     free: Vec<FrameId>,
+    mapped: Vec<Option<GrantMapping<P>>>,
+    mapped_free: Vec<u16>,
 }
 
 impl<P> Default for FramePool<P> {
@@ -113,6 +121,8 @@ impl<P> Default for FramePool<P> {
         FramePool {
             frames: Vec::new(),
             free: Vec::new(),
+            mapped: Vec::new(),
+            mapped_free: Vec::new(),
         }
     }
 }
@@ -136,19 +146,61 @@ impl<P> FramePool<P> {
         Some(self.free.drain(at..).collect())
     }
 
-    /// Frames whose transfer is over.
-    pub fn give_back(&mut self, frames: Frames) {
-        self.free.extend(frames);
+    /// Holds a mapped grant for a transfer; its id names it until [`FramePool::release`].
+    /// None when [`MAX_POOL_FRAMES`] are held already (the caller unmaps it).
+    pub fn hold_mapping(&mut self, m: GrantMapping<P>) -> Result<FrameId, GrantMapping<P>> {
+        if let Some(i) = self.mapped_free.pop() {
+            self.mapped[usize::from(i)] = Some(m);
+            return Ok(FrameId(MAPPED | i));
+        }
+        if self.mapped.len() >= MAX_POOL_FRAMES {
+            return Err(m);
+        }
+        // Below MAX_POOL_FRAMES, which fits beside the MAPPED bit.
+        let i = self.mapped.len() as u16;
+        self.mapped.push(Some(m));
+        Ok(FrameId(MAPPED | i))
     }
 
-    /// The frame `id` names.
-    pub fn frame(&self, id: FrameId) -> &LocalFrame<P> {
-        &self.frames[usize::from(id.0)]
+    /// Pages whose transfer is over: our frames go back to the pool, mapped grants into
+    /// `unmap`, for the caller to unmap (in one batch with others).
+    pub fn release(&mut self, frames: Frames, unmap: &mut Vec<GrantMapping<P>>) {
+        for id in frames {
+            if id.0 & MAPPED == 0 {
+                self.free.push(id);
+            } else if let Some(m) = self
+                .mapped
+                .get_mut(usize::from(id.0 & !MAPPED))
+                .and_then(Option::take)
+            {
+                self.mapped_free.push(id.0 & !MAPPED);
+                unmap.push(m);
+            }
+        }
     }
 
-    /// Frames handed out and not given back (in flight or quarantined).
+    /// The page `id` names and the address a device reaches it at; None for an id that
+    /// names nothing (never handed out, or released).
+    pub fn page(&self, id: FrameId) -> Option<(&P, u64)> {
+        if id.0 & MAPPED == 0 {
+            let f = self.frames.get(usize::from(id.0))?;
+            Some((&f.page, f.bus_addr))
+        } else {
+            let m = self.mapped.get(usize::from(id.0 & !MAPPED))?.as_ref()?;
+            Some((&m.page, m.addr.0))
+        }
+    }
+
+    /// The frame number of our frame `id`, for a grant copy; None for a mapped grant.
+    fn gfn(&self, id: FrameId) -> Option<Gfn> {
+        (id.0 & MAPPED == 0)
+            .then(|| self.frames.get(usize::from(id.0)).map(|f| f.gfn))
+            .flatten()
+    }
+
+    /// Frames and mappings handed out and not given back (in flight or quarantined).
     pub fn held(&self) -> usize {
-        self.frames.len() - self.free.len()
+        self.frames.len() - self.free.len() + self.mapped.len() - self.mapped_free.len()
     }
 }
 
@@ -187,6 +239,9 @@ impl Buffer {
     fn copy_in<P>(&self, pool: &FramePool<P>, which: Range<usize>, ops: &mut Vec<CopyOp>) {
         for i in which {
             let s = self.segments[i];
+            let Some(gfn) = pool.gfn(self.frames[i]) else {
+                continue;
+            };
             ops.push(CopyOp {
                 source: CopyPtr::Grant {
                     dom: self.dom,
@@ -194,7 +249,7 @@ impl Buffer {
                     offset: s.offset,
                 },
                 dest: CopyPtr::Local {
-                    gfn: pool.frame(self.frames[i]).gfn,
+                    gfn,
                     offset: s.offset,
                 },
                 len: s.length,
@@ -214,12 +269,15 @@ impl Buffer {
     ) {
         for i in 0..self.data {
             let s = self.segments[i];
+            let Some(gfn) = pool.gfn(self.frames[i]) else {
+                continue;
+            };
             if written.contains(s.gref) {
                 continue;
             }
             ops.push(CopyOp {
                 source: CopyPtr::Local {
-                    gfn: pool.frame(self.frames[i]).gfn,
+                    gfn,
                     offset: s.offset,
                 },
                 dest: CopyPtr::Grant {
@@ -241,9 +299,12 @@ impl Buffer {
         ops: &mut Vec<CopyOp>,
     ) {
         self.for_range(0..self.data, at, len, |i, offset, range| {
+            let Some(gfn) = pool.gfn(self.frames[i]) else {
+                return;
+            };
             ops.push(CopyOp {
                 source: CopyPtr::Local {
-                    gfn: pool.frame(self.frames[i]).gfn,
+                    gfn,
                     offset: offset as u16,
                 },
                 dest: CopyPtr::Grant {
@@ -260,9 +321,12 @@ impl Buffer {
     pub fn copy_out_descriptors<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
         for i in self.data..self.segments.len() {
             let s = self.segments[i];
+            let Some(gfn) = pool.gfn(self.frames[i]) else {
+                continue;
+            };
             ops.push(CopyOp {
                 source: CopyPtr::Local {
-                    gfn: pool.frame(self.frames[i]).gfn,
+                    gfn,
                     offset: s.offset,
                 },
                 dest: CopyPtr::Grant {
@@ -279,16 +343,18 @@ impl Buffer {
     pub fn read_data<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, buf: &mut [u8]) {
         let len = buf.len();
         self.for_range(0..self.data, at, len, |i, offset, range| {
-            pool.frame(self.frames[i])
-                .page
-                .read(offset, &mut buf[range]);
+            if let Some((page, _)) = pool.page(self.frames[i]) {
+                page.read(offset, &mut buf[range]);
+            }
         });
     }
 
     /// Writes data bytes from `at` (what would run past the end is not written).
     pub fn write_data<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, data: &[u8]) {
         self.for_range(0..self.data, at, data.len(), |i, offset, range| {
-            pool.frame(self.frames[i]).page.write(offset, &data[range]);
+            if let Some((page, _)) = pool.page(self.frames[i]) {
+                page.write(offset, &data[range]);
+            }
         });
     }
 
@@ -297,9 +363,9 @@ impl Buffer {
         let len = buf.len();
         let all = self.data..self.segments.len();
         self.for_range(all, at, len, |i, offset, range| {
-            pool.frame(self.frames[i])
-                .page
-                .read(offset, &mut buf[range]);
+            if let Some((page, _)) = pool.page(self.frames[i]) {
+                page.read(offset, &mut buf[range]);
+            }
         });
     }
 
@@ -307,7 +373,9 @@ impl Buffer {
     pub fn write_descriptors<P: SharedPage>(&self, pool: &FramePool<P>, at: usize, data: &[u8]) {
         let all = self.data..self.segments.len();
         self.for_range(all, at, data.len(), |i, offset, range| {
-            pool.frame(self.frames[i]).page.write(offset, &data[range]);
+            if let Some((page, _)) = pool.page(self.frames[i]) {
+                page.write(offset, &data[range]);
+            }
         });
     }
 
@@ -378,7 +446,7 @@ mod tests {
         b.read_data(&pool, 90, &mut back);
         assert_eq!(back[..16], bytes[90..106]);
         let mut tail = [0u8; 10];
-        pool.frame(b.frames[1]).page.read(0, &mut tail);
+        pool.page(b.frames[1]).unwrap().0.read(0, &mut tail);
         assert_eq!(tail[..], bytes[96..106]);
     }
 
@@ -400,7 +468,7 @@ mod tests {
         assert_eq!(
             ops[1].source,
             CopyPtr::Local {
-                gfn: pool.frame(b.frames[1]).gfn,
+                gfn: pool.gfn(b.frames[1]).unwrap(),
                 offset: 0
             }
         );
@@ -411,7 +479,7 @@ mod tests {
         assert_eq!(
             ops[0].dest,
             CopyPtr::Local {
-                gfn: pool.frame(b.frames[2]).gfn,
+                gfn: pool.gfn(b.frames[2]).unwrap(),
                 offset: 64
             }
         );
@@ -427,7 +495,9 @@ mod tests {
             pool.take(&mut dom, 17).is_none(),
             "more than a request's segments"
         );
-        pool.give_back(a.clone());
+        let mut unmap = Vec::new();
+        pool.release(a.clone(), &mut unmap);
+        assert!(unmap.is_empty(), "our frames are not unmapped");
         let b = pool.take(&mut dom, 16).unwrap();
         let sorted = |f: &Frames| {
             let mut v: Vec<u16> = f.iter().map(|id| id.0).collect();

@@ -192,6 +192,40 @@ struct Device<P> {
     deferred: u32,
 }
 
+/// How a transfer's data moves between a guest's pages and the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPath {
+    /// Through our own frames: OUT data copied in from the guest's grants before the
+    /// transfer, IN data copied out after it (`GNTTABOP_copy`, one batch per pass). The
+    /// device only ever writes pages the driver domain owns: a late DMA (a stale IOTLB
+    /// entry) cannot reach a page its owner has reused.
+    #[default]
+    Copy,
+    /// The guest's grants mapped for the transfer (one batch per pass) and the device
+    /// pointed at them; unmapped, in one batch, before the answers are published. Nothing
+    /// is copied, but the device writes the guest's own pages.
+    Map,
+}
+
+impl DataPath {
+    /// Its name on the command line and in the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Copy => "copy",
+            DataPath::Map => "map",
+        }
+    }
+
+    /// The data path a name names.
+    pub fn parse(name: &str) -> Option<DataPath> {
+        match name {
+            "copy" => Some(DataPath::Copy),
+            "map" => Some(DataPath::Map),
+            _ => None,
+        }
+    }
+}
+
 /// The backend of one driver domain.
 pub struct Backend<H: GrantMapper, T: XsTransport> {
     hv: H,
@@ -212,6 +246,13 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// ([`Backend::finish_answers`]), with the copies of all of them: one hypercall.
     answers: Vec<Answer>,
     answer_copies: Vec<CopyOp>,
+    /// How a transfer's data reaches the guest.
+    data_path: DataPath,
+    /// Grants mapped for transfers that are over, unmapped together before the answers
+    /// are published.
+    unmaps: Vec<GrantMapping<H::Page>>,
+    /// A pass's map results, kept for the allocation.
+    map_results: Vec<Result<GrantMapping<H::Page>, GntStatus>>,
     /// Frontends that had requests left when their budget ran out, in turn.
     busy: VecDeque<DeviceId>,
     /// What all frontends moved since [`Backend::take_moved`].
@@ -292,6 +333,9 @@ where
             quarantine: BTreeMap::new(),
             answers: Vec::new(),
             answer_copies: Vec::new(),
+            data_path: DataPath::default(),
+            unmaps: Vec::new(),
+            map_results: Vec::new(),
             busy: VecDeque::new(),
             moved: Stats::default(),
             touched: Vec::new(),
@@ -311,6 +355,13 @@ where
             info!("event=usb_policy_rule rule={} text={}", i + 1, r.text());
         }
         self.policy = policy;
+    }
+
+    /// Chooses how transfers' data reaches the guests from now on (the driver domain's
+    /// `datapath=` option). Requests already in flight finish the way they started.
+    pub fn set_data_path(&mut self, path: DataPath) {
+        info!("event=usbback_data_path path={}", path.name());
+        self.data_path = path;
     }
 
     /// The hypervisor handle (the main loop scans its event channels).
@@ -478,6 +529,8 @@ where
         for &id in &touched {
             self.flush(id);
         }
+        // Grants of transfers whose frontend is gone, now finished.
+        self.finish_answers();
         touched.clear();
         self.touched = touched;
     }

@@ -907,8 +907,18 @@ fn cbw(tag: u32, write: bool, lba: u32, blocks: u16) -> Vec<u8> {
 
 #[test]
 fn a_guest_writes_and_reads_a_simulated_stick_and_gets_keys_through_the_backend() {
+    stick_and_keys(DataPath::Copy);
+}
+
+#[test]
+fn the_map_data_path_moves_the_same_bytes_and_holds_a_grant_only_while_its_transfer_runs() {
+    stick_and_keys(DataPath::Map);
+}
+
+fn stick_and_keys(path: DataPath) {
     use crate::sim_host::{Keyboard, MassStorage, SimHost};
     let mut w = world(8);
+    w.be.set_data_path(path);
     let mut host: SimHost<LocalPage> = SimHost::new();
     let stick = host.plug(Box::new(MassStorage::new(2048)), "1-1", Speed::High);
     let kbd = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Full);
@@ -974,6 +984,12 @@ fn a_guest_writes_and_reads_a_simulated_stick_and_gets_keys_through_the_backend(
     send(&w.fe, &mut front, &[poll]);
     settle(&mut w.be, &mut host);
     assert!(responses(&mut front).is_empty(), "no key yet");
+    let held = if path == DataPath::Map { 1 } else { 0 };
+    assert_eq!(
+        w.be.hypervisor().mappings(),
+        2 + held,
+        "the rings, and the waiting report's page if mapped"
+    );
     host.model_mut::<Keyboard>(kbd).unwrap().press(0, &[0x04]);
     settle(&mut w.be, &mut host);
     let got = responses(&mut front);
@@ -989,6 +1005,7 @@ fn a_guest_writes_and_reads_a_simulated_stick_and_gets_keys_through_the_backend(
 mod device_isolation;
 mod frontend_isolation;
 mod grant_copies;
+mod grant_maps;
 mod hostile;
 mod model;
 use model::*;

@@ -11,7 +11,9 @@ use core::ops::Range;
 use log::warn;
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
-use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrames};
+use xen::hypervisor::{
+    CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest, MAX_GRANT_BATCH,
+};
 use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 use xen::xenstore::XsTransport;
@@ -19,8 +21,8 @@ use xen::xenstore::XsTransport;
 use crate::bounce::{self, Buffer, Frames};
 use crate::host::{self, Completion, IsoPacket, UsbHost};
 use crate::{
-    control, response, status_of, superspeed, Backend, DeviceId, InFlight, BUDGET, GET_DESCRIPTOR,
-    ISO_DESCRIPTOR_SIZE, USBIF_STATUS_NOMEM, WARNINGS_PER_INTERVAL,
+    control, response, status_of, superspeed, Backend, DataPath, DeviceId, InFlight, BUDGET,
+    GET_DESCRIPTOR, ISO_DESCRIPTOR_SIZE, USBIF_STATUS_NOMEM, WARNINGS_PER_INTERVAL,
 };
 
 impl<H, T> Backend<H, T>
@@ -161,15 +163,21 @@ where
     /// their frames back. An answer whose copy failed (the frontend revoked its grant) says
     /// so instead.
     pub(crate) fn finish_answers(&mut self) {
-        if self.answers.is_empty() {
+        if self.answers.is_empty() && self.unmaps.is_empty() {
             return;
         }
         let mut statuses = core::mem::take(&mut self.statuses);
         run_copies(&mut self.hv, &self.answer_copies, &mut statuses);
         // Drained from a local and put back, so its allocation serves the next flush too.
         let mut answers = core::mem::take(&mut self.answers);
+        // Every grant mapped for these transfers is unmapped before any answer is out: a
+        // frontend may reuse its pages the moment it sees the answer.
+        for a in &mut answers {
+            self.pool
+                .release(core::mem::take(&mut a.frames), &mut self.unmaps);
+        }
+        self.unmap_released();
         for a in answers.drain(..) {
-            self.pool.give_back(a.frames);
             let mut rsp = a.rsp;
             if let Some(status) = copy_failure(&statuses, a.copies.clone()) {
                 self.warn_copy_failed(a.id, rsp.id, "to_frontend", status);
@@ -202,6 +210,20 @@ where
         self.answer_copies.clear();
         self.answers = answers;
         self.statuses = statuses;
+    }
+
+    /// Unmaps, in one batch, the grants of transfers that are over.
+    fn unmap_released(&mut self) {
+        if self.unmaps.is_empty() {
+            return;
+        }
+        let count = self.unmaps.len();
+        if let Err(s) = self.hv.unmap(self.unmaps.drain(..)) {
+            warn!(
+                "event=grant_unmap_failed status={} what=transfers count={count}",
+                s.name()
+            );
+        }
     }
 
     /// `event=urb_grant_copy_failed`, within the frontend's warning budget.
@@ -335,14 +357,29 @@ where
             }
         }
 
-        // One of our frames per segment, data first, then isochronous descriptors.
+        // One page per segment, data first, then isochronous descriptors: our frames, or
+        // the guest's grants mapped when the pass is launched.
         let segments: bounce::Segments = s
             .buffer
             .iter()
             .chain(s.iso_descriptors.iter())
             .copied()
             .collect();
-        let Some(frames) = self.pool.take(&mut self.hv, segments.len()) else {
+        // A configuration read whole before is answered as it was then.
+        let cached = match rewrite {
+            Some((superspeed::CONFIGURATION, index)) => self.devices.get(&id).and_then(|d| {
+                let p = d.ports.get(usize::from(port_number) - 1)?;
+                p.configs.get(index).map(<[u8]>::to_vec)
+            }),
+            _ => None,
+        };
+        let map = self.data_path == DataPath::Map && cached.is_none();
+        let taken = if map {
+            Some(Frames::new())
+        } else {
+            self.pool.take(&mut self.hv, segments.len())
+        };
+        let Some(frames) = taken else {
             if self.may_warn(id) {
                 warn!(
                     "event=bounce_frames_exhausted domid={} devid={} id={} held={} max={}",
@@ -362,39 +399,45 @@ where
             segments,
             data: s.buffer.len(),
         };
-        // A configuration read whole before is answered as it was then.
-        if let Some((superspeed::CONFIGURATION, index)) = rewrite {
-            let cached = self.devices.get(&id).and_then(|d| {
-                let p = d.ports.get(usize::from(port_number) - 1)?;
-                p.configs.get(index).map(<[u8]>::to_vec)
+        if let Some(config) = cached {
+            let n = buffer.data_len().min(config.len());
+            buffer.write_data(&self.pool, 0, &config[..n]);
+            let start = self.answer_copies.len();
+            buffer.copy_out_data(&self.pool, 0, n, &mut self.answer_copies);
+            self.answers.push(Answer {
+                id,
+                rsp: response(s.id, USBIF_STATUS_OK, n),
+                frames: buffer.frames,
+                copies: start..self.answer_copies.len(),
+                inbound: true,
             });
-            if let Some(config) = cached {
-                let n = buffer.data_len().min(config.len());
-                buffer.write_data(&self.pool, 0, &config[..n]);
-                let start = self.answer_copies.len();
-                buffer.copy_out_data(&self.pool, 0, n, &mut self.answer_copies);
-                self.answers.push(Answer {
-                    id,
-                    rsp: response(s.id, USBIF_STATUS_OK, n),
-                    frames: buffer.frames,
-                    copies: start..self.answer_copies.len(),
-                    inbound: true,
-                });
-                return true;
-            }
+            return true;
         }
-        let start = stage.copies.len();
-        if direction == host::Direction::Out {
+        let (start, maps_start) = (stage.copies.len(), stage.maps.len());
+        if map {
+            // The device reads an OUT buffer and writes an IN one; it writes every
+            // isochronous descriptor (the packets' results).
+            for (i, g) in buffer.segments.iter().enumerate() {
+                stage.maps.push(MapRequest {
+                    dom: id.frontend,
+                    gref: g.gref,
+                    readonly: i < buffer.data && direction == host::Direction::Out,
+                });
+            }
+        } else if direction == host::Direction::Out {
             buffer.copy_in_data(&self.pool, &mut stage.copies);
         } else {
             let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
-                self.pool.give_back(buffer.frames);
+                self.pool.release(buffer.frames, &mut self.unmaps);
                 return false;
             };
             buffer.probe_data(&self.pool, &mut stage.copies, &c.written);
         }
-        buffer.copy_in_descriptors(&self.pool, &mut stage.copies);
+        if !map {
+            buffer.copy_in_descriptors(&self.pool, &mut stage.copies);
+        }
         let copies = start..stage.copies.len();
+        let maps = maps_start..stage.maps.len();
         let transfer_type = match s.pipe.transfer_type {
             pvusb::TransferType::Control => host::TransferType::Control,
             pvusb::TransferType::Isochronous => host::TransferType::Isochronous,
@@ -421,6 +464,7 @@ where
             port: port_number,
             buffer,
             copies,
+            maps,
             transfer,
             number_of_packets,
             buffer_length: s.buffer_length,
@@ -438,17 +482,49 @@ where
         }
         let mut statuses = core::mem::take(&mut self.statuses);
         run_copies(&mut self.hv, &stage.copies, &mut statuses);
-        for r in stage.requests.drain(..) {
+        // The pass's grants to map, in batches of what one hypercall takes.
+        let mut mapped = core::mem::take(&mut self.map_results);
+        for batch in stage.maps.chunks(MAX_GRANT_BATCH) {
+            match self.hv.map(batch) {
+                Ok(results) => mapped.extend(results),
+                Err(_) => mapped.extend(batch.iter().map(|_| Err(GntStatus::GeneralError))),
+            }
+        }
+        let mut mapped_in_order = mapped.drain(..);
+        for mut r in stage.requests.drain(..) {
             let id = r.id;
+            // Its grants, mapped or not, are the next of the pass's results.
+            let mut map_failure = None;
+            for result in mapped_in_order.by_ref().take(r.maps.len()) {
+                let held = match result {
+                    Ok(m) => self.pool.hold_mapping(m).map_err(|m| {
+                        self.unmaps.push(m);
+                        GntStatus::NoSpace
+                    }),
+                    Err(status) => Err(status),
+                };
+                match held {
+                    // Cannot overflow: a request has at most as many segments as Frames holds.
+                    Ok(f) => {
+                        let _ = r.buffer.frames.push(f);
+                    }
+                    Err(status) => {
+                        map_failure.get_or_insert(status);
+                    }
+                }
+            }
             // Its frontend was disconnected in this pass: nothing reached the device.
             let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
-                self.pool.give_back(r.buffer.frames);
+                self.pool.release(r.buffer.frames, &mut self.unmaps);
                 continue;
             };
             c.written.note(&stage.copies, &statuses, r.copies.clone());
-            if let Some(status) = copy_failure(&statuses, r.copies.clone()) {
-                self.warn_copy_failed(id, r.rid, "from_frontend", status);
-                self.pool.give_back(r.buffer.frames);
+            let failure = copy_failure(&statuses, r.copies.clone())
+                .map(|s| ("from_frontend", s))
+                .or(map_failure.map(|s| ("map", s)));
+            if let Some((what, status)) = failure {
+                self.warn_copy_failed(id, r.rid, what, status);
+                self.pool.release(r.buffer.frames, &mut self.unmaps);
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
             }
@@ -472,7 +548,7 @@ where
                 iso_packets.push(IsoPacket { offset, length });
             }
             if iso_packets.len() != usize::from(r.number_of_packets) {
-                self.pool.give_back(r.buffer.frames);
+                self.pool.release(r.buffer.frames, &mut self.unmaps);
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
             }
@@ -485,17 +561,18 @@ where
                 direction: shape.direction,
                 transfer_type: shape.transfer_type,
                 setup: shape.setup,
+                // Each id was handed out for this request above: each names a page.
                 segments: buffer.frames[..buffer.data]
                     .iter()
                     .zip(&buffer.segments)
-                    .map(|(&f, g)| {
-                        let f = self.pool.frame(f);
-                        host::Segment {
-                            page: f.page.clone(),
-                            phys: f.bus_addr,
+                    .filter_map(|(&f, g)| {
+                        let (page, phys) = self.pool.page(f)?;
+                        Some(host::Segment {
+                            page: page.clone(),
+                            phys,
                             offset: g.offset,
                             len: g.length,
-                        }
+                        })
                     })
                     .collect(),
                 short_not_ok: shape.short_not_ok,
@@ -506,7 +583,7 @@ where
             match host.submit(r.device, transfer) {
                 Err(e) => {
                     self.tokens.take(token);
-                    self.pool.give_back(r.buffer.frames);
+                    self.pool.release(r.buffer.frames, &mut self.unmaps);
                     self.respond(id, response(r.rid, status_of(e), 0));
                 }
                 Ok(()) => {
@@ -528,7 +605,10 @@ where
                 }
             }
         }
+        drop(mapped_in_order);
+        self.map_results = mapped;
         stage.copies.clear();
+        stage.maps.clear();
         self.statuses = statuses;
     }
 
@@ -539,7 +619,7 @@ where
     /// touched.
     pub(crate) fn complete(&mut self, c: Completion) -> Option<DeviceId> {
         if let Some(frames) = self.quarantine.remove(&c.token) {
-            self.pool.give_back(frames);
+            self.pool.release(frames, &mut self.unmaps);
             return None;
         }
         let (id, rid) = self.tokens.take(c.token)?;
@@ -651,6 +731,8 @@ where
 #[derive(Default)]
 pub(crate) struct Stage {
     copies: Vec<CopyOp>,
+    /// Grants to map ([`DataPath::Map`]), in request order.
+    maps: Vec<MapRequest>,
     requests: Vec<Staged>,
 }
 
@@ -663,6 +745,8 @@ struct Staged {
     buffer: Buffer,
     /// Its copies in the stage's batch.
     copies: Range<usize>,
+    /// Its grants to map in the stage's batch.
+    maps: Range<usize>,
     /// What the transfer will be; its buffer and isochronous packets (read from the copied
     /// descriptors) are added when it is queued.
     transfer: TransferShape,

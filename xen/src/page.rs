@@ -127,7 +127,10 @@ impl LocalPage {
         }
         let words = (len - head) / 4;
         let (to, from) = ((offset + head) / 4, (src_offset + head) / 4);
-        for (d, s) in self.0[to..to + words].iter().zip(&src.0[from..from + words]) {
+        for (d, s) in self.0[to..to + words]
+            .iter()
+            .zip(&src.0[from..from + words])
+        {
             d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         for i in head + words * 4..len {

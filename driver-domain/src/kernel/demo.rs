@@ -73,12 +73,15 @@ pub fn start(cmdline: &Cmdline) -> Option<DemoRun> {
         cmdline.demo_mib
     );
     match Demo::new(&names, &assign, workload, time::now_micros) {
-        Ok(demo) => Some(DemoRun {
-            demo,
-            bench,
-            finished: false,
-            logged_at: time::now_micros(),
-        }),
+        Ok(mut demo) => {
+            demo.set_data_path(cmdline.data_path);
+            Some(DemoRun {
+                demo,
+                bench,
+                finished: false,
+                logged_at: time::now_micros(),
+            })
+        }
         Err(e) => {
             warn!("event=demo_start_failed error={e:?}");
             None

@@ -217,6 +217,7 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
             Err(e) => panic!("xenstore: cannot watch the backend directory: {e}"),
         };
         backend.set_policy(policy(&cmdline));
+        backend.set_data_path(cmdline.data_path);
         backend
     });
 
