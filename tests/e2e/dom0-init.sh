@@ -170,13 +170,16 @@ canary_check() {
 # soak (tests/e2e/soak.sh)
 # or shell (`cargo xtask run --xen`: the scenario's first half, then a shell on the console).
 mode=$(sed -n 's/.*usbdom\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+# usbdom.datapath=copy|map (USBDOM_E2E_DATAPATH): usbdom's datapath= option.
+datapath=$(sed -n 's/.*usbdom\.datapath=\([a-z]*\).*/\1/p' /proc/cmdline)
 xhci=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1; exit}')
 [ -n "$xhci" ] || fail "no_xhci_in_dom0"
 # The driver domain, HVM, with the xHCI controller passed through.
 create_usbdom() {
   timeout 60 xl pci-assignable-add "$xhci" || fail "pci_assignable_add"
   sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|0000:00:05.0|$xhci|" \
-      -e "s|^extra = .*|extra = \"loglevel=${1:-debug}\"|" /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
+      -e "s|^extra = .*|extra = \"loglevel=${1:-debug}${datapath:+ datapath=$datapath}\"|" \
+      /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
   mark "phase=usbdom_create xhci=$xhci"
   timeout 120 xl create /tmp/usbdom.cfg || fail "xl_create_usbdom"
   wait_for /var/log/xen/console/guest-usbdom.log "event=ready" 90 || fail "usbdom_not_ready"

@@ -365,6 +365,11 @@ impl NestedXen {
         // USBDOM_E2E_CPU replace the accelerator's and the CPU's options, USBDOM_E2E_XEN_ARGS
         // is added to Xen's command line.
         let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
+        // USBDOM_E2E_DATAPATH=copy|map: usbdom's `datapath=` in every scenario.
+        let dom0_args = match std::env::var("USBDOM_E2E_DATAPATH") {
+            Ok(path) => format!("{dom0_args} usbdom.datapath={path}"),
+            Err(_) => dom0_args.to_string(),
+        };
         let xen_args = format!(
             "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot iommu=no-sharept {}",
             var("USBDOM_E2E_XEN_ARGS", "")
