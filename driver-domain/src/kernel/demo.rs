@@ -9,7 +9,7 @@ use platform::host::SimPages;
 use usbback::host::{Absent, HostEvent, UsbHost};
 use xen::page::LocalPage;
 
-use super::{time, usb};
+use super::{selftest, time, usb};
 
 /// The VMs the demo always has.
 const VMS: [&str; 2] = ["vm1", "vm2"];
@@ -254,7 +254,7 @@ impl Bench {
             0
         };
         let round = self.direct[usize::from(write)].len();
-        match usb::bench_direct(usb, &busid, write, lba, self.bytes, block_size) {
+        match selftest::bench_direct(usb, &busid, write, lba, self.bytes, block_size) {
             Ok(us) => {
                 info!(
                     "event=bench_round path=direct op={op} round={round} bytes={} us={us}",
@@ -272,7 +272,7 @@ impl Bench {
             Job::Fill {
                 lba,
                 bytes: self.bytes,
-                byte: usb::BENCH_WRITE_BYTE,
+                byte: selftest::BENCH_WRITE_BYTE,
             }
         } else {
             Job::Read {

@@ -8,6 +8,7 @@ mod interrupts;
 mod logger;
 mod memory;
 mod pci;
+mod selftest;
 mod serial;
 mod time;
 mod usb;
@@ -246,11 +247,11 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     // After `event=ready`, so the boot time stays what it is; before `qemu_exit`, so a test
     // run ends when the self-test has.
     match (cmdline.usb_test, usb.as_mut()) {
-        (Some(UsbTest::Storage), Some(u)) => usb::self_test_storage(u),
-        (Some(UsbTest::Keyboard), Some(u)) => usb::self_test_keyboard(u),
-        (Some(UsbTest::Hotplug), Some(u)) => usb::self_test_hotplug(u),
-        (Some(UsbTest::Audio), Some(u)) => usb::self_test_audio(u),
-        (Some(UsbTest::ControllerError), Some(u)) => usb::self_test_controller_error(u),
+        (Some(UsbTest::Storage), Some(u)) => selftest::self_test_storage(u),
+        (Some(UsbTest::Keyboard), Some(u)) => selftest::self_test_keyboard(u),
+        (Some(UsbTest::Hotplug), Some(u)) => selftest::self_test_hotplug(u),
+        (Some(UsbTest::Audio), Some(u)) => selftest::self_test_audio(u),
+        (Some(UsbTest::ControllerError), Some(u)) => selftest::self_test_controller_error(u),
         (Some(_), None) => warn!("event=usbtest step=find error=no_controller"),
         (None, _) => {}
     }

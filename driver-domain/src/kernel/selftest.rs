@@ -1,0 +1,875 @@
+//! The `usbtest=` self-tests: the xHCI driver alone against the devices QEMU gives it
+//! (storage, keyboard, hot-plug read loops, isochronous audio, a failing controller), and
+//! the direct path `cargo xtask bench qemu` measures the ring path against.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use log::{info, warn};
+use platform::Mmio32;
+
+use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
+use xhci_driver::descriptor::TransferType;
+use xhci_driver::mass_storage::{
+    capacity, cbw, csw, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10,
+    read_write_10, BulkOnly, StorageError, CBW_SIZE, CSW_SIZE, READ_10, WRITE_10,
+};
+use xhci_driver::{
+    Configuration, Controller, Direction, DmaBuffer, Interface, IsoPacket, Segment, TransferId,
+    UsbDevice,
+};
+
+use super::time;
+use super::usb::{KernelDma, KernelHal, Usb};
+
+/// What the self-tests keep between turns of the main loop.
+#[derive(Default)]
+pub struct SelfTests {
+    /// The keyboard `usbtest=keyboard` listens to.
+    keyboard: Option<Keyboard>,
+    /// `usbtest=hotplug`: every mass-storage device that arrives gets a read loop.
+    hotplug: bool,
+    /// The read loops running.
+    loops: Vec<StorageLoop>,
+    /// `usbtest=controller-error`: run the storage test again once the controller restarted.
+    storage_after_restart: bool,
+}
+
+impl SelfTests {
+    /// The controller was reset: the tests' transfers failed and their buffers are free.
+    pub fn controller_restarted(&mut self) {
+        self.keyboard = None;
+        self.loops.clear();
+    }
+
+    /// The controller is given up on: it may still write into the tests' buffers, which
+    /// must never be reused.
+    pub fn controller_dead(&mut self) {
+        core::mem::forget(self.keyboard.take());
+        core::mem::forget(core::mem::take(&mut self.loops));
+    }
+}
+
+/// The self-tests' turn after the controller's events: keyboard reports, read loops moved
+/// on (one started on each mass-storage device `attached` under `usbtest=hotplug`), and the
+/// storage test again once a failed controller came back.
+pub fn after_events(usb: &mut Usb, restarted: bool, attached: &[UsbDevice]) {
+    keyboard_reports(usb);
+    step_loops(usb);
+    if usb.tests.hotplug {
+        for d in attached {
+            start_loop(usb, d);
+        }
+    }
+    if restarted && core::mem::take(&mut usb.tests.storage_after_restart) {
+        info!(
+            "event=usbtest_controller_error recovered=true devices={}",
+            usb.host.usb_devices().count()
+        );
+        self_test_storage(usb);
+    }
+}
+
+/// A HID boot keyboard whose interrupt IN endpoint always has transfers queued, each with
+/// its own buffer, oldest first.
+struct Keyboard {
+    slot_id: u8,
+    endpoint: u8,
+    /// The endpoint's max packet size: one report per transfer.
+    len: usize,
+    queued: Vec<(KernelDma, TransferId)>,
+}
+
+/// A 64 KiB READ(10) of the throughput probe may take this long.
+const DATA_TIMEOUT_US: u64 = 2_000_000;
+/// The throughput probe reads this much.
+const BENCH_BYTES: usize = 4 << 20;
+/// In 64 KiB commands.
+const BENCH_CHUNK: usize = 64 << 10;
+
+/// `usbtest=storage`: configures the first mass-storage device (SCSI over Bulk-Only
+/// Transport), INQUIRY, READ CAPACITY(10), WRITE(10) of the self-test pattern at LBA 8,
+/// READ(10) back and compare (`event=usbtest_storage`), then a 4 MiB read in 64 KiB
+/// READ(10)s, one at a time (`event=bench`), then a READ(10) past the end, which must fail
+/// without breaking the next command (`event=usbtest_storage_past_end`).
+pub fn self_test_storage(usb: &mut Usb) {
+    let found = usb.devices().into_iter().find_map(|d| {
+        let config = usb.xhci().configuration(d.slot_id).ok()?;
+        let i = config
+            .interfaces
+            .iter()
+            .find(|i| is_bulk_only_scsi(i))?
+            .clone();
+        Some((d.slot_id, config, i))
+    });
+    let Some((slot_id, config, interface)) = found else {
+        warn!("event=usbtest_storage step=find error=no_mass_storage_device");
+        return;
+    };
+    if let Err((step, e)) = storage(usb, slot_id, &config, &interface) {
+        warn!("event=usbtest_storage slot={slot_id} step={step} error={e}");
+    }
+}
+
+fn storage(
+    usb: &mut Usb,
+    slot_id: u8,
+    config: &Configuration,
+    interface: &Interface,
+) -> Result<(), (&'static str, StorageError)> {
+    let xhci = usb.host.controller();
+    xhci.configure(slot_id, config)
+        .map_err(|e| ("configure", e.into()))?;
+    let mut bot = BulkOnly::new(xhci, slot_id, interface).map_err(|e| ("bot", e.into()))?;
+    let mut buf = xhci
+        .dma_alloc(BENCH_CHUNK, 4096)
+        .map_err(|e| ("dma", e.into()))?;
+    let result = exercise(xhci, &mut bot, slot_id, &mut buf);
+    if let Err((_, StorageError::Usb(_))) = result {
+        // A transfer the controller could not be made to give back may still reach the
+        // buffer: it is never reused.
+        core::mem::forget(buf);
+    }
+    result
+}
+
+fn exercise(
+    xhci: &mut Controller<KernelHal>,
+    bot: &mut BulkOnly<KernelDma>,
+    slot_id: u8,
+    buf: &mut KernelDma,
+) -> Result<(), (&'static str, StorageError)> {
+    let phys = buf.phys();
+    let all = |len: usize| [Segment { phys, len }];
+    let mut run = |xhci: &mut Controller<KernelHal>,
+                   cdb: &[u8],
+                   direction: Direction,
+                   len: usize,
+                   step: &'static str| {
+        bot.command(xhci, cdb, direction, &all(len), DATA_TIMEOUT_US)
+            .map_err(|e| (step, e))
+    };
+
+    let n = run(xhci, &inquiry(36), Direction::In, 36, "inquiry")?;
+    let mut data = [0u8; 36];
+    buf.read_bytes(0, &mut data[..n.min(36)]);
+    let vendor = inquiry_vendor(&data[..n.min(36)]).map_err(|e| ("inquiry", e))?;
+
+    let n = run(xhci, &read_capacity_10(), Direction::In, 8, "read_capacity")?;
+    let mut data = [0u8; 8];
+    buf.read_bytes(0, &mut data[..n.min(8)]);
+    let (blocks, block_size) = capacity(&data[..n.min(8)]).map_err(|e| ("read_capacity", e))?;
+    let size = STORAGE_PATTERN_SIZE as u32;
+    if block_size == 0 || size % block_size != 0 {
+        return Err(("read_capacity", StorageError::ShortData));
+    }
+    let count = (size / block_size) as u16;
+
+    let pattern = storage_pattern();
+    buf.write_bytes(0, &pattern);
+    let write = read_write_10(WRITE_10, STORAGE_PATTERN_LBA, count);
+    run(xhci, &write, Direction::Out, STORAGE_PATTERN_SIZE, "write")?;
+    // Cleared, so the comparison sees what the device sent back.
+    for i in 0..STORAGE_PATTERN_SIZE / 4 {
+        buf.write32(4 * i, 0);
+    }
+    let read = read_write_10(READ_10, STORAGE_PATTERN_LBA, count);
+    let n = run(xhci, &read, Direction::In, STORAGE_PATTERN_SIZE, "read")?;
+    let mut back = [0u8; STORAGE_PATTERN_SIZE];
+    buf.read_bytes(0, &mut back);
+    let matched = n == STORAGE_PATTERN_SIZE && back == pattern;
+    info!(
+        "event=usbtest_storage slot={slot_id} inquiry_vendor={vendor:?} blocks={blocks} block_size={block_size} write=ok read=ok match={matched}"
+    );
+
+    let per_command = (BENCH_CHUNK as u32 / block_size) as u16;
+    let started = time::now_micros();
+    let mut bytes = 0usize;
+    let mut lba = 0u32;
+    while bytes < BENCH_BYTES {
+        let read = read_write_10(READ_10, lba, per_command);
+        bytes += run(xhci, &read, Direction::In, BENCH_CHUNK, "bench")?;
+        lba += u32::from(per_command);
+    }
+    let ns = (time::now_micros() - started) * 1000;
+    info!(
+        "event=bench path=direct device=usb-storage op=read chunk={BENCH_CHUNK} in_flight=1 bytes={bytes} ns={ns}"
+    );
+
+    // Past the last block: the device fails the command and may stall the data phase
+    // (BOT 6.7.2); the endpoint is recovered and the next command works.
+    let past = read_write_10(READ_10, u32::try_from(blocks).unwrap_or(u32::MAX), 1);
+    let past_end = match run(xhci, &past, Direction::In, block_size as usize, "past_end") {
+        Err((_, StorageError::CommandFailed)) => "command_failed",
+        Ok(_) => "ok",
+        Err(e) => return Err(e),
+    };
+    let first = read_write_10(READ_10, 0, 1);
+    run(
+        xhci,
+        &first,
+        Direction::In,
+        block_size as usize,
+        "after_past_end",
+    )?;
+    info!("event=usbtest_storage_past_end result={past_end} then_read=ok");
+    bench_in_flight(xhci, bot, block_size)?;
+    stalls(xhci, bot, slot_id, buf)
+}
+
+/// The probe with many transfers in flight: READ(10)s of a MiB, each data phase queued at
+/// once as 16 bulk transfers of 64 KiB (Linux's xen-hcd keeps at most 16 URBs in flight).
+fn bench_in_flight(
+    xhci: &mut Controller<KernelHal>,
+    bot: &mut BulkOnly<KernelDma>,
+    block_size: u32,
+) -> Result<(), (&'static str, StorageError)> {
+    const IN_FLIGHT: usize = 16;
+    let big = xhci
+        .dma_alloc(IN_FLIGHT * BENCH_CHUNK, 4096)
+        .map_err(|e| ("bench_dma", e.into()))?;
+    let chunks: Vec<Segment> = (0..IN_FLIGHT)
+        .map(|i| Segment {
+            phys: big.phys() + (i * BENCH_CHUNK) as u64,
+            len: BENCH_CHUNK,
+        })
+        .collect();
+    let per_command = ((IN_FLIGHT * BENCH_CHUNK) as u32 / block_size) as u16;
+    let started = time::now_micros();
+    let mut bytes = 0usize;
+    let mut lba = 0u32;
+    while bytes < BENCH_BYTES {
+        let read = read_write_10(READ_10, lba, per_command);
+        match bot.command_in_flight(xhci, &read, Direction::In, &chunks, DATA_TIMEOUT_US) {
+            Ok(n) => bytes += n,
+            Err(e) => {
+                // Transfers that could not be taken back may still fill it.
+                core::mem::forget(big);
+                return Err(("bench_in_flight", e));
+            }
+        }
+        lba += u32::from(per_command);
+    }
+    let ns = (time::now_micros() - started) * 1000;
+    info!(
+        "event=bench path=direct device=usb-storage op=read chunk={BENCH_CHUNK} in_flight={IN_FLIGHT} bytes={bytes} ns={ns}"
+    );
+    Ok(())
+}
+
+/// The direct path of `cargo xtask bench qemu`: `bytes` read (or written, a constant
+/// pattern) at `lba` of the stick `busid` through the driver alone, in Bulk-Only commands
+/// whose data phase is [`IN_FLIGHT`](platform::demo::IN_FLIGHT) transfers of
+/// [`CHUNK`](platform::demo::CHUNK) queued at once: the commands a simulated VM sends
+/// through its ring. The stick is configured already (by its VM). Runs to the end before it
+/// returns, as the self-tests do. Returns the microseconds the commands took.
+pub fn bench_direct(
+    usb: &mut Usb,
+    busid: &str,
+    write: bool,
+    lba: u32,
+    bytes: usize,
+    block_size: u32,
+) -> Result<u64, String> {
+    use platform::demo::{CHUNK, COMMAND_BYTES, IN_FLIGHT};
+    let slot_id = usb
+        .host
+        .usb_devices()
+        .find(|d| d.busid() == busid)
+        .map(|d| d.slot_id)
+        .ok_or("reason=no_device")?;
+    let xhci = usb.host.controller();
+    let config = xhci
+        .configuration(slot_id)
+        .map_err(|e| format!("step=configuration error={e}"))?;
+    let interface = config
+        .interfaces
+        .iter()
+        .find(|i| is_bulk_only_scsi(i))
+        .ok_or("reason=not_mass_storage")?;
+    let mut bot =
+        BulkOnly::new(xhci, slot_id, interface).map_err(|e| format!("step=bot error={e}"))?;
+    let mut buf = xhci
+        .dma_alloc(COMMAND_BYTES, 4096)
+        .map_err(|e| format!("step=dma error={e}"))?;
+    if write {
+        buf.write_bytes(0, &alloc::vec![BENCH_WRITE_BYTE; COMMAND_BYTES]);
+    }
+    let chunks: Vec<Segment> = (0..IN_FLIGHT)
+        .map(|i| Segment {
+            phys: buf.phys() + (i * CHUNK) as u64,
+            len: CHUNK,
+        })
+        .collect();
+    let (opcode, direction) = if write {
+        (WRITE_10, Direction::Out)
+    } else {
+        (READ_10, Direction::In)
+    };
+    let per_command = (COMMAND_BYTES / block_size as usize) as u16;
+    let started = time::now_micros();
+    let mut done = 0;
+    while done < bytes {
+        let at = lba + (done / block_size as usize) as u32;
+        let cdb = read_write_10(opcode, at, per_command);
+        match bot.command_in_flight(xhci, &cdb, direction, &chunks, DATA_TIMEOUT_US) {
+            Ok(n) => done += n,
+            Err(e) => {
+                // Transfers that could not be taken back may still reach it.
+                core::mem::forget(buf);
+                return Err(format!("step=command error={e}"));
+            }
+        }
+    }
+    Ok(time::now_micros() - started)
+}
+
+/// What both paths of the write benchmark write.
+pub const BENCH_WRITE_BYTE: u8 = 0x5a;
+
+/// STALLs provoked on the stick and recovered: a CBW with a bad signature on bulk OUT
+/// (BOT 6.6.1: the device stalls it), then a command that must work; GET_DESCRIPTOR of a
+/// descriptor type nobody defines on EP0, then the device descriptor (`event=usbtest_stall`).
+fn stalls(
+    xhci: &mut Controller<KernelHal>,
+    bot: &mut BulkOnly<KernelDma>,
+    slot_id: u8,
+    buf: &mut KernelDma,
+) -> Result<(), (&'static str, StorageError)> {
+    let bulk = match bot.send_invalid_cbw(xhci) {
+        Err(xhci_driver::Error::Stall) => "stall",
+        Ok(_) => "accepted",
+        Err(e) => return Err(("invalid_cbw", e.into())),
+    };
+    let segment = [Segment {
+        phys: buf.phys(),
+        len: 36,
+    }];
+    let n = bot
+        .command(xhci, &inquiry(36), Direction::In, &segment, DATA_TIMEOUT_US)
+        .map_err(|e| ("after_bulk_stall", e))?;
+    let control = |xhci: &mut Controller<KernelHal>, descriptor_type: u8| {
+        let setup = [0x80, 6, 0, descriptor_type, 0, 0, 18, 0];
+        let segment = [Segment {
+            phys: buf.phys(),
+            len: 18,
+        }];
+        let id = xhci.queue_control(slot_id, setup, Direction::In, &segment)?;
+        xhci.wait(id, DATA_TIMEOUT_US)
+    };
+    let ep0 = match control(xhci, 0x42) {
+        Err(xhci_driver::Error::Stall) => "stall",
+        Ok(_) => "accepted",
+        Err(e) => return Err(("ep0_stall", e.into())),
+    };
+    let device = control(xhci, 1).map_err(|e| ("after_ep0_stall", e.into()))?;
+    info!(
+        "event=usbtest_stall slot={slot_id} bulk_out={bulk} then_inquiry_bytes={n} ep0={ep0} then_device_descriptor_bytes={device}"
+    );
+    Ok(())
+}
+
+// HID 1.11 7.2: class requests to the interface.
+const REQUEST_TYPE_CLASS_INTERFACE_OUT: u8 = 0x21;
+const HID_SET_IDLE: u8 = 0x0a;
+const HID_SET_PROTOCOL: u8 = 0x0b;
+/// SET_PROTOCOL wValue: the boot protocol, whose keyboard report is the fixed 8 bytes of
+/// HID 1.11 appendix B.1.
+const HID_BOOT_PROTOCOL: u16 = 0;
+const HID_CLASS: u8 = 0x03;
+const HID_SUBCLASS_BOOT: u8 = 0x01;
+const HID_PROTOCOL_KEYBOARD: u8 = 0x01;
+
+/// `usbtest=keyboard`: configures the first HID boot keyboard (interface 03/01/01) in the
+/// boot protocol, reporting only on change (SET_IDLE 0), and queues a transfer on its
+/// interrupt IN endpoint (`event=usbtest_keyboard_ready`). The main loop logs each report
+/// (`event=usbtest_keyboard report=…`) and queues the next transfer.
+pub fn self_test_keyboard(usb: &mut Usb) {
+    let found = usb.devices().into_iter().find_map(|d| {
+        let config = usb.xhci().configuration(d.slot_id).ok()?;
+        let (interface, endpoint) = config.interfaces.iter().find_map(|i| {
+            let boot_keyboard = i.class == HID_CLASS
+                && i.subclass == HID_SUBCLASS_BOOT
+                && i.protocol == HID_PROTOCOL_KEYBOARD
+                && i.alternate_setting == 0;
+            let e = i
+                .endpoints
+                .iter()
+                .find(|e| e.transfer_type == TransferType::Interrupt && e.is_in())?;
+            boot_keyboard.then_some((i.number, *e))
+        })?;
+        Some((d.slot_id, config, interface, endpoint))
+    });
+    let Some((slot_id, config, interface, endpoint)) = found else {
+        warn!("event=usbtest_keyboard step=find error=no_boot_keyboard");
+        return;
+    };
+    let xhci = usb.host.controller();
+    let step = |step: &'static str| {
+        move |e: xhci_driver::Error| {
+            warn!("event=usbtest_keyboard slot={slot_id} step={step} error={e}");
+        }
+    };
+    let Ok(()) = xhci.configure(slot_id, &config).map_err(step("configure")) else {
+        return;
+    };
+    let set_protocol = xhci.control(
+        slot_id,
+        REQUEST_TYPE_CLASS_INTERFACE_OUT,
+        HID_SET_PROTOCOL,
+        HID_BOOT_PROTOCOL,
+        u16::from(interface),
+    );
+    let Ok(()) = set_protocol.map_err(step("set_protocol")) else {
+        return;
+    };
+    // Duration 0: a report only when the keys change (HID 7.2.4), which is what is logged.
+    let set_idle = xhci.control(
+        slot_id,
+        REQUEST_TYPE_CLASS_INTERFACE_OUT,
+        HID_SET_IDLE,
+        0,
+        u16::from(interface),
+    );
+    let Ok(()) = set_idle.map_err(step("set_idle")) else {
+        return;
+    };
+    let len = usize::from(endpoint.max_packet_size).min(4096);
+    let number = endpoint.number();
+    // Three transfers queued, the middle one cancelled: the other two must go on
+    // delivering reports in order.
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let Ok(buf) = xhci.dma_alloc(4096, 4096).map_err(step("dma")) else {
+            return;
+        };
+        let segment = [Segment {
+            phys: buf.phys(),
+            len,
+        }];
+        let Ok(id) = xhci
+            .queue_transfer(slot_id, number, Direction::In, &segment)
+            .map_err(step("queue"))
+        else {
+            return;
+        };
+        queued.push((buf, id));
+    }
+    let (buf, cancelled) = queued.remove(1);
+    let Ok(true) = xhci.cancel(cancelled).map_err(step("cancel")) else {
+        return;
+    };
+    let result = match xhci.take_completion(cancelled) {
+        Some(Err(e)) => format!("{e}"),
+        Some(Ok(n)) => format!("completed_{n}"),
+        None => String::from("pending"),
+    };
+    if result == "pending" {
+        core::mem::forget(buf);
+    }
+    info!(
+        "event=usbtest_cancel slot={slot_id} endpoint={:#04x} result={result} still_queued={}",
+        endpoint.address,
+        queued.len()
+    );
+    info!(
+        "event=usbtest_keyboard_ready slot={slot_id} interface={interface} endpoint={:#04x} max_packet_size={len}",
+        endpoint.address
+    );
+    usb.tests.keyboard = Some(Keyboard {
+        slot_id,
+        endpoint: number,
+        len,
+        queued,
+    });
+}
+
+/// Logs the keyboard's reports whose transfers finished, oldest first, and queues each
+/// buffer again.
+fn keyboard_reports(usb: &mut Usb) {
+    let Some(k) = usb.tests.keyboard.as_mut() else {
+        return;
+    };
+    while let Some(result) = k
+        .queued
+        .first()
+        .and_then(|(_, id)| usb.host.controller().take_completion(*id))
+    {
+        let (buf, _) = k.queued.remove(0);
+        match result {
+            Ok(n) => {
+                let mut report = [0u8; 64];
+                let n = n.min(k.len).min(report.len());
+                buf.read_bytes(0, &mut report[..n]);
+                let mut hex = String::new();
+                for (i, b) in report[..n].iter().enumerate() {
+                    let sep = if i == 0 { "" } else { " " };
+                    hex.push_str(&format!("{sep}{b:02x}"));
+                }
+                info!("event=usbtest_keyboard report={hex}");
+            }
+            Err(e) => {
+                // The keyboard left or its endpoint broke: listening ends, and its other
+                // transfers are taken back.
+                warn!("event=usbtest_keyboard slot={} error={e}", k.slot_id);
+                let rest = core::mem::take(&mut k.queued);
+                usb.tests.keyboard = None;
+                for (buf, id) in rest {
+                    // Finished (or cancelled now): the controller is done with the buffer.
+                    let _ = usb.host.controller().cancel(id);
+                    if usb.host.controller().take_completion(id).is_none() {
+                        core::mem::forget(buf);
+                    }
+                }
+                return;
+            }
+        }
+        let segment = [Segment {
+            phys: buf.phys(),
+            len: k.len,
+        }];
+        match usb
+            .host
+            .controller()
+            .queue_transfer(k.slot_id, k.endpoint, Direction::In, &segment)
+        {
+            Ok(id) => k.queued.push((buf, id)),
+            Err(e) => {
+                warn!(
+                    "event=usbtest_keyboard slot={} step=queue error={e}",
+                    k.slot_id
+                );
+            }
+        }
+    }
+}
+
+/// A read loop on a mass-storage device (`usbtest=hotplug`): READ(10)s of 64 KiB one after
+/// the other, each stage (CBW, data, CSW) a transfer queued and picked up by the main loop,
+/// so the device can leave at any moment.
+struct StorageLoop {
+    busid: String,
+    slot_id: u8,
+    bulk_in: u8,
+    bulk_out: u8,
+    tag: u32,
+    lba: u32,
+    reads: u64,
+    cbw: KernelDma,
+    data: KernelDma,
+    csw: KernelDma,
+    stage: LoopStage,
+}
+
+#[derive(Clone, Copy)]
+enum LoopStage {
+    Command(TransferId),
+    Data(TransferId),
+    Status(TransferId),
+}
+
+/// Blocks a loop read covers before it wraps (the first 8 MiB).
+const LOOP_BLOCKS: u32 = 16 * 1024;
+/// A loop logs its progress once, after this many reads.
+const LOOP_PROGRESS: u64 = 50;
+
+/// `usbtest=hotplug`: a read loop on every mass-storage device present, and on each that
+/// arrives later.
+pub fn self_test_hotplug(usb: &mut Usb) {
+    usb.tests.hotplug = true;
+    for d in usb.devices() {
+        start_loop(usb, &d);
+    }
+}
+
+/// Starts a read loop on `d` when it is a Bulk-Only mass-storage device.
+fn start_loop(usb: &mut Usb, d: &UsbDevice) {
+    let busid = d.busid();
+    let xhci = usb.host.controller();
+    let Ok(config) = xhci.configuration(d.slot_id) else {
+        return;
+    };
+    let Some(interface) = config.interfaces.iter().find(|i| is_bulk_only_scsi(i)) else {
+        return;
+    };
+    let bulk = |is_in: bool| {
+        interface
+            .endpoints
+            .iter()
+            .find(|e| e.transfer_type == TransferType::Bulk && e.is_in() == is_in)
+            .map(|e| e.number())
+    };
+    let (Some(bulk_in), Some(bulk_out)) = (bulk(true), bulk(false)) else {
+        return;
+    };
+    let started = xhci.configure(d.slot_id, &config).and_then(|()| {
+        let mut cbw = xhci.dma_alloc(64, 64)?;
+        let data = xhci.dma_alloc(BENCH_CHUNK, 4096)?;
+        let csw = xhci.dma_alloc(64, 64)?;
+        let first = queue_read(xhci, d.slot_id, bulk_out, &mut cbw, 1, 0)?;
+        Ok(StorageLoop {
+            busid: busid.clone(),
+            slot_id: d.slot_id,
+            bulk_in,
+            bulk_out,
+            tag: 1,
+            lba: 0,
+            reads: 0,
+            cbw,
+            data,
+            csw,
+            stage: LoopStage::Command(first),
+        })
+    });
+    match started {
+        Ok(l) => {
+            info!(
+                "event=usbtest_loop_started busid={busid} slot={}",
+                d.slot_id
+            );
+            usb.tests.loops.push(l);
+        }
+        Err(e) => warn!(
+            "event=usbtest_loop_error busid={busid} slot={} step=start error={e}",
+            d.slot_id
+        ),
+    }
+}
+
+/// Blocks of one loop read.
+const LOOP_READ_BLOCKS: u16 = (BENCH_CHUNK / 512) as u16;
+
+/// Queues the CBW of a READ(10) of 64 KiB at `lba` with `tag`.
+fn queue_read(
+    xhci: &mut Controller<KernelHal>,
+    slot_id: u8,
+    bulk_out: u8,
+    buf: &mut KernelDma,
+    tag: u32,
+    lba: u32,
+) -> Result<TransferId, xhci_driver::Error> {
+    let wrapper = cbw(
+        tag,
+        BENCH_CHUNK as u32,
+        Direction::In,
+        0,
+        &read_write_10(READ_10, lba, LOOP_READ_BLOCKS),
+    );
+    buf.write_bytes(0, &wrapper);
+    let segment = [Segment {
+        phys: buf.phys(),
+        len: CBW_SIZE,
+    }];
+    xhci.queue_transfer(slot_id, bulk_out, Direction::Out, &segment)
+}
+
+/// Queues the loop's next READ(10).
+fn next_command(
+    xhci: &mut Controller<KernelHal>,
+    l: &mut StorageLoop,
+) -> Result<(), xhci_driver::Error> {
+    l.tag = l.tag.wrapping_add(1);
+    l.lba = (l.lba + u32::from(LOOP_READ_BLOCKS)) % LOOP_BLOCKS;
+    let id = queue_read(xhci, l.slot_id, l.bulk_out, &mut l.cbw, l.tag, l.lba)?;
+    l.stage = LoopStage::Command(id);
+    Ok(())
+}
+
+/// Moves every read loop on by the transfers that finished; a loop whose transfer failed
+/// (its device left: `no_device`) ends with `event=usbtest_loop_stopped`.
+fn step_loops(usb: &mut Usb) {
+    let xhci = usb.host.controller();
+    let mut i = 0;
+    while i < usb.tests.loops.len() {
+        let l = &mut usb.tests.loops[i];
+        let outcome = loop {
+            let id = match l.stage {
+                LoopStage::Command(id) | LoopStage::Data(id) | LoopStage::Status(id) => id,
+            };
+            let Some(result) = xhci.take_completion(id) else {
+                break Ok(());
+            };
+            let next = result.and_then(|n| match l.stage {
+                LoopStage::Command(_) => {
+                    let segment = [Segment {
+                        phys: l.data.phys(),
+                        len: BENCH_CHUNK,
+                    }];
+                    xhci.queue_transfer(l.slot_id, l.bulk_in, Direction::In, &segment)
+                        .map(|id| l.stage = LoopStage::Data(id))
+                }
+                LoopStage::Data(_) => {
+                    let segment = [Segment {
+                        phys: l.csw.phys(),
+                        len: CSW_SIZE,
+                    }];
+                    xhci.queue_transfer(l.slot_id, l.bulk_in, Direction::In, &segment)
+                        .map(|id| l.stage = LoopStage::Status(id))
+                }
+                LoopStage::Status(_) => {
+                    let mut bytes = [0u8; CSW_SIZE];
+                    l.csw.read_bytes(0, &mut bytes);
+                    match csw(&bytes[..n.min(CSW_SIZE)], l.tag) {
+                        Ok(_) => l.reads += 1,
+                        // The first command after a reset reports a unit attention: the
+                        // transport worked, the next command reads.
+                        Err(StorageError::CommandFailed) => {}
+                        Err(_) => return Err(xhci_driver::Error::BadTransfer),
+                    }
+                    if l.reads == LOOP_PROGRESS {
+                        info!(
+                            "event=usbtest_loop_progress busid={} slot={} reads={}",
+                            l.busid, l.slot_id, l.reads
+                        );
+                    }
+                    next_command(xhci, l)
+                }
+            });
+            if let Err(e) = next {
+                break Err(e);
+            }
+        };
+        match outcome {
+            Ok(()) => i += 1,
+            Err(e) => {
+                let l = usb.tests.loops.remove(i);
+                info!(
+                    "event=usbtest_loop_stopped busid={} slot={} reads={} error={e} slots_in_use={}",
+                    l.busid,
+                    l.slot_id,
+                    l.reads,
+                    xhci.occupied_slots().count()
+                );
+            }
+        }
+    }
+}
+
+/// Packets of one isochronous transfer in `usbtest=audio`.
+const AUDIO_PACKETS: usize = 8;
+/// Bytes of each: 1 ms of 48 kHz 16-bit stereo, what QEMU's usb-audio takes per packet.
+const AUDIO_PACKET_BYTES: usize = 192;
+
+/// `usbtest=audio`: configures the first device with an isochronous OUT endpoint, switches
+/// its interface to the alternate setting that has the endpoint (SET_INTERFACE), streams
+/// packets to it as one isochronous transfer and logs each packet's outcome
+/// (`event=usbtest_isochronous`), then goes back to alternate setting 0.
+pub fn self_test_audio(usb: &mut Usb) {
+    let found = usb.devices().into_iter().find_map(|d| {
+        let config = usb.xhci().configuration(d.slot_id).ok()?;
+        let (interface, alternate, endpoint) = config.interfaces.iter().find_map(|i| {
+            let e = i
+                .endpoints
+                .iter()
+                .find(|e| e.transfer_type == TransferType::Isochronous && !e.is_in())?;
+            Some((i.number, i.alternate_setting, *e))
+        })?;
+        Some((d.slot_id, config, interface, alternate, endpoint))
+    });
+    let Some((slot_id, config, interface, alternate, endpoint)) = found else {
+        warn!("event=usbtest_isochronous step=find error=no_isochronous_out_endpoint");
+        return;
+    };
+    let xhci = usb.host.controller();
+    let step = |step: &'static str| {
+        move |e: xhci_driver::Error| {
+            warn!("event=usbtest_isochronous slot={slot_id} step={step} error={e}");
+        }
+    };
+    let Ok(()) = xhci.configure(slot_id, &config).map_err(step("configure")) else {
+        return;
+    };
+    let Ok(()) = xhci
+        .set_interface(slot_id, interface, alternate)
+        .map_err(step("set_interface"))
+    else {
+        return;
+    };
+    let Ok(mut buf) = xhci.dma_alloc(4096, 4096).map_err(step("dma")) else {
+        return;
+    };
+    // A quiet sawtooth: the bytes do not matter, only that every packet goes out.
+    for i in 0..(AUDIO_PACKETS * AUDIO_PACKET_BYTES) / 4 {
+        buf.write32(4 * i, (i as u32 & 0xff) * 0x0001_0001);
+    }
+    let segment = [Segment {
+        phys: buf.phys(),
+        len: AUDIO_PACKETS * AUDIO_PACKET_BYTES,
+    }];
+    let packets: Vec<IsoPacket> = (0..AUDIO_PACKETS)
+        .map(|i| IsoPacket {
+            offset: i * AUDIO_PACKET_BYTES,
+            length: AUDIO_PACKET_BYTES.min(usize::from(endpoint.max_packet_size)),
+        })
+        .collect();
+    let Ok(id) = xhci
+        .queue_isochronous(
+            slot_id,
+            endpoint.number(),
+            Direction::Out,
+            &segment,
+            &packets,
+        )
+        .map_err(step("queue"))
+    else {
+        return;
+    };
+    let until = time::now_micros() + DATA_TIMEOUT_US;
+    let done = loop {
+        if let Err(e) = xhci.poll_events() {
+            step("poll")(e);
+            core::mem::forget(buf);
+            return;
+        }
+        if let Some((_, c)) = xhci.take_completed().filter(|(i, _)| *i == id) {
+            break c;
+        }
+        if time::now_micros() > until {
+            let _ = xhci.cancel(id);
+            if xhci.take_completion(id).is_none() {
+                core::mem::forget(buf);
+            }
+            warn!("event=usbtest_isochronous slot={slot_id} step=wait error=timeout");
+            return;
+        }
+        core::hint::spin_loop();
+    };
+    let ok = done.packets.iter().filter(|p| p.status.is_ok()).count();
+    let result = match done.result {
+        Ok(n) => format!("ok bytes={n}"),
+        Err(e) => format!("{e}"),
+    };
+    let back = match xhci.set_interface(slot_id, interface, 0) {
+        Ok(()) => String::from("ok"),
+        Err(e) => format!("{e}"),
+    };
+    info!(
+        "event=usbtest_isochronous slot={slot_id} interface={interface} alternate={alternate} endpoint={:#04x} packets={} ok_packets={ok} result={result} start_frame={} back_to_alternate_0={back}",
+        endpoint.address,
+        done.packets.len(),
+        done.start_frame
+    );
+}
+
+/// `usbtest=controller-error`: makes QEMU's controller assert Host Controller Error (it
+/// checks ERSTSZ when ERSTBA is written, and refuses anything but one segment), so the main
+/// loop restarts it; the storage test then runs on the restarted controller.
+pub fn self_test_controller_error(usb: &mut Usb) {
+    const RTSOFF: usize = 0x18;
+    const ERSTSZ: usize = 0x28;
+    const ERSTBA: usize = 0x30;
+    usb.tests.storage_after_restart = true;
+    let rts = (usb.regs.read32(RTSOFF) & !0x1f) as usize;
+    let low = usb.regs.read32(rts + ERSTBA);
+    let high = usb.regs.read32(rts + ERSTBA + 4);
+    usb.regs.write32(rts + ERSTSZ, 2);
+    usb.regs.write32(rts + ERSTBA, low);
+    usb.regs.write32(rts + ERSTBA + 4, high);
+    info!(
+        "event=usbtest_controller_error provoked=erstsz error={}",
+        usb.host
+            .controller()
+            .error()
+            .map_or(String::from("none"), |e| format!("{e}"))
+    );
+}
