@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use frontend_linux::{Completion, Frontend, Urb, UrbHandle};
 use log::{info, warn};
 use sha2::{Digest, Sha256};
-use usbback::host::{HostEvent, UsbHost};
+use usbback::host::{DeviceInfo, HostEvent, Transfer, TransferError, UsbHost, Vet};
 use xen::abi::DomId;
 use xen::hypervisor::EventChannels;
 use xen::page::LocalPage;
@@ -435,6 +435,74 @@ impl Demo {
             self.backend.in_flight(),
         );
         true
+    }
+}
+
+/// usbback's host for frontends on `xen::sim` hosted in this kernel (demo mode): the sim's
+/// pages are ordinary kernel memory, so each segment's bus address becomes its page's own
+/// (`bus_address` of [`LocalPage::addr`]) instead of the sim's grant-window name for it, and
+/// the controller DMAs straight into the frontends' pages, as it does into grant-mapped pages
+/// on Xen. Everything else goes to `host` unchanged.
+pub struct SimPages<'a, U: ?Sized> {
+    host: &'a mut U,
+    bus_address: fn(usize) -> u64,
+}
+
+impl<'a, U: UsbHost<LocalPage> + ?Sized> SimPages<'a, U> {
+    /// `host` with `bus_address` turning a kernel address into a bus address.
+    pub fn new(host: &'a mut U, bus_address: fn(usize) -> u64) -> Self {
+        SimPages { host, bus_address }
+    }
+}
+
+impl<U: UsbHost<LocalPage> + ?Sized> UsbHost<LocalPage> for SimPages<'_, U> {
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.host.devices()
+    }
+
+    fn poll(&mut self, events: &mut Vec<HostEvent>) {
+        self.host.poll(events)
+    }
+
+    fn submit(&mut self, device: u32, mut t: Transfer<LocalPage>) -> Result<(), TransferError> {
+        for s in &mut t.segments {
+            s.phys = (self.bus_address)(s.page.addr());
+        }
+        self.host.submit(device, t)
+    }
+
+    fn cancel(&mut self, device: u32, token: u64) -> bool {
+        self.host.cancel(device, token)
+    }
+
+    fn set_configuration(
+        &mut self,
+        device: u32,
+        value: u8,
+        token: u64,
+        vet: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.host.set_configuration(device, value, token, vet)
+    }
+
+    fn set_interface(
+        &mut self,
+        device: u32,
+        interface: u8,
+        alternate: u8,
+        token: u64,
+        vet: &mut Vet<'_>,
+    ) -> Result<(), TransferError> {
+        self.host
+            .set_interface(device, interface, alternate, token, vet)
+    }
+
+    fn clear_halt(&mut self, device: u32, address: u8, token: u64) -> Result<(), TransferError> {
+        self.host.clear_halt(device, address, token)
+    }
+
+    fn reset(&mut self, device: u32) -> Result<(), TransferError> {
+        self.host.reset(device)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The driver domain's platform logic that needs no hardware: command line, physical memory
 //! bookkeeping, PCI configuration decoding, ACPI table parsing, MSI/MSI-X message layout,
-//! the log line format, and the self-tests' data. The kernel binary (`main.rs`) wires these
-//! to ports, MMIO and the CPU; everything here runs in host tests.
+//! the log line format, and (with the `demo` feature) demo mode and the self-tests' data.
+//! The kernel binary (`main.rs`) wires these to ports, MMIO and the CPU; everything here
+//! runs in host tests.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -10,12 +11,14 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod cmdline;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod frames;
 pub mod host;
 pub mod logfmt;
 pub mod msi;
 pub mod pci;
+#[cfg(feature = "demo")]
 pub mod selftest;
 
 /// Reads guest-physical memory (identity-mapped in the kernel, a byte buffer in tests).

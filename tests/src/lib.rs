@@ -2,7 +2,8 @@
 //! with arrival times, and ends QEMU by `isa-debug-exit` or a time limit.
 //!
 //! The image is `target/usbdom.elf` (built by `cargo xtask image`; `cargo xtask test` builds
-//! it first) or `$USBDOM_IMAGE`.
+//! it first) or `$USBDOM_IMAGE`; a machine that runs the demo or a `usbtest=` self-test
+//! boots `target/usbdom-demo.elf` ([`Machine::demo_image`], `$USBDOM_DEMO_IMAGE`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -14,11 +15,23 @@ use std::time::{Duration, Instant};
 /// QEMU's exit status when the guest wrote the success value (0x10) to `isa-debug-exit`.
 pub const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
 
-/// The image to boot.
+/// The image a driver domain runs.
 pub fn image() -> PathBuf {
-    let path = std::env::var_os("USBDOM_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/usbdom.elf"));
+    built_image("USBDOM_IMAGE", "usbdom.elf")
+}
+
+/// The image with demo mode and the `usbtest=` self-tests.
+pub fn demo_image() -> PathBuf {
+    built_image("USBDOM_DEMO_IMAGE", "usbdom-demo.elf")
+}
+
+/// `$var`, or `target/<name>`.
+fn built_image(var: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(name)
+    });
     assert!(
         path.exists(),
         "{} is missing: build it with `cargo xtask image`",
@@ -33,6 +46,8 @@ pub struct Machine {
     append: String,
     limit: Duration,
     scratch: PathBuf,
+    /// Boot the demo image.
+    demo: bool,
 }
 
 impl Machine {
@@ -71,7 +86,14 @@ impl Machine {
             append: "qemu_exit".into(),
             limit: Duration::from_secs(60),
             scratch,
+            demo: false,
         }
+    }
+
+    /// Boots the demo image (demo mode, the `usbtest=` self-tests) instead.
+    pub fn demo_image(mut self) -> Machine {
+        self.demo = true;
+        self
     }
 
     /// Adds QEMU arguments.
@@ -142,9 +164,10 @@ impl Machine {
     /// killed), or the time limit.
     pub fn boot_until(self, done: impl Fn(&str) -> bool) -> Run {
         let mut args = self.args.clone();
+        let image = if self.demo { demo_image() } else { image() };
         args.extend([
             "-kernel".into(),
-            image().display().to_string(),
+            image.display().to_string(),
             "-append".into(),
             self.append.clone(),
         ]);

@@ -1,5 +1,5 @@
 //! usbdom boots on QEMU's q35 and pc machines with an xHCI controller and USB devices, and
-//! says so on the serial log.
+//! says so on the serial log. The demo and the `usbtest=` self-tests boot the demo image.
 
 use std::time::Duration;
 
@@ -141,10 +141,15 @@ fn boots_on_pc() {
 #[test]
 fn a_bad_command_line_word_is_reported_not_fatal() {
     let run = Machine::new("q35", "boot-cmdline")
-        .append("loglevel=loud usb=yes")
+        .append("loglevel=loud usb=yes usbtest=storage")
         .boot();
     run.check(|r| {
         assert_eq!(r.exit, Some(EXIT_SUCCESS));
+        // The production image has no self-tests: it says which image has.
+        assert!(r
+            .event("cmdline_needs_demo_image")
+            .is_some_and(|(_, l)| field(l, "image") == Some("usbdom-demo.elf")));
+        assert!(r.event("usbtest_storage").is_none());
         assert!(r
             .event("cmdline_bad_value")
             .is_some_and(|(_, l)| field(l, "key") == Some("loglevel")));
@@ -178,6 +183,7 @@ fn storage_pattern() -> Vec<u8> {
 #[test]
 fn the_storage_self_test_writes_its_pattern_through_the_stick_to_the_image() {
     let machine = Machine::new("q35", "usbtest-storage")
+        .demo_image()
         .usb_stick("stick")
         .append("usbtest=storage");
     let image = machine.scratch().join("stick.img");
@@ -249,7 +255,9 @@ fn the_storage_self_test_writes_its_pattern_through_the_stick_to_the_image() {
 
 #[test]
 fn a_stick_unplugged_under_a_read_loop_fails_the_loop_cleanly_and_works_when_back() {
-    let machine = Machine::new("q35", "usbtest-hotplug").append("usbtest=hotplug");
+    let machine = Machine::new("q35", "usbtest-hotplug")
+        .demo_image()
+        .append("usbtest=hotplug");
     // Two images: QEMU releases the first one's node only when it finalizes the unplugged
     // device, some time after the guest saw it go.
     let node = |name: &str| {
@@ -317,6 +325,7 @@ fn a_stick_unplugged_under_a_read_loop_fails_the_loop_cleanly_and_works_when_bac
 #[test]
 fn isochronous_packets_stream_to_qemus_usb_audio_after_set_interface() {
     let run = Machine::new("q35", "usbtest-audio")
+        .demo_image()
         .arg("-audiodev")
         .arg("none,id=snd0")
         .arg("-device")
@@ -341,6 +350,7 @@ fn isochronous_packets_stream_to_qemus_usb_audio_after_set_interface() {
 #[test]
 fn a_controller_error_is_recovered_by_a_restart_and_the_stick_works_after_it() {
     let run = Machine::new("q35", "usbtest-controller-error")
+        .demo_image()
         .usb_stick("stick")
         .append("usbtest=controller-error")
         .keep_running()
@@ -441,6 +451,7 @@ fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
     // 8-byte EP0 (Evaluate Context after the first 8 bytes of its device descriptor). The
     // storage self-test runs its bulk transfers at high speed.
     let run = Machine::bare("q35", "boot-usb2-only")
+        .demo_image()
         .arg("-device")
         .arg("qemu-xhci,id=xhci,p3=0")
         .usb_stick("stick")
@@ -479,6 +490,7 @@ fn on_a_usb2_only_controller_every_device_is_on_bus_1_at_its_usb2_speed() {
 fn the_keyboard_self_test_logs_the_report_of_a_key_sent_through_qmp() {
     keyboard_report(
         Machine::new("q35", "usbtest-keyboard")
+            .demo_image()
             .arg("-device")
             .arg("usb-kbd,bus=xhci.0,port=1"),
     );
@@ -488,6 +500,7 @@ fn the_keyboard_self_test_logs_the_report_of_a_key_sent_through_qmp() {
 fn a_keyboard_behind_a_hub_delivers_its_reports_too() {
     keyboard_report(
         Machine::new("q35", "usbtest-keyboard-hub")
+            .demo_image()
             .arg("-device")
             .arg("usb-hub,bus=xhci.0,port=3")
             .arg("-device")
@@ -699,6 +712,7 @@ fn demo_mode_serves_two_simulated_vms_through_usbback_and_the_xhci_driver() {
     // The stick is SuperSpeed: bus 2, port 1; the keyboard is high speed on QEMU port 2,
     // Linux's 1-2.
     let machine = Machine::new("q35", "demo")
+        .demo_image()
         .usb_stick_with("stick", &stick)
         .arg("-device")
         .arg("usb-kbd,bus=xhci.0,port=2")
@@ -806,6 +820,7 @@ fn demo_mode_serves_two_simulated_vms_through_usbback_and_the_xhci_driver() {
 fn bench_mode_measures_both_paths_side_by_side_and_vms_at_once() {
     // What `cargo xtask bench qemu` runs, small: one round of 1 MiB, two sticks.
     let machine = Machine::new("q35", "demo-bench")
+        .demo_image()
         .usb_stick("stick1")
         .usb_stick("stick2")
         .append("demo bench=1 demo_mib=1 assign=2-1:vm1,2-2:vm2");

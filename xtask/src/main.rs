@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask test`: installs what the checks need on a Debian machine (apt packages, the
 //!   rustup target and components), then runs everything CI checks.
-//! - `cargo xtask image`: builds the driver-domain kernel to `target/usbdom.elf`.
+//! - `cargo xtask image`: builds the driver-domain kernels, `target/usbdom.elf` (what a
+//!   driver domain runs) and `target/usbdom-demo.elf` (with demo mode and the self-tests).
 //! - `cargo xtask run [-- WORDS]`: builds the image and boots it in QEMU with USB devices,
 //!   streaming the serial log; extra words go to the kernel command line. Without a
 //!   hypervisor the kernel runs its demo (simulated VMs served through usbback).
@@ -53,7 +54,7 @@ fn main() {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  \x20 test     install prerequisites, then fmt, clippy, the image, every test\n\
-                 \x20 image    build the driver-domain kernel to target/usbdom.elf\n\
+                 \x20 image    build the driver-domain kernels: target/usbdom.elf and usbdom-demo.elf\n\
                  \x20 run      boot it in QEMU with USB devices (extra words: `run -- loglevel=debug`);\n\
                  \x20          `run --xen`: Xen, dom0, usbdom and two guests, then dom0's shell\n\
                  \x20 demo     the PVUSB connection played out on xen::sim\n\
@@ -208,19 +209,15 @@ fn test() -> Result {
             KERNEL_TARGET,
         ]),
     )?;
-    step(
-        "kernel clippy",
-        cargo().args([
-            "clippy",
-            "-p",
-            "driver-domain",
-            "--target",
-            KERNEL_TARGET,
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
+    for features in [&[][..], &["--features", "demo"]] {
+        step(
+            "kernel clippy",
+            cargo()
+                .args(["clippy", "-p", "driver-domain", "--target", KERNEL_TARGET])
+                .args(features)
+                .args(["--", "-D", "warnings"]),
+        )?;
+    }
     // The boot tests boot this image.
     image()?;
     // The wire-ABI check runs on its own, uncaptured, so its summary line shows in the log.
@@ -336,7 +333,7 @@ fn bench_qemu(args: &[String]) -> Result {
             other => return Err(format!("bench qemu: unknown argument {other:?}")),
         }
     }
-    let image = image()?;
+    let image = image()?.demo;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Each stick holds what is read (pseudo-random) and, after it, what is written.
@@ -461,30 +458,50 @@ fn demo() -> Result {
     )
 }
 
-/// Builds the kernel and writes `target/usbdom.elf`: stripped, as ELF32 (`objcopy -O
-/// elf32-i386`), because Xen's device model (`qemu-system-i386`) refuses a 64-bit ELF; the
-/// 64-bit code inside is unchanged and the same file boots under plain QEMU and Xen PVH.
-fn image() -> Result<PathBuf> {
+/// The two kernel images.
+struct Images {
+    /// `target/usbdom.elf`: what a driver domain runs (no demo mode, no self-tests).
+    production: PathBuf,
+    /// `target/usbdom-demo.elf`: the same with the `demo` feature (demo mode with simulated
+    /// VMs, the `usbtest=` self-tests): what `run` and the boot tests boot.
+    demo: PathBuf,
+}
+
+/// Builds both kernels and writes them as `target/usbdom.elf` and `target/usbdom-demo.elf`:
+/// stripped, as ELF32 (`objcopy -O elf32-i386`), because Xen's device model
+/// (`qemu-system-i386`) refuses a 64-bit ELF; the 64-bit code inside is unchanged and the
+/// same file boots under plain QEMU and Xen PVH.
+fn image() -> Result<Images> {
     install_rust()?;
+    Ok(Images {
+        production: kernel_image(&[], "usbdom.elf")?,
+        demo: kernel_image(&["--features", "demo"], "usbdom-demo.elf")?,
+    })
+}
+
+/// Builds the kernel with `features` and writes it to `target/<name>`.
+fn kernel_image(features: &[&str], name: &str) -> Result<PathBuf> {
     step(
         "kernel build",
-        cargo().args([
-            "build",
-            "--profile",
-            "kernel",
-            "-p",
-            "driver-domain",
-            "--bin",
-            "usbdom",
-            "--target",
-            KERNEL_TARGET,
-        ]),
+        cargo()
+            .args([
+                "build",
+                "--profile",
+                "kernel",
+                "-p",
+                "driver-domain",
+                "--bin",
+                "usbdom",
+                "--target",
+                KERNEL_TARGET,
+            ])
+            .args(features),
     )?;
     let built = root()
         .join("target")
         .join(KERNEL_TARGET)
         .join("kernel/usbdom");
-    let out = root().join("target/usbdom.elf");
+    let out = root().join("target").join(name);
     step(
         "objcopy",
         Command::new("objcopy")
@@ -497,9 +514,7 @@ fn image() -> Result<PathBuf> {
         .len();
     eprintln!("xtask: image {} ({size} bytes)", out.display());
     if size >= 1 << 20 {
-        return Err(format!(
-            "the image is {size} bytes: it must stay under 1 MiB"
-        ));
+        return Err(format!("{name} is {size} bytes: it must stay under 1 MiB"));
     }
     Ok(out)
 }
@@ -546,7 +561,7 @@ fn run(extra: &[String]) -> Result {
         return nested_xen_program("xen_shell", "stick.img", 64, &[]);
     }
     install()?;
-    let image = image()?;
+    let image = image()?.demo;
     let stick = root().join("target/usbstick.img");
     if !stick.exists() {
         let f = std::fs::File::create(&stick).map_err(|e| format!("{}: {e}", stick.display()))?;

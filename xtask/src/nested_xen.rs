@@ -121,7 +121,7 @@ fn qemu_for_nested_xen(cache: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// zero. Returns the environment that `usbdom_tests::NestedXen` and `run_qemu` read.
 fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
     install()?;
-    let image = timed("image", image)?;
+    let image = timed("image", image)?.production;
     let cache = e2e_cache();
     let here = root().join("tests/e2e");
     timed("artefacts", || {

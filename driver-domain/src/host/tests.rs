@@ -358,8 +358,11 @@ fn an_unplugged_device_completes_its_transfers_before_it_is_reported_gone() {
     assert!(!UsbHost::<()>::cancel(&mut host, id, 1), "answered already");
 }
 
+#[cfg(feature = "demo")]
 #[test]
 fn sim_pages_give_the_controller_the_pages_own_addresses() {
+    use crate::demo::SimPages;
+    use xen::page::LocalPage;
     let fake = FakeXhci::new();
     let (mut host, events) = host(&fake);
     let HostEvent::Attached(info) = &events[0] else {
@@ -409,4 +412,5 @@ fn sim_pages_give_the_controller_the_pages_own_addresses() {
     );
 }
 
+#[cfg(feature = "demo")]
 static BUS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

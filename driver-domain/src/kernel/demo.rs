@@ -4,8 +4,8 @@
 use alloc::vec::Vec;
 use log::{info, warn};
 use platform::cmdline::Cmdline;
+use platform::demo::SimPages;
 use platform::demo::{Demo, Job, Workload};
-use platform::host::SimPages;
 use usbback::host::{Absent, HostEvent, UsbHost};
 use xen::page::LocalPage;
 

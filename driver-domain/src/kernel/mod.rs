@@ -3,11 +3,13 @@
 mod apic;
 mod boot;
 mod cpu;
+#[cfg(feature = "demo")]
 mod demo;
 mod interrupts;
 mod logger;
 mod memory;
 mod pci;
+#[cfg(feature = "demo")]
 mod selftest;
 mod serial;
 mod time;
@@ -17,7 +19,9 @@ mod xen_guest;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use log::{error, info, warn};
-use platform::cmdline::{Cmdline, UsbTest};
+use platform::cmdline::Cmdline;
+#[cfg(feature = "demo")]
+use platform::cmdline::UsbTest;
 use platform::frames::Range;
 use xen::abi::start_info::{
     HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_START_MAGIC_VALUE,
@@ -179,7 +183,7 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     let mut cfg = pci::config_access(si.rsdp_paddr);
     let (xhci, bars) = pci::probe(&mut cfg);
     occupied.extend(bars);
-    let mut usb = xhci.as_ref().and_then(usb::bring_up);
+    let usb = xhci.as_ref().and_then(usb::bring_up);
     let window = platform::frames::grant_window(&occupied, GRANT_WINDOW_SIZE);
     match window {
         Some(base) => info!("event=grant_window base={base:#x} size={GRANT_WINDOW_SIZE:#x}"),
@@ -203,8 +207,13 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         _ => None,
     };
     // Demo mode (no hypervisor, or `demo`): xen::sim in here with simulated VMs instead of
-    // serving Xen's; not beside a self-test, which owns the driver.
-    let demo_mode = cmdline.usb_test.is_none() && (xen.is_none() || cmdline.demo);
+    // serving Xen's; not beside a self-test, which owns the driver. Only an image built with
+    // the `demo` feature has it (and the self-tests).
+    let demo_mode =
+        cfg!(feature = "demo") && cmdline.usb_test.is_none() && (xen.is_none() || cmdline.demo);
+    if !cfg!(feature = "demo") && (cmdline.demo || cmdline.usb_test.is_some()) {
+        warn!("event=cmdline_needs_demo_image words=demo,usbtest image=usbdom-demo.elf");
+    }
     // The PVUSB backend, on Xen.
     let mut backend = xen.filter(|_| !demo_mode).map(|x| {
         let domid = x.domid;
@@ -246,6 +255,9 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     }
     // After `event=ready`, so the boot time stays what it is; before `qemu_exit`, so a test
     // run ends when the self-test has.
+    #[cfg(feature = "demo")]
+    let mut usb = usb;
+    #[cfg(feature = "demo")]
     match (cmdline.usb_test, usb.as_mut()) {
         (Some(UsbTest::Storage), Some(u)) => selftest::self_test_storage(u),
         (Some(UsbTest::Keyboard), Some(u)) => selftest::self_test_keyboard(u),
@@ -255,16 +267,49 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         (Some(_), None) => warn!("event=usbtest step=find error=no_controller"),
         (None, _) => {}
     }
+    #[cfg(feature = "demo")]
     let demo = if demo_mode {
         demo::start(&cmdline)
     } else {
         None
     };
+    #[cfg(not(feature = "demo"))]
+    let demo = None;
     // With the demo, `qemu_exit` waits for it to finish.
     if QEMU_EXIT.load(Ordering::Relaxed) && demo.is_none() {
         cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
     }
     main_loop(backend.as_mut(), usb, demo)
+}
+
+/// A demo running in this image; none can in an image without the `demo` feature.
+#[cfg(feature = "demo")]
+type DemoRun = demo::DemoRun;
+#[cfg(not(feature = "demo"))]
+enum DemoRun {}
+
+/// One turn of the demo with the controller's `events`: true when anything moved. Once it
+/// finished, `qemu_exit` ends QEMU.
+#[cfg(feature = "demo")]
+fn demo_turn(
+    d: &mut DemoRun,
+    usb: Option<&mut usb::Usb>,
+    events: alloc::vec::Vec<usbback::host::HostEvent>,
+) -> bool {
+    let busy = demo::step(d, usb, events);
+    if demo::finished(d) && QEMU_EXIT.load(Ordering::Relaxed) {
+        cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
+    }
+    busy
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo_turn(
+    d: &mut DemoRun,
+    _: Option<&mut usb::Usb>,
+    _: alloc::vec::Vec<usbback::host::HostEvent>,
+) -> bool {
+    match *d {}
 }
 
 /// Waits for interrupts and serves what they brought: xHCI events, xenstore watch events
@@ -274,7 +319,7 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
 fn main_loop(
     mut backend: Option<&mut Backend>,
     mut usb: Option<usb::Usb>,
-    mut demo: Option<demo::DemoRun>,
+    mut demo: Option<DemoRun>,
 ) -> ! {
     use xen::hypervisor::EventChannels;
     // Without a controller (a PVH domU cannot be given one) usbback still serves, with no
@@ -294,10 +339,7 @@ fn main_loop(
         // they do, and sleeps until the next interrupt when they wait for the controller.
         let mut demo_busy = false;
         if let Some(d) = demo.as_mut() {
-            demo_busy = demo::step(d, usb.as_mut(), events);
-            if demo::finished(d) && QEMU_EXIT.load(Ordering::Relaxed) {
-                cpu::outl(QEMU_EXIT_PORT, QEMU_EXIT_SUCCESS);
-            }
+            demo_busy = demo_turn(d, usb.as_mut(), events);
         } else if let Some(be) = backend.as_deref_mut() {
             let host: &mut dyn usbback::host::UsbHost<GrantPage> = match usb.as_mut() {
                 Some(u) => u.host(),

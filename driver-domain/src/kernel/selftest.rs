@@ -7,6 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use log::{info, warn};
 use platform::Mmio32;
+use usbback::host::HostEvent;
 
 use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
 use xhci_driver::descriptor::TransferType;
@@ -21,6 +22,18 @@ use xhci_driver::{
 
 use super::time;
 use super::usb::{KernelDma, KernelHal, Usb};
+
+impl Usb {
+    /// The driver underneath.
+    fn xhci(&mut self) -> &mut Controller<KernelHal> {
+        self.host.controller()
+    }
+
+    /// The devices present now.
+    fn devices(&self) -> Vec<UsbDevice> {
+        self.host.usb_devices().cloned().collect()
+    }
+}
 
 /// What the self-tests keep between turns of the main loop.
 #[derive(Default)]
@@ -50,14 +63,35 @@ impl SelfTests {
     }
 }
 
-/// The self-tests' turn after the controller's events: keyboard reports, read loops moved
-/// on (one started on each mass-storage device `attached` under `usbtest=hotplug`), and the
-/// storage test again once a failed controller came back.
-pub fn after_events(usb: &mut Usb, restarted: bool, attached: &[UsbDevice]) {
+/// After the controller's events were taken (`restarts`: its restart count before): a
+/// restarted controller failed the tests' transfers and their buffers are free; one given
+/// up on may still write into them, and they are never reused.
+pub fn controller_polled(usb: &mut Usb, restarts: u64) {
+    if usb.host.restarts() != restarts {
+        usb.tests.controller_restarted();
+    }
+    if usb.host.is_dead() {
+        usb.tests.controller_dead();
+    }
+}
+
+/// The self-tests' turn after the controller's `events` (`restarts`: its restart count
+/// before them): keyboard reports, read loops moved on (one started on each mass-storage
+/// device that arrived, under `usbtest=hotplug`), and the storage test again once a failed
+/// controller came back.
+pub fn after_events(usb: &mut Usb, restarts: u64, events: &[HostEvent]) {
+    let restarted = usb.host.restarts() != restarts;
+    let attached: Vec<UsbDevice> = events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::Attached(info) => usb.host.usb_device(info.id).cloned(),
+            HostEvent::Detached { .. } | HostEvent::Completed(_) => None,
+        })
+        .collect();
     keyboard_reports(usb);
     step_loops(usb);
     if usb.tests.hotplug {
-        for d in attached {
+        for d in &attached {
             start_loop(usb, d);
         }
     }

@@ -6,9 +6,10 @@ use log::{info, warn};
 use platform::host::XhciHost;
 use platform::Mmio32;
 use usbback::host::{HostEvent, UsbHost};
-use xhci_driver::{Controller, DmaBuffer, Hal, UsbDevice};
+use xhci_driver::{Controller, DmaBuffer, Hal};
 
 use super::memory::{self, DmaRegion, Mmio};
+#[cfg(feature = "demo")]
 use super::selftest::{self, SelfTests};
 use super::{pci, time};
 
@@ -107,6 +108,7 @@ pub struct Usb {
     /// underneath).
     pub(super) host: XhciHost<KernelHal>,
     /// BAR0, for `usbtest=controller-error` to make the controller fail.
+    #[cfg(feature = "demo")]
     pub(super) regs: Mmio,
     /// Whether MSI/MSI-X is routed; without it the event ring is polled on every wake-up
     /// (the 100 Hz timer wakes the loop).
@@ -114,6 +116,7 @@ pub struct Usb {
     /// `pci::xhci_interrupts()` when the event ring was last drained.
     seen: u64,
     /// The `usbtest=` self-tests' state.
+    #[cfg(feature = "demo")]
     pub(super) tests: SelfTests,
 }
 
@@ -156,9 +159,11 @@ pub fn bring_up(found: &pci::Xhci) -> Option<Usb> {
     );
     Some(Usb {
         host: XhciHost::new(xhci, devices),
+        #[cfg(feature = "demo")]
         regs: found.regs,
         interrupt_routed: found.vector.is_some(),
         seen: pci::xhci_interrupts(),
+        #[cfg(feature = "demo")]
         tests: SelfTests::default(),
     })
 }
@@ -173,16 +178,6 @@ pub fn has_work(usb: &mut Usb) -> bool {
 }
 
 impl Usb {
-    /// The driver underneath.
-    pub(super) fn xhci(&mut self) -> &mut Controller<KernelHal> {
-        self.host.controller()
-    }
-
-    /// The devices present now.
-    pub(super) fn devices(&self) -> Vec<UsbDevice> {
-        self.host.usb_devices().cloned().collect()
-    }
-
     /// usbback's view of the controller.
     pub fn host(&mut self) -> &mut XhciHost<KernelHal> {
         &mut self.host
@@ -203,26 +198,13 @@ pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
         return events;
     }
     usb.seen = now;
+    #[cfg(feature = "demo")]
     let restarts = usb.host.restarts();
     UsbHost::<()>::poll(&mut usb.host, &mut events);
-    let restarted = usb.host.restarts() != restarts;
-    if restarted {
-        // Their transfers failed and the controller was reset: the buffers are free.
-        usb.tests.controller_restarted();
-    }
+    #[cfg(feature = "demo")]
+    selftest::controller_polled(usb, restarts);
     if usb.host.is_dead() {
-        // The controller may still write into them.
-        usb.tests.controller_dead();
         return events;
-    }
-    let mut attached = Vec::new();
-    for e in &events {
-        match e {
-            HostEvent::Attached(info) => {
-                attached.extend(usb.host.usb_device(info.id).cloned());
-            }
-            HostEvent::Detached { .. } | HostEvent::Completed(_) => {}
-        }
     }
     // Devices that came or went are worth a line; transfers completing are not (one line
     // per URB would swamp a serial console).
@@ -237,6 +219,7 @@ pub fn service(usb: &mut Usb) -> Vec<HostEvent> {
             usb.host.controller().occupied_slots().count()
         );
     }
-    selftest::after_events(usb, restarted, &attached);
+    #[cfg(feature = "demo")]
+    selftest::after_events(usb, restarts, &events);
     events
 }
