@@ -4,14 +4,20 @@
 
 use super::*;
 
-#[test]
-fn mapped_grants_carry_the_data_without_a_copy_and_are_unmapped_before_the_answers() {
+/// The rig on the map path with its device on port 1, and the grants it maps for the rings.
+fn map_rig() -> (Rig, usize) {
     let mut r = rig();
     r.w.be.set_data_path(DataPath::Map);
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
     responses(&mut r.front);
     let rings = r.w.be.hypervisor().mappings();
+    (r, rings)
+}
+
+#[test]
+fn mapped_grants_carry_the_data_without_a_copy_and_are_unmapped_before_the_answers() {
+    let (mut r, rings) = map_rig();
     let copies = r.w.be.hypervisor().copy_calls();
 
     // Bulk OUT over two pages (read-only grants), bulk IN over three, in one pass.
@@ -37,12 +43,7 @@ fn mapped_grants_carry_the_data_without_a_copy_and_are_unmapped_before_the_answe
 
 #[test]
 fn a_read_into_a_read_only_grant_is_refused_before_the_device() {
-    let mut r = rig();
-    r.w.be.set_data_path(DataPath::Map);
-    assign(&r.w.xen, r.be, r.fe, 1, "1-1");
-    settle(&mut r.w.be, &mut r.host);
-    responses(&mut r.front);
-    let rings = r.w.be.hypervisor().mappings();
+    let (mut r, rings) = map_rig();
     let submitted = r.host.submitted;
     // Two pages: the first writable, the second read-only; the whole request is refused
     // and the page that could be mapped is let go.
