@@ -59,7 +59,9 @@ use xen::abi::xs_wire::XsdError;
 use xen::abi::{DomId, EvtchnPort, Gfn, GrantRef, PAGE_SIZE};
 use xen::hypervisor::{Errno, EventChannels, GrantTable};
 use xen::page::SharedPage;
-use xen::pvusb::{Direction, TransferType, UsbIsoPacketDescriptor, CONN_RING_SIZE, URB_RING_SIZE};
+use xen::pvusb::{
+    self, Direction, TransferType, UsbIsoPacketDescriptor, CONN_RING_SIZE, URB_RING_SIZE,
+};
 use xen::ring::{FrontRing, RingError};
 use xen::xenbus::{self, FrontendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
@@ -324,13 +326,20 @@ pub(crate) fn probe<T: XsTransport>(
 ) -> Result<Probe, Error> {
     let nodename = format!("/local/domain/{domid}/device/vusb/{devid}");
     let otherend = xs.read_string(TxId::NONE, &format!("{nodename}/backend"))?;
-    let backend_id = xenbus::read_u32(xs, TxId::NONE, &nodename, "backend-id", 0..=0x7fef)?;
+    let backend_id =
+        xenbus::read_u32(xs, TxId::NONE, &nodename, pvusb::BACKEND_ID_KEY, 0..=0x7fef)?;
     let state = xenbus::read_state(xs, TxId::NONE, &nodename)?;
     if state != XenbusState::Initialising {
         return Err(Error::NotInitialising(state));
     }
-    let num_ports = xenbus::read_u32(xs, TxId::NONE, &otherend, "num-ports", 1..=USBIF_MAX_PORTNR)?;
-    let usb_ver = xenbus::read_u32(xs, TxId::NONE, &otherend, "usb-ver", 1..=2)?;
+    let num_ports = xenbus::read_u32(
+        xs,
+        TxId::NONE,
+        &otherend,
+        pvusb::NUM_PORTS_KEY,
+        1..=USBIF_MAX_PORTNR,
+    )?;
+    let usb_ver = xenbus::read_u32(xs, TxId::NONE, &otherend, pvusb::USB_VER_KEY, 1..=2)?;
     Ok(Probe {
         nodename,
         otherend,
@@ -352,17 +361,17 @@ pub(crate) fn publish_rings<T: XsTransport>(
     xs.transaction(u32::MAX, |xs, tx| {
         xs.write(
             tx,
-            &format!("{dir}/urb-ring-ref"),
+            &format!("{dir}/{}", pvusb::URB_RING_REF_KEY),
             format!("{urb_ring_ref}").as_bytes(),
         )?;
         xs.write(
             tx,
-            &format!("{dir}/conn-ring-ref"),
+            &format!("{dir}/{}", pvusb::CONN_RING_REF_KEY),
             format!("{conn_ring_ref}").as_bytes(),
         )?;
         xs.write(
             tx,
-            &format!("{dir}/event-channel"),
+            &format!("{dir}/{}", pvusb::EVENT_CHANNEL_KEY),
             format!("{port}").as_bytes(),
         )
     })

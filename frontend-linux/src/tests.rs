@@ -5,7 +5,7 @@ use super::*;
 use xen::abi::ring::SRING_RSP_PROD;
 use xen::hypervisor::{GrantMapper, GrantMapping, MapRequest};
 use xen::page::LocalPage;
-use xen::pvusb::{ControllerNodes, Pipe};
+use xen::pvusb::{self, ControllerNodes, Pipe};
 use xen::ring::BackRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
 
@@ -235,9 +235,9 @@ fn fake() -> Fake {
     let read = |xs: &mut XenStore<SimXsTransport>, key| {
         xenbus::read_u32(xs, TxId::NONE, &fdir, key, 0..=u32::MAX).unwrap()
     };
-    let urb_ref = GrantRef(read(&mut xs, "urb-ring-ref"));
-    let conn_ref = GrantRef(read(&mut xs, "conn-ring-ref"));
-    let remote_port = EvtchnPort(read(&mut xs, "event-channel"));
+    let urb_ref = GrantRef(read(&mut xs, pvusb::URB_RING_REF_KEY));
+    let conn_ref = GrantRef(read(&mut xs, pvusb::CONN_RING_REF_KEY));
+    let remote_port = EvtchnPort(read(&mut xs, pvusb::EVENT_CHANNEL_KEY));
     assert_eq!(fe.ring_refs(), Some((urb_ref, conn_ref)));
     assert_eq!(fe.event_channel(), Some(remote_port));
     let mut mapper = dom.clone();

@@ -11,7 +11,7 @@ use usbback::Backend;
 use xen::abi::usbif::*;
 use xen::hypervisor::EventChannels;
 use xen::page::{LocalPage, SharedPage};
-use xen::pvusb::{ControllerNodes, ASSIGN_DIR};
+use xen::pvusb::{self, ControllerNodes, ASSIGN_DIR};
 use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
 use xen::xenbus::{self, XenbusState};
@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     let fdir = format!("/local/domain/{fe_id}/device/vusb/0");
     let bdir = format!("/local/domain/{be_id}/backend/vusb/{fe_id}/0");
     let mut xs = fe.xenstore();
-    for (k, v) in [("urb-ring-ref", urb_ref.to_string()), ("conn-ring-ref", conn_ref.to_string()), ("event-channel", port.to_string())] {
+    for (k, v) in [(pvusb::URB_RING_REF_KEY, urb_ref.to_string()), (pvusb::CONN_RING_REF_KEY, conn_ref.to_string()), (pvusb::EVENT_CHANNEL_KEY, port.to_string())] {
         xs.write(TxId::NONE, &format!("{fdir}/{k}"), v.as_bytes()).unwrap();
     }
     xenbus::switch_state(&mut xs, &fdir, XenbusState::Connected).unwrap();

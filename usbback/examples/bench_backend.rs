@@ -34,7 +34,10 @@ use xen::hypervisor::{
     LocalFrame, LocalFrames, MapRequest, MapResults,
 };
 use xen::page::LocalPage;
-use xen::pvusb::{ControllerNodes, Direction, Pipe, TransferType, ASSIGN_DIR};
+use xen::pvusb::{
+    ControllerNodes, Direction, Pipe, TransferType, ASSIGN_DIR, CONN_RING_REF_KEY,
+    EVENT_CHANNEL_KEY, URB_RING_REF_KEY,
+};
 use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
 use xen::xenbus::{self, XenbusState};
@@ -278,9 +281,9 @@ fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
     let fdir = format!("/local/domain/{}/device/vusb/0", dom.domid());
     let mut xs = dom.xenstore();
     for (k, v) in [
-        ("urb-ring-ref", urb_ref.to_string()),
-        ("conn-ring-ref", conn_ref.to_string()),
-        ("event-channel", port.to_string()),
+        (URB_RING_REF_KEY, urb_ref.to_string()),
+        (CONN_RING_REF_KEY, conn_ref.to_string()),
+        (EVENT_CHANNEL_KEY, port.to_string()),
     ] {
         xs.write(TxId::NONE, &format!("{fdir}/{k}"), v.as_bytes())
             .unwrap();

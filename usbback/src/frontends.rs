@@ -230,7 +230,7 @@ where
             .xs
             .read_string(TxId::NONE, &format!("{dir}/frontend-id"))?;
         if DomId::parse(&fe_id) != Some(id.frontend) {
-            return Err(bad("frontend-id", &fe_id));
+            return Err(bad(pvusb::FRONTEND_ID_KEY, &fe_id));
         }
         let expected = format!("/local/domain/{}/device/vusb/{}", id.frontend, id.devid);
         if frontend_dir != expected {
@@ -240,10 +240,11 @@ where
             &mut self.xs,
             TxId::NONE,
             dir,
-            "num-ports",
+            pvusb::NUM_PORTS_KEY,
             1..=USBIF_MAX_PORTNR,
         )? as u8;
-        let usb_ver = xenbus::read_u32(&mut self.xs, TxId::NONE, dir, "usb-ver", 1..=2)? as u8;
+        let usb_ver =
+            xenbus::read_u32(&mut self.xs, TxId::NONE, dir, pvusb::USB_VER_KEY, 1..=2)? as u8;
         Ok((frontend_dir, num_ports, usb_ver))
     }
 
@@ -335,9 +336,9 @@ where
         let read =
             |xs: &mut XenStore<T>, key, range| xenbus::read_u32(xs, TxId::NONE, &fdir, key, range);
         let refs = (|| {
-            let urb = GrantRef(read(&mut self.xs, "urb-ring-ref", 0..=u32::MAX)?);
-            let conn = GrantRef(read(&mut self.xs, "conn-ring-ref", 0..=u32::MAX)?);
-            let port = EvtchnPort(read(&mut self.xs, "event-channel", 1..=u32::MAX)?);
+            let urb = GrantRef(read(&mut self.xs, pvusb::URB_RING_REF_KEY, 0..=u32::MAX)?);
+            let conn = GrantRef(read(&mut self.xs, pvusb::CONN_RING_REF_KEY, 0..=u32::MAX)?);
+            let port = EvtchnPort(read(&mut self.xs, pvusb::EVENT_CHANNEL_KEY, 1..=u32::MAX)?);
             Ok::<_, XenbusError>((urb, conn, port))
         })();
         let (urb_ref, conn_ref, remote_port) = match refs {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use xen::abi::xs_wire::XsdError;
 use xen::abi::{parse_decimal, DomId};
-use xen::pvusb::{ControllerNodes, DeviceSelector, FRONTEND_NAME_KEY};
+use xen::pvusb::{self, ControllerNodes, DeviceSelector, FRONTEND_NAME_KEY};
 use xen::xenbus::{self, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
@@ -375,8 +375,8 @@ impl<T: XsTransport> Usbctl<T> {
             let num = |xs: &mut XenStore<T>, k| {
                 xenbus::read_u32(xs, TxId::NONE, &bdir, k, 0..=u32::MAX).unwrap_or(0)
             };
-            let usb_ver = num(&mut self.xs, "usb-ver");
-            let ports = num(&mut self.xs, "num-ports");
+            let usb_ver = num(&mut self.xs, pvusb::USB_VER_KEY);
+            let ports = num(&mut self.xs, pvusb::NUM_PORTS_KEY);
             let bs =
                 xenbus::read_state(&mut self.xs, TxId::NONE, &bdir).unwrap_or(XenbusState::Unknown);
             let fs =
@@ -494,8 +494,14 @@ impl<T: XsTransport> Usbctl<T> {
             }
             Err(e) => return Err(e.into()),
         };
-        let ports = xenbus::read_u32(&mut self.xs, TxId::NONE, &bdir, "num-ports", 1..=31)
-            .map_err(|e| Error(format!("controller {devid} of domain {frontend}: {e}")))?;
+        let ports = xenbus::read_u32(
+            &mut self.xs,
+            TxId::NONE,
+            &bdir,
+            pvusb::NUM_PORTS_KEY,
+            1..=31,
+        )
+        .map_err(|e| Error(format!("controller {devid} of domain {frontend}: {e}")))?;
         Ok((bdir, ports))
     }
 

@@ -12,7 +12,9 @@ use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort, GrantRef};
 use xen::hypervisor::{EventChannels, GrantMapper, GrantMapping, MapRequest};
 use xen::page::LocalPage;
-use xen::pvusb::{ControllerNodes, Direction, Pipe, TransferType, UrbRequest, CONN_RING_SIZE};
+use xen::pvusb::{
+    self, ControllerNodes, Direction, Pipe, TransferType, UrbRequest, CONN_RING_SIZE,
+};
 use xen::ring::{BackRing, FrontRing};
 use xen::sim::{Domain, Xen};
 use xen::xenbus::{self, BackendAction, FrontendAction, XenbusState};
@@ -74,8 +76,9 @@ fn frontend_connect(fe: &Domain, be: DomId) -> Frontend {
     let bdir = xs
         .read_string(TxId::NONE, &format!("{fdir}/backend"))
         .unwrap();
-    let num_ports = xenbus::read_u32(&mut xs, TxId::NONE, &bdir, "num-ports", 1..=31).unwrap();
-    let usb_ver = xenbus::read_u32(&mut xs, TxId::NONE, &bdir, "usb-ver", 1..=2).unwrap();
+    let num_ports =
+        xenbus::read_u32(&mut xs, TxId::NONE, &bdir, pvusb::NUM_PORTS_KEY, 1..=31).unwrap();
+    let usb_ver = xenbus::read_u32(&mut xs, TxId::NONE, &bdir, pvusb::USB_VER_KEY, 1..=2).unwrap();
     let be_state = xenbus::read_state(&mut xs, TxId::NONE, &bdir).unwrap();
     assert_eq!(
         xenbus::frontend_action(XenbusState::Initialising, be_state),
@@ -154,10 +157,17 @@ fn backend_connect(be: &Domain, fe: DomId) -> Backend {
     let read_ref = |xs: &mut _, key| {
         GrantRef(xenbus::read_u32(xs, TxId::NONE, &fdir, key, 0..=u32::MAX).unwrap())
     };
-    let urb_ref = read_ref(&mut xs, "urb-ring-ref");
-    let conn_ref = read_ref(&mut xs, "conn-ring-ref");
+    let urb_ref = read_ref(&mut xs, pvusb::URB_RING_REF_KEY);
+    let conn_ref = read_ref(&mut xs, pvusb::CONN_RING_REF_KEY);
     let remote_port = EvtchnPort(
-        xenbus::read_u32(&mut xs, TxId::NONE, &fdir, "event-channel", 1..=4095).unwrap(),
+        xenbus::read_u32(
+            &mut xs,
+            TxId::NONE,
+            &fdir,
+            pvusb::EVENT_CHANNEL_KEY,
+            1..=4095,
+        )
+        .unwrap(),
     );
 
     let mut dom = be.clone();
@@ -226,7 +236,8 @@ fn main() {
         "registration and the device add both fire the watch"
     );
     let bdir = backend_dir(be.domid(), fe.domid());
-    let num_ports = xenbus::read_u32(&mut be_xs, TxId::NONE, &bdir, "num-ports", 1..=31).unwrap();
+    let num_ports =
+        xenbus::read_u32(&mut be_xs, TxId::NONE, &bdir, pvusb::NUM_PORTS_KEY, 1..=31).unwrap();
     xenbus::switch_state(&mut be_xs, &bdir, XenbusState::InitWait).unwrap();
     info!(
         "event=backend_initwait frontend={} ports={num_ports}",

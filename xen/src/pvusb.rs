@@ -470,6 +470,29 @@ impl UrbRequest {
     }
 }
 
+/// The frontend's keys in its device directory (`usbif.h`): its rings' grant references and
+/// its event channel.
+pub const URB_RING_REF_KEY: &str = "urb-ring-ref";
+/// See [`URB_RING_REF_KEY`].
+pub const CONN_RING_REF_KEY: &str = "conn-ring-ref";
+/// See [`URB_RING_REF_KEY`].
+pub const EVENT_CHANNEL_KEY: &str = "event-channel";
+/// The backend directory's keys the toolstack writes (libxl's): the virtual controller's
+/// USB version (1 or 2) and its number of ports.
+pub const USB_VER_KEY: &str = "usb-ver";
+/// See [`USB_VER_KEY`].
+pub const NUM_PORTS_KEY: &str = "num-ports";
+/// xenbus' keys: where the other end's directory is, and its domain.
+pub const FRONTEND_KEY: &str = "frontend";
+/// See [`FRONTEND_KEY`].
+pub const FRONTEND_ID_KEY: &str = "frontend-id";
+/// See [`FRONTEND_KEY`].
+pub const BACKEND_KEY: &str = "backend";
+/// See [`FRONTEND_KEY`].
+pub const BACKEND_ID_KEY: &str = "backend-id";
+/// The toolstack's switch of a backend device: `1`, or `0` to have it removed.
+pub const ONLINE_KEY: &str = "online";
+
 /// Where a port's assignment lives in the backend directory: `usbdom-port/<N>` = a
 /// [`DeviceSelector`] (bus id or `vid:pid[:serial]`).
 /// Not libxl's `port/<N>`: libxl reads those as dom0 sysfs bus ids and would fail for every
@@ -670,13 +693,13 @@ impl ControllerNodes {
         xs.mkdir(tx, &bdir)?;
         xs.set_perms(tx, &bdir, &owner(self.backend, self.frontend))?;
         for (k, v) in [
-            ("frontend", fdir.as_str()),
-            ("frontend-id", fe.as_str()),
-            ("online", "1"),
+            (FRONTEND_KEY, fdir.as_str()),
+            (FRONTEND_ID_KEY, fe.as_str()),
+            (ONLINE_KEY, "1"),
             ("state", XenbusState::Initialising.as_str()),
             ("type", "pv"),
-            ("usb-ver", ver.as_str()),
-            ("num-ports", ports.as_str()),
+            (USB_VER_KEY, ver.as_str()),
+            (NUM_PORTS_KEY, ports.as_str()),
         ] {
             xs.write(tx, &format!("{bdir}/{k}"), v.as_bytes())?;
         }
@@ -687,8 +710,8 @@ impl ControllerNodes {
         xs.mkdir(tx, &fdir)?;
         xs.set_perms(tx, &fdir, &owner(self.frontend, self.backend))?;
         for (k, v) in [
-            ("backend", bdir.as_str()),
-            ("backend-id", be.as_str()),
+            (BACKEND_KEY, bdir.as_str()),
+            (BACKEND_ID_KEY, be.as_str()),
             ("state", XenbusState::Initialising.as_str()),
         ] {
             xs.write(tx, &format!("{fdir}/{k}"), v.as_bytes())?;
