@@ -1,5 +1,7 @@
-//! The data path's buffers: a guest's data never sits in the guest's own pages while a device
-//! works on it.
+//! The data path's buffers: with [`crate::DataPath::Copy`], the default, a guest's data never
+//! sits in the guest's own pages while a device works on it. (With [`crate::DataPath::Map`]
+//! the pool also holds the guest's grants mapped for a transfer, named like our frames, and
+//! hands them back for unmapping when it is over.)
 //!
 //! Each segment of a request's buffer gets one of our own frames ([`LocalFrame`]) and lies in
 //! it at the same offset, so the frames together form the same scatter-gather list the guest
@@ -8,10 +10,11 @@
 //! and isochronous results are copied out before the answer is published. Every copy of a
 //! pass goes in one batch.
 //!
-//! Why not map the guest's grants and let the device DMA into them: a mapping reaches the
-//! device through the IOMMU, and an IOTLB entry that outlives the unmap (seen under QEMU's
-//! emulated VT-d) lets a late DMA land in a page its owner has since reused — another
-//! domain's memory. Our own frames never change owner. A frame goes back to the pool only
+//! Why copy is the default rather than mapping the guest's grants for the device: a mapping
+//! reaches the device through the IOMMU, and an IOTLB entry that outlives the unmap (seen
+//! under QEMU's emulated VT-d) lets a late DMA land in a page its owner has since reused —
+//! another domain's memory. Our own frames never change owner (and under nested Xen the
+//! copies cost an eighth of the maps' time per MiB). A frame goes back to the pool only
 //! once the transfer using it has completed: a frontend that disconnects leaves its
 //! transfers' frames in quarantine until the host reports them finished.
 //!

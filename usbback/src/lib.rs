@@ -17,7 +17,10 @@
 //! ([`xen::pvusb::UrbRequest::decode`]); its buffer lives in our own frames ([`bounce`]),
 //! OUT data copied in from the guest's grants (one batch per pass), and is handed to the host
 //! controller ([`host::UsbHost`]) as a scatter-gather list; on completion what the device
-//! wrote is copied out with the answer (one batch per flush). No data grant is ever mapped.
+//! wrote is copied out with the answer (one batch per flush). With [`DataPath::Map`] the
+//! guest's grants are mapped for the transfer instead (one batch per pass) and unmapped before
+//! the answers (one batch per flush); copy is the default, and only then is no data grant
+//! ever mapped.
 //! One pass takes at most a ring's worth of a frontend's requests ([`Backend::serve_busy`]).
 //! SET_ADDRESS is emulated per port; SET_CONFIGURATION, SET_INTERFACE and
 //! CLEAR_FEATURE(ENDPOINT_HALT) go through the host's own operations so the controller's
