@@ -23,17 +23,16 @@ use alloc::vec::Vec;
 use frontend_linux::{Completion, Frontend, Urb, UrbHandle};
 use log::{info, warn};
 use sha2::{Digest, Sha256};
+use usb::{Direction, TransferType};
 use usbback::host::{DeviceInfo, HostEvent, Transfer, TransferError, UsbHost, Vet};
 use xen::abi::DomId;
 use xen::hypervisor::EventChannels;
 use xen::page::LocalPage;
-use xen::pvusb::{
-    busid_key, ControllerNodes, Direction, Pipe, TransferType, ASSIGN_DIR, DEVICES_DIR,
-};
+use xen::pvusb::{busid_key, ControllerNodes, Pipe, ASSIGN_DIR, DEVICES_DIR};
 use xen::sim::{Domain, SimXsTransport, Xen};
 use xen::xenbus::{self, XenbusState};
 use xen::xenstore::{TxId, XenStore};
-use xhci_driver::descriptor::{self, parse_configuration, total_length, Configuration};
+use xhci_driver::descriptor::{parse_configuration, total_length, Configuration};
 use xhci_driver::mass_storage::{
     capacity, cbw, csw, is_bulk_only_scsi, read_capacity_10, read_write_10, CSW_SIZE, READ_10,
     WRITE_10,

@@ -7,14 +7,12 @@
 use alloc::vec::Vec;
 
 use log::{info, warn};
+use usb::{Speed, TransferType};
 use usbback::host::{
     self, ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, IsoResult, Transfer,
-    TransferError, TransferType, UsbHost, Vet,
+    TransferError, UsbHost, Vet,
 };
-use xhci_driver::{
-    Configuration, Controller, Direction, Error, Hal, IsoPacket, Segment, Speed, TransferId,
-    UsbDevice,
-};
+use xhci_driver::{Configuration, Controller, Error, Hal, Segment, TransferId, UsbDevice};
 
 // usbback tells policy the classes of the configurations the host offers, and trusts that
 // no other can be set: the driver must offer no more than usbback's bound.
@@ -50,12 +48,12 @@ pub struct XhciHost<H: Hal> {
     restarts: u64,
 }
 
-fn speed(s: Speed) -> host::Speed {
+/// The speed usbback is told: a SuperSpeedPlus device as SuperSpeed, as it always was (it
+/// shows in the device's description in xenstore, `speed=super`).
+fn speed(s: Speed) -> Speed {
     match s {
-        Speed::Low => host::Speed::Low,
-        Speed::Full => host::Speed::Full,
-        Speed::High => host::Speed::High,
-        Speed::Super | Speed::SuperPlus => host::Speed::Super,
+        Speed::SuperPlus => Speed::Super,
+        s => s,
     }
 }
 
@@ -286,10 +284,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                 len: usize::from(s.len),
             })
             .collect();
-        let direction = match t.direction {
-            host::Direction::In => Direction::In,
-            host::Direction::Out => Direction::Out,
-        };
+        let direction = t.direction;
         let queued = match t.transfer_type {
             TransferType::Control => {
                 let setup = t.setup.ok_or(TransferError::Invalid)?;
@@ -299,18 +294,13 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
             TransferType::Bulk | TransferType::Interrupt => self
                 .xhci
                 .queue_transfer(slot_id, t.endpoint, direction, &segments),
-            TransferType::Isochronous => {
-                let packets: Vec<IsoPacket> = t
-                    .iso_packets
-                    .iter()
-                    .map(|p| IsoPacket {
-                        offset: p.offset as usize,
-                        length: p.length as usize,
-                    })
-                    .collect();
-                self.xhci
-                    .queue_isochronous(slot_id, t.endpoint, direction, &segments, &packets)
-            }
+            TransferType::Isochronous => self.xhci.queue_isochronous(
+                slot_id,
+                t.endpoint,
+                direction,
+                &segments,
+                &t.iso_packets,
+            ),
         };
         self.track(device, t.token, queued, None)
     }

@@ -45,7 +45,7 @@ mod submit;
 mod tests;
 mod urb;
 
-pub use urb::{errno, translate_status, Completion, IsoPacket, Urb, UrbHandle};
+pub use urb::{errno, translate_status, Completion, Urb, UrbHandle};
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -54,14 +54,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use log::{info, warn};
+use usb::{Direction, TransferType};
 use xen::abi::usbif::*;
 use xen::abi::xs_wire::XsdError;
 use xen::abi::{DomId, EvtchnPort, Gfn, GrantRef, PAGE_SIZE};
 use xen::hypervisor::{Errno, EventChannels, GrantTable};
 use xen::page::SharedPage;
-use xen::pvusb::{
-    self, Direction, TransferType, UsbIsoPacketDescriptor, CONN_RING_SIZE, URB_RING_SIZE,
-};
+use xen::pvusb::{self, UsbIsoPacketDescriptor, CONN_RING_SIZE, URB_RING_SIZE};
 use xen::ring::{FrontRing, RingError};
 use xen::xenbus::{self, FrontendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};

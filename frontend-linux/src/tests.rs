@@ -2,6 +2,7 @@
 //! backend that answers exactly what each test needs, including what xen-hcd refuses.
 
 use super::*;
+use usb::IsoPacket;
 use xen::abi::ring::SRING_RSP_PROD;
 use xen::hypervisor::{GrantMapper, GrantMapping, MapRequest};
 use xen::page::LocalPage;
@@ -732,7 +733,8 @@ fn many_frontends_share_one_backend() {
 
 mod through_usbback {
     use super::*;
-    use usbback::host::{HostEvent, Speed, UsbHost};
+    use usb::Speed;
+    use usbback::host::{HostEvent, UsbHost};
     use usbback::sim_host::{MassStorage, SimHost};
 
     fn cbw(tag: u32, write: bool, lba: u32, blocks: u16) -> Vec<u8> {

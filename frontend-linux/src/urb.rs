@@ -3,8 +3,9 @@
 
 use alloc::vec::Vec;
 
+use usb::{Direction, IsoPacket, TransferType};
 use xen::abi::usbif::*;
-use xen::pvusb::{Direction, Pipe, TransferType, UsbIsoPacketDescriptor};
+use xen::pvusb::{Pipe, UsbIsoPacketDescriptor};
 
 /// Linux errno values (positive); URB statuses are their negatives, as in Linux.
 pub mod errno {
@@ -37,15 +38,6 @@ pub fn translate_status(status: i32) -> i32 {
         USBIF_STATUS_BABBLE => -errno::EOVERFLOW,
         _ => -errno::ESHUTDOWN,
     }
-}
-
-/// One ISO packet of an URB: where it sits in the transfer buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IsoPacket {
-    /// Offset of the packet in the transfer buffer.
-    pub offset: u32,
-    /// Bytes expected.
-    pub length: u32,
 }
 
 /// An URB to submit: what Linux's `struct urb` carries over PVUSB.

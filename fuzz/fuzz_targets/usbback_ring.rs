@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use usbback::host::{HostEvent, Speed, UsbHost};
+use usb::Speed;
+use usbback::host::{HostEvent, UsbHost};
 use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 use usbback::Backend;
 use xen::abi::usbif::*;

@@ -21,8 +21,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use usb::{Direction, Speed, TransferType};
 use usbback::host::{
-    ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, Speed, Transfer, TransferError,
+    ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, Transfer, TransferError,
     UsbHost, Vet,
 };
 use usbback::Backend;
@@ -35,8 +36,7 @@ use xen::hypervisor::{
 };
 use xen::page::LocalPage;
 use xen::pvusb::{
-    ControllerNodes, Direction, Pipe, TransferType, ASSIGN_DIR, CONN_RING_REF_KEY,
-    EVENT_CHANNEL_KEY, URB_RING_REF_KEY,
+    ControllerNodes, Pipe, ASSIGN_DIR, CONN_RING_REF_KEY, EVENT_CHANNEL_KEY, URB_RING_REF_KEY,
 };
 use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};

@@ -18,32 +18,23 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use log::warn;
+use usb::request::{CLEAR_FEATURE, SET_ADDRESS, SET_CONFIGURATION, SET_INTERFACE};
+use usb::{feature, request_type, Direction, SetupPacket};
 use xen::abi::usbif::{USBIF_STATUS_INVAL, USBIF_STATUS_OK};
 use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames};
 use xen::page::SharedPage;
 use xen::xenstore::{TxId, XsTransport};
 
 use crate::bounce::{Buffer, Frames, Segments};
-use crate::host::{ClassSet, DeviceInfo, Direction, InterfaceClasses, TransferError, UsbHost, Vet};
+use crate::host::{ClassSet, DeviceInfo, InterfaceClasses, TransferError, UsbHost, Vet};
 use crate::policy::Verdict;
 use crate::{response, status_of, Backend, DeviceId, InFlight};
 
-/// bRequest codes (USB 2.0 Table 9-4).
-const CLEAR_FEATURE: u8 = 1;
-const SET_ADDRESS: u8 = 5;
-const SET_CONFIGURATION: u8 = 9;
-const SET_INTERFACE: u8 = 11;
 /// bmRequestType of each, host to device, standard (USB 2.0 9.4): recipient device,
-/// interface, endpoint.
-const TO_DEVICE: u8 = 0x00;
-const TO_INTERFACE: u8 = 0x01;
-const TO_ENDPOINT: u8 = 0x02;
-/// Bits 6..5 of bmRequestType: the request type, 0 for standard.
-const TYPE_MASK: u8 = 0x60;
-/// Bits 4..0: the recipient.
-const RECIPIENT_MASK: u8 = 0x1f;
-/// The feature selector ENDPOINT_HALT (USB 2.0 Table 9-6).
-const ENDPOINT_HALT: u16 = 0;
+/// interface, endpoint (the other bits are 0).
+const TO_DEVICE: u8 = request_type::DEVICE;
+const TO_INTERFACE: u8 = request_type::INTERFACE;
+const TO_ENDPOINT: u8 = request_type::ENDPOINT;
 
 /// A standard request the backend takes instead of the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,11 +59,14 @@ pub(crate) enum Standard {
 /// Which standard request the SETUP packet `setup` is, if the backend takes it; `None`
 /// passes it to the device.
 pub(crate) fn intercept(setup: &[u8; 8]) -> Option<Standard> {
-    let [request_type, request, ..] = *setup;
-    let value = u16::from_le_bytes([setup[2], setup[3]]);
-    let index = u16::from_le_bytes([setup[4], setup[5]]);
-    let length = u16::from_le_bytes([setup[6], setup[7]]);
-    if request_type & TYPE_MASK != 0 {
+    let SetupPacket {
+        request_type,
+        request,
+        value,
+        index,
+        length,
+    } = SetupPacket::decode(setup);
+    if request_type & request_type::TYPE_MASK != request_type::STANDARD {
         return None;
     }
     let exact = |wanted: u8| request_type == wanted && length == 0;
@@ -96,7 +90,10 @@ pub(crate) fn intercept(setup: &[u8; 8]) -> Option<Standard> {
             _ => Standard::Malformed,
         }),
         // Other features (remote wakeup, test mode) the device handles alone.
-        CLEAR_FEATURE if request_type & RECIPIENT_MASK == TO_ENDPOINT && value == ENDPOINT_HALT => {
+        CLEAR_FEATURE
+            if request_type & request_type::RECIPIENT_MASK == TO_ENDPOINT
+                && value == feature::ENDPOINT_HALT =>
+        {
             Some(
                 byte(index)
                     .filter(|_| exact(TO_ENDPOINT))

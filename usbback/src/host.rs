@@ -21,32 +21,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use usb::{Direction, IsoPacket, Speed, TransferType};
 use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
-
-/// Device speed as the host found it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Speed {
-    /// 1.5 Mb/s.
-    Low,
-    /// 12 Mb/s.
-    Full,
-    /// 480 Mb/s.
-    High,
-    /// 5 Gb/s and above.
-    Super,
-}
-
-impl Speed {
-    /// The name logs and xenstore use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Speed::Low => "low",
-            Speed::Full => "full",
-            Speed::High => "high",
-            Speed::Super => "super",
-        }
-    }
-}
 
 /// Configurations of a device a host offers: the first this many (USB allows 255; devices
 /// have one or two). Their classes are what [`DeviceInfo::interface_classes`] tells, and a
@@ -192,28 +168,6 @@ pub enum HostEvent {
     Completed(Completion),
 }
 
-/// USB transfer types (the pipe type).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransferType {
-    /// Control (with a SETUP packet).
-    Control,
-    /// Isochronous.
-    Isochronous,
-    /// Interrupt.
-    Interrupt,
-    /// Bulk.
-    Bulk,
-}
-
-/// Direction of the data stage, from the host's side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Device to host.
-    In,
-    /// Host to device.
-    Out,
-}
-
 /// One piece of a transfer's buffer: `len` bytes at `offset` in a page.
 ///
 /// `phys` is the page's bus address (a host controller DMAs there); `page` gives a host
@@ -228,15 +182,6 @@ pub struct Segment<P> {
     pub offset: u16,
     /// Bytes.
     pub len: u16,
-}
-
-/// One packet of an isochronous transfer: where its data sits in the transfer's buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IsoPacket {
-    /// Byte offset into the buffer.
-    pub offset: u32,
-    /// Bytes.
-    pub length: u32,
 }
 
 /// What happened to one isochronous packet.

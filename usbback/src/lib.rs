@@ -58,6 +58,7 @@ use alloc::vec::Vec;
 use xen::abi::grant_table::GntStatus;
 
 use log::{info, warn};
+use usb::{Direction, IsoPacket, Speed};
 use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort};
 
@@ -70,7 +71,7 @@ use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapp
 use xen::page::SharedPage;
 use xen::pvusb::{self, UsbIsoPacketDescriptor};
 
-use host::{DeviceInfo, HostEvent, IsoPacket, Speed, TransferError, UsbHost};
+use host::{DeviceInfo, HostEvent, TransferError, UsbHost};
 use policy::Policy;
 use xen::ring::BackRing;
 use xen::xenbus::{XenbusError, XenbusState};
@@ -81,8 +82,6 @@ pub use xen::pvusb::{ASSIGN_DIR, PORT_STATUS_DIR};
 /// Port changes waiting for conn-ring requests, per frontend: more are dropped (a frontend
 /// that stopped reading its conn ring gets no more).
 const MAX_PENDING_CHANGES: usize = 64;
-/// USB 2.0 9.4: GET_DESCRIPTOR, whose answers a SuperSpeed device's port rewrites.
-const GET_DESCRIPTOR: u8 = 6;
 /// Requests taken from one frontend's ring in one pass, at most: a ring's worth, then the
 /// other frontends and the controller's events get their turn.
 const BUDGET: usize = pvusb::URB_RING_SIZE as usize;
@@ -147,7 +146,7 @@ struct InFlight {
     token: u64,
     device: u32,
     buffer: Buffer,
-    direction: host::Direction,
+    direction: Direction,
     /// Its isochronous packets (what is copied back of each).
     iso_packets: Vec<IsoPacket>,
     /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten: its type and index.
@@ -293,7 +292,7 @@ fn speed_code(s: Speed) -> u8 {
     match s {
         Speed::Low => USBIF_SPEED_LOW,
         Speed::Full => USBIF_SPEED_FULL,
-        Speed::High | Speed::Super => USBIF_SPEED_HIGH,
+        Speed::High | Speed::Super | Speed::SuperPlus => USBIF_SPEED_HIGH,
     }
 }
 

@@ -222,7 +222,7 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Speed;
+    use usb::Speed;
 
     fn device(busid: &str, vid: u16, pid: u16, class: u8, interfaces: &[u8]) -> DeviceInfo {
         DeviceInfo {

@@ -7,12 +7,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use log::{info, warn};
+use usb::Speed;
 use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames};
 use xen::page::SharedPage;
 use xen::pvusb;
 use xen::xenstore::{TxId, XsTransport};
 
-use crate::host::{Speed, UsbHost};
+use crate::host::UsbHost;
 use crate::*;
 
 impl<H, T> Backend<H, T>
@@ -225,7 +226,7 @@ where
         };
         let p = &mut dev.ports[usize::from(n) - 1];
         p.device = Some(info.id);
-        p.superspeed = info.speed == Speed::Super;
+        p.superspeed = info.speed >= Speed::Super;
         p.address = 0;
         p.configs.clear();
         let code = speed_code(info.speed);

@@ -23,78 +23,24 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::any::Any;
 
+use usb::descriptor::{CONFIGURATION, DEVICE, ENDPOINT, INTERFACE, STRING};
+use usb::feature::ENDPOINT_HALT;
+use usb::hub::HUB_CLASSCODE;
+use usb::request::{
+    CLEAR_FEATURE, GET_CONFIGURATION, GET_DESCRIPTOR, GET_INTERFACE, GET_STATUS, SET_CONFIGURATION,
+    SET_INTERFACE,
+};
+use usb::{Direction, SetupPacket, Speed, TransferType, LANGID_EN_US};
 use xen::abi::PAGE_SIZE;
 use xen::page::SharedPage;
 
 use crate::host::{
-    ClassSet, Completion, DeviceInfo, Direction, HostEvent, InterfaceClasses, Segment, Speed,
-    Transfer, TransferError, TransferSegments, TransferType, UsbHost, Vet, MAX_CONFIGURATIONS,
+    ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, Segment, Transfer,
+    TransferError, TransferSegments, UsbHost, Vet, MAX_CONFIGURATIONS,
 };
 
-// Standard requests (USB 2.0 table 9-4).
-const GET_STATUS: u8 = 0x00;
-const CLEAR_FEATURE: u8 = 0x01;
-const GET_DESCRIPTOR: u8 = 0x06;
-const GET_CONFIGURATION: u8 = 0x08;
-const SET_CONFIGURATION: u8 = 0x09;
-const GET_INTERFACE: u8 = 0x0a;
-const SET_INTERFACE: u8 = 0x0b;
-// Descriptor types (USB 2.0 table 9-5).
-const DEVICE: u8 = 1;
-const CONFIGURATION: u8 = 2;
-const STRING: u8 = 3;
-const INTERFACE: u8 = 4;
-const ENDPOINT: u8 = 5;
-/// Feature selector ENDPOINT_HALT (USB 2.0 table 9-6).
-const ENDPOINT_HALT: u16 = 0;
-/// LANGID of US English, the only language of the models' strings.
-const LANGID_EN_US: u16 = 0x0409;
-/// bDeviceClass of a hub.
-const HUB_CLASS: u8 = 9;
 /// pid.codes' vendor id for open source projects; the models use its test product ids.
 const VENDOR_PID_CODES: u16 = 0x1209;
-
-/// A SETUP packet, decoded (USB 2.0 §9.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SetupPacket {
-    /// bmRequestType: direction (bit 7), type (bits 6..5), recipient (bits 4..0).
-    pub request_type: u8,
-    /// bRequest.
-    pub request: u8,
-    /// wValue.
-    pub value: u16,
-    /// wIndex.
-    pub index: u16,
-    /// wLength: the most bytes the data stage may carry.
-    pub length: u16,
-}
-
-impl SetupPacket {
-    /// Decodes the 8 bytes as sent on the wire (little-endian words).
-    pub fn parse(raw: &[u8; 8]) -> SetupPacket {
-        SetupPacket {
-            request_type: raw[0],
-            request: raw[1],
-            value: u16::from_le_bytes([raw[2], raw[3]]),
-            index: u16::from_le_bytes([raw[4], raw[5]]),
-            length: u16::from_le_bytes([raw[6], raw[7]]),
-        }
-    }
-
-    fn is_in(&self) -> bool {
-        self.request_type & 0x80 != 0
-    }
-
-    /// Whether it is a standard request (type 0), which the host answers itself.
-    fn is_standard(&self) -> bool {
-        (self.request_type >> 5) & 3 == 0
-    }
-
-    /// The descriptor type of a GET_DESCRIPTOR (high byte of wValue).
-    fn descriptor_type(&self) -> u8 {
-        (self.value >> 8) as u8
-    }
-}
 
 /// How a device answers a transaction (USB 2.0 §8.4.5): with data (or acceptance), not yet
 /// (the host retries, so the transfer stays in flight), or STALL.
@@ -189,12 +135,7 @@ fn active_endpoints(config: &[u8], alternates: &BTreeMap<u8, u8>) -> Vec<Endpoin
             }
             ENDPOINT if d.len() >= 7 => {
                 if let Some(interface) = current {
-                    let transfer_type = match d[3] & 3 {
-                        0 => TransferType::Control,
-                        1 => TransferType::Isochronous,
-                        2 => TransferType::Bulk,
-                        _ => TransferType::Interrupt,
-                    };
+                    let transfer_type = TransferType::from_attributes(d[3]);
                     out.push(EndpointInfo {
                         address: d[2],
                         interface,
@@ -318,7 +259,7 @@ fn describe(id: u32, busid: &str, speed: Speed, model: &dyn DeviceModel) -> Devi
         interface_classes,
         product,
         serial,
-        is_hub: byte(4) == HUB_CLASS,
+        is_hub: byte(4) == HUB_CLASSCODE,
     }
 }
 

@@ -10,15 +10,12 @@
 
 use alloc::vec::Vec;
 
-use crate::host::MAX_CONFIGURATIONS;
+use usb::descriptor::{
+    CONFIGURATION, ENDPOINT, SUPERSPEEDPLUS_ISOCHRONOUS_ENDPOINT_COMPANION,
+    SUPERSPEED_USB_ENDPOINT_COMPANION,
+};
 
-/// bDescriptorType of a device descriptor.
-pub const DEVICE: u8 = 1;
-/// bDescriptorType of a configuration descriptor.
-pub const CONFIGURATION: u8 = 2;
-const ENDPOINT: u8 = 5;
-const SS_ENDPOINT_COMPANION: u8 = 0x30;
-const SSP_ISOCH_ENDPOINT_COMPANION: u8 = 0x31;
+use crate::host::MAX_CONFIGURATIONS;
 
 /// Rewrites the first bytes of a device descriptor in place (as many as the guest asked
 /// for).
@@ -46,7 +43,7 @@ pub fn rewrite_configuration(c: &[u8]) -> Vec<u8> {
         }
         let d = &c[at..at + len];
         match d[1] {
-            SS_ENDPOINT_COMPANION | SSP_ISOCH_ENDPOINT_COMPANION => {}
+            SUPERSPEED_USB_ENDPOINT_COMPANION | SUPERSPEEDPLUS_ISOCHRONOUS_ENDPOINT_COMPANION => {}
             ENDPOINT if len >= 7 => {
                 let mut e = d.to_vec();
                 let size = u16::from_le_bytes([e[4], e[5]]) & 0x7ff;

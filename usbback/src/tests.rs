@@ -3,12 +3,13 @@
 
 use super::*;
 use host::Completion;
+use usb::TransferType;
 use xen::abi::xs_wire::XsdError;
 use xen::abi::GrantRef;
 use xen::hypervisor::EventChannels;
 use xen::page::LocalPage;
 use xen::pvusb::ControllerNodes;
-use xen::pvusb::{Direction, Pipe, TransferType};
+use xen::pvusb::Pipe;
 use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
 use xen::xenbus;

@@ -9,6 +9,8 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use log::warn;
+use usb::request::GET_DESCRIPTOR;
+use usb::{descriptor, Direction, IsoPacket, TransferType};
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
 use xen::hypervisor::{
@@ -19,10 +21,10 @@ use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 use xen::xenstore::XsTransport;
 
 use crate::bounce::{self, Buffer, Frames};
-use crate::host::{self, Completion, IsoPacket, UsbHost};
+use crate::host::{self, Completion, UsbHost};
 use crate::{
     control, response, status_of, superspeed, Backend, DataPath, DeviceId, InFlight, BUDGET,
-    GET_DESCRIPTOR, ISO_DESCRIPTOR_SIZE, USBIF_STATUS_NOMEM, WARNINGS_PER_INTERVAL,
+    ISO_DESCRIPTOR_SIZE, USBIF_STATUS_NOMEM, WARNINGS_PER_INTERVAL,
 };
 
 impl<H, T> Backend<H, T>
@@ -326,16 +328,13 @@ where
         let (direction, setup) = match s.transfer {
             pvusb::Transfer::Control { setup } => {
                 let d = if setup[0] & 0x80 != 0 {
-                    host::Direction::In
+                    Direction::In
                 } else {
-                    host::Direction::Out
+                    Direction::Out
                 };
                 (d, Some(setup))
             }
-            _ => match s.pipe.direction {
-                pvusb::Direction::In => (host::Direction::In, None),
-                pvusb::Direction::Out => (host::Direction::Out, None),
-            },
+            _ => (s.pipe.direction, None),
         };
         let mut rewrite = None;
         if let Some(setup) = setup {
@@ -351,7 +350,7 @@ where
             if superspeed
                 && setup[0] == 0x80
                 && setup[1] == GET_DESCRIPTOR
-                && (kind == superspeed::DEVICE || kind == superspeed::CONFIGURATION)
+                && (kind == descriptor::DEVICE || kind == descriptor::CONFIGURATION)
             {
                 rewrite = Some((kind, value as u8));
             }
@@ -367,7 +366,7 @@ where
             .collect();
         // A configuration read whole before is answered as it was then.
         let cached = match rewrite {
-            Some((superspeed::CONFIGURATION, index)) => self.devices.get(&id).and_then(|d| {
+            Some((descriptor::CONFIGURATION, index)) => self.devices.get(&id).and_then(|d| {
                 let p = d.ports.get(usize::from(port_number) - 1)?;
                 p.configs.get(index).map(<[u8]>::to_vec)
             }),
@@ -421,10 +420,10 @@ where
                 stage.maps.push(MapRequest {
                     dom: id.frontend,
                     gref: g.gref,
-                    readonly: i < buffer.data && direction == host::Direction::Out,
+                    readonly: i < buffer.data && direction == Direction::Out,
                 });
             }
-        } else if direction == host::Direction::Out {
+        } else if direction == Direction::Out {
             buffer.copy_in_data(&self.pool, &mut stage.copies);
         } else {
             let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
@@ -438,12 +437,6 @@ where
         }
         let copies = start..stage.copies.len();
         let maps = maps_start..stage.maps.len();
-        let transfer_type = match s.pipe.transfer_type {
-            pvusb::TransferType::Control => host::TransferType::Control,
-            pvusb::TransferType::Isochronous => host::TransferType::Isochronous,
-            pvusb::TransferType::Interrupt => host::TransferType::Interrupt,
-            pvusb::TransferType::Bulk => host::TransferType::Bulk,
-        };
         let number_of_packets = match s.transfer {
             pvusb::Transfer::Isochronous {
                 number_of_packets, ..
@@ -453,7 +446,7 @@ where
         let transfer = TransferShape {
             endpoint: if setup.is_some() { 0 } else { s.pipe.endpoint },
             direction,
-            transfer_type,
+            transfer_type: s.pipe.transfer_type,
             setup,
             short_not_ok: s.short_not_ok,
         };
@@ -634,7 +627,7 @@ where
         if let (Some((kind, index)), USBIF_STATUS_OK) = (f.rewrite, status) {
             let mut bytes = alloc::vec![0u8; actual];
             f.buffer.read_data(&self.pool, 0, &mut bytes);
-            let rewritten = if kind == superspeed::DEVICE {
+            let rewritten = if kind == descriptor::DEVICE {
                 superspeed::rewrite_device(&mut bytes);
                 bytes
             } else {
@@ -668,7 +661,7 @@ where
         }
         // Only bytes the device wrote go back: the frames held other requests' data before.
         let start = self.answer_copies.len();
-        if f.direction == host::Direction::In {
+        if f.direction == Direction::In {
             if f.iso_packets.is_empty() {
                 f.buffer
                     .copy_out_data(&self.pool, 0, actual, &mut self.answer_copies);
@@ -717,7 +710,7 @@ where
             },
             frames: f.buffer.frames,
             copies,
-            inbound: f.direction == host::Direction::In,
+            inbound: f.direction == Direction::In,
         });
         if let Some(unlink) = f.unlinked_by {
             self.respond(id, response(unlink, USBIF_STATUS_OK, 0));
@@ -759,8 +752,8 @@ struct Staged {
 #[derive(Clone, Copy)]
 struct TransferShape {
     endpoint: u8,
-    direction: host::Direction,
-    transfer_type: host::TransferType,
+    direction: Direction,
+    transfer_type: TransferType,
     setup: Option<[u8; 8]>,
     short_not_ok: bool,
 }

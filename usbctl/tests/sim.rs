@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use usbback::host::{HostEvent, Speed, UsbHost};
+use usb::Speed;
+use usbback::host::{HostEvent, UsbHost};
 use usbback::policy::Policy;
 use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 use usbback::Backend;

@@ -8,13 +8,12 @@
 //! Every step is checked; a broken step panics, so this also runs as a test.
 
 use log::info;
+use usb::{Direction, TransferType};
 use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort, GrantRef};
 use xen::hypervisor::{EventChannels, GrantMapper, GrantMapping, MapRequest};
 use xen::page::LocalPage;
-use xen::pvusb::{
-    self, ControllerNodes, Direction, Pipe, TransferType, UrbRequest, CONN_RING_SIZE,
-};
+use xen::pvusb::{self, ControllerNodes, Pipe, UrbRequest, CONN_RING_SIZE};
 use xen::ring::{BackRing, FrontRing};
 use xen::sim::{Domain, Xen};
 use xen::xenbus::{self, BackendAction, FrontendAction, XenbusState};

@@ -9,6 +9,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 
 use heapless::Vec;
+use usb::{Direction, TransferType};
 
 use crate::abi::usbif::*;
 use crate::abi::{DomId, GrantRef, PAGE_SIZE};
@@ -89,28 +90,6 @@ const PIPE_RESERVED: u32 = !(USBIF_PIPE_PORT_MASK
     | (USBIF_PIPE_DEV_MASK << USBIF_PIPE_DEV_SHIFT)
     | (USBIF_PIPE_EP_MASK << USBIF_PIPE_EP_SHIFT)
     | (USBIF_PIPE_TYPE_MASK << USBIF_PIPE_TYPE_SHIFT));
-
-/// USB transfer types as the pipe encodes them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransferType {
-    /// Isochronous.
-    Isochronous,
-    /// Interrupt.
-    Interrupt,
-    /// Control.
-    Control,
-    /// Bulk.
-    Bulk,
-}
-
-/// The data direction of a pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Host to device.
-    Out,
-    /// Device to host.
-    In,
-}
 
 /// A decoded `pipe` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,10 +17,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use usb::Speed;
+
 use crate::descriptor::Configuration;
 use crate::hal::Hal;
 use crate::hub::{self, HubDescriptor, Tt};
-use crate::port::Speed;
 use crate::ring::{EventRing, ProducerRing, RingError};
 
 mod configuration;
@@ -149,7 +150,7 @@ impl UsbDevice {
 
     /// Whether it is a hub (bDeviceClass 9): never assigned to a guest.
     pub fn is_hub(&self) -> bool {
-        self.class == hub::HUB_CLASS
+        self.class == usb::hub::HUB_CLASSCODE
     }
 }
 

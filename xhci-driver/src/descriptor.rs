@@ -4,14 +4,9 @@
 
 use alloc::vec::Vec;
 
-/// bDescriptorType of a configuration descriptor.
-pub const CONFIGURATION: u8 = 2;
-/// bDescriptorType of an interface descriptor.
-pub const INTERFACE: u8 = 4;
-/// bDescriptorType of an endpoint descriptor.
-pub const ENDPOINT: u8 = 5;
-/// bDescriptorType of a SuperSpeed Endpoint Companion descriptor.
-pub const SS_ENDPOINT_COMPANION: u8 = 0x30;
+use usb::descriptor::{CONFIGURATION, ENDPOINT, INTERFACE, SUPERSPEED_USB_ENDPOINT_COMPANION};
+use usb::TransferType;
+
 /// Size of the configuration descriptor itself.
 pub const CONFIGURATION_SIZE: usize = 9;
 /// The longest configuration descriptor set (wTotalLength) the driver reads: real ones are
@@ -31,19 +26,6 @@ pub enum DescriptorError {
         /// Byte offset of the descriptor.
         at: usize,
     },
-}
-
-/// bmAttributes transfer type of an endpoint (USB 2.0 Table 9-13).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransferType {
-    /// Control.
-    Control,
-    /// Isochronous.
-    Isochronous,
-    /// Bulk.
-    Bulk,
-    /// Interrupt.
-    Interrupt,
 }
 
 /// An endpoint descriptor, with its SuperSpeed companion's fields when there is one.
@@ -172,12 +154,7 @@ pub fn parse_configuration(bytes: &[u8]) -> Result<Configuration, DescriptorErro
                 let w = u16::from_le_bytes([d[4], d[5]]);
                 interface.endpoints.push(Endpoint {
                     address: d[2],
-                    transfer_type: match d[3] & 0b11 {
-                        0 => TransferType::Control,
-                        1 => TransferType::Isochronous,
-                        2 => TransferType::Bulk,
-                        _ => TransferType::Interrupt,
-                    },
+                    transfer_type: TransferType::from_attributes(d[3]),
                     max_packet_size: w & 0x7ff,
                     additional_transactions: ((w >> 11) & 0b11) as u8,
                     interval: d[6],
@@ -186,7 +163,7 @@ pub fn parse_configuration(bytes: &[u8]) -> Result<Configuration, DescriptorErro
                     bytes_per_interval: 0,
                 });
             }
-            SS_ENDPOINT_COMPANION => {
+            SUPERSPEED_USB_ENDPOINT_COMPANION => {
                 // It belongs to the endpoint just before it; elsewhere it means nothing.
                 let endpoint = config
                     .interfaces

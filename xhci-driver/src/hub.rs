@@ -6,13 +6,14 @@
 use alloc::string::String;
 use core::fmt::Write;
 
-use crate::controller::RootPort;
-use crate::port::Speed;
+use usb::hub::{
+    C_PORT_CONNECTION, C_PORT_ENABLE, C_PORT_OVER_CURRENT, C_PORT_RESET, C_PORT_SUSPEND,
+    DESCRIPTOR_TYPE,
+};
+use usb::Speed;
 
-/// bDeviceClass of a hub.
-pub const HUB_CLASS: u8 = 0x09;
-/// bDescriptorType of the USB 2.0 hub descriptor (11.23.2.1).
-pub const DESCRIPTOR_HUB: u8 = 0x29;
+use crate::controller::RootPort;
+
 /// The longest USB 2.0 hub descriptor: 7 bytes, then DeviceRemovable and PortPwrCtrlMask of
 /// up to 32 bytes each for 255 ports.
 pub const HUB_DESCRIPTOR_MAX: u16 = 71;
@@ -20,38 +21,6 @@ pub const HUB_DESCRIPTOR_MAX: u16 = 71;
 pub const MAX_TIERS: usize = 5;
 /// A Route String names hub ports 1..=15.
 pub const MAX_ROUTABLE_PORT: u8 = 15;
-
-// Hub class requests (Table 11-15) and their bmRequestType (Table 11-16).
-/// bmRequestType of GET_DESCRIPTOR to the hub.
-pub const REQUEST_TYPE_CLASS_DEVICE_IN: u8 = 0xa0;
-/// bmRequestType of GET_STATUS of a port.
-pub const REQUEST_TYPE_CLASS_OTHER_IN: u8 = 0xa3;
-/// bmRequestType of SET_FEATURE and CLEAR_FEATURE of a port.
-pub const REQUEST_TYPE_CLASS_OTHER_OUT: u8 = 0x23;
-/// GET_STATUS.
-pub const GET_STATUS: u8 = 0;
-/// CLEAR_FEATURE.
-pub const CLEAR_FEATURE: u8 = 1;
-/// SET_FEATURE.
-pub const SET_FEATURE: u8 = 3;
-/// GET_DESCRIPTOR.
-pub const GET_DESCRIPTOR: u8 = 6;
-
-// Port feature selectors (Table 11-17).
-/// PORT_RESET.
-pub const PORT_RESET: u16 = 4;
-/// PORT_POWER.
-pub const PORT_POWER: u16 = 8;
-/// C_PORT_CONNECTION.
-pub const C_PORT_CONNECTION: u16 = 16;
-/// C_PORT_ENABLE.
-pub const C_PORT_ENABLE: u16 = 17;
-/// C_PORT_SUSPEND.
-pub const C_PORT_SUSPEND: u16 = 18;
-/// C_PORT_OVER_CURRENT.
-pub const C_PORT_OVER_CURRENT: u16 = 19;
-/// C_PORT_RESET.
-pub const C_PORT_RESET: u16 = 20;
 
 // wPortStatus bits (Table 11-21).
 const PORT_CONNECTION: u16 = 1 << 0;
@@ -99,7 +68,7 @@ pub fn parse_hub_descriptor(bytes: &[u8]) -> Result<HubDescriptor, HubDescriptor
         return Err(HubDescriptorError::Truncated);
     }
     let length = usize::from(bytes[0]);
-    if bytes[1] != DESCRIPTOR_HUB {
+    if bytes[1] != DESCRIPTOR_TYPE {
         return Err(HubDescriptorError::NotAHub);
     }
     let ports = bytes[2];

@@ -67,5 +67,5 @@ pub use controller::{
 };
 pub use descriptor::{Configuration, DescriptorError, Endpoint, Interface};
 pub use hal::{DmaBuffer, Hal};
-pub use port::{Portsc, Speed};
-pub use transfer::{Direction, IsoPacket, Segment};
+pub use port::Portsc;
+pub use transfer::Segment;

@@ -5,10 +5,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use usb::{Direction, TransferType};
+
 use crate::controller::{Controller, Error};
-use crate::descriptor::{Interface, TransferType};
+use crate::descriptor::Interface;
 use crate::hal::{DmaBuffer, Hal};
-use crate::transfer::{Direction, Segment};
+use crate::transfer::Segment;
 
 /// bInterfaceClass Mass Storage.
 pub const CLASS_MASS_STORAGE: u8 = 0x08;

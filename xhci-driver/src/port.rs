@@ -1,6 +1,9 @@
 //! The Port Status and Control register (PORTSC, xHCI 5.4.8) and how to write it without
 //! side effects: its change bits are write-1-to-clear, Port Enabled/Disabled is cleared (the
-//! port disabled) by writing 1, and Port Reset starts a reset when written 1.
+//! port disabled) by writing 1, and Port Reset starts a reset when written 1; and the
+//! Protocol Speed IDs its Port Speed field holds.
+
+use usb::Speed;
 
 /// Current Connect Status (RO).
 pub const CCS: u32 = 1 << 0;
@@ -39,65 +42,27 @@ pub const CHANGE_BITS: u32 = CSC | PEC | WRC | OCC | PRC | PLC | CEC;
 /// The bits a write must carry over from a read to change nothing.
 const PRESERVED: u32 = PP | PIC | WAKE_ENABLES;
 
-/// A port's speed (Protocol Speed ID values of the default speed mapping, xHCI 7.2.2.1.1);
-/// the same encoding goes into the Slot Context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Speed {
-    /// USB 1 full speed, 12 Mb/s.
-    Full,
-    /// USB 1 low speed, 1.5 Mb/s.
-    Low,
-    /// USB 2 high speed, 480 Mb/s.
-    High,
-    /// USB 3 SuperSpeed, 5 Gb/s.
-    Super,
-    /// USB 3.1 SuperSpeedPlus, 10 Gb/s.
-    SuperPlus,
+/// The [`Speed`] of a Protocol Speed ID of the default speed mapping (xHCI 7.2.2.1.1), as
+/// a Port Speed field holds it; the same encoding goes into the Slot Context.
+pub fn speed_from_psiv(psiv: u8) -> Option<Speed> {
+    Some(match psiv {
+        1 => Speed::Full,
+        2 => Speed::Low,
+        3 => Speed::High,
+        4 => Speed::Super,
+        5 => Speed::SuperPlus,
+        _ => return None,
+    })
 }
 
-impl Speed {
-    /// From a Port Speed field.
-    pub fn from_psiv(psiv: u8) -> Option<Speed> {
-        Some(match psiv {
-            1 => Speed::Full,
-            2 => Speed::Low,
-            3 => Speed::High,
-            4 => Speed::Super,
-            5 => Speed::SuperPlus,
-            _ => return None,
-        })
-    }
-
-    /// The Protocol Speed ID.
-    pub fn psiv(self) -> u8 {
-        match self {
-            Speed::Full => 1,
-            Speed::Low => 2,
-            Speed::High => 3,
-            Speed::Super => 4,
-            Speed::SuperPlus => 5,
-        }
-    }
-
-    /// Name for the log (Linux's words).
-    pub fn name(self) -> &'static str {
-        match self {
-            Speed::Full => "full",
-            Speed::Low => "low",
-            Speed::High => "high",
-            Speed::Super => "super",
-            Speed::SuperPlus => "super-plus",
-        }
-    }
-
-    /// The Default Control Endpoint's max packet size to start with (USB 2.0 5.5.3, USB 3.2
-    /// 9.6.1); a full-speed device may use less, which its device descriptor says.
-    pub fn initial_ep0_max_packet_size(self) -> u16 {
-        match self {
-            Speed::Low => 8,
-            Speed::Full | Speed::High => 64,
-            Speed::Super | Speed::SuperPlus => 512,
-        }
+/// The Protocol Speed ID of `speed` (the default speed mapping).
+pub fn psiv(speed: Speed) -> u8 {
+    match speed {
+        Speed::Full => 1,
+        Speed::Low => 2,
+        Speed::High => 3,
+        Speed::Super => 4,
+        Speed::SuperPlus => 5,
     }
 }
 
@@ -128,7 +93,7 @@ impl Portsc {
 
     /// The attached device's speed, if known.
     pub fn speed(self) -> Option<Speed> {
-        Speed::from_psiv(((self.0 >> SPEED_SHIFT) & 0xf) as u8)
+        speed_from_psiv(((self.0 >> SPEED_SHIFT) & 0xf) as u8)
     }
 
     /// The change bits that are set.
@@ -206,8 +171,8 @@ mod tests {
         assert_eq!(p.changes(), CSC | PRC);
         assert_eq!(Portsc(CCS | (7 << PLS_SHIFT)).link_state(), 7);
         assert_eq!(Portsc(0).speed(), None);
-        for psiv in 1..=5 {
-            assert_eq!(Speed::from_psiv(psiv).unwrap().psiv(), psiv);
+        for n in 1..=5 {
+            assert_eq!(psiv(speed_from_psiv(n).unwrap()), n);
         }
     }
 }

@@ -3,8 +3,9 @@
 
 use alloc::vec::Vec;
 
-use crate::descriptor::{Endpoint, TransferType};
-use crate::port::Speed;
+use usb::{Direction, IsoPacket, Speed, TransferType};
+
+use crate::descriptor::Endpoint;
 
 /// A data buffer cannot cross a 64 KiB boundary within one TRB (6.4.1.1).
 pub const TRB_BOUNDARY: u64 = 1 << 16;
@@ -18,15 +19,6 @@ pub const CHAIN: u32 = 1 << 4;
 const IOC: u32 = 1 << 5;
 /// TD Size saturates at 31 (4.11.2.4).
 const TD_SIZE_MAX: u32 = 31;
-
-/// Direction of a transfer, as USB names it from the host's side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Device to host.
-    In,
-    /// Host to device.
-    Out,
-}
 
 /// One physically contiguous piece of a transfer's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,15 +238,6 @@ pub fn control_trbs(
     Ok(t)
 }
 
-/// One packet of an isochronous transfer: `length` bytes at byte `offset` of the buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IsoPacket {
-    /// Offset into the buffer.
-    pub offset: usize,
-    /// Bytes.
-    pub length: usize,
-}
-
 /// Why an isochronous transfer was not built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IsochError {
@@ -294,23 +277,24 @@ pub fn isoch_trbs(
         info: Vec::new(),
     };
     for (n, p) in packets.iter().enumerate() {
-        if p.length > esit_payload {
+        let (offset, length) = (p.offset as usize, p.length as usize);
+        if length > esit_payload {
             return Err(IsochError::Packet(n));
         }
-        let mut data = pieces(segments, p.offset, p.length).ok_or(IsochError::Packet(n))?;
+        let mut data = pieces(segments, offset, length).ok_or(IsochError::Packet(n))?;
         if data.is_empty() {
             // A zero-length packet is one TRB of no bytes.
             data.push((0, 0));
         }
         // Transfer Descriptor Packet Count, then bursts (4.11.2.3): TBC is the bursts less
         // one, TLBPC the packets in the last burst less one.
-        let tdpc = (p.length as u64).div_ceil(mps).max(1);
+        let tdpc = (length as u64).div_ceil(mps).max(1);
         let tbc = (tdpc.div_ceil(burst) - 1) as u32;
         let tlbpc = match tdpc % burst {
             0 => burst - 1,
             r => r - 1,
         } as u32;
-        let total = p.length as u64;
+        let total = length as u64;
         let mut done = 0u64;
         let last = data.len() - 1;
         for (i, &(phys, len)) in data.iter().enumerate() {

@@ -3,7 +3,7 @@
 
 use super::*;
 use std::sync::atomic::{AtomicU64, Ordering};
-use usbback::host::Speed;
+use usb::Speed;
 use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 
 static NOW: AtomicU64 = AtomicU64::new(0);

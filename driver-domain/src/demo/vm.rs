@@ -464,9 +464,7 @@ impl Vm {
             let ep = |is_in: bool| {
                 i.endpoints
                     .iter()
-                    .find(|e| {
-                        e.transfer_type == descriptor::TransferType::Bulk && e.is_in() == is_in
-                    })
+                    .find(|e| e.transfer_type == TransferType::Bulk && e.is_in() == is_in)
                     .map(|e| e.number())
             };
             let (Some(bulk_in), Some(bulk_out)) = (ep(true), ep(false)) else {
@@ -485,7 +483,7 @@ impl Vm {
             let e = i
                 .endpoints
                 .iter()
-                .find(|e| e.transfer_type == descriptor::TransferType::Interrupt && e.is_in())?;
+                .find(|e| e.transfer_type == TransferType::Interrupt && e.is_in())?;
             ((i.class, i.subclass, i.protocol) == (3, 1, 1)).then_some(Keyboard {
                 interface: i.number,
                 endpoint: e.number(),
@@ -541,11 +539,7 @@ impl Vm {
         discard: bool,
     ) {
         self.tag = self.tag.wrapping_add(1);
-        let d = match direction {
-            Direction::In => xhci_driver::Direction::In,
-            Direction::Out => xhci_driver::Direction::Out,
-        };
-        let wrapper = cbw(self.tag, len as u32, d, 0, cdb);
+        let wrapper = cbw(self.tag, len as u32, direction, 0, cdb);
         self.bulk(Direction::Out, s.bulk_out, wrapper.to_vec());
         self.command = Some(Command {
             storage: s,

@@ -1,7 +1,8 @@
 //! `XhciHost`'s tests, on the driver's simulated controller.
 
 use super::*;
-use usbback::host::{Direction as HostDirection, Segment as HostSegment};
+use usb::Direction;
+use usbback::host::Segment as HostSegment;
 use xhci_driver::testing::FakeXhci;
 use xhci_driver::DmaBuffer;
 
@@ -21,7 +22,7 @@ fn host(fake: &FakeXhci) -> (XhciHost<&FakeXhci>, Vec<HostEvent>) {
 fn transfer(
     token: u64,
     transfer_type: TransferType,
-    direction: HostDirection,
+    direction: Direction,
     setup: Option<[u8; 8]>,
     phys: u64,
     len: u16,
@@ -71,7 +72,7 @@ fn devices_are_offered_with_ids_and_their_transfers_complete_with_their_tokens()
     let get = transfer(
         7,
         TransferType::Control,
-        HostDirection::In,
+        Direction::In,
         Some([0x80, 6, 0, 1, 0, 0, 18, 0]),
         buf.phys(),
         18,
@@ -94,14 +95,7 @@ fn devices_are_offered_with_ids_and_their_transfers_complete_with_their_tokens()
     assert_eq!(
         host.submit(
             id + 1,
-            transfer(
-                8,
-                TransferType::Bulk,
-                HostDirection::Out,
-                None,
-                buf.phys(),
-                8
-            )
+            transfer(8, TransferType::Bulk, Direction::Out, None, buf.phys(), 8)
         ),
         Err(TransferError::NoDevice)
     );
@@ -234,7 +228,7 @@ fn a_device_that_does_not_answer_keeps_no_one_waiting() {
         transfer(
             token,
             TransferType::Control,
-            HostDirection::In,
+            Direction::In,
             setup,
             buf.phys(),
             18,
@@ -321,7 +315,7 @@ fn an_unplugged_device_completes_its_transfers_before_it_is_reported_gone() {
         let out = transfer(
             token,
             TransferType::Bulk,
-            HostDirection::Out,
+            Direction::Out,
             None,
             buf.phys(),
             512,
@@ -377,7 +371,7 @@ fn sim_pages_give_the_controller_the_pages_own_addresses() {
     let get = Transfer {
         token: 3,
         endpoint: 0,
-        direction: HostDirection::In,
+        direction: Direction::In,
         transfer_type: TransferType::Control,
         setup: Some([0x80, 6, 0, 1, 0, 0, 18, 0]),
         segments: [HostSegment {

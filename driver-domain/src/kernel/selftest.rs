@@ -7,17 +7,16 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use log::{info, warn};
 use platform::Mmio32;
+use usb::{request_type, Direction, IsoPacket, TransferType};
 use usbback::host::HostEvent;
 
 use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
-use xhci_driver::descriptor::TransferType;
 use xhci_driver::mass_storage::{
     capacity, cbw, csw, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10,
     read_write_10, BulkOnly, StorageError, CBW_SIZE, CSW_SIZE, READ_10, WRITE_10,
 };
 use xhci_driver::{
-    Configuration, Controller, Direction, DmaBuffer, Interface, IsoPacket, Segment, TransferId,
-    UsbDevice,
+    Configuration, Controller, DmaBuffer, Interface, Segment, TransferId, UsbDevice,
 };
 
 use super::time;
@@ -404,7 +403,7 @@ fn stalls(
 }
 
 // HID 1.11 7.2: class requests to the interface.
-const REQUEST_TYPE_CLASS_INTERFACE_OUT: u8 = 0x21;
+const REQUEST_TYPE_CLASS_INTERFACE_OUT: u8 = request_type::CLASS | request_type::INTERFACE;
 const HID_SET_IDLE: u8 = 0x0a;
 const HID_SET_PROTOCOL: u8 = 0x0b;
 /// SET_PROTOCOL wValue: the boot protocol, whose keyboard report is the fixed 8 bytes of
@@ -832,8 +831,8 @@ pub fn self_test_audio(usb: &mut Usb) {
     }];
     let packets: Vec<IsoPacket> = (0..AUDIO_PACKETS)
         .map(|i| IsoPacket {
-            offset: i * AUDIO_PACKET_BYTES,
-            length: AUDIO_PACKET_BYTES.min(usize::from(endpoint.max_packet_size)),
+            offset: (i * AUDIO_PACKET_BYTES) as u32,
+            length: AUDIO_PACKET_BYTES.min(usize::from(endpoint.max_packet_size)) as u32,
         })
         .collect();
     let Ok(id) = xhci

@@ -8,10 +8,11 @@ use crate::{Completion, Frontend, Urb};
 use alloc::boxed::Box;
 use alloc::string::ToString;
 use alloc::vec;
-use usbback::host::{HostEvent, Speed, UsbHost};
+use usb::{Direction, Speed, TransferType};
+use usbback::host::{HostEvent, UsbHost};
 use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 use xen::page::LocalPage;
-use xen::pvusb::{ControllerNodes, Direction, Pipe, TransferType};
+use xen::pvusb::{ControllerNodes, Pipe};
 use xen::sim::{Domain, SimXsTransport, Xen};
 
 type Backend = usbback::Backend<Domain, SimXsTransport>;

@@ -78,12 +78,7 @@ pub(super) fn endpoint_descriptor(
     max_packet: u16,
     interval: u8,
 ) -> [u8; 7] {
-    let attributes = match transfer_type {
-        TransferType::Control => 0,
-        TransferType::Isochronous => 1,
-        TransferType::Bulk => 2,
-        TransferType::Interrupt => 3,
-    };
+    let attributes = transfer_type.attributes();
     let [lo, hi] = max_packet.to_le_bytes();
     [7, ENDPOINT, address, attributes, lo, hi, interval]
 }

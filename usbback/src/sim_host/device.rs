@@ -143,7 +143,7 @@ impl<P: SharedPage> SimDevice<P> {
             let setup = t.setup.ok_or(TransferError::Invalid)?;
             let is_in = t.direction == Direction::In;
             if t.transfer_type != TransferType::Control
-                || SetupPacket::parse(&setup).is_in() != is_in
+                || SetupPacket::decode(&setup).is_in() != is_in
             {
                 return Err(TransferError::Invalid);
             }
@@ -199,7 +199,7 @@ impl<P: SharedPage> SimDevice<P> {
     }
 
     pub(super) fn run_control(&mut self, t: &Transfer<P>) -> Option<Result<usize, TransferError>> {
-        let setup = SetupPacket::parse(&t.setup?);
+        let setup = SetupPacket::decode(&t.setup?);
         // A STALL on the default pipe is a protocol stall: the next SETUP clears it.
         if self.stall_next.remove(&0) {
             return Some(Err(TransferError::Stall));

@@ -1,9 +1,10 @@
 //! Hub (USB 2.0 chapter 11): descriptors only, nothing ever changes on its ports.
 
+use usb::hub::{DESCRIPTOR_TYPE, REQUEST_TYPE_CLASS_DEVICE_IN};
+
 use super::*;
 
 pub(super) const HUB_STATUS_IN: u8 = 0x81;
-pub(super) const HUB_DESCRIPTOR: u8 = 0x29;
 
 /// A full-speed hub with nothing on its ports: the backend must see it and refuse to
 /// assign it.
@@ -22,7 +23,7 @@ impl Hub {
 
 impl DeviceModel for Hub {
     fn device_descriptor(&self) -> Vec<u8> {
-        device_descriptor(0x0110, [HUB_CLASS, 0, 0], 64, 0x0003)
+        device_descriptor(0x0110, [HUB_CLASSCODE, 0, 0], 64, 0x0003)
     }
 
     fn configuration_descriptor(&self, index: u8) -> Option<Vec<u8>> {
@@ -31,7 +32,7 @@ impl DeviceModel for Hub {
                 0xe0,
                 0,
                 &[
-                    &interface_descriptor(0, 1, [HUB_CLASS, 0, 0]),
+                    &interface_descriptor(0, 1, [HUB_CLASSCODE, 0, 0]),
                     &endpoint_descriptor(HUB_STATUS_IN, TransferType::Interrupt, 1, 255),
                 ],
             )
@@ -44,10 +45,22 @@ impl DeviceModel for Hub {
 
     fn control(&mut self, setup: &SetupPacket, _data: &[u8]) -> Handshake<Vec<u8>> {
         match (setup.request_type, setup.request) {
-            (0xa0, GET_DESCRIPTOR) if setup.descriptor_type() == HUB_DESCRIPTOR => {
+            (REQUEST_TYPE_CLASS_DEVICE_IN, GET_DESCRIPTOR)
+                if setup.descriptor_type() == DESCRIPTOR_TYPE =>
+            {
                 // Individual power switching and over-current protection, 100 ms to power
                 // good, no removable-device bits, the USB 1.1 port power mask.
-                Handshake::Ack(vec![9, HUB_DESCRIPTOR, self.ports, 0x09, 0, 50, 0, 0, 0xff])
+                Handshake::Ack(vec![
+                    9,
+                    DESCRIPTOR_TYPE,
+                    self.ports,
+                    0x09,
+                    0,
+                    50,
+                    0,
+                    0,
+                    0xff,
+                ])
             }
             _ => Handshake::Stall,
         }

@@ -731,12 +731,12 @@ fn hub_is_reported_as_a_hub() {
     assert_eq!(
         (info.class, info.interface_classes),
         (
-            HUB_CLASS,
-            InterfaceClasses::Checked(ClassSet::of(HUB_CLASS))
+            HUB_CLASSCODE,
+            InterfaceClasses::Checked(ClassSet::of(HUB_CLASSCODE))
         )
     );
     let d = control_in(&mut host, id, setup(0xa0, GET_DESCRIPTOR, 0x2900, 0, 71)).unwrap();
-    assert_eq!((d[1], d[2]), (HUB_DESCRIPTOR, 4));
+    assert_eq!((d[1], d[2]), (usb::hub::DESCRIPTOR_TYPE, 4));
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! bounded. Each test has a second frontend whose device keeps working.
 
 use super::*;
-use crate::sim_host::{DeviceModel, Handshake, Keyboard, MassStorage, SetupPacket, SimHost};
+use crate::sim_host::{DeviceModel, Handshake, Keyboard, MassStorage, SimHost};
 use crate::superspeed::CACHE_BYTES;
+use usb::SetupPacket;
 
 const INTERRUPT_IN: [u8; 7] = [7, 5, 0x81, 3, 8, 0, 10];
 const BULK_IN: [u8; 7] = [7, 5, 0x81, 2, 0x00, 0x02, 0];

@@ -123,8 +123,8 @@ impl Model {
         let t = host::Transfer {
             token,
             endpoint: 0,
-            direction: host::Direction::Out,
-            transfer_type: host::TransferType::Control,
+            direction: Direction::Out,
+            transfer_type: TransferType::Control,
             setup: Some(setup),
             segments: host::TransferSegments::new(),
             short_not_ok: false,
@@ -153,14 +153,12 @@ impl Model {
             .iter()
             .any(|d| d.id == device && d.speed == Speed::Super);
         let reply: Vec<u8> = match (t.setup, t.endpoint, t.direction) {
-            (Some(s), 0, host::Direction::In) if s[1] == 6 && s[3] == 1 => {
+            (Some(s), 0, Direction::In) if s[1] == 6 && s[3] == 1 => {
                 device_descriptor(superspeed).to_vec()
             }
-            (Some(s), 0, host::Direction::In) if s[1] == 6 && s[3] == 2 => {
-                SS_CONFIGURATION.to_vec()
-            }
-            (None, 1, host::Direction::In) => (0..t.length()).map(|i| (i % 251) as u8).collect(),
-            (None, 2, host::Direction::Out) => {
+            (Some(s), 0, Direction::In) if s[1] == 6 && s[3] == 2 => SS_CONFIGURATION.to_vec(),
+            (None, 1, Direction::In) => (0..t.length()).map(|i| (i % 251) as u8).collect(),
+            (None, 2, Direction::Out) => {
                 for seg in &t.segments {
                     let mut b = vec![0u8; usize::from(seg.len)];
                     seg.page.read(usize::from(seg.offset), &mut b);
@@ -192,7 +190,7 @@ impl UsbHost<LocalPage> for Model {
             return Err(TransferError::NoDevice);
         }
         self.submitted += 1;
-        if t.transfer_type == host::TransferType::Isochronous {
+        if t.transfer_type == TransferType::Isochronous {
             // Each packet moves its length, but the third fails on the bus.
             let iso: Vec<host::IsoResult> = t
                 .iso_packets

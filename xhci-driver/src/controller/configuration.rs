@@ -5,6 +5,8 @@
 use alloc::vec::Vec;
 
 use log::warn;
+use usb::request::{CLEAR_FEATURE, SET_CONFIGURATION, SET_INTERFACE};
+use usb::{feature, request_type};
 use xhci::ring::trb::command;
 
 use super::enumeration::slot_context;
@@ -25,20 +27,11 @@ pub const MAX_CONFIGURATIONS: u8 = 8;
 /// it cannot cross a 64 KiB boundary (6.5).
 const TRANSFER_RING_BYTES: usize = 16 * 1024;
 
-// USB 2.0 chapter 9.
-pub(super) const SET_CONFIGURATION: u8 = 9;
-pub(super) const CLEAR_FEATURE: u8 = 1;
-pub(super) const SET_INTERFACE: u8 = 11;
-const REQUEST_TYPE_INTERFACE: u8 = 0x01;
-pub(super) const REQUEST_TYPE_ENDPOINT: u8 = 0x02;
-pub(super) const FEATURE_ENDPOINT_HALT: u16 = 0;
-const DESCRIPTOR_CONFIGURATION: u16 = descriptor::CONFIGURATION as u16;
-
 impl<H: Hal> Controller<H> {
     /// Configuration descriptor `n` (GET_DESCRIPTOR(CONFIGURATION) of its header, then of
     /// wTotalLength bytes), parsed.
     fn configuration_at(&mut self, slot_id: u8, n: u8) -> Result<Configuration, Error> {
-        let value = DESCRIPTOR_CONFIGURATION << 8 | u16::from(n);
+        let value = u16::from(usb::descriptor::CONFIGURATION) << 8 | u16::from(n);
         let head = self.get_descriptor(slot_id, value, 0, descriptor::CONFIGURATION_SIZE as u16)?;
         let total = descriptor::total_length(&head).map_err(|_| Error::BadDescriptor)?;
         if usize::from(total) > descriptor::MAX_TOTAL_LENGTH {
@@ -200,7 +193,7 @@ impl<H: Hal> Controller<H> {
         }
         self.queue_no_data(
             slot_id,
-            REQUEST_TYPE_INTERFACE,
+            request_type::INTERFACE,
             SET_INTERFACE,
             u16::from(alternate),
             u16::from(interface),
@@ -220,9 +213,9 @@ impl<H: Hal> Controller<H> {
     pub fn queue_clear_halt(&mut self, slot_id: u8, address: u8) -> Result<TransferId, Error> {
         self.queue_no_data(
             slot_id,
-            REQUEST_TYPE_ENDPOINT,
+            request_type::ENDPOINT,
             CLEAR_FEATURE,
-            FEATURE_ENDPOINT_HALT,
+            feature::ENDPOINT_HALT,
             u16::from(address),
         )
     }

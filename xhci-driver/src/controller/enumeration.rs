@@ -7,6 +7,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use log::{info, warn};
+use usb::descriptor::{DEVICE, STRING};
+use usb::{request, request_type, Speed, TransferType};
 use xhci::ring::trb::command;
 
 use super::configuration::MAX_CONFIGURATIONS;
@@ -14,10 +16,10 @@ use super::ports::{RootPort, RESET_RECOVERY_US};
 use super::registers::RING_BYTES;
 use super::transfers::{EndpointRing, PendingTd};
 use super::{alloc, Controller, Error, Slot, UsbDevice};
-use crate::descriptor::{self, Endpoint, TransferType};
+use crate::descriptor::{self, Endpoint};
 use crate::hal::{DmaBuffer, Hal};
 use crate::hub::{self, HubDescriptor, Tt};
-use crate::port::Speed;
+use crate::port::psiv;
 use crate::ring::ProducerRing;
 
 /// All a device may take to describe itself once it is addressed: its device, string and
@@ -28,12 +30,7 @@ use crate::ring::ProducerRing;
 pub(super) const ENUMERATION_BUDGET_US: u64 = 500_000;
 
 // USB 2.0 chapter 9.
-const REQUEST_TYPE_DEVICE_TO_HOST: u8 = 0x80;
-pub(super) const GET_DESCRIPTOR: u8 = 6;
-const DESCRIPTOR_DEVICE: u16 = 1;
-const DESCRIPTOR_STRING: u16 = 3;
 const DEVICE_DESCRIPTOR_SIZE: u16 = 18;
-const LANGID_EN_US: u16 = 0x0409;
 
 /// Where a device to be enumerated is, and what the Slot Context says of it.
 pub(super) struct Attachment {
@@ -119,8 +116,8 @@ impl<H: Hal> Controller<H> {
         let index = self.address_device(slot_id, at)?;
 
         let mut max_packet_size0 = speed.initial_ep0_max_packet_size();
-        let head = self.get_descriptor(slot_id, DESCRIPTOR_DEVICE << 8, 0, 8)?;
-        if head.len() < 8 || head[1] != DESCRIPTOR_DEVICE as u8 {
+        let head = self.get_descriptor(slot_id, u16::from(DEVICE) << 8, 0, 8)?;
+        if head.len() < 8 || head[1] != DEVICE {
             return Err(Error::BadDescriptor);
         }
         let announced = match speed {
@@ -133,8 +130,8 @@ impl<H: Hal> Controller<H> {
             self.slots[index].endpoints[0].endpoint.max_packet_size = announced;
             max_packet_size0 = announced;
         }
-        let d = self.get_descriptor(slot_id, DESCRIPTOR_DEVICE << 8, 0, DEVICE_DESCRIPTOR_SIZE)?;
-        if d.len() < usize::from(DEVICE_DESCRIPTOR_SIZE) || d[1] != DESCRIPTOR_DEVICE as u8 {
+        let d = self.get_descriptor(slot_id, u16::from(DEVICE) << 8, 0, DEVICE_DESCRIPTOR_SIZE)?;
+        if d.len() < usize::from(DEVICE_DESCRIPTOR_SIZE) || d[1] != DEVICE {
             return Err(Error::BadDescriptor);
         }
         let word = |at: usize| u16::from_le_bytes([d[at], d[at + 1]]);
@@ -270,8 +267,8 @@ impl<H: Hal> Controller<H> {
     ) -> Result<Vec<u8>, Error> {
         self.control_in(
             slot_id,
-            REQUEST_TYPE_DEVICE_TO_HOST,
-            GET_DESCRIPTOR,
+            request_type::DEVICE_TO_HOST,
+            request::GET_DESCRIPTOR,
             value,
             language,
             length,
@@ -280,19 +277,19 @@ impl<H: Hal> Controller<H> {
 
     /// The string descriptor `i` in the device's first language, as text.
     fn string(&mut self, slot_id: u8, i: u8) -> Result<String, Error> {
-        let languages = self.get_descriptor(slot_id, DESCRIPTOR_STRING << 8, 0, 255)?;
+        let languages = self.get_descriptor(slot_id, u16::from(STRING) << 8, 0, 255)?;
         let language = if languages.len() >= 4 {
             u16::from_le_bytes([languages[2], languages[3]])
         } else {
-            LANGID_EN_US
+            usb::LANGID_EN_US
         };
         let s = self.get_descriptor(
             slot_id,
-            DESCRIPTOR_STRING << 8 | u16::from(i),
+            u16::from(STRING) << 8 | u16::from(i),
             language,
             255,
         )?;
-        if s.len() < 2 || s[1] != DESCRIPTOR_STRING as u8 {
+        if s.len() < 2 || s[1] != STRING {
             return Err(Error::BadDescriptor);
         }
         let end = usize::from(s[0]).min(s.len());
@@ -331,7 +328,7 @@ impl<H: Hal> Controller<H> {
                     .find(|s| s.port == port && s.hub_ports == parent)
                     .map(|s| s.slot_id)
                     .ok_or(Error::NoDevice)?;
-                self.hub_port_request(hub, hub::SET_FEATURE, hub::PORT_RESET, last)?;
+                self.hub_port_request(hub, request::SET_FEATURE, usb::hub::PORT_RESET, last)?;
                 self.wait_hub_port_reset(hub, last)?;
                 self.delay(RESET_RECOVERY_US);
             }
@@ -407,7 +404,7 @@ pub(super) fn slot_context_of(
 ) -> [u32; 3] {
     // Checked when the device was found behind its hub.
     let route = hub::route_string(hub_ports).unwrap_or(0);
-    let mut dword0 = (entries << 27) | (u32::from(speed.psiv()) << 20) | route;
+    let mut dword0 = (entries << 27) | (u32::from(psiv(speed)) << 20) | route;
     let mut dword1 = u32::from(root_port) << 16;
     let mut dword2 = 0;
     if let Some(h) = hub {

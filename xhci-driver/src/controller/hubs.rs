@@ -6,16 +6,16 @@
 use alloc::vec::Vec;
 
 use log::{info, warn};
+use usb::{request, Direction, Speed, TransferType};
 use xhci::ring::trb::command;
 
 use super::enumeration::{slot_context, Attachment};
 use super::ports::{PORT_RESET_TIMEOUT_US, RESET_RECOVERY_US};
 use super::{Controller, Error, TransferId, UsbDevice};
-use crate::descriptor::{Endpoint, TransferType};
+use crate::descriptor::Endpoint;
 use crate::hal::{DmaBuffer, Hal};
 use crate::hub::{self, HubDescriptor, PortStatus};
-use crate::port::Speed;
-use crate::transfer::{Direction, Segment};
+use crate::transfer::Segment;
 
 /// Between two GET_STATUS of a hub port being reset.
 const HUB_PORT_POLL_US: u64 = 1_000;
@@ -200,7 +200,8 @@ impl<H: Hal> Controller<H> {
             );
         }
         for port in 1..=ports {
-            let power = self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_POWER, port);
+            let power =
+                self.hub_port_request(slot_id, request::SET_FEATURE, usb::hub::PORT_POWER, port);
             if let Err(e) = power {
                 warn!("event=usb_hub_error busid={busid} slot={slot_id} step=port_power port={port} error={e}");
                 return;
@@ -272,9 +273,9 @@ impl<H: Hal> Controller<H> {
             .copied();
         let bytes = self.control_in(
             slot_id,
-            hub::REQUEST_TYPE_CLASS_DEVICE_IN,
-            hub::GET_DESCRIPTOR,
-            u16::from(hub::DESCRIPTOR_HUB) << 8,
+            usb::hub::REQUEST_TYPE_CLASS_DEVICE_IN,
+            request::GET_DESCRIPTOR,
+            u16::from(usb::hub::DESCRIPTOR_TYPE) << 8,
             0,
             hub::HUB_DESCRIPTOR_MAX,
         )?;
@@ -308,7 +309,7 @@ impl<H: Hal> Controller<H> {
     ) -> Result<(), Error> {
         self.control_no_data(
             slot_id,
-            hub::REQUEST_TYPE_CLASS_OTHER_OUT,
+            usb::hub::REQUEST_TYPE_CLASS_OTHER_OUT,
             request,
             feature,
             u16::from(port),
@@ -319,8 +320,8 @@ impl<H: Hal> Controller<H> {
     fn hub_port_status(&mut self, slot_id: u8, port: u8) -> Result<PortStatus, Error> {
         let bytes = self.control_in(
             slot_id,
-            hub::REQUEST_TYPE_CLASS_OTHER_IN,
-            hub::GET_STATUS,
+            usb::hub::REQUEST_TYPE_CLASS_OTHER_IN,
+            request::GET_STATUS,
             0,
             u16::from(port),
             4,
@@ -336,7 +337,7 @@ impl<H: Hal> Controller<H> {
         status: PortStatus,
     ) -> Result<(), Error> {
         for feature in status.change_features() {
-            self.hub_port_request(slot_id, hub::CLEAR_FEATURE, feature, port)?;
+            self.hub_port_request(slot_id, request::CLEAR_FEATURE, feature, port)?;
         }
         Ok(())
     }
@@ -362,7 +363,7 @@ impl<H: Hal> Controller<H> {
         if hub::route_string(&hub_ports).is_none() {
             return Err(Device(Error::Unroutable));
         }
-        self.hub_port_request(slot_id, hub::SET_FEATURE, hub::PORT_RESET, port)
+        self.hub_port_request(slot_id, request::SET_FEATURE, usb::hub::PORT_RESET, port)
             .map_err(Hub)?;
         // A hub that never ends a reset is not asked about its other ports.
         let status = self.wait_hub_port_reset(slot_id, port).map_err(Hub)?;

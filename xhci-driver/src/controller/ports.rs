@@ -242,7 +242,7 @@ impl<H: Hal> Controller<H> {
             d.product.as_deref().unwrap_or(""),
             d.serial.as_deref().unwrap_or("")
         );
-        let is_hub = d.class == hub::HUB_CLASS;
+        let is_hub = d.class == usb::hub::HUB_CLASSCODE;
         found.push(d.clone());
         if is_hub {
             self.enumerate_hub(&d, found);

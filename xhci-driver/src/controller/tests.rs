@@ -2,15 +2,17 @@
 
 use super::*;
 
-use super::configuration::{CLEAR_FEATURE, SET_CONFIGURATION, SET_INTERFACE};
-use super::enumeration::{ep0_dword1, slot_context_of, ENUMERATION_BUDGET_US, GET_DESCRIPTOR};
+use usb::request::{CLEAR_FEATURE, GET_DESCRIPTOR, SET_CONFIGURATION, SET_INTERFACE};
+use usb::{Direction, IsoPacket};
+
+use super::enumeration::{ep0_dword1, slot_context_of, ENUMERATION_BUDGET_US};
 use super::events::COMMAND_TIMEOUT_US;
 use super::registers::ports_of;
 use super::transfers::TRANSFER_TIMEOUT_US;
 use crate::descriptor;
 use crate::hal::DmaBuffer;
 use crate::port::CSC;
-use crate::transfer::{Direction, IsoPacket, Segment};
+use crate::transfer::Segment;
 
 /// QEMU's qemu-xhci list: USB 3 on ports 1..4, USB 2 on 5..8 (measured).
 fn qemu_protocols() -> Vec<Protocol> {

@@ -6,18 +6,17 @@
 use alloc::vec::Vec;
 
 use log::{debug, info};
+use usb::request::CLEAR_FEATURE;
+use usb::{feature, request_type, Direction, IsoPacket, SetupPacket, Speed, TransferType};
 use xhci::ring::trb::command;
 
-use super::configuration::{CLEAR_FEATURE, FEATURE_ENDPOINT_HALT, REQUEST_TYPE_ENDPOINT};
 use super::registers::MFINDEX;
 use super::{alloc, Completed, Controller, Error, IsoOutcome, TransferId};
-use crate::descriptor::{Endpoint, TransferType};
+use crate::descriptor::Endpoint;
 use crate::hal::{DmaBuffer, Hal};
-use crate::port::Speed;
 use crate::ring::ProducerRing;
 use crate::transfer::{
-    control_trbs, isoch_trbs, max_esit_payload, normal_td, Direction, IsoPacket, Segment,
-    TransferTrbs, TrbInfo, TrbRole,
+    control_trbs, isoch_trbs, max_esit_payload, normal_td, Segment, TransferTrbs, TrbInfo, TrbRole,
 };
 
 /// A control transfer to a device that answers.
@@ -332,9 +331,9 @@ impl<H: Hal> Controller<H> {
             let address = endpoint | if direction == Direction::In { 0x80 } else { 0 };
             self.control_no_data(
                 slot_id,
-                REQUEST_TYPE_ENDPOINT,
+                request_type::ENDPOINT,
                 CLEAR_FEATURE,
-                FEATURE_ENDPOINT_HALT,
+                feature::ENDPOINT_HALT,
                 u16::from(address),
             )?;
             info!(
@@ -523,7 +522,14 @@ impl<H: Hal> Controller<H> {
         value: u16,
         w_index: u16,
     ) -> Result<TransferId, Error> {
-        let setup = setup_packet(request_type, request, value, w_index, 0);
+        let setup = SetupPacket {
+            request_type,
+            request,
+            value,
+            index: w_index,
+            length: 0,
+        }
+        .encode();
         self.queue_control(slot_id, setup, Direction::Out, &[])
     }
 
@@ -546,7 +552,14 @@ impl<H: Hal> Controller<H> {
             phys: data.phys(),
             len: length,
         }];
-        let setup = setup_packet(request_type, request, value, w_index, length as u16);
+        let setup = SetupPacket {
+            request_type,
+            request,
+            value,
+            index: w_index,
+            length: length as u16,
+        }
+        .encode();
         let id = self.queue_control(slot_id, setup, Direction::In, &segment)?;
         let received = self.wait(id, TRANSFER_TIMEOUT_US)?.min(length);
         let index = self.slot_index(slot_id)?;
@@ -554,12 +567,4 @@ impl<H: Hal> Controller<H> {
         self.slots[index].data.read_bytes(0, &mut bytes);
         Ok(bytes)
     }
-}
-
-/// The 8 bytes of a SETUP packet (USB 2.0 9.3).
-fn setup_packet(request_type: u8, request: u8, value: u16, index: u16, length: u16) -> [u8; 8] {
-    let [v0, v1] = value.to_le_bytes();
-    let [i0, i1] = index.to_le_bytes();
-    let [l0, l1] = length.to_le_bytes();
-    [request_type, request, v0, v1, i0, i1, l0, l1]
 }
