@@ -207,6 +207,15 @@ impl<P> FramePool<P> {
     }
 }
 
+/// Which way a copy goes.
+#[derive(Clone, Copy)]
+enum Toward {
+    /// From the guest's grant into our frame.
+    Frame,
+    /// From our frame into the guest's grant.
+    Guest,
+}
+
 /// A request's buffer in our frames: data segments first, then isochronous descriptor
 /// segments, each in its own frame at the guest's offset.
 pub struct Buffer {
@@ -242,21 +251,7 @@ impl Buffer {
     fn copy_in<P>(&self, pool: &FramePool<P>, which: Range<usize>, ops: &mut Vec<CopyOp>) {
         for i in which {
             let s = self.segments[i];
-            let Some(gfn) = pool.gfn(self.frames[i]) else {
-                continue;
-            };
-            ops.push(CopyOp {
-                source: CopyPtr::Grant {
-                    dom: self.dom,
-                    gref: s.gref,
-                    offset: s.offset,
-                },
-                dest: CopyPtr::Local {
-                    gfn,
-                    offset: s.offset,
-                },
-                len: s.length,
-            });
+            ops.extend(self.copy(pool, i, s.offset, s.length, Toward::Frame));
         }
     }
 
@@ -272,24 +267,9 @@ impl Buffer {
     ) {
         for i in 0..self.data {
             let s = self.segments[i];
-            let Some(gfn) = pool.gfn(self.frames[i]) else {
-                continue;
-            };
-            if written.contains(s.gref) {
-                continue;
+            if !written.contains(s.gref) {
+                ops.extend(self.copy(pool, i, s.offset, 0, Toward::Guest));
             }
-            ops.push(CopyOp {
-                source: CopyPtr::Local {
-                    gfn,
-                    offset: s.offset,
-                },
-                dest: CopyPtr::Grant {
-                    dom: self.dom,
-                    gref: s.gref,
-                    offset: s.offset,
-                },
-                len: 0,
-            });
         }
     }
 
@@ -302,21 +282,9 @@ impl Buffer {
         ops: &mut Vec<CopyOp>,
     ) {
         self.for_range(0..self.data, at, len, |i, offset, range| {
-            let Some(gfn) = pool.gfn(self.frames[i]) else {
-                return;
-            };
-            ops.push(CopyOp {
-                source: CopyPtr::Local {
-                    gfn,
-                    offset: offset as u16,
-                },
-                dest: CopyPtr::Grant {
-                    dom: self.dom,
-                    gref: self.segments[i].gref,
-                    offset: offset as u16,
-                },
-                len: range.len() as u16,
-            });
+            // Within one page: both fit in 16 bits.
+            let (offset, len) = (offset as u16, range.len() as u16);
+            ops.extend(self.copy(pool, i, offset, len, Toward::Guest));
         });
     }
 
@@ -324,22 +292,32 @@ impl Buffer {
     pub fn copy_out_descriptors<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
         for i in self.data..self.segments.len() {
             let s = self.segments[i];
-            let Some(gfn) = pool.gfn(self.frames[i]) else {
-                continue;
-            };
-            ops.push(CopyOp {
-                source: CopyPtr::Local {
-                    gfn,
-                    offset: s.offset,
-                },
-                dest: CopyPtr::Grant {
-                    dom: self.dom,
-                    gref: s.gref,
-                    offset: s.offset,
-                },
-                len: s.length,
-            });
+            ops.extend(self.copy(pool, i, s.offset, s.length, Toward::Guest));
         }
+    }
+
+    /// The copy of `len` bytes at `offset` of segment `i` between the guest's grant and our
+    /// frame; none for a segment whose page is a mapped grant (nothing to copy).
+    fn copy<P>(
+        &self,
+        pool: &FramePool<P>,
+        i: usize,
+        offset: u16,
+        len: u16,
+        toward: Toward,
+    ) -> Option<CopyOp> {
+        let gfn = pool.gfn(self.frames[i])?;
+        let frame = CopyPtr::Local { gfn, offset };
+        let grant = CopyPtr::Grant {
+            dom: self.dom,
+            gref: self.segments[i].gref,
+            offset,
+        };
+        let (source, dest) = match toward {
+            Toward::Frame => (grant, frame),
+            Toward::Guest => (frame, grant),
+        };
+        Some(CopyOp { source, dest, len })
     }
 
     /// Reads data bytes from `at` into `buf` (what lies past the end is left as it was).
