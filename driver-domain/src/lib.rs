@@ -14,12 +14,12 @@ pub mod cmdline;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod frames;
-pub mod host;
 pub mod logfmt;
 pub mod msi;
 pub mod pci;
 #[cfg(feature = "demo")]
 pub mod selftest;
+pub mod xhci_host;
 
 /// Reads guest-physical memory (identity-mapped in the kernel, a byte buffer in tests).
 pub trait PhysRead {

@@ -171,7 +171,7 @@ fn without_an_xhci_controller_it_says_so_and_still_comes_up() {
     });
 }
 
-/// The storage self-test's pattern as the kernel documents it (`platform::selftest`),
+/// The storage self-test's pattern as the kernel documents it (`driver_domain::selftest`),
 /// written out again here so the check does not share the kernel's code: 128 records of
 /// `usbdom-selftest:`, the index in 15 hex digits, a newline.
 fn storage_pattern() -> Vec<u8> {

@@ -85,7 +85,7 @@ impl WrittenGrants {
 
     /// Records what a batch did to the grants written by `ops[range]`, whose outcomes are
     /// `statuses[range]` (a missing one counts as failed).
-    pub fn note(&mut self, ops: &[CopyOp], statuses: &[GntStatus], range: Range<usize>) {
+    pub fn record(&mut self, ops: &[CopyOp], statuses: &[GntStatus], range: Range<usize>) {
         for i in range {
             if let Some(CopyOp {
                 dest: CopyPtr::Grant { gref, .. },

@@ -190,7 +190,7 @@ where
                 continue;
             };
             c.written
-                .note(&self.answer_copies, &statuses, a.copies.clone());
+                .record(&self.answer_copies, &statuses, a.copies.clone());
             let bytes = u64::try_from(rsp.actual_length).unwrap_or(0);
             for s in [&mut c.stats, &mut self.moved] {
                 if rsp.status == USBIF_STATUS_OK {
@@ -511,7 +511,7 @@ where
                 self.pool.release(r.buffer.frames, &mut self.unmaps);
                 continue;
             };
-            c.written.note(&stage.copies, &statuses, r.copies.clone());
+            c.written.record(&stage.copies, &statuses, r.copies.clone());
             let failure = copy_failure(&statuses, r.copies.clone())
                 .map(|s| ("from_frontend", s))
                 .or(map_failure.map(|s| ("map", s)));

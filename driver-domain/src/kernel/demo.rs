@@ -1,11 +1,11 @@
-//! Demo mode in the kernel: `platform::demo` (xen::sim with simulated user VMs served by
+//! Demo mode in the kernel: `driver_domain::demo` (xen::sim with simulated user VMs served by
 //! usbback) over the real xHCI driver, stepped by the main loop.
 
 use alloc::vec::Vec;
+use driver_domain::cmdline::Cmdline;
+use driver_domain::demo::SimPages;
+use driver_domain::demo::{Demo, Job, Workload};
 use log::{info, warn};
-use platform::cmdline::Cmdline;
-use platform::demo::SimPages;
-use platform::demo::{Demo, Job, Workload};
 use usbback::host::{Absent, HostEvent, UsbHost};
 use xen::page::LocalPage;
 
@@ -306,7 +306,7 @@ impl Bench {
             if write { "write" } else { "read" },
             self.ring[i].len(),
             self.bytes,
-            platform::demo::IN_FLIGHT,
+            driver_domain::demo::IN_FLIGHT,
             mib_s(bytes, direct),
             mib_s(bytes, ring),
             direct as f64 / ring.max(1) as f64,

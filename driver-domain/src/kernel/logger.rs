@@ -1,4 +1,4 @@
-//! The `log` backend: one line per event (see `platform::logfmt`) to every sink.
+//! The `log` backend: one line per event (see `driver_domain::logfmt`) to every sink.
 //!
 //! Once Xen's PV console exists it carries every line at once: a line is a copy into a
 //! shared ring and one notification. COM1 then gets the same lines through a queue that the
@@ -62,7 +62,7 @@ impl Write for Line {
 
 fn format(level: log::Level, args: &fmt::Arguments<'_>) -> Line {
     let mut line = Line(String::new());
-    let _ = platform::logfmt::write_line(&mut line, time::now_micros(), level, args);
+    let _ = driver_domain::logfmt::write_line(&mut line, time::now_micros(), level, args);
     if !line.0.ends_with('\n') {
         // Cut: still one line.
         line.0.pop();

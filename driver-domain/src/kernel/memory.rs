@@ -1,9 +1,9 @@
 //! Physical memory: the start info, the frame allocator, the heap, DMA buffers, uncached
 //! MMIO mappings, and the guest-physical window reserved for foreign grant mappings.
 
+use driver_domain::frames::{FrameAllocator, Range, FRAME};
+use driver_domain::{Mmio32, PhysRead};
 use linked_list_allocator::LockedHeap;
-use platform::frames::{FrameAllocator, Range, FRAME};
-use platform::{Mmio32, PhysRead};
 
 use super::cpu;
 

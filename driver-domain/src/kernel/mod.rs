@@ -18,18 +18,18 @@ mod xen_guest;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use log::{error, info, warn};
-use platform::cmdline::Cmdline;
+use driver_domain::cmdline::Cmdline;
 #[cfg(feature = "demo")]
-use platform::cmdline::UsbTest;
-use platform::frames::Range;
+use driver_domain::cmdline::UsbTest;
+use driver_domain::frames::Range;
+use log::{error, info, warn};
 use xen::abi::start_info::{
     HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_START_MAGIC_VALUE,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
+use driver_domain::PhysRead;
 use memory::PhysMem;
-use platform::PhysRead;
 
 /// `isa-debug-exit` (QEMU): the boot tests leave QEMU through it.
 const QEMU_EXIT_PORT: u16 = 0xf4;
@@ -184,7 +184,7 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     let (xhci, bars) = pci::probe(&mut cfg);
     occupied.extend(bars);
     let usb = xhci.as_ref().and_then(usb::bring_up);
-    let window = platform::frames::grant_window(&occupied, GRANT_WINDOW_SIZE);
+    let window = driver_domain::frames::grant_window(&occupied, GRANT_WINDOW_SIZE);
     match window {
         Some(base) => info!("event=grant_window base={base:#x} size={GRANT_WINDOW_SIZE:#x}"),
         None => warn!("event=grant_window_missing size={GRANT_WINDOW_SIZE:#x}"),
@@ -465,7 +465,7 @@ fn policy(cmdline: &Cmdline) -> usbback::policy::Policy {
     if cmdline.policy_too_long {
         error!(
             "event=usb_policy_invalid reason=too_long max_bytes={} effect=deny_all",
-            platform::cmdline::MAX_POLICY
+            driver_domain::cmdline::MAX_POLICY
         );
         return deny_all();
     }

@@ -5,11 +5,11 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use driver_domain::frames::Range;
+use driver_domain::msi::{self, Message};
+use driver_domain::pci::{self, Bar, Bdf, ConfigSpace};
+use driver_domain::Mmio32;
 use log::{info, warn};
-use platform::frames::Range;
-use platform::msi::{self, Message};
-use platform::pci::{self, Bar, Bdf, ConfigSpace};
-use platform::Mmio32;
 
 use super::cpu::{inl, outl};
 use super::memory::{self, Mmio};
@@ -69,8 +69,8 @@ impl ConfigSpace for Config {
 
 /// ECAM from ACPI's MCFG (segment 0, starting at bus 0) when present, else the ports.
 pub fn config_access(rsdp_hint: u64) -> Config {
-    let windows = platform::acpi::find_rsdp(&memory::PhysMem, rsdp_hint)
-        .and_then(|rsdp| platform::acpi::ecam_windows(&memory::PhysMem, rsdp));
+    let windows = driver_domain::acpi::find_rsdp(&memory::PhysMem, rsdp_hint)
+        .and_then(|rsdp| driver_domain::acpi::ecam_windows(&memory::PhysMem, rsdp));
     match windows {
         Ok(w) => {
             if let Some(win) = w.iter().find(|w| w.segment == 0 && w.start_bus == 0) {

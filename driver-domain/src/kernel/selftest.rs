@@ -5,12 +5,12 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use driver_domain::Mmio32;
 use log::{info, warn};
-use platform::Mmio32;
 use usb::{request_type, Direction, IsoPacket, TransferType};
 use usbback::host::HostEvent;
 
-use platform::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
+use driver_domain::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
 use xhci_driver::mass_storage::{
     capacity, cbw, csw, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10,
     read_write_10, BulkOnly, StorageError, CBW_SIZE, CSW_SIZE, READ_10, WRITE_10,
@@ -292,8 +292,8 @@ fn bench_in_flight(
 
 /// The direct path of `cargo xtask bench qemu`: `bytes` read (or written, a constant
 /// pattern) at `lba` of the stick `busid` through the driver alone, in Bulk-Only commands
-/// whose data phase is [`IN_FLIGHT`](platform::demo::IN_FLIGHT) transfers of
-/// [`CHUNK`](platform::demo::CHUNK) queued at once: the commands a simulated VM sends
+/// whose data phase is [`IN_FLIGHT`](driver_domain::demo::IN_FLIGHT) transfers of
+/// [`CHUNK`](driver_domain::demo::CHUNK) queued at once: the commands a simulated VM sends
 /// through its ring. The stick is configured already (by its VM). Runs to the end before it
 /// returns, as the self-tests do. Returns the microseconds the commands took.
 pub fn bench_direct(
@@ -304,7 +304,7 @@ pub fn bench_direct(
     bytes: usize,
     block_size: u32,
 ) -> Result<u64, String> {
-    use platform::demo::{CHUNK, COMMAND_BYTES, IN_FLIGHT};
+    use driver_domain::demo::{CHUNK, COMMAND_BYTES, IN_FLIGHT};
     let slot_id = usb
         .host
         .usb_devices()

@@ -2,9 +2,9 @@
 //! frames, bring-up and root-port enumeration at boot, and event handling in the main loop.
 
 use alloc::vec::Vec;
+use driver_domain::xhci_host::XhciHost;
+use driver_domain::Mmio32;
 use log::{info, warn};
-use platform::host::XhciHost;
-use platform::Mmio32;
 use usbback::host::{HostEvent, UsbHost};
 use xhci_driver::{Controller, DmaBuffer, Hal};
 

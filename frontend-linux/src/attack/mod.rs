@@ -171,7 +171,7 @@ impl Report {
         self.statuses.get(&USBIF_STATUS_OK).copied().unwrap_or(0)
     }
 
-    fn note(&mut self, kv: &str) {
+    fn add_detail(&mut self, kv: &str) {
         if !self.detail.is_empty() {
             self.detail.push(' ');
         }
@@ -322,7 +322,7 @@ where
             r.device = self.port_speed.iter().any(|s| *s != USBIF_SPEED_NONE);
             phases::run(self, env, &mut r, deadline);
         } else {
-            r.note("connected=no");
+            r.add_detail("connected=no");
         }
         r.elapsed_ms = env.now_ms() - start;
         let line = format!("attack: {r}");

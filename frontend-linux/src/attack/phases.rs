@@ -280,7 +280,7 @@ fn flood<G: GrantTable + EventChannels, T: XsTransport>(
     }
     let drain = env.now_ms() + DISCONNECT_LIMIT_MS;
     a.settle(env, r, drain);
-    r.note(&format!(
+    r.add_detail(&format!(
         "port={port} publishes={publishes} peak_outstanding={peak}"
     ));
     r.as_expected = all_refused(r) && r.sent > 0;
@@ -338,7 +338,7 @@ fn bogus_grefs<G: GrantTable + EventChannels, T: XsTransport>(
     }
     let drain = deadline.max(env.now_ms() + DISCONNECT_LIMIT_MS);
     a.settle(env, r, drain);
-    r.note(&format!("rounds={rounds}"));
+    r.add_detail(&format!("rounds={rounds}"));
     r.as_expected = all_refused(r) && r.sent > 0;
 }
 
@@ -401,7 +401,7 @@ fn foreign_grefs<G: GrantTable + EventChannels, T: XsTransport>(
         p.read(0, &mut now);
         now == pattern
     });
-    r.note(&format!(
+    r.add_detail(&format!(
         "rounds={rounds} foreign_domid={foreign} read_only_intact={}",
         if intact { "yes" } else { "no" }
     ));
@@ -423,7 +423,7 @@ fn overrun<G: GrantTable + EventChannels, T: XsTransport>(
     ];
     for (name, delta) in lies {
         if env.now_ms() >= deadline || !a.ensure_connected(env, r) {
-            r.note(&format!("{name}=not_run"));
+            r.add_detail(&format!("{name}=not_run"));
             continue;
         }
         a.settle(env, r, deadline);
@@ -433,7 +433,7 @@ fn overrun<G: GrantTable + EventChannels, T: XsTransport>(
         r.violations += 1;
         a.publish_index(Some(base.wrapping_add(delta)));
         let cut = a.await_disconnect(env, r);
-        r.note(&format!(
+        r.add_detail(&format!(
             "{name}={}",
             if cut { "disconnected" } else { "survived" }
         ));
@@ -462,7 +462,7 @@ fn reused_ids<G: GrantTable + EventChannels, T: XsTransport>(
         if r.device {
             r.violations += 1;
             let cut = a.await_disconnect(env, r);
-            r.note(&format!(
+            r.add_detail(&format!(
                 "same_push={}",
                 if cut { "disconnected" } else { "survived" }
             ));
@@ -475,9 +475,9 @@ fn reused_ids<G: GrantTable + EventChannels, T: XsTransport>(
             a.settle(env, r, drain);
             if r.disconnects > 0 {
                 r.violations += 1;
-                r.note("same_push=disconnected_device_unannounced");
+                r.add_detail("same_push=disconnected_device_unannounced");
             } else {
-                r.note("same_push=answered_at_once");
+                r.add_detail("same_push=answered_at_once");
             }
         }
     }
@@ -485,16 +485,16 @@ fn reused_ids<G: GrantTable + EventChannels, T: XsTransport>(
     // own id.
     for variant in ["held_then_reused", "unlink_reusing_id"] {
         if env.now_ms() >= deadline || !a.ensure_connected(env, r) {
-            r.note(&format!("{variant}=not_run"));
+            r.add_detail(&format!("{variant}=not_run"));
             continue;
         }
         let target = a.aim(env, r, deadline);
         let Some((t, ep)) = target.and_then(|t| Some((t, t.interrupt_in?))) else {
-            r.note(&format!("{variant}=no_interrupt_endpoint"));
+            r.add_detail(&format!("{variant}=no_interrupt_endpoint"));
             continue;
         };
         let Some(id) = a.hold(env, r, deadline, t, ep) else {
-            r.note(&format!("{variant}=not_held"));
+            r.add_detail(&format!("{variant}=not_held"));
             continue;
         };
         let again = if variant == "held_then_reused" {
@@ -507,7 +507,7 @@ fn reused_ids<G: GrantTable + EventChannels, T: XsTransport>(
         a.put(&again, Vec::new(), r);
         a.publish();
         let cut = a.await_disconnect(env, r);
-        r.note(&format!(
+        r.add_detail(&format!(
             "{variant}={}",
             if cut { "disconnected" } else { "survived" }
         ));
@@ -550,7 +550,7 @@ fn unlink_storm<G: GrantTable + EventChannels, T: XsTransport>(
     }
     let drain = deadline.max(env.now_ms() + DISCONNECT_LIMIT_MS);
     a.settle(env, r, drain);
-    r.note(&format!("stray_unlinks={stray}"));
+    r.add_detail(&format!("stray_unlinks={stray}"));
     // Requests held in flight, each unlinked, then unlinked again once it is answered.
     if let Some((t, ep)) = target.and_then(|t| Some((t, t.interrupt_in?))) {
         let mut held = BTreeSet::new();
@@ -577,7 +577,7 @@ fn unlink_storm<G: GrantTable + EventChannels, T: XsTransport>(
             a.settle(env, r, drain);
             if round == 0 {
                 let originals = a.responses.iter().filter(|x| held.contains(&x.id)).count();
-                r.note(&format!(
+                r.add_detail(&format!(
                     "held={} originals_answered={originals}",
                     held.len()
                 ));
@@ -720,7 +720,7 @@ fn bad_iso<G: GrantTable + EventChannels, T: XsTransport>(
     let drain = deadline.max(env.now_ms() + DISCONNECT_LIMIT_MS);
     a.settle(env, r, drain);
     let names: Vec<&str> = ISO_CASES.iter().map(|c| c.name).collect();
-    r.note(&format!("rounds={rounds} cases={}", names.join(",")));
+    r.add_detail(&format!("rounds={rounds} cases={}", names.join(",")));
     r.as_expected = all_refused(r) && r.sent > 0;
 }
 
@@ -761,7 +761,7 @@ fn state_flap<G: GrantTable + EventChannels, T: XsTransport>(
         && a.call(env, r, limit, request(0, p, [0; 8]), Vec::new())
             .is_some_and(|rsp| rsp.status == USBIF_STATUS_NODEV);
     let seen: Vec<_> = seen.iter().map(|s| format!("{s}")).collect();
-    r.note(&format!(
+    r.add_detail(&format!(
         "cycles={cycles} writes={writes} backend_states={} served_after={}",
         seen.join(","),
         if served { "yes" } else { "no" }

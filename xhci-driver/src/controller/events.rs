@@ -79,7 +79,7 @@ impl<H: Hal> Controller<H> {
     }
 
     /// Keeps what an event not waited for says.
-    pub(super) fn note(&mut self, e: event::Allowed) {
+    pub(super) fn keep_event(&mut self, e: event::Allowed) {
         match e {
             event::Allowed::PortStatusChange(p) => {
                 if !self.port_changes.contains(&p.port_id()) {
@@ -234,7 +234,7 @@ impl<H: Hal> Controller<H> {
         loop {
             match self.next_event(0, "poll") {
                 Ok(e) => {
-                    self.note(e);
+                    self.keep_event(e);
                     n += 1;
                 }
                 Err(Error::Timeout(_)) => break,
@@ -272,7 +272,7 @@ impl<H: Hal> Controller<H> {
                         code => Err(Error::Command(code_of(code))),
                     };
                 }
-                other => self.note(other),
+                other => self.keep_event(other),
             }
         }
     }

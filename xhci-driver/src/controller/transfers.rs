@@ -295,7 +295,7 @@ impl<H: Hal> Controller<H> {
             }
             match self.next_event(until, "transfer") {
                 Ok(e) => {
-                    self.note(e);
+                    self.keep_event(e);
                     self.recover_halted()?;
                 }
                 Err(Error::Timeout(what)) => {

@@ -93,7 +93,7 @@ impl View<'_> {
     }
 
     /// Records a node the transaction depends on, as it was when first touched.
-    fn note(&mut self, path: &str) {
+    fn record_access(&mut self, path: &str) {
         if let Some(accessed) = self.accessed.as_deref_mut() {
             if !accessed.contains_key(path) {
                 let generation = self.nodes.get(path).map(|n| n.generation);
@@ -122,7 +122,7 @@ impl View<'_> {
         path: &str,
         want: fn(Access) -> bool,
     ) -> Result<Node, XsdError> {
-        self.note(path);
+        self.record_access(path);
         if let Some(node) = self.nodes.get(path) {
             return if want(access(&node.perms, self.from)) {
                 Ok(node.clone())
@@ -134,7 +134,7 @@ impl View<'_> {
         // ancestor learns that the node is missing.
         let mut ancestor = parent(path);
         while let Some(a) = ancestor {
-            self.note(a);
+            self.record_access(a);
             if let Some(node) = self.nodes.get(a) {
                 return Err(if access(&node.perms, self.from).can_read() {
                     XsdError::Enoent
@@ -179,7 +179,7 @@ impl View<'_> {
         let mut ancestor = parent(path);
         let (top, mut perms) = loop {
             let a = ancestor.ok_or(XsdError::Enoent)?;
-            self.note(a);
+            self.record_access(a);
             if let Some(node) = self.nodes.get(a) {
                 break (a, node.perms.clone());
             }
@@ -239,7 +239,7 @@ impl View<'_> {
         let mut fires = Vec::new();
         // Deepest first, as xenstored walks the subtree.
         for p in below.into_iter().rev() {
-            self.note(&p);
+            self.record_access(&p);
             if let Some(gone) = self.nodes.remove(&p) {
                 fires.push(Fire {
                     path: p,
@@ -255,7 +255,7 @@ impl View<'_> {
             then_perms: Some(node.perms),
         });
         if let Some(p) = parent(path) {
-            self.note(p);
+            self.record_access(p);
             let generation = self.bump();
             if let Some(node) = self.nodes.get_mut(p) {
                 node.generation = generation;

@@ -19,7 +19,7 @@ use xhci_driver::{Configuration, Controller, Error, Hal, Segment, TransferId, Us
 const _: () = assert!(xhci_driver::controller::MAX_CONFIGURATIONS <= host::MAX_CONFIGURATIONS);
 
 /// A device the host knows: usbback's view and the driver's.
-struct Known {
+struct HostDevice {
     info: DeviceInfo,
     device: UsbDevice,
 }
@@ -37,7 +37,7 @@ struct InFlight {
 /// The xHCI controller as usbback sees it.
 pub struct XhciHost<H: Hal> {
     xhci: Controller<H>,
-    devices: Vec<Known>,
+    devices: Vec<HostDevice>,
     next_id: u32,
     in_flight: Vec<InFlight>,
     /// Attach events of devices found before the first poll.
@@ -163,7 +163,7 @@ impl<H: Hal> XhciHost<H> {
         };
         self.next_id += 1;
         self.pending.push(HostEvent::Attached(info.clone()));
-        self.devices.push(Known { info, device: d });
+        self.devices.push(HostDevice { info, device: d });
     }
 
     /// A request the host queued for usbback (`token`), completed in [`UsbHost::poll`].
