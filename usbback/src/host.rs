@@ -194,6 +194,12 @@ pub struct IsoResult {
 }
 
 /// A transfer to queue.
+///
+/// A short IN transfer completes with the bytes it moved, whatever the guest's request said
+/// of short reads (`USBIF_SHORT_NOT_OK`): the guest's USB core turns a short read its URB did
+/// not allow into `-EREMOTEIO` itself (Linux `__usb_hcd_giveback_urb`), and no usbif status
+/// could carry that error (an I/O error becomes `-EPROTO`, which usb-storage answers with a
+/// device reset).
 #[derive(Clone, Debug)]
 pub struct Transfer<P> {
     /// The caller's name for it, echoed in its [`Completion`] and used to cancel it.
@@ -208,8 +214,6 @@ pub struct Transfer<P> {
     pub setup: Option<[u8; 8]>,
     /// The buffer, in order; empty for a transfer without data.
     pub segments: TransferSegments<P>,
-    /// A short IN transfer is an error (USB's URB_SHORT_NOT_OK).
-    pub short_not_ok: bool,
     /// Isochronous packets; empty otherwise.
     pub iso_packets: Vec<IsoPacket>,
     /// Isochronous start frame, `None` for as soon as possible.

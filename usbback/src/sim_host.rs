@@ -210,9 +210,6 @@ fn deliver<P: SharedPage>(t: &Transfer<P>, data: &[u8]) -> Result<usize, Transfe
     scatter(&t.segments, &data[..n]);
     if data.len() > len {
         Err(TransferError::Babble)
-    } else if t.short_not_ok && n < len {
-        // Linux reports this as -EREMOTEIO, which usbif has no status for but an I/O error.
-        Err(TransferError::Protocol)
     } else {
         Ok(n)
     }

@@ -448,7 +448,6 @@ where
             direction,
             transfer_type: s.pipe.transfer_type,
             setup,
-            short_not_ok: s.short_not_ok,
         };
         stage.requests.push(Staged {
             id,
@@ -568,7 +567,6 @@ where
                         })
                     })
                     .collect(),
-                short_not_ok: shape.short_not_ok,
                 iso_packets: iso_packets.clone(),
                 start_frame: None,
             };
@@ -755,7 +753,6 @@ struct TransferShape {
     direction: Direction,
     transfer_type: TransferType,
     setup: Option<[u8; 8]>,
-    short_not_ok: bool,
 }
 
 /// An answer waiting for its copies out and its publication.

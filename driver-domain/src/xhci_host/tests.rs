@@ -45,7 +45,6 @@ fn transfer(
         }]
         .into_iter()
         .collect(),
-        short_not_ok: false,
         iso_packets: Vec::new(),
         start_frame: None,
     }
@@ -382,7 +381,6 @@ fn sim_pages_give_the_controller_the_pages_own_addresses() {
         }]
         .into_iter()
         .collect(),
-        short_not_ok: false,
         iso_packets: Vec::new(),
         start_frame: None,
     };

@@ -111,7 +111,6 @@ impl<P: SharedPage> SimDevice<P> {
                 transfer_type: TransferType::Control,
                 setup: Some(setup),
                 segments: TransferSegments::new(),
-                short_not_ok: false,
                 iso_packets: Vec::new(),
                 start_frame: None,
             },

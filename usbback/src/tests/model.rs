@@ -127,7 +127,6 @@ impl Model {
             transfer_type: TransferType::Control,
             setup: Some(setup),
             segments: host::TransferSegments::new(),
-            short_not_ok: false,
             iso_packets: Vec::new(),
             start_frame: None,
         };
