@@ -252,7 +252,11 @@ c_id=$(xl domid guest-c)
 usbdom_id=$(xl domid usbdom)
 mark "phase=domains usbdom=$usbdom_id guest_a=$a_id guest_b=$b_id guest_c=$c_id"
 usbctl_step hc-create guest-a 2 8 || fail "hc_create_a"
-usbctl list guest-b | grep -q "port 1: 0627:0001" || fail "usbctl_up_no_assignment"
+usbctl_step list guest-b > /tmp/usbctl-list-b.out 2>&1
+if ! grep -q "port 1: 0627:0001" /tmp/usbctl-list-b.out; then
+  sed 's|^|usbctl-list-b: |' /tmp/usbctl-list-b.out
+  fail "usbctl_up_no_assignment"
+fi
 mark "phase=hc_created"
 wait_for "$ulog" "event=frontend_connected domid=$a_id " 60 || fail "frontend_a_not_connected"
 wait_for "$ulog" "event=frontend_connected domid=$b_id " 60 || fail "frontend_b_not_connected"
