@@ -305,7 +305,11 @@ impl Run {
                 .unwrap_or("(no message)");
             eprintln!("---- failed check: {why}");
             // A domain the emulated CPU ended (issue 13) explains many a later check.
-            for (t, l) in self.lines.iter().filter(|(_, l)| l.contains("Triple fault")) {
+            for (t, l) in self
+                .lines
+                .iter()
+                .filter(|(_, l)| l.contains("Triple fault"))
+            {
                 eprintln!("---- meanwhile, at {:.0} s: {l}", t.as_secs_f64());
             }
             std::panic::resume_unwind(e);
