@@ -454,3 +454,18 @@ pub(super) fn rig() -> Rig {
 }
 
 pub(super) const GET_DEVICE: [u8; 8] = [0x80, 6, 0, 1, 0, 0, 18, 0];
+
+/// A Bulk-Only Transport CBW for a READ(10) or WRITE(10) of `blocks` 512-byte blocks.
+pub(super) fn cbw(tag: u32, write: bool, lba: u32, blocks: u16) -> Vec<u8> {
+    let mut w = Vec::new();
+    w.extend(0x4342_5355u32.to_le_bytes());
+    w.extend(tag.to_le_bytes());
+    w.extend((u32::from(blocks) * 512).to_le_bytes());
+    w.extend([if write { 0x00 } else { 0x80 }, 0, 10]);
+    let mut cdb = [0u8; 16];
+    cdb[0] = if write { 0x2a } else { 0x28 };
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    w.extend(cdb);
+    w
+}
