@@ -423,16 +423,16 @@ where
                     readonly: i < buffer.data && direction == Direction::Out,
                 });
             }
-        } else if direction == Direction::Out {
-            buffer.copy_in_data(&self.pool, &mut stage.copies);
         } else {
-            let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
-                self.pool.release(buffer.frames, &mut self.unmaps);
-                return false;
-            };
-            buffer.probe_data(&self.pool, &mut stage.copies, &c.written);
-        }
-        if !map {
+            if direction == Direction::Out {
+                buffer.copy_in_data(&self.pool, &mut stage.copies);
+            } else {
+                let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
+                    self.pool.release(buffer.frames, &mut self.unmaps);
+                    return false;
+                };
+                buffer.probe_data(&self.pool, &mut stage.copies, &c.written);
+            }
             buffer.copy_in_descriptors(&self.pool, &mut stage.copies);
         }
         let copies = start..stage.copies.len();
