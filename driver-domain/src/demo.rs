@@ -23,6 +23,7 @@ use alloc::vec::Vec;
 use frontend_linux::{Completion, Frontend, Urb, UrbHandle};
 use log::{info, warn};
 use sha2::{Digest, Sha256};
+use usb::mass_storage::{cbw, read_capacity_10, read_write_10, CSW_SIZE, READ_10, WRITE_10};
 use usb::{Direction, TransferType};
 use usbback::host::{DeviceInfo, HostEvent, Transfer, TransferError, UsbHost, Vet};
 use xen::abi::DomId;
@@ -33,10 +34,7 @@ use xen::sim::{Domain, SimXsTransport, Xen};
 use xen::xenbus::{self, XenbusState};
 use xen::xenstore::{TxId, XenStore};
 use xhci_driver::descriptor::{parse_configuration, total_length, Configuration};
-use xhci_driver::mass_storage::{
-    capacity, cbw, csw, is_bulk_only_scsi, read_capacity_10, read_write_10, CSW_SIZE, READ_10,
-    WRITE_10,
-};
+use xhci_driver::mass_storage::{capacity, csw, is_bulk_only_scsi};
 
 /// Bytes of one bulk data URB. Below xen-hcd's 64 KiB, and a whole number of blocks.
 pub const CHUNK: usize = 32 << 10;

@@ -733,23 +733,10 @@ fn many_frontends_share_one_backend() {
 
 mod through_usbback {
     use super::*;
+    use testkit::sim_host::{MassStorage, SimHost, BLOCK_SIZE};
+    use usb::mass_storage::read_write_10_cbw;
     use usb::Speed;
     use usbback::host::{HostEvent, UsbHost};
-    use usbback::sim_host::{MassStorage, SimHost};
-
-    fn cbw(tag: u32, write: bool, lba: u32, blocks: u16) -> Vec<u8> {
-        let mut w = Vec::new();
-        w.extend(0x4342_5355u32.to_le_bytes());
-        w.extend(tag.to_le_bytes());
-        w.extend((u32::from(blocks) * 512).to_le_bytes());
-        w.extend([if write { 0x00 } else { 0x80 }, 0, 10]);
-        let mut cdb = [0u8; 16];
-        cdb[0] = if write { 0x2a } else { 0x28 };
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-        w.extend(cdb);
-        w
-    }
 
     fn pipe(direction: Direction, endpoint: u8) -> Pipe {
         Pipe {
@@ -846,15 +833,21 @@ mod through_usbback {
             })
             .collect();
         for (n, fe) in fes.iter_mut().enumerate() {
-            fe.submit(Urb::new(pipe(Direction::Out, 2), cbw(1, true, 16, 8)))
-                .unwrap();
+            fe.submit(Urb::new(
+                pipe(Direction::Out, 2),
+                read_write_10_cbw(1, true, 16, 8, BLOCK_SIZE as u32).to_vec(),
+            ))
+            .unwrap();
             let mut data = Urb::new(pipe(Direction::Out, 2), patterns[n].clone());
             data.page_offset = 1000 + n as u16 * 300;
             fe.submit(data).unwrap();
             fe.submit(Urb::new(pipe(Direction::In, 1), vec![0; 13]))
                 .unwrap();
-            fe.submit(Urb::new(pipe(Direction::Out, 2), cbw(2, false, 16, 8)))
-                .unwrap();
+            fe.submit(Urb::new(
+                pipe(Direction::Out, 2),
+                read_write_10_cbw(2, false, 16, 8, BLOCK_SIZE as u32).to_vec(),
+            ))
+            .unwrap();
             let mut back = Urb::new(pipe(Direction::In, 1), vec![0; 4096]);
             back.page_offset = 3000;
             fe.submit(back).unwrap();
@@ -883,7 +876,7 @@ mod through_usbback {
 
     #[test]
     fn unlinks_under_load_answer_each_urb_once_and_the_rest_carry_on() {
-        use usbback::sim_host::Keyboard;
+        use testkit::sim_host::Keyboard;
         let xen = Xen::new();
         let be_dom = xen.create_domain();
         let mut be =

@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use usb::Speed;
 use usbback::host::{HostEvent, UsbHost};
-use usbback::sim_host::{Keyboard, MassStorage, SimHost};
+use testkit::sim_host::{Keyboard, MassStorage, SimHost};
 use usbback::Backend;
 use xen::abi::usbif::*;
 use xen::hypervisor::EventChannels;

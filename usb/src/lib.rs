@@ -2,7 +2,8 @@
 //! [`TransferType`], device [`Speed`], an isochronous transfer's [`IsoPacket`], the
 //! [`SetupPacket`] of a control transfer, and the numbers of USB 2.0 chapter 9
 //! ([`request`], [`request_type`], [`descriptor`], [`feature`]) and of the hub class
-//! ([`hub`], USB 2.0 chapter 11).
+//! ([`hub`], USB 2.0 chapter 11), and the Mass Storage class's Bulk-Only Transport with its SCSI
+//! commands ([`mass_storage`]).
 //!
 //! Only what USB itself defines lives here; how a particular wire or controller encodes it
 //! (the PVUSB pipe, the xHCI Protocol Speed ID) stays with that wire or controller.
@@ -161,6 +162,8 @@ impl SetupPacket {
 /// LANGID of US English (USB Language Identifiers), the language of the strings read and
 /// served.
 pub const LANGID_EN_US: u16 = 0x0409;
+
+pub mod mass_storage;
 
 /// bmRequestType (USB 2.0 Table 9-2): direction, type and recipient of a request.
 pub mod request_type {

@@ -21,6 +21,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use testkit::raw_frontend::{
+    assign, buffer, send, toolstack_add, urb, with_buffer, Buffer, RawFrontend,
+};
 use usb::{Direction, Speed, TransferType};
 use usbback::host::{
     ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, Transfer, TransferError,
@@ -29,20 +32,13 @@ use usbback::host::{
 use usbback::Backend;
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
-use xen::abi::{DomId, EvtchnPort, GrantRef};
+use xen::abi::{DomId, EvtchnPort};
 use xen::hypervisor::{
     BatchTooLarge, CopyOp, Errno, EventChannels, GrantCopier, GrantMapper, GrantMapping,
     LocalFrame, LocalFrames, MapRequest, MapResults,
 };
 use xen::page::LocalPage;
-use xen::pvusb::{
-    ControllerNodes, Pipe, ASSIGN_DIR, CONN_RING_REF_KEY, EVENT_CHANNEL_KEY, URB_RING_REF_KEY,
-};
-use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
-use xen::xenbus::{self, XenbusState};
-use xen::xenstore::TxId;
-use zerocopy::FromZeros;
 
 /// The system allocator, counting allocations (and reallocations, which may move).
 struct Counting;
@@ -223,25 +219,16 @@ impl EventChannels for Timed {
 
 struct Frontend {
     dom: Domain,
-    urb: FrontRing<LocalPage, UsbifUrbRequest, UsbifUrbResponse>,
-    port: EvtchnPort,
+    front: RawFrontend,
     requests: Vec<UsbifUrbRequest>,
+    /// The requests' buffers, one page each.
+    _buffers: Vec<Buffer>,
     answered: u64,
 }
 
 fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
     let dom = xen.create_domain();
-    let nodes = ControllerNodes {
-        frontend: dom.domid(),
-        backend: be.domid(),
-        devid: 0,
-        usb_ver: 2,
-        ports: 1,
-    };
-    xen.dom0()
-        .xenstore()
-        .transaction(3, |xs, tx| nodes.write(xs, tx))
-        .unwrap();
+    toolstack_add(xen, be.domid(), dom.domid(), 1);
     let busid = format!("1-{n}");
     let info = DeviceInfo {
         id: n,
@@ -257,69 +244,21 @@ fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
     };
     host.devices.push(info.clone());
     host.events.push(HostEvent::Attached(info));
-    let bdir = format!(
-        "/local/domain/{}/backend/vusb/{}/0/{ASSIGN_DIR}/1",
-        be.domid(),
-        dom.domid()
-    );
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &bdir, busid.as_bytes())
-        .unwrap();
-
-    let (urb_gfn, urb_page) = dom.alloc_page();
-    let (conn_gfn, conn_page) = dom.alloc_page();
-    let urb_ref = dom.grant_access(be.domid(), urb_gfn, false).unwrap();
-    let conn_ref = dom.grant_access(be.domid(), conn_gfn, false).unwrap();
-    let port = dom.clone().alloc_unbound(be.domid()).unwrap();
-    let urb = FrontRing::init(urb_page);
-    let mut conn = FrontRing::<_, UsbifConnRequest, UsbifConnResponse>::init(conn_page);
-    for id in 0..512 {
-        conn.push_request(&UsbifConnRequest { id }).unwrap();
-    }
-    conn.push_requests_and_check_notify();
-    let fdir = format!("/local/domain/{}/device/vusb/0", dom.domid());
-    let mut xs = dom.xenstore();
-    for (k, v) in [
-        (URB_RING_REF_KEY, urb_ref.to_string()),
-        (CONN_RING_REF_KEY, conn_ref.to_string()),
-        (EVENT_CHANNEL_KEY, port.to_string()),
-    ] {
-        xs.write(TxId::NONE, &format!("{fdir}/{k}"), v.as_bytes())
-            .unwrap();
-    }
-    xenbus::switch_state(&mut xs, &fdir, XenbusState::Connected).unwrap();
-
-    let requests = (0..IN_FLIGHT)
-        .map(|id| {
-            let (gfn, _) = dom.alloc_page();
-            let gref: GrantRef = dom.grant_access(be.domid(), gfn, false).unwrap();
-            let mut r = UsbifUrbRequest::new_zeroed();
-            r.id = id;
-            r.pipe = Pipe {
-                port: 1,
-                unlink: false,
-                direction: Direction::In,
-                device: 0,
-                endpoint: 1,
-                transfer_type: TransferType::Bulk,
-            }
-            .encode();
-            r.nr_buffer_segs = 1;
-            r.buffer_length = LENGTH;
-            r.seg[0] = UsbifRequestSegment {
-                gref,
-                offset: 0,
-                length: LENGTH,
-            };
-            r
-        })
+    assign(xen, be.domid(), dom.domid(), 1, &busid);
+    let front = RawFrontend::connect(&dom, be.domid(), None);
+    let buffers: Vec<Buffer> = (0..IN_FLIGHT)
+        .map(|_| buffer(&dom, be.domid(), 0, &[0; LENGTH as usize], false))
+        .collect();
+    let requests = buffers
+        .iter()
+        .zip(0..)
+        .map(|(b, id)| with_buffer(urb(id, 1, 0, 1, Direction::In, TransferType::Bulk), b))
         .collect();
     Frontend {
         dom,
-        urb,
-        port,
+        front,
         requests,
+        _buffers: buffers,
         answered: 0,
     }
 }
@@ -407,12 +346,7 @@ fn run(frontends: u32) -> Totals {
         backend_round(&mut be, &mut host, &mut turn);
     }
     for f in &mut fronts {
-        for r in &f.requests {
-            f.urb.push_request(r).unwrap();
-        }
-        if f.urb.push_requests_and_check_notify() {
-            f.dom.clone().send(f.port).unwrap();
-        }
+        send(&f.dom, &mut f.front, &f.requests);
     }
     let (hypercalls, copy_ops) = (be.hypervisor().hypercalls, be.hypervisor().copy_ops);
     let mut cost = Cost::default();
@@ -421,20 +355,15 @@ fn run(frontends: u32) -> Totals {
         cost += backend_round(&mut be, &mut host, &mut turn);
         for f in &mut fronts {
             let mut again = Vec::new();
-            while let Some(rsp) = f.urb.next_response().unwrap() {
+            while let Some(rsp) = f.front.urb.next_response().unwrap() {
                 assert_eq!(rsp.status, USBIF_STATUS_OK, "URB {} failed", rsp.id);
                 f.answered += 1;
                 if f.answered + u64::from(IN_FLIGHT) <= goal {
                     again.push(f.requests[usize::from(rsp.id)]);
                 }
             }
-            for r in again {
-                f.urb.push_request(&r).unwrap();
-            }
-            if f.urb.push_requests_and_check_notify() {
-                f.dom.clone().send(f.port).unwrap();
-            }
-            let _ = f.urb.final_check_for_responses();
+            send(&f.dom, &mut f.front, &again);
+            let _ = f.front.urb.final_check_for_responses();
         }
     }
     Totals {

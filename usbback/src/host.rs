@@ -3,8 +3,9 @@
 //! The backend passes guests' requests through to devices, so the host offers raw USB
 //! transfers on any endpoint of any device it found, plus the few operations that change the
 //! host controller's own view of a device (configuration, alternate setting, endpoint halt,
-//! reset). The driver domain implements it over `xhci-driver`; `crate::sim_host` implements
-//! it with device models for host tests.
+//! reset). The driver domain implements it over `xhci-driver`; the test kit's `sim_host`
+//! implements it with device models for host tests, and its `model_host` with transfers a
+//! test finishes as it likes.
 //!
 //! Everything is asynchronous except the configuration operations: [`UsbHost::submit`]
 //! queues a transfer and returns, and its [`Completion`] comes out of

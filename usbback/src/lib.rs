@@ -45,8 +45,6 @@ pub mod host;
 mod inflight;
 pub mod policy;
 mod ports;
-#[cfg(any(test, feature = "sim"))]
-pub mod sim_host;
 pub mod superspeed;
 mod tokens;
 mod urb;
@@ -392,6 +390,19 @@ where
         dev.ports.get(usize::from(port).checked_sub(1)?)?.device
     }
 
+    /// The host's devices as the backend knows them (their strings capped to
+    /// [`host::MAX_STRING_CHARS`]).
+    pub fn host_devices(&self) -> &[DeviceInfo] {
+        &self.known
+    }
+
+    /// The configuration descriptors cached for port `port` (1-based) of `id`: rewritten for
+    /// a USB 2 frontend, and bounded whatever the device answers.
+    pub fn config_cache(&self, id: DeviceId, port: u8) -> Option<&superspeed::ConfigCache> {
+        let dev = self.devices.get(&id)?;
+        Some(&dev.ports.get(usize::from(port).checked_sub(1)?)?.configs)
+    }
+
     /// Requests of all frontends the host holds now.
     pub fn in_flight(&self) -> usize {
         self.tokens.len()
@@ -584,6 +595,3 @@ fn log_stats(id: DeviceId, s: &Stats, phase: &str, in_flight: usize) {
         id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes, s.bytes_in
     );
 }
-
-#[cfg(test)]
-mod tests;

@@ -5,10 +5,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use testkit::sim_host::{Keyboard, MassStorage, SimHost};
 use usb::Speed;
 use usbback::host::{HostEvent, UsbHost};
 use usbback::policy::Policy;
-use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 use usbback::Backend;
 use usbctl::{Attached, Error, Usbctl};
 use xen::abi::DomId;

@@ -33,8 +33,11 @@ mod registers;
 mod transfers;
 
 pub use configuration::MAX_CONFIGURATIONS;
+pub use enumeration::ENUMERATION_BUDGET_US;
+pub use events::COMMAND_TIMEOUT_US;
 pub use ports::RootPort;
 pub use registers::{halt_and_reset, supported_protocols, Capabilities, Protocol};
+pub use transfers::TRANSFER_TIMEOUT_US;
 
 use hubs::HubWatch;
 use transfers::EndpointRing;
@@ -243,6 +246,3 @@ pub struct Controller<H: Hal> {
 fn alloc<H: Hal>(hal: &mut H, bytes: usize, align: usize) -> Result<H::Dma, Error> {
     hal.dma_alloc(bytes, align).ok_or(Error::NoMemory)
 }
-
-#[cfg(test)]
-mod tests;

@@ -55,10 +55,6 @@ pub mod hub;
 pub mod mass_storage;
 pub mod port;
 pub mod ring;
-/// The simulated controller, for this crate's tests and (feature `fake`) its users'.
-#[cfg(any(test, feature = "fake"))]
-#[allow(missing_docs)]
-pub mod testing;
 pub mod transfer;
 
 pub use controller::{

@@ -5,6 +5,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use usb::mass_storage::{
+    cbw, CBW_SIZE, CLASS_MASS_STORAGE, CSW_SIGNATURE, CSW_SIZE, PROTOCOL_BULK_ONLY, SUBCLASS_SCSI,
+};
 use usb::{Direction, TransferType};
 
 use crate::controller::{Controller, Error};
@@ -12,49 +15,12 @@ use crate::descriptor::Interface;
 use crate::hal::{DmaBuffer, Hal};
 use crate::transfer::Segment;
 
-/// bInterfaceClass Mass Storage.
-pub const CLASS_MASS_STORAGE: u8 = 0x08;
-/// bInterfaceSubClass SCSI transparent command set.
-pub const SUBCLASS_SCSI: u8 = 0x06;
-/// bInterfaceProtocol Bulk-Only Transport.
-pub const PROTOCOL_BULK_ONLY: u8 = 0x50;
-
-const CBW_SIGNATURE: u32 = 0x4342_5355;
-const CSW_SIGNATURE: u32 = 0x5342_5355;
-/// Bytes of a Command Block Wrapper.
-pub const CBW_SIZE: usize = 31;
-/// Bytes of a Command Status Wrapper.
-pub const CSW_SIZE: usize = 13;
-
-/// SCSI operation codes.
-pub const INQUIRY: u8 = 0x12;
-/// READ CAPACITY (10).
-pub const READ_CAPACITY_10: u8 = 0x25;
-/// READ (10).
-pub const READ_10: u8 = 0x28;
-/// WRITE (10).
-pub const WRITE_10: u8 = 0x2a;
-
 /// The CBW and CSW take this long at most; data phases get the caller's timeout.
 const WRAPPER_TIMEOUT_US: u64 = 1_000_000;
 
 /// Whether an interface speaks SCSI over Bulk-Only Transport.
 pub fn is_bulk_only_scsi(i: &Interface) -> bool {
     (i.class, i.subclass, i.protocol) == (CLASS_MASS_STORAGE, SUBCLASS_SCSI, PROTOCOL_BULK_ONLY)
-}
-
-/// A Command Block Wrapper (BOT 5.1).
-pub fn cbw(tag: u32, data_length: u32, direction: Direction, lun: u8, cdb: &[u8]) -> [u8; 31] {
-    let mut w = [0u8; CBW_SIZE];
-    w[0..4].copy_from_slice(&CBW_SIGNATURE.to_le_bytes());
-    w[4..8].copy_from_slice(&tag.to_le_bytes());
-    w[8..12].copy_from_slice(&data_length.to_le_bytes());
-    w[12] = if direction == Direction::In { 0x80 } else { 0 };
-    w[13] = lun & 0x0f;
-    let n = cdb.len().min(16);
-    w[14] = n as u8;
-    w[15..15 + n].copy_from_slice(&cdb[..n]);
-    w
 }
 
 /// What went wrong with a command.
@@ -105,23 +71,6 @@ pub fn csw(bytes: &[u8], tag: u32) -> Result<u32, StorageError> {
         1 => Err(StorageError::CommandFailed),
         _ => Err(StorageError::PhaseError),
     }
-}
-
-/// INQUIRY for `length` bytes of standard data.
-pub fn inquiry(length: u8) -> [u8; 6] {
-    [INQUIRY, 0, 0, 0, length, 0]
-}
-
-/// READ CAPACITY (10).
-pub fn read_capacity_10() -> [u8; 10] {
-    [READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-/// READ (10) or WRITE (10) of `blocks` blocks at `lba`.
-pub fn read_write_10(opcode: u8, lba: u32, blocks: u16) -> [u8; 10] {
-    let l = lba.to_be_bytes();
-    let b = blocks.to_be_bytes();
-    [opcode, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
 }
 
 /// READ CAPACITY (10) data: (number of blocks, block length in bytes).
@@ -319,21 +268,6 @@ impl<D: DmaBuffer> BulkOnly<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cbw_carries_signature_tag_length_direction_and_cdb() {
-        let w = cbw(7, 4096, Direction::In, 0, &read_write_10(READ_10, 8, 8));
-        assert_eq!(&w[0..4], b"USBC");
-        assert_eq!(&w[4..8], &7u32.to_le_bytes());
-        assert_eq!(&w[8..12], &4096u32.to_le_bytes());
-        assert_eq!((w[12], w[13], w[14]), (0x80, 0, 10));
-        assert_eq!(&w[15..25], &[0x28, 0, 0, 0, 0, 8, 0, 0, 8, 0]);
-        assert_eq!(
-            cbw(1, 0, Direction::Out, 0, &[0; 20])[14],
-            16,
-            "CDB cut to 16"
-        );
-    }
 
     #[test]
     fn a_csw_is_checked() {

@@ -286,8 +286,41 @@ impl<D: DmaBuffer> EventRing<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Memory;
+    use alloc::vec;
     use xhci::ring::trb::command::Noop;
+
+    /// Zeroed dwords at a made-up bus address: what a ring needs of DMA memory.
+    struct Memory {
+        phys: u64,
+        words: Vec<u32>,
+    }
+
+    impl Memory {
+        fn new(phys: u64, len: usize) -> Memory {
+            Memory {
+                phys,
+                words: vec![0; len / 4],
+            }
+        }
+    }
+
+    impl DmaBuffer for Memory {
+        fn phys(&self) -> u64 {
+            self.phys
+        }
+
+        fn len(&self) -> usize {
+            self.words.len() * 4
+        }
+
+        fn read32(&self, offset: usize) -> u32 {
+            self.words[offset / 4]
+        }
+
+        fn write32(&mut self, offset: usize, value: u32) {
+            self.words[offset / 4] = value;
+        }
+    }
 
     fn noop() -> [u32; 4] {
         Noop::new().into_raw()

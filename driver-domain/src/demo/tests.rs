@@ -3,8 +3,8 @@
 
 use super::*;
 use std::sync::atomic::{AtomicU64, Ordering};
+use testkit::sim_host::{Keyboard, MassStorage, SimHost};
 use usb::Speed;
-use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 
 static NOW: AtomicU64 = AtomicU64::new(0);
 

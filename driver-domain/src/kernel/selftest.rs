@@ -11,9 +11,11 @@ use usb::{request_type, Direction, IsoPacket, TransferType};
 use usbback::host::HostEvent;
 
 use driver_domain::selftest::{storage_pattern, STORAGE_PATTERN_LBA, STORAGE_PATTERN_SIZE};
+use usb::mass_storage::{
+    cbw, inquiry, read_capacity_10, read_write_10, CBW_SIZE, CSW_SIZE, READ_10, WRITE_10,
+};
 use xhci_driver::mass_storage::{
-    capacity, cbw, csw, inquiry, inquiry_vendor, is_bulk_only_scsi, read_capacity_10,
-    read_write_10, BulkOnly, StorageError, CBW_SIZE, CSW_SIZE, READ_10, WRITE_10,
+    capacity, csw, inquiry_vendor, is_bulk_only_scsi, BulkOnly, StorageError,
 };
 use xhci_driver::{
     Configuration, Controller, DmaBuffer, Interface, Segment, TransferId, UsbDevice,

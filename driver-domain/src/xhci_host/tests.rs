@@ -1,9 +1,9 @@
 //! `XhciHost`'s tests, on the driver's simulated controller.
 
 use super::*;
+use testkit::fake_xhci::FakeXhci;
 use usb::Direction;
 use usbback::host::Segment as HostSegment;
-use xhci_driver::testing::FakeXhci;
 use xhci_driver::DmaBuffer;
 
 fn allow(_: &ClassSet) -> bool {
@@ -85,7 +85,7 @@ fn devices_are_offered_with_ids_and_their_transfers_complete_with_their_tokens()
     assert_eq!((c.token, c.result), (7, Ok(18)));
     let mut bytes = [0u8; 18];
     buf.read_bytes(0, &mut bytes);
-    assert_eq!(bytes, xhci_driver::testing::DEVICE_DESCRIPTOR);
+    assert_eq!(bytes, testkit::fake_xhci::DEVICE_DESCRIPTOR);
     assert_eq!(
         UsbHost::<()>::set_configuration(&mut host, id, 9, 900, &mut allow),
         Err(TransferError::Invalid)
@@ -399,7 +399,7 @@ fn sim_pages_give_the_controller_the_pages_own_addresses() {
     buf.read_bytes(4, &mut bytes);
     assert_eq!(
         bytes,
-        xhci_driver::testing::DEVICE_DESCRIPTOR,
+        testkit::fake_xhci::DEVICE_DESCRIPTOR,
         "at the page offset"
     );
 }

@@ -8,9 +8,10 @@ use crate::{Completion, Frontend, Urb};
 use alloc::boxed::Box;
 use alloc::string::ToString;
 use alloc::vec;
+use testkit::sim_host::{Keyboard, MassStorage, SimHost, BLOCK_SIZE};
+use usb::mass_storage::read_write_10_cbw;
 use usb::{Direction, Speed, TransferType};
 use usbback::host::{HostEvent, UsbHost};
-use usbback::sim_host::{Keyboard, MassStorage, SimHost};
 use xen::page::LocalPage;
 use xen::pvusb::{ControllerNodes, Pipe};
 use xen::sim::{Domain, SimXsTransport, Xen};
@@ -60,20 +61,6 @@ fn bulk(direction: Direction, endpoint: u8, buffer: Vec<u8>) -> Urb {
     Urb::new(pipe, buffer)
 }
 
-fn read_cbw(tag: u32) -> Vec<u8> {
-    let mut w = Vec::new();
-    w.extend(0x4342_5355u32.to_le_bytes());
-    w.extend(tag.to_le_bytes());
-    w.extend((u32::from(READ_BLOCKS) * 512).to_le_bytes());
-    w.extend([0x80, 0, 10]);
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x28;
-    cdb[2..6].copy_from_slice(&READ_LBA.to_be_bytes());
-    cdb[7..9].copy_from_slice(&READ_BLOCKS.to_be_bytes());
-    w.extend(cdb);
-    w
-}
-
 impl Victim {
     fn step(&mut self) {
         let _ = self.fe.poll_xenstore();
@@ -103,7 +90,18 @@ impl Victim {
         }
         let urbs = if self.configured {
             vec![
-                bulk(Direction::Out, 2, read_cbw(self.reads as u32)),
+                bulk(
+                    Direction::Out,
+                    2,
+                    read_write_10_cbw(
+                        self.reads as u32,
+                        false,
+                        READ_LBA,
+                        READ_BLOCKS,
+                        BLOCK_SIZE as u32,
+                    )
+                    .to_vec(),
+                ),
                 bulk(Direction::In, 1, vec![0; 4096]),
                 bulk(Direction::In, 1, vec![0; 13]),
             ]

@@ -27,7 +27,7 @@ use crate::ring::ProducerRing;
 /// milliseconds (4 ms under nested Xen in QEMU); one that answers each read just inside
 /// [`TRANSFER_TIMEOUT_US`](super::transfers::TRANSFER_TIMEOUT_US) would otherwise hold the
 /// driver for two seconds a plug.
-pub(super) const ENUMERATION_BUDGET_US: u64 = 500_000;
+pub const ENUMERATION_BUDGET_US: u64 = 500_000;
 
 // USB 2.0 chapter 9.
 const DEVICE_DESCRIPTOR_SIZE: u16 = 18;
@@ -424,4 +424,47 @@ pub(super) fn slot_context_of(
 /// Max Packet Size.
 pub(super) fn ep0_dword1(max_packet_size: u16) -> u32 {
     (3 << 1) | (4 << 3) | (u32::from(max_packet_size) << 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_context_has_the_route_hub_fields_and_tt() {
+        // A full-speed mouse on port 3 of a high-speed hub on port 2 of a hub on root
+        // port 7: route 0x32, and the TT of the high-speed hub (slot 4).
+        let tt = Some(Tt {
+            hub_slot_id: 4,
+            port: 3,
+        });
+        assert_eq!(
+            slot_context_of(Speed::Full, 7, &[2, 3], None, tt, 1),
+            [(1 << 27) | (1 << 20) | 0x32, 7 << 16, 4 | (3 << 8)]
+        );
+        // That high-speed hub: Hub, Number of Ports 4, TT Think Time 2 (24 FS bit times).
+        let hub = HubDescriptor {
+            ports: 4,
+            characteristics: 2 << 5,
+            power_on_to_power_good_ms: 100,
+        };
+        assert_eq!(
+            slot_context_of(Speed::High, 7, &[2], Some(&hub), None, 3),
+            [
+                (3 << 27) | (1 << 26) | (3 << 20) | 0x2,
+                (4 << 24) | (7 << 16),
+                2 << 16
+            ]
+        );
+        // A full-speed hub has no TT: TT Think Time stays 0.
+        assert_eq!(
+            slot_context_of(Speed::Full, 7, &[], Some(&hub), None, 3)[2],
+            0
+        );
+    }
+
+    #[test]
+    fn ep0_context_dword1_encodes_cerr_type_and_max_packet_size() {
+        assert_eq!(ep0_dword1(64), (64 << 16) | (4 << 3) | (3 << 1));
+    }
 }

@@ -13,7 +13,7 @@ use crate::hal::Hal;
 
 /// Commands complete in microseconds on real controllers; Address Device waits for a
 /// SET_ADDRESS on the bus.
-pub(super) const COMMAND_TIMEOUT_US: u64 = 100_000;
+pub const COMMAND_TIMEOUT_US: u64 = 100_000;
 /// Events taken before ERDP is written even though more wait: a quarter of the Event Ring,
 /// so the controller always has room to write.
 const ERDP_BATCH: u32 = (RING_BYTES / crate::ring::TRB_SIZE / 4) as u32;

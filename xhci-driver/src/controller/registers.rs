@@ -401,3 +401,22 @@ pub(super) fn ports_of(protocols: &[Protocol], major: u8) -> u32 {
         .map(|p| u32::from(p.count))
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_of_counts_the_root_ports_of_one_major_version() {
+        let protocol = |major, first_port, count| Protocol {
+            major,
+            first_port,
+            count,
+            slot_type: 0,
+        };
+        let qemu = [protocol(3, 1, 4), protocol(2, 5, 4)];
+        assert_eq!((ports_of(&qemu, 2), ports_of(&qemu, 3)), (4, 4));
+        assert_eq!(ports_of(&[protocol(2, 1, 2), protocol(2, 3, 6)], 2), 8);
+        assert_eq!(ports_of(&qemu, 1), 0);
+    }
+}

@@ -20,7 +20,7 @@ use crate::transfer::{
 };
 
 /// A control transfer to a device that answers.
-pub(super) const TRANSFER_TIMEOUT_US: u64 = 100_000;
+pub const TRANSFER_TIMEOUT_US: u64 = 100_000;
 
 /// A transfer the controller owns: the TRBs of its TDs and what has been reported of them.
 pub(super) struct PendingTd {

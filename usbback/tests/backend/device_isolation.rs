@@ -4,9 +4,9 @@
 //! bounded. Each test has a second frontend whose device keeps working.
 
 use super::*;
-use crate::sim_host::{DeviceModel, Handshake, Keyboard, MassStorage, SimHost};
-use crate::superspeed::CACHE_BYTES;
+use testkit::sim_host::{DeviceModel, Handshake, Keyboard, MassStorage, SimHost};
 use usb::SetupPacket;
+use usbback::superspeed::CACHE_BYTES;
 
 const INTERRUPT_IN: [u8; 7] = [7, 5, 0x81, 3, 8, 0, 10];
 const BULK_IN: [u8; 7] = [7, 5, 0x81, 2, 0x00, 0x02, 0];
@@ -125,9 +125,9 @@ impl DeviceModel for Shifty {
 struct Two {
     w: World,
     host: SimHost<LocalPage>,
-    a: Front,
+    a: RawFrontend,
     b_dom: Domain,
-    b: Front,
+    b: RawFrontend,
     be: DomId,
     kbd: u32,
 }
@@ -142,8 +142,8 @@ fn two(device: Box<dyn DeviceModel>, speed: Speed, policy: &str) -> (Two, u32) {
     let id = host.plug(device, "1-1", speed);
     let kbd = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Full);
     settle(&mut w.be, &mut host);
-    let a = frontend_connect(&w.fe, be, None);
-    let b = frontend_connect(&b_dom, be, None);
+    let a = RawFrontend::connect(&w.fe, be, None);
+    let b = RawFrontend::connect(&b_dom, be, None);
     assign(&w.xen, be, w.fe.domid(), 1, "1-1");
     assign(&w.xen, be, b_dom.domid(), 1, "1-2");
     settle(&mut w.be, &mut host);
@@ -202,7 +202,13 @@ impl Two {
     /// it: CBW, data, CSW. Returns the three statuses.
     fn a_writes(&mut self, rid: u16) -> Vec<i32> {
         let (fe, be) = (self.w.fe.clone(), self.be);
-        let wrapper = buffer(&fe, be, 0, &cbw(1, true, 0, 1), true);
+        let wrapper = buffer(
+            &fe,
+            be,
+            0,
+            &read_write_10_cbw(1, true, 0, 1, BLOCK_SIZE as u32),
+            true,
+        );
         let data = buffer(&fe, be, 0, &[0x5a; 512], true);
         let status = buffer(&fe, be, 0, &[0; 13], false);
         let out =
@@ -358,7 +364,7 @@ fn a_device_answering_every_configuration_index_with_64_kib_holds_a_bounded_cach
     hog.product = "x".repeat(100_000);
     let (mut t, id) = two(Box::new(hog), Speed::Super, "");
     assert_eq!(port_changes(&mut t.a), [(1, USBIF_SPEED_HIGH)]);
-    let known = t.w.be.known.iter().find(|k| k.id == id).unwrap();
+    let known = t.w.be.host_devices().iter().find(|k| k.id == id).unwrap();
     assert_eq!(
         known.product.as_ref().map(|p| p.chars().count()),
         Some(host::MAX_STRING_CHARS)
@@ -389,7 +395,7 @@ fn a_device_answering_every_configuration_index_with_64_kib_holds_a_bounded_cach
             t.b_types(batch);
         }
     }
-    let cache = &t.w.be.devices[&t.a_id()].ports[0].configs;
+    let cache = t.w.be.config_cache(t.a_id(), 1).unwrap();
     assert!(cache.len() <= usize::from(host::MAX_CONFIGURATIONS));
     assert!(cache.bytes() <= CACHE_BYTES, "{} bytes held", cache.bytes());
     assert_eq!(cache.get(0).map(<[u8]>::len), Some(32), "the real one kept");

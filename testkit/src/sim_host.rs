@@ -34,7 +34,7 @@ use usb::{Direction, SetupPacket, Speed, TransferType, LANGID_EN_US};
 use xen::abi::PAGE_SIZE;
 use xen::page::SharedPage;
 
-use crate::host::{
+use usbback::host::{
     ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, Segment, Transfer,
     TransferError, TransferSegments, UsbHost, Vet, MAX_CONFIGURATIONS,
 };

@@ -72,7 +72,7 @@ proptest! {
         let mut rsp_seen = r.front.urb.page().load_u32(8);
         for s in steps {
             let connected =
-                state_of(&r.w.xen, &bdir(r.be, r.fe)).unwrap() == XenbusState::Connected;
+                state_of(&r.w.xen, &backend_dir(r.be, r.fe)).unwrap() == XenbusState::Connected;
             if !connected {
                 break;
             }
@@ -126,7 +126,7 @@ proptest! {
             let rsp_prod = r.front.urb.page().load_u32(8);
             prop_assert!(
                 rsp_prod.wrapping_sub(rsp_seen) <= 16
-                    || state_of(&r.w.xen, &bdir(r.be, r.fe)).unwrap() != XenbusState::Connected,
+                    || state_of(&r.w.xen, &backend_dir(r.be, r.fe)).unwrap() != XenbusState::Connected,
                 "rsp_prod {rsp_prod} ran past the ring"
             );
             rsp_seen = rsp_prod;
@@ -134,8 +134,8 @@ proptest! {
         }
         // The toolstack takes the controller away: everything is given back.
         let mut d0 = r.w.xen.dom0().xenstore();
-        d0.write(TxId::NONE, &format!("{}/online", bdir(r.be, r.fe)), b"0").unwrap();
-        xenbus::switch_state(&mut d0, &bdir(r.be, r.fe), XenbusState::Closing).unwrap();
+        d0.write(TxId::NONE, &format!("{}/online", backend_dir(r.be, r.fe)), b"0").unwrap();
+        xenbus::switch_state(&mut d0, &backend_dir(r.be, r.fe), XenbusState::Closing).unwrap();
         settle(&mut r.w.be, &mut r.host);
         prop_assert!(b.released(&r.w.fe), "a data page is still mapped");
         prop_assert!(r.front.grants.iter().all(|g| !r.w.fe.grant_in_use(*g)), "a ring is still mapped");

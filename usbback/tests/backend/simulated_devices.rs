@@ -14,7 +14,7 @@ fn the_map_data_path_moves_the_same_bytes_and_holds_a_grant_only_while_its_trans
 }
 
 fn stick_and_keys(path: DataPath) {
-    use crate::sim_host::{Keyboard, MassStorage, SimHost};
+    use testkit::sim_host::{Keyboard, MassStorage, SimHost};
     let mut w = world(8);
     w.be.set_data_path(path);
     let mut host: SimHost<LocalPage> = SimHost::new();
@@ -22,7 +22,7 @@ fn stick_and_keys(path: DataPath) {
     let kbd = host.plug(Box::new(Keyboard::new()), "1-2", Speed::Full);
     settle(&mut w.be, &mut host);
     let (be, fe) = (DomId(1), w.fe.domid());
-    let mut front = frontend_connect(&w.fe, be, None);
+    let mut front = RawFrontend::connect(&w.fe, be, None);
     assign(&w.xen, be, fe, 1, "1-1");
     assign(&w.xen, be, fe, 2, "1-2");
     settle(&mut w.be, &mut host);
@@ -36,7 +36,13 @@ fn stick_and_keys(path: DataPath) {
 
     // WRITE(10) of 2 blocks at LBA 4, its data across a page boundary, then the CSW.
     let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 13 + 5) as u8).collect();
-    let wrapper = buffer(&w.fe, be, 0, &cbw(1, true, 4, 2), true);
+    let wrapper = buffer(
+        &w.fe,
+        be,
+        0,
+        &read_write_10_cbw(1, true, 4, 2, BLOCK_SIZE as u32),
+        true,
+    );
     let data = buffer(&w.fe, be, 3500, &pattern, true);
     let status = buffer(&w.fe, be, 0, &[0; 13], false);
     let out = |id, b: &Buffer| with_buffer(urb(id, 1, 0, 2, Direction::Out, TransferType::Bulk), b);
@@ -58,7 +64,13 @@ fn stick_and_keys(path: DataPath) {
     assert_eq!(&disk[4 * 512..6 * 512], &pattern[..], "on the disk");
 
     // READ(10) back into fresh pages.
-    let wrapper = buffer(&w.fe, be, 0, &cbw(2, false, 4, 2), true);
+    let wrapper = buffer(
+        &w.fe,
+        be,
+        0,
+        &read_write_10_cbw(2, false, 4, 2, BLOCK_SIZE as u32),
+        true,
+    );
     let back = buffer(&w.fe, be, 4000, &[0; 1024], false);
     send(
         &w.fe,

@@ -1,10 +1,19 @@
-//! The URB path's test kit: a host controller with devices modelled just enough for the
-//! backend, frontend buffers granted to it, requests and the rig most tests start from.
+//! A host controller with devices modelled just enough for usbback's URB path: what a test
+//! of the backend's bookkeeping wants from a host is control over when and how each transfer
+//! ends (held, late, cancelled, failed), not a device's logic ([`crate::sim_host`] has that).
 
-use super::*;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use usb::{Direction, Speed, TransferType};
+use usbback::host::{self, Completion, DeviceInfo, HostEvent, TransferError, UsbHost};
+use xen::page::{LocalPage, SharedPage};
 
 /// A device descriptor: USB 2.0 (or 3.0 with a 2^9-byte EP0 for SuperSpeed), 1234:5678.
-pub(super) fn device_descriptor(superspeed: bool) -> [u8; 18] {
+pub fn device_descriptor(superspeed: bool) -> [u8; 18] {
     let (usb, mps) = if superspeed { (0x03, 9) } else { (0x02, 64) };
     [
         18, 1, 0x00, usb, 0, 0, 0, mps, 0x34, 0x12, 0x78, 0x56, 0, 1, 1, 2, 0, 1,
@@ -12,7 +21,7 @@ pub(super) fn device_descriptor(superspeed: bool) -> [u8; 18] {
 }
 
 /// A SuperSpeed mass-storage configuration with its endpoint companions.
-pub(super) const SS_CONFIGURATION: [u8; 44] = [
+pub const SS_CONFIGURATION: [u8; 44] = [
     9, 2, 44, 0, 1, 1, 0, 0x80, 50, //
     9, 4, 0, 0, 2, 8, 6, 0x50, 0, //
     7, 5, 0x81, 2, 0x00, 0x04, 0, //
@@ -25,25 +34,31 @@ pub(super) const SS_CONFIGURATION: [u8; 44] = [
 /// answers, bulk IN 1 sends a byte pattern, bulk OUT 2 keeps what it gets, anything else
 /// stalls. With `hold` set, transfers stay in flight until cancelled or the device leaves.
 #[derive(Default)]
-pub(super) struct Model {
-    pub(super) devices: Vec<DeviceInfo>,
-    pub(super) events: Vec<HostEvent>,
-    pub(super) held: Vec<(u32, host::Transfer<LocalPage>)>,
-    pub(super) hold: bool,
+pub struct Model {
+    /// The devices present.
+    pub devices: Vec<DeviceInfo>,
+    /// Events for the next poll.
+    pub events: Vec<HostEvent>,
+    /// Transfers in flight, with their device.
+    pub held: Vec<(u32, host::Transfer<LocalPage>)>,
+    /// Transfers stay in flight (in [`Model::held`]) instead of completing.
+    pub hold: bool,
     /// Transfers queued, in all.
-    pub(super) submitted: usize,
+    pub submitted: usize,
     /// `cancel` fails as a Stop Endpoint command can: the transfer stays held until
     /// [`Model::finish_late`].
-    pub(super) cancel_fails: bool,
+    pub cancel_fails: bool,
     /// What bulk OUT 2 received, per device.
-    pub(super) out: BTreeMap<u32, Vec<u8>>,
-    pub(super) ops: Vec<String>,
+    pub out: BTreeMap<u32, Vec<u8>>,
+    /// The configuration operations asked for, in order, as text.
+    pub ops: Vec<String>,
     /// Devices that take their time over SET_CONFIGURATION, SET_INTERFACE and
     /// CLEAR_FEATURE: the answer is held as a transfer until [`Model::finish_late`].
-    pub(super) slow: Vec<u32>,
+    pub slow: Vec<u32>,
 }
 
-pub(super) fn info(id: u32, busid: &str, speed: Speed, class: u8, interfaces: &[u8]) -> DeviceInfo {
+/// A device of IDs 1234:5678, product "Model", with `interfaces` as its interface classes.
+pub fn info(id: u32, busid: &str, speed: Speed, class: u8, interfaces: &[u8]) -> DeviceInfo {
     DeviceInfo {
         id,
         busid: busid.into(),
@@ -59,12 +74,14 @@ pub(super) fn info(id: u32, busid: &str, speed: Speed, class: u8, interfaces: &[
 }
 
 impl Model {
-    pub(super) fn plug(&mut self, d: DeviceInfo) {
+    /// Attaches `d`; the event comes on the next poll.
+    pub fn plug(&mut self, d: DeviceInfo) {
         self.events.push(HostEvent::Attached(d.clone()));
         self.devices.push(d);
     }
 
-    pub(super) fn unplug(&mut self, id: u32) {
+    /// Detaches device `id`: its held transfers complete with no device, then it leaves.
+    pub fn unplug(&mut self, id: u32) {
         let held = core::mem::take(&mut self.held);
         for (device, t) in held {
             if device == id {
@@ -84,7 +101,8 @@ impl Model {
         self.events.push(HostEvent::Detached { id, busid });
     }
 
-    pub(super) fn vet(&self, device: u32, vet: &mut host::Vet<'_>) -> Result<(), TransferError> {
+    /// Asks `vet` with the classes device `device` was described with.
+    pub fn vet(&self, device: u32, vet: &mut host::Vet<'_>) -> Result<(), TransferError> {
         let d = self.devices.iter().find(|d| d.id == device);
         let classes = match d.map(|d| d.interface_classes) {
             Some(host::InterfaceClasses::Checked(c)) => c,
@@ -99,7 +117,7 @@ impl Model {
 
     /// The device's late DMA: `byte` into every segment of the held transfer `token`, then
     /// its completion.
-    pub(super) fn finish_late(&mut self, token: u64, byte: u8) {
+    pub fn finish_late(&mut self, token: u64, byte: u8) {
         let i = self
             .held
             .iter()
@@ -133,7 +151,8 @@ impl Model {
         self.held.push((device, t));
     }
 
-    pub(super) fn done(&mut self, token: u64, result: Result<usize, TransferError>) {
+    /// Completes transfer `token` with `result` on the next poll.
+    pub fn done(&mut self, token: u64, result: Result<usize, TransferError>) {
         self.events.push(HostEvent::Completed(Completion {
             token,
             result,
@@ -142,7 +161,10 @@ impl Model {
         }));
     }
 
-    pub(super) fn run(
+    /// Carries out `t` on device `device`: the device descriptor, [`SS_CONFIGURATION`],
+    /// a byte pattern from bulk IN 1, and bulk OUT 2 kept in [`Model::out`]; anything else
+    /// stalls.
+    pub fn run(
         &mut self,
         device: u32,
         t: &host::Transfer<LocalPage>,
@@ -272,200 +294,4 @@ impl UsbHost<LocalPage> for Model {
         self.ops.push(format!("reset {device}"));
         Ok(())
     }
-}
-
-/// Runs the backend until nothing moves: xenstore, event channels, the host's events.
-pub(super) fn settle<U: UsbHost<LocalPage>>(
-    be: &mut Backend<Domain, SimXsTransport>,
-    host: &mut U,
-) {
-    for _ in 0..4 {
-        be.poll_xenstore(host).unwrap();
-        let mut ports = Vec::new();
-        be.hypervisor().take_pending(&mut |p| ports.push(p));
-        for p in ports {
-            be.handle_event(p, host);
-        }
-        let mut events = Vec::new();
-        host.poll(&mut events);
-        be.host_events(host, &mut events);
-        while be.has_work() {
-            be.serve_busy(host);
-        }
-    }
-}
-
-pub(super) fn assign(xen: &Xen, be: DomId, fe: DomId, port: u8, busid: &str) {
-    let key = format!("{}/{ASSIGN_DIR}/{port}", bdir(be, fe));
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &key, busid.as_bytes())
-        .unwrap();
-}
-
-pub(super) fn port_status(xen: &Xen, be: DomId, fe: DomId, port: u8) -> String {
-    let key = format!("{}/{PORT_STATUS_DIR}/{port}", bdir(be, fe));
-    xen.dom0()
-        .xenstore()
-        .read_string(TxId::NONE, &key)
-        .unwrap_or_default()
-}
-
-/// A buffer of `len` bytes at `offset` in fresh frontend pages, granted to the backend
-/// (read-only for OUT, as Linux grants).
-pub(super) struct Buffer {
-    pub(super) pages: Vec<LocalPage>,
-    pub(super) segs: Vec<UsbifRequestSegment>,
-}
-
-pub(super) fn buffer(fe: &Domain, be: DomId, offset: usize, data: &[u8], readonly: bool) -> Buffer {
-    let mut pages = Vec::new();
-    let mut segs = Vec::new();
-    let (mut at, mut off) = (0, offset);
-    while at < data.len() {
-        let (gfn, page) = fe.alloc_page();
-        let n = (4096 - off).min(data.len() - at);
-        page.write(off, &data[at..at + n]);
-        let gref = fe.grant_access(be, gfn, readonly).unwrap();
-        segs.push(UsbifRequestSegment {
-            gref,
-            offset: off as u16,
-            length: n as u16,
-        });
-        pages.push(page);
-        at += n;
-        off = 0;
-    }
-    Buffer { pages, segs }
-}
-
-impl Buffer {
-    pub(super) fn read(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (p, s) in self.pages.iter().zip(&self.segs) {
-            let mut b = vec![0u8; usize::from(s.length)];
-            p.read(usize::from(s.offset), &mut b);
-            out.extend(b);
-        }
-        out
-    }
-
-    pub(super) fn released(&self, fe: &Domain) -> bool {
-        self.segs.iter().all(|s| !fe.grant_in_use(s.gref))
-    }
-}
-
-pub(super) fn urb(
-    id: u16,
-    port: u8,
-    device: u8,
-    endpoint: u8,
-    dir: Direction,
-    kind: TransferType,
-) -> UsbifUrbRequest {
-    let mut r = UsbifUrbRequest::new_zeroed();
-    r.id = id;
-    r.pipe = Pipe {
-        port,
-        unlink: false,
-        direction: dir,
-        device,
-        endpoint,
-        transfer_type: kind,
-    }
-    .encode();
-    r
-}
-
-pub(super) fn with_buffer(mut r: UsbifUrbRequest, b: &Buffer) -> UsbifUrbRequest {
-    r.nr_buffer_segs = b.segs.len() as u16;
-    r.buffer_length = b.segs.iter().map(|s| s.length).sum();
-    for (i, s) in b.segs.iter().enumerate() {
-        r.seg[i] = *s;
-    }
-    r
-}
-
-pub(super) fn control(id: u16, port: u8, device: u8, setup: [u8; 8]) -> UsbifUrbRequest {
-    let dir = if setup[0] & 0x80 != 0 {
-        Direction::In
-    } else {
-        Direction::Out
-    };
-    let mut r = urb(id, port, device, 0, dir, TransferType::Control);
-    r.u = setup;
-    r
-}
-
-pub(super) fn send(fe: &Domain, front: &mut Front, reqs: &[UsbifUrbRequest]) {
-    for r in reqs {
-        front.urb.push_request(r).unwrap();
-    }
-    if front.urb.push_requests_and_check_notify() {
-        fe.clone().send(front.port).unwrap();
-    }
-}
-
-pub(super) fn responses(front: &mut Front) -> Vec<UsbifUrbResponse> {
-    let mut out = Vec::new();
-    while let Some(r) = front.urb.next_response().unwrap() {
-        out.push(r);
-    }
-    out
-}
-
-pub(super) fn port_changes(front: &mut Front) -> Vec<(u8, u8)> {
-    let mut out = Vec::new();
-    while let Some(r) = front.conn.next_response().unwrap() {
-        out.push((r.portnum, r.speed));
-        front
-            .conn
-            .push_request(&UsbifConnRequest { id: r.id })
-            .unwrap();
-    }
-    front.conn.push_requests_and_check_notify();
-    out
-}
-
-pub(super) struct Rig {
-    pub(super) w: World,
-    pub(super) host: Model,
-    pub(super) front: Front,
-    pub(super) be: DomId,
-    pub(super) fe: DomId,
-}
-
-/// A connected frontend with 8 ports and a model host holding a high-speed device at 1-1.
-pub(super) fn rig() -> Rig {
-    let mut w = world(8);
-    let mut host = Model::default();
-    host.plug(info(1, "1-1", Speed::High, 0, &[8]));
-    settle(&mut w.be, &mut host);
-    let (be, fe) = (DomId(1), w.fe.domid());
-    let front = frontend_connect(&w.fe, be, None);
-    settle(&mut w.be, &mut host);
-    Rig {
-        w,
-        host,
-        front,
-        be,
-        fe,
-    }
-}
-
-pub(super) const GET_DEVICE: [u8; 8] = [0x80, 6, 0, 1, 0, 0, 18, 0];
-
-/// A Bulk-Only Transport CBW for a READ(10) or WRITE(10) of `blocks` 512-byte blocks.
-pub(super) fn cbw(tag: u32, write: bool, lba: u32, blocks: u16) -> Vec<u8> {
-    let mut w = Vec::new();
-    w.extend(0x4342_5355u32.to_le_bytes());
-    w.extend(tag.to_le_bytes());
-    w.extend((u32::from(blocks) * 512).to_le_bytes());
-    w.extend([if write { 0x00 } else { 0x80 }, 0, 10]);
-    let mut cdb = [0u8; 16];
-    cdb[0] = if write { 0x2a } else { 0x28 };
-    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-    w.extend(cdb);
-    w
 }

@@ -1,49 +1,36 @@
 //! The lifecycle against `xen::sim`: a toolstack (dom0) and a frontend behaving as libxl and
 //! Linux xen-hcd do.
 
-use super::*;
-use host::Completion;
-use usb::TransferType;
+use testkit::model_host::*;
+use testkit::raw_frontend::*;
+use testkit::sim_host::BLOCK_SIZE;
+use usb::mass_storage::read_write_10_cbw;
+use usb::{Direction, Speed, TransferType};
+use usbback::host::{self, DeviceInfo, HostEvent, TransferError, UsbHost};
+use usbback::*;
+use xen::abi::usbif::*;
 use xen::abi::xs_wire::XsdError;
-use xen::abi::GrantRef;
+use xen::abi::{DomId, GrantRef};
 use xen::hypervisor::EventChannels;
-use xen::page::LocalPage;
-use xen::pvusb::ControllerNodes;
+use xen::page::{LocalPage, SharedPage};
 use xen::pvusb::Pipe;
-use xen::ring::FrontRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
-use xen::xenbus;
-use xen::xenstore::TxId;
+use xen::xenbus::{self, XenbusError, XenbusState};
+use xen::xenstore::{TxId, XsError};
 use zerocopy::FromZeros;
+
+mod device_isolation;
+mod frontend_isolation;
+mod grant_copies;
+mod grant_maps;
+mod hostile;
+mod simulated_devices;
 
 struct World {
     xen: Xen,
     be: Backend<Domain, SimXsTransport>,
     fe: Domain,
     host: host::Absent,
-}
-
-fn bdir(be: DomId, fe: DomId) -> String {
-    format!("/local/domain/{be}/backend/vusb/{fe}/0")
-}
-
-fn fdir(fe: DomId) -> String {
-    format!("/local/domain/{fe}/device/vusb/0")
-}
-
-/// What libxl writes for a `type=pv` usbctrl, with its permissions.
-fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) {
-    let nodes = ControllerNodes {
-        frontend: fe,
-        backend: be,
-        devid: 0,
-        usb_ver: 2,
-        ports,
-    };
-    xen.dom0()
-        .xenstore()
-        .transaction(3, |xs, tx| nodes.write(xs, tx))
-        .unwrap();
 }
 
 fn world(ports: u8) -> World {
@@ -57,61 +44,6 @@ fn world(ports: u8) -> World {
         be,
         fe,
         host: host::Absent,
-    }
-}
-
-struct Front {
-    urb: FrontRing<LocalPage, UsbifUrbRequest, UsbifUrbResponse>,
-    /// The URB ring's page, for a frontend that writes it by hand.
-    urb_page: LocalPage,
-    conn: FrontRing<LocalPage, UsbifConnRequest, UsbifConnResponse>,
-    port: EvtchnPort,
-    grants: Vec<GrantRef>,
-}
-
-/// The frontend's connect step (xen-hcd's `xenhcd_backend_changed` on InitWait).
-fn frontend_connect(fe: &Domain, be: DomId, urb_ref_override: Option<&str>) -> Front {
-    let (urb_gfn, urb_page) = fe.alloc_page();
-    let (conn_gfn, conn_page) = fe.alloc_page();
-    let urb_ref = fe.grant_access(be, urb_gfn, false).unwrap();
-    let conn_ref = fe.grant_access(be, conn_gfn, false).unwrap();
-    let port = fe.clone().alloc_unbound(be).unwrap();
-    let urb = FrontRing::init(urb_page.clone());
-    let mut conn = FrontRing::<_, UsbifConnRequest, UsbifConnResponse>::init(conn_page);
-    let mut xs = fe.xenstore();
-    let f = fdir(fe.domid());
-    let urb_text = urb_ref_override
-        .map(String::from)
-        .unwrap_or(urb_ref.to_string());
-    xs.write(
-        TxId::NONE,
-        &format!("{f}/urb-ring-ref"),
-        urb_text.as_bytes(),
-    )
-    .unwrap();
-    xs.write(
-        TxId::NONE,
-        &format!("{f}/conn-ring-ref"),
-        conn_ref.to_string().as_bytes(),
-    )
-    .unwrap();
-    xs.write(
-        TxId::NONE,
-        &format!("{f}/event-channel"),
-        port.to_string().as_bytes(),
-    )
-    .unwrap();
-    for id in 0..512 {
-        conn.push_request(&UsbifConnRequest { id }).unwrap();
-    }
-    conn.push_requests_and_check_notify();
-    xenbus::switch_state(&mut xs, &f, XenbusState::Connected).unwrap();
-    Front {
-        urb,
-        urb_page,
-        conn,
-        port,
-        grants: vec![urb_ref, conn_ref],
     }
 }
 
@@ -135,14 +67,14 @@ fn reaches_initwait_then_connects_and_answers_urbs() {
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::InitWait
     );
 
-    let mut front = frontend_connect(&w.fe, be, None);
+    let mut front = RawFrontend::connect(&w.fe, be, None);
     pump(&mut w);
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::Connected
     );
     assert!(w.fe.grant_in_use(front.grants[0]), "the urb ring is mapped");
@@ -182,19 +114,19 @@ fn toolstack_removal_unmaps_closes_and_deletes_the_directory() {
     let mut w = world(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
-    let front = frontend_connect(&w.fe, be, None);
+    let front = RawFrontend::connect(&w.fe, be, None);
     pump(&mut w);
     // libxl: online=0, state=Closing.
     let mut d0 = w.xen.dom0().xenstore();
-    d0.write(TxId::NONE, &format!("{}/online", bdir(be, fe)), b"0")
+    d0.write(TxId::NONE, &format!("{}/online", backend_dir(be, fe)), b"0")
         .unwrap();
-    xenbus::switch_state(&mut d0, &bdir(be, fe), XenbusState::Closing).unwrap();
+    xenbus::switch_state(&mut d0, &backend_dir(be, fe), XenbusState::Closing).unwrap();
     pump(&mut w);
     for g in &front.grants {
         assert!(!w.fe.grant_in_use(*g), "grant {g} released");
     }
     assert_eq!(
-        d0.read(TxId::NONE, &bdir(be, fe)),
+        d0.read(TxId::NONE, &backend_dir(be, fe)),
         Err(XsError::Xs(XsdError::Enoent))
     );
     assert_eq!(w.be.devices().count(), 0);
@@ -205,27 +137,27 @@ fn a_closing_frontend_is_followed_and_can_reconnect() {
     let mut w = world(4);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
-    let front = frontend_connect(&w.fe, be, None);
+    let front = RawFrontend::connect(&w.fe, be, None);
     pump(&mut w);
     let mut fx = w.fe.xenstore();
-    xenbus::switch_state(&mut fx, &fdir(fe), XenbusState::Closing).unwrap();
+    xenbus::switch_state(&mut fx, &frontend_dir(fe), XenbusState::Closing).unwrap();
     pump(&mut w);
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::Closed
     );
     assert!(!w.fe.grant_in_use(front.grants[0]));
     // online is still 1: the device stays, and a re-initialising frontend gets InitWait.
-    xenbus::switch_state(&mut fx, &fdir(fe), XenbusState::Initialising).unwrap();
+    xenbus::switch_state(&mut fx, &frontend_dir(fe), XenbusState::Initialising).unwrap();
     pump(&mut w);
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::InitWait
     );
-    frontend_connect(&w.fe, be, None);
+    RawFrontend::connect(&w.fe, be, None);
     pump(&mut w);
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::Connected
     );
 }
@@ -235,19 +167,19 @@ fn bad_ring_details_are_refused_without_harm() {
     let mut w = world(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
-    frontend_connect(&w.fe, be, Some("not-a-number"));
+    RawFrontend::connect(&w.fe, be, Some("not-a-number"));
     pump(&mut w);
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::Closing
     );
     // A grant the frontend never made: the map fails and nothing stays mapped.
     let mut w = world(8);
     pump(&mut w);
-    let front = frontend_connect(&w.fe, be, Some("4000"));
+    let front = RawFrontend::connect(&w.fe, be, Some("4000"));
     pump(&mut w);
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::Closing
     );
     assert!(
@@ -261,14 +193,14 @@ fn a_flooding_frontend_is_disconnected_alone() {
     let mut w = world(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
-    let front = frontend_connect(&w.fe, be, None);
+    let front = RawFrontend::connect(&w.fe, be, None);
     pump(&mut w);
     // The frontend claims 17 requests on a 16-entry ring.
     xen::page::SharedPage::store_u32(front.urb.page(), 0, 17);
     w.fe.clone().send(front.port).unwrap();
     pump(&mut w);
     assert_eq!(
-        state_of(&w.xen, &bdir(be, fe)).unwrap(),
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
         XenbusState::Closed
     );
     assert!(!w.fe.grant_in_use(front.grants[0]));
@@ -280,12 +212,12 @@ fn a_config_the_protocol_forbids_is_refused() {
     pump(&mut w);
     assert_eq!(w.be.devices().count(), 0, "num-ports above 31 is refused");
     assert_eq!(
-        state_of(&w.xen, &bdir(DomId(1), w.fe.domid())).unwrap(),
+        state_of(&w.xen, &backend_dir(DomId(1), w.fe.domid())).unwrap(),
         XenbusState::Initialising
     );
 }
 
-// ---- The URB path, against a model host controller (tests/model.rs) ----
+// ---- The URB path, against a model host controller (testkit::model_host) ----
 
 #[test]
 fn an_assigned_device_is_reported_and_its_urbs_pass_through_the_grants() {
@@ -520,7 +452,7 @@ fn hostile_requests_get_errors_and_a_reused_id_disconnects_that_frontend_only() 
     let good = r.w.xen.create_domain();
     toolstack_add(&r.w.xen, r.be, good.domid(), 8);
     settle(&mut r.w.be, &mut r.host);
-    let mut good_front = frontend_connect(&good, r.be, None);
+    let mut good_front = RawFrontend::connect(&good, r.be, None);
     settle(&mut r.w.be, &mut r.host);
     r.host.plug(info(2, "1-2", Speed::High, 0, &[8]));
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
@@ -592,7 +524,7 @@ fn hostile_requests_get_errors_and_a_reused_id_disconnects_that_frontend_only() 
     send(&r.w.fe, &mut r.front, &[first, again]);
     settle(&mut r.w.be, &mut r.host);
     assert_eq!(
-        state_of(&r.w.xen, &bdir(r.be, r.fe)).unwrap(),
+        state_of(&r.w.xen, &backend_dir(r.be, r.fe)).unwrap(),
         XenbusState::Closed
     );
     assert!(b.released(&r.w.fe) && !r.w.fe.grant_in_use(r.front.grants[0]));
@@ -609,7 +541,7 @@ fn hostile_requests_get_errors_and_a_reused_id_disconnects_that_frontend_only() 
         "the other one is served"
     );
     assert_eq!(
-        state_of(&r.w.xen, &bdir(r.be, good.domid())).unwrap(),
+        state_of(&r.w.xen, &backend_dir(r.be, good.domid())).unwrap(),
         XenbusState::Connected
     );
 }
@@ -629,7 +561,7 @@ fn eight_frontends_at_once_each_get_their_own_data() {
     for (n, (d, f)) in fronts.iter_mut().enumerate() {
         let busid = format!("1-{}", n + 1);
         host.plug(info(n as u32 + 1, &busid, Speed::High, 0, &[8]));
-        *f = Some(frontend_connect(d, be, None));
+        *f = Some(RawFrontend::connect(d, be, None));
         assign(&w.xen, be, d.domid(), 3, &busid);
     }
     settle(&mut w.be, &mut host);
@@ -731,7 +663,7 @@ fn a_frontend_domain_destroyed_mid_transfer_is_cleaned_up() {
     // The domain dies; the toolstack then removes its devices' directories.
     r.w.xen.destroy_domain(r.fe);
     let mut d0 = r.w.xen.dom0().xenstore();
-    d0.rm(TxId::NONE, &bdir(r.be, r.fe)).unwrap();
+    d0.rm(TxId::NONE, &backend_dir(r.be, r.fe)).unwrap();
     settle(&mut r.w.be, &mut r.host);
     assert_eq!(r.w.be.in_flight(), 0);
     assert!(
@@ -891,13 +823,46 @@ fn isochronous_results_land_in_the_frontends_packet_descriptors() {
     assert!(data.released(&r.w.fe) && descriptors.released(&r.w.fe));
 }
 
-mod device_isolation;
-mod frontend_isolation;
-mod grant_copies;
-mod grant_maps;
-mod hostile;
-mod model;
-mod simulated_devices;
-use model::*;
-// `crate::bounce::Buffer` comes in through a glob import too; this one is meant.
-use model::Buffer;
+/// Runs the backend until nothing moves: xenstore, event channels, the host's events.
+fn settle<U: UsbHost<LocalPage>>(be: &mut Backend<Domain, SimXsTransport>, host: &mut U) {
+    for _ in 0..4 {
+        be.poll_xenstore(host).unwrap();
+        let mut ports = Vec::new();
+        be.hypervisor().take_pending(&mut |p| ports.push(p));
+        for p in ports {
+            be.handle_event(p, host);
+        }
+        let mut events = Vec::new();
+        host.poll(&mut events);
+        be.host_events(host, &mut events);
+        while be.has_work() {
+            be.serve_busy(host);
+        }
+    }
+}
+
+struct Rig {
+    w: World,
+    host: Model,
+    front: RawFrontend,
+    be: DomId,
+    fe: DomId,
+}
+
+/// A connected frontend with 8 ports and a model host holding a high-speed device at 1-1.
+fn rig() -> Rig {
+    let mut w = world(8);
+    let mut host = Model::default();
+    host.plug(info(1, "1-1", Speed::High, 0, &[8]));
+    settle(&mut w.be, &mut host);
+    let (be, fe) = (DomId(1), w.fe.domid());
+    let front = RawFrontend::connect(&w.fe, be, None);
+    settle(&mut w.be, &mut host);
+    Rig {
+        w,
+        host,
+        front,
+        be,
+        fe,
+    }
+}

@@ -1,37 +1,17 @@
 //! Mass storage: Bulk-Only Transport (USB MSC BOT 1.0) with a SCSI disk (SPC/SBC).
 
+use usb::mass_storage::{
+    BULK_ONLY_RESET, CBW_SIGNATURE, CBW_SIZE, CSW_FAILED, CSW_PASSED, CSW_PHASE_ERROR,
+    CSW_SIGNATURE, CSW_SIZE, GET_MAX_LUN, INQUIRY, MODE_SENSE_6, READ_10, READ_CAPACITY_10,
+    REQUEST_SENSE, TEST_UNIT_READY, WRITE_10,
+};
+
 use super::*;
 
 /// Bytes per logical block of [`MassStorage`].
 pub const BLOCK_SIZE: usize = 512;
 pub(super) const MSC_BULK_IN: u8 = 0x81;
 pub(super) const MSC_BULK_OUT: u8 = 0x02;
-/// dCBWSignature, "USBC".
-pub const CBW_SIGNATURE: u32 = 0x4342_5355;
-/// dCSWSignature, "USBS".
-pub const CSW_SIGNATURE: u32 = 0x5342_5355;
-/// Bytes of a Command Block Wrapper.
-pub const CBW_LEN: usize = 31;
-/// Bytes of a Command Status Wrapper.
-pub const CSW_LEN: usize = 13;
-/// bCSWStatus: command passed.
-pub const CSW_PASSED: u8 = 0;
-/// bCSWStatus: command failed (REQUEST SENSE says why).
-pub const CSW_FAILED: u8 = 1;
-/// bCSWStatus: phase error (the host and device disagree on the data stage).
-pub const CSW_PHASE_ERROR: u8 = 2;
-/// Bulk-Only Mass Storage Reset (class request).
-pub(super) const BULK_ONLY_RESET: u8 = 0xff;
-/// Get Max LUN (class request).
-pub(super) const GET_MAX_LUN: u8 = 0xfe;
-// SCSI operation codes.
-pub(super) const TEST_UNIT_READY: u8 = 0x00;
-pub(super) const REQUEST_SENSE: u8 = 0x03;
-pub(super) const INQUIRY: u8 = 0x12;
-pub(super) const MODE_SENSE_6: u8 = 0x1a;
-pub(super) const READ_CAPACITY_10: u8 = 0x25;
-pub(super) const READ_10: u8 = 0x28;
-pub(super) const WRITE_10: u8 = 0x2a;
 /// Sense key ILLEGAL REQUEST.
 pub(super) const ILLEGAL_REQUEST: u8 = 0x05;
 // Additional sense codes.
@@ -63,7 +43,7 @@ enum BotState {
         status: u8,
     },
     /// The CSW is ready on bulk IN.
-    Status([u8; CSW_LEN]),
+    Status([u8; CSW_SIZE]),
 }
 
 /// What a SCSI command did when it was received.
@@ -83,8 +63,8 @@ pub struct MassStorage {
     sense: (u8, u8),
 }
 
-pub(super) fn csw(tag: u32, residue: usize, status: u8) -> [u8; CSW_LEN] {
-    let mut c = [0; CSW_LEN];
+pub(super) fn csw(tag: u32, residue: usize, status: u8) -> [u8; CSW_SIZE] {
+    let mut c = [0; CSW_SIZE];
     c[0..4].copy_from_slice(&CSW_SIGNATURE.to_le_bytes());
     c[4..8].copy_from_slice(&tag.to_le_bytes());
     let residue = u32::try_from(residue).unwrap_or(u32::MAX);
@@ -201,7 +181,7 @@ impl MassStorage {
         let word = |i: usize| u32::from_le_bytes([cbw[i], cbw[i + 1], cbw[i + 2], cbw[i + 3]]);
         // A CBW that is not valid and meaningful (BOT §6.2) is answered with STALL, as
         // QEMU's usb-storage does; LUN 0 is the only one.
-        if cbw.len() != CBW_LEN || word(0) != CBW_SIGNATURE || cbw[13] != 0 {
+        if cbw.len() != CBW_SIZE || word(0) != CBW_SIGNATURE || cbw[13] != 0 {
             return Handshake::Stall;
         }
         let cb_len = usize::from(cbw[14]);

@@ -1,6 +1,7 @@
 //! The simulated host's tests: its standard requests, models, latency and hotplug.
 
 use super::*;
+use usb::mass_storage::{self, *};
 use xen::page::LocalPage;
 
 type Host = SimHost<LocalPage>;
@@ -126,21 +127,16 @@ fn bulk_in(host: &mut Host, id: u32, len: usize, offset: usize) -> Result<Vec<u8
     Ok(gather(&segments, n))
 }
 
-fn cbw(tag: u32, length: u32, is_in: bool, cb: &[u8]) -> Vec<u8> {
-    let mut c = Vec::new();
-    c.extend_from_slice(&CBW_SIGNATURE.to_le_bytes());
-    c.extend_from_slice(&tag.to_le_bytes());
-    c.extend_from_slice(&length.to_le_bytes());
-    c.extend_from_slice(&[if is_in { 0x80 } else { 0 }, 0, cb.len() as u8]);
-    c.extend_from_slice(cb);
-    c.resize(CBW_LEN, 0);
-    c
+/// A CBW on LUN 0, IN when `is_in`.
+fn cbw(tag: u32, length: u32, is_in: bool, cb: &[u8]) -> [u8; CBW_SIZE] {
+    let direction = if is_in { Direction::In } else { Direction::Out };
+    mass_storage::cbw(tag, length, direction, 0, cb)
 }
 
 /// Reads the CSW of command `tag`: (residue, status).
 fn csw_of(host: &mut Host, id: u32, tag: u32) -> (u32, u8) {
-    let c = bulk_in(host, id, CSW_LEN, 0).unwrap();
-    assert_eq!(c.len(), CSW_LEN);
+    let c = bulk_in(host, id, CSW_SIZE, 0).unwrap();
+    assert_eq!(c.len(), CSW_SIZE);
     let word = |i: usize| u32::from_le_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
     assert_eq!(word(0), CSW_SIGNATURE);
     assert_eq!(word(4), tag);
@@ -149,18 +145,10 @@ fn csw_of(host: &mut Host, id: u32, tag: u32) -> (u32, u8) {
 
 /// A command without data stage: its CSW status.
 fn no_data(host: &mut Host, id: u32, tag: u32, cb: &[u8]) -> u8 {
-    assert_eq!(bulk_out(host, id, &cbw(tag, 0, false, cb), 0), Ok(CBW_LEN));
+    assert_eq!(bulk_out(host, id, &cbw(tag, 0, false, cb), 0), Ok(CBW_SIZE));
     let (residue, status) = csw_of(host, id, tag);
     assert_eq!(residue, 0);
     status
-}
-
-fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
-    let mut cb = [0; 10];
-    cb[0] = op;
-    cb[2..6].copy_from_slice(&lba.to_be_bytes());
-    cb[7..9].copy_from_slice(&blocks.to_be_bytes());
-    cb
 }
 
 fn drain(host: &mut Host) -> Vec<HostEvent> {
@@ -316,10 +304,10 @@ fn write_then_read_back_through_bulk_only() {
         bulk_out(
             &mut host,
             id,
-            &cbw(0x11, len, false, &rw10(WRITE_10, 5, 3)),
+            &cbw(0x11, len, false, &read_write_10(WRITE_10, 5, 3)),
             0
         ),
-        Ok(CBW_LEN)
+        Ok(CBW_SIZE)
     );
     assert_eq!(bulk_out(&mut host, id, &pattern, 3000), Ok(pattern.len()));
     assert_eq!(csw_of(&mut host, id, 0x11), (0, CSW_PASSED));
@@ -334,10 +322,10 @@ fn write_then_read_back_through_bulk_only() {
         bulk_out(
             &mut host,
             id,
-            &cbw(0x12, len, true, &rw10(READ_10, 5, 3)),
+            &cbw(0x12, len, true, &read_write_10(READ_10, 5, 3)),
             0
         ),
-        Ok(CBW_LEN)
+        Ok(CBW_SIZE)
     );
     assert_eq!(
         bulk_in(&mut host, id, pattern.len(), 2500),
@@ -361,7 +349,7 @@ fn write_then_read_back_through_bulk_only() {
     assert_eq!(csw_of(&mut host, id, 0x13), (0, CSW_PASSED));
 
     // Past the end: the command fails, nothing is sent, and REQUEST SENSE says why.
-    let past = rw10(READ_10, blocks as u32 - 1, 2);
+    let past = read_write_10(READ_10, blocks as u32 - 1, 2);
     bulk_out(&mut host, id, &cbw(0x14, 1024, true, &past), 0).unwrap();
     assert_eq!(bulk_in(&mut host, id, 1024, 0), Ok(Vec::new()));
     assert_eq!(csw_of(&mut host, id, 0x14), (1024, CSW_FAILED));
@@ -530,7 +518,7 @@ fn unplug_completes_in_flight_transfers_then_detaches() {
     host.set_configuration(kbd, 1, 900, &mut allow).unwrap();
     host.set_latency(disk, 5);
     let command = cbw(1, 0, false, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]);
-    let segments = buffer(CBW_LEN, 0);
+    let segments = buffer(CBW_SIZE, 0);
     scatter(&segments, &command);
     host.submit(
         disk,
@@ -698,7 +686,7 @@ fn a_data_stage_the_wrong_way_is_a_phase_error() {
     let (mut host, id) = storage();
     // WRITE(10) of one block, but the CBW announces an IN data stage: nothing is
     // written, the device sends nothing, and the CSW reports a phase error.
-    let cb = rw10(WRITE_10, 0, 1);
+    let cb = read_write_10(WRITE_10, 0, 1);
     bulk_out(&mut host, id, &cbw(9, BLOCK_SIZE as u32, true, &cb), 0).unwrap();
     assert_eq!(bulk_in(&mut host, id, BLOCK_SIZE, 0), Ok(Vec::new()));
     assert_eq!(
@@ -706,7 +694,7 @@ fn a_data_stage_the_wrong_way_is_a_phase_error() {
         (BLOCK_SIZE as u32, CSW_PHASE_ERROR)
     );
     // More OUT data than the CBW announced is refused with STALL.
-    let cb = rw10(WRITE_10, 0, 1);
+    let cb = read_write_10(WRITE_10, 0, 1);
     bulk_out(&mut host, id, &cbw(10, BLOCK_SIZE as u32, false, &cb), 0).unwrap();
     let too_much = vec![0xaa; 2 * BLOCK_SIZE];
     assert_eq!(

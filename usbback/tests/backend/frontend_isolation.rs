@@ -126,8 +126,8 @@ fn a_refill_flood_gets_one_ring_per_turn_and_the_other_frontend_its_answers() {
     model.plug(info(1, "1-1", Speed::High, 0, &[8]));
     model.plug(info(2, "1-2", Speed::High, 0, &[8]));
     settle(&mut w.be, &mut model);
-    let front = frontend_connect(&w.fe, be_id, None);
-    let mut vfront = frontend_connect(&victim, be_id, None);
+    let front = RawFrontend::connect(&w.fe, be_id, None);
+    let mut vfront = RawFrontend::connect(&victim, be_id, None);
     settle(&mut w.be, &mut model);
     assign(&w.xen, be_id, attacker, 1, "1-1");
     assign(&w.xen, be_id, victim.domid(), 1, "1-2");
@@ -211,8 +211,8 @@ struct Pair {
     be_id: DomId,
     a: Domain,
     b: Domain,
-    afront: Front,
-    bfront: Front,
+    afront: RawFrontend,
+    bfront: RawFrontend,
 }
 
 fn pair(host: &mut Model, a_classes: &[u8]) -> Pair {
@@ -223,8 +223,8 @@ fn pair(host: &mut Model, a_classes: &[u8]) -> Pair {
     host.plug(info(1, "1-1", Speed::High, 0, a_classes));
     host.plug(info(2, "1-2", Speed::High, 0, &[8]));
     settle(&mut w.be, host);
-    let mut afront = frontend_connect(&a, be_id, None);
-    let mut bfront = frontend_connect(&b, be_id, None);
+    let mut afront = RawFrontend::connect(&a, be_id, None);
+    let mut bfront = RawFrontend::connect(&b, be_id, None);
     settle(&mut w.be, host);
     assign(&w.xen, be_id, a.domid(), 1, "1-1");
     assign(&w.xen, be_id, b.domid(), 1, "1-2");
@@ -275,7 +275,7 @@ fn a_transfer_that_outlives_its_frontend_never_writes_into_anyones_pages() {
     w.xen
         .dom0()
         .xenstore()
-        .rm(TxId::NONE, &bdir(be_id, a.domid()))
+        .rm(TxId::NONE, &backend_dir(be_id, a.domid()))
         .unwrap();
     settle(&mut w.be, &mut host);
     assert_eq!(w.be.devices().count(), 1, "A's controller is gone");

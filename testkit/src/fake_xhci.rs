@@ -7,8 +7,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
-use crate::hal::{DmaBuffer, Hal};
-use crate::port::{CCS, CHANGE_BITS, CSC, PED, PP, PR, PRC, WPR, WRC};
+use xhci_driver::hal::{DmaBuffer, Hal};
+use xhci_driver::port::{CCS, CHANGE_BITS, CSC, PED, PP, PR, PRC, WPR, WRC};
 
 /// Bytes at a made-up bus address, shared by the buffers carved out of them.
 pub struct Arena {
@@ -101,21 +101,31 @@ impl DmaBuffer for Memory {
     }
 }
 
-// The simulated controller's register map.
+// The simulated controller's register map (offsets in BAR0), named as xHCI 5.4 and 5.5 name
+// the registers.
 const OP: usize = 0x40;
+/// USB Command.
 pub const USBCMD: usize = OP;
+/// USB Status.
 pub const USBSTS: usize = OP + 0x04;
+/// Command Ring Control.
 pub const CRCR: usize = OP + 0x18;
+/// Device Context Base Address Array Pointer.
 pub const DCBAAP: usize = OP + 0x30;
+/// Configure.
 pub const CONFIG: usize = OP + 0x38;
 /// PORTSC of port 1 (USB3, empty); port 2 (USB2) follows 16 bytes on.
 pub const PORTSC1: usize = OP + 0x400;
 const XECP: usize = 0x800;
 const DOORBELLS: usize = 0x2000;
 const RUNTIME: usize = 0x3000;
+/// Interrupter 0's Management register.
 pub const IMAN: usize = RUNTIME + 0x20;
+/// Interrupter 0's Event Ring Segment Table Size.
 pub const ERSTSZ: usize = RUNTIME + 0x28;
+/// Interrupter 0's Event Ring Segment Table Base Address.
 pub const ERSTBA: usize = RUNTIME + 0x30;
+/// Interrupter 0's Event Ring Dequeue Pointer.
 pub const ERDP: usize = RUNTIME + 0x38;
 const BAR_SIZE: usize = 0x4000;
 
@@ -324,6 +334,13 @@ impl FakeXhci {
     /// A register's value.
     pub fn reg(&self, offset: usize) -> u32 {
         self.regs.borrow()[offset / 4]
+    }
+
+    /// Where the controller writes its next event: once the driver has handled every
+    /// event, ERDP points here.
+    pub fn event_enqueue_pointer(&self) -> u64 {
+        let s = self.state.borrow();
+        s.event_base + (s.event_enqueue * 16) as u64
     }
 
     /// Memory as the controller sees it.

@@ -1,0 +1,256 @@
+//! A PVUSB frontend whose requests a test writes by hand, on `xen::sim`: the toolstack's
+//! part (libxl's nodes for a `type=pv` usbctrl) and xen-hcd's connect step, nothing more.
+//! What it sends and how it reads the answers is the test's (or the benchmark's) business,
+//! so it can send what no driver would.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use usb::{request_type, Direction, TransferType};
+use xen::abi::usbif::{
+    UsbifConnRequest, UsbifConnResponse, UsbifRequestSegment, UsbifUrbRequest, UsbifUrbResponse,
+};
+use xen::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
+use xen::hypervisor::EventChannels;
+use xen::page::{LocalPage, SharedPage};
+use xen::pvusb::{
+    ControllerNodes, Pipe, ASSIGN_DIR, CONN_RING_REF_KEY, EVENT_CHANNEL_KEY, PORT_STATUS_DIR,
+    URB_RING_REF_KEY,
+};
+use xen::ring::FrontRing;
+use xen::sim::{Domain, Xen};
+use xen::xenbus::{self, XenbusState};
+use xen::xenstore::TxId;
+use zerocopy::FromZeros;
+
+/// Requests put on the conn ring at connect: xen-hcd's count, more than any port count.
+const CONN_REQUESTS: u16 = 512;
+
+/// The backend directory of frontend `fe`'s controller 0 served by `be`.
+pub fn backend_dir(be: DomId, fe: DomId) -> String {
+    format!("/local/domain/{be}/backend/vusb/{fe}/0")
+}
+
+/// The frontend directory of `fe`'s controller 0.
+pub fn frontend_dir(fe: DomId) -> String {
+    format!("/local/domain/{fe}/device/vusb/0")
+}
+
+/// What libxl writes for a `type=pv` usbctrl of `ports` USB 2 ports, with its permissions.
+pub fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) {
+    let nodes = ControllerNodes {
+        frontend: fe,
+        backend: be,
+        devid: 0,
+        usb_ver: 2,
+        ports,
+    };
+    xen.dom0()
+        .xenstore()
+        .transaction(3, |xs, tx| nodes.write(xs, tx))
+        .expect("the toolstack's transaction");
+}
+
+/// A connected frontend's rings and event channel.
+pub struct RawFrontend {
+    /// The URB ring.
+    pub urb: FrontRing<LocalPage, UsbifUrbRequest, UsbifUrbResponse>,
+    /// The URB ring's page, for a test that writes the ring by hand.
+    pub urb_page: LocalPage,
+    /// The conn ring, with [`CONN_REQUESTS`] requests posted.
+    pub conn: FrontRing<LocalPage, UsbifConnRequest, UsbifConnResponse>,
+    /// The event channel the backend binds.
+    pub port: EvtchnPort,
+    /// The rings' grants.
+    pub grants: Vec<GrantRef>,
+}
+
+impl RawFrontend {
+    /// xen-hcd's connect step (`xenhcd_backend_changed` on InitWait): grants both rings to
+    /// `be`, allocates the event channel, posts the conn ring's requests, writes the ring
+    /// details and switches to Connected. `urb_ring_ref` replaces the URB ring's grant
+    /// reference as written, for a test of what the backend does with a bad one.
+    pub fn connect(fe: &Domain, be: DomId, urb_ring_ref: Option<&str>) -> RawFrontend {
+        let (urb_gfn, urb_page) = fe.alloc_page();
+        let (conn_gfn, conn_page) = fe.alloc_page();
+        let urb_ref = fe.grant_access(be, urb_gfn, false).expect("grant");
+        let conn_ref = fe.grant_access(be, conn_gfn, false).expect("grant");
+        let port = fe.clone().alloc_unbound(be).expect("event channel");
+        let urb = FrontRing::init(urb_page.clone());
+        let mut conn = FrontRing::<_, UsbifConnRequest, UsbifConnResponse>::init(conn_page);
+        for id in 0..CONN_REQUESTS {
+            conn.push_request(&UsbifConnRequest { id })
+                .expect("the conn ring holds them");
+        }
+        conn.push_requests_and_check_notify();
+        let dir = frontend_dir(fe.domid());
+        let urb_text = urb_ring_ref.map_or(urb_ref.to_string(), String::from);
+        let mut xs = fe.xenstore();
+        for (key, value) in [
+            (URB_RING_REF_KEY, urb_text),
+            (CONN_RING_REF_KEY, conn_ref.to_string()),
+            (EVENT_CHANNEL_KEY, port.to_string()),
+        ] {
+            xs.write(TxId::NONE, &format!("{dir}/{key}"), value.as_bytes())
+                .expect("the frontend's own directory");
+        }
+        xenbus::switch_state(&mut xs, &dir, XenbusState::Connected).expect("state");
+        RawFrontend {
+            urb,
+            urb_page,
+            conn,
+            port,
+            grants: vec![urb_ref, conn_ref],
+        }
+    }
+}
+
+/// Assigns host device `busid` to port `port` of `fe`'s controller, as `usbctl` does.
+pub fn assign(xen: &Xen, be: DomId, fe: DomId, port: u8, busid: &str) {
+    let key = format!("{}/{ASSIGN_DIR}/{port}", backend_dir(be, fe));
+    xen.dom0()
+        .xenstore()
+        .write(TxId::NONE, &key, busid.as_bytes())
+        .expect("dom0 writes anywhere");
+}
+
+/// What the backend published for port `port` of `fe`'s controller ("" when nothing).
+pub fn port_status(xen: &Xen, be: DomId, fe: DomId, port: u8) -> String {
+    let key = format!("{}/{PORT_STATUS_DIR}/{port}", backend_dir(be, fe));
+    xen.dom0()
+        .xenstore()
+        .read_string(TxId::NONE, &key)
+        .unwrap_or_default()
+}
+
+/// A buffer in frontend pages granted to the backend, and its request segments.
+pub struct Buffer {
+    /// The pages, one per segment.
+    pub pages: Vec<LocalPage>,
+    /// The segments, as a request carries them.
+    pub segs: Vec<UsbifRequestSegment>,
+}
+
+/// `data` at `offset` in fresh pages of `fe`, granted to `be` (read-only for OUT, as Linux
+/// grants).
+pub fn buffer(fe: &Domain, be: DomId, offset: usize, data: &[u8], readonly: bool) -> Buffer {
+    let mut pages = Vec::new();
+    let mut segs = Vec::new();
+    let (mut at, mut off) = (0, offset);
+    while at < data.len() {
+        let (gfn, page) = fe.alloc_page();
+        let n = (PAGE_SIZE - off).min(data.len() - at);
+        page.write(off, &data[at..at + n]);
+        let gref = fe.grant_access(be, gfn, readonly).expect("grant");
+        segs.push(UsbifRequestSegment {
+            gref,
+            offset: off as u16,
+            length: n as u16,
+        });
+        pages.push(page);
+        at += n;
+        off = 0;
+    }
+    Buffer { pages, segs }
+}
+
+impl Buffer {
+    /// Its bytes now.
+    pub fn read(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (p, s) in self.pages.iter().zip(&self.segs) {
+            let mut b = vec![0u8; usize::from(s.length)];
+            p.read(usize::from(s.offset), &mut b);
+            out.extend(b);
+        }
+        out
+    }
+
+    /// Whether the backend let go of every grant of it.
+    pub fn released(&self, fe: &Domain) -> bool {
+        self.segs.iter().all(|s| !fe.grant_in_use(s.gref))
+    }
+}
+
+/// A request `id` without data for `endpoint` of device `device` on port `port`.
+pub fn urb(
+    id: u16,
+    port: u8,
+    device: u8,
+    endpoint: u8,
+    direction: Direction,
+    transfer_type: TransferType,
+) -> UsbifUrbRequest {
+    let mut r = UsbifUrbRequest::new_zeroed();
+    r.id = id;
+    r.pipe = Pipe {
+        port,
+        unlink: false,
+        direction,
+        device,
+        endpoint,
+        transfer_type,
+    }
+    .encode();
+    r
+}
+
+/// `r` with `b` as its buffer.
+pub fn with_buffer(mut r: UsbifUrbRequest, b: &Buffer) -> UsbifUrbRequest {
+    r.nr_buffer_segs = b.segs.len() as u16;
+    r.buffer_length = b.segs.iter().map(|s| s.length).sum();
+    for (i, s) in b.segs.iter().enumerate() {
+        r.seg[i] = *s;
+    }
+    r
+}
+
+/// A control request `id` to endpoint 0 with SETUP packet `setup`.
+pub fn control(id: u16, port: u8, device: u8, setup: [u8; 8]) -> UsbifUrbRequest {
+    let direction = if setup[0] & request_type::DEVICE_TO_HOST != 0 {
+        Direction::In
+    } else {
+        Direction::Out
+    };
+    let mut r = urb(id, port, device, 0, direction, TransferType::Control);
+    r.u = setup;
+    r
+}
+
+/// GET_DESCRIPTOR(DEVICE), 18 bytes.
+pub const GET_DEVICE: [u8; 8] = [0x80, 6, 0, 1, 0, 0, 18, 0];
+
+/// Puts `reqs` on `front`'s URB ring and notifies the backend if it asks to be.
+pub fn send(fe: &Domain, front: &mut RawFrontend, reqs: &[UsbifUrbRequest]) {
+    for r in reqs {
+        front.urb.push_request(r).expect("room on the URB ring");
+    }
+    if front.urb.push_requests_and_check_notify() {
+        fe.clone().send(front.port).expect("the backend's channel");
+    }
+}
+
+/// The URB responses waiting on `front`'s ring.
+pub fn responses(front: &mut RawFrontend) -> Vec<UsbifUrbResponse> {
+    let mut out = Vec::new();
+    while let Some(r) = front.urb.next_response().expect("a sane ring") {
+        out.push(r);
+    }
+    out
+}
+
+/// The port changes waiting on `front`'s conn ring as (port, speed), each request given back.
+pub fn port_changes(front: &mut RawFrontend) -> Vec<(u8, u8)> {
+    let mut out = Vec::new();
+    while let Some(r) = front.conn.next_response().expect("a sane ring") {
+        out.push((r.portnum, r.speed));
+        front
+            .conn
+            .push_request(&UsbifConnRequest { id: r.id })
+            .expect("the slot it answered");
+    }
+    front.conn.push_requests_and_check_notify();
+    out
+}
