@@ -20,7 +20,8 @@ use xen::xenstore::{Access, Perm, TxId};
 type Be = Rc<RefCell<Option<Backend<Domain, SimXsTransport>>>>;
 type Host = Rc<RefCell<SimHost<LocalPage>>>;
 
-struct World {
+/// A Xen with usbdom's backend, a user VM and the simulated devices.
+struct Machine {
     xen: Xen,
     backend: Be,
     /// A keyboard at 1-1 (1209:0002, serial 000000000002) and a stick at 1-4.1 (1209:0001).
@@ -40,7 +41,7 @@ fn name(xen: &Xen, dom: DomId, n: &str) {
         .unwrap();
 }
 
-fn world(with_backend: bool) -> World {
+fn machine(with_backend: bool) -> Machine {
     let xen = Xen::new();
     let usbdom = xen.create_domain();
     let guest = xen.create_domain();
@@ -53,7 +54,7 @@ fn world(with_backend: bool) -> World {
     host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
     host.plug(Box::new(MassStorage::new(64)), "1-4.1", Speed::High);
     let host = Rc::new(RefCell::new(host));
-    World {
+    Machine {
         xen,
         backend,
         host,
@@ -63,7 +64,7 @@ fn world(with_backend: bool) -> World {
 }
 
 /// What usbdom's main loop does between two looks of usbctl.
-fn ticker(w: &World) -> Box<dyn FnMut()> {
+fn ticker(w: &Machine) -> Box<dyn FnMut()> {
     let (be, host) = (w.backend.clone(), w.host.clone());
     Box::new(move || {
         if let Some(b) = be.borrow_mut().as_mut() {
@@ -77,13 +78,13 @@ fn ticker(w: &World) -> Box<dyn FnMut()> {
     })
 }
 
-fn usbctl(w: &World) -> Usbctl<SimXsTransport> {
+fn usbctl(w: &Machine) -> Usbctl<SimXsTransport> {
     Usbctl::new(w.xen.dom0().xenstore(), ticker(w)).with_timeout(Duration::from_millis(200))
 }
 
 #[test]
 fn hc_create_writes_what_libxl_writes_and_waits_for_initwait() {
-    let w = world(true);
+    let w = machine(true);
     let mut u = usbctl(&w);
     assert_eq!(u.domain("guest"), Ok(w.guest));
     assert_eq!(u.domain(&w.usbdom.to_string()), Ok(w.usbdom));
@@ -159,7 +160,7 @@ fn hc_create_writes_what_libxl_writes_and_waits_for_initwait() {
 
 #[test]
 fn hc_destroy_follows_libxl_and_the_backend_removes_its_directory() {
-    let w = world(true);
+    let w = machine(true);
     let mut u = usbctl(&w);
     u.hc_create(w.guest, w.usbdom, 2, 8).unwrap();
     assert_eq!(u.hc_destroy(w.guest, 0), Ok(()));
@@ -173,7 +174,7 @@ fn hc_destroy_follows_libxl_and_the_backend_removes_its_directory() {
 
 #[test]
 fn hc_destroy_frees_the_assigned_ports_first() {
-    let w = world(true);
+    let w = machine(true);
     let mut u = usbctl(&w);
     u.hc_create(w.guest, w.usbdom, 2, 8).unwrap();
     let b = format!("/local/domain/{}/backend/vusb/{}/0", w.usbdom, w.guest);
@@ -194,7 +195,7 @@ fn hc_destroy_frees_the_assigned_ports_first() {
 
 #[test]
 fn every_wrong_input_has_its_message() {
-    let w = world(true);
+    let w = machine(true);
     let mut u = usbctl(&w);
     let msg = |r: Result<u32, Error>| r.unwrap_err().0;
     assert_eq!(
@@ -228,7 +229,7 @@ fn every_wrong_input_has_its_message() {
 
 #[test]
 fn a_backend_that_does_not_answer_is_reported_and_nothing_is_left_behind() {
-    let w = world(false);
+    let w = machine(false);
     let mut u = usbctl(&w);
     let e = u.hc_create(w.guest, w.usbdom, 2, 8).unwrap_err();
     assert_eq!(
@@ -240,7 +241,7 @@ fn a_backend_that_does_not_answer_is_reported_and_nothing_is_left_behind() {
 
 #[test]
 fn attach_and_detach_record_assignments_and_refuse_what_cannot_be() {
-    let w = world(true);
+    let w = machine(true);
     let mut u = usbctl(&w);
     u.hc_create(w.guest, w.usbdom, 2, 4).unwrap();
     u.hc_create(w.guest, w.usbdom, 2, 4).unwrap();
@@ -344,7 +345,7 @@ fn attach_and_detach_record_assignments_and_refuse_what_cannot_be() {
 
 #[test]
 fn a_denied_attach_names_the_rule_and_leaves_no_assignment() {
-    let w = world(true);
+    let w = machine(true);
     w.backend
         .borrow_mut()
         .as_mut()
@@ -377,7 +378,7 @@ fn a_denied_attach_names_the_rule_and_leaves_no_assignment() {
 
 #[test]
 fn apply_creates_the_controllers_of_vusb_entries_and_keeps_absent_devices() {
-    let w = world(true);
+    let w = machine(true);
     let dir = std::env::temp_dir().join(format!("usbctl-apply-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("guest.cfg");
@@ -412,7 +413,7 @@ fn apply_creates_the_controllers_of_vusb_entries_and_keeps_absent_devices() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn cli(w: &World, args: &[&str]) -> Result<String, Error> {
+fn cli(w: &Machine, args: &[&str]) -> Result<String, Error> {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let tick = ticker(w);
     let mut out = Vec::new();
@@ -423,7 +424,7 @@ fn cli(w: &World, args: &[&str]) -> Result<String, Error> {
 
 #[test]
 fn the_command_line_reports_what_is_wrong() {
-    let w = world(true);
+    let w = machine(true);
     let e = |r: Result<String, Error>| r.unwrap_err().0;
     assert_eq!(
         e(cli(&w, &["hc-create", "guest", "two", "8"])),
@@ -466,7 +467,7 @@ fn the_command_line_reports_what_is_wrong() {
 #[test]
 fn hc_create_accepts_a_backend_that_already_went_past_initwait() {
     // A backend that connects before usbctl looks: its state is Connected, not InitWait.
-    let w = world(false);
+    let w = machine(false);
     let usbdom = w.usbdom;
     let guest = w.guest;
     let xen = w.xen.clone();

@@ -122,7 +122,7 @@ impl Victim {
 
 /// The machine: usbback with a stick for the victim and (maybe) a keyboard for the
 /// attacker; each pause is one round of everybody but the attacker, and one millisecond.
-struct World {
+struct Machine {
     xen: Xen,
     be: Backend,
     host: SimHost<LocalPage>,
@@ -131,7 +131,7 @@ struct World {
     events: Vec<String>,
 }
 
-impl World {
+impl Machine {
     fn round(&mut self) {
         let host = &mut self.host;
         self.be.poll_xenstore(host).unwrap();
@@ -148,7 +148,7 @@ impl World {
     }
 }
 
-impl AttackEnv for World {
+impl AttackEnv for Machine {
     fn now_ms(&mut self) -> u64 {
         self.clock
     }
@@ -172,7 +172,7 @@ type SimAttacker = Attacker<Domain, SimXsTransport>;
 
 /// The victim connected and reading; the attacker probed, with a keyboard on its port 1 if
 /// `attacker_device`.
-fn world(attacker_device: bool) -> (World, SimAttacker) {
+fn machine(attacker_device: bool) -> (Machine, SimAttacker) {
     let xen = Xen::new();
     let be_dom = xen.create_domain();
     let be = Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
@@ -203,7 +203,7 @@ fn world(attacker_device: bool) -> (World, SimAttacker) {
         attacker_dom.domid(),
         attacker_device.then_some("1-2"),
     );
-    let mut w = World {
+    let mut w = Machine {
         xen,
         be,
         host,
@@ -234,7 +234,7 @@ fn world(attacker_device: bool) -> (World, SimAttacker) {
 }
 
 /// Runs `phase` for 300 simulated milliseconds; checks the victim was served meanwhile.
-fn attack(w: &mut World, a: &mut SimAttacker, phase: Phase) -> Report {
+fn attack(w: &mut Machine, a: &mut SimAttacker, phase: Phase) -> Report {
     let before = w.victim.reads;
     let r = a.run(phase, w, 300);
     assert!(
@@ -254,7 +254,7 @@ fn attack(w: &mut World, a: &mut SimAttacker, phase: Phase) -> Report {
 
 /// The attacker leaves; the victim goes on reading, untouched, and the backend maps only
 /// the victim's two ring pages.
-fn finish(mut w: World, mut a: SimAttacker) {
+fn finish(mut w: Machine, mut a: SimAttacker) {
     assert_eq!(a.close(&mut w), 0, "every attacker grant ended");
     let before = w.victim.reads;
     for _ in 0..20 {
@@ -285,7 +285,7 @@ fn only(r: &Report, status: i32) -> bool {
 
 #[test]
 fn flood_is_answered_in_full_and_the_victim_keeps_its_share() {
-    let (mut w, mut a) = world(false);
+    let (mut w, mut a) = machine(false);
     let r = attack(&mut w, &mut a, Phase::Flood);
     assert!(r.as_expected, "{r}");
     assert!(r.sent > 100 * u64::from(URB_RING_SIZE), "{r}");
@@ -296,7 +296,7 @@ fn flood_is_answered_in_full_and_the_victim_keeps_its_share() {
 
 #[test]
 fn a_response_written_before_rsp_prod_is_seen_in_its_slot() {
-    let (mut w, mut a) = world(false);
+    let (mut w, mut a) = machine(false);
     let mut r = Report::new(Phase::Flood);
     assert!(a.ensure_connected(&mut w, &mut r));
     let id = a.free_id().unwrap();
@@ -326,7 +326,7 @@ fn a_response_written_before_rsp_prod_is_seen_in_its_slot() {
 
 #[test]
 fn bogus_grefs_are_refused_one_by_one() {
-    let (mut w, mut a) = world(true);
+    let (mut w, mut a) = machine(true);
     let r = attack(&mut w, &mut a, Phase::BogusGrefs);
     assert!(r.as_expected && r.device, "{r}");
     assert!(only(&r, USBIF_STATUS_INVAL), "{r}");
@@ -335,7 +335,7 @@ fn bogus_grefs_are_refused_one_by_one() {
 
 #[test]
 fn foreign_and_read_only_grants_are_refused_and_never_written() {
-    let (mut w, mut a) = world(true);
+    let (mut w, mut a) = machine(true);
     let r = attack(&mut w, &mut a, Phase::ForeignGrefs);
     assert!(r.as_expected && r.device, "{r}");
     assert!(r.detail.contains("read_only_intact=yes"), "{r}");
@@ -352,7 +352,7 @@ fn foreign_and_read_only_grants_are_refused_and_never_written() {
 
 #[test]
 fn each_ring_overrun_costs_the_connection() {
-    let (mut w, mut a) = world(false);
+    let (mut w, mut a) = machine(false);
     let r = attack(&mut w, &mut a, Phase::Overrun);
     assert!(r.as_expected, "{r}");
     assert_eq!(
@@ -369,7 +369,7 @@ fn each_ring_overrun_costs_the_connection() {
 
 #[test]
 fn reused_ids_cost_the_connection() {
-    let (mut w, mut a) = world(true);
+    let (mut w, mut a) = machine(true);
     let r = attack(&mut w, &mut a, Phase::ReusedIds);
     assert!(r.as_expected && r.device, "{r}");
     assert_eq!((r.violations, r.disconnects), (3, 3), "{r}");
@@ -381,7 +381,7 @@ fn reused_ids_cost_the_connection() {
 
 #[test]
 fn reused_ids_without_a_device_are_two_answers() {
-    let (mut w, mut a) = world(false);
+    let (mut w, mut a) = machine(false);
     let r = attack(&mut w, &mut a, Phase::ReusedIds);
     assert!(r.as_expected && !r.device, "{r}");
     assert_eq!((r.disconnects, r.answered), (0, 2), "{r}");
@@ -390,7 +390,7 @@ fn reused_ids_without_a_device_are_two_answers() {
 
 #[test]
 fn unlink_storm_answers_every_request_once() {
-    let (mut w, mut a) = world(true);
+    let (mut w, mut a) = machine(true);
     let r = attack(&mut w, &mut a, Phase::UnlinkStorm);
     assert!(r.as_expected && r.device, "{r}");
     assert!(r.detail.contains("held=8 originals_answered=8"), "{r}");
@@ -404,7 +404,7 @@ fn unlink_storm_answers_every_request_once() {
 
 #[test]
 fn malformed_isochronous_requests_are_refused() {
-    let (mut w, mut a) = world(true);
+    let (mut w, mut a) = machine(true);
     let r = attack(&mut w, &mut a, Phase::BadIso);
     assert!(r.as_expected && r.device, "{r}");
     assert!(only(&r, USBIF_STATUS_INVAL), "{r}");
@@ -418,7 +418,7 @@ fn malformed_isochronous_requests_are_refused() {
 
 #[test]
 fn state_flapping_ends_with_a_clean_reconnect() {
-    let (mut w, mut a) = world(false);
+    let (mut w, mut a) = machine(false);
     let r = attack(&mut w, &mut a, Phase::StateFlap);
     assert!(r.as_expected, "{r}");
     assert!(r.detail.contains("served_after=yes"), "{r}");
@@ -428,7 +428,7 @@ fn state_flapping_ends_with_a_clean_reconnect() {
 #[test]
 fn every_phase_in_a_row() {
     for device in [false, true] {
-        let (mut w, mut a) = world(device);
+        let (mut w, mut a) = machine(device);
         for phase in Phase::ALL {
             let r = attack(&mut w, &mut a, phase);
             assert!(r.as_expected, "device={device}: {r}");

@@ -123,7 +123,7 @@ impl DeviceModel for Shifty {
 /// Frontend A (port 1 gets the device under test) and frontend B (port 1 gets a keyboard),
 /// each with its own controller, over a simulated host.
 struct Two {
-    w: World,
+    w: Machine,
     host: SimHost<LocalPage>,
     a: RawFrontend,
     b_dom: Domain,
@@ -133,7 +133,7 @@ struct Two {
 }
 
 fn two(device: Box<dyn DeviceModel>, speed: Speed, policy: &str) -> (Two, u32) {
-    let mut w = world(8);
+    let mut w = machine(8);
     let be = DomId(1);
     let b_dom = w.xen.create_domain();
     toolstack_add(&w.xen, be, b_dom.domid(), 8);

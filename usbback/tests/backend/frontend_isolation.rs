@@ -118,7 +118,7 @@ fn main_loop_turn<U: UsbHost<LocalPage>>(be: &mut Backend<Domain, SimXsTransport
 
 #[test]
 fn a_refill_flood_gets_one_ring_per_turn_and_the_other_frontend_its_answers() {
-    let mut w = world(8);
+    let mut w = machine(8);
     let (be_id, attacker) = (DomId(1), w.fe.domid());
     let victim = w.xen.create_domain();
     toolstack_add(&w.xen, be_id, victim.domid(), 8);
@@ -207,7 +207,7 @@ fn a_refill_flood_gets_one_ring_per_turn_and_the_other_frontend_its_answers() {
 /// Two frontends, A (the world's) and B (a new domain), each connected with device 1-1
 /// (A's, interfaces `a_classes`) or 1-2 (B's, mass storage) of `host` on its port 1.
 struct Pair {
-    w: World,
+    w: Machine,
     be_id: DomId,
     a: Domain,
     b: Domain,
@@ -216,7 +216,7 @@ struct Pair {
 }
 
 fn pair(host: &mut Model, a_classes: &[u8]) -> Pair {
-    let mut w = world(8);
+    let mut w = machine(8);
     let be_id = DomId(1);
     let (a, b) = (w.fe.clone(), w.xen.create_domain());
     toolstack_add(&w.xen, be_id, b.domid(), 8);

@@ -5,13 +5,13 @@ use super::*;
 
 #[test]
 fn reads_into_grants_written_lately_are_not_checked_again_and_a_revoked_one_is_still_caught() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
     responses(&mut r.front);
     let inb = buffer(&r.w.fe, r.be, 0, &[0; 8192], false);
     let read = |id| with_buffer(urb(id, 1, 0, 1, Direction::In, TransferType::Bulk), &inb);
-    let calls = |r: &mut Rig| r.w.be.hypervisor().copy_calls();
+    let calls = |r: &mut ConnectedFrontend| r.w.be.hypervisor().copy_calls();
     let want: Vec<u8> = (0..8192).map(|i| (i % 251) as u8).collect();
 
     // The first read into these grants checks them (one batch), then copies out (another).

@@ -5,8 +5,8 @@
 use super::*;
 
 /// The rig on the map path with its device on port 1, and the grants it maps for the rings.
-fn map_rig() -> (Rig, usize) {
-    let mut r = rig();
+fn map_rig() -> (ConnectedFrontend, usize) {
+    let mut r = connected_frontend();
     r.w.be.set_data_path(DataPath::Map);
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);

@@ -64,7 +64,7 @@ proptest! {
     fn no_ring_contents_break_the_backend_or_leak_a_mapping(
         steps in proptest::collection::vec(step(), 1..40)
     ) {
-        let mut r = rig();
+        let mut r = connected_frontend();
         assign(&r.w.xen, r.be, r.fe, 1, "1-1");
         settle(&mut r.w.be, &mut r.host);
         let b = buffer(&r.w.fe, r.be, 0, &[0; 6000], false);

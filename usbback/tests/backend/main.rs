@@ -26,20 +26,21 @@ mod grant_maps;
 mod hostile;
 mod simulated_devices;
 
-struct World {
+/// A Xen with usbdom's backend in one domain and a frontend domain, and the backend's host.
+struct Machine {
     xen: Xen,
     be: Backend<Domain, SimXsTransport>,
     fe: Domain,
     host: host::Absent,
 }
 
-fn world(ports: u8) -> World {
+fn machine(ports: u8) -> Machine {
     let xen = Xen::new();
     let be_dom = xen.create_domain();
     let fe = xen.create_domain();
     let be = Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
     toolstack_add(&xen, be_dom.domid(), fe.domid(), ports);
-    World {
+    Machine {
         xen,
         be,
         fe,
@@ -51,7 +52,7 @@ fn state_of(xen: &Xen, dir: &str) -> Result<XenbusState, XenbusError> {
     xenbus::read_state(&mut xen.dom0().xenstore(), TxId::NONE, dir)
 }
 
-fn pump(w: &mut World) {
+fn pump(w: &mut Machine) {
     w.be.poll_xenstore(&mut w.host).unwrap();
     let mut ports = Vec::new();
     w.be.hypervisor().take_pending(&mut |p| ports.push(p));
@@ -63,7 +64,7 @@ fn pump(w: &mut World) {
 
 #[test]
 fn reaches_initwait_then_connects_and_answers_urbs() {
-    let mut w = world(8);
+    let mut w = machine(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     assert_eq!(
@@ -111,7 +112,7 @@ fn reaches_initwait_then_connects_and_answers_urbs() {
 
 #[test]
 fn toolstack_removal_unmaps_closes_and_deletes_the_directory() {
-    let mut w = world(8);
+    let mut w = machine(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = RawFrontend::connect(&w.fe, be, None);
@@ -134,7 +135,7 @@ fn toolstack_removal_unmaps_closes_and_deletes_the_directory() {
 
 #[test]
 fn a_closing_frontend_is_followed_and_can_reconnect() {
-    let mut w = world(4);
+    let mut w = machine(4);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = RawFrontend::connect(&w.fe, be, None);
@@ -164,7 +165,7 @@ fn a_closing_frontend_is_followed_and_can_reconnect() {
 
 #[test]
 fn bad_ring_details_are_refused_without_harm() {
-    let mut w = world(8);
+    let mut w = machine(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     RawFrontend::connect(&w.fe, be, Some("not-a-number"));
@@ -174,7 +175,7 @@ fn bad_ring_details_are_refused_without_harm() {
         XenbusState::Closing
     );
     // A grant the frontend never made: the map fails and nothing stays mapped.
-    let mut w = world(8);
+    let mut w = machine(8);
     pump(&mut w);
     let front = RawFrontend::connect(&w.fe, be, Some("4000"));
     pump(&mut w);
@@ -190,7 +191,7 @@ fn bad_ring_details_are_refused_without_harm() {
 
 #[test]
 fn a_flooding_frontend_is_disconnected_alone() {
-    let mut w = world(8);
+    let mut w = machine(8);
     pump(&mut w);
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = RawFrontend::connect(&w.fe, be, None);
@@ -208,7 +209,7 @@ fn a_flooding_frontend_is_disconnected_alone() {
 
 #[test]
 fn a_config_the_protocol_forbids_is_refused() {
-    let mut w = world(32);
+    let mut w = machine(32);
     pump(&mut w);
     assert_eq!(w.be.devices().count(), 0, "num-ports above 31 is refused");
     assert_eq!(
@@ -221,7 +222,7 @@ fn a_config_the_protocol_forbids_is_refused() {
 
 #[test]
 fn an_assigned_device_is_reported_and_its_urbs_pass_through_the_grants() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
     assert_eq!(port_changes(&mut r.front), [(1, USBIF_SPEED_HIGH)]);
@@ -302,7 +303,7 @@ fn an_assigned_device_is_reported_and_its_urbs_pass_through_the_grants() {
 
 #[test]
 fn an_unlink_is_answered_after_its_request_and_unassigning_cancels_and_reports_gone() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
     port_changes(&mut r.front);
@@ -371,7 +372,7 @@ fn an_unlink_is_answered_after_its_request_and_unassigning_cancels_and_reports_g
 
 #[test]
 fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     r.host.plug(info(2, "2-1", Speed::Super, 0, &[8]));
     assign(&r.w.xen, r.be, r.fe, 2, "2-1");
     settle(&mut r.w.be, &mut r.host);
@@ -411,7 +412,7 @@ fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
 
 #[test]
 fn hubs_devices_held_elsewhere_and_policy_refusals_are_not_connected() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     r.host.plug(info(3, "1-3", Speed::Full, 9, &[9]));
     r.host.plug(info(4, "1-4", Speed::Full, 0, &[3]));
     r.w.be
@@ -447,7 +448,7 @@ fn hubs_devices_held_elsewhere_and_policy_refusals_are_not_connected() {
 
 #[test]
 fn hostile_requests_get_errors_and_a_reused_id_disconnects_that_frontend_only() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     // A second, well-behaved frontend with its own controller.
     let good = r.w.xen.create_domain();
     toolstack_add(&r.w.xen, r.be, good.domid(), 8);
@@ -548,7 +549,7 @@ fn hostile_requests_get_errors_and_a_reused_id_disconnects_that_frontend_only() 
 
 #[test]
 fn eight_frontends_at_once_each_get_their_own_data() {
-    let mut w = world(8);
+    let mut w = machine(8);
     let mut host = Model::default();
     let be = DomId(1);
     let mut fronts = vec![(w.fe.clone(), None)];
@@ -644,7 +645,7 @@ fn eight_frontends_at_once_each_get_their_own_data() {
 
 #[test]
 fn a_frontend_domain_destroyed_mid_transfer_is_cleaned_up() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     let ports_before = r.w.be.hypervisor().open_ports();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
@@ -686,7 +687,7 @@ fn a_frontend_domain_destroyed_mid_transfer_is_cleaned_up() {
 
 #[test]
 fn a_device_assigned_by_its_ids_and_serial_follows_it_to_another_port() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     // The rig's device (1-1) has the model's IDs and no serial: it is not the one named.
     assign(&r.w.xen, r.be, r.fe, 2, "1234:5678:SN7");
     settle(&mut r.w.be, &mut r.host);
@@ -743,7 +744,7 @@ fn a_device_assigned_by_its_ids_and_serial_follows_it_to_another_port() {
 fn a_destroyed_frontend_whose_directory_went_gets_its_backend_directory_removed() {
     // `xl destroy` deletes the guest's /local/domain/<id> only: libxl does not know a
     // controller usbctl created, so the backend directory is ours to remove.
-    let mut r = rig();
+    let mut r = connected_frontend();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
     r.host.hold = true;
@@ -771,7 +772,7 @@ fn a_destroyed_frontend_whose_directory_went_gets_its_backend_directory_removed(
 
 #[test]
 fn isochronous_results_land_in_the_frontends_packet_descriptors() {
-    let mut r = rig();
+    let mut r = connected_frontend();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
     let data = buffer(&r.w.fe, r.be, 0, &[0x55; 4 * 192], true);
@@ -841,8 +842,9 @@ fn settle<U: UsbHost<LocalPage>>(be: &mut Backend<Domain, SimXsTransport>, host:
     }
 }
 
-struct Rig {
-    w: World,
+/// A machine whose frontend connected, with a model host instead of none.
+struct ConnectedFrontend {
+    w: Machine,
     host: Model,
     front: RawFrontend,
     be: DomId,
@@ -850,15 +852,15 @@ struct Rig {
 }
 
 /// A connected frontend with 8 ports and a model host holding a high-speed device at 1-1.
-fn rig() -> Rig {
-    let mut w = world(8);
+fn connected_frontend() -> ConnectedFrontend {
+    let mut w = machine(8);
     let mut host = Model::default();
     host.plug(info(1, "1-1", Speed::High, 0, &[8]));
     settle(&mut w.be, &mut host);
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = RawFrontend::connect(&w.fe, be, None);
     settle(&mut w.be, &mut host);
-    Rig {
+    ConnectedFrontend {
         w,
         host,
         front,

@@ -15,7 +15,7 @@ fn the_map_data_path_moves_the_same_bytes_and_holds_a_grant_only_while_its_trans
 
 fn stick_and_keys(path: DataPath) {
     use testkit::sim_host::{Keyboard, MassStorage, SimHost};
-    let mut w = world(8);
+    let mut w = machine(8);
     w.be.set_data_path(path);
     let mut host: SimHost<LocalPage> = SimHost::new();
     let stick = host.plug(Box::new(MassStorage::new(2048)), "1-1", Speed::High);
