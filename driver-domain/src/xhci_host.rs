@@ -12,7 +12,7 @@ use usbback::host::{
     self, ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, IsoResult, Transfer,
     TransferError, UsbHost, Vet,
 };
-use xhci_driver::{Configuration, Controller, Error, Hal, Segment, TransferId, UsbDevice};
+use xhci_driver::{Configuration, Controller, DmaSegment, Error, Hal, TransferId, UsbDevice};
 
 // usbback tells policy the classes of the configurations the host offers, and trusts that
 // no other can be set: the driver must offer no more than usbback's bound.
@@ -64,21 +64,6 @@ fn classes<'a>(configs: impl IntoIterator<Item = &'a Configuration>) -> ClassSet
         .flat_map(|c| &c.interfaces)
         .map(|i| i.class)
         .collect()
-}
-
-/// The driver's error as usbback's (and so as a usbif status).
-fn error(e: Error) -> TransferError {
-    match e {
-        Error::Stall => TransferError::Stall,
-        Error::NoDevice => TransferError::NoDevice,
-        Error::Cancelled => TransferError::Cancelled,
-        Error::Babble => TransferError::Babble,
-        Error::Transfer(_) | Error::Timeout(_) => TransferError::Protocol,
-        Error::NoEndpoint | Error::BadTransfer | Error::BadDescriptor | Error::Unroutable => {
-            TransferError::Invalid
-        }
-        _ => TransferError::Shutdown,
-    }
 }
 
 impl<H: Hal> XhciHost<H> {
@@ -174,7 +159,7 @@ impl<H: Hal> XhciHost<H> {
         queued: Result<TransferId, Error>,
         clears_halt: Option<u8>,
     ) -> Result<(), TransferError> {
-        let id = queued.map_err(error)?;
+        let id = queued.map_err(TransferError::from)?;
         self.in_flight.push(InFlight {
             id,
             device,
@@ -190,7 +175,7 @@ impl<H: Hal> XhciHost<H> {
         let slot_id = self.slot(device)?;
         self.xhci
             .reset_host_endpoint(slot_id, address)
-            .map_err(error)
+            .map_err(TransferError::from)
     }
 
     fn slot(&self, device: u32) -> Result<u8, TransferError> {
@@ -235,7 +220,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                     continue;
                 };
                 let f = self.in_flight.remove(i);
-                let mut result = done.result.map_err(error);
+                let mut result = done.result.map_err(TransferError::from);
                 if let (Some(address), Ok(_)) = (f.clears_halt, result) {
                     result = self.reset_host_endpoint(f.device, address).map(|()| 0);
                 }
@@ -244,7 +229,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                     .iter()
                     .map(|p| IsoResult {
                         actual_length: p.actual_length as u32,
-                        status: p.status.map_err(error),
+                        status: p.status.map_err(TransferError::from),
                     })
                     .collect();
                 events.push(HostEvent::Completed(Completion {
@@ -276,10 +261,10 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
 
     fn submit(&mut self, device: u32, t: Transfer<P>) -> Result<(), TransferError> {
         let slot_id = self.slot(device)?;
-        let segments: Vec<Segment> = t
+        let segments: Vec<DmaSegment> = t
             .segments
             .iter()
-            .map(|s| Segment {
+            .map(|s| DmaSegment {
                 phys: s.phys + u64::from(s.offset),
                 len: usize::from(s.len),
             })
@@ -341,7 +326,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
                 let config = self
                     .xhci
                     .find_configuration(slot_id, value)
-                    .map_err(error)?;
+                    .map_err(TransferError::from)?;
                 if !vet(&classes([&config])) {
                     return Err(TransferError::Refused);
                 }
@@ -383,7 +368,7 @@ impl<H: Hal, P> UsbHost<P> for XhciHost<H> {
 
     fn reset(&mut self, device: u32) -> Result<(), TransferError> {
         let slot_id = self.slot(device)?;
-        let result = self.xhci.reset_device(slot_id).map_err(error);
+        let result = self.xhci.reset_device(slot_id).map_err(TransferError::from);
         info!(
             "event=usb_host_reset device={device} slot={slot_id} ok={}",
             result.is_ok()

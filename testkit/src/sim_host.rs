@@ -35,7 +35,7 @@ use xen::abi::PAGE_SIZE;
 use xen::page::SharedPage;
 
 use usbback::host::{
-    ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, Segment, Transfer,
+    ClassSet, Completion, DeviceInfo, HostEvent, InterfaceClasses, PageSegment, Transfer,
     TransferError, TransferSegments, UsbHost, Vet, MAX_CONFIGURATIONS,
 };
 
@@ -182,7 +182,7 @@ fn has_interface(config: &[u8], interface: u8, alternate: u8) -> bool {
 }
 
 /// Copies the first `len` bytes of the buffer out of its pages.
-fn gather<P: SharedPage>(segments: &[Segment<P>], len: usize) -> Vec<u8> {
+fn gather<P: SharedPage>(segments: &[PageSegment<P>], len: usize) -> Vec<u8> {
     let mut out = vec![0; len];
     let mut at = 0;
     for s in segments {
@@ -194,7 +194,7 @@ fn gather<P: SharedPage>(segments: &[Segment<P>], len: usize) -> Vec<u8> {
 }
 
 /// Copies `data` into the buffer's pages, from its start (`data` fits: callers cut it).
-fn scatter<P: SharedPage>(segments: &[Segment<P>], data: &[u8]) {
+fn scatter<P: SharedPage>(segments: &[PageSegment<P>], data: &[u8]) {
     let mut at = 0;
     for s in segments {
         let n = usize::from(s.len).min(data.len() - at);

@@ -159,6 +159,46 @@ impl SetupPacket {
     }
 }
 
+/// Why a USB transfer (or an operation carried out as one) failed, as a host tells its user:
+/// the one vocabulary of outcomes from the xHCI driver (`xhci_driver::Error` converts into
+/// it) through usbback (each maps to one usbif status, `usbback::status_of`) to the simulated
+/// devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    /// The endpoint answered STALL (the host recovered its side).
+    Stall,
+    /// The device is gone (or never was).
+    NoDevice,
+    /// Cancelled with the host's cancel.
+    Cancelled,
+    /// A transaction error on the bus (CRC, timeout, bit stuffing).
+    Protocol,
+    /// The device sent more than asked for.
+    Babble,
+    /// The request is malformed for this device (no such endpoint, wrong type, bad length).
+    Invalid,
+    /// The host controller failed or was reset.
+    Shutdown,
+    /// The caller's vetting (usbback's policy) refused what the operation would activate; the device was not
+    /// asked.
+    Refused,
+}
+
+impl core::fmt::Display for TransferError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            TransferError::Stall => "stall",
+            TransferError::NoDevice => "no_device",
+            TransferError::Cancelled => "cancelled",
+            TransferError::Protocol => "protocol",
+            TransferError::Babble => "babble",
+            TransferError::Invalid => "invalid",
+            TransferError::Shutdown => "shutdown",
+            TransferError::Refused => "refused",
+        })
+    }
+}
+
 /// LANGID of US English (USB Language Identifiers), the language of the strings read and
 /// served.
 pub const LANGID_EN_US: u16 = 0x0409;

@@ -37,7 +37,7 @@ use xen::abi::Gfn;
 use xen::abi::{DomId, GrantRef};
 use xen::hypervisor::{CopyOp, CopyPtr, GrantMapping, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
-use xen::pvusb::Segment;
+use xen::pvusb::RequestSegment;
 
 /// A page of a request's buffer, by its place in the pool: one of our frames, or (with
 /// [`crate::DataPath::Map`]) a guest's grant mapped for the transfer.
@@ -52,7 +52,7 @@ const MAPPED: u16 = 0x8000;
 pub type Frames = heapless::Vec<FrameId, USBIF_MAX_SEGMENTS_PER_REQUEST>;
 
 /// A request's segments, data then isochronous descriptors.
-pub type Segments = heapless::Vec<Segment, USBIF_MAX_SEGMENTS_PER_REQUEST>;
+pub type Segments = heapless::Vec<RequestSegment, USBIF_MAX_SEGMENTS_PER_REQUEST>;
 
 /// How many grant references of a frontend [`WrittenGrants`] remembers: a ring's worth of
 /// requests of 16 segments.
@@ -399,7 +399,7 @@ mod tests {
     fn buffer() -> (FramePool<LocalPage>, Buffer) {
         let mut pool = FramePool::default();
         let frames = pool.take(&mut Xen::new().create_domain(), 3).unwrap();
-        let seg = |gref, offset, length| Segment {
+        let seg = |gref, offset, length| RequestSegment {
             gref: GrantRef(gref),
             offset,
             length,

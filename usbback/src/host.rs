@@ -22,6 +22,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+pub use usb::TransferError;
 use usb::{Direction, IsoPacket, Speed, TransferType};
 use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
 
@@ -169,12 +170,13 @@ pub enum HostEvent {
     Completed(Completion),
 }
 
-/// One piece of a transfer's buffer: `len` bytes at `offset` in a page.
+/// One piece of a transfer's buffer as the host gets it: `len` bytes at `offset` in a page
+/// the driver domain holds (its own frame, or a guest's grant mapped).
 ///
 /// `phys` is the page's bus address (a host controller DMAs there); `page` gives a host
 /// that copies (the simulated one) access to the same bytes.
 #[derive(Clone, Debug)]
-pub struct Segment<P> {
+pub struct PageSegment<P> {
     /// The page.
     pub page: P,
     /// Bus address of the page's first byte.
@@ -229,7 +231,7 @@ impl<P> Transfer<P> {
 }
 
 /// A transfer's buffer: at most a request's segments, inline (no allocation per transfer).
-pub type TransferSegments<P> = heapless::Vec<Segment<P>, USBIF_MAX_SEGMENTS_PER_REQUEST>;
+pub type TransferSegments<P> = heapless::Vec<PageSegment<P>, USBIF_MAX_SEGMENTS_PER_REQUEST>;
 
 /// A finished transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,43 +244,6 @@ pub struct Completion {
     pub start_frame: u16,
     /// Isochronous: one result per packet, in order.
     pub iso: Vec<IsoResult>,
-}
-
-/// Why a transfer or operation failed. Each maps to one usbif status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransferError {
-    /// The endpoint answered STALL (the host recovered its side).
-    Stall,
-    /// The device is gone (or never was).
-    NoDevice,
-    /// Cancelled with [`UsbHost::cancel`].
-    Cancelled,
-    /// A transaction error on the bus (CRC, timeout, bit stuffing).
-    Protocol,
-    /// The device sent more than asked for.
-    Babble,
-    /// The request is malformed for this device (no such endpoint, wrong type, bad length).
-    Invalid,
-    /// The host controller failed or was reset.
-    Shutdown,
-    /// The caller's [`Vet`] refused what the operation would activate; the device was not
-    /// asked.
-    Refused,
-}
-
-impl fmt::Display for TransferError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TransferError::Stall => "stall",
-            TransferError::NoDevice => "no_device",
-            TransferError::Cancelled => "cancelled",
-            TransferError::Protocol => "protocol",
-            TransferError::Babble => "babble",
-            TransferError::Invalid => "invalid",
-            TransferError::Shutdown => "shutdown",
-            TransferError::Refused => "refused",
-        })
-    }
 }
 
 /// A USB host controller with its devices, as the backend uses it.

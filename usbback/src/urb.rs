@@ -559,7 +559,7 @@ where
                     .zip(&buffer.segments)
                     .filter_map(|(&f, g)| {
                         let (page, phys) = self.pool.page(f)?;
-                        Some(host::Segment {
+                        Some(host::PageSegment {
                             page: page.clone(),
                             phys,
                             offset: g.offset,

@@ -162,9 +162,12 @@ impl Pipe {
     }
 }
 
-/// One checked buffer segment: `length` bytes at `offset` in the page granted by `gref`.
+/// One checked buffer segment of a request ([`UsbifRequestSegment`] as it arrived): `length`
+/// bytes at `offset` in the guest page granted by `gref`. The backend turns it into its own
+/// frame or a mapping of the grant (`usbback::host::PageSegment`), which the xHCI adapter
+/// turns into a bus address (`xhci_driver::DmaSegment`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
+pub struct RequestSegment {
     /// The frontend's grant of the page.
     pub gref: GrantRef,
     /// Offset within the page.
@@ -215,9 +218,9 @@ pub struct Submit {
     pub transfer: Transfer,
     /// The data buffer, contiguous: only the first segment may start inside its page and only
     /// the last may end inside its page.
-    pub buffer: Vec<Segment, USBIF_MAX_SEGMENTS_PER_REQUEST>,
+    pub buffer: Vec<RequestSegment, USBIF_MAX_SEGMENTS_PER_REQUEST>,
     /// ISO only: the pages of the frontend's `usb_iso_packet_descriptor` array.
-    pub iso_descriptors: Vec<Segment, USBIF_MAX_SEGMENTS_PER_REQUEST>,
+    pub iso_descriptors: Vec<RequestSegment, USBIF_MAX_SEGMENTS_PER_REQUEST>,
 }
 
 /// A checked request from the URB ring.
@@ -339,7 +342,7 @@ fn u16_at(u: &[u8; 8], off: usize) -> u16 {
     u16::from_le_bytes([u[off], u[off + 1]])
 }
 
-fn check_segment(index: usize, s: &UsbifRequestSegment) -> Result<Segment, RequestError> {
+fn check_segment(index: usize, s: &UsbifRequestSegment) -> Result<RequestSegment, RequestError> {
     let end = usize::from(s.offset) + usize::from(s.length);
     if s.length == 0 || end > PAGE_SIZE {
         return Err(RequestError::BadSegment {
@@ -348,7 +351,7 @@ fn check_segment(index: usize, s: &UsbifRequestSegment) -> Result<Segment, Reque
             length: s.length,
         });
     }
-    Ok(Segment {
+    Ok(RequestSegment {
         gref: s.gref,
         offset: s.offset,
         length: s.length,

@@ -17,7 +17,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use usb::Speed;
+use usb::{Speed, TransferError};
 
 use crate::descriptor::Configuration;
 use crate::hal::Hal;
@@ -107,6 +107,33 @@ impl fmt::Display for Error {
             Error::HostControllerError => f.write_str("host_controller_error"),
             Error::BadTransfer => f.write_str("bad_transfer"),
             Error::Unroutable => f.write_str("unroutable"),
+        }
+    }
+}
+
+impl From<Error> for TransferError {
+    /// What a transfer's failure means for its user: the device's answers (STALL, babble,
+    /// gone) as they are, a bus or timeout failure as a protocol error, a request this
+    /// device cannot carry as invalid, and the controller's own failures as shutdown.
+    fn from(e: Error) -> TransferError {
+        match e {
+            Error::Stall => TransferError::Stall,
+            Error::NoDevice => TransferError::NoDevice,
+            Error::Cancelled => TransferError::Cancelled,
+            Error::Babble => TransferError::Babble,
+            Error::Transfer(_) | Error::Timeout(_) => TransferError::Protocol,
+            Error::NoEndpoint | Error::BadTransfer | Error::BadDescriptor | Error::Unroutable => {
+                TransferError::Invalid
+            }
+            Error::NotHalted
+            | Error::NoMemory
+            | Error::HostSystemError
+            | Error::RingFull
+            | Error::Command(_)
+            | Error::PortNotEnabled
+            | Error::UnknownSpeed
+            | Error::SlotId(_)
+            | Error::HostControllerError => TransferError::Shutdown,
         }
     }
 }

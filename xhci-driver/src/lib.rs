@@ -19,7 +19,7 @@
 //! - **Transfers** are asynchronous: [`Controller::queue_control`] (a SETUP packet and a
 //!   Data Stage buffer), [`Controller::queue_transfer`] (bulk, interrupt),
 //!   [`Controller::queue_isochronous`] (packets with their own outcomes), each over a
-//!   scatter-gather list of bus addresses ([`Segment`]) and returning a [`TransferId`].
+//!   scatter-gather list of bus addresses ([`DmaSegment`]) and returning a [`TransferId`].
 //!   After [`Controller::poll_events`] (the main loop calls it when the controller
 //!   interrupted), [`Controller::take_completed`] hands out finished transfers, each exactly
 //!   once: bytes done, or why not ([`Error::Stall`] with the endpoint already reset,
@@ -64,4 +64,4 @@ pub use controller::{
 pub use descriptor::{Configuration, DescriptorError, Endpoint, Interface};
 pub use hal::{DmaBuffer, Hal};
 pub use port::Portsc;
-pub use transfer::Segment;
+pub use transfer::DmaSegment;

@@ -13,7 +13,7 @@ use usb::{Direction, TransferType};
 use crate::controller::{Controller, Error};
 use crate::descriptor::Interface;
 use crate::hal::{DmaBuffer, Hal};
-use crate::transfer::Segment;
+use crate::transfer::DmaSegment;
 
 /// The CBW and CSW take this long at most; data phases get the caller's timeout.
 const WRAPPER_TIMEOUT_US: u64 = 1_000_000;
@@ -141,7 +141,7 @@ impl<D: DmaBuffer> BulkOnly<D> {
         xhci: &mut Controller<H>,
         cdb: &[u8],
         direction: Direction,
-        data: &[Segment],
+        data: &[DmaSegment],
         timeout_us: u64,
     ) -> Result<usize, StorageError> {
         self.tag = self.tag.wrapping_add(1);
@@ -172,7 +172,7 @@ impl<D: DmaBuffer> BulkOnly<D> {
         xhci: &mut Controller<H>,
         cdb: &[u8],
         direction: Direction,
-        chunks: &[Segment],
+        chunks: &[DmaSegment],
         timeout_us: u64,
     ) -> Result<usize, StorageError> {
         self.tag = self.tag.wrapping_add(1);
@@ -234,7 +234,7 @@ impl<D: DmaBuffer> BulkOnly<D> {
         wrapper: &[u8; CBW_SIZE],
     ) -> Result<usize, Error> {
         self.cbw.write_bytes(0, wrapper);
-        let out = [Segment {
+        let out = [DmaSegment {
             phys: self.cbw.phys(),
             len: CBW_SIZE,
         }];
@@ -248,7 +248,7 @@ impl<D: DmaBuffer> BulkOnly<D> {
     }
 
     fn read_csw<H: Hal<Dma = D>>(&mut self, xhci: &mut Controller<H>) -> Result<u32, StorageError> {
-        let status = [Segment {
+        let status = [DmaSegment {
             phys: self.csw.phys(),
             len: CSW_SIZE,
         }];

@@ -20,9 +20,10 @@ const IOC: u32 = 1 << 5;
 /// TD Size saturates at 31 (4.11.2.4).
 const TD_SIZE_MAX: u32 = 31;
 
-/// One physically contiguous piece of a transfer's buffer.
+/// One physically contiguous piece of a transfer's buffer, by bus address: what a TRB's
+/// Data Buffer Pointer and TRB Transfer Length name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
+pub struct DmaSegment {
     /// Bus address.
     pub phys: u64,
     /// Bytes.
@@ -42,7 +43,7 @@ pub enum TdError {
 /// boundary, TD Size per the xHCI 1.0+ rule (packets left after this TRB, 0 on the last),
 /// all but the last with Chain set, the last with IOC, every one with ISP so a short packet
 /// ends the TD with an event at once.
-pub fn normal_td(segments: &[Segment], max_packet_size: u16) -> Result<TransferTrbs, TdError> {
+pub fn normal_td(segments: &[DmaSegment], max_packet_size: u16) -> Result<TransferTrbs, TdError> {
     if max_packet_size == 0 {
         return Err(TdError::NoMaxPacketSize);
     }
@@ -123,7 +124,7 @@ pub struct TransferTrbs {
 
 /// Splits `len` bytes at byte `offset` of the buffer `segments` into pieces that do not
 /// cross a 64 KiB boundary. `None` when the range runs past the buffer.
-pub fn pieces(segments: &[Segment], offset: usize, len: usize) -> Option<Vec<(u64, u32)>> {
+pub fn pieces(segments: &[DmaSegment], offset: usize, len: usize) -> Option<Vec<(u64, u32)>> {
     let mut out = Vec::new();
     let mut skip = offset;
     let mut left = len;
@@ -168,7 +169,7 @@ fn td_size(total: u64, done: u64, last: bool, mps: u64) -> u32 {
 pub fn control_trbs(
     setup: [u8; 8],
     direction: Direction,
-    segments: &[Segment],
+    segments: &[DmaSegment],
     max_packet_size: u16,
 ) -> Result<TransferTrbs, TdError> {
     if max_packet_size == 0 {
@@ -256,7 +257,7 @@ pub enum IsochError {
 /// interval it can, and each following packet one interval later. `max_burst` is the
 /// endpoint's (0 below SuperSpeed); `esit_payload` the bytes one interval may carry.
 pub fn isoch_trbs(
-    segments: &[Segment],
+    segments: &[DmaSegment],
     packets: &[IsoPacket],
     direction: Direction,
     max_packet_size: u16,
@@ -423,8 +424,8 @@ fn interval(e: &Endpoint, speed: Speed) -> u8 {
 mod tests {
     use super::*;
 
-    fn seg(phys: u64, len: usize) -> Segment {
-        Segment { phys, len }
+    fn seg(phys: u64, len: usize) -> DmaSegment {
+        DmaSegment { phys, len }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use xhci_driver::mass_storage::{
     capacity, csw, inquiry_vendor, is_bulk_only_scsi, BulkOnly, StorageError,
 };
 use xhci_driver::{
-    Configuration, Controller, DmaBuffer, Interface, Segment, TransferId, UsbDevice,
+    Configuration, Controller, DmaBuffer, DmaSegment, Interface, TransferId, UsbDevice,
 };
 
 use super::time;
@@ -173,7 +173,7 @@ fn exercise(
     buf: &mut KernelDma,
 ) -> Result<(), (&'static str, StorageError)> {
     let phys = buf.phys();
-    let all = |len: usize| [Segment { phys, len }];
+    let all = |len: usize| [DmaSegment { phys, len }];
     let mut run = |xhci: &mut Controller<KernelHal>,
                    cdb: &[u8],
                    direction: Direction,
@@ -261,8 +261,8 @@ fn bench_in_flight(
     let big = xhci
         .dma_alloc(IN_FLIGHT * BENCH_CHUNK, 4096)
         .map_err(|e| ("bench_dma", e.into()))?;
-    let chunks: Vec<Segment> = (0..IN_FLIGHT)
-        .map(|i| Segment {
+    let chunks: Vec<DmaSegment> = (0..IN_FLIGHT)
+        .map(|i| DmaSegment {
             phys: big.phys() + (i * BENCH_CHUNK) as u64,
             len: BENCH_CHUNK,
         })
@@ -328,8 +328,8 @@ pub fn bench_direct(
     if write {
         buf.write_bytes(0, &alloc::vec![BENCH_WRITE_BYTE; COMMAND_BYTES]);
     }
-    let chunks: Vec<Segment> = (0..IN_FLIGHT)
-        .map(|i| Segment {
+    let chunks: Vec<DmaSegment> = (0..IN_FLIGHT)
+        .map(|i| DmaSegment {
             phys: buf.phys() + (i * CHUNK) as u64,
             len: CHUNK,
         })
@@ -374,7 +374,7 @@ fn stalls(
         Ok(_) => "accepted",
         Err(e) => return Err(("invalid_cbw", e.into())),
     };
-    let segment = [Segment {
+    let segment = [DmaSegment {
         phys: buf.phys(),
         len: 36,
     }];
@@ -383,7 +383,7 @@ fn stalls(
         .map_err(|e| ("after_bulk_stall", e))?;
     let control = |xhci: &mut Controller<KernelHal>, descriptor_type: u8| {
         let setup = [0x80, 6, 0, descriptor_type, 0, 0, 18, 0];
-        let segment = [Segment {
+        let segment = [DmaSegment {
             phys: buf.phys(),
             len: 18,
         }];
@@ -449,7 +449,7 @@ pub fn self_test_audio(usb: &mut Usb) {
     for i in 0..(AUDIO_PACKETS * AUDIO_PACKET_BYTES) / 4 {
         buf.write32(4 * i, (i as u32 & 0xff) * 0x0001_0001);
     }
-    let segment = [Segment {
+    let segment = [DmaSegment {
         phys: buf.phys(),
         len: AUDIO_PACKETS * AUDIO_PACKET_BYTES,
     }];

@@ -3,7 +3,7 @@
 use super::*;
 use testkit::fake_xhci::FakeXhci;
 use usb::Direction;
-use usbback::host::Segment as HostSegment;
+use usbback::host::PageSegment;
 use xhci_driver::DmaBuffer;
 
 fn allow(_: &ClassSet) -> bool {
@@ -37,7 +37,7 @@ fn transfer(
         direction,
         transfer_type,
         setup,
-        segments: [HostSegment {
+        segments: [PageSegment {
             page: (),
             phys,
             offset: 0,
@@ -373,7 +373,7 @@ fn sim_pages_give_the_controller_the_pages_own_addresses() {
         direction: Direction::In,
         transfer_type: TransferType::Control,
         setup: Some([0x80, 6, 0, 1, 0, 0, 18, 0]),
-        segments: [HostSegment {
+        segments: [PageSegment {
             page: page.clone(),
             phys: xen::sim::GRANT_WINDOW.0,
             offset: 4,

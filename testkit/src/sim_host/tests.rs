@@ -13,12 +13,12 @@ fn allow(_: &ClassSet) -> bool {
 
 /// A zeroed buffer of `len` bytes starting `offset` bytes into its first page, so that
 /// a long one spans several pages (and segments).
-fn buffer(len: usize, offset: usize) -> Vec<Segment<LocalPage>> {
+fn buffer(len: usize, offset: usize) -> Vec<PageSegment<LocalPage>> {
     let mut segments = Vec::new();
     let (mut left, mut offset) = (len, offset);
     while left > 0 {
         let n = (PAGE_SIZE - offset).min(left);
-        segments.push(Segment {
+        segments.push(PageSegment {
             page: LocalPage::new(),
             phys: 0,
             offset: offset as u16,
@@ -35,7 +35,7 @@ fn transfer(
     endpoint: u8,
     direction: Direction,
     transfer_type: TransferType,
-    segments: Vec<Segment<LocalPage>>,
+    segments: Vec<PageSegment<LocalPage>>,
 ) -> Transfer<LocalPage> {
     Transfer {
         token,
@@ -57,7 +57,7 @@ fn setup(request_type: u8, request: u8, value: u16, index: u16, length: u16) -> 
     s
 }
 
-fn control(token: u64, raw: [u8; 8], segments: Vec<Segment<LocalPage>>) -> Transfer<LocalPage> {
+fn control(token: u64, raw: [u8; 8], segments: Vec<PageSegment<LocalPage>>) -> Transfer<LocalPage> {
     let direction = if raw[0] & 0x80 != 0 {
         Direction::In
     } else {

@@ -15,7 +15,7 @@ use super::{Controller, Error, TransferId, UsbDevice};
 use crate::descriptor::Endpoint;
 use crate::hal::{DmaBuffer, Hal};
 use crate::hub::{self, HubDescriptor, PortStatus};
-use crate::transfer::Segment;
+use crate::transfer::DmaSegment;
 
 /// Between two GET_STATUS of a hub port being reset.
 const HUB_PORT_POLL_US: u64 = 1_000;
@@ -153,7 +153,7 @@ impl<H: Hal> Controller<H> {
     /// Queues the next status change transfer of `self.hubs[w]`.
     fn queue_hub_watch(&mut self, w: usize) -> Result<(), Error> {
         let watch = &self.hubs[w];
-        let segment = [Segment {
+        let segment = [DmaSegment {
             phys: watch.buf.phys(),
             len: watch.len,
         }];
@@ -228,7 +228,7 @@ impl<H: Hal> Controller<H> {
         // The bitmap has a bit per port and one for the hub: one packet holds it.
         let len = usize::from(endpoint.max_packet_size).clamp(1, 64);
         let watched = self.dma_alloc(4096, 64).and_then(|buf| {
-            let segment = [Segment {
+            let segment = [DmaSegment {
                 phys: buf.phys(),
                 len,
             }];

@@ -16,7 +16,8 @@ use crate::descriptor::Endpoint;
 use crate::hal::{DmaBuffer, Hal};
 use crate::ring::ProducerRing;
 use crate::transfer::{
-    control_trbs, isoch_trbs, max_esit_payload, normal_td, Segment, TransferTrbs, TrbInfo, TrbRole,
+    control_trbs, isoch_trbs, max_esit_payload, normal_td, DmaSegment, TransferTrbs, TrbInfo,
+    TrbRole,
 };
 
 /// A control transfer to a device that answers.
@@ -163,7 +164,7 @@ impl<H: Hal> Controller<H> {
         slot_id: u8,
         endpoint: u8,
         direction: Direction,
-        segments: &[Segment],
+        segments: &[DmaSegment],
     ) -> Result<TransferId, Error> {
         let (index, e) = self.endpoint_index(slot_id, endpoint, direction)?;
         let ep = &self.slots[index].endpoints[e];
@@ -187,7 +188,7 @@ impl<H: Hal> Controller<H> {
         slot_id: u8,
         setup: [u8; 8],
         direction: Direction,
-        segments: &[Segment],
+        segments: &[DmaSegment],
     ) -> Result<TransferId, Error> {
         let index = self.slot_index(slot_id)?;
         let mps = self.slots[index].endpoints[0].endpoint.max_packet_size;
@@ -203,7 +204,7 @@ impl<H: Hal> Controller<H> {
         slot_id: u8,
         endpoint: u8,
         direction: Direction,
-        segments: &[Segment],
+        segments: &[DmaSegment],
         packets: &[IsoPacket],
     ) -> Result<TransferId, Error> {
         let (index, e) = self.endpoint_index(slot_id, endpoint, direction)?;
@@ -322,7 +323,7 @@ impl<H: Hal> Controller<H> {
         slot_id: u8,
         endpoint: u8,
         direction: Direction,
-        segments: &[Segment],
+        segments: &[DmaSegment],
         timeout_us: u64,
     ) -> Result<usize, Error> {
         let id = self.queue_transfer(slot_id, endpoint, direction, segments)?;
@@ -548,7 +549,7 @@ impl<H: Hal> Controller<H> {
         let index = self.slot_index(slot_id)?;
         let data = &self.slots[index].data;
         let length = usize::from(length).min(data.len());
-        let segment = [Segment {
+        let segment = [DmaSegment {
             phys: data.phys(),
             len: length,
         }];

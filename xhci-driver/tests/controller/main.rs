@@ -8,7 +8,7 @@ use xhci_driver::controller::*;
 use xhci_driver::descriptor;
 use xhci_driver::hal::DmaBuffer;
 use xhci_driver::port::{CSC, PED, PR};
-use xhci_driver::transfer::Segment;
+use xhci_driver::transfer::DmaSegment;
 use xhci_driver::*;
 
 /// QEMU's qemu-xhci list: USB 3 on ports 1..4, USB 2 on 5..8 (measured).
@@ -247,9 +247,9 @@ fn a_device_that_does_not_answer_is_reported_not_waited_for() {
 
 /// Enumerates the fake's device and configures it; returns its slot ID.
 /// A page of DMA memory and a 512-byte segment at its start, for bulk transfers.
-fn bulk_buffer(xhci: &mut Controller<&FakeXhci>) -> (t::Memory, [Segment; 1]) {
+fn bulk_buffer(xhci: &mut Controller<&FakeXhci>) -> (t::Memory, [DmaSegment; 1]) {
     let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: buf.phys(),
         len: 512,
     }];
@@ -341,7 +341,7 @@ fn bulk_transfers_complete_with_their_length_and_short_packets_with_less() {
     let slot_id = configured(&mut xhci);
     let buf = xhci.dma_alloc(0x20000, 0x10000).unwrap();
     // Across a 64 KiB boundary: two TRBs.
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: buf.phys() + 0x8000,
         len: 0x10000,
     }];
@@ -371,7 +371,7 @@ fn bulk_transfers_complete_with_their_length_and_short_packets_with_less() {
             Ok(0x10000)
         );
     }
-    let out = [Segment {
+    let out = [DmaSegment {
         phys: buf.phys(),
         len: 31,
     }];
@@ -478,7 +478,7 @@ fn three_queued(fake: &FakeXhci, xhci: &mut Controller<&FakeXhci>, slot_id: u8) 
         for at in (0..512).step_by(4) {
             buf.write32(at, u32::from_le_bytes([b; 4]));
         }
-        let seg = [Segment {
+        let seg = [DmaSegment {
             phys: buf.phys(),
             len: 512,
         }];
@@ -547,7 +547,7 @@ fn a_device_unplugged_with_transfers_queued_fails_them_and_frees_its_slot() {
     assert_eq!(xhci.take_detached(), [(slot_id, "1-1".into())]);
     assert_eq!(xhci.occupied_slots().count(), 0);
     assert_eq!(fake.commands().last(), Some(&10), "Disable Slot");
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: 0x1000,
         len: 8,
     }];
@@ -597,7 +597,7 @@ fn control_transfers_run_asynchronously_in_both_directions() {
     let mut xhci = Controller::start(&fake).unwrap();
     let slot_id = configured(&mut xhci);
     let mut buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: buf.phys(),
         len: 64,
     }];
@@ -614,7 +614,7 @@ fn control_transfers_run_asynchronously_in_both_directions() {
     buf.read_bytes(0, &mut got);
     assert_eq!(got, t::DEVICE_DESCRIPTOR);
     buf.write32(0, 0x0403_0201);
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: buf.phys(),
         len: 4,
     }];
@@ -763,7 +763,7 @@ fn alternate_settings_deconfiguration_and_clear_halt_reconfigure_the_endpoints()
     assert_eq!(fake.dropped(), 1 << 3 | 1 << 4);
     assert_eq!(fake.configured().0, 1 | 1 << 7, "isochronous IN 3 (DCI 7)");
     assert_eq!(fake.setups().last(), Some(&(0x01, SET_INTERFACE, 1, 0)));
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: 0x1000,
         len: 8,
     }];
@@ -795,7 +795,7 @@ fn isochronous_packets_each_report_their_length() {
     xhci.set_configuration(slot_id, 1).unwrap();
     xhci.set_interface(slot_id, 0, 1).unwrap();
     let buf = xhci.dma_alloc(0x1000, 0x1000).unwrap();
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: buf.phys(),
         len: 3 * 1024,
     }];
@@ -836,7 +836,7 @@ fn a_device_reset_resets_its_port_and_slot_and_addresses_it_again() {
         "Reset Device, Address Device"
     );
     assert_eq!(xhci.take_completion(a), Some(Err(Error::NoDevice)));
-    let seg = [Segment {
+    let seg = [DmaSegment {
         phys: 0x1000,
         len: 8,
     }];

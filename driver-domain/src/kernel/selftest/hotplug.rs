@@ -115,7 +115,7 @@ pub(super) fn queue_read(
         &read_write_10(READ_10, lba, LOOP_READ_BLOCKS),
     );
     buf.write_bytes(0, &wrapper);
-    let segment = [Segment {
+    let segment = [DmaSegment {
         phys: buf.phys(),
         len: CBW_SIZE,
     }];
@@ -150,7 +150,7 @@ pub(super) fn step_loops(usb: &mut Usb) {
             };
             let next = result.and_then(|n| match l.stage {
                 LoopStage::Command(_) => {
-                    let segment = [Segment {
+                    let segment = [DmaSegment {
                         phys: l.data.phys(),
                         len: BENCH_CHUNK,
                     }];
@@ -158,7 +158,7 @@ pub(super) fn step_loops(usb: &mut Usb) {
                         .map(|id| l.stage = LoopStage::Data(id))
                 }
                 LoopStage::Data(_) => {
-                    let segment = [Segment {
+                    let segment = [DmaSegment {
                         phys: l.csw.phys(),
                         len: CSW_SIZE,
                     }];

@@ -87,7 +87,7 @@ pub fn self_test_keyboard(usb: &mut Usb) {
         let Ok(buf) = xhci.dma_alloc(4096, 4096).map_err(step("dma")) else {
             return;
         };
-        let segment = [Segment {
+        let segment = [DmaSegment {
             phys: buf.phys(),
             len,
         }];
@@ -168,7 +168,7 @@ pub(super) fn keyboard_reports(usb: &mut Usb) {
                 return;
             }
         }
-        let segment = [Segment {
+        let segment = [DmaSegment {
             phys: buf.phys(),
             len: k.len,
         }];
