@@ -40,6 +40,7 @@ pub fn devices_dir(backend: DomId) -> String {
     format!("/local/domain/{backend}/{}", xen::pvusb::DEVICES_DIR)
 }
 
+pub mod cli;
 pub mod monitor;
 pub mod xlcfg;
 
@@ -655,161 +656,8 @@ impl<T: XsTransport> Usbctl<T> {
     }
 }
 
-/// The command line help.
-pub const USAGE: &str = "usage:
-  usbctl [--backend DOMAIN] hc-create DOMAIN USBVER(1|2) PORTS(1-31)
-  usbctl hc-destroy DOMAIN DEVID
-  usbctl list DOMAIN
-  usbctl [--backend DOMAIN] list-assignable-devices
-  usbctl attach DOMAIN DEVID PORT DEVICE
-  usbctl detach DOMAIN DEVID PORT
-  usbctl [--backend DOMAIN] up GUEST.CFG [XL CREATE ARGUMENTS]
-  usbctl [--backend DOMAIN] apply DOMAIN GUEST.CFG
-  usbctl monitor [--follow] [--json] [LOG FILE | --domain DOMAIN]
-DOMAIN is a name or id; the backend defaults to the domain named usbdom.
-DEVICE names a device the backend offers: a bus id, Linux style (1-2, 1-4.3), or
-vid:pid[:serial] (0627:0001), which follows the device to any port.
-up runs `xl create GUEST.CFG ...`, then does what apply does: creates the controllers
-and attaches the devices of the config's vusb = [ 'usbver=2, numports=8, port_1=1-2' ]
-entries. Devices not plugged in are attached when they are.
-monitor shows usbdom's devices, their owners and each controller's counters from its log
-(default /var/log/xen/usbdom-serial.log; --domain reads `xl console DOMAIN`), and exits 2
-with the panic text if usbdom panicked. --json prints JSON lines.";
-
 /// Reads and checks a guest config file's `vusb` entries.
 pub fn read_config(file: &str) -> Result<xlcfg::GuestConfig, Error> {
     let text = std::fs::read_to_string(file).map_err(|e| Error(format!("{file}: {e}")))?;
     xlcfg::parse(file, &text)
-}
-
-fn number(what: &str, s: &str) -> Result<u32, Error> {
-    xen::abi::parse_decimal(s)
-        .and_then(|v| u32::try_from(v).ok())
-        .ok_or_else(|| Error(format!("{what} must be a number, not '{s}'")))
-}
-
-/// Runs one command line (without the program name), printing results to `out`. `connect`
-/// opens the xenstore connection; `tick` runs while waiting for the backend.
-pub fn run<T: XsTransport>(
-    args: &[String],
-    connect: impl FnOnce() -> Result<XenStore<T>, Error>,
-    tick: Box<dyn FnMut()>,
-    out: &mut dyn std::io::Write,
-) -> Result<(), Error> {
-    let mut backend_name = "usbdom".to_string();
-    let mut rest: Vec<&str> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--backend" {
-            backend_name = it
-                .next()
-                .ok_or_else(|| Error("--backend needs a domain".into()))?
-                .clone();
-        } else {
-            rest.push(a);
-        }
-    }
-    match rest.as_slice() {
-        ["hc-create", dom, ver, ports] => {
-            let (ver, ports) = (
-                number("the USB version", ver)?,
-                number("the port count", ports)?,
-            );
-            let mut u = Usbctl::new(connect()?, tick);
-            let frontend = u.domain(dom)?;
-            let backend = u
-                .domain(&backend_name)
-                .map_err(|_| Error(format!("the backend domain '{backend_name}' is not running (start it: xl create usbdom.cfg)")))?;
-            let devid = u.hc_create(frontend, backend, ver, ports)?;
-            let _ = writeln!(out, "usbctl: created controller {devid} in domain {frontend} ({dom}): USB {ver}, {ports} ports, backend {backend}");
-            Ok(())
-        }
-        ["hc-destroy", dom, devid] => {
-            let devid = number("the controller id", devid)?;
-            let mut u = Usbctl::new(connect()?, tick);
-            let frontend = u.domain(dom)?;
-            u.hc_destroy(frontend, devid)?;
-            let _ = writeln!(
-                out,
-                "usbctl: destroyed controller {devid} of domain {frontend} ({dom})"
-            );
-            Ok(())
-        }
-        ["list-assignable-devices"] => {
-            let mut u = Usbctl::new(connect()?, tick);
-            let backend = u.domain(&backend_name).map_err(|_| {
-                Error(format!(
-                    "the backend domain '{backend_name}' is not running"
-                ))
-            })?;
-            for d in u.list_assignable(backend)? {
-                let at = d.assigned.map_or("free".to_string(), |(f, c, p)| {
-                    format!("domain {f} controller {c} port {p}")
-                });
-                let _ = writeln!(out, "{:<10} {:<40} {}", d.busid, at, d.description);
-            }
-            Ok(())
-        }
-        ["attach", dom, devid, port, busid] => {
-            let (devid, port) = (
-                number("the controller id", devid)?,
-                number("the port", port)?,
-            );
-            let mut u = Usbctl::new(connect()?, tick);
-            let frontend = u.domain(dom)?;
-            let what = match u.attach(frontend, devid, port, busid, false)? {
-                Attached::Connected => "connected".to_string(),
-                Attached::Waiting(why) => format!("waiting: {why}"),
-            };
-            let _ = writeln!(out, "usbctl: {busid} assigned to port {port} of controller {devid} in domain {frontend} ({dom}): {what}");
-            Ok(())
-        }
-        ["detach", dom, devid, port] => {
-            let (devid, port) = (
-                number("the controller id", devid)?,
-                number("the port", port)?,
-            );
-            let mut u = Usbctl::new(connect()?, tick);
-            let frontend = u.domain(dom)?;
-            let busid = u.detach(frontend, devid, port)?;
-            let _ = writeln!(out, "usbctl: {busid} removed from port {port} of controller {devid} in domain {frontend} ({dom})");
-            Ok(())
-        }
-        ["apply", dom, file] => {
-            let cfg = read_config(file)?;
-            let mut u = Usbctl::new(connect()?, tick);
-            let frontend = u.domain(dom)?;
-            for line in u.apply(frontend, &cfg.vusb, &backend_name)? {
-                let _ = writeln!(out, "usbctl: {dom}: {line}");
-            }
-            Ok(())
-        }
-        ["list", dom] => {
-            let mut u = Usbctl::new(connect()?, tick);
-            let frontend = u.domain(dom)?;
-            let list = u.list(frontend)?;
-            let _ = writeln!(
-                out,
-                "{:<6} {:<8} {:<8} {:<6} {:<12} {:<12}",
-                "devid", "backend", "usb-ver", "ports", "be-state", "fe-state"
-            );
-            for c in list {
-                let _ = writeln!(
-                    out,
-                    "{:<6} {:<8} {:<8} {:<6} {:<12} {:<12}",
-                    c.devid,
-                    c.backend,
-                    c.usb_ver,
-                    c.ports,
-                    format!("{:?}", c.states.0),
-                    format!("{:?}", c.states.1)
-                );
-                for (port, busid) in &c.assigned {
-                    let _ = writeln!(out, "       port {port}: {busid}");
-                }
-            }
-            Ok(())
-        }
-        _ => Err(Error(USAGE.into())),
-    }
 }

@@ -1,23 +1,13 @@
-//! usbctl: PVUSB controllers served by the usbdom driver domain, from dom0.
-//!
-//! ```text
-//! usbctl [--backend DOMAIN] hc-create DOMAIN USBVER(1|2) PORTS(1-31)
-//! usbctl hc-destroy DOMAIN DEVID
-//! usbctl list DOMAIN
-//! usbctl [--backend DOMAIN] list-assignable-devices
-//! usbctl attach DOMAIN DEVID PORT DEVICE
-//! usbctl detach DOMAIN DEVID PORT
-//! usbctl [--backend DOMAIN] up GUEST.CFG [XL CREATE ARGUMENTS]
-//! usbctl [--backend DOMAIN] apply DOMAIN GUEST.CFG
-//! usbctl monitor [--follow] [--json] [LOG FILE | --domain DOMAIN]
-//! ```
-//! Domains by name or id; the backend defaults to the domain named `usbdom`.
+//! usbctl: PVUSB controllers served by the usbdom driver domain, from dom0. The commands and
+//! their arguments: `usbctl --help` (`src/cli.rs`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::exit;
 use std::time::Duration;
 
+use clap::Parser;
+use usbctl::cli::{self, Cli, Command, XenstoreCommand};
 use usbctl::Error;
 use xen::xenstore::{XenStore, XsError, XsTransport};
 
@@ -94,7 +84,7 @@ fn connect() -> Result<XenStore<Socket>, Error> {
 
 /// `up GUEST.CFG [ARGS]`: the config is checked, `xl create GUEST.CFG ARGS` runs, then
 /// `apply` for the domain the config names.
-fn up(backend: &[String], file: &str, xl_args: &[String]) -> Result<(), Error> {
+fn up(backend: &str, file: &str, xl_args: &[String]) -> Result<(), Error> {
     let cfg = usbctl::read_config(file)?;
     let name = cfg
         .name
@@ -108,34 +98,28 @@ fn up(backend: &[String], file: &str, xl_args: &[String]) -> Result<(), Error> {
     if !status.success() {
         return Err(Error(format!("xl create {file} failed ({status})")));
     }
-    let mut args = backend.to_vec();
-    args.extend(["apply".into(), name, file.into()]);
-    let tick = Box::new(|| std::thread::sleep(Duration::from_millis(100)));
-    usbctl::run(&args, connect, tick, &mut std::io::stdout())
+    let apply = XenstoreCommand::Apply {
+        domain: name,
+        config: file.into(),
+    };
+    cli::run(backend, apply, connect, tick(), &mut std::io::stdout())
+}
+
+/// What runs while usbctl waits for the backend.
+fn tick() -> Box<dyn FnMut()> {
+    Box::new(|| std::thread::sleep(Duration::from_millis(100)))
 }
 
 /// The serial log `xen-cfg/usbdom.cfg` has usbdom write.
 const DEFAULT_LOG: &str = "/var/log/xen/usbdom-serial.log";
 
-/// `monitor [--follow] [--json] [FILE | --domain DOMAIN]`; returns the exit status.
-fn monitor(args: &[String]) -> Result<i32, Error> {
-    let (mut follow, mut json, mut file, mut domain) = (false, false, None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--follow" | "-f" => follow = true,
-            "--json" => json = true,
-            "--domain" => {
-                domain = Some(
-                    it.next()
-                        .ok_or_else(|| Error("--domain needs a domain".into()))?
-                        .clone(),
-                )
-            }
-            f if !f.starts_with('-') && file.is_none() => file = Some(f.to_string()),
-            _ => return Err(Error(usbctl::USAGE.into())),
-        }
-    }
+/// `monitor`: follows `file` (or `xl console domain`); returns the exit status.
+fn monitor(
+    follow: bool,
+    json: bool,
+    file: Option<String>,
+    domain: Option<String>,
+) -> Result<i32, Error> {
     // Names of domains, where xenstore can be asked (dom0); ids alone elsewhere.
     let xs = std::cell::RefCell::new(connect().ok());
     let name = |d: u32| -> Option<String> {
@@ -184,21 +168,21 @@ fn monitor(args: &[String]) -> Result<i32, Error> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (backend, rest) = match args.as_slice() {
-        [flag, dom, rest @ ..] if flag == "--backend" => (args[..2].to_vec(), rest),
-        rest => (Vec::new(), rest),
-    };
-    let result = match rest {
-        [cmd, file, xl_args @ ..] if cmd == "up" => up(&backend, file, xl_args),
-        [cmd, args @ ..] if cmd == "monitor" => match monitor(args) {
+    let Cli { backend, command } = Cli::parse();
+    let result = match command {
+        Command::Up { config, xl_args } => up(&backend, &config, &xl_args),
+        Command::Monitor {
+            follow,
+            json,
+            domain,
+            log,
+        } => match monitor(follow, json, log, domain) {
             Ok(0) => Ok(()),
             Ok(code) => exit(code),
             Err(e) => Err(e),
         },
-        _ => {
-            let tick = Box::new(|| std::thread::sleep(Duration::from_millis(100)));
-            usbctl::run(&args, connect, tick, &mut std::io::stdout())
+        Command::Xenstore(command) => {
+            cli::run(&backend, command, connect, tick(), &mut std::io::stdout())
         }
     };
     if let Err(e) = result {
