@@ -736,7 +736,6 @@ mod through_usbback {
     use testkit::sim_host::{MassStorage, SimHost, BLOCK_SIZE};
     use usb::mass_storage::read_write_10_cbw;
     use usb::Speed;
-    use usbback::host::{HostEvent, UsbHost};
 
     fn pipe(direction: Direction, endpoint: u8) -> Pipe {
         Pipe {
@@ -755,16 +754,7 @@ mod through_usbback {
         fes: &mut [Fe],
     ) {
         for _ in 0..4 {
-            be.poll_xenstore(host).unwrap();
-            let mut ports = Vec::new();
-            be.hypervisor().take_pending(&mut |p| ports.push(p));
-            for p in ports {
-                be.handle_event(p, host);
-            }
-            be.serve_busy(host);
-            let mut events: Vec<HostEvent> = Vec::new();
-            host.poll(&mut events);
-            be.host_events(host, &mut events);
+            testkit::main_loop::turn(be, host);
             for fe in fes.iter_mut() {
                 fe.poll_xenstore().unwrap();
                 fe.handle_event();

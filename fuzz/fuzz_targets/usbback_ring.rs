@@ -6,7 +6,6 @@
 
 use libfuzzer_sys::fuzz_target;
 use usb::Speed;
-use usbback::host::{HostEvent, UsbHost};
 use testkit::sim_host::{Keyboard, MassStorage, SimHost};
 use usbback::Backend;
 use xen::abi::usbif::*;
@@ -21,16 +20,7 @@ use zerocopy::FromBytes;
 
 fn settle(be: &mut Backend<Domain, SimXsTransport>, host: &mut SimHost<LocalPage>) {
     for _ in 0..3 {
-        be.poll_xenstore(host).unwrap();
-        let mut ports = Vec::new();
-        be.hypervisor().take_pending(&mut |p| ports.push(p));
-        for p in ports {
-            be.handle_event(p, host);
-        }
-        be.serve_busy(host);
-        let mut events: Vec<HostEvent> = Vec::new();
-        host.poll(&mut events);
-        be.host_events(host, &mut events);
+        testkit::main_loop::turn(be, host);
     }
 }
 

@@ -4,6 +4,7 @@
 //!   toolstack's part, for usbback's tests and `bench backend`.
 //! - [`fake_xhci`]: an xHCI controller behind `xhci-driver`'s HAL, with a USB 2 device and a
 //!   hub, for the tests of `xhci-driver` and of the driver domain's `XhciHost`.
+//! - [`main_loop`]: a turn of the driver domain's main loop for a backend on `xen::sim`.
 //! - [`model_host`]: a host whose transfers a test holds, finishes late, fails or cancels.
 //! - [`sim_host`]: a USB host with simulated devices (a Bulk-Only stick, a boot keyboard, a
 //!   hub) behind usbback's [`usbback::host::UsbHost`], for the tests of usbback, the
@@ -18,6 +19,7 @@
 extern crate alloc;
 
 pub mod fake_xhci;
+pub mod main_loop;
 pub mod model_host;
 pub mod raw_frontend;
 pub mod sim_host;

@@ -11,7 +11,6 @@ use alloc::vec;
 use testkit::sim_host::{Keyboard, MassStorage, SimHost, BLOCK_SIZE};
 use usb::mass_storage::read_write_10_cbw;
 use usb::{Direction, Speed, TransferType};
-use usbback::host::{HostEvent, UsbHost};
 use xen::page::LocalPage;
 use xen::pvusb::{ControllerNodes, Pipe};
 use xen::sim::{Domain, SimXsTransport, Xen};
@@ -133,17 +132,7 @@ struct Machine {
 
 impl Machine {
     fn round(&mut self) {
-        let host = &mut self.host;
-        self.be.poll_xenstore(host).unwrap();
-        let mut ports = Vec::new();
-        self.be.hypervisor().take_pending(&mut |p| ports.push(p));
-        for p in ports {
-            self.be.handle_event(p, host);
-        }
-        self.be.serve_busy(host);
-        let mut events: Vec<HostEvent> = Vec::new();
-        host.poll(&mut events);
-        self.be.host_events(host, &mut events);
+        testkit::main_loop::turn(&mut self.be, &mut self.host);
         self.victim.step();
     }
 }

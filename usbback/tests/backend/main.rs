@@ -1,6 +1,7 @@
 //! The lifecycle against `xen::sim`: a toolstack (dom0) and a frontend behaving as libxl and
 //! Linux xen-hcd do.
 
+use testkit::main_loop;
 use testkit::model_host::*;
 use testkit::raw_frontend::*;
 use testkit::sim_host::BLOCK_SIZE;
@@ -827,15 +828,7 @@ fn isochronous_results_land_in_the_frontends_packet_descriptors() {
 /// Runs the backend until nothing moves: xenstore, event channels, the host's events.
 fn settle<U: UsbHost<LocalPage>>(be: &mut Backend<Domain, SimXsTransport>, host: &mut U) {
     for _ in 0..4 {
-        be.poll_xenstore(host).unwrap();
-        let mut ports = Vec::new();
-        be.hypervisor().take_pending(&mut |p| ports.push(p));
-        for p in ports {
-            be.handle_event(p, host);
-        }
-        let mut events = Vec::new();
-        host.poll(&mut events);
-        be.host_events(host, &mut events);
+        main_loop::turn(be, host);
         while be.has_work() {
             be.serve_busy(host);
         }
