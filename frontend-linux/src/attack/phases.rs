@@ -21,8 +21,14 @@ use super::{pipe, request, AttackEnv, Attacker, Phase, Report, Target};
 pub(super) const ROUNDS: usize = 8;
 /// How long a violation may take to cost the connection.
 const DISCONNECT_LIMIT_MS: u64 = 5_000;
-/// Quiet time after which a request on an interrupt endpoint counts as held in flight.
-const HOLD_MS: u64 = 20;
+/// Quiet time after which a request on an interrupt endpoint counts as held in flight: long
+/// enough that a device's answer is not mistaken for silence on a loaded nested machine,
+/// where one took more than 20 ms (a tablet's first report; the attacker then reused an id
+/// the backend had already freed).
+const HOLD_MS: u64 = 300;
+/// Requests sent to hold one: a device may have a report ready (QEMU's tablet has one after
+/// a reset), which answers the first.
+const HOLD_ATTEMPTS: usize = 3;
 /// Unlinks of ids not in flight, at most.
 pub(super) const STRAY_UNLINKS: usize = 256;
 /// State cycles of the flap, at most.
@@ -233,18 +239,24 @@ where
         endpoint: u8,
     ) -> Option<u16> {
         let p = pipe(target.port, true, 0, endpoint, USBIF_PIPE_TYPE_INT);
-        let (req, grants, _) =
-            self.with_page(request(0, p, [1, 0, 0, 0, 0, 0, 0, 0]), &[], 0, 8)?;
-        let id = self.send(env, r, deadline, req, grants)?;
-        let quiet = env.now_ms() + HOLD_MS;
-        while self.pump(env, r) && env.now_ms() < quiet {
-            env.pause(1);
+        for _ in 0..HOLD_ATTEMPTS {
+            let (req, grants, _) =
+                self.with_page(request(0, p, [1, 0, 0, 0, 0, 0, 0, 0]), &[], 0, 8)?;
+            let id = self.send(env, r, deadline, req, grants)?;
+            let quiet = env.now_ms() + HOLD_MS;
+            let in_flight = |a: &Self| {
+                a.link
+                    .as_ref()
+                    .is_some_and(|l| l.in_flight.iter().any(|(f, _)| *f == id))
+            };
+            while self.pump(env, r) && env.now_ms() < quiet && in_flight(self) {
+                env.pause(1);
+            }
+            if in_flight(self) {
+                return Some(id);
+            }
         }
-        let held = self
-            .link
-            .as_ref()
-            .is_some_and(|l| l.in_flight.iter().any(|(f, _)| *f == id));
-        held.then_some(id)
+        None
     }
 }
 

@@ -222,10 +222,11 @@ fn machine(attacker_device: bool) -> (Machine, SimAttacker) {
     (w, a)
 }
 
-/// Runs `phase` for 300 simulated milliseconds; checks the victim was served meanwhile.
+/// Runs `phase` for 1000 simulated milliseconds (a held request waits 300 of them); checks
+/// the victim was served meanwhile.
 fn attack(w: &mut Machine, a: &mut SimAttacker, phase: Phase) -> Report {
     let before = w.victim.reads;
-    let r = a.run(phase, w, 300);
+    let r = a.run(phase, w, 1000);
     assert!(
         w.events
             .iter()
