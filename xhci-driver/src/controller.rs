@@ -30,6 +30,7 @@ mod events;
 mod hubs;
 mod ports;
 mod registers;
+mod td;
 mod transfers;
 
 pub use configuration::MAX_CONFIGURATIONS;

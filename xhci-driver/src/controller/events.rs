@@ -7,8 +7,8 @@ use xhci::ring::trb::command;
 use xhci::ring::trb::event::{self, CompletionCode};
 
 use super::registers::{ERDP, ERDP_EHB, INTERRUPTER_0, RING_BYTES, USBSTS, USBSTS_HCE, USBSTS_HSE};
-use super::transfers::TdKind;
-use super::{Completed, Controller, Error, IsoOutcome};
+use super::td::code_of;
+use super::{Completed, Controller, Error};
 use crate::hal::Hal;
 
 /// Commands complete in microseconds on real controllers; Address Device waits for a
@@ -17,13 +17,6 @@ pub const COMMAND_TIMEOUT_US: u64 = 100_000;
 /// Events taken before ERDP is written even though more wait: a quarter of the Event Ring,
 /// so the controller always has room to write.
 const ERDP_BATCH: u32 = (RING_BYTES / crate::ring::TRB_SIZE / 4) as u32;
-
-fn code_of(c: Result<CompletionCode, u8>) -> u8 {
-    match c {
-        Ok(c) => c as u8,
-        Err(raw) => raw,
-    }
-}
 
 impl<H: Hal> Controller<H> {
     /// Takes the next event, waiting until `until` (microseconds) for `what`, and moves
@@ -121,104 +114,21 @@ impl<H: Hal> Controller<H> {
         let Some(i) = ep.pending.iter().position(|td| td.holds(at)) else {
             return;
         };
-        let residue = t.trb_transfer_length();
-        let ok = matches!(
-            code,
-            Ok(CompletionCode::Success | CompletionCode::ShortPacket)
-        );
-        let error = match code {
-            Ok(CompletionCode::StallError) => Error::Stall,
-            Ok(CompletionCode::BabbleDetectedError) => Error::Babble,
-            code => Error::Transfer(code_of(code)),
+        let Some(end) = ep.pending[i].take_event(at, code, t.trb_transfer_length()) else {
+            return;
         };
-        let td = &mut ep.pending[i];
-        let last = at == td.last();
-        let result = match td.kind {
-            TdKind::Normal => {
-                if ok {
-                    Ok(td.bytes_to(at, residue, 0))
-                } else {
-                    Err(error)
-                }
-            }
-            TdKind::Control => {
-                if ok && !last {
-                    // The Data Stage ended short; the Status Stage follows.
-                    if code == Ok(CompletionCode::ShortPacket) {
-                        td.short = Some(td.bytes_to(at, residue, 0));
-                    }
-                    return;
-                }
-                let all = td.bytes_to(td.last(), 0, 0);
-                if ok {
-                    Ok(td.short.unwrap_or(all))
-                } else {
-                    Err(error)
-                }
-            }
-            TdKind::Isochronous => {
-                let packet = td
-                    .trbs
-                    .iter()
-                    .find(|&&(a, _)| a == at)
-                    .map_or(0, |&(_, info)| info.packet);
-                let outcome = IsoOutcome {
-                    actual_length: if ok {
-                        td.bytes_to(at, residue, packet)
-                    } else {
-                        0
-                    },
-                    status: if ok { Ok(()) } else { Err(error) },
-                };
-                // A Missed Service Error names the last TD skipped: those before it
-                // without an outcome were missed too.
-                for p in &mut td.packets[..usize::from(packet)] {
-                    if p.is_none() && code == Ok(CompletionCode::MissedServiceError) {
-                        *p = Some(outcome);
-                    }
-                }
-                if let Some(p) = td.packets.get_mut(usize::from(packet)) {
-                    p.get_or_insert(outcome);
-                }
-                if !last && td.packets.iter().any(Option::is_none) {
-                    return;
-                }
-                Ok(td
-                    .packets
-                    .iter()
-                    .map(|p| p.map_or(0, |p| p.actual_length))
-                    .sum())
-            }
-        };
-        let halts = td.kind != TdKind::Isochronous
-            && matches!(
-                code,
-                Ok(CompletionCode::StallError
-                    | CompletionCode::BabbleDetectedError
-                    | CompletionCode::UsbTransactionError
-                    | CompletionCode::SplitTransactionError)
-            );
         let td = ep.pending.remove(i);
         if i == 0 {
             ep.ring.complete(td.last());
         }
-        if halts {
+        if end.halts {
             ep.halted = true;
         }
-        let packets = td
-            .packets
-            .iter()
-            .map(|p| {
-                p.unwrap_or(IsoOutcome {
-                    actual_length: 0,
-                    status: Err(Error::Transfer(CompletionCode::MissedServiceError as u8)),
-                })
-            })
-            .collect();
+        let packets = td.packet_outcomes();
         self.completions.push((
             td.id,
             Completed {
-                result,
+                result: end.result,
                 packets,
                 start_frame: td.start_frame,
             },

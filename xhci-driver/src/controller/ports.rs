@@ -9,7 +9,7 @@ use core::fmt;
 use log::{info, warn};
 
 use super::registers::{Protocol, PORTSC, PORT_REGISTER_SET_SIZE};
-use super::transfers::PendingTd;
+use super::td::PendingTd;
 use super::{Controller, Error, UsbDevice};
 use crate::hal::Hal;
 use crate::hub;

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use log::{info, warn};
 
-use super::transfers::PendingTd;
+use super::td::PendingTd;
 use super::{alloc, Controller, Error, UsbDevice};
 use crate::hal::{DmaBuffer, Hal};
 use crate::hub;

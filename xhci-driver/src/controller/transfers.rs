@@ -11,68 +11,17 @@ use usb::{feature, request_type, Direction, IsoPacket, SetupPacket, Speed, Trans
 use xhci::ring::trb::command;
 
 use super::registers::MFINDEX;
+use super::td::{PendingTd, TdKind};
 use super::{alloc, Completed, Controller, Error, IsoOutcome, TransferId};
 use crate::descriptor::Endpoint;
 use crate::hal::{DmaBuffer, Hal};
 use crate::ring::ProducerRing;
 use crate::transfer::{
-    control_trbs, isoch_trbs, max_esit_payload, normal_td, DmaSegment, TransferTrbs, TrbInfo,
-    TrbRole,
+    control_trbs, isoch_trbs, max_esit_payload, normal_td, DmaSegment, TransferTrbs,
 };
 
 /// A control transfer to a device that answers.
 pub const TRANSFER_TIMEOUT_US: u64 = 100_000;
-
-/// A transfer the controller owns: the TRBs of its TDs and what has been reported of them.
-pub(super) struct PendingTd {
-    pub(super) id: TransferId,
-    /// Address of each TRB and what it is for.
-    pub(super) trbs: Vec<(u64, TrbInfo)>,
-    pub(super) kind: TdKind,
-    /// Control: the bytes of a Data Stage a short packet ended, awaiting the Status Stage.
-    pub(super) short: Option<usize>,
-    /// Isochronous: each packet's outcome once reported.
-    pub(super) packets: Vec<Option<IsoOutcome>>,
-    /// Isochronous: the frame it was queued in.
-    pub(super) start_frame: u16,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum TdKind {
-    Normal,
-    Control,
-    Isochronous,
-}
-
-impl PendingTd {
-    pub(super) fn holds(&self, at: u64) -> bool {
-        self.trbs.iter().any(|&(a, _)| a == at)
-    }
-
-    pub(super) fn last(&self) -> u64 {
-        self.trbs.last().map_or(0, |&(a, _)| a)
-    }
-
-    /// Data bytes of the TRBs of `packet` before the one at `at`, plus that one's length
-    /// less `residue`.
-    pub(super) fn bytes_to(&self, at: u64, residue: u32, packet: u16) -> usize {
-        let mut done = 0usize;
-        for &(a, info) in self.trbs.iter().filter(|(_, i)| i.packet == packet) {
-            if info.role != TrbRole::Data {
-                if a == at {
-                    break;
-                }
-                continue;
-            }
-            if a == at {
-                done += info.len.saturating_sub(residue) as usize;
-                break;
-            }
-            done += info.len as usize;
-        }
-        done
-    }
-}
 
 /// An endpoint with its Transfer Ring: the Default Control Endpoint, or one a configuration
 /// or alternate setting added.
