@@ -181,7 +181,7 @@ create_usbdom() {
       -e "s|^extra = .*|extra = \"loglevel=${1:-debug}${datapath:+ datapath=$datapath}\"|" \
       /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
   mark "phase=usbdom_create xhci=$xhci"
-  timeout 120 xl create /tmp/usbdom.cfg || fail "xl_create_usbdom"
+  xl_create usbdom /tmp/usbdom.cfg || fail "xl_create_usbdom"
   wait_for /var/log/xen/console/guest-usbdom.log "event=ready" 90 || fail "usbdom_not_ready"
   mark "phase=usbdom_ready"
 }
