@@ -2,7 +2,7 @@
 //! [`TransferType`], device [`Speed`], an isochronous transfer's [`IsoPacket`], the
 //! [`SetupPacket`] of a control transfer, and the numbers of USB 2.0 chapter 9
 //! ([`request`], [`request_type`], [`descriptor`], [`feature`]) and of the hub class
-//! ([`hub`], USB 2.0 chapter 11), and the Mass Storage class's Bulk-Only Transport with its SCSI
+//! ([`hub`], USB 2.0 chapter 11), the HID class's boot keyboard ([`hid`]), and the Mass Storage class's Bulk-Only Transport with its SCSI
 //! commands ([`mass_storage`]).
 //!
 //! Only what USB itself defines lives here; how a particular wire or controller encodes it
@@ -203,6 +203,7 @@ impl core::fmt::Display for TransferError {
 /// served.
 pub const LANGID_EN_US: u16 = 0x0409;
 
+pub mod hid;
 pub mod mass_storage;
 
 /// bmRequestType (USB 2.0 Table 9-2): direction, type and recipient of a request.

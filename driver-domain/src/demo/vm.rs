@@ -2,6 +2,8 @@
 //! guest's steps with it (enumeration, then Bulk-Only SCSI commands or keyboard reports),
 //! one at a time, none blocking.
 
+use usb::hid;
+
 use super::*;
 
 /// Where a VM's device is in its life as the guest sees it.
@@ -372,7 +374,10 @@ impl Vm {
             Stage::SetProtocol(k) => {
                 let [lo, hi] = u16::from(k.interface).to_le_bytes();
                 // SET_IDLE (HID 7.2.4): duration in the high byte of wValue.
-                self.control(ADDRESS, [0x21, 0x0a, 0, KEYBOARD_IDLE, lo, hi, 0, 0]);
+                self.control(
+                    ADDRESS,
+                    [0x21, hid::SET_IDLE, 0, KEYBOARD_IDLE, lo, hi, 0, 0],
+                );
                 Stage::SetIdle(k)
             }
             Stage::SetIdle(k) => {
@@ -495,7 +500,7 @@ impl Vm {
             Some(k) => {
                 let [lo, hi] = u16::from(k.interface).to_le_bytes();
                 // SET_PROTOCOL(boot): the 8-byte report of HID 1.11 appendix B.1.
-                self.control(ADDRESS, [0x21, 0x0b, 0, 0, lo, hi, 0, 0]);
+                self.control(ADDRESS, [0x21, hid::SET_PROTOCOL, 0, 0, lo, hi, 0, 0]);
                 Some(Stage::SetProtocol(k))
             }
             None => {

@@ -1,19 +1,13 @@
 //! HID boot keyboard (HID 1.11).
 
+use usb::hid::{
+    GET_IDLE, GET_PROTOCOL, GET_REPORT, HID_DESCRIPTOR, REPORT_DESCRIPTOR, REPORT_INPUT,
+    REPORT_OUTPUT, SET_IDLE, SET_PROTOCOL, SET_REPORT,
+};
+
 use super::*;
 
 pub(super) const KBD_INTERRUPT_IN: u8 = 0x81;
-pub(super) const HID_DESCRIPTOR: u8 = 0x21;
-pub(super) const HID_REPORT_DESCRIPTOR: u8 = 0x22;
-pub(super) const GET_REPORT: u8 = 0x01;
-pub(super) const GET_IDLE: u8 = 0x02;
-pub(super) const GET_PROTOCOL: u8 = 0x03;
-pub(super) const SET_REPORT: u8 = 0x09;
-pub(super) const SET_IDLE: u8 = 0x0a;
-pub(super) const SET_PROTOCOL: u8 = 0x0b;
-/// GET_REPORT/SET_REPORT report types (high byte of wValue).
-pub(super) const REPORT_INPUT: u8 = 1;
-pub(super) const REPORT_OUTPUT: u8 = 2;
 /// Keyboard usage ErrorRollOver: more keys pressed than a boot report holds.
 pub(super) const ERROR_ROLL_OVER: u8 = 0x01;
 
@@ -102,7 +96,7 @@ impl Keyboard {
             0x01,
             0,
             1,
-            HID_REPORT_DESCRIPTOR,
+            REPORT_DESCRIPTOR,
             lo,
             hi,
         ]
@@ -138,7 +132,7 @@ impl DeviceModel for Keyboard {
         }
         let high = setup.descriptor_type();
         match (setup.request_type, setup.request) {
-            (0x81, GET_DESCRIPTOR) if high == HID_REPORT_DESCRIPTOR => {
+            (0x81, GET_DESCRIPTOR) if high == REPORT_DESCRIPTOR => {
                 Handshake::Ack(KEYBOARD_REPORT_DESCRIPTOR.to_vec())
             }
             (0x81, GET_DESCRIPTOR) if high == HID_DESCRIPTOR => {

@@ -1,6 +1,7 @@
 //! The simulated host's tests: its standard requests, models, latency and hotplug.
 
 use super::*;
+use usb::hid::{GET_PROTOCOL, GET_REPORT, HID_DESCRIPTOR, SET_IDLE, SET_PROTOCOL, SET_REPORT};
 use usb::mass_storage::{self, *};
 use xen::page::LocalPage;
 

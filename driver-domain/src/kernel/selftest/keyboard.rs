@@ -1,5 +1,7 @@
 //! `usbtest=keyboard`: a HID boot keyboard's interrupt reports through the driver alone.
 
+use usb::hid;
+
 use super::*;
 
 /// A HID boot keyboard whose interrupt IN endpoint always has transfers queued, each with
@@ -15,14 +17,6 @@ pub(super) struct Keyboard {
 // HID 1.11 7.2: class requests to the interface.
 pub(super) const REQUEST_TYPE_CLASS_INTERFACE_OUT: u8 =
     request_type::CLASS | request_type::INTERFACE;
-pub(super) const HID_SET_IDLE: u8 = 0x0a;
-pub(super) const HID_SET_PROTOCOL: u8 = 0x0b;
-/// SET_PROTOCOL wValue: the boot protocol, whose keyboard report is the fixed 8 bytes of
-/// HID 1.11 appendix B.1.
-pub(super) const HID_BOOT_PROTOCOL: u16 = 0;
-pub(super) const HID_CLASS: u8 = 0x03;
-pub(super) const HID_SUBCLASS_BOOT: u8 = 0x01;
-pub(super) const HID_PROTOCOL_KEYBOARD: u8 = 0x01;
 
 /// `usbtest=keyboard`: configures the first HID boot keyboard (interface 03/01/01) in the
 /// boot protocol, reporting only on change (SET_IDLE 0), and queues a transfer on its
@@ -32,9 +26,9 @@ pub fn self_test_keyboard(usb: &mut Usb) {
     let found = usb.devices().into_iter().find_map(|d| {
         let config = usb.xhci().configuration(d.slot_id).ok()?;
         let (interface, endpoint) = config.interfaces.iter().find_map(|i| {
-            let boot_keyboard = i.class == HID_CLASS
-                && i.subclass == HID_SUBCLASS_BOOT
-                && i.protocol == HID_PROTOCOL_KEYBOARD
+            let boot_keyboard = i.class == hid::CLASS
+                && i.subclass == hid::SUBCLASS_BOOT
+                && i.protocol == hid::PROTOCOL_KEYBOARD
                 && i.alternate_setting == 0;
             let e = i
                 .endpoints
@@ -60,8 +54,8 @@ pub fn self_test_keyboard(usb: &mut Usb) {
     let set_protocol = xhci.control(
         slot_id,
         REQUEST_TYPE_CLASS_INTERFACE_OUT,
-        HID_SET_PROTOCOL,
-        HID_BOOT_PROTOCOL,
+        hid::SET_PROTOCOL,
+        hid::BOOT_PROTOCOL,
         u16::from(interface),
     );
     let Ok(()) = set_protocol.map_err(step("set_protocol")) else {
@@ -71,7 +65,7 @@ pub fn self_test_keyboard(usb: &mut Usb) {
     let set_idle = xhci.control(
         slot_id,
         REQUEST_TYPE_CLASS_INTERFACE_OUT,
-        HID_SET_IDLE,
+        hid::SET_IDLE,
         0,
         u16::from(interface),
     );
