@@ -2,6 +2,7 @@
 //! backend that answers exactly what each test needs, including what xen-hcd refuses.
 
 use super::*;
+use testkit::raw_frontend::toolstack_add;
 use usb::IsoPacket;
 use xen::abi::ring::SRING_RSP_PROD;
 use xen::hypervisor::{GrantMapper, GrantMapping, MapRequest};
@@ -11,21 +12,6 @@ use xen::ring::BackRing;
 use xen::sim::{Domain, SimXsTransport, Xen};
 
 type Fe = Frontend<Domain, SimXsTransport>;
-
-fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) -> ControllerNodes {
-    let nodes = ControllerNodes {
-        frontend: fe,
-        backend: be,
-        devid: 0,
-        usb_ver: 2,
-        ports,
-    };
-    xen.dom0()
-        .xenstore()
-        .transaction(3, |xs, tx| nodes.write(xs, tx))
-        .unwrap();
-    nodes
-}
 
 fn frontend(dom: &Domain) -> Fe {
     Frontend::new(dom.clone(), dom.xenstore(), dom.domid(), 0).unwrap()

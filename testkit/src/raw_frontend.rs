@@ -38,8 +38,9 @@ pub fn frontend_dir(fe: DomId) -> String {
     format!("/local/domain/{fe}/device/vusb/0")
 }
 
-/// What libxl writes for a `type=pv` usbctrl of `ports` USB 2 ports, with its permissions.
-pub fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) {
+/// What libxl writes for a `type=pv` usbctrl of `ports` USB 2 ports, with its permissions;
+/// returns the nodes written.
+pub fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) -> ControllerNodes {
     let nodes = ControllerNodes {
         frontend: fe,
         backend: be,
@@ -51,6 +52,7 @@ pub fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) {
         .xenstore()
         .transaction(3, |xs, tx| nodes.write(xs, tx))
         .expect("the toolstack's transaction");
+    nodes
 }
 
 /// A connected frontend's rings and event channel.
