@@ -14,10 +14,10 @@ use xen::abi::usbif::{
 };
 use xen::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 use xen::hypervisor::EventChannels;
-use xen::page::{LocalPage, SharedPage};
+use xen::page::{LocalPage, PageSpan, SharedPage};
 use xen::pvusb::{
-    ControllerNodes, Pipe, ASSIGN_DIR, CONN_RING_REF_KEY, EVENT_CHANNEL_KEY, PORT_STATUS_DIR,
-    URB_RING_REF_KEY,
+    urb_ring_ref_key, ControllerNodes, Pipe, ASSIGN_DIR, CONN_RING_REF_KEY, EVENT_CHANNEL_KEY,
+    PORT_STATUS_DIR, RING_PAGE_ORDER_KEY, URB_RING_REF_KEY,
 };
 use xen::ring::FrontRing;
 use xen::sim::{Domain, Xen};
@@ -57,9 +57,9 @@ pub fn toolstack_add(xen: &Xen, be: DomId, fe: DomId, ports: u8) -> ControllerNo
 
 /// A connected frontend's rings and event channel.
 pub struct RawFrontend {
-    /// The URB ring.
-    pub urb: FrontRing<LocalPage, UsbifUrbRequest, UsbifUrbResponse>,
-    /// The URB ring's page, for a test that writes the ring by hand.
+    /// The URB ring, over one page or a multi-page ring's pages.
+    pub urb: FrontRing<PageSpan<LocalPage>, UsbifUrbRequest, UsbifUrbResponse>,
+    /// The URB ring's first page, for a test that writes the ring by hand.
     pub urb_page: LocalPage,
     /// The conn ring, with [`CONN_REQUESTS`] requests posted.
     pub conn: FrontRing<LocalPage, UsbifConnRequest, UsbifConnResponse>,
@@ -69,18 +69,49 @@ pub struct RawFrontend {
     pub grants: Vec<GrantRef>,
 }
 
+/// How the URB ring's grant references are written.
+#[derive(Clone, Copy, Debug)]
+pub enum UrbRing<'a> {
+    /// One page, as `urb-ring-ref`; `Some` replaces the reference as written, for a test of
+    /// what the backend does with a bad one.
+    OnePage(Option<&'a str>),
+    /// 2^order pages, as `ring-page-order` and `urb-ring-ref0`, …; `bad_ref` writes page
+    /// `bad_ref.0`'s reference as `bad_ref.1`.
+    Pages {
+        /// `ring-page-order`.
+        order: u32,
+        /// A page whose reference is written wrong, and what is written.
+        bad_ref: Option<(u32, &'a str)>,
+    },
+}
+
 impl RawFrontend {
-    /// xen-hcd's connect step (`xenhcd_backend_changed` on InitWait): grants both rings to
-    /// `be`, allocates the event channel, posts the conn ring's requests, writes the ring
-    /// details and switches to Connected. `urb_ring_ref` replaces the URB ring's grant
-    /// reference as written, for a test of what the backend does with a bad one.
+    /// xen-hcd's connect step (`xenhcd_backend_changed` on InitWait) with a one-page URB ring:
+    /// see [`RawFrontend::connect_with`].
     pub fn connect(fe: &Domain, be: DomId, urb_ring_ref: Option<&str>) -> RawFrontend {
-        let (urb_gfn, urb_page) = fe.alloc_page();
+        RawFrontend::connect_with(fe, be, UrbRing::OnePage(urb_ring_ref))
+    }
+
+    /// The connect step: grants the rings' pages to `be`, allocates the event channel, posts
+    /// the conn ring's requests, writes the ring details (the URB ring's as `urb_ring` says)
+    /// and switches to Connected.
+    pub fn connect_with(fe: &Domain, be: DomId, urb_ring: UrbRing<'_>) -> RawFrontend {
+        let pages = match urb_ring {
+            UrbRing::OnePage(_) => 1,
+            UrbRing::Pages { order, .. } => 1u32 << order.min(8),
+        };
+        let mut grants = Vec::new();
+        let mut urb_pages = Vec::new();
+        for _ in 0..pages {
+            let (gfn, page) = fe.alloc_page();
+            grants.push(fe.grant_access(be, gfn, false).expect("grant"));
+            urb_pages.push(page);
+        }
         let (conn_gfn, conn_page) = fe.alloc_page();
-        let urb_ref = fe.grant_access(be, urb_gfn, false).expect("grant");
         let conn_ref = fe.grant_access(be, conn_gfn, false).expect("grant");
         let port = fe.clone().alloc_unbound(be).expect("event channel");
-        let urb = FrontRing::init(urb_page.clone());
+        let urb_page = urb_pages[0].clone();
+        let urb = FrontRing::init(PageSpan::new(urb_pages));
         let mut conn = FrontRing::<_, UsbifConnRequest, UsbifConnResponse>::init(conn_page);
         for id in 0..CONN_REQUESTS {
             conn.push_request(&UsbifConnRequest { id })
@@ -88,23 +119,38 @@ impl RawFrontend {
         }
         conn.push_requests_and_check_notify();
         let dir = frontend_dir(fe.domid());
-        let urb_text = urb_ring_ref.map_or(urb_ref.to_string(), String::from);
+        let mut keys: Vec<(String, String)> = match urb_ring {
+            UrbRing::OnePage(text) => alloc::vec![(
+                URB_RING_REF_KEY.to_string(),
+                text.map_or(grants[0].to_string(), String::from)
+            )],
+            UrbRing::Pages { order, bad_ref } => {
+                let mut keys = alloc::vec![(RING_PAGE_ORDER_KEY.to_string(), order.to_string())];
+                for (i, gref) in (0..).zip(&grants) {
+                    let value = match bad_ref {
+                        Some((at, text)) if at == i => text.to_string(),
+                        _ => gref.to_string(),
+                    };
+                    keys.push((urb_ring_ref_key(i), value));
+                }
+                keys
+            }
+        };
+        keys.push((CONN_RING_REF_KEY.to_string(), conn_ref.to_string()));
+        keys.push((EVENT_CHANNEL_KEY.to_string(), port.to_string()));
         let mut xs = fe.xenstore();
-        for (key, value) in [
-            (URB_RING_REF_KEY, urb_text),
-            (CONN_RING_REF_KEY, conn_ref.to_string()),
-            (EVENT_CHANNEL_KEY, port.to_string()),
-        ] {
+        for (key, value) in keys {
             xs.write(TxId::NONE, &format!("{dir}/{key}"), value.as_bytes())
                 .expect("the frontend's own directory");
         }
         xenbus::switch_state(&mut xs, &dir, XenbusState::Connected).expect("state");
+        grants.push(conn_ref);
         RawFrontend {
             urb,
             urb_page,
             conn,
             port,
-            grants: vec![urb_ref, conn_ref],
+            grants,
         }
     }
 }

@@ -239,6 +239,14 @@ fn xen_end_to_end() {
             (field(connected, "ports"), field(connected, "usb_ver")),
             (Some("8"), Some("2"))
         );
+        // Stock xen-hcd ignores the multi-page ring usbdom offers: one page, 16 entries.
+        assert_eq!(
+            (
+                field(connected, "urb_ring_pages"),
+                field(connected, "urb_ring_size")
+            ),
+            (Some("1"), Some("16"))
+        );
         for (name, log) in [("guest-a", &guest_a), ("guest-b", &guest_b)] {
             let hc = log
                 .iter()

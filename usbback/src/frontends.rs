@@ -9,9 +9,10 @@ use alloc::vec::Vec;
 
 use log::{info, warn};
 use xen::abi::usbif::*;
+use xen::abi::xs_wire::XsdError;
 use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
 use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest};
-use xen::page::SharedPage;
+use xen::page::{PageSpan, SharedPage};
 use xen::pvusb;
 use xen::ring::BackRing;
 use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
@@ -180,6 +181,12 @@ where
                     warn!("event=xenstore_error op=watch path={frontend_dir}/state error={e}");
                     return;
                 }
+                // Offered before InitWait, so a frontend that connects on InitWait sees it.
+                let order = format!("{dir}/{}", pvusb::MAX_RING_PAGE_ORDER_KEY);
+                let offer = format!("{}", pvusb::MAX_RING_PAGE_ORDER);
+                if let Err(e) = self.xs.write(TxId::NONE, &order, offer.as_bytes()) {
+                    warn!("event=xenstore_error op=write path={order} error={e}");
+                }
                 if let Err(e) = xenbus::switch_state(&mut self.xs, &dir, XenbusState::InitWait) {
                     warn!("event=xenstore_error op=write path={dir}/state error={e}");
                 }
@@ -336,20 +343,26 @@ where
         let read =
             |xs: &mut XenStore<T>, key, range| xenbus::read_u32(xs, TxId::NONE, &fdir, key, range);
         let refs = (|| {
-            let urb = GrantRef(read(&mut self.xs, pvusb::URB_RING_REF_KEY, 0..=u32::MAX)?);
+            let urb = urb_ring_refs(&mut self.xs, &fdir)?;
             let conn = GrantRef(read(&mut self.xs, pvusb::CONN_RING_REF_KEY, 0..=u32::MAX)?);
             let port = EvtchnPort(read(&mut self.xs, pvusb::EVENT_CHANNEL_KEY, 1..=u32::MAX)?);
             Ok::<_, XenbusError>((urb, conn, port))
         })();
-        let (urb_ref, conn_ref, remote_port) = match refs {
+        let (urb_refs, conn_ref, remote_port) = match refs {
             Ok(r) => r,
             Err(e) => return self.refuse(id, &format!("{e}")),
         };
-        let reqs = [urb_ref, conn_ref].map(|gref| MapRequest {
-            dom: id.frontend,
-            gref,
-            readonly: false,
-        });
+        let urb_pages = urb_refs.len();
+        // The URB ring's pages in order, then the conn ring's.
+        let reqs: Vec<MapRequest> = urb_refs
+            .iter()
+            .chain([&conn_ref])
+            .map(|&gref| MapRequest {
+                dom: id.frontend,
+                gref,
+                readonly: false,
+            })
+            .collect();
         let results = match self.hv.map(&reqs) {
             Ok(r) => r,
             Err(_) => return self.refuse(id, "reason=map_batch"),
@@ -379,8 +392,11 @@ where
                 );
             }
         };
-        let urb = BackRing::new(rings[0].page.clone());
-        let conn = BackRing::new(rings[1].page.clone());
+        let urb = BackRing::new(PageSpan::new(
+            rings[..urb_pages].iter().map(|m| m.page.clone()).collect(),
+        ));
+        let conn = BackRing::new(rings[urb_pages].page.clone());
+        let ring_size = urb.size();
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
@@ -389,7 +405,7 @@ where
             urb,
             conn,
             port,
-            inflight: InFlightTable::default(),
+            inflight: InFlightTable::with_capacity(ring_size),
             written: WrittenGrants::default(),
             changes: VecDeque::new(),
             stats: Stats::default(),
@@ -409,8 +425,8 @@ where
             warn!("event=xenstore_error op=write path={dir}/state error={e}");
         }
         info!(
-            "event=frontend_connected domid={} devid={} ports={ports} usb_ver={ver} evtchn={port} urb_ring_ref={urb_ref} conn_ring_ref={conn_ref}",
-            id.frontend, id.devid
+            "event=frontend_connected domid={} devid={} ports={ports} usb_ver={ver} evtchn={port} urb_ring_ref={} urb_ring_pages={urb_pages} urb_ring_size={ring_size} conn_ring_ref={conn_ref}",
+            id.frontend, id.devid, urb_refs[0]
         );
         // The frontend may have notified before we bound the channel.
         self.service(id, host);
@@ -529,5 +545,31 @@ where
             id.frontend, id.devid
         );
         self.disconnect(id, "protocol_violation", host);
+    }
+}
+
+/// The URB ring's grant references, one per page, from the frontend directory `fdir`: the
+/// pages of `ring-page-order` (`urb-ring-ref0`, …) when the frontend wrote one, at most what
+/// we offered ([`pvusb::MAX_RING_PAGE_ORDER`]); else the one page of `urb-ring-ref`.
+fn urb_ring_refs<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    fdir: &str,
+) -> Result<Vec<GrantRef>, XenbusError> {
+    let read =
+        |xs: &mut XenStore<T>, key: &str, range| xenbus::read_u32(xs, TxId::NONE, fdir, key, range);
+    match read(
+        xs,
+        pvusb::RING_PAGE_ORDER_KEY,
+        0..=pvusb::MAX_RING_PAGE_ORDER,
+    ) {
+        Ok(order) => (0..1u32 << order)
+            .map(|i| read(xs, &pvusb::urb_ring_ref_key(i), 0..=u32::MAX).map(GrantRef))
+            .collect(),
+        Err(XenbusError::Store(XsError::Xs(XsdError::Enoent))) => Ok(alloc::vec![GrantRef(read(
+            xs,
+            pvusb::URB_RING_REF_KEY,
+            0..=u32::MAX
+        )?)]),
+        Err(e) => Err(e),
     }
 }

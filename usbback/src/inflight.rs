@@ -2,8 +2,6 @@
 
 use alloc::vec::Vec;
 
-use xen::pvusb::URB_RING_SIZE;
-
 use crate::InFlight;
 
 /// At most a ring's worth of requests (a frontend cannot have more out without overrunning
@@ -13,15 +11,14 @@ pub(crate) struct InFlightTable {
     entries: Vec<(u16, InFlight)>,
 }
 
-impl Default for InFlightTable {
-    fn default() -> Self {
+impl InFlightTable {
+    /// The table of a ring of `ring_size` entries.
+    pub(crate) fn with_capacity(ring_size: u32) -> Self {
         InFlightTable {
-            entries: Vec::with_capacity(URB_RING_SIZE as usize),
+            entries: Vec::with_capacity(ring_size as usize),
         }
     }
-}
 
-impl InFlightTable {
     /// Adds request `rid`, which the caller checked is not in flight.
     pub(crate) fn insert(&mut self, rid: u16, f: InFlight) {
         self.entries.push((rid, f));

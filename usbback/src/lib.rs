@@ -66,7 +66,7 @@ use ports::queue_change;
 use tokens::Tokens;
 use urb::Answer;
 use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrames};
-use xen::page::SharedPage;
+use xen::page::{PageSpan, SharedPage};
 use xen::pvusb::{self, UsbIsoPacketDescriptor};
 
 use host::{DeviceInfo, HostEvent, TransferError, UsbHost};
@@ -157,7 +157,7 @@ struct InFlight {
 
 struct Connection<P> {
     rings: Vec<GrantMapping<P>>,
-    urb: BackRing<P, UsbifUrbRequest, UsbifUrbResponse>,
+    urb: BackRing<PageSpan<P>, UsbifUrbRequest, UsbifUrbResponse>,
     conn: BackRing<P, UsbifConnRequest, UsbifConnResponse>,
     port: EvtchnPort,
     /// By request id. At most the ring's size: a frontend cannot have more requests out

@@ -8,6 +8,7 @@
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::abi::PAGE_SIZE;
@@ -40,6 +41,108 @@ impl<P: SharedPage + ?Sized> SharedPage for &P {
     }
     fn write(&self, offset: usize, data: &[u8]) {
         (**self).write(offset, data)
+    }
+}
+
+/// The shared memory a ring lives in: one page, or the pages of a multi-page ring in ring
+/// order ([`PageSpan`]). Offsets run across the pages.
+pub trait RingMemory {
+    /// Its bytes.
+    fn len(&self) -> usize;
+    /// Whether it has no bytes (never, for a ring).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Loads the 32-bit word at `offset` (4-byte aligned) in one access.
+    fn load_word(&self, offset: usize) -> u32;
+    /// Stores a 32-bit word at `offset` (4-byte aligned) in one access.
+    fn store_word(&self, offset: usize, value: u32);
+    /// Copies `buf.len()` bytes starting at `offset` out.
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]);
+    /// Copies `data` in starting at `offset`.
+    fn write_bytes(&self, offset: usize, data: &[u8]);
+}
+
+impl<P: SharedPage> RingMemory for P {
+    fn len(&self) -> usize {
+        PAGE_SIZE
+    }
+    fn load_word(&self, offset: usize) -> u32 {
+        SharedPage::load_u32(self, offset)
+    }
+    fn store_word(&self, offset: usize, value: u32) {
+        SharedPage::store_u32(self, offset, value)
+    }
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]) {
+        SharedPage::read(self, offset, buf)
+    }
+    fn write_bytes(&self, offset: usize, data: &[u8]) {
+        SharedPage::write(self, offset, data)
+    }
+}
+
+/// Pages that one ring spans, in order: a multi-page ring's memory. The pages need not be
+/// contiguous anywhere; an entry that crosses from one page to the next is read and written
+/// in two pieces.
+#[derive(Clone, Debug)]
+pub struct PageSpan<P> {
+    pages: Vec<P>,
+}
+
+impl<P: SharedPage> PageSpan<P> {
+    /// The span of `pages`, at least one.
+    pub fn new(pages: Vec<P>) -> PageSpan<P> {
+        assert!(!pages.is_empty(), "a ring spans at least one page");
+        PageSpan { pages }
+    }
+
+    /// Its pages, in order.
+    pub fn pages(&self) -> &[P] {
+        &self.pages
+    }
+
+    /// Calls `f` with each page's piece of `len` bytes at `offset`: (page, offset in the page,
+    /// range of the bytes).
+    fn pieces(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(&P, usize, core::ops::Range<usize>),
+    ) {
+        assert!(
+            offset + len <= self.pages.len() * PAGE_SIZE,
+            "past the ring's pages"
+        );
+        let mut done = 0;
+        while done < len {
+            let at = offset + done;
+            let n = (PAGE_SIZE - at % PAGE_SIZE).min(len - done);
+            f(&self.pages[at / PAGE_SIZE], at % PAGE_SIZE, done..done + n);
+            done += n;
+        }
+    }
+}
+
+impl<P: SharedPage> RingMemory for PageSpan<P> {
+    fn len(&self) -> usize {
+        self.pages.len() * PAGE_SIZE
+    }
+    fn load_word(&self, offset: usize) -> u32 {
+        // Aligned words never cross a page.
+        SharedPage::load_u32(&self.pages[offset / PAGE_SIZE], offset % PAGE_SIZE)
+    }
+    fn store_word(&self, offset: usize, value: u32) {
+        SharedPage::store_u32(&self.pages[offset / PAGE_SIZE], offset % PAGE_SIZE, value)
+    }
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]) {
+        self.pieces(offset, buf.len(), |page, at, range| {
+            SharedPage::read(page, at, &mut buf[range])
+        });
+    }
+    fn write_bytes(&self, offset: usize, data: &[u8]) {
+        self.pieces(offset, data.len(), |page, at, range| {
+            SharedPage::write(page, at, &data[range])
+        });
     }
 }
 

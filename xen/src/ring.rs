@@ -1,4 +1,5 @@
-//! Xen shared rings (`public/io/ring.h` semantics), front and back, over a [`SharedPage`].
+//! Xen shared rings (`public/io/ring.h` semantics), front and back, over a page or the pages
+//! of a multi-page ring ([`RingMemory`]).
 //!
 //! Indices are free-running `u32`s; a slot is `index & (size - 1)`. Entries are copied out of
 //! the page once (`RING_COPY_REQUEST`) and handed to the caller as owned values; the caller
@@ -14,12 +15,19 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::abi::ring::*;
 use crate::abi::PAGE_SIZE;
-use crate::page::SharedPage;
+use crate::page::RingMemory;
 
 /// Entries of a one-page ring whose entries are `entry_size` bytes: `(4096 - 64) / entry_size`
 /// rounded down to a power of two (`__CONST_RING_SIZE`).
 pub const fn ring_size(entry_size: usize) -> u32 {
-    let n = (PAGE_SIZE - SRING_ENTRIES) / entry_size;
+    ring_size_in(PAGE_SIZE, entry_size)
+}
+
+/// Entries of a ring of `bytes` bytes (a multi-page ring's pages together) whose entries are
+/// `entry_size` bytes: `(bytes - 64) / entry_size` rounded down to a power of two
+/// (`__RING_SIZE` over the whole area, as blkif's multi-page rings have it).
+pub const fn ring_size_in(bytes: usize, entry_size: usize) -> u32 {
+    let n = (bytes - SRING_ENTRIES) / entry_size;
     if n == 0 {
         0
     } else {
@@ -64,10 +72,10 @@ struct Geometry<Req, Rsp> {
 }
 
 impl<Req: RingEntry, Rsp: RingEntry> Geometry<Req, Rsp> {
-    fn new() -> Self {
+    fn new(bytes: usize) -> Self {
         let entry_size = core::mem::size_of::<Req>().max(core::mem::size_of::<Rsp>());
         Geometry {
-            size: ring_size(entry_size),
+            size: ring_size_in(bytes, entry_size),
             entry_size,
             _entries: PhantomData,
         }
@@ -104,13 +112,13 @@ pub struct BackRing<P, Req, Rsp> {
     rsp_prod_published: u32,
 }
 
-impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> BackRing<P, Req, Rsp> {
+impl<P: RingMemory, Req: RingEntry, Rsp: RingEntry> BackRing<P, Req, Rsp> {
     /// Attaches to a ring the frontend has just initialised (`BACK_RING_INIT`): touches
     /// nothing in the page.
     pub fn new(page: P) -> Self {
         BackRing {
+            geo: Geometry::new(page.len()),
             page,
-            geo: Geometry::new(),
             req_cons: 0,
             rsp_prod_pvt: 0,
             rsp_prod_published: 0,
@@ -134,7 +142,7 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> BackRing<P, Req, Rsp> {
 
     /// Requests the frontend has produced that we have not consumed.
     pub fn unconsumed_requests(&self) -> Result<u32, RingError> {
-        let prod = self.page.load_u32(SRING_REQ_PROD);
+        let prod = self.page.load_word(SRING_REQ_PROD);
         // rmb: read the index before the entries it covers.
         fence(Ordering::Acquire);
         available(prod, self.req_cons, self.rsp_prod_pvt, self.geo.size)
@@ -147,7 +155,7 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> BackRing<P, Req, Rsp> {
         }
         let mut req = Req::new_zeroed();
         self.page
-            .read(self.geo.slot(self.req_cons), req.as_mut_bytes());
+            .read_bytes(self.geo.slot(self.req_cons), req.as_mut_bytes());
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(Some(req))
     }
@@ -160,7 +168,7 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> BackRing<P, Req, Rsp> {
             return Err(RingError::Full);
         }
         self.page
-            .write(self.geo.slot(self.rsp_prod_pvt), rsp.as_bytes());
+            .write_bytes(self.geo.slot(self.rsp_prod_pvt), rsp.as_bytes());
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         Ok(())
     }
@@ -170,11 +178,11 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> BackRing<P, Req, Rsp> {
         let (old, new) = (self.rsp_prod_published, self.rsp_prod_pvt);
         // wmb: the entries before the index that publishes them.
         fence(Ordering::Release);
-        self.page.store_u32(SRING_RSP_PROD, new);
+        self.page.store_word(SRING_RSP_PROD, new);
         self.rsp_prod_published = new;
         // mb: publish the index before reading the frontend's wake-up threshold.
         fence(Ordering::SeqCst);
-        need_notify(old, new, self.page.load_u32(SRING_RSP_EVENT))
+        need_notify(old, new, self.page.load_word(SRING_RSP_EVENT))
     }
 
     /// `RING_FINAL_CHECK_FOR_REQUESTS`: true if requests are waiting; otherwise asks to be
@@ -184,7 +192,7 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> BackRing<P, Req, Rsp> {
             return Ok(true);
         }
         self.page
-            .store_u32(SRING_REQ_EVENT, self.req_cons.wrapping_add(1));
+            .store_word(SRING_REQ_EVENT, self.req_cons.wrapping_add(1));
         fence(Ordering::SeqCst);
         Ok(self.unconsumed_requests()? > 0)
     }
@@ -199,16 +207,16 @@ pub struct FrontRing<P, Req, Rsp> {
     rsp_cons: u32,
 }
 
-impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> FrontRing<P, Req, Rsp> {
+impl<P: RingMemory, Req: RingEntry, Rsp: RingEntry> FrontRing<P, Req, Rsp> {
     /// Initialises the shared header (`SHARED_RING_INIT` + `FRONT_RING_INIT`): producer
     /// indices 0, event thresholds 1, private and padding bytes zeroed.
     pub fn init(page: P) -> Self {
-        page.write(0, &[0u8; SRING_ENTRIES]);
-        page.store_u32(SRING_REQ_EVENT, 1);
-        page.store_u32(SRING_RSP_EVENT, 1);
+        page.write_bytes(0, &[0u8; SRING_ENTRIES]);
+        page.store_word(SRING_REQ_EVENT, 1);
+        page.store_word(SRING_RSP_EVENT, 1);
         FrontRing {
+            geo: Geometry::new(page.len()),
             page,
-            geo: Geometry::new(),
             req_prod_pvt: 0,
             req_prod_published: 0,
             rsp_cons: 0,
@@ -237,7 +245,7 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> FrontRing<P, Req, Rsp> {
             return Err(RingError::Full);
         }
         self.page
-            .write(self.geo.slot(self.req_prod_pvt), req.as_bytes());
+            .write_bytes(self.geo.slot(self.req_prod_pvt), req.as_bytes());
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
         Ok(())
     }
@@ -246,16 +254,16 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> FrontRing<P, Req, Rsp> {
     pub fn push_requests_and_check_notify(&mut self) -> bool {
         let (old, new) = (self.req_prod_published, self.req_prod_pvt);
         fence(Ordering::Release);
-        self.page.store_u32(SRING_REQ_PROD, new);
+        self.page.store_word(SRING_REQ_PROD, new);
         self.req_prod_published = new;
         fence(Ordering::SeqCst);
-        need_notify(old, new, self.page.load_u32(SRING_REQ_EVENT))
+        need_notify(old, new, self.page.load_word(SRING_REQ_EVENT))
     }
 
     /// Responses the backend has produced that we have not consumed; a backend that answers
     /// more than was asked is an overrun.
     pub fn unconsumed_responses(&self) -> Result<u32, RingError> {
-        let prod = self.page.load_u32(SRING_RSP_PROD);
+        let prod = self.page.load_word(SRING_RSP_PROD);
         fence(Ordering::Acquire);
         let avail = available(prod, self.rsp_cons, self.rsp_cons, self.geo.size)?;
         if avail > self.req_prod_published.wrapping_sub(self.rsp_cons) {
@@ -274,7 +282,7 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> FrontRing<P, Req, Rsp> {
         }
         let mut rsp = Rsp::new_zeroed();
         self.page
-            .read(self.geo.slot(self.rsp_cons), rsp.as_mut_bytes());
+            .read_bytes(self.geo.slot(self.rsp_cons), rsp.as_mut_bytes());
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(rsp))
     }
@@ -285,7 +293,7 @@ impl<P: SharedPage, Req: RingEntry, Rsp: RingEntry> FrontRing<P, Req, Rsp> {
             return Ok(true);
         }
         self.page
-            .store_u32(SRING_RSP_EVENT, self.rsp_cons.wrapping_add(1));
+            .store_word(SRING_RSP_EVENT, self.rsp_cons.wrapping_add(1));
         fence(Ordering::SeqCst);
         Ok(self.unconsumed_responses()? > 0)
     }
@@ -297,6 +305,7 @@ mod tests {
     use crate::abi::usbif::*;
     use crate::page::LocalPage;
     use proptest::prelude::*;
+    use zerocopy::FromZeros;
 
     type Back = BackRing<LocalPage, UsbifConnRequest, UsbifConnResponse>;
     type Front = FrontRing<LocalPage, UsbifConnRequest, UsbifConnResponse>;
@@ -316,10 +325,10 @@ mod tests {
         b.rsp_prod_pvt = start;
         b.rsp_prod_published = start;
         for (off, v) in [(SRING_REQ_PROD, start), (SRING_RSP_PROD, start)] {
-            f.page.store_u32(off, v);
+            f.page.store_word(off, v);
         }
         for off in [SRING_REQ_EVENT, SRING_RSP_EVENT] {
-            f.page.store_u32(off, start.wrapping_add(1));
+            f.page.store_word(off, start.wrapping_add(1));
         }
         (f, b)
     }
@@ -344,7 +353,54 @@ mod tests {
         assert_eq!(ring_size(4096), 0);
         let (f, _) = pair();
         assert_eq!(f.size(), 512);
-        assert_eq!(f.page.load_u32(SRING_REQ_EVENT), 1);
+        assert_eq!(f.page.load_word(SRING_REQ_EVENT), 1);
+    }
+
+    #[test]
+    fn a_ring_over_several_pages_carries_entries_that_cross_a_page_boundary() {
+        use crate::page::PageSpan;
+        // URB entries (148 bytes here) do not divide a page: some straddle two.
+        let span = PageSpan::new((0..4).map(|_| LocalPage::new()).collect());
+        let mut f: FrontRing<_, UsbifUrbRequest, UsbifUrbResponse> = FrontRing::init(span.clone());
+        let mut b: BackRing<_, UsbifUrbRequest, UsbifUrbResponse> = BackRing::new(span.clone());
+        let entry = core::mem::size_of::<UsbifUrbRequest>();
+        assert_eq!(f.size(), ring_size_in(4 * PAGE_SIZE, entry));
+        assert_eq!(f.size(), 64, "four pages of {entry}-byte entries");
+        assert_eq!(ring_size_in(PAGE_SIZE, entry), ring_size(entry));
+        for round in 0..3u16 {
+            for i in 0..64u16 {
+                let mut r = UsbifUrbRequest::new_zeroed();
+                r.id = round * 64 + i;
+                r.buffer_length = 0x1234 ^ i;
+                r.u = [i as u8; 8];
+                f.push_request(&r).unwrap();
+            }
+            assert_eq!(
+                f.push_request(&UsbifUrbRequest::new_zeroed()),
+                Err(RingError::Full)
+            );
+            f.push_requests_and_check_notify();
+            for i in 0..64u16 {
+                let r = b.next_request().unwrap().unwrap();
+                assert_eq!(
+                    (r.id, r.buffer_length, r.u),
+                    (round * 64 + i, 0x1234 ^ i, [i as u8; 8])
+                );
+                let rsp = UsbifUrbResponse {
+                    id: r.id,
+                    start_frame: 0,
+                    status: 0,
+                    actual_length: i32::from(i),
+                    error_count: 0,
+                };
+                b.push_response(&rsp).unwrap();
+            }
+            b.push_responses_and_check_notify();
+            for i in 0..64u16 {
+                let rsp = f.next_response().unwrap().unwrap();
+                assert_eq!((rsp.id, rsp.actual_length), (round * 64 + i, i32::from(i)));
+            }
+        }
     }
 
     #[test]
@@ -406,7 +462,7 @@ mod tests {
     fn a_producer_claiming_too_much_is_detected() {
         let (f, mut b) = pair();
         // The frontend claims 513 requests on a 512-entry ring.
-        f.page.store_u32(SRING_REQ_PROD, 513);
+        f.page.store_word(SRING_REQ_PROD, 513);
         assert_eq!(
             b.next_request(),
             Err(RingError::Overrun { prod: 513, cons: 0 })
@@ -428,10 +484,10 @@ mod tests {
             b.next_request().unwrap().unwrap();
         }
         // All 512 consumed, none answered: one more claimed request cannot fit.
-        f.page.store_u32(SRING_REQ_PROD, 513);
+        f.page.store_word(SRING_REQ_PROD, 513);
         assert!(matches!(b.next_request(), Err(RingError::Overrun { .. })));
         // A producer index moved backwards is refused too.
-        f.page.store_u32(SRING_REQ_PROD, 100);
+        f.page.store_word(SRING_REQ_PROD, 100);
         assert!(matches!(b.next_request(), Err(RingError::Overrun { .. })));
     }
 
@@ -450,7 +506,7 @@ mod tests {
         let (mut f, _b) = pair();
         f.push_request(&req(1)).unwrap();
         f.push_requests_and_check_notify();
-        f.page.store_u32(SRING_RSP_PROD, 2);
+        f.page.store_word(SRING_RSP_PROD, 2);
         assert!(matches!(
             f.next_response(),
             Err(RingError::Overrun { prod: 2, cons: 0 })
@@ -466,8 +522,8 @@ mod tests {
         b.push_response(&rsp(1)).unwrap();
         b.push_responses_and_check_notify();
         // The frontend overwrites rsp_prod; our next publish is still computed from ours.
-        f.page.store_u32(SRING_RSP_PROD, 9999);
-        f.page.store_u32(SRING_RSP_EVENT, 2);
+        f.page.store_word(SRING_RSP_PROD, 9999);
+        f.page.store_word(SRING_RSP_EVENT, 2);
         assert_eq!(b.outstanding(), 0);
         assert_eq!(b.push_response(&rsp(2)), Err(RingError::Full));
     }
@@ -541,7 +597,7 @@ mod tests {
             let page = LocalPage::new();
             let mut b = Back::new(page.clone());
             for prod in prods {
-                page.store_u32(SRING_REQ_PROD, prod);
+                page.store_word(SRING_REQ_PROD, prod);
                 while let Ok(Some(_)) = b.next_request() {}
                 prop_assert!(b.outstanding() <= 512);
             }

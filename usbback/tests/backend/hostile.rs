@@ -69,7 +69,7 @@ proptest! {
         settle(&mut r.w.be, &mut r.host);
         let b = buffer(&r.w.fe, r.be, 0, &[0; 6000], false);
         let mut plugged = true;
-        let mut rsp_seen = r.front.urb.page().load_u32(8);
+        let mut rsp_seen = r.front.urb_page.load_u32(8);
         for s in steps {
             let connected =
                 state_of(&r.w.xen, &backend_dir(r.be, r.fe)).unwrap() == XenbusState::Connected;
@@ -105,7 +105,7 @@ proptest! {
                     }
                 }
                 Step::Prod(p) => {
-                    r.front.urb.page().store_u32(0, p);
+                    r.front.urb_page.store_u32(0, p);
                     r.w.fe.clone().send(r.front.port).unwrap();
                 }
                 Step::Hold(h) => r.host.hold = h,
@@ -123,7 +123,7 @@ proptest! {
             // Linux's first check on every interrupt: never more unconsumed answers than
             // the ring holds (a forged req_prod makes the backend answer requests this
             // FrontRing did not make, so the check is Linux's, on the raw index).
-            let rsp_prod = r.front.urb.page().load_u32(8);
+            let rsp_prod = r.front.urb_page.load_u32(8);
             prop_assert!(
                 rsp_prod.wrapping_sub(rsp_seen) <= 16
                     || state_of(&r.w.xen, &backend_dir(r.be, r.fe)).unwrap() != XenbusState::Connected,

@@ -25,6 +25,7 @@ mod frontend_isolation;
 mod grant_copies;
 mod grant_maps;
 mod hostile;
+mod multi_page_ring;
 mod simulated_devices;
 mod urb_path;
 
@@ -199,7 +200,7 @@ fn a_flooding_frontend_is_disconnected_alone() {
     let front = RawFrontend::connect(&w.fe, be, None);
     pump(&mut w);
     // The frontend claims 17 requests on a 16-entry ring.
-    xen::page::SharedPage::store_u32(front.urb.page(), 0, 17);
+    xen::page::SharedPage::store_u32(&front.urb_page, 0, 17);
     w.fe.clone().send(front.port).unwrap();
     pump(&mut w);
     assert_eq!(

@@ -12,6 +12,21 @@ pub const URB_RING_REF_KEY: &str = "urb-ring-ref";
 pub const CONN_RING_REF_KEY: &str = "conn-ring-ref";
 /// See [`URB_RING_REF_KEY`].
 pub const EVENT_CHANNEL_KEY: &str = "event-channel";
+/// Multi-page URB ring (`docs/pvusb-features.md`), after blkif's: the backend offers up to
+/// 2^`max-ring-page-order` pages in its directory; a frontend that wants more than one writes
+/// `ring-page-order` and the pages' grant references as `urb-ring-ref0`, `urb-ring-ref1`, …
+/// ([`urb_ring_ref_key`]) instead of `urb-ring-ref`. The conn ring stays one page.
+pub const MAX_RING_PAGE_ORDER_KEY: &str = "max-ring-page-order";
+/// See [`MAX_RING_PAGE_ORDER_KEY`].
+pub const RING_PAGE_ORDER_KEY: &str = "ring-page-order";
+/// The largest `ring-page-order` of the protocol: 16 pages, 256 URB ring entries.
+pub const MAX_RING_PAGE_ORDER: u32 = 4;
+
+/// The key of the multi-page URB ring's page `index`: `urb-ring-ref<index>`.
+pub fn urb_ring_ref_key(index: u32) -> String {
+    format!("{URB_RING_REF_KEY}{index}")
+}
+
 /// The backend directory's keys the toolstack writes (libxl's): the virtual controller's
 /// USB version (1 or 2) and its number of ports.
 pub const USB_VER_KEY: &str = "usb-ver";
