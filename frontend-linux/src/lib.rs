@@ -64,7 +64,7 @@ use xen::abi::usbif::*;
 use xen::abi::xs_wire::XsdError;
 use xen::abi::{DomId, EvtchnPort, Gfn, GrantRef, PAGE_SIZE};
 use xen::hypervisor::{Errno, EventChannels, GrantTable};
-use xen::page::SharedPage;
+use xen::page::{PageSpan, SharedPage};
 use xen::pvusb::{self, UsbIsoPacketDescriptor, CONN_RING_SIZE, URB_RING_SIZE};
 use xen::ring::{FrontRing, RingError};
 use xen::xenbus::{self, FrontendAction, XenbusError, XenbusState};
@@ -136,9 +136,10 @@ struct Queued {
 
 /// The rings and channel of a connected frontend.
 struct Connection<P> {
-    urb: FrontRing<P, UsbifUrbRequest, UsbifUrbResponse>,
+    urb: FrontRing<PageSpan<P>, UsbifUrbRequest, UsbifUrbResponse>,
     conn: FrontRing<P, UsbifConnRequest, UsbifConnResponse>,
-    urb_ring_ref: GrantRef,
+    /// One per page of the URB ring, in order.
+    urb_ring_refs: Vec<GrantRef>,
     conn_ring_ref: GrantRef,
     port: EvtchnPort,
 }
@@ -153,6 +154,9 @@ pub struct Frontend<G: GrantTable + EventChannels, T: XsTransport> {
     num_ports: u8,
     usb_ver: u8,
     state: XenbusState,
+    /// The URB ring's `ring-page-order` we ask for; what we get is at most the backend's
+    /// `max-ring-page-order` (0, one page, where it offers none).
+    ring_page_order: u32,
     conn: Option<Connection<G::Page>>,
     shadow: Vec<Shadow<G::Page>>,
     /// Free ids, last freed on top (xen-hcd's `shadow_free` list).
@@ -208,6 +212,7 @@ where
             num_ports,
             usb_ver,
             state: XenbusState::Initialising,
+            ring_page_order: 0,
             conn: None,
             shadow: (0..SHADOWS)
                 .map(|_| Shadow::Free { last_unlink: false })
@@ -224,6 +229,14 @@ where
             deferred_grants: Vec::new(),
             next_handle: 0,
         })
+    }
+
+    /// Asks for a URB ring of 2^`order` pages (at most [`pvusb::MAX_RING_PAGE_ORDER`]) where
+    /// the backend offers one (`docs/pvusb-features.md`): up to 256 URBs in flight instead of
+    /// xen-hcd's 16. Takes effect at the next connect.
+    pub fn with_ring_page_order(mut self, order: u32) -> Self {
+        self.ring_page_order = order.min(pvusb::MAX_RING_PAGE_ORDER);
+        self
     }
 
     /// Does everything that is due: follows xenstore (connect, close), handles a notification
@@ -329,10 +342,13 @@ where
     /// Every grant we still hold: rings, in-flight buffers, and grants the backend kept at
     /// teardown. Empty once closed and released.
     pub fn grants(&self) -> Vec<GrantRef> {
-        let rings = self
-            .conn
-            .iter()
-            .flat_map(|c| [c.urb_ring_ref, c.conn_ring_ref]);
+        let rings = self.conn.iter().flat_map(|c| {
+            c.urb_ring_refs
+                .iter()
+                .copied()
+                .chain([c.conn_ring_ref])
+                .collect::<Vec<_>>()
+        });
         let urbs = self.shadow.iter().flat_map(|s| match s {
             Shadow::Submit(f) => {
                 let nr = usize::from(f.req.nr_buffer_segs) + iso_desc_segs(&f.req);
@@ -346,9 +362,14 @@ where
             .collect()
     }
 
-    /// The URB ring's shared page, for tests that write raw requests.
+    /// The URB ring's (first) shared page, for tests that write raw requests.
     pub fn urb_ring_page(&self) -> Option<&G::Page> {
-        self.conn.as_ref().map(|c| c.urb.page())
+        self.conn.as_ref().map(|c| &c.urb.page().pages()[0])
+    }
+
+    /// Entries of the URB ring: 16 for one page, more for a multi-page ring.
+    pub fn urb_ring_size(&self) -> Option<u32> {
+        self.conn.as_ref().map(|c| c.urb.size())
     }
 
     /// The conn ring's shared page.
@@ -356,11 +377,11 @@ where
         self.conn.as_ref().map(|c| c.conn.page())
     }
 
-    /// The grant references of the URB and conn rings.
+    /// The grant references of the URB ring's (first) page and of the conn ring.
     pub fn ring_refs(&self) -> Option<(GrantRef, GrantRef)> {
         self.conn
             .as_ref()
-            .map(|c| (c.urb_ring_ref, c.conn_ring_ref))
+            .map(|c| (c.urb_ring_refs[0], c.conn_ring_ref))
     }
 
     /// Our end of the event channel.

@@ -56,19 +56,37 @@ pub(crate) fn probe<T: XsTransport>(
 }
 
 /// `xenhcd_connect`'s transaction: the rings' grants and the event channel, under `dir`.
+/// One URB ring page is `urb-ring-ref`, as xen-hcd writes it; more are `ring-page-order` and
+/// `urb-ring-ref0`, … (`docs/pvusb-features.md`).
 pub(crate) fn publish_rings<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
-    urb_ring_ref: GrantRef,
+    urb_ring_refs: &[GrantRef],
     conn_ring_ref: GrantRef,
     port: EvtchnPort,
 ) -> Result<(), XsError> {
     xs.transaction(u32::MAX, |xs, tx| {
-        xs.write(
-            tx,
-            &format!("{dir}/{}", pvusb::URB_RING_REF_KEY),
-            format!("{urb_ring_ref}").as_bytes(),
-        )?;
+        if let [one] = urb_ring_refs {
+            xs.write(
+                tx,
+                &format!("{dir}/{}", pvusb::URB_RING_REF_KEY),
+                format!("{one}").as_bytes(),
+            )?;
+        } else {
+            let order = urb_ring_refs.len().trailing_zeros();
+            xs.write(
+                tx,
+                &format!("{dir}/{}", pvusb::RING_PAGE_ORDER_KEY),
+                format!("{order}").as_bytes(),
+            )?;
+            for (i, gref) in (0..).zip(urb_ring_refs) {
+                xs.write(
+                    tx,
+                    &format!("{dir}/{}", pvusb::urb_ring_ref_key(i)),
+                    format!("{gref}").as_bytes(),
+                )?;
+            }
+        }
         xs.write(
             tx,
             &format!("{dir}/{}", pvusb::CONN_RING_REF_KEY),
@@ -127,36 +145,73 @@ where
         }
     }
 
-    /// `xenhcd_connect`: rings, channel, one transaction, the conn ring lent, Connected.
+    /// `xenhcd_connect`: rings, channel, one transaction, the conn ring lent, Connected. The
+    /// URB ring has 2^order pages, the order we asked for as far as the backend offers it.
     fn connect(&mut self) -> Result<(), Error> {
         let be = self.backend_id;
-        let (urb_gfn, urb_page) = self.platform.alloc_page()?;
-        let (conn_gfn, conn_page) = self.platform.alloc_page()?;
-        let urb_ring_ref = self.platform.grant_access(be, urb_gfn, false)?;
-        let conn_ring_ref = match self.platform.grant_access(be, conn_gfn, false) {
+        let offered = xenbus::read_u32(
+            &mut self.xs,
+            TxId::NONE,
+            &self.otherend,
+            pvusb::MAX_RING_PAGE_ORDER_KEY,
+            0..=u32::MAX,
+        )
+        .unwrap_or(0);
+        let order = self.ring_page_order.min(offered);
+        let mut urb_pages = Vec::new();
+        let mut urb_ring_refs = Vec::new();
+        for _ in 0..1u32 << order {
+            let granted = self
+                .platform
+                .alloc_page()
+                .and_then(|(gfn, page)| Ok((page, self.platform.grant_access(be, gfn, false)?)));
+            match granted {
+                Ok((page, gref)) => {
+                    urb_pages.push(page);
+                    urb_ring_refs.push(gref);
+                }
+                Err(e) => {
+                    urb_ring_refs.into_iter().for_each(|g| self.end_grant(g));
+                    return Err(e.into());
+                }
+            }
+        }
+        let conn_ring = self
+            .platform
+            .alloc_page()
+            .and_then(|(gfn, page)| Ok((page, self.platform.grant_access(be, gfn, false)?)));
+        let (conn_page, conn_ring_ref) = match conn_ring {
             Ok(r) => r,
             Err(e) => {
-                self.end_grant(urb_ring_ref);
+                urb_ring_refs.into_iter().for_each(|g| self.end_grant(g));
                 return Err(e.into());
             }
         };
         let port = match self.platform.alloc_unbound(be) {
             Ok(p) => p,
             Err(e) => {
-                self.end_grant(urb_ring_ref);
+                urb_ring_refs.into_iter().for_each(|g| self.end_grant(g));
                 self.end_grant(conn_ring_ref);
                 return Err(e.into());
             }
         };
         let mut c = Connection {
-            urb: FrontRing::init(urb_page),
+            urb: FrontRing::init(PageSpan::new(urb_pages)),
             conn: FrontRing::init(conn_page),
-            urb_ring_ref,
+            urb_ring_refs,
             conn_ring_ref,
             port,
         };
+        // A shadow id per URB ring entry.
+        let size = c.urb.size() as u16;
+        self.shadow = (0..size)
+            .map(|_| Shadow::Free { last_unlink: false })
+            .collect();
+        self.free_ids = (0..size).rev().collect();
         let dir = self.nodename.clone();
-        if let Err(e) = publish_rings(&mut self.xs, &dir, urb_ring_ref, conn_ring_ref, port) {
+        let urb_ring_ref = c.urb_ring_refs[0];
+        let urb_ring_pages = c.urb_ring_refs.len();
+        if let Err(e) = publish_rings(&mut self.xs, &dir, &c.urb_ring_refs, conn_ring_ref, port) {
             warn!("event=xenhcd_connect_failed nodename={dir} error={e}");
             self.conn = Some(c);
             self.destroy_rings();
@@ -180,7 +235,7 @@ where
         xenbus::switch_state(&mut self.xs, &dir, XenbusState::Connected)?;
         self.state = XenbusState::Connected;
         info!(
-            "event=xenhcd_connected nodename={dir} urb_ring_ref={urb_ring_ref} conn_ring_ref={conn_ring_ref} evtchn={port}"
+            "event=xenhcd_connected nodename={dir} urb_ring_ref={urb_ring_ref} urb_ring_pages={urb_ring_pages} conn_ring_ref={conn_ring_ref} evtchn={port}"
         );
         Ok(())
     }
@@ -188,7 +243,7 @@ where
     /// `xenhcd_stop` and `xenhcd_destroy_rings`: every URB back with `-ESHUTDOWN` (or
     /// `-ECONNRESET` if unlinked), all grants ended, the channel closed.
     fn shut_down(&mut self) {
-        let mut ids: Vec<usize> = (0..SHADOWS)
+        let mut ids: Vec<usize> = (0..self.shadow.len())
             .filter(|&i| matches!(self.shadow[i], Shadow::Submit(_)))
             .collect();
         ids.sort_by_key(|&i| match &self.shadow[i] {
@@ -210,10 +265,10 @@ where
             };
             self.give_back(Completion::without_data(f.handle, status));
         }
-        for id in 0..SHADOWS {
-            self.shadow[id] = Shadow::Free { last_unlink: false };
+        for s in &mut self.shadow {
+            *s = Shadow::Free { last_unlink: false };
         }
-        self.free_ids = (0..SHADOWS as u16).rev().collect();
+        self.free_ids = (0..self.shadow.len() as u16).rev().collect();
         while let Some(q) = self.pending_submit.pop_front() {
             self.give_back(Completion::without_data(q.handle, -errno::ESHUTDOWN));
         }
@@ -226,7 +281,9 @@ where
             if let Err(e) = self.platform.close(c.port) {
                 warn!("event=xenhcd_evtchn_close_failed port={} error={e}", c.port);
             }
-            self.end_grant(c.urb_ring_ref);
+            for gref in c.urb_ring_refs {
+                self.end_grant(gref);
+            }
             self.end_grant(c.conn_ring_ref);
         }
     }

@@ -24,7 +24,7 @@ where
                 }
             };
             let id = rsp.id;
-            if usize::from(id) >= SHADOWS {
+            if usize::from(id) >= self.shadow.len() {
                 self.set_error(ProtocolError::UrbRingData { id });
                 return false;
             }

@@ -213,9 +213,12 @@ fn fake() -> Fake {
         XenbusState::InitWait,
     )
     .unwrap();
-    let mut fe = frontend(&fe_dom);
+    // It asks for a four-page ring; this backend offers none (no `max-ring-page-order`),
+    // so it gets xen-hcd's one page and writes `urb-ring-ref` as xen-hcd does.
+    let mut fe = frontend(&fe_dom).with_ring_page_order(2);
     fe.poll().unwrap();
     assert_eq!(fe.state(), XenbusState::Connected);
+    assert_eq!(fe.urb_ring_size(), Some(16));
 
     let mut xs = dom.xenstore();
     let fdir = nodes.frontend_dir();

@@ -191,3 +191,62 @@ fn unlinks_under_load_answer_each_urb_once_and_the_rest_carry_on() {
     assert_eq!(fes[0].error(), None);
     assert_eq!(fes[0].grants().len(), 2);
 }
+
+#[test]
+fn a_frontend_asking_for_four_ring_pages_keeps_64_urbs_in_flight_through_usbback() {
+    use testkit::sim_host::Keyboard;
+    let xen = Xen::new();
+    let be_dom = xen.create_domain();
+    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
+    let mut host: SimHost<LocalPage> = SimHost::new();
+    let kbd = host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
+    let dom = xen.create_domain();
+    let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+    let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
+    xen.dom0()
+        .xenstore()
+        .write(TxId::NONE, &key, b"1-1")
+        .unwrap();
+    let mut fes = vec![frontend(&dom).with_ring_page_order(2)];
+    round(&mut be, &mut host, &mut fes);
+    let fe = &mut fes[0];
+    assert_eq!(fe.state(), XenbusState::Connected);
+    assert_eq!(fe.urb_ring_size(), Some(64), "four pages");
+    fe.submit(Urb::control(1, 0, [0, 5, 5, 0, 0, 0, 0, 0], Vec::new()))
+        .unwrap();
+    fe.submit(Urb::control(1, 5, [0, 9, 1, 0, 0, 0, 0, 0], Vec::new()))
+        .unwrap();
+    round(&mut be, &mut host, &mut fes);
+    assert!(drain(&mut fes[0]).iter().all(|c| c.status == 0));
+
+    // The keyboard has nothing to say: every interrupt IN stays in flight, 64 at once.
+    let reports = Pipe {
+        transfer_type: TransferType::Interrupt,
+        ..pipe(Direction::In, 1)
+    };
+    for _ in 0..64 {
+        fes[0].submit(Urb::new(reports, vec![0; 8])).unwrap();
+    }
+    round(&mut be, &mut host, &mut fes);
+    assert_eq!((fes[0].in_flight(), fes[0].queued()), (64, 0));
+    assert_eq!(be.in_flight(), 64);
+    // A 65th waits for a slot, as on the stock ring's 17th.
+    fes[0].submit(Urb::new(reports, vec![0; 8])).unwrap();
+    round(&mut be, &mut host, &mut fes);
+    assert_eq!((fes[0].in_flight(), fes[0].queued()), (64, 1));
+
+    // 65 keys: each URB gets one, in order, the 65th once a slot freed.
+    for k in 0..65u8 {
+        host.model_mut::<Keyboard>(kbd).unwrap().press(0, &[4 + k]);
+        round(&mut be, &mut host, &mut fes);
+    }
+    let keys: Vec<u8> = drain(&mut fes[0]).iter().map(|c| c.data[2]).collect();
+    assert_eq!(keys, (4..69).collect::<Vec<u8>>());
+    assert_eq!(be.in_flight(), 0);
+    assert_eq!(fes[0].error(), None);
+    assert_eq!(
+        fes[0].grants().len(),
+        5,
+        "the four URB ring pages and the conn ring"
+    );
+}
