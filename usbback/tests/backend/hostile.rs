@@ -1,5 +1,6 @@
 //! Arbitrary ring contents: the CI version of the fuzz target. Whatever a frontend puts in
-//! its rings, the backend answers or disconnects it, and releases every page it mapped.
+//! its rings, one page or a multi-page ring, the backend answers or disconnects it, and
+//! releases every page it mapped.
 
 use super::*;
 use proptest::prelude::*;
@@ -62,9 +63,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn no_ring_contents_break_the_backend_or_leak_a_mapping(
+        order in prop_oneof![Just(None), Just(Some(2u32))],
         steps in proptest::collection::vec(step(), 1..40)
     ) {
-        let mut r = connected_frontend();
+        // The stock one-page ring, or a four-page one (64 entries, some across pages).
+        let mut r = connected_frontend_with(match order {
+            None => UrbRing::OnePage(None),
+            Some(order) => UrbRing::Pages { order, bad_ref: None },
+        });
+        let size = r.front.urb.size();
         assign(&r.w.xen, r.be, r.fe, 1, "1-1");
         settle(&mut r.w.be, &mut r.host);
         let b = buffer(&r.w.fe, r.be, 0, &[0; 6000], false);
@@ -125,7 +132,7 @@ proptest! {
             // FrontRing did not make, so the check is Linux's, on the raw index).
             let rsp_prod = r.front.urb_page.load_u32(8);
             prop_assert!(
-                rsp_prod.wrapping_sub(rsp_seen) <= 16
+                rsp_prod.wrapping_sub(rsp_seen) <= size
                     || state_of(&r.w.xen, &backend_dir(r.be, r.fe)).unwrap() != XenbusState::Connected,
                 "rsp_prod {rsp_prod} ran past the ring"
             );

@@ -242,12 +242,17 @@ struct ConnectedFrontend {
 
 /// A connected frontend with 8 ports and a model host holding a high-speed device at 1-1.
 fn connected_frontend() -> ConnectedFrontend {
+    connected_frontend_with(UrbRing::OnePage(None))
+}
+
+/// [`connected_frontend`] with its URB ring as `urb_ring` says.
+fn connected_frontend_with(urb_ring: UrbRing<'_>) -> ConnectedFrontend {
     let mut w = machine(8);
     let mut host = Model::default();
     host.plug(info(1, "1-1", Speed::High, 0, &[8]));
     settle(&mut w.be, &mut host);
     let (be, fe) = (DomId(1), w.fe.domid());
-    let front = RawFrontend::connect(&w.fe, be, None);
+    let front = RawFrontend::connect_with(&w.fe, be, urb_ring);
     settle(&mut w.be, &mut host);
     ConnectedFrontend {
         w,
