@@ -58,6 +58,10 @@ pub struct Cmdline {
     pub demo_mib: u32,
     /// `bench=N`: the demo measures instead, N rounds of each path.
     pub bench_rounds: Option<u32>,
+    /// `demo_in_flight=N`: URBs of one bench command's data phase, on both paths: 16 (Linux
+    /// xen-hcd's limit, the default) up to 256, a power of two; above 16 the simulated VMs
+    /// ask for a multi-page URB ring.
+    pub demo_in_flight: usize,
     /// `datapath=copy|map`: how transfers' data reaches the guests (usbback's
     /// [`usbback::DataPath`]; copy unless this says map).
     pub data_path: usbback::DataPath,
@@ -112,9 +116,21 @@ impl Default for Cmdline {
             bad_assign: false,
             demo_mib: DEFAULT_DEMO_MIB,
             bench_rounds: None,
+            demo_in_flight: xen::pvusb::URB_RING_SIZE as usize,
             data_path: usbback::DataPath::Copy,
         }
     }
+}
+
+/// A `demo_in_flight=` a URB ring can hold: a power of two from the stock ring's 16 to the
+/// largest multi-page ring's 256 entries.
+fn valid_in_flight(n: usize) -> bool {
+    let stock = xen::pvusb::URB_RING_SIZE as usize;
+    let most = xen::ring::ring_size_in(
+        xen::abi::PAGE_SIZE << xen::pvusb::MAX_RING_PAGE_ORDER,
+        xen::pvusb::URB_RING_ENTRY_SIZE,
+    ) as usize;
+    n.is_power_of_two() && (stock..=most).contains(&n)
 }
 
 impl Cmdline {
@@ -144,6 +160,9 @@ impl Cmdline {
                 }
                 ("bench", Some(v)) if v.parse::<u32>().is_ok_and(|n| n >= 1) => {
                     c.bench_rounds = v.parse().ok()
+                }
+                ("demo_in_flight", Some(v)) if v.parse().is_ok_and(valid_in_flight) => {
+                    c.demo_in_flight = v.parse().unwrap_or(c.demo_in_flight)
                 }
                 ("datapath", Some(v)) if usbback::DataPath::parse(v).is_some() => {
                     c.data_path = usbback::DataPath::parse(v).unwrap_or_default()
@@ -239,6 +258,16 @@ mod tests {
         assert_eq!((c.demo_mib, c.bench_rounds), (8, Some(3)));
         assert!(Cmdline::parse("assign=2-1").bad_assign);
         assert!(Cmdline::parse("assign=2-1:vm1,").bad_assign);
+        let c = Cmdline::parse("demo_in_flight=64");
+        assert_eq!(c.demo_in_flight, 64);
+        for bad in [
+            "demo_in_flight=48",
+            "demo_in_flight=8",
+            "demo_in_flight=512",
+        ] {
+            let c = Cmdline::parse(bad);
+            assert_eq!((c.demo_in_flight, c.unknown.len()), (16, 1), "{bad}");
+        }
         let c = Cmdline::parse("demo_mib=0 bench=x");
         assert_eq!((c.demo_mib, c.bench_rounds), (DEFAULT_DEMO_MIB, None));
         assert_eq!(c.unknown.len(), 2);

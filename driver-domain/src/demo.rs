@@ -38,10 +38,13 @@ use xhci_driver::mass_storage::{capacity, csw, is_bulk_only_scsi};
 
 /// Bytes of one bulk data URB. Below xen-hcd's 64 KiB, and a whole number of blocks.
 pub const CHUNK: usize = 32 << 10;
-/// URBs in flight: Linux xen-hcd's limit (its ring has 16 slots).
+/// URBs in flight: Linux xen-hcd's limit (its ring has 16 slots); the demo's, and the
+/// bench's unless `demo_in_flight=` asks for more.
 pub const IN_FLIGHT: usize = 16;
 /// Bytes one READ(10) or WRITE(10) moves: its data phase is [`IN_FLIGHT`] URBs at once.
 pub const COMMAND_BYTES: usize = CHUNK * IN_FLIGHT;
+/// Most URBs a VM keeps in flight: a 16-page URB ring's entries.
+pub const MAX_IN_FLIGHT: usize = 256;
 /// Ports of each VM's virtual controller (`usbctl hc-create <vm> 2 8`).
 pub const PORTS: u8 = 8;
 /// The port each VM's device is attached to.
@@ -169,8 +172,28 @@ pub enum Workload {
         /// MiB to read and hash.
         mib: u32,
     },
-    /// Enumerate and configure only; the caller gives it [`Job`]s ([`Vm::push`]).
-    Bench,
+    /// Enumerate and configure only; the caller gives it [`Job`]s ([`Vm::push`]), each
+    /// command's data phase `in_flight` URBs at once (more than 16 on a multi-page URB
+    /// ring).
+    Bench {
+        /// URBs of one command's data phase, 16 to [`MAX_IN_FLIGHT`], a power of two.
+        in_flight: usize,
+    },
+}
+
+impl Workload {
+    /// URBs of one command's data phase.
+    pub fn in_flight(self) -> usize {
+        match self {
+            Workload::Demo { .. } => IN_FLIGHT,
+            Workload::Bench { in_flight } => in_flight.clamp(IN_FLIGHT, MAX_IN_FLIGHT),
+        }
+    }
+
+    /// The URB ring's `ring-page-order` a VM asks for: a ring entry for each URB.
+    fn ring_page_order(self) -> u32 {
+        (self.in_flight() / IN_FLIGHT).trailing_zeros()
+    }
 }
 
 /// Microseconds [`Demo::step`] spent in its parts.
@@ -251,7 +274,8 @@ impl Demo {
                 });
             }
             let fe = Frontend::new(dom.clone(), dom.xenstore(), dom.domid(), 0)
-                .map_err(|e| format!("frontend of {vm}: {e}"))?;
+                .map_err(|e| format!("frontend of {vm}: {e}"))?
+                .with_ring_page_order(workload.ring_page_order());
             info!(
                 "event=demo_vm vm={vm} domid={} backend={} controller={} port={PORT} busid={}",
                 dom.domid(),

@@ -61,7 +61,7 @@ fn main() {
                  \x20 e2e      the end-to-end run on real Xen inside QEMU;\n\
                  \x20          `e2e --repeat N`: N runs in a row, and how many passed\n\
                  \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
-                 \x20          `bench qemu [--datapath copy|map]`: the ring path against the driver alone, in QEMU;\n\
+                 \x20          `bench qemu [--datapath copy|map] [--in-flight N]`: the ring path against the driver alone, in QEMU;\n\
                  \x20          `bench e2e [--mib N] [--runs N]`: usbdom vs qusb vs passthrough on Xen\n\
                  \x20 soak     crashes in the nested machine with and without usbdom's traffic:\n\
                  \x20          `soak [--usb none|usbdom|qusb] [--type pvh|pv] [--seconds N] [--runs N]`\n\
@@ -300,12 +300,12 @@ fn bench(args: &[String]) -> Result {
         }
         Some("qemu") => bench_qemu(&args[1..]),
         other => Err(format!(
-            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map]` and `cargo xtask bench e2e [--mib N] [--runs N]`"
+            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map] [--in-flight N]` and `cargo xtask bench e2e [--mib N] [--runs N]`"
         )),
     }
 }
 
-/// `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map]`: one demo-mode
+/// `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map] [--in-flight N]`: one demo-mode
 /// boot with four sticks
 /// (`demo bench=N`): vm1's stick read, then written, N MiB at a time with 16 requests in
 /// flight, (a) through the xHCI driver alone and (b) through frontend, ring, usbback and the
@@ -315,6 +315,7 @@ fn bench_qemu(args: &[String]) -> Result {
     let mut rounds = 3u32;
     let mut mib = 8u32;
     let mut data_path = "copy";
+    let mut in_flight = 16u32;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let value = |v: Option<&String>| -> Result<u32> {
@@ -325,6 +326,13 @@ fn bench_qemu(args: &[String]) -> Result {
         match a.as_str() {
             "--rounds" => rounds = value(it.next())?,
             "--mib" => mib = value(it.next())?.min(256),
+            // URBs per command on both paths; above 16 the VMs take a multi-page ring.
+            "--in-flight" => {
+                in_flight = value(it.next())?;
+                if !in_flight.is_power_of_two() || !(16..=256).contains(&in_flight) {
+                    return Err("bench qemu: --in-flight is 16, 32, 64, 128 or 256".into());
+                }
+            }
             "--datapath" => {
                 data_path = match it.next().map(String::as_str) {
                     Some("copy") => "copy",
@@ -367,7 +375,7 @@ fn bench_qemu(args: &[String]) -> Result {
         assign.push(format!("2-{n}:vm{n}"));
     }
     let cmdline = format!(
-        "qemu_exit demo bench={rounds} demo_mib={mib} datapath={data_path} assign={}",
+        "qemu_exit demo bench={rounds} demo_mib={mib} datapath={data_path} demo_in_flight={in_flight} assign={}",
         assign.join(",")
     );
     qemu.arg("-kernel").arg(&image).arg("-append").arg(&cmdline);
@@ -394,7 +402,7 @@ fn bench_qemu(args: &[String]) -> Result {
             .unwrap_or("?")
             .to_string()
     };
-    println!("summary: rounds={rounds} mib={mib} in_flight=16 datapath={data_path} (a = xhci-driver alone, b = frontend -> ring -> usbback -> xhci-driver)");
+    println!("summary: rounds={rounds} mib={mib} in_flight={in_flight} datapath={data_path} (a = xhci-driver alone, b = frontend -> ring -> usbback -> xhci-driver)");
     for l in lines.iter().filter(|l| l.contains("event=bench_ratio")) {
         println!(
             "summary: op={} ratio={} (b/a throughput) a_mib_s={} b_mib_s={} ring_full_frontend={} ring_full_backend={}",

@@ -78,7 +78,15 @@ fn a_stick_is_read_hashed_written_and_read_back_and_a_keyboard_reports() {
 fn bench_vms_configure_and_wait_for_jobs() {
     let mut host: SimHost<LocalPage> = SimHost::new();
     let stick = host.plug(Box::new(MassStorage::new(4096)), "2-1", Speed::Super);
-    let mut demo = Demo::new(&["vm1"], &[("2-1", "vm1")], Workload::Bench, clock).unwrap();
+    let mut demo = Demo::new(
+        &["vm1"],
+        &[("2-1", "vm1")],
+        Workload::Bench {
+            in_flight: IN_FLIGHT,
+        },
+        clock,
+    )
+    .unwrap();
     run(&mut demo, &mut host);
     let vm = demo.vm("vm1").unwrap();
     assert!(vm.ready() && vm.take_result().is_none());

@@ -610,7 +610,7 @@ impl Vm {
             self.finish(r);
             return;
         }
-        let len = COMMAND_BYTES.min(total - r.done);
+        let len = (CHUNK * self.workload.in_flight()).min(total - r.done);
         let bs = s.block_size as usize;
         let lba = r.job.lba() + (r.done / bs) as u32;
         let blocks = (len / bs) as u16;

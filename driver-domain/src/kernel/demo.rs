@@ -50,10 +50,13 @@ pub fn start(cmdline: &Cmdline) -> Option<DemoRun> {
     let bytes = cmdline.demo_mib as usize * (1 << 20);
     let (workload, bench) = match cmdline.bench_rounds {
         Some(rounds) => (
-            Workload::Bench,
+            Workload::Bench {
+                in_flight: cmdline.demo_in_flight,
+            },
             Some(Bench {
                 rounds,
                 bytes,
+                in_flight: cmdline.demo_in_flight,
                 step: Step::Setup,
                 direct: [Vec::new(), Vec::new()],
                 ring: [Vec::new(), Vec::new()],
@@ -130,6 +133,8 @@ pub fn finished(run: &DemoRun) -> bool {
 struct Bench {
     rounds: u32,
     bytes: usize,
+    /// URBs of one command's data phase, on both paths.
+    in_flight: usize,
     step: Step,
     /// Microseconds per round, [read, write].
     direct: [Vec<u64>; 2],
@@ -254,7 +259,12 @@ impl Bench {
             0
         };
         let round = self.direct[usize::from(write)].len();
-        match selftest::bench_direct(usb, &busid, write, lba, self.bytes, block_size) {
+        let command = selftest::BenchCommand {
+            write,
+            lba,
+            in_flight: self.in_flight,
+        };
+        match selftest::bench_direct(usb, &busid, command, self.bytes, block_size) {
             Ok(us) => {
                 info!(
                     "event=bench_round path=direct op={op} round={round} bytes={} us={us}",
@@ -306,7 +316,7 @@ impl Bench {
             if write { "write" } else { "read" },
             self.ring[i].len(),
             self.bytes,
-            driver_domain::demo::IN_FLIGHT,
+            self.in_flight,
             mib_s(bytes, direct),
             mib_s(bytes, ring),
             direct as f64 / ring.max(1) as f64,

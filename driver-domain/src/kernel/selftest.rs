@@ -290,21 +290,35 @@ fn bench_in_flight(
     Ok(())
 }
 
-/// The direct path of `cargo xtask bench qemu`: `bytes` read (or written, a constant
-/// pattern) at `lba` of the stick `busid` through the driver alone, in Bulk-Only commands
-/// whose data phase is [`IN_FLIGHT`](driver_domain::demo::IN_FLIGHT) transfers of
-/// [`CHUNK`](driver_domain::demo::CHUNK) queued at once: the commands a simulated VM sends
-/// through its ring. The stick is configured already (by its VM). Runs to the end before it
-/// returns, as the self-tests do. Returns the microseconds the commands took.
+/// The commands of the direct path: READ(10) or WRITE(10) from `lba` on, each data phase
+/// `in_flight` transfers.
+pub struct BenchCommand {
+    /// WRITE(10), a constant pattern; else READ(10).
+    pub write: bool,
+    /// Where the first command starts.
+    pub lba: u32,
+    /// Transfers of [`CHUNK`](driver_domain::demo::CHUNK) queued at once per command.
+    pub in_flight: usize,
+}
+
+/// The direct path of `cargo xtask bench qemu`: `bytes` read or written through the driver
+/// alone in Bulk-Only commands as `command` says: the commands a simulated VM sends through
+/// its ring. The stick is configured already (by its VM). Runs to the end before it returns,
+/// as the self-tests do. Returns the microseconds the commands took.
 pub fn bench_direct(
     usb: &mut Usb,
     busid: &str,
-    write: bool,
-    lba: u32,
+    command: BenchCommand,
     bytes: usize,
     block_size: u32,
 ) -> Result<u64, String> {
-    use driver_domain::demo::{CHUNK, COMMAND_BYTES, IN_FLIGHT};
+    use driver_domain::demo::CHUNK;
+    let BenchCommand {
+        write,
+        lba,
+        in_flight,
+    } = command;
+    let command_bytes = CHUNK * in_flight;
     let slot_id = usb
         .host
         .usb_devices()
@@ -323,12 +337,12 @@ pub fn bench_direct(
     let mut bot =
         BulkOnly::new(xhci, slot_id, interface).map_err(|e| format!("step=bot error={e}"))?;
     let mut buf = xhci
-        .dma_alloc(COMMAND_BYTES, 4096)
+        .dma_alloc(command_bytes, 4096)
         .map_err(|e| format!("step=dma error={e}"))?;
     if write {
-        buf.write_bytes(0, &alloc::vec![BENCH_WRITE_BYTE; COMMAND_BYTES]);
+        buf.write_bytes(0, &alloc::vec![BENCH_WRITE_BYTE; command_bytes]);
     }
-    let chunks: Vec<DmaSegment> = (0..IN_FLIGHT)
+    let chunks: Vec<DmaSegment> = (0..in_flight)
         .map(|i| DmaSegment {
             phys: buf.phys() + (i * CHUNK) as u64,
             len: CHUNK,
@@ -339,7 +353,7 @@ pub fn bench_direct(
     } else {
         (READ_10, Direction::In)
     };
-    let per_command = (COMMAND_BYTES / block_size as usize) as u16;
+    let per_command = (command_bytes / block_size as usize) as u16;
     let started = time::now_micros();
     let mut done = 0;
     while done < bytes {
