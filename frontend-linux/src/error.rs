@@ -38,7 +38,8 @@ pub enum ProtocolError {
         /// Our consumer index.
         rsp_cons: u32,
     },
-    /// "Illegal data on conn-ring": a port outside 1..=num-ports or a speed above 3.
+    /// "Illegal data on conn-ring": a port outside 1..=num-ports or a speed above 3 (above 4,
+    /// SuperSpeed, on a USB 3 controller).
     ConnRingData {
         /// The port number.
         portnum: u8,

@@ -44,7 +44,14 @@ pub(crate) fn probe<T: XsTransport>(
         pvusb::NUM_PORTS_KEY,
         1..=USBIF_MAX_PORTNR,
     )?;
-    let usb_ver = xenbus::read_u32(xs, TxId::NONE, &otherend, pvusb::USB_VER_KEY, 1..=2)?;
+    // 1 or 2 as xen-hcd takes; 3, a USB 3 controller, as our own frontend does.
+    let usb_ver = xenbus::read_u32(
+        xs,
+        TxId::NONE,
+        &otherend,
+        pvusb::USB_VER_KEY,
+        1..=pvusb::USB_VER_SUPERSPEED,
+    )?;
     Ok(Probe {
         nodename,
         otherend,

@@ -154,7 +154,13 @@ where
             }
             let current = &mut self.port_speed[usize::from(portnum - 1)];
             if *current != speed {
-                if speed > USBIF_SPEED_HIGH {
+                // SuperSpeed exists only on a USB 3 controller (`docs/pvusb-features.md`).
+                let fastest = if u32::from(self.usb_ver) >= pvusb::USB_VER_SUPERSPEED {
+                    pvusb::USBIF_SPEED_SUPER
+                } else {
+                    USBIF_SPEED_HIGH
+                };
+                if speed > fastest {
                     self.set_error(ProtocolError::ConnRingData { portnum, speed });
                     return false;
                 }

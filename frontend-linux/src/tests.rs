@@ -650,13 +650,49 @@ fn probe_needs_valid_backend_keys() {
         .write(
             TxId::NONE,
             &format!("{}/usb-ver", nodes.backend_dir()),
-            b"3",
+            b"4",
         )
         .unwrap();
     assert!(matches!(
         Frontend::new(fe.clone(), fe.xenstore(), fe.domid(), 0),
         Err(Error::Xenbus(XenbusError::BadValue { .. }))
     ));
+}
+
+#[test]
+fn on_a_usb3_controller_a_superspeed_stick_comes_as_superspeed_through_usbback() {
+    let xen = Xen::new();
+    let be = xen.create_domain();
+    let fe_dom = xen.create_domain();
+    let nodes = toolstack_add(&xen, be.domid(), fe_dom.domid(), 8);
+    xen.dom0()
+        .xenstore()
+        .write(
+            TxId::NONE,
+            &format!("{}/usb-ver", nodes.backend_dir()),
+            b"3",
+        )
+        .unwrap();
+    let fe = Frontend::new(fe_dom.clone(), fe_dom.xenstore(), fe_dom.domid(), 0).unwrap();
+    assert_eq!(fe.usb_ver(), 3);
+    // Through usbback: a SuperSpeed stick on the USB 3 controller comes as SuperSpeed.
+    use testkit::sim_host::{MassStorage, SimHost};
+    let mut backend = usbback::Backend::new(be.clone(), be.xenstore(), be.domid()).unwrap();
+    let mut host: SimHost<LocalPage> = SimHost::new();
+    host.plug(Box::new(MassStorage::new(64)), "2-1", usb::Speed::Super);
+    let key = format!("{}/{}/1", nodes.backend_dir(), pvusb::ASSIGN_DIR);
+    xen.dom0()
+        .xenstore()
+        .write(TxId::NONE, &key, b"2-1")
+        .unwrap();
+    let mut fe = fe;
+    for _ in 0..4 {
+        testkit::main_loop::turn(&mut backend, &mut host);
+        fe.poll().unwrap();
+    }
+    assert_eq!(fe.state(), XenbusState::Connected);
+    assert_eq!(fe.port_speed(1), Some(pvusb::USBIF_SPEED_SUPER));
+    assert_eq!(fe.error(), None);
 }
 
 #[test]

@@ -250,8 +250,13 @@ where
             pvusb::NUM_PORTS_KEY,
             1..=USBIF_MAX_PORTNR,
         )? as u8;
-        let usb_ver =
-            xenbus::read_u32(&mut self.xs, TxId::NONE, dir, pvusb::USB_VER_KEY, 1..=2)? as u8;
+        let usb_ver = xenbus::read_u32(
+            &mut self.xs,
+            TxId::NONE,
+            dir,
+            pvusb::USB_VER_KEY,
+            1..=pvusb::USB_VER_SUPERSPEED,
+        )? as u8;
         Ok((frontend_dir, num_ports, usb_ver))
     }
 
@@ -415,7 +420,8 @@ where
         for (p, n) in dev.ports.iter().zip(1u8..) {
             if let Some(d) = p.device {
                 let speed = self.known.iter().find(|k| k.id == d).map(|k| k.speed);
-                queue_change(&mut c, n, speed.map_or(USBIF_SPEED_NONE, speed_code));
+                let code = speed.map_or(USBIF_SPEED_NONE, |s| speed_code(s, dev.usb_ver));
+                queue_change(&mut c, n, code);
             }
         }
         dev.conn = Some(c);

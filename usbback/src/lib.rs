@@ -114,7 +114,8 @@ struct VPort {
     assigned: Option<pvusb::DeviceSelector>,
     /// The host device connected to it, reported to the frontend.
     device: Option<u32>,
-    /// That device runs at SuperSpeed: its descriptors are rewritten.
+    /// That device runs at SuperSpeed and the controller is USB 2: its descriptors are
+    /// rewritten for the frontend's USB 2 stack.
     superspeed: bool,
     /// The address the guest gave it (SET_ADDRESS), 0 before.
     address: u8,
@@ -285,11 +286,15 @@ pub fn status_of(e: TransferError) -> i32 {
     }
 }
 
-/// The conn-ring speed code of a host device: SuperSpeed is offered as high speed.
-fn speed_code(s: Speed) -> u8 {
+/// The conn-ring speed code of a host device on a controller of `usb_ver`: SuperSpeed is
+/// itself on a USB 3 controller, and offered as high speed on the others.
+fn speed_code(s: Speed, usb_ver: u8) -> u8 {
     match s {
         Speed::Low => USBIF_SPEED_LOW,
         Speed::Full => USBIF_SPEED_FULL,
+        Speed::Super | Speed::SuperPlus if u32::from(usb_ver) >= pvusb::USB_VER_SUPERSPEED => {
+            pvusb::USBIF_SPEED_SUPER
+        }
         Speed::High | Speed::Super | Speed::SuperPlus => USBIF_SPEED_HIGH,
     }
 }

@@ -226,10 +226,11 @@ where
         };
         let p = &mut dev.ports[usize::from(n) - 1];
         p.device = Some(info.id);
-        p.superspeed = info.speed >= Speed::Super;
+        p.superspeed =
+            info.speed >= Speed::Super && u32::from(dev.usb_ver) < pvusb::USB_VER_SUPERSPEED;
         p.address = 0;
         p.configs.clear();
-        let code = speed_code(info.speed);
+        let code = speed_code(info.speed, dev.usb_ver);
         info!(
             "event=port_connected domid={} devid={} port={n} busid={busid} vid={:04x} pid={:04x} speed={} reported_speed={code}",
             id.frontend,

@@ -67,7 +67,8 @@ pub enum XenstoreCommand {
     HcCreate {
         /// The user VM.
         domain: String,
-        /// The USB version the controller offers (1 or 2).
+        /// The USB version the controller offers: 1, 2, or 3 for a guest whose frontend
+        /// presents a USB 3 root hub (stock xen-hcd refuses 3).
         usb_ver: u32,
         /// Its ports (1 to 31).
         ports: u32,

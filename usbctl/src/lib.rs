@@ -99,7 +99,7 @@ pub struct Controller {
     pub devid: u32,
     /// The backend domain.
     pub backend: DomId,
-    /// USB version 1 or 2.
+    /// USB version 1, 2 or 3.
     pub usb_ver: u32,
     /// Ports.
     pub ports: u32,
@@ -215,8 +215,10 @@ impl<T: XsTransport> Usbctl<T> {
         usb_ver: u32,
         ports: u32,
     ) -> Result<u32, Error> {
-        if !(1..=2).contains(&usb_ver) {
-            return err(format!("usb version must be 1 or 2, not {usb_ver}"));
+        if !(1..=pvusb::USB_VER_SUPERSPEED).contains(&usb_ver) {
+            return err(format!(
+                "usb version must be 1, 2 or 3 (3 only for guests whose frontend knows it), not {usb_ver}"
+            ));
         }
         if !(1..=31).contains(&ports) {
             return err(format!("ports must be 1 to 31, not {ports}"));

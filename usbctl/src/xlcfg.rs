@@ -19,7 +19,8 @@ use crate::Error;
 /// One virtual controller of a `vusb` list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vusb {
-    /// USB version, 1 or 2.
+    /// USB version, 1, 2 or 3 (3: a USB 3 controller, for guests whose frontend knows it,
+    /// `docs/pvusb-features.md`).
     pub usb_ver: u32,
     /// Root-hub ports.
     pub ports: u32,
@@ -222,7 +223,7 @@ fn entry(text: &str) -> Result<Vusb, String> {
                 })
         };
         match k {
-            "usbver" => v.usb_ver = number(1..=2)?,
+            "usbver" => v.usb_ver = number(1..=xen::pvusb::USB_VER_SUPERSPEED)?,
             "numports" => v.ports = number(1..=31)?,
             "backend" if !val.is_empty() => v.backend = Some(val.into()),
             _ => {
@@ -309,8 +310,8 @@ vusb = [ 'usbver=2, numports=8, port_1=1-1, port_2=2-4.3',
     fn errors_name_the_file_the_line_and_the_entry() {
         for (text, want) in [
             (
-                "name='g'\nvusb = [ 'usbver=2',\n  'usbver=3' ]",
-                "g.cfg:3: vusb entry 2 ('usbver=3'): usbver must be 1 to 2, not '3'",
+                "name='g'\nvusb = [ 'usbver=2',\n  'usbver=4' ]",
+                "g.cfg:3: vusb entry 2 ('usbver=4'): usbver must be 1 to 3, not '4'",
             ),
             (
                 "vusb = [ 'numports=2, port_3=1-1' ]",

@@ -204,8 +204,8 @@ fn every_wrong_input_has_its_message() {
         "no running domain is called 'nosuch' (see `xl list`)"
     );
     assert_eq!(
-        msg(u.hc_create(w.guest, w.usbdom, 3, 8)),
-        "usb version must be 1 or 2, not 3"
+        msg(u.hc_create(w.guest, w.usbdom, 4, 8)),
+        "usb version must be 1, 2 or 3 (3 only for guests whose frontend knows it), not 4"
     );
     assert_eq!(
         msg(u.hc_create(w.guest, w.usbdom, 2, 0)),
@@ -400,14 +400,14 @@ fn apply_creates_the_controllers_of_vusb_entries_and_keeps_absent_devices() {
         u.list(w.guest).unwrap()[0].assigned,
         [(1, "1-1".to_string()), (3, "1209:0009".to_string())]
     );
-    std::fs::write(&cfg, "vusb = [ 'usbver=3' ]\n").unwrap();
+    std::fs::write(&cfg, "vusb = [ 'usbver=4' ]\n").unwrap();
     let e = cli(&w, &["apply", "guest", cfg.to_str().unwrap()])
         .unwrap_err()
         .0;
     assert_eq!(
         e,
         format!(
-            "{}:1: vusb entry 1 ('usbver=3'): usbver must be 1 to 2, not '3'",
+            "{}:1: vusb entry 1 ('usbver=4'): usbver must be 1 to 3, not '4'",
             cfg.display()
         )
     );

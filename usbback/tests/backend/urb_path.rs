@@ -195,6 +195,42 @@ fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
 }
 
 #[test]
+fn on_a_usb3_controller_a_superspeed_device_is_reported_as_such_with_its_own_descriptors() {
+    let mut w = machine(8);
+    let (be, fe) = (DomId(1), w.fe.domid());
+    // The toolstack asked for a USB 3 controller (`usbctl hc-create guest 3 8`).
+    w.xen
+        .dom0()
+        .xenstore()
+        .write(
+            TxId::NONE,
+            &format!("{}/usb-ver", backend_dir(be, fe)),
+            b"3",
+        )
+        .unwrap();
+    let mut host = Model::default();
+    host.plug(info(2, "2-1", Speed::Super, 0, &[8]));
+    settle(&mut w.be, &mut host);
+    let mut front = RawFrontend::connect(&w.fe, be, None);
+    assign(&w.xen, be, fe, 1, "2-1");
+    settle(&mut w.be, &mut host);
+    assert_eq!(
+        port_changes(&mut front),
+        [(1, xen::pvusb::USBIF_SPEED_SUPER)]
+    );
+    let desc = buffer(&w.fe, be, 0, &[0; 18], false);
+    let config = buffer(&w.fe, be, 0, &[0; 255], false);
+    let get = with_buffer(control(1, 1, 0, GET_DEVICE), &desc);
+    let get_config = with_buffer(control(2, 1, 0, [0x80, 6, 0, 2, 0, 0, 255, 0]), &config);
+    send(&w.fe, &mut front, &[get, get_config]);
+    settle(&mut w.be, &mut host);
+    let got = responses(&mut front);
+    assert_eq!((got[0].actual_length, got[1].actual_length), (18, 44));
+    assert_eq!(desc.read(), device_descriptor(true), "bcdUSB 3.0, EP0 2^9");
+    assert_eq!(config.read()[..44], SS_CONFIGURATION, "the companions kept");
+}
+
+#[test]
 fn hubs_devices_held_elsewhere_and_policy_refusals_are_not_connected() {
     let mut r = connected_frontend();
     r.host.plug(info(3, "1-3", Speed::Full, 9, &[9]));

@@ -19,6 +19,14 @@ pub const EVENT_CHANNEL_KEY: &str = "event-channel";
 pub const MAX_RING_PAGE_ORDER_KEY: &str = "max-ring-page-order";
 /// See [`MAX_RING_PAGE_ORDER_KEY`].
 pub const RING_PAGE_ORDER_KEY: &str = "ring-page-order";
+/// A controller's `usb-ver` of 3 (`docs/pvusb-features.md`): a USB 3 controller, whose
+/// frontend presents a USB 3 root hub. Stock xen-hcd refuses it at probe (it takes 1 or 2),
+/// so the toolstack writes it only for guests that run a frontend that knows it.
+pub const USB_VER_SUPERSPEED: u32 = 3;
+/// The conn-ring speed code of a SuperSpeed device on a USB 3 controller; stock usbif has
+/// none (xen-hcd takes anything above high speed for a protocol error).
+pub const USBIF_SPEED_SUPER: u8 = 4;
+
 /// The largest `ring-page-order` of the protocol: 16 pages, 256 URB ring entries.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
 
