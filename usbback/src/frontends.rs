@@ -11,7 +11,9 @@ use log::{info, warn};
 use xen::abi::usbif::*;
 use xen::abi::xs_wire::XsdError;
 use xen::abi::{parse_decimal, DomId, EvtchnPort, GrantRef};
-use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest};
+use xen::hypervisor::{
+    EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest, MAX_GRANT_BATCH,
+};
 use xen::page::{PageSpan, SharedPage};
 use xen::pvusb;
 use xen::ring::BackRing;
@@ -368,16 +370,20 @@ where
                 readonly: false,
             })
             .collect();
-        let results = match self.hv.map(&reqs) {
-            Ok(r) => r,
-            Err(_) => return self.refuse(id, "reason=map_batch"),
-        };
+        // A 16-page URB ring and the conn ring are more than one map hypercall takes.
         let mut rings = Vec::new();
         let mut failure = None;
-        for r in results {
-            match r {
-                Ok(m) => rings.push(m),
-                Err(s) => failure = Some(s),
+        for batch in reqs.chunks(MAX_GRANT_BATCH) {
+            match self.hv.map(batch) {
+                Ok(results) => {
+                    for r in results {
+                        match r {
+                            Ok(m) => rings.push(m),
+                            Err(s) => failure = Some(s),
+                        }
+                    }
+                }
+                Err(_) => failure = Some(GntStatus::GeneralError),
             }
         }
         if let Some(status) = failure {

@@ -126,3 +126,27 @@ fn a_ring_larger_than_offered_or_a_page_not_granted_is_refused_with_nothing_left
         );
     }
 }
+
+#[test]
+fn the_largest_ring_offered_sixteen_pages_connects_with_256_entries() {
+    // Its sixteen pages and the conn ring are more than one map hypercall takes.
+    let mut w = machine(8);
+    pump(&mut w);
+    let (be, fe) = (DomId(1), w.fe.domid());
+    let order = UrbRing::Pages {
+        order: xen::pvusb::MAX_RING_PAGE_ORDER,
+        bad_ref: None,
+    };
+    let front = RawFrontend::connect_with(&w.fe, be, order);
+    pump(&mut w);
+    assert_eq!(
+        state_of(&w.xen, &backend_dir(be, fe)).unwrap(),
+        XenbusState::Connected
+    );
+    assert_eq!(front.urb.size(), 256);
+    assert_eq!(
+        w.be.hypervisor().mappings(),
+        17,
+        "sixteen URB ring pages, one conn"
+    );
+}
