@@ -11,9 +11,10 @@
 //! scan) is taken apart from the backend's own: `xen::sim` copies a page word by word
 //! through atomics and keeps its tables in maps behind a lock, several times what Xen's
 //! `memcpy` and a hypercall cost on hardware, and nothing the backend could change. What
-//! the backend decides is how many hypercalls it makes; they are counted. Prints one line
-//! per frontend count:
-//! `bench=backend frontends=N urbs=… ns_per_urb=… urbs_per_s=… allocs=… allocs_per_urb=…
+//! the backend decides is how many hypercalls it makes; they are counted. Each count runs
+//! twice: frontends as Linux xen-hcd is, and frontends that promise `feature-persistent`
+//! (their pages are mapped once and kept; the CPU copies). Prints one line per run:
+//! `bench=backend frontends=N persistent=no|yes urbs=… ns_per_urb=… urbs_per_s=… allocs=… allocs_per_urb=…
 //! hypercalls_per_urb=… copy_ops_per_urb=… sim_hypervisor_ns_per_urb=…`, where
 //! `ns_per_urb` is the backend's own time.
 
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use testkit::raw_frontend::{
-    assign, buffer, send, toolstack_add, urb, with_buffer, Buffer, RawFrontend,
+    assign, buffer, frontend_dir, send, toolstack_add, urb, with_buffer, Buffer, RawFrontend,
 };
 use usb::{Direction, Speed, TransferType};
 use usbback::host::{
@@ -38,7 +39,9 @@ use xen::hypervisor::{
     LocalFrame, LocalFrames, MapRequest, MapResults,
 };
 use xen::page::LocalPage;
+use xen::pvusb::FEATURE_PERSISTENT_KEY;
 use xen::sim::{Domain, SimXsTransport, Xen};
+use xen::xenstore::TxId;
 
 /// The system allocator, counting allocations (and reallocations, which may move).
 struct Counting;
@@ -226,7 +229,8 @@ struct Frontend {
     answered: u64,
 }
 
-fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
+/// Frontend `n`, with its own device; `persistent`: it promises `feature-persistent`.
+fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32, persistent: bool) -> Frontend {
     let dom = xen.create_domain();
     toolstack_add(xen, be.domid(), dom.domid(), 1);
     let busid = format!("1-{n}");
@@ -245,6 +249,10 @@ fn frontend(xen: &Xen, be: &Domain, host: &mut Instant0, n: u32) -> Frontend {
     host.devices.push(info.clone());
     host.events.push(HostEvent::Attached(info));
     assign(xen, be.domid(), dom.domid(), 1, &busid);
+    if persistent {
+        let key = format!("{}/{FEATURE_PERSISTENT_KEY}", frontend_dir(dom.domid()));
+        dom.xenstore().write(TxId::NONE, &key, b"1").unwrap();
+    }
     let front = RawFrontend::connect(&dom, be.domid(), None);
     let buffers: Vec<Buffer> = (0..IN_FLIGHT)
         .map(|_| buffer(&dom, be.domid(), 0, &[0; LENGTH as usize], false))
@@ -324,7 +332,7 @@ struct Totals {
     copy_ops: u64,
 }
 
-fn run(frontends: u32) -> Totals {
+fn run(frontends: u32, persistent: bool) -> Totals {
     let xen = Xen::new();
     let be_dom = xen.create_domain();
     let mut host = Instant0::default();
@@ -337,7 +345,7 @@ fn run(frontends: u32) -> Totals {
     };
     let mut be = Backend::new(timed, be_dom.xenstore(), be_dom.domid()).unwrap();
     let mut fronts: Vec<Frontend> = (1..=frontends)
-        .map(|n| frontend(&xen, &be_dom, &mut host, n))
+        .map(|n| frontend(&xen, &be_dom, &mut host, n, persistent))
         .collect();
     let mut turn = Turn::default();
     // Connect everything (not timed).
@@ -375,12 +383,16 @@ fn run(frontends: u32) -> Totals {
 }
 
 fn main() {
-    for frontends in [1, 2, 4, 8] {
-        let t = run(frontends);
+    for (frontends, persistent) in [1, 2, 4, 8]
+        .into_iter()
+        .flat_map(|n| [(n, false), (n, true)])
+    {
+        let t = run(frontends, persistent);
+        let persistent = if persistent { "yes" } else { "no" };
         let per_urb = |x: f64| x / t.urbs as f64;
         let ns = per_urb(t.cost.own.as_nanos() as f64);
         println!(
-            "bench=backend frontends={frontends} urbs={} bytes_per_urb={LENGTH} ns_per_urb={ns:.0} urbs_per_s={:.0} allocs={} allocs_per_urb={:.2} hypercalls_per_urb={:.3} copy_ops_per_urb={:.2} sim_hypervisor_ns_per_urb={:.0}",
+            "bench=backend frontends={frontends} persistent={persistent} urbs={} bytes_per_urb={LENGTH} ns_per_urb={ns:.0} urbs_per_s={:.0} allocs={} allocs_per_urb={:.2} hypercalls_per_urb={:.3} copy_ops_per_urb={:.2} sim_hypervisor_ns_per_urb={:.0}",
             t.urbs,
             1e9 / ns,
             t.cost.allocations,

@@ -39,6 +39,8 @@ use xen::hypervisor::{CopyOp, CopyPtr, GrantMapping, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
 use xen::pvusb::RequestSegment;
 
+use crate::persistent::{copy_page_bytes, PersistentGrants};
+
 /// A page of a request's buffer, by its place in the pool: one of our frames, or (with
 /// [`crate::DataPath::Map`]) a guest's grant mapped for the transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,45 +240,65 @@ impl Buffer {
             .sum()
     }
 
-    /// Copies of every data segment into its frame (OUT data).
-    pub fn copy_in_data<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
-        self.copy_in(pool, 0..self.data, ops);
+    /// Copies of every data segment into its frame (OUT data). A segment whose grant is
+    /// kept mapped (`kept`) is copied at once, by the CPU.
+    pub fn copy_in_data<P: SharedPage>(
+        &self,
+        pool: &FramePool<P>,
+        kept: Option<&PersistentGrants<P>>,
+        ops: &mut Vec<CopyOp>,
+    ) {
+        self.copy_in(pool, kept, 0..self.data, ops);
     }
 
     /// Copies of every descriptor segment into its frame.
-    pub fn copy_in_descriptors<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
-        self.copy_in(pool, self.data..self.segments.len(), ops);
+    pub fn copy_in_descriptors<P: SharedPage>(
+        &self,
+        pool: &FramePool<P>,
+        kept: Option<&PersistentGrants<P>>,
+        ops: &mut Vec<CopyOp>,
+    ) {
+        self.copy_in(pool, kept, self.data..self.segments.len(), ops);
     }
 
-    fn copy_in<P>(&self, pool: &FramePool<P>, which: Range<usize>, ops: &mut Vec<CopyOp>) {
+    fn copy_in<P: SharedPage>(
+        &self,
+        pool: &FramePool<P>,
+        kept: Option<&PersistentGrants<P>>,
+        which: Range<usize>,
+        ops: &mut Vec<CopyOp>,
+    ) {
         for i in which {
             let s = self.segments[i];
-            ops.extend(self.copy(pool, i, s.offset, s.length, Toward::Frame));
+            ops.extend(self.copy(pool, kept, i, s.offset, s.length, Toward::Frame));
         }
     }
 
     /// Zero-length copies into every data segment whose grant is not among `written`: the
     /// hypervisor checks each grant is writable (and the frontend's) without moving a byte,
     /// in the same batch as the pass's other copies, so an IN transfer with a grant never
-    /// written to never reaches the device.
-    pub fn probe_data<P>(
+    /// written to never reaches the device. A grant kept mapped writable needs no probe.
+    pub fn probe_data<P: SharedPage>(
         &self,
         pool: &FramePool<P>,
+        kept: Option<&PersistentGrants<P>>,
         ops: &mut Vec<CopyOp>,
         written: &WrittenGrants,
     ) {
         for i in 0..self.data {
             let s = self.segments[i];
-            if !written.contains(s.gref) {
-                ops.extend(self.copy(pool, i, s.offset, 0, Toward::Guest));
+            let mapped = kept.is_some_and(|k| k.page(s.gref).is_some());
+            if !written.contains(s.gref) && !mapped {
+                ops.extend(self.copy(pool, None, i, s.offset, 0, Toward::Guest));
             }
         }
     }
 
     /// Copies of data bytes `at..at + len` back to the guest (what a device wrote).
-    pub fn copy_out_data<P>(
+    pub fn copy_out_data<P: SharedPage>(
         &self,
         pool: &FramePool<P>,
+        kept: Option<&PersistentGrants<P>>,
         at: usize,
         len: usize,
         ops: &mut Vec<CopyOp>,
@@ -284,28 +306,46 @@ impl Buffer {
         self.for_range(0..self.data, at, len, |i, offset, range| {
             // Within one page: both fit in 16 bits.
             let (offset, len) = (offset as u16, range.len() as u16);
-            ops.extend(self.copy(pool, i, offset, len, Toward::Guest));
+            ops.extend(self.copy(pool, kept, i, offset, len, Toward::Guest));
         });
     }
 
     /// Copies of every descriptor segment back to the guest (isochronous results).
-    pub fn copy_out_descriptors<P>(&self, pool: &FramePool<P>, ops: &mut Vec<CopyOp>) {
+    pub fn copy_out_descriptors<P: SharedPage>(
+        &self,
+        pool: &FramePool<P>,
+        kept: Option<&PersistentGrants<P>>,
+        ops: &mut Vec<CopyOp>,
+    ) {
         for i in self.data..self.segments.len() {
             let s = self.segments[i];
-            ops.extend(self.copy(pool, i, s.offset, s.length, Toward::Guest));
+            ops.extend(self.copy(pool, kept, i, s.offset, s.length, Toward::Guest));
         }
     }
 
     /// The copy of `len` bytes at `offset` of segment `i` between the guest's grant and our
-    /// frame; none for a segment whose page is a mapped grant (nothing to copy).
-    fn copy<P>(
+    /// frame; none for a segment whose page is a mapped grant (nothing to copy), or whose
+    /// grant is kept mapped (copied here, by the CPU).
+    fn copy<P: SharedPage>(
         &self,
         pool: &FramePool<P>,
+        kept: Option<&PersistentGrants<P>>,
         i: usize,
         offset: u16,
         len: u16,
         toward: Toward,
     ) -> Option<CopyOp> {
+        let guest = kept.and_then(|k| k.page(self.segments[i].gref));
+        if let (Some(guest), Some((frame, _))) = (guest, pool.page(self.frames[i])) {
+            if pool.gfn(self.frames[i]).is_some() {
+                let (from, to) = match toward {
+                    Toward::Frame => (guest, frame),
+                    Toward::Guest => (frame, guest),
+                };
+                copy_page_bytes(from, to, usize::from(offset), usize::from(len));
+                return None;
+            }
+        }
         let gfn = pool.gfn(self.frames[i])?;
         let frame = CopyPtr::Local { gfn, offset };
         let grant = CopyPtr::Grant {
@@ -435,7 +475,7 @@ mod tests {
     fn copy_out_takes_only_the_bytes_asked_for() {
         let (pool, b) = buffer();
         let mut ops = Vec::new();
-        b.copy_out_data(&pool, 90, 10, &mut ops);
+        b.copy_out_data(&pool, None, 90, 10, &mut ops);
         assert_eq!(ops.len(), 2);
         assert_eq!(
             ops[0].dest,
@@ -455,7 +495,7 @@ mod tests {
         );
         assert_eq!(ops[1].len, 4);
         let mut ops = Vec::new();
-        b.copy_in_descriptors(&pool, &mut ops);
+        b.copy_in_descriptors(&pool, None, &mut ops);
         assert_eq!(ops.len(), 1);
         assert_eq!(
             ops[0].dest,

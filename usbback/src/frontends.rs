@@ -21,6 +21,7 @@ use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
 use crate::host::UsbHost;
+use crate::persistent::PersistentGrants;
 use crate::*;
 
 impl<H, T> Backend<H, T>
@@ -183,11 +184,19 @@ where
                     warn!("event=xenstore_error op=watch path={frontend_dir}/state error={e}");
                     return;
                 }
-                // Offered before InitWait, so a frontend that connects on InitWait sees it.
-                let order = format!("{dir}/{}", pvusb::MAX_RING_PAGE_ORDER_KEY);
-                let offer = format!("{}", pvusb::MAX_RING_PAGE_ORDER);
-                if let Err(e) = self.xs.write(TxId::NONE, &order, offer.as_bytes()) {
-                    warn!("event=xenstore_error op=write path={order} error={e}");
+                // Offered before InitWait, so a frontend that connects on InitWait sees them.
+                let offers = [
+                    (pvusb::MAX_RING_PAGE_ORDER_KEY, pvusb::MAX_RING_PAGE_ORDER),
+                    (pvusb::FEATURE_PERSISTENT_KEY, 1),
+                ];
+                for (key, value) in offers {
+                    let path = format!("{dir}/{key}");
+                    if let Err(e) = self
+                        .xs
+                        .write(TxId::NONE, &path, format!("{value}").as_bytes())
+                    {
+                        warn!("event=xenstore_error op=write path={path} error={e}");
+                    }
                 }
                 if let Err(e) = xenbus::switch_state(&mut self.xs, &dir, XenbusState::InitWait) {
                     warn!("event=xenstore_error op=write path={dir}/state error={e}");
@@ -351,11 +360,16 @@ where
             |xs: &mut XenStore<T>, key, range| xenbus::read_u32(xs, TxId::NONE, &fdir, key, range);
         let refs = (|| {
             let urb = urb_ring_refs(&mut self.xs, &fdir)?;
+            // The promise of `feature-persistent`: absent is no promise.
+            let persistent = match read(&mut self.xs, pvusb::FEATURE_PERSISTENT_KEY, 0..=1) {
+                Err(XenbusError::Store(XsError::Xs(XsdError::Enoent))) => false,
+                other => other? == 1,
+            };
             let conn = GrantRef(read(&mut self.xs, pvusb::CONN_RING_REF_KEY, 0..=u32::MAX)?);
             let port = EvtchnPort(read(&mut self.xs, pvusb::EVENT_CHANNEL_KEY, 1..=u32::MAX)?);
-            Ok::<_, XenbusError>((urb, conn, port))
+            Ok::<_, XenbusError>((urb, conn, port, persistent))
         })();
-        let (urb_refs, conn_ref, remote_port) = match refs {
+        let (urb_refs, conn_ref, remote_port, promised) = match refs {
             Ok(r) => r,
             Err(e) => return self.refuse(id, &format!("{e}")),
         };
@@ -411,7 +425,10 @@ where
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
+        // Kept mappings serve the copy path; the map path maps every transfer anyway.
+        let persistent = promised && self.data_path == DataPath::Copy;
         let mut c = Connection {
+            persistent: persistent.then(PersistentGrants::default),
             rings,
             urb,
             conn,
@@ -437,8 +454,11 @@ where
             warn!("event=xenstore_error op=write path={dir}/state error={e}");
         }
         info!(
-            "event=frontend_connected domid={} devid={} ports={ports} usb_ver={ver} evtchn={port} urb_ring_ref={} urb_ring_pages={urb_pages} urb_ring_size={ring_size} conn_ring_ref={conn_ref}",
-            id.frontend, id.devid, urb_refs[0]
+            "event=frontend_connected domid={} devid={} ports={ports} usb_ver={ver} evtchn={port} urb_ring_ref={} urb_ring_pages={urb_pages} urb_ring_size={ring_size} conn_ring_ref={conn_ref} persistent={}",
+            id.frontend,
+            id.devid,
+            urb_refs[0],
+            if persistent { "yes" } else { "no" }
         );
         // The frontend may have notified before we bound the channel.
         self.service(id, host);
@@ -479,7 +499,8 @@ where
         let dir = dev.dir.clone();
         if let Some(c) = conn {
             let Connection {
-                rings,
+                mut rings,
+                persistent,
                 urb,
                 conn,
                 port,
@@ -497,9 +518,15 @@ where
                 quarantined += f.buffer.frames.len();
                 self.quarantine.insert(f.token, f.buffer.frames);
             }
-            // The rings are dropped before their pages are unmapped, in one batch.
+            // The rings are dropped before their pages are unmapped, in one batch with the
+            // grants kept mapped (no device reaches those: its transfers use our frames).
             drop(urb);
             drop(conn);
+            rings.extend(
+                persistent
+                    .map(PersistentGrants::into_mappings)
+                    .unwrap_or_default(),
+            );
             if let Err(s) = self.hv.unmap(rings) {
                 warn!(
                     "event=grant_unmap_failed domid={} devid={} status={} what=rings",

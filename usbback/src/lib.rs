@@ -43,6 +43,7 @@ mod control;
 mod frontends;
 pub mod host;
 mod inflight;
+pub mod persistent;
 pub mod policy;
 mod ports;
 pub mod superspeed;
@@ -65,7 +66,9 @@ use inflight::InFlightTable;
 use ports::queue_change;
 use tokens::Tokens;
 use urb::Answer;
-use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrames};
+use xen::hypervisor::{
+    CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrames, MapRequest,
+};
 use xen::page::{PageSpan, SharedPage};
 use xen::pvusb::{self, UsbIsoPacketDescriptor};
 
@@ -158,6 +161,9 @@ struct InFlight {
 
 struct Connection<P> {
     rings: Vec<GrantMapping<P>>,
+    /// The frontend's grants kept mapped, when it promised `feature-persistent` and the data
+    /// path copies.
+    persistent: Option<persistent::PersistentGrants<P>>,
     urb: BackRing<PageSpan<P>, UsbifUrbRequest, UsbifUrbResponse>,
     conn: BackRing<P, UsbifConnRequest, UsbifConnResponse>,
     port: EvtchnPort,
@@ -254,6 +260,10 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     unmaps: Vec<GrantMapping<H::Page>>,
     /// A pass's map results, kept for the allocation.
     map_results: Vec<Result<GrantMapping<H::Page>, GntStatus>>,
+    /// A pass's grants to keep mapped ([`persistent`]), and one batch of them, kept for their
+    /// allocations.
+    keep_requests: Vec<(DeviceId, MapRequest)>,
+    map_requests: Vec<MapRequest>,
     /// Frontends that had requests left when their budget ran out, in turn.
     busy: VecDeque<DeviceId>,
     /// What all frontends moved since [`Backend::take_moved`].
@@ -341,6 +351,8 @@ where
             data_path: DataPath::default(),
             unmaps: Vec::new(),
             map_results: Vec::new(),
+            keep_requests: Vec::new(),
+            map_requests: Vec::new(),
             busy: VecDeque::new(),
             moved: Stats::default(),
             touched: Vec::new(),

@@ -398,11 +398,17 @@ where
             segments,
             data: s.buffer.len(),
         };
+        // The frontend's grants kept mapped, if it promised `feature-persistent`.
+        let kept = self
+            .devices
+            .get(&id)
+            .and_then(|d| d.conn.as_ref())
+            .and_then(|c| c.persistent.as_ref());
         if let Some(config) = cached {
             let n = buffer.data_len().min(config.len());
             buffer.write_data(&self.pool, 0, &config[..n]);
             let start = self.answer_copies.len();
-            buffer.copy_out_data(&self.pool, 0, n, &mut self.answer_copies);
+            buffer.copy_out_data(&self.pool, kept, 0, n, &mut self.answer_copies);
             self.answers.push(Answer {
                 id,
                 rsp: response(s.id, USBIF_STATUS_OK, n),
@@ -425,15 +431,15 @@ where
             }
         } else {
             if direction == Direction::Out {
-                buffer.copy_in_data(&self.pool, &mut stage.copies);
+                buffer.copy_in_data(&self.pool, kept, &mut stage.copies);
             } else {
                 let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
                     self.pool.release(buffer.frames, &mut self.unmaps);
                     return false;
                 };
-                buffer.probe_data(&self.pool, &mut stage.copies, &c.written);
+                buffer.probe_data(&self.pool, kept, &mut stage.copies, &c.written);
             }
-            buffer.copy_in_descriptors(&self.pool, &mut stage.copies);
+            buffer.copy_in_descriptors(&self.pool, kept, &mut stage.copies);
         }
         let copies = start..stage.copies.len();
         let maps = maps_start..stage.maps.len();
@@ -474,6 +480,7 @@ where
         }
         let mut statuses = core::mem::take(&mut self.statuses);
         run_copies(&mut self.hv, &stage.copies, &mut statuses);
+        self.keep_grants(stage);
         // The pass's grants to map, in batches of what one hypercall takes.
         let mut mapped = core::mem::take(&mut self.map_results);
         for batch in stage.maps.chunks(MAX_GRANT_BATCH) {
@@ -603,6 +610,59 @@ where
         self.statuses = statuses;
     }
 
+    /// Maps, to keep, the grants of the pass's copied requests whose frontends promised
+    /// `feature-persistent` and that are not kept yet: from their next request on, their
+    /// bytes are copied by the CPU. A grant that will not map writable is copied by grant
+    /// from then on.
+    fn keep_grants(&mut self, stage: &Stage) {
+        let mut wanted = core::mem::take(&mut self.keep_requests);
+        for r in stage.requests.iter().filter(|r| r.maps.is_empty()) {
+            let Some(kept) = self
+                .devices
+                .get(&r.id)
+                .and_then(|d| d.conn.as_ref())
+                .and_then(|c| c.persistent.as_ref())
+            else {
+                continue;
+            };
+            for g in &r.buffer.segments {
+                let request = MapRequest {
+                    dom: r.id.frontend,
+                    gref: g.gref,
+                    readonly: false,
+                };
+                if kept.wants(g.gref) && !wanted.iter().any(|(_, w)| *w == request) {
+                    wanted.push((r.id, request));
+                }
+            }
+        }
+        let mut requests = core::mem::take(&mut self.map_requests);
+        for batch in wanted.chunks(MAX_GRANT_BATCH) {
+            requests.clear();
+            requests.extend(batch.iter().map(|(_, m)| *m));
+            let results = match self.hv.map(&requests) {
+                Ok(results) => results,
+                Err(_) => continue,
+            };
+            for ((id, request), result) in batch.iter().zip(results) {
+                let kept = self
+                    .devices
+                    .get_mut(id)
+                    .and_then(|d| d.conn.as_mut())
+                    .and_then(|c| c.persistent.as_mut());
+                match (kept, result) {
+                    (Some(kept), Ok(m)) => self.unmaps.extend(kept.keep(m)),
+                    (None, Ok(m)) => self.unmaps.push(m),
+                    (Some(kept), Err(_)) => kept.refuse(request.gref),
+                    (None, Err(_)) => {}
+                }
+            }
+        }
+        wanted.clear();
+        self.keep_requests = wanted;
+        self.map_requests = requests;
+    }
+
     /// Answers the request a host transfer finished: a SuperSpeed descriptor rewritten,
     /// isochronous packet results written to the descriptors, and what the device wrote
     /// queued to be copied to the frontend with the answer (and the unlink's, if one waits).
@@ -659,15 +719,21 @@ where
         }
         // Only bytes the device wrote go back: the frames held other requests' data before.
         let start = self.answer_copies.len();
+        let kept = self
+            .devices
+            .get(&id)
+            .and_then(|d| d.conn.as_ref())
+            .and_then(|c| c.persistent.as_ref());
         if f.direction == Direction::In {
             if f.iso_packets.is_empty() {
                 f.buffer
-                    .copy_out_data(&self.pool, 0, actual, &mut self.answer_copies);
+                    .copy_out_data(&self.pool, kept, 0, actual, &mut self.answer_copies);
             } else {
                 for (p, r) in f.iso_packets.iter().zip(&c.iso) {
                     let n = r.actual_length.min(p.length) as usize;
                     f.buffer.copy_out_data(
                         &self.pool,
+                        kept,
                         p.offset as usize,
                         n,
                         &mut self.answer_copies,
@@ -676,7 +742,7 @@ where
             }
         }
         f.buffer
-            .copy_out_descriptors(&self.pool, &mut self.answer_copies);
+            .copy_out_descriptors(&self.pool, kept, &mut self.answer_copies);
         let copies = start..self.answer_copies.len();
         if let Some((index, config)) = whole_config {
             if let Some(p) = self

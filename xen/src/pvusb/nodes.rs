@@ -19,6 +19,12 @@ pub const EVENT_CHANNEL_KEY: &str = "event-channel";
 pub const MAX_RING_PAGE_ORDER_KEY: &str = "max-ring-page-order";
 /// See [`MAX_RING_PAGE_ORDER_KEY`].
 pub const RING_PAGE_ORDER_KEY: &str = "ring-page-order";
+/// Persistent grants (`docs/pvusb-features.md`), after blkif's: `1` in the backend
+/// directory offers them; `1` in the frontend directory promises that each grant reference
+/// stays bound to one page, granted writable, while connected, so the backend may keep it
+/// mapped.
+pub const FEATURE_PERSISTENT_KEY: &str = "feature-persistent";
+
 /// A controller's `usb-ver` of 3 (`docs/pvusb-features.md`): a USB 3 controller, whose
 /// frontend presents a USB 3 root hub. Stock xen-hcd refuses it at probe (it takes 1 or 2),
 /// so the toolstack writes it only for guests that run a frontend that knows it.

@@ -1,0 +1,90 @@
+//! Persistent grants (`feature-persistent`, `docs/pvusb-features.md`), after blkif's. A
+//! frontend that promises to keep each grant reference bound to one page, granted writable,
+//! for as long as it is connected lets usbdom map its data pages once and keep them. The
+//! copy path then moves bytes between a kept mapping and usbdom's own frame with the CPU:
+//! no grant hypercall per URB, and a device still reaches only usbdom's frames.
+//!
+//! Only a frontend's promise makes this safe: Linux hands a freed grant reference out again
+//! for another page, so a mapping kept for a frontend that did not promise could show an old
+//! page under a reference that now names a new one.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use xen::abi::GrantRef;
+use xen::hypervisor::GrantMapping;
+use xen::page::SharedPage;
+
+/// Grants of one frontend kept mapped, at most (4 MiB of its pages); past them its
+/// transfers are copied by grant as a stock frontend's are.
+pub const MAX_PERSISTENT_GRANTS: usize = 1024;
+
+/// One frontend's kept mappings, by grant reference.
+pub struct PersistentGrants<P> {
+    mapped: BTreeMap<GrantRef, GrantMapping<P>>,
+    /// Grants that would not map writable (the frontend broke its promise, or granted a
+    /// page read-only): they are copied, and never asked for again.
+    refused: BTreeSet<GrantRef>,
+}
+
+impl<P> Default for PersistentGrants<P> {
+    fn default() -> Self {
+        PersistentGrants {
+            mapped: BTreeMap::new(),
+            refused: BTreeSet::new(),
+        }
+    }
+}
+
+impl<P> PersistentGrants<P> {
+    /// The kept mapping of `gref`, if there is one.
+    pub fn page(&self, gref: GrantRef) -> Option<&P> {
+        self.mapped.get(&gref).map(|m| &m.page)
+    }
+
+    /// Whether `gref` is worth mapping to keep: not kept or refused yet, and room left.
+    pub fn wants(&self, gref: GrantRef) -> bool {
+        !self.mapped.contains_key(&gref)
+            && !self.refused.contains(&gref)
+            && self.mapped.len() + self.refused.len() < MAX_PERSISTENT_GRANTS
+    }
+
+    /// Keeps `m`; one already kept for its reference stays, and `m` comes back to unmap.
+    pub fn keep(&mut self, m: GrantMapping<P>) -> Option<GrantMapping<P>> {
+        let gref = m.request.gref;
+        if self.mapped.contains_key(&gref) {
+            return Some(m);
+        }
+        self.mapped.insert(gref, m);
+        None
+    }
+
+    /// Remembers that `gref` would not map.
+    pub fn refuse(&mut self, gref: GrantRef) {
+        self.refused.insert(gref);
+    }
+
+    /// Mappings kept.
+    pub fn len(&self) -> usize {
+        self.mapped.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.mapped.is_empty()
+    }
+
+    /// Every kept mapping, to unmap.
+    pub fn into_mappings(self) -> Vec<GrantMapping<P>> {
+        self.mapped.into_values().collect()
+    }
+}
+
+/// Copies `len` bytes at `offset` of `from` to the same place in `to`, through the stack (a
+/// page at most).
+pub fn copy_page_bytes<P: SharedPage>(from: &P, to: &P, offset: usize, len: usize) {
+    let mut bytes = [0u8; xen::abi::PAGE_SIZE];
+    let bytes = &mut bytes[..len];
+    from.read(offset, bytes);
+    to.write(offset, bytes);
+}
