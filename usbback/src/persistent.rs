@@ -88,3 +88,60 @@ pub fn copy_page_bytes<P: SharedPage>(from: &P, to: &P, offset: usize, len: usiz
     from.read(offset, bytes);
     to.write(offset, bytes);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xen::abi::{DomId, GuestPhysAddr};
+    use xen::hypervisor::{GrantHandle, MapRequest};
+    use xen::page::LocalPage;
+
+    fn mapping(gref: u32) -> GrantMapping<LocalPage> {
+        GrantMapping {
+            request: MapRequest {
+                dom: DomId(3),
+                gref: GrantRef(gref),
+                readonly: false,
+            },
+            handle: GrantHandle(gref),
+            addr: GuestPhysAddr(u64::from(gref) << 12),
+            page: LocalPage::new(),
+        }
+    }
+
+    #[test]
+    fn a_frontend_keeps_at_most_its_share_and_nothing_twice() {
+        let mut kept = PersistentGrants::default();
+        assert!(kept.wants(GrantRef(8)));
+        assert!(kept.keep(mapping(8)).is_none());
+        assert!(!kept.wants(GrantRef(8)), "kept already");
+        assert!(kept.page(GrantRef(8)).is_some());
+        // A second mapping of the same reference comes back to be unmapped.
+        assert!(kept.keep(mapping(8)).is_some());
+        kept.refuse(GrantRef(9));
+        assert!(!kept.wants(GrantRef(9)), "refused once, never asked again");
+        assert!(kept.page(GrantRef(9)).is_none());
+        // Kept and refused together fill the share.
+        let mut g = 10;
+        while kept.wants(GrantRef(g)) {
+            assert!(kept.keep(mapping(g)).is_none());
+            g += 1;
+        }
+        assert_eq!(
+            kept.len() + 1,
+            MAX_PERSISTENT_GRANTS,
+            "no room past the share"
+        );
+        assert_eq!(kept.into_mappings().len(), MAX_PERSISTENT_GRANTS - 1);
+    }
+
+    #[test]
+    fn bytes_are_copied_within_the_same_place_of_two_pages() {
+        let (a, b) = (LocalPage::new(), LocalPage::new());
+        a.write(100, &[1, 2, 3, 4, 5]);
+        copy_page_bytes(&a, &b, 101, 3);
+        let mut got = [0u8; 6];
+        b.read(100, &mut got);
+        assert_eq!(got, [0, 2, 3, 4, 0, 0]);
+    }
+}

@@ -64,13 +64,16 @@ proptest! {
     #[test]
     fn no_ring_contents_break_the_backend_or_leak_a_mapping(
         order in prop_oneof![Just(None), Just(Some(2u32))],
+        persistent in any::<bool>(),
         steps in proptest::collection::vec(step(), 1..40)
     ) {
-        // The stock one-page ring, or a four-page one (64 entries, some across pages).
-        let mut r = connected_frontend_with(match order {
+        // The stock one-page ring, or a four-page one (64 entries, some across pages); grants
+        // copied each time, or kept mapped for a frontend that promised them.
+        let urb_ring = match order {
             None => UrbRing::OnePage(None),
             Some(order) => UrbRing::Pages { order, bad_ref: None },
-        });
+        };
+        let mut r = connected_frontend_promising(urb_ring, persistent);
         let size = r.front.urb.size();
         assign(&r.w.xen, r.be, r.fe, 1, "1-1");
         settle(&mut r.w.be, &mut r.host);
@@ -148,5 +151,6 @@ proptest! {
         prop_assert!(r.front.grants.iter().all(|g| !r.w.fe.grant_in_use(*g)), "a ring is still mapped");
         prop_assert_eq!(r.w.be.in_flight(), 0);
         prop_assert_eq!(r.w.be.devices().count(), 0);
+        prop_assert_eq!(r.w.be.hypervisor().mappings(), 0, "a kept grant is still mapped");
     }
 }

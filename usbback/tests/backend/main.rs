@@ -248,7 +248,16 @@ fn connected_frontend() -> ConnectedFrontend {
 
 /// [`connected_frontend`] with its URB ring as `urb_ring` says.
 fn connected_frontend_with(urb_ring: UrbRing<'_>) -> ConnectedFrontend {
+    connected_frontend_promising(urb_ring, false)
+}
+
+/// [`connected_frontend_with`], that also promised `feature-persistent` when `persistent`.
+fn connected_frontend_promising(urb_ring: UrbRing<'_>, persistent: bool) -> ConnectedFrontend {
     let mut w = machine(8);
+    if persistent {
+        let key = format!("{}/feature-persistent", frontend_dir(w.fe.domid()));
+        w.fe.xenstore().write(TxId::NONE, &key, b"1").unwrap();
+    }
     let mut host = Model::default();
     host.plug(info(1, "1-1", Speed::High, 0, &[8]));
     settle(&mut w.be, &mut host);
