@@ -2,7 +2,7 @@
 //! using its own stick through Bulk-Only Transport.
 
 use super::*;
-use testkit::sim_host::{MassStorage, SimHost, BLOCK_SIZE};
+use testkit::sim_host::{Keyboard, MassStorage, SimHost, BLOCK_SIZE};
 use usb::mass_storage::read_write_10_cbw;
 use usb::Speed;
 
@@ -132,12 +132,20 @@ fn eight_linux_frontends_each_write_and_read_their_own_stick() {
     }
 }
 
-#[test]
-fn unlinks_under_load_answer_each_urb_once_and_the_rest_carry_on() {
-    use testkit::sim_host::Keyboard;
+/// usbback with a simulated keyboard at 1-1, assigned to port 1 of a frontend domain's
+/// 4-port controller.
+struct KeyboardBehindUsbback {
+    _xen: Xen,
+    be: usbback::Backend<Domain, SimXsTransport>,
+    host: SimHost<LocalPage>,
+    kbd: u32,
+    dom: Domain,
+}
+
+fn keyboard_behind_usbback() -> KeyboardBehindUsbback {
     let xen = Xen::new();
     let be_dom = xen.create_domain();
-    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
+    let be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
     let mut host: SimHost<LocalPage> = SimHost::new();
     let kbd = host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
     let dom = xen.create_domain();
@@ -147,6 +155,24 @@ fn unlinks_under_load_answer_each_urb_once_and_the_rest_carry_on() {
         .xenstore()
         .write(TxId::NONE, &key, b"1-1")
         .unwrap();
+    KeyboardBehindUsbback {
+        _xen: xen,
+        be,
+        host,
+        kbd,
+        dom,
+    }
+}
+
+#[test]
+fn unlinks_under_load_answer_each_urb_once_and_the_rest_carry_on() {
+    let KeyboardBehindUsbback {
+        mut be,
+        mut host,
+        kbd,
+        dom,
+        ..
+    } = keyboard_behind_usbback();
     let mut fes = [frontend(&dom)];
     round(&mut be, &mut host, &mut fes);
     fes[0]
@@ -194,19 +220,13 @@ fn unlinks_under_load_answer_each_urb_once_and_the_rest_carry_on() {
 
 #[test]
 fn a_frontend_asking_for_four_ring_pages_keeps_64_urbs_in_flight_through_usbback() {
-    use testkit::sim_host::Keyboard;
-    let xen = Xen::new();
-    let be_dom = xen.create_domain();
-    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
-    let mut host: SimHost<LocalPage> = SimHost::new();
-    let kbd = host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
-    let dom = xen.create_domain();
-    let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
-    let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &key, b"1-1")
-        .unwrap();
+    let KeyboardBehindUsbback {
+        mut be,
+        mut host,
+        kbd,
+        dom,
+        ..
+    } = keyboard_behind_usbback();
     let mut fes = vec![frontend(&dom).with_ring_page_order(2)];
     round(&mut be, &mut host, &mut fes);
     let fe = &mut fes[0];
