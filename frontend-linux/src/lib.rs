@@ -53,7 +53,7 @@ pub(crate) use lifecycle::{probe, publish_rings, Probe};
 pub use urb::{errno, translate_status, Completion, Urb, UrbHandle};
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -170,6 +170,12 @@ pub struct Frontend<G: GrantTable + EventChannels, T: XsTransport> {
     stats: Stats,
     /// Data pages to reuse, so a long run does not allocate a page per URB.
     page_pool: Vec<(Gfn, G::Page)>,
+    /// We promise `feature-persistent` where the backend offers it.
+    persistent_wanted: bool,
+    /// This connection made the promise: data pages keep their grants (writable) from URB
+    /// to URB, in `kept_grants`, until the connection ends.
+    persistent: bool,
+    kept_grants: BTreeMap<Gfn, GrantRef>,
     /// Grants the backend still held when we ended them; retried on every poll.
     deferred_grants: Vec<GrantRef>,
     next_handle: u64,
@@ -226,6 +232,9 @@ where
             error: None,
             stats: Stats::default(),
             page_pool: Vec::new(),
+            persistent_wanted: false,
+            persistent: false,
+            kept_grants: BTreeMap::new(),
             deferred_grants: Vec::new(),
             next_handle: 0,
         })
@@ -237,6 +246,20 @@ where
     pub fn with_ring_page_order(mut self, order: u32) -> Self {
         self.ring_page_order = order.min(pvusb::MAX_RING_PAGE_ORDER);
         self
+    }
+
+    /// Promises `feature-persistent` where the backend offers it (`docs/pvusb-features.md`):
+    /// each data page keeps one grant, writable, for as long as the connection lasts, so
+    /// the backend may keep it mapped and copy without a grant hypercall. Takes effect at the
+    /// next connect.
+    pub fn with_persistent_grants(mut self) -> Self {
+        self.persistent_wanted = true;
+        self
+    }
+
+    /// Whether this connection promised persistent grants.
+    pub fn persistent_grants(&self) -> bool {
+        self.persistent
     }
 
     /// Does everything that is due: follows xenstore (connect, close), handles a notification
@@ -349,7 +372,10 @@ where
                 .chain([c.conn_ring_ref])
                 .collect::<Vec<_>>()
         });
+        // Kept grants are those of the URBs in flight too: each is listed once.
+        let persistent = self.persistent;
         let urbs = self.shadow.iter().flat_map(|s| match s {
+            Shadow::Submit(_) if persistent => Vec::new(),
             Shadow::Submit(f) => {
                 let nr = usize::from(f.req.nr_buffer_segs) + iso_desc_segs(&f.req);
                 f.req.seg[..nr].iter().map(|s| s.gref).collect()
@@ -358,6 +384,7 @@ where
         });
         rings
             .chain(urbs)
+            .chain(self.kept_grants.values().copied())
             .chain(self.deferred_grants.iter().copied())
             .collect()
     }

@@ -71,8 +71,16 @@ pub(crate) fn publish_rings<T: XsTransport>(
     urb_ring_refs: &[GrantRef],
     conn_ring_ref: GrantRef,
     port: EvtchnPort,
+    persistent: bool,
 ) -> Result<(), XsError> {
     xs.transaction(u32::MAX, |xs, tx| {
+        if persistent {
+            xs.write(
+                tx,
+                &format!("{dir}/{}", pvusb::FEATURE_PERSISTENT_KEY),
+                b"1",
+            )?;
+        }
         if let [one] = urb_ring_refs {
             xs.write(
                 tx,
@@ -218,7 +226,22 @@ where
         let dir = self.nodename.clone();
         let urb_ring_ref = c.urb_ring_refs[0];
         let urb_ring_pages = c.urb_ring_refs.len();
-        if let Err(e) = publish_rings(&mut self.xs, &dir, &c.urb_ring_refs, conn_ring_ref, port) {
+        let offers_persistent = xenbus::read_u32(
+            &mut self.xs,
+            TxId::NONE,
+            &self.otherend,
+            pvusb::FEATURE_PERSISTENT_KEY,
+            0..=1,
+        ) == Ok(1);
+        self.persistent = self.persistent_wanted && offers_persistent;
+        if let Err(e) = publish_rings(
+            &mut self.xs,
+            &dir,
+            &c.urb_ring_refs,
+            conn_ring_ref,
+            port,
+            self.persistent,
+        ) {
             warn!("event=xenhcd_connect_failed nodename={dir} error={e}");
             self.conn = Some(c);
             self.destroy_rings();
@@ -292,6 +315,11 @@ where
                 self.end_grant(gref);
             }
             self.end_grant(c.conn_ring_ref);
+            // The kept grants end with the connection (later, if the backend still maps one).
+            for gref in core::mem::take(&mut self.kept_grants).into_values() {
+                self.end_grant(gref);
+            }
+            self.persistent = false;
         }
     }
 

@@ -67,6 +67,11 @@ where
     /// `xenhcd_gnttab_done`: ends every grant of the request; one the backend still holds is
     /// the protocol error. Pages come back to the pool only when all their grants ended.
     pub(crate) fn gnttab_done(&mut self, id: u16, f: &InFlight<G::Page>) -> bool {
+        if self.persistent {
+            // Kept grants: the backend may hold them mapped, as the promise allows.
+            self.page_pool.extend(f.pages.iter().cloned());
+            return true;
+        }
         let nr = usize::from(f.req.nr_buffer_segs) + iso_desc_segs(&f.req);
         let mut released = true;
         for seg in &f.req.seg[..nr] {

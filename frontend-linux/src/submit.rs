@@ -190,7 +190,7 @@ where
                 let done = len - left;
                 page.write(in_page, &urb.buffer[done..done + bytes]);
             }
-            match self.platform.grant_access(be, *gfn, out) {
+            match self.grant_page(be, *gfn, out) {
                 Ok(gref) => {
                     req.seg[i] = UsbifRequestSegment {
                         gref,
@@ -233,7 +233,7 @@ where
                     let chunk =
                         &descriptors[k * PAGE_SIZE..descriptors.len().min((k + 1) * PAGE_SIZE)];
                     page.write(0, chunk);
-                    match self.platform.grant_access(be, *gfn, false) {
+                    match self.grant_page(be, *gfn, false) {
                         Ok(gref) => {
                             req.seg[buffer_pages + k] = UsbifRequestSegment {
                                 gref,
@@ -251,8 +251,11 @@ where
             TransferType::Bulk => {}
         }
         if let Some(e) = fail {
-            for seg in &req.seg[..granted] {
-                let _ = self.platform.end_access(seg.gref);
+            // Kept grants stay kept; the others end.
+            if !self.persistent {
+                for seg in &req.seg[..granted] {
+                    let _ = self.platform.end_access(seg.gref);
+                }
             }
             self.page_pool.extend(pages);
             return Err(e.into());
@@ -272,6 +275,21 @@ where
             unlinked: false,
             discard_in_data: urb.discard_in_data,
         })
+    }
+
+    /// A grant of data page `gfn` to the backend: its kept grant, made (writable) the first
+    /// time, when this connection promised persistent grants; else a fresh one, read-only
+    /// when the backend only reads the page, as xen-hcd grants.
+    fn grant_page(&mut self, be: DomId, gfn: Gfn, readonly: bool) -> Result<GrantRef, Errno> {
+        if !self.persistent {
+            return self.platform.grant_access(be, gfn, readonly);
+        }
+        if let Some(gref) = self.kept_grants.get(&gfn) {
+            return Ok(*gref);
+        }
+        let gref = self.platform.grant_access(be, gfn, false)?;
+        self.kept_grants.insert(gfn, gref);
+        Ok(gref)
     }
 
     /// `xenhcd_kick_pending_urbs`: queued unlinks, then queued submits, while slots are free.

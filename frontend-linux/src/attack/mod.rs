@@ -469,7 +469,14 @@ where
             }
         };
         let dir = self.nodename.clone();
-        if let Err(e) = publish_rings(&mut self.xs, &dir, &[urb_ring_ref], conn_ring_ref, port) {
+        if let Err(e) = publish_rings(
+            &mut self.xs,
+            &dir,
+            &[urb_ring_ref],
+            conn_ring_ref,
+            port,
+            false,
+        ) {
             let _ = self.platform.close(port);
             self.end_grant(urb_ring_ref);
             self.end_grant(conn_ring_ref);

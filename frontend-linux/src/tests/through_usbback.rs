@@ -270,3 +270,90 @@ fn a_frontend_asking_for_four_ring_pages_keeps_64_urbs_in_flight_through_usbback
         "the four URB ring pages and the conn ring"
     );
 }
+
+#[test]
+fn a_frontend_keeping_its_grants_is_served_without_grant_copies_once_warm() {
+    let xen = Xen::new();
+    let be_dom = xen.create_domain();
+    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
+    let mut host: SimHost<LocalPage> = SimHost::new();
+    let stick = host.plug(Box::new(MassStorage::new(256)), "1-1", Speed::High);
+    let dom = xen.create_domain();
+    let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+    let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
+    xen.dom0()
+        .xenstore()
+        .write(TxId::NONE, &key, b"1-1")
+        .unwrap();
+    let mut fes = vec![frontend(&dom).with_persistent_grants()];
+    round(&mut be, &mut host, &mut fes);
+    assert!(fes[0].persistent_grants(), "usbdom offers them");
+    for setup in [[0, 5, 5, 0, 0, 0, 0, 0], [0, 9, 1, 0, 0, 0, 0, 0]] {
+        let address = if setup[1] == 5 { 0 } else { 5 };
+        fes[0]
+            .submit(Urb::control(1, address, setup, Vec::new()))
+            .unwrap();
+    }
+    round(&mut be, &mut host, &mut fes);
+    drain(&mut fes[0]);
+
+    // Write 8 blocks and read them back, five times over, with fresh bytes each time.
+    let mut copies = Vec::new();
+    for n in 0..5u32 {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 13 + n * 7) as u8).collect();
+        let before = be_dom.copy_calls();
+        let fe = &mut fes[0];
+        fe.submit(Urb::new(
+            pipe(Direction::Out, 2),
+            read_write_10_cbw(1, true, 16, 8, BLOCK_SIZE as u32).to_vec(),
+        ))
+        .unwrap();
+        fe.submit(Urb::new(pipe(Direction::Out, 2), data.clone()))
+            .unwrap();
+        fe.submit(Urb::new(pipe(Direction::In, 1), vec![0; 13]))
+            .unwrap();
+        fe.submit(Urb::new(
+            pipe(Direction::Out, 2),
+            read_write_10_cbw(2, false, 16, 8, BLOCK_SIZE as u32).to_vec(),
+        ))
+        .unwrap();
+        fe.submit(Urb::new(pipe(Direction::In, 1), vec![0; 4096]))
+            .unwrap();
+        fe.submit(Urb::new(pipe(Direction::In, 1), vec![0; 13]))
+            .unwrap();
+        round(&mut be, &mut host, &mut fes);
+        let done = drain(&mut fes[0]);
+        assert_eq!(done.len(), 6, "round {n}");
+        assert!(done.iter().all(|c| c.status == 0), "round {n}: {done:?}");
+        assert_eq!(done[4].data, data, "round {n}: read back what was written");
+        copies.push(be_dom.copy_calls() - before);
+    }
+    assert!(copies[0] > 0, "the first round copies by grant: {copies:?}");
+    assert_eq!(copies[2..], [0, 0, 0], "then the CPU copies: {copies:?}");
+    assert_eq!(fes[0].error(), None);
+    let disk = host.model::<MassStorage>(stick).unwrap().disk();
+    assert_eq!(
+        disk[16 * 512],
+        4 * 7,
+        "the last round's first byte, on the disk"
+    );
+
+    // The controller goes: usbdom unmaps the kept grants, and they all end.
+    xen.dom0()
+        .xenstore()
+        .write(TxId::NONE, &format!("{}/online", nodes.backend_dir()), b"0")
+        .unwrap();
+    xenbus::switch_state(
+        &mut xen.dom0().xenstore(),
+        &nodes.backend_dir(),
+        XenbusState::Closing,
+    )
+    .unwrap();
+    fes[0].poll().unwrap();
+    assert_eq!(fes[0].state(), XenbusState::Closed);
+    for _ in 0..4 {
+        round(&mut be, &mut host, &mut fes);
+    }
+    assert_eq!(be_dom.mappings(), 0);
+    assert!(fes[0].grants().is_empty(), "{:?}", fes[0].grants());
+}
