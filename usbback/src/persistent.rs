@@ -80,13 +80,9 @@ impl<P> PersistentGrants<P> {
     }
 }
 
-/// Copies `len` bytes at `offset` of `from` to the same place in `to`, through the stack (a
-/// page at most).
+/// Copies `len` bytes at `offset` of `from` to the same place in `to`.
 pub fn copy_page_bytes<P: SharedPage>(from: &P, to: &P, offset: usize, len: usize) {
-    let mut bytes = [0u8; xen::abi::PAGE_SIZE];
-    let bytes = &mut bytes[..len];
-    from.read(offset, bytes);
-    to.write(offset, bytes);
+    to.copy_bytes_from(offset, from, offset, len);
 }
 
 #[cfg(test)]

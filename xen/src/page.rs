@@ -27,6 +27,19 @@ pub trait SharedPage {
     fn read(&self, offset: usize, buf: &mut [u8]);
     /// Copies `data` into the page starting at `offset`.
     fn write(&self, offset: usize, data: &[u8]);
+    /// Copies `len` bytes at `src_offset` of `src` to `offset` of this page: through a small
+    /// buffer unless the page type has a faster way (a page of words copies word by word).
+    fn copy_bytes_from(&self, offset: usize, src: &Self, src_offset: usize, len: usize)
+    where
+        Self: Sized,
+    {
+        let mut buf = [0u8; 64];
+        for at in (0..len).step_by(buf.len()) {
+            let n = (len - at).min(buf.len());
+            src.read(src_offset + at, &mut buf[..n]);
+            self.write(offset + at, &buf[..n]);
+        }
+    }
 }
 
 impl<P: SharedPage + ?Sized> SharedPage for &P {
@@ -307,6 +320,10 @@ impl SharedPage for LocalPage {
             self.set_byte(tail_at + i, *b);
         }
     }
+
+    fn copy_bytes_from(&self, offset: usize, src: &Self, src_offset: usize, len: usize) {
+        self.copy_from(offset, src, src_offset, len)
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +387,39 @@ mod tests {
                 let mut part = vec![0u8; len];
                 q.read(offset, &mut part);
                 assert_eq!(part, data);
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_between_pages_moves_exactly_its_bytes_whatever_the_alignment() {
+        let src = LocalPage::new();
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 1) as u8).collect();
+        src.write(1000, &data);
+        for (offset, src_offset, len) in [
+            (1000, 1000, 300),
+            (1001, 1000, 299),
+            (3, 1002, 1),
+            (0, 1000, 0),
+        ] {
+            // LocalPage's own word copy, and the trait's default (a reference to a page
+            // takes the default).
+            for default in [false, true] {
+                let dst = LocalPage::new();
+                if default {
+                    SharedPage::copy_bytes_from(&&dst, offset, &&src, src_offset, len);
+                } else {
+                    dst.copy_bytes_from(offset, &src, src_offset, len);
+                }
+                let mut got = alloc::vec![0u8; PAGE_SIZE];
+                dst.read(0, &mut got);
+                let mut want = alloc::vec![0u8; PAGE_SIZE];
+                let from = src_offset - 1000;
+                want[offset..offset + len].copy_from_slice(&data[from..from + len]);
+                assert_eq!(
+                    got, want,
+                    "offset {offset} from {src_offset} len {len} default {default}"
+                );
             }
         }
     }
