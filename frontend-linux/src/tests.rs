@@ -639,20 +639,23 @@ fn urbs_over_16_segments_or_64_kib_are_refused() {
     assert!(f.fe.submit(urb).is_ok(), "16 pages");
 }
 
-#[test]
-fn probe_needs_valid_backend_keys() {
+/// A backend and a frontend domain whose 8-port controller says `usb-ver` = `usb_ver`.
+fn controller_of_version(usb_ver: &[u8]) -> (Xen, Domain, Domain, ControllerNodes) {
     let xen = Xen::new();
     let be = xen.create_domain();
     let fe = xen.create_domain();
     let nodes = toolstack_add(&xen, be.domid(), fe.domid(), 8);
+    let key = format!("{}/usb-ver", nodes.backend_dir());
     xen.dom0()
         .xenstore()
-        .write(
-            TxId::NONE,
-            &format!("{}/usb-ver", nodes.backend_dir()),
-            b"4",
-        )
+        .write(TxId::NONE, &key, usb_ver)
         .unwrap();
+    (xen, be, fe, nodes)
+}
+
+#[test]
+fn probe_needs_valid_backend_keys() {
+    let (_xen, _be, fe, _nodes) = controller_of_version(b"4");
     assert!(matches!(
         Frontend::new(fe.clone(), fe.xenstore(), fe.domid(), 0),
         Err(Error::Xenbus(XenbusError::BadValue { .. }))
@@ -661,18 +664,7 @@ fn probe_needs_valid_backend_keys() {
 
 #[test]
 fn on_a_usb3_controller_a_superspeed_stick_comes_as_superspeed_through_usbback() {
-    let xen = Xen::new();
-    let be = xen.create_domain();
-    let fe_dom = xen.create_domain();
-    let nodes = toolstack_add(&xen, be.domid(), fe_dom.domid(), 8);
-    xen.dom0()
-        .xenstore()
-        .write(
-            TxId::NONE,
-            &format!("{}/usb-ver", nodes.backend_dir()),
-            b"3",
-        )
-        .unwrap();
+    let (xen, be, fe_dom, nodes) = controller_of_version(b"3");
     let fe = Frontend::new(fe_dom.clone(), fe_dom.xenstore(), fe_dom.domid(), 0).unwrap();
     assert_eq!(fe.usb_ver(), 3);
     // Through usbback: a SuperSpeed stick on the USB 3 controller comes as SuperSpeed.
