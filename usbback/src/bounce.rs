@@ -335,18 +335,16 @@ impl Buffer {
         len: u16,
         toward: Toward,
     ) -> Option<CopyOp> {
-        let guest = kept.and_then(|k| k.page(self.segments[i].gref));
-        if let (Some(guest), Some((frame, _))) = (guest, pool.page(self.frames[i])) {
-            if pool.gfn(self.frames[i]).is_some() {
-                let (from, to) = match toward {
-                    Toward::Frame => (guest, frame),
-                    Toward::Guest => (frame, guest),
-                };
-                copy_page_bytes(from, to, usize::from(offset), usize::from(len));
-                return None;
-            }
-        }
         let gfn = pool.gfn(self.frames[i])?;
+        let kept = kept.and_then(|k| k.page(self.segments[i].gref));
+        if let (Some(guest), Some((frame, _))) = (kept, pool.page(self.frames[i])) {
+            let (from, to) = match toward {
+                Toward::Frame => (guest, frame),
+                Toward::Guest => (frame, guest),
+            };
+            copy_page_bytes(from, to, usize::from(offset), usize::from(len));
+            return None;
+        }
         let frame = CopyPtr::Local { gfn, offset };
         let grant = CopyPtr::Grant {
             dom: self.dom,

@@ -38,6 +38,7 @@
 
 extern crate alloc;
 
+mod answers;
 pub mod bounce;
 mod control;
 mod frontends;
@@ -61,11 +62,11 @@ use usb::{Direction, IsoPacket, Speed};
 use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort};
 
+use answers::Answer;
 use bounce::{Buffer, FramePool, WrittenGrants};
 use inflight::InFlightTable;
 use ports::queue_change;
 use tokens::Tokens;
-use urb::Answer;
 use xen::hypervisor::{
     CopyOp, EventChannels, GrantCopier, GrantMapper, GrantMapping, LocalFrames, MapRequest,
 };
@@ -260,10 +261,8 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     unmaps: Vec<GrantMapping<H::Page>>,
     /// A pass's map results, kept for the allocation.
     map_results: Vec<Result<GrantMapping<H::Page>, GntStatus>>,
-    /// A pass's grants to keep mapped ([`persistent`]), and one batch of them, kept for their
-    /// allocations.
-    keep_requests: Vec<(DeviceId, MapRequest)>,
-    map_requests: Vec<MapRequest>,
+    /// One batch of grants to map and keep ([`persistent`]), kept for its allocation.
+    keep_batch: Vec<MapRequest>,
     /// Frontends that had requests left when their budget ran out, in turn.
     busy: VecDeque<DeviceId>,
     /// What all frontends moved since [`Backend::take_moved`].
@@ -351,8 +350,7 @@ where
             data_path: DataPath::default(),
             unmaps: Vec::new(),
             map_results: Vec::new(),
-            keep_requests: Vec::new(),
-            map_requests: Vec::new(),
+            keep_batch: Vec::new(),
             busy: VecDeque::new(),
             moved: Stats::default(),
             touched: Vec::new(),

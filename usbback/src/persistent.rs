@@ -12,8 +12,11 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use xen::abi::GrantRef;
-use xen::hypervisor::GrantMapping;
+use xen::hypervisor::{EventChannels, GrantMapper, GrantMapping, MapRequest, MAX_GRANT_BATCH};
 use xen::page::SharedPage;
+use xen::xenstore::XsTransport;
+
+use crate::{Backend, DeviceId};
 
 /// Grants of one frontend kept mapped, at most (4 MiB of its pages); past them its
 /// transfers are copied by grant as a stock frontend's are.
@@ -49,10 +52,11 @@ impl<P> PersistentGrants<P> {
             && self.mapped.len() + self.refused.len() < MAX_PERSISTENT_GRANTS
     }
 
-    /// Keeps `m`; one already kept for its reference stays, and `m` comes back to unmap.
+    /// Keeps `m`; one already kept for its reference stays, and past the share nothing more
+    /// is kept: `m` then comes back to unmap.
     pub fn keep(&mut self, m: GrantMapping<P>) -> Option<GrantMapping<P>> {
         let gref = m.request.gref;
-        if self.mapped.contains_key(&gref) {
+        if !self.wants(gref) {
             return Some(m);
         }
         self.mapped.insert(gref, m);
@@ -77,6 +81,52 @@ impl<P> PersistentGrants<P> {
     /// Every kept mapping, to unmap.
     pub fn into_mappings(self) -> Vec<GrantMapping<P>> {
         self.mapped.into_values().collect()
+    }
+}
+
+impl<H, T> Backend<H, T>
+where
+    H: GrantMapper + EventChannels,
+    T: XsTransport,
+{
+    /// Maps, to keep, the grants a pass's copied requests named (`wanted`, emptied) for
+    /// frontends that promised `feature-persistent`: from their next request on, their bytes
+    /// are copied by the CPU. A grant that will not map writable is copied by grant from then
+    /// on.
+    pub(crate) fn keep_grants(&mut self, wanted: &mut Vec<(DeviceId, GrantRef)>) {
+        if wanted.is_empty() {
+            return;
+        }
+        // A page named twice in a pass is mapped once.
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut batch = core::mem::take(&mut self.keep_batch);
+        for chunk in wanted.chunks(MAX_GRANT_BATCH) {
+            batch.clear();
+            batch.extend(chunk.iter().map(|&(id, gref)| MapRequest {
+                dom: id.frontend,
+                gref,
+                readonly: false,
+            }));
+            let Ok(results) = self.hv.map(&batch) else {
+                continue;
+            };
+            for (&(id, gref), result) in chunk.iter().zip(results) {
+                let kept = self
+                    .devices
+                    .get_mut(&id)
+                    .and_then(|d| d.conn.as_mut())
+                    .and_then(|c| c.persistent.as_mut());
+                match (kept, result) {
+                    (Some(kept), Ok(m)) => self.unmaps.extend(kept.keep(m)),
+                    (None, Ok(m)) => self.unmaps.push(m),
+                    (Some(kept), Err(_)) => kept.refuse(gref),
+                    (None, Err(_)) => {}
+                }
+            }
+        }
+        wanted.clear();
+        self.keep_batch = batch;
     }
 }
 

@@ -13,6 +13,7 @@ use usb::request::GET_DESCRIPTOR;
 use usb::{descriptor, Direction, IsoPacket, TransferType};
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
+use xen::abi::GrantRef;
 use xen::hypervisor::{
     CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest, MAX_GRANT_BATCH,
 };
@@ -20,6 +21,7 @@ use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 use xen::xenstore::XsTransport;
 
+use crate::answers::{copy_failure, run_copies, Answer};
 use crate::bounce::{self, Buffer, Frames};
 use crate::host::{self, Completion, UsbHost};
 use crate::{
@@ -147,97 +149,6 @@ where
                     c.inflight.contains(rid)
                         || c.inflight.values().any(|f| f.unlinked_by == Some(rid))
                 })
-    }
-
-    /// Queues the answer to a request that moved no data.
-    pub(crate) fn respond(&mut self, id: DeviceId, rsp: UsbifUrbResponse) {
-        self.answers.push(Answer {
-            id,
-            rsp,
-            frames: Frames::new(),
-            copies: 0..0,
-            inbound: false,
-        });
-    }
-
-    /// Runs the copies of every queued answer in one batch, then pushes the answers in the
-    /// order they were queued (an unlink's right after the request it cancelled) and gives
-    /// their frames back. An answer whose copy failed (the frontend revoked its grant) says
-    /// so instead.
-    pub(crate) fn finish_answers(&mut self) {
-        if self.answers.is_empty() && self.unmaps.is_empty() {
-            return;
-        }
-        let mut statuses = core::mem::take(&mut self.statuses);
-        run_copies(&mut self.hv, &self.answer_copies, &mut statuses);
-        // Drained from a local and put back, so its allocation serves the next flush too.
-        let mut answers = core::mem::take(&mut self.answers);
-        // Every grant mapped for these transfers is unmapped before any answer is out: a
-        // frontend may reuse its pages the moment it sees the answer.
-        for a in &mut answers {
-            self.pool
-                .release(core::mem::take(&mut a.frames), &mut self.unmaps);
-        }
-        self.unmap_released();
-        for a in answers.drain(..) {
-            let mut rsp = a.rsp;
-            if let Some(status) = copy_failure(&statuses, a.copies.clone()) {
-                self.warn_copy_failed(a.id, rsp.id, "to_frontend", status);
-                rsp.status = USBIF_STATUS_IOERROR;
-                rsp.actual_length = 0;
-            }
-            let Some(c) = self.devices.get_mut(&a.id).and_then(|d| d.conn.as_mut()) else {
-                continue;
-            };
-            c.written
-                .record(&self.answer_copies, &statuses, a.copies.clone());
-            let bytes = u64::try_from(rsp.actual_length).unwrap_or(0);
-            for s in [&mut c.stats, &mut self.moved] {
-                if rsp.status == USBIF_STATUS_OK {
-                    s.completed += 1;
-                    s.bytes += bytes;
-                    s.bytes_in += if a.inbound { bytes } else { 0 };
-                } else {
-                    s.errors += 1;
-                }
-            }
-            // Cannot fail: every request is consumed before it is answered, once.
-            if c.urb.push_response(&rsp).is_err() {
-                warn!(
-                    "event=urb_response_dropped domid={} devid={} id={}",
-                    a.id.frontend, a.id.devid, rsp.id
-                );
-            }
-        }
-        self.answer_copies.clear();
-        self.answers = answers;
-        self.statuses = statuses;
-    }
-
-    /// Unmaps, in one batch, the grants of transfers that are over.
-    fn unmap_released(&mut self) {
-        if self.unmaps.is_empty() {
-            return;
-        }
-        let count = self.unmaps.len();
-        if let Err(s) = self.hv.unmap(self.unmaps.drain(..)) {
-            warn!(
-                "event=grant_unmap_failed status={} what=transfers count={count}",
-                s.name()
-            );
-        }
-    }
-
-    /// `event=urb_grant_copy_failed`, within the frontend's warning budget.
-    fn warn_copy_failed(&mut self, id: DeviceId, rid: u16, direction: &str, status: GntStatus) {
-        if self.may_warn(id) {
-            warn!(
-                "event=urb_grant_copy_failed domid={} devid={} id={rid} direction={direction} status={}",
-                id.frontend,
-                id.devid,
-                status.name()
-            );
-        }
     }
 
     /// One request copied out of the ring. False when it made the backend disconnect the
@@ -398,12 +309,9 @@ where
             segments,
             data: s.buffer.len(),
         };
+        let conn = self.devices.get(&id).and_then(|d| d.conn.as_ref());
         // The frontend's grants kept mapped, if it promised `feature-persistent`.
-        let kept = self
-            .devices
-            .get(&id)
-            .and_then(|d| d.conn.as_ref())
-            .and_then(|c| c.persistent.as_ref());
+        let kept = conn.and_then(|c| c.persistent.as_ref());
         if let Some(config) = cached {
             let n = buffer.data_len().min(config.len());
             buffer.write_data(&self.pool, 0, &config[..n]);
@@ -433,13 +341,18 @@ where
             if direction == Direction::Out {
                 buffer.copy_in_data(&self.pool, kept, &mut stage.copies);
             } else {
-                let Some(c) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) else {
+                let Some(c) = conn else {
                     self.pool.release(buffer.frames, &mut self.unmaps);
                     return false;
                 };
                 buffer.probe_data(&self.pool, kept, &mut stage.copies, &c.written);
             }
             buffer.copy_in_descriptors(&self.pool, kept, &mut stage.copies);
+            // Its grants not kept yet are mapped to keep once the pass's copies are done.
+            if let Some(k) = kept {
+                let fresh = buffer.segments.iter().filter(|g| k.wants(g.gref));
+                stage.keep.extend(fresh.map(|g| (id, g.gref)));
+            }
         }
         let copies = start..stage.copies.len();
         let maps = maps_start..stage.maps.len();
@@ -480,7 +393,7 @@ where
         }
         let mut statuses = core::mem::take(&mut self.statuses);
         run_copies(&mut self.hv, &stage.copies, &mut statuses);
-        self.keep_grants(stage);
+        self.keep_grants(&mut stage.keep);
         // The pass's grants to map, in batches of what one hypercall takes.
         let mut mapped = core::mem::take(&mut self.map_results);
         for batch in stage.maps.chunks(MAX_GRANT_BATCH) {
@@ -610,59 +523,6 @@ where
         self.statuses = statuses;
     }
 
-    /// Maps, to keep, the grants of the pass's copied requests whose frontends promised
-    /// `feature-persistent` and that are not kept yet: from their next request on, their
-    /// bytes are copied by the CPU. A grant that will not map writable is copied by grant
-    /// from then on.
-    fn keep_grants(&mut self, stage: &Stage) {
-        let mut wanted = core::mem::take(&mut self.keep_requests);
-        for r in stage.requests.iter().filter(|r| r.maps.is_empty()) {
-            let Some(kept) = self
-                .devices
-                .get(&r.id)
-                .and_then(|d| d.conn.as_ref())
-                .and_then(|c| c.persistent.as_ref())
-            else {
-                continue;
-            };
-            for g in &r.buffer.segments {
-                let request = MapRequest {
-                    dom: r.id.frontend,
-                    gref: g.gref,
-                    readonly: false,
-                };
-                if kept.wants(g.gref) && !wanted.iter().any(|(_, w)| *w == request) {
-                    wanted.push((r.id, request));
-                }
-            }
-        }
-        let mut requests = core::mem::take(&mut self.map_requests);
-        for batch in wanted.chunks(MAX_GRANT_BATCH) {
-            requests.clear();
-            requests.extend(batch.iter().map(|(_, m)| *m));
-            let results = match self.hv.map(&requests) {
-                Ok(results) => results,
-                Err(_) => continue,
-            };
-            for ((id, request), result) in batch.iter().zip(results) {
-                let kept = self
-                    .devices
-                    .get_mut(id)
-                    .and_then(|d| d.conn.as_mut())
-                    .and_then(|c| c.persistent.as_mut());
-                match (kept, result) {
-                    (Some(kept), Ok(m)) => self.unmaps.extend(kept.keep(m)),
-                    (None, Ok(m)) => self.unmaps.push(m),
-                    (Some(kept), Err(_)) => kept.refuse(request.gref),
-                    (None, Err(_)) => {}
-                }
-            }
-        }
-        wanted.clear();
-        self.keep_requests = wanted;
-        self.map_requests = requests;
-    }
-
     /// Answers the request a host transfer finished: a SuperSpeed descriptor rewritten,
     /// isochronous packet results written to the descriptors, and what the device wrote
     /// queued to be copied to the frontend with the answer (and the unlink's, if one waits).
@@ -790,6 +650,9 @@ pub(crate) struct Stage {
     copies: Vec<CopyOp>,
     /// Grants to map ([`DataPath::Map`]), in request order.
     maps: Vec<MapRequest>,
+    /// Grants of frontends that promised `feature-persistent`, to map and keep
+    /// ([`crate::persistent`]).
+    keep: Vec<(DeviceId, GrantRef)>,
     requests: Vec<Staged>,
 }
 
@@ -819,36 +682,4 @@ struct TransferShape {
     direction: Direction,
     transfer_type: TransferType,
     setup: Option<[u8; 8]>,
-}
-
-/// An answer waiting for its copies out and its publication.
-pub(crate) struct Answer {
-    id: DeviceId,
-    rsp: UsbifUrbResponse,
-    /// Frames that go back to the pool once the copies are done.
-    frames: Frames,
-    /// Its copies in [`Backend::answer_copies`].
-    copies: Range<usize>,
-    /// It carries IN data (device to guest).
-    inbound: bool,
-}
-
-/// Runs a batch of grant copies in one hypercall (none for an empty batch), their statuses
-/// in `statuses`.
-fn run_copies<C: GrantCopier + ?Sized>(
-    hv: &mut C,
-    copies: &[CopyOp],
-    statuses: &mut Vec<GntStatus>,
-) {
-    statuses.clear();
-    if !copies.is_empty() {
-        hv.copy(copies, statuses);
-    }
-}
-
-/// The first failed status among `statuses[range]` (a missing one counts as failed).
-fn copy_failure(statuses: &[GntStatus], range: Range<usize>) -> Option<GntStatus> {
-    range
-        .map(|i| statuses.get(i).copied().unwrap_or(GntStatus::GeneralError))
-        .find(|s| *s != GntStatus::Okay)
 }
