@@ -173,43 +173,20 @@ where
         )
         .unwrap_or(0);
         let order = self.ring_page_order.min(offered);
-        let mut urb_pages = Vec::new();
-        let mut urb_ring_refs = Vec::new();
-        for _ in 0..1u32 << order {
-            let granted = self
-                .platform
-                .alloc_page()
-                .and_then(|(gfn, page)| Ok((page, self.platform.grant_access(be, gfn, false)?)));
-            match granted {
-                Ok((page, gref)) => {
-                    urb_pages.push(page);
-                    urb_ring_refs.push(gref);
-                }
-                Err(e) => {
-                    urb_ring_refs.into_iter().for_each(|g| self.end_grant(g));
-                    return Err(e.into());
-                }
-            }
-        }
-        let conn_ring = self
-            .platform
-            .alloc_page()
-            .and_then(|(gfn, page)| Ok((page, self.platform.grant_access(be, gfn, false)?)));
-        let (conn_page, conn_ring_ref) = match conn_ring {
-            Ok(r) => r,
-            Err(e) => {
-                urb_ring_refs.into_iter().for_each(|g| self.end_grant(g));
-                return Err(e.into());
-            }
-        };
+        // The URB ring's pages, then the conn ring's.
+        let mut rings = self.grant_ring_pages((1 << order) + 1)?;
+        let (conn_page, conn_ring_ref) = rings.pop().expect("at least the conn ring");
         let port = match self.platform.alloc_unbound(be) {
             Ok(p) => p,
             Err(e) => {
-                urb_ring_refs.into_iter().for_each(|g| self.end_grant(g));
+                for (_, gref) in rings {
+                    self.end_grant(gref);
+                }
                 self.end_grant(conn_ring_ref);
                 return Err(e.into());
             }
         };
+        let (urb_pages, urb_ring_refs) = rings.into_iter().unzip();
         let mut c = Connection {
             urb: FrontRing::init(PageSpan::new(urb_pages)),
             conn: FrontRing::init(conn_page),
@@ -268,6 +245,29 @@ where
             "event=xenhcd_connected nodename={dir} urb_ring_ref={urb_ring_ref} urb_ring_pages={urb_ring_pages} conn_ring_ref={conn_ring_ref} evtchn={port}"
         );
         Ok(())
+    }
+
+    /// `n` fresh pages granted writable to the backend, for rings; on a failure none stays
+    /// granted.
+    fn grant_ring_pages(&mut self, n: u32) -> Result<Vec<(G::Page, GrantRef)>, Error> {
+        let be = self.backend_id;
+        let mut pages = Vec::new();
+        for _ in 0..n {
+            let granted = self
+                .platform
+                .alloc_page()
+                .and_then(|(gfn, page)| Ok((page, self.platform.grant_access(be, gfn, false)?)));
+            match granted {
+                Ok(p) => pages.push(p),
+                Err(e) => {
+                    for (_, gref) in pages {
+                        self.end_grant(gref);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(pages)
     }
 
     /// `xenhcd_stop` and `xenhcd_destroy_rings`: every URB back with `-ESHUTDOWN` (or
