@@ -125,12 +125,8 @@ impl Default for Cmdline {
 /// A `demo_in_flight=` a URB ring can hold: a power of two from the stock ring's 16 to the
 /// largest multi-page ring's 256 entries.
 fn valid_in_flight(n: usize) -> bool {
-    let stock = xen::pvusb::URB_RING_SIZE as usize;
-    let most = xen::ring::ring_size_in(
-        xen::abi::PAGE_SIZE << xen::pvusb::MAX_RING_PAGE_ORDER,
-        xen::pvusb::URB_RING_ENTRY_SIZE,
-    ) as usize;
-    n.is_power_of_two() && (stock..=most).contains(&n)
+    let (stock, most) = (xen::pvusb::URB_RING_SIZE, xen::pvusb::MAX_URB_RING_SIZE);
+    n.is_power_of_two() && (stock as usize..=most as usize).contains(&n)
 }
 
 impl Cmdline {

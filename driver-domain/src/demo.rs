@@ -40,11 +40,11 @@ use xhci_driver::mass_storage::{capacity, csw, is_bulk_only_scsi};
 pub const CHUNK: usize = 32 << 10;
 /// URBs in flight: Linux xen-hcd's limit (its ring has 16 slots); the demo's, and the
 /// bench's unless `demo_in_flight=` asks for more.
-pub const IN_FLIGHT: usize = 16;
+pub const IN_FLIGHT: usize = xen::pvusb::URB_RING_SIZE as usize;
 /// Bytes one READ(10) or WRITE(10) moves: its data phase is [`IN_FLIGHT`] URBs at once.
 pub const COMMAND_BYTES: usize = CHUNK * IN_FLIGHT;
-/// Most URBs a VM keeps in flight: a 16-page URB ring's entries.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// Most URBs a VM keeps in flight: the largest URB ring's entries.
+pub const MAX_IN_FLIGHT: usize = xen::pvusb::MAX_URB_RING_SIZE as usize;
 /// Ports of each VM's virtual controller (`usbctl hc-create <vm> 2 8`).
 pub const PORTS: u8 = 8;
 /// The port each VM's device is attached to.

@@ -16,7 +16,7 @@ use usb::{Direction, TransferType};
 
 use crate::abi::usbif::*;
 use crate::abi::{DomId, GrantRef, PAGE_SIZE};
-use crate::ring::ring_size;
+use crate::ring::{ring_size, ring_size_in};
 use crate::xenbus::XenbusState;
 use crate::xenstore::{Access, Perm, TxId, XenStore, XsError, XsTransport};
 
@@ -32,6 +32,9 @@ pub const CONN_RING_ENTRY_SIZE: usize = max(
 );
 /// Entries of the URB ring (16): also the most URBs a frontend can have in flight.
 pub const URB_RING_SIZE: u32 = ring_size(URB_RING_ENTRY_SIZE);
+/// Entries of the largest multi-page URB ring, [`MAX_RING_PAGE_ORDER`] pages (256).
+pub const MAX_URB_RING_SIZE: u32 =
+    ring_size_in(PAGE_SIZE << MAX_RING_PAGE_ORDER, URB_RING_ENTRY_SIZE);
 /// Entries of the conn ring (512).
 pub const CONN_RING_SIZE: u32 = ring_size(CONN_RING_ENTRY_SIZE);
 
@@ -534,6 +537,7 @@ mod tests {
     fn ring_sizes_match_the_protocol() {
         assert_eq!(URB_RING_ENTRY_SIZE, 148);
         assert_eq!(URB_RING_SIZE, 16);
+        assert_eq!(MAX_URB_RING_SIZE, 256);
         assert_eq!(CONN_RING_SIZE, 512);
     }
 
