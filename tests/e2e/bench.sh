@@ -1,9 +1,13 @@
 # Sourced by dom0-init.sh with usbdom.mode=bench: the same stick read and written with direct
-# I/O by a Linux guest in three ways, one after the other in this one boot:
-#   qusb    a PVH guest whose xen-hcd talks to QEMU's qusb PVUSB backend in dom0, which
-#           reaches the stick through dom0's own xhci_hcd (what users have today);
-#   usbdom  a PVH guest whose xen-hcd talks to usbdom, which has the controller;
-#   native  an HVM guest with the controller passed through, its own xhci_hcd driving it.
+# I/O by a Linux guest in five ways, one after the other in this one boot:
+#   qusb        a PVH guest whose xen-hcd talks to QEMU's qusb PVUSB backend in dom0, which
+#               reaches the stick through dom0's own xhci_hcd (what users have today);
+#   qusb_pvusb  the same with our frontend, pvusb-hcd: qusb offers none of its features, so
+#               this is the stock protocol (it shows the module works against any backend);
+#   usbdom      a PVH guest whose xen-hcd talks to usbdom, which has the controller;
+#   pvusb       a PVH guest whose pvusb-hcd talks to usbdom on a USB 3 controller: a
+#               16-page URB ring, persistent grants, the stick at SuperSpeed;
+#   native      an HVM guest with the controller passed through, its own xhci_hcd driving it.
 # Each guest prints `guest: bench op=… round=… bytes=… seconds=…` (tests/e2e/guest-init.sh);
 # they are reported as `E2E: bench path=… op=…` lines for `cargo xtask bench e2e`.
 mib=$(sed -n 's/.*usbdom\.mib=\([0-9]*\).*/\1/p' /proc/cmdline)
@@ -28,36 +32,56 @@ bench_guest() {
   mark "phase=bench_$1_done"
 }
 
-# A PVH guest running the benchmark: guest_cfg NAME [EXTRA CONFIG LINE]
+# A PVH guest running the benchmark: guest_cfg NAME HCD [EXTRA CONFIG LINE], HCD being
+# xen-hcd or pvusb-hcd.
 guest_cfg() {
-  sed -e "s|^name = .*|name = \"$1\"|" -e "s|^extra = .*|extra = \"console=hvc0 usbdom_bench=$mib\"|" \
+  sed -e "s|^name = .*|name = \"$1\"|" \
+      -e "s|^extra = .*|extra = \"console=hvc0 usbdom_bench=$mib usbdom_hcd=$2\"|" \
     /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$1.cfg"
-  [ -z "${2:-}" ] || echo "$2" >> "/tmp/$1.cfg"
+  [ -z "${3:-}" ] || echo "$3" >> "/tmp/$1.cfg"
 }
 
-# qusb: dom0 drives the controller; QEMU's PV backends run in dom0's device model.
+# qusb: dom0 drives the controller; QEMU's PV backends run in dom0's device model. The same
+# controller and stick for xen-hcd (guest-q), then for pvusb-hcd (guest-r).
 start_qusb
-guest_cfg guest-q "usbctrl = [ 'type=qusb,version=2,ports=4' ]"
-echo "usbdev = [ 'hostbus=$bus,hostaddr=$addr,controller=0,port=1' ]" >> /tmp/guest-q.cfg
-timeout 120 xl create /tmp/guest-q.cfg || fail "xl_create_guest_q"
-bench_guest qusb /var/log/xen/console/guest-guest-q.log
-xl destroy guest-q
+for g in q:qusb:xen-hcd r:qusb_pvusb:pvusb-hcd; do
+  name=guest-${g%%:*} rest=${g#*:}
+  path=${rest%%:*} hcd=${rest#*:}
+  guest_cfg "$name" "$hcd" "usbctrl = [ 'type=qusb,version=2,ports=4' ]"
+  echo "usbdev = [ 'hostbus=$bus,hostaddr=$addr,controller=0,port=1' ]" >> "/tmp/$name.cfg"
+  timeout 120 xl create "/tmp/$name.cfg" || fail "xl_create_$name"
+  bench_guest "$path" "/var/log/xen/console/guest-$name.log"
+  xl destroy "$name"
+done
 kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
 
 # usbdom: the controller goes to the driver domain (pci-assignable-add unbinds xhci_hcd).
 create_usbdom info
 
-guest_cfg guest-u
-timeout 120 xl create /tmp/guest-u.cfg || fail "xl_create_guest_u"
-wait_for /var/log/xen/console/guest-guest-u.log "guest: ready" 120 || fail "guest_u_not_ready"
-usbctl hc-create guest-u 2 8 || fail "hc_create_u"
-usbctl attach guest-u 0 1 2-1 || fail "attach_u"
-bench_guest usbdom /var/log/xen/console/guest-guest-u.log
-grep "event=stats" /var/log/xen/console/guest-usbdom.log | tail -n1 | sed 's|^|E2E: bench usbdom_stats |'
-# How busy usbdom's CPU was while the guest read and wrote.
-grep "event=cpu " /var/log/xen/console/guest-usbdom.log | sed 's|^.*event=cpu |E2E: bench usbdom_cpu |'
-xl destroy guest-u
-wait_for /var/log/xen/console/guest-usbdom.log "reason=frontend_gone" 30 || fail "usbdom_kept_guest_u"
+# usbdom_path PATH NAME HCD USB_VER: one guest through usbdom; usbdom's per-second CPU lines
+# of its op are reported for PATH.
+cpu_lines=0
+usbdom_path() {
+  guest_cfg "$2" "$3"
+  timeout 120 xl create "/tmp/$2.cfg" || fail "xl_create_$2"
+  wait_for "/var/log/xen/console/guest-$2.log" "guest: ready" 120 || fail "$2_not_ready"
+  usbctl hc-create "$2" "$4" 8 || fail "hc_create_$2"
+  usbctl attach "$2" 0 1 2-1 || fail "attach_$2"
+  bench_guest "$1" "/var/log/xen/console/guest-$2.log"
+  grep "event=frontend_connected domid=$(xl domid "$2") " /var/log/xen/console/guest-usbdom.log \
+    | sed "s|^.*event=frontend_connected |E2E: bench usbdom_frontend path=$1 |"
+  grep "event=stats" /var/log/xen/console/guest-usbdom.log | tail -n1 | sed "s|^|E2E: bench usbdom_stats path=$1 |"
+  # How busy usbdom's CPU was while the guest read and wrote.
+  grep "event=cpu " /var/log/xen/console/guest-usbdom.log | tail -n +$((cpu_lines + 1)) \
+    | sed "s|^.*event=cpu |E2E: bench usbdom_cpu path=$1 |"
+  cpu_lines=$(grep -c "event=cpu " /var/log/xen/console/guest-usbdom.log)
+  domid=$(xl domid "$2")
+  xl destroy "$2"
+  wait_for /var/log/xen/console/guest-usbdom.log "event=vusb_removed domid=$domid .*reason=frontend_gone" 30 \
+    || fail "usbdom_kept_$2"
+}
+usbdom_path usbdom guest-u xen-hcd 2
+usbdom_path pvusb guest-p pvusb-hcd 3
 xl destroy usbdom
 i=0
 while xl list | awk 'NR > 1 {print $1}' | grep -qE '^(usbdom|\(null\))$'; do

@@ -226,6 +226,9 @@ clog=/var/log/xen/console/guest-guest-c.log
 for g in guest-a guest-b guest-c; do
   sed -e "s|^name = .*|name = \"$g\"|" /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$g.cfg"
 done
+# guest-a runs our own frontend (frontend-linux/pvusb-hcd) on a USB 3 controller; guest-b
+# Linux's stock xen-hcd: both at once against one usbdom.
+sed -i -e 's|^extra = .*|extra = "console=hvc0 usbdom_hcd=pvusb-hcd"|' /tmp/guest-a.cfg
 # guest-c is hostile: instead of xen-hcd it runs usbattack, which speaks PVUSB from user
 # space and breaks it every way it can (frontend-linux/src/attack), once it has a controller.
 sed -i -e 's|^extra = .*|extra = "console=hvc0 usbdom_attack=all usbdom_attack_seconds=64"|' /tmp/guest-c.cfg
@@ -251,7 +254,7 @@ b_id=$(xl domid guest-b)
 c_id=$(xl domid guest-c)
 usbdom_id=$(xl domid usbdom)
 mark "phase=domains usbdom=$usbdom_id guest_a=$a_id guest_b=$b_id guest_c=$c_id"
-usbctl_step hc-create guest-a 2 8 || fail "hc_create_a"
+usbctl_step hc-create guest-a 3 8 || fail "hc_create_a"
 usbctl_step list guest-b > /tmp/usbctl-list-b.out 2>&1
 if ! grep -q "port 1: 0627:0001" /tmp/usbctl-list-b.out; then
   sed 's|^|usbctl-list-b: |' /tmp/usbctl-list-b.out
@@ -266,8 +269,8 @@ wait_for "$blog" "guest: hc usb[0-9]* ports=8" 60 || fail "guest_b_hc_missing"
 mark "phase=guest_hc_registered"
 usbctl list guest-a | sed 's|^|usbctl-list: |'
 usbctl list-assignable-devices | sed 's|^|ASSIGNABLE |'
-# The stick is SuperSpeed on the host (offered as high speed with its descriptors
-# rewritten); the keyboard is high speed.
+# The stick is SuperSpeed on the host, and to guest-a on its USB 3 controller; the keyboard
+# is high speed.
 usbctl_step attach guest-a 0 1 2-1 || fail "attach_stick"
 wait_for "$alog" "guest: usbdev .* vid=46f4 pid=0001" 60 || fail "guest_no_stick"
 mark "phase=guest_stick"

@@ -34,10 +34,12 @@ disk_sum() {
   s=$(dd if=/dev/sda bs=1M count=16 2>/dev/null | sha256sum) || return $?
   echo "${s%% *}"
 }
-# An attacking guest (`usbdom_attack=<phases>`) speaks PVUSB itself, from user space: its
-# kernel must not take the controller, so xen-hcd stays out.
+# The PVUSB frontend: Linux's xen-hcd, or ours when the command line says
+# usbdom_hcd=pvusb-hcd. An attacking guest (`usbdom_attack=<phases>`) speaks PVUSB itself,
+# from user space: its kernel must not take the controller, so neither is loaded.
 attack=$(sed -n 's/.*usbdom_attack=\([a-z_,]*\).*/\1/p' /proc/cmdline)
-hcd=xen-hcd
+hcd=$(sed -n 's/.*usbdom_hcd=\([a-z-]*\).*/\1/p' /proc/cmdline)
+hcd=${hcd:-xen-hcd}
 [ -n "$attack" ] && hcd=
 for m in usb-common usbcore $hcd; do
   set -- /lib/modules/$m.ko*
@@ -86,7 +88,11 @@ if [ -n "$bench" ]; then
   i=0
   while [ ! -b /dev/sda ] && [ $i -lt 300 ]; do sleep 1; i=$((i + 1)); done
   [ -b /dev/sda ] || echo "guest: bench error=no_disk"
-  echo "guest: bench disk model=\"$(cat /sys/block/sda/device/model 2>/dev/null)\" size_sectors=$(cat /sys/block/sda/size) clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+  usb_speed=
+  for d in /sys/bus/usb/devices/*; do
+    [ "$(cat "$d/idVendor" 2>/dev/null)" = 46f4 ] && usb_speed=$(cat "$d/speed")
+  done
+  echo "guest: bench disk model=\"$(cat /sys/block/sda/device/model 2>/dev/null)\" size_sectors=$(cat /sys/block/sda/size) usb_speed=${usb_speed:-none} clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
   # Debian's busybox dd prints no timing: the uptime clock (10 ms) brackets each run, and
   # a run that did not move every block is an error, not a figure.
   timed() {

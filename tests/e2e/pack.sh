@@ -15,12 +15,12 @@ cp "$here/bench.sh" "$here/soak.sh" "$stage/e2e/"
 cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
-# The guest's initramfs: busybox, the USB core modules, xen-hcd.ko, guest-init.sh and
+# The guest's initramfs: busybox, the USB core modules, xen-hcd.ko, pvusb-hcd.ko, guest-init.sh and
 # (when USBATTACK names it) usbattack.
 guest=$(mktemp -d)
 mkdir -p "$guest/bin" "$guest/lib/modules" "$guest/proc" "$guest/sys" "$guest/dev"
 cp "$cache/dom0/bin/busybox" "$guest/bin/busybox"
-cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.ko" "$guest/lib/modules/"
+cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.ko" "$cache/pvusb-hcd.ko" "$guest/lib/modules/"
 cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$guest/lib/modules/"
 install -m 0755 "$here/guest-init.sh" "$guest/init"
 # The hostile frontend a guest runs when its command line says usbdom_attack=<phases>.

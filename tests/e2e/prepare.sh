@@ -5,6 +5,8 @@
 #   vmlinuz        Debian's kernel, for dom0 and the guest
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
 #   xen-hcd.ko     Linux's PVUSB frontend (frontend-linux/build-xen-hcd.sh)
+#   pvusb-hcd.ko   our own PVUSB frontend, built with DKMS and checked with checkpatch
+#                  (frontend-linux/build-pvusb-hcd.sh); rebuilt whenever its source changes
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
 #   guestmods/     the guest's SCSI disk, usb-storage, HID, evdev, xHCI, gntalloc and evtchn
 #                  modules, in order
@@ -23,7 +25,7 @@ kver=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {
 [ -n "$kver" ] || { echo "prepare: cannot tell the kernel version (apt-get update first?)" >&2; exit 1; }
 
 need=()
-for p in debootstrap cpio xz-utils "linux-headers-$kver" make gcc; do
+for p in debootstrap cpio xz-utils "linux-headers-$kver" make gcc dkms perl; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -73,6 +75,15 @@ if [ ! -f xen-hcd.ko ]; then
   log "building xen-hcd.ko for $kver"
   "$here/../../frontend-linux/build-xen-hcd.sh" "$kver" "$cache/hcd" >&2
   cp hcd/xen-hcd.ko xen-hcd.ko
+fi
+
+# Keyed by its source: a change to the module rebuilds (and re-checks) it.
+pvusb_src=$(cd "$here/../../frontend-linux" && cat build-pvusb-hcd.sh pvusb-hcd/*.[ch] pvusb-hcd/Kbuild pvusb-hcd/Makefile pvusb-hcd/dkms.conf | sha256sum | cut -c1-16)
+if [ "$(cat pvusb-hcd.src 2>/dev/null)" != "$pvusb_src" ] || [ ! -f pvusb-hcd.ko ]; then
+  log "building pvusb-hcd.ko for $kver (DKMS, checkpatch)"
+  "$here/../../frontend-linux/build-pvusb-hcd.sh" "$kver" "$cache/hcd" >&2
+  cp hcd/pvusb-hcd.ko pvusb-hcd.ko
+  echo "$pvusb_src" > pvusb-hcd.src
 fi
 
 if [ ! -f dom0/.usbdom-root-done ]; then

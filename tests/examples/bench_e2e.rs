@@ -1,21 +1,27 @@
 //! `cargo xtask bench e2e [--mib N] [--runs N]`: on real Xen inside QEMU, in one boot of the
 //! outer machine, a Linux guest reads and writes the same stick with `dd` (direct I/O, 1 MiB
-//! blocks, N MiB, three rounds of reads, then three of writes) three ways — (a) through
-//! usbdom, (b) through QEMU's `qusb` PVUSB backend in dom0, (c) in an HVM guest with the
-//! controller passed through ("native", as in the PVUSB 2009 table) — and prints a/c, b/c and
-//! a/b for read and write, and where the time went. Per MiB moved: the guest's and dom0's
-//! CPU time and, for usbdom, its busy time and the part of it in hypercalls, its hypercalls,
-//! grant operations and the pages they carried, notifications, wakeups and requests, and
-//! how often a ring was full. dom0's side is `tests/e2e/bench.sh`. With `--runs N` the outer
-//! machine boots N times and each run's ratios are printed beside the others. A command
-//! that prints figures, not a test: nothing here is timed against a threshold.
+//! blocks, N MiB, three rounds of reads, then three of writes) five ways — (a) through usbdom
+//! with Linux's xen-hcd (`usbdom`), (b) through usbdom with our pvusb-hcd on a USB 3 controller
+//! (`pvusb`: multi-page ring, persistent grants), (c) through QEMU's `qusb` PVUSB backend in
+//! dom0 with xen-hcd (`qusb`), (d) the same with pvusb-hcd (`qusb_pvusb`: qusb offers no
+//! feature, so the stock protocol), (e) in an HVM guest with the controller passed through
+//! (`native`, as in the PVUSB 2009 table) — and prints each path against native and against
+//! qusb for read and write, and where the time went. Per MiB moved: the guest's and dom0's
+//! CPU time and, for the usbdom paths, usbdom's busy time and the part of it in hypercalls,
+//! its hypercalls, grant operations and the pages they carried, notifications, wakeups and
+//! requests, and how often a ring was full. dom0's side is `tests/e2e/bench.sh`. With
+//! `--runs N` the outer machine boots N times and each run's ratios are printed beside the
+//! others. A command that prints figures, not a test: nothing here is timed against a
+//! threshold.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use usbdom_tests::{field, run_qemu, NestedXen};
 
-const PATHS: [&str; 3] = ["usbdom", "qusb", "native"];
+const PATHS: [&str; 5] = ["usbdom", "pvusb", "qusb", "qusb_pvusb", "native"];
+/// The paths through usbdom, whose counters it logs.
+const USBDOM_PATHS: [&str; 2] = ["usbdom", "pvusb"];
 const OPS: [&str; 2] = ["read", "write"];
 /// Rounds of each op the guest runs (tests/e2e/guest-init.sh).
 const ROUNDS: f64 = 3.0;
@@ -47,8 +53,8 @@ struct Run {
     guest_ms: BTreeMap<(String, String), f64>,
     /// dom0's busy CPU ms during the op, by (path, op).
     dom0_ms: BTreeMap<(String, String), f64>,
-    /// usbdom's counters summed over the seconds of each op, by op.
-    usbdom: BTreeMap<String, BTreeMap<&'static str, f64>>,
+    /// usbdom's counters summed over the seconds of each op, by (path, op).
+    usbdom: BTreeMap<(String, String), BTreeMap<&'static str, f64>>,
 }
 
 fn main() {
@@ -70,12 +76,12 @@ fn main() {
     for n in 1..=runs {
         let run = boot(mib, n);
         report(&run, mib, n);
-        ratios.push(OPS.map(|op| median(&run, "usbdom", op) / median(&run, "qusb", op)));
+        ratios.push(OPS.map(|op| median(&run, "pvusb", op) / median(&run, "qusb", op)));
     }
     if runs > 1 {
         for (i, op) in OPS.iter().enumerate() {
             let each: Vec<String> = ratios.iter().map(|r| format!("{:.3}", r[i])).collect();
-            println!("bench op={op} usbdom_vs_qusb_by_run={}", each.join(","));
+            println!("bench op={op} pvusb_vs_qusb_by_run={}", each.join(","));
         }
     }
 }
@@ -86,7 +92,7 @@ fn boot(mib: u32, n: u32) -> Run {
     let mut qemu = machine.args(&format!("usbdom.mode=bench usbdom.mib={mib}"), None);
     qemu.extend(["-serial".into(), "stdio".into()]);
     eprintln!(
-        "bench e2e: run {n}: {mib} MiB per round; qusb, then usbdom, then native (about 12 minutes)"
+        "bench e2e: run {n}: {mib} MiB per round; qusb (xen-hcd, pvusb-hcd), then usbdom (xen-hcd, pvusb-hcd), then native (about 20 minutes)"
     );
     let out = run_qemu(&qemu, Duration::from_secs(60 * 60), |l| {
         if let Some(mark) = l.strip_prefix("E2E: ") {
@@ -137,7 +143,8 @@ fn boot(mib: u32, n: u32) -> Run {
             } else {
                 "write"
             };
-            let sums = run.usbdom.entry(op.to_string()).or_default();
+            let path = field(c, "path").unwrap_or("?").to_string();
+            let sums = run.usbdom.entry((path, op.to_string())).or_default();
             for k in USBDOM_COUNTERS {
                 *sums.entry(k).or_default() += num(c, k).unwrap_or(0.0);
             }
@@ -154,6 +161,9 @@ fn boot(mib: u32, n: u32) -> Run {
                 .or_default()
                 .push(bytes / secs / 1e6);
             *run.guest_ms.entry(key(l)).or_default() += num(l, "cpu_ms").unwrap_or(0.0);
+        } else if let Some(f) = l.strip_prefix("usbdom_frontend ") {
+            // What each usbdom path's frontend negotiated.
+            println!("bench usbdom_frontend {f}");
         } else if !l.starts_with("usbdom_stats ") {
             println!("bench {l}");
         }
@@ -189,17 +199,22 @@ fn report(run: &Run, mib: u32, n: u32) {
         );
     }
     for op in OPS {
-        let [a, b, c] = PATHS.map(|p| median(run, p, op));
-        println!(
-            "bench run={n} op={op} usbdom_vs_native={:.3} qusb_vs_native={:.3} usbdom_vs_qusb={:.3}",
-            a / c,
-            b / c,
-            a / b
-        );
+        let native = median(run, "native", op);
+        let qusb = median(run, "qusb", op);
+        let vs: Vec<String> = PATHS[..4]
+            .iter()
+            .map(|p| format!("{p}_vs_native={:.3}", median(run, p, op) / native))
+            .chain(
+                ["usbdom", "pvusb", "qusb_pvusb"]
+                    .iter()
+                    .map(|p| format!("{p}_vs_qusb={:.3}", median(run, p, op) / qusb)),
+            )
+            .collect();
+        println!("bench run={n} op={op} {}", vs.join(" "));
     }
     println!("bench run={n}: where the time went, per MiB moved ({per_op_mib} MiB per op)");
     println!(
-        "  {:<7} {:<5} {:>6} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
+        "  {:<10} {:<5} {:>6} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
         "path",
         "op",
         "MB/s",
@@ -223,7 +238,10 @@ fn report(run: &Run, mib: u32, n: u32) {
             .dom0_ms
             .get(&key)
             .map_or("-".into(), |v| format!("{:.1}", per(*v)));
-        let u = run.usbdom.get(op).filter(|_| path == "usbdom");
+        let u = run
+            .usbdom
+            .get(&key)
+            .filter(|_| USBDOM_PATHS.contains(&path));
         let col = |k: &str, scale: f64| {
             u.and_then(|s| s.get(k))
                 .map_or("-".into(), |v| format!("{:.1}", per(*v) * scale))
@@ -236,7 +254,7 @@ fn report(run: &Run, mib: u32, n: u32) {
             )
         });
         println!(
-            "  {:<7} {:<5} {:>6.2} {:>9.1} {:>9} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
+            "  {:<10} {:<5} {:>6.2} {:>9.1} {:>9} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
             path,
             op,
             median(run, path, op),
@@ -256,18 +274,19 @@ fn report(run: &Run, mib: u32, n: u32) {
     // usbdom's busy time by step of its main loop (the rest: interrupts, the loop itself).
     println!("bench run={n}: usbdom's busy ms per MiB by step of its main loop");
     println!(
-        "  {:<5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7}",
-        "op", "busy", "usb", "answer", "xenstore", "log", "serve", "other"
+        "  {:<7} {:<5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7}",
+        "path", "op", "busy", "usb", "answer", "xenstore", "log", "serve", "other"
     );
-    for op in OPS {
-        let Some(s) = run.usbdom.get(op) else {
+    for (path, op) in USBDOM_PATHS.iter().flat_map(|p| OPS.map(|o| (*p, o))) {
+        let Some(s) = run.usbdom.get(&(path.to_string(), op.to_string())) else {
             continue;
         };
         let ms = |k: &str| s.get(k).copied().unwrap_or(0.0) / 1000.0 / per_op_mib;
         let steps = ["usb_us", "answer_us", "xenstore_us", "log_us", "serve_us"];
         let other = ms("busy_us") - steps.iter().map(|k| ms(k)).sum::<f64>();
         println!(
-            "  {:<5} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>7.1}",
+            "  {:<7} {:<5} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>7.1}",
+            path,
             op,
             ms("busy_us"),
             ms("usb_us"),

@@ -234,18 +234,47 @@ fn xen_end_to_end() {
         ] {
             assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
         }
-        let connected = usbdom_event("frontend_connected").expect("event=frontend_connected");
+        // guest-a's frontend is ours (pvusb-hcd) on a USB 3 controller: it takes the 16-page
+        // URB ring and the persistent grants usbdom offers. guest-b's stock xen-hcd ignores
+        // both: one page, 16 entries, fresh grants.
+        let domains = marks
+            .iter()
+            .find(|(_, l)| field(l, "phase") == Some("domains"))
+            .map(|(_, l)| *l)
+            .expect("phase=domains");
+        let connected = |guest: &str| {
+            let domid = field(domains, guest).expect("the guest's domid");
+            usbdom
+                .iter()
+                .copied()
+                .find(|l| l.contains("event=frontend_connected ") && field(l, "domid") == Some(domid))
+                .unwrap_or_else(|| panic!("usbdom connected {guest}'s frontend"))
+        };
+        fn negotiated(l: &str) -> [Option<&str>; 5] {
+            ["ports", "usb_ver", "urb_ring_pages", "urb_ring_size", "persistent"]
+                .map(|k| field(l, k))
+        }
+        let (a, b) = (connected("guest_a"), connected("guest_b"));
+        println!("e2e: usbdom connected guest-a: {a}");
+        println!("e2e: usbdom connected guest-b: {b}");
         assert_eq!(
-            (field(connected, "ports"), field(connected, "usb_ver")),
-            (Some("8"), Some("2"))
+            negotiated(a),
+            ["8", "3", "16", "256", "yes"].map(Some),
+            "guest-a (pvusb-hcd): {a}"
         );
-        // Stock xen-hcd ignores the multi-page ring usbdom offers: one page, 16 entries.
         assert_eq!(
-            (
-                field(connected, "urb_ring_pages"),
-                field(connected, "urb_ring_size")
-            ),
-            (Some("1"), Some("16"))
+            negotiated(b),
+            ["8", "2", "1", "16", "no"].map(Some),
+            "guest-b (xen-hcd): {b}"
+        );
+        let hcd = guest_a
+            .iter()
+            .find(|l| l.contains("event=hcd_connected "))
+            .expect("pvusb-hcd logged event=hcd_connected in guest-a");
+        assert_eq!(
+            ["usb_ver", "urb_ring_pages", "urb_ring_size", "persistent"].map(|k| field(hcd, k)),
+            ["3", "16", "256", "yes"].map(Some),
+            "{hcd}"
         );
         for (name, log) in [("guest-a", &guest_a), ("guest-b", &guest_b)] {
             let hc = log
@@ -254,9 +283,9 @@ fn xen_end_to_end() {
                 .unwrap_or_else(|| panic!("{name} registered a controller"));
             assert_eq!(field(hc, "ports"), Some("8"), "{name}: {hc}");
         }
-        // Each guest's own xen-hcd enumerated its device through usbdom: descriptors,
-        // SET_ADDRESS and SET_CONFIGURATION over the rings, the stick's SuperSpeed
-        // descriptors rewritten so Linux takes it as a high-speed device.
+        // Each guest's own frontend enumerated its device through usbdom: descriptors,
+        // SET_ADDRESS and SET_CONFIGURATION over the rings; the stick is SuperSpeed in
+        // guest-a (on its USB 3 root hub).
         for p in ["guest_keyboard", "guest_stick"] {
             assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
         }
@@ -271,7 +300,7 @@ fn xen_end_to_end() {
         assert_eq!(field(&kbd, "config"), Some("1"), "{kbd}");
         let stick = usbdev(&guest_a, "46f4");
         println!("e2e: guest-a {stick}");
-        assert_eq!(field(&stick, "speed"), Some("480"), "{stick}");
+        assert_eq!(field(&stick, "speed"), Some("5000"), "{stick}");
         assert_eq!(field(&stick, "config"), Some("1"), "{stick}");
         for (g, log, other) in [("guest-a", &guest_a, "0627"), ("guest-b", &guest_b, "46f4")] {
             assert!(
@@ -287,8 +316,12 @@ fn xen_end_to_end() {
                 .filter(|l| l.contains("event=port_connected") && field(l, "busid") == Some(busid))
                 .collect()
         };
-        for c in connects("1-2").iter().chain(&connects("2-1")) {
-            assert_eq!(field(c, "reported_speed"), Some("3"), "{c}");
+        for (busid, speed) in [("1-2", "3"), ("2-1", "4")] {
+            let c = connects(busid);
+            assert!(!c.is_empty(), "{busid} was connected");
+            for c in c {
+                assert_eq!(field(c, "reported_speed"), Some(speed), "{c}");
+            }
         }
         // The stick's data through usbdom: guest-a's hash of its first 16 MiB is the host
         // image's (the guest writes only further on), before and after the replug.
@@ -390,12 +423,18 @@ fn xen_end_to_end() {
                 && field(l, "domid") != Some(c_id)),
             "nobody else was called misbehaving"
         );
-        // Once guest-c is gone only guest-a's and guest-b's two rings each stay mapped.
+        // Once guest-c is gone, what stays mapped is guest-b's two rings, guest-a's 16-page
+        // URB ring and conn ring, and the data pages guest-a's persistent grants keep mapped
+        // (at most 1,024).
         let c_removed = usbdom
             .iter()
             .find(|l| l.contains("event=vusb_removed") && field(l, "domid") == Some(c_id))
             .expect("usbdom removed guest-c's controller");
-        assert_eq!(field(c_removed, "grants_mapped"), Some("4"), "{c_removed}");
+        let mapped: u32 = field(c_removed, "grants_mapped").unwrap().parse().unwrap();
+        assert!(
+            (2 + 17 + 1..=2 + 17 + 1024).contains(&mapped),
+            "guest-a's rings and some kept data pages, guest-b's rings: {c_removed}"
+        );
         let reads = |phase: &str| -> u32 {
             marks
                 .iter()
@@ -477,6 +516,8 @@ fn xen_end_to_end() {
         let a_removed = removed(a_id);
         println!("e2e: {a_removed}");
         assert_eq!(field(a_removed, "reason"), Some("frontend_gone"));
+        // guest-a's rings and kept data pages went with it: guest-b's two rings are left.
+        assert_eq!(field(a_removed, "grants_mapped"), Some("2"), "{a_removed}");
         let cancelled = usbdom
             .iter()
             .find(|l| {
