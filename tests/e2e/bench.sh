@@ -49,7 +49,7 @@ for g in q:qusb:xen-hcd r:qusb_pvusb:pvusb-hcd; do
   path=${rest%%:*} hcd=${rest#*:}
   guest_cfg "$name" "$hcd" "usbctrl = [ 'type=qusb,version=2,ports=4' ]"
   echo "usbdev = [ 'hostbus=$bus,hostaddr=$addr,controller=0,port=1' ]" >> "/tmp/$name.cfg"
-  timeout 120 xl create "/tmp/$name.cfg" || fail "xl_create_$name"
+  xl_create "$name" "/tmp/$name.cfg" || fail "xl_create_$name"
   bench_guest "$path" "/var/log/xen/console/guest-$name.log"
   xl destroy "$name"
 done
@@ -63,7 +63,7 @@ create_usbdom info
 cpu_lines=0
 usbdom_path() {
   guest_cfg "$2" "$3"
-  timeout 120 xl create "/tmp/$2.cfg" || fail "xl_create_$2"
+  xl_create "$2" "/tmp/$2.cfg" || fail "xl_create_$2"
   wait_for "/var/log/xen/console/guest-$2.log" "guest: ready" 120 || fail "$2_not_ready"
   usbctl hc-create "$2" "$4" 8 || fail "hc_create_$2"
   usbctl attach "$2" 0 1 2-1 || fail "attach_$2"
@@ -104,7 +104,7 @@ serial = "file:/var/log/xen/guest-n-serial.log"
 pci = [ "$xhci" ]
 on_poweroff = "destroy"
 EOF
-timeout 120 xl create /tmp/guest-n.cfg || fail "xl_create_guest_n"
+xl_create guest-n /tmp/guest-n.cfg || fail "xl_create_guest_n"
 bench_guest native /var/log/xen/guest-n-serial.log
 xl destroy guest-n
 mark "result=pass"
