@@ -165,9 +165,11 @@ while true; do
           echo "guest: sda wrote=failed $(cat /tmp/dd.err)"
         fi
       else
-        (while [ -b /dev/sda ]; do
+        # Each read numbered: the host counts by the last number it sees, not by lines.
+        (n=0
+         while [ -b /dev/sda ]; do
            echo 3 > /proc/sys/vm/drop_caches
-           dd if=/dev/sda of=/dev/null bs=1M count=16 2>/dev/null && echo "guest: sda read mib=16"
+           dd if=/dev/sda of=/dev/null bs=1M count=16 2>/dev/null && n=$((n + 1)) && echo "guest: sda read mib=16 n=$n"
          done) &
         echo "guest: sda reading"
       fi

@@ -42,6 +42,20 @@ pub trait SharedPage {
     }
 }
 
+/// How a copy of `len` bytes from address `src` to address `dst` goes through shared memory:
+/// `(head, words)`, that is `head` bytes one at a time, then `words` 8-byte words (both
+/// addresses 8-aligned from there), then the rest one byte at a time. Addresses that differ
+/// in alignment share no word: all bytes. A page reached through a raw pointer (the
+/// unikernel's grant mappings and frames) copies by this plan with one atomic access each:
+/// a byte at a time, a 4 KiB copy took 8,192 accesses.
+pub fn word_copy_plan(dst: usize, src: usize, len: usize) -> (usize, usize) {
+    if (dst ^ src) % 8 != 0 {
+        return (len, 0);
+    }
+    let head = ((8 - dst % 8) % 8).min(len);
+    (head, (len - head) / 8)
+}
+
 impl<P: SharedPage + ?Sized> SharedPage for &P {
     fn load_u32(&self, offset: usize) -> u32 {
         (**self).load_u32(offset)
@@ -329,6 +343,22 @@ impl SharedPage for LocalPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_goes_by_words_where_both_sides_share_their_alignment() {
+        // Same alignment: bytes up to the first word boundary, the words, the rest.
+        assert_eq!(word_copy_plan(0x1000, 0x2000, 4096), (0, 512));
+        assert_eq!(word_copy_plan(0x1003, 0x2003, 200), (5, 24));
+        assert_eq!(word_copy_plan(0x1007, 0x7, 1), (1, 0));
+        assert_eq!(word_copy_plan(0x1001, 0x2001, 3), (3, 0));
+        // Different alignment: bytes only.
+        assert_eq!(word_copy_plan(0x1005, 0x2001, 77), (77, 0));
+        for (d, s, len) in [(3usize, 3usize, 200usize), (0, 8, 9), (6, 14, 0)] {
+            let (head, words) = word_copy_plan(d, s, len);
+            assert!(head + words * 8 <= len);
+            assert!(words == 0 || ((d + head) % 8 == 0 && (s + head) % 8 == 0));
+        }
+    }
 
     #[test]
     fn bytes_and_words_agree_little_endian() {

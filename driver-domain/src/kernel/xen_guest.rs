@@ -15,6 +15,7 @@ use xen::abi::hypercall::*;
 use xen::abi::memory::*;
 use xen::abi::{DomId, EvtchnPort, GuestPhysAddr, PAGE_SIZE};
 use xen::hypervisor::*;
+use xen::page::word_copy_plan;
 use xen::page::SharedPage;
 use xen::xenstore::{XsError, XsRing, XsRingSide, XsTransport};
 
@@ -178,17 +179,56 @@ impl SharedPage for PhysPage {
 
     fn read(&self, offset: usize, buf: &mut [u8]) {
         let a = self.at(offset, buf.len());
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: as in `load_u32`; byte accesses of shared memory.
-            *b = unsafe { (*((a + i as u64) as *const AtomicU8)).load(Ordering::Relaxed) };
-        }
+        // SAFETY: as in `load_u32`, for the range `at` checked is inside the page; `buf` is
+        // ours and apart from it.
+        unsafe { copy_shared_bytes(buf.as_mut_ptr(), a as *const u8, buf.len()) }
     }
 
     fn write(&self, offset: usize, data: &[u8]) {
         let a = self.at(offset, data.len());
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: as in `load_u32`.
-            unsafe { (*((a + i as u64) as *const AtomicU8)).store(*b, Ordering::Relaxed) }
+        // SAFETY: as in `read`.
+        unsafe { copy_shared_bytes(a as *mut u8, data.as_ptr(), data.len()) }
+    }
+
+    fn copy_bytes_from(&self, offset: usize, src: &Self, src_offset: usize, len: usize) {
+        let (to, from) = (self.at(offset, len), src.at(src_offset, len));
+        if to.abs_diff(from) < len as u64 {
+            // Overlapping ranges of one page: through a buffer, as the trait does by default.
+            let mut buf = [0u8; PAGE_SIZE];
+            src.read(src_offset, &mut buf[..len]);
+            self.write(offset, &buf[..len]);
+            return;
+        }
+        // SAFETY: as in `load_u32`, for both pages; `at` checked both ranges are inside their
+        // pages, and they do not overlap (above).
+        unsafe { copy_shared_bytes(to as *mut u8, from as *const u8, len) }
+    }
+}
+
+/// Copies `len` bytes from `src` to `dst` by [`word_copy_plan`], one relaxed atomic access per
+/// byte or word: either side may be memory another domain changes meanwhile, and each byte is
+/// read once.
+///
+/// # Safety
+///
+/// `src..src + len` must be readable and `dst..dst + len` writable for the whole call, and
+/// the two must not overlap.
+unsafe fn copy_shared_bytes(dst: *mut u8, src: *const u8, len: usize) {
+    let (head, words) = word_copy_plan(dst as usize, src as usize, len);
+    let bytes = (0..head).chain(head + words * 8..len);
+    for i in bytes {
+        // SAFETY: i < len, inside both ranges (the caller's contract); byte accesses.
+        unsafe {
+            let v = (*(src.add(i) as *const AtomicU8)).load(Ordering::Relaxed);
+            (*(dst.add(i) as *const AtomicU8)).store(v, Ordering::Relaxed);
+        }
+    }
+    for w in 0..words {
+        let i = head + w * 8;
+        // SAFETY: inside both ranges; the plan makes both addresses 8-aligned here.
+        unsafe {
+            let v = (*(src.add(i) as *const AtomicU64)).load(Ordering::Relaxed);
+            (*(dst.add(i) as *const AtomicU64)).store(v, Ordering::Relaxed);
         }
     }
 }
