@@ -15,17 +15,8 @@ series=$(echo "$kver" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/')
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-need=()
-for p in "linux-headers-$kver" make gcc xz-utils; do
-  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "build-xen-hcd: run: sudo apt-get install -y ${need[*]}" >&2
-    exit 1
-  fi
-  apt-get install -y -q --no-install-recommends "${need[@]}" >&2
-fi
+. "$(dirname "$0")/apt-packages.sh"
+need_packages build-xen-hcd "linux-headers-$kver" make gcc xz-utils
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

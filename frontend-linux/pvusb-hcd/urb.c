@@ -114,13 +114,13 @@ static void push(struct pvusb_hc *hc, unsigned int id)
 		notify_remote_via_irq(hc->irq);
 }
 
-/* Puts purb's URB on the ring. -EAGAIN: no room now. */
-static int send_submit(struct pvusb_hc *hc, struct pvusb_urb *purb)
+/*
+ * A cleared request with its id, for a ring slot that is free: the id, or
+ * -EAGAIN when the ring has no room now.
+ */
+static int new_request(struct pvusb_hc *hc)
 {
-	struct urb *urb = purb->urb;
-	struct pvusb_shadow *shadow;
-	struct xenusb_urb_request *req;
-	int id, ret;
+	int id;
 
 	if (RING_FULL(&hc->urb_ring)) {
 		hc->ring_full++;
@@ -129,10 +129,24 @@ static int send_submit(struct pvusb_hc *hc, struct pvusb_urb *purb)
 	id = take_id(hc);
 	if (id < 0)
 		return -EAGAIN;
+	memset(&hc->shadow[id].req, 0, sizeof(hc->shadow[id].req));
+	hc->shadow[id].req.id = id;
+	return id;
+}
+
+/* Puts purb's URB on the ring. -EAGAIN: no room now. */
+static int send_submit(struct pvusb_hc *hc, struct pvusb_urb *purb)
+{
+	struct urb *urb = purb->urb;
+	struct pvusb_shadow *shadow;
+	struct xenusb_urb_request *req;
+	int id, ret;
+
+	id = new_request(hc);
+	if (id < 0)
+		return id;
 	shadow = &hc->shadow[id];
 	req = &shadow->req;
-	memset(req, 0, sizeof(*req));
-	req->id = id;
 	req->pipe = wire_pipe(urb);
 	if (urb->transfer_flags & URB_SHORT_NOT_OK)
 		req->transfer_flags = XENUSB_SHORT_NOT_OK;
@@ -175,16 +189,10 @@ static int send_unlink(struct pvusb_hc *hc, struct pvusb_urb *purb)
 	struct xenusb_urb_request *req;
 	int id;
 
-	if (RING_FULL(&hc->urb_ring)) {
-		hc->ring_full++;
-		return -EAGAIN;
-	}
-	id = take_id(hc);
+	id = new_request(hc);
 	if (id < 0)
-		return -EAGAIN;
+		return id;
 	req = &hc->shadow[id].req;
-	memset(req, 0, sizeof(*req));
-	req->id = id;
 	req->pipe = hc->shadow[purb->req_id].req.pipe | XENUSB_PIPE_UNLINK;
 	req->u.unlink.unlink_id = purb->req_id;
 	purb->unlink_id = id;
