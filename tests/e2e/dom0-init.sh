@@ -120,10 +120,13 @@ reads_done() {
   n=$(grep -ao "guest: sda read mib=16 n=[0-9]*" "$alog" | tail -n1)
   echo "${n##*=}" | grep -x "[0-9][0-9]*" || echo 0
 }
-# reads_in SECONDS: how many of guest-a's 16 MiB reads finished in that time ($reads).
+# reads_in SECONDS: how many of guest-a's 16 MiB reads finished in that time ($reads). The
+# time is kept by the uptime clock, a second at a time: one `sleep` the nested machine killed
+# at its start (see the note above env_retry) once made a 20 s window 2 s long.
 reads_in() {
   r0=$(reads_done)
-  sleep "$1"
+  end=$(( $(cut -d. -f1 /proc/uptime) + $1 ))
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do sleep 1; done
   reads=$(( $(reads_done) - r0 ))
 }
 # wait_for FILE PATTERN SECONDS
