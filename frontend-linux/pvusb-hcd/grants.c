@@ -189,7 +189,7 @@ pool_short:
 	return -EAGAIN;
 }
 
-/* Copies the backend's per-packet results back, each within its packet. */
+/* Copies the backend's per-packet results back (complete_submit checks them). */
 static void iso_results_from_pool(struct pvusb_shadow *shadow, struct urb *urb)
 {
 	unsigned int i;
@@ -202,8 +202,7 @@ static void iso_results_from_pool(struct pvusb_shadow *shadow, struct urb *urb)
 			page_address(p->page) + at % PAGE_SIZE;
 		struct usb_iso_packet_descriptor *mine = &urb->iso_frame_desc[i];
 
-		mine->actual_length = min(READ_ONCE(d->actual_length),
-					  mine->length);
+		mine->actual_length = READ_ONCE(d->actual_length);
 		mine->status = READ_ONCE(d->status);
 	}
 }

@@ -357,6 +357,18 @@ static int complete_submit(struct pvusb_hc *hc, struct pvusb_shadow *shadow,
 	}
 	if (pvusb_release_request(hc, shadow, urb, true))
 		return -EBUSY;
+	/*
+	 * Each packet's length within the packet, whether the backend wrote the
+	 * descriptors in place (fresh grants) or in the pool (copied back above).
+	 */
+	if (usb_pipeisoc(urb->pipe)) {
+		unsigned int i;
+
+		for (i = 0; i < urb->number_of_packets; i++)
+			urb->iso_frame_desc[i].actual_length =
+				min(urb->iso_frame_desc[i].actual_length,
+				    urb->iso_frame_desc[i].length);
+	}
 	finish(purb, purb->unlinked ? purb->status :
 	       translate_status(rsp->status), done);
 	return 0;

@@ -25,7 +25,7 @@ kver=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {
 [ -n "$kver" ] || { echo "prepare: cannot tell the kernel version (apt-get update first?)" >&2; exit 1; }
 
 need=()
-for p in debootstrap cpio xz-utils "linux-headers-$kver" make gcc dkms perl; do
+for p in debootstrap cpio xz-utils "linux-headers-$kver" make gcc; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -201,8 +201,9 @@ fn report(run: &Run, mib: u32, n: u32) {
     for op in OPS {
         let native = median(run, "native", op);
         let qusb = median(run, "qusb", op);
-        let vs: Vec<String> = PATHS[..4]
+        let vs: Vec<String> = PATHS
             .iter()
+            .filter(|p| **p != "native")
             .map(|p| format!("{p}_vs_native={:.3}", median(run, p, op) / native))
             .chain(
                 ["usbdom", "pvusb", "qusb_pvusb"]
