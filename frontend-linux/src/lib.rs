@@ -98,14 +98,18 @@ pub struct Stats {
     pub ring_full: u64,
     /// Bytes transferred (sum of actual lengths).
     pub bytes: u64,
+    /// URBs sent as indirect requests.
+    pub indirect: u64,
 }
 
 /// A submitted URB, from its request until its response.
 struct InFlight<P> {
     handle: UrbHandle,
-    /// The request as sent: its segments are the grants to end.
+    /// The request as sent.
     req: UsbifUrbRequest,
-    /// Buffer pages, then ISO descriptor pages.
+    /// Its grants, to end: data, ISO descriptor and indirect pages.
+    grants: Vec<GrantRef>,
+    /// Buffer pages, then ISO descriptor pages or an indirect request's list page.
     pages: Vec<(Gfn, P)>,
     direction: Direction,
     buffer_length: usize,
@@ -176,6 +180,12 @@ pub struct Frontend<G: GrantTable + EventChannels, T: XsTransport> {
     /// to URB, in `kept_grants`, until the connection ends.
     persistent: bool,
     kept_grants: BTreeMap<Gfn, GrantRef>,
+    /// We send bulk URBs of more than 16 pages as indirect requests where the backend offers
+    /// them.
+    indirect_wanted: bool,
+    /// Data segments one indirect request of this connection may list: the backend's
+    /// `feature-max-indirect-segments`, or 0 when not used.
+    max_indirect: u16,
     /// Grants the backend still held when we ended them; retried on every poll.
     deferred_grants: Vec<GrantRef>,
     next_handle: u64,
@@ -235,6 +245,8 @@ where
             persistent_wanted: false,
             persistent: false,
             kept_grants: BTreeMap::new(),
+            indirect_wanted: false,
+            max_indirect: 0,
             deferred_grants: Vec::new(),
             next_handle: 0,
         })
@@ -255,6 +267,19 @@ where
     pub fn with_persistent_grants(mut self) -> Self {
         self.persistent_wanted = true;
         self
+    }
+
+    /// Sends bulk URBs of more than 16 pages, up to the backend's
+    /// `feature-max-indirect-segments`, as one indirect request each
+    /// (`docs/pvusb-features.md`) instead of refusing them. Takes effect at the next connect.
+    pub fn with_indirect_segments(mut self) -> Self {
+        self.indirect_wanted = true;
+        self
+    }
+
+    /// Data segments one indirect request may list on this connection; 0 when not used.
+    pub fn indirect_segments(&self) -> u16 {
+        self.max_indirect
     }
 
     /// Whether this connection promised persistent grants.
@@ -376,10 +401,7 @@ where
         let persistent = self.persistent;
         let urbs = self.shadow.iter().flat_map(|s| match s {
             Shadow::Submit(_) if persistent => Vec::new(),
-            Shadow::Submit(f) => {
-                let nr = usize::from(f.req.nr_buffer_segs) + iso_desc_segs(&f.req);
-                f.req.seg[..nr].iter().map(|s| s.gref).collect()
-            }
+            Shadow::Submit(f) => f.grants.clone(),
             _ => Vec::new(),
         });
         rings
@@ -439,15 +461,5 @@ where
     /// The backend's domain.
     pub fn backend_id(&self) -> DomId {
         self.backend_id
-    }
-}
-
-/// ISO descriptor segments of a request we built (0 for other types).
-fn iso_desc_segs(req: &UsbifUrbRequest) -> usize {
-    let ty = (req.pipe >> USBIF_PIPE_TYPE_SHIFT) & USBIF_PIPE_TYPE_MASK;
-    if ty == USBIF_PIPE_TYPE_ISOC {
-        usize::from(u16::from_le_bytes([req.u[6], req.u[7]]))
-    } else {
-        0
     }
 }

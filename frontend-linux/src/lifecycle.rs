@@ -211,6 +211,19 @@ where
             0..=1,
         ) == Ok(1);
         self.persistent = self.persistent_wanted && offers_persistent;
+        let offers_indirect = xenbus::read_u32(
+            &mut self.xs,
+            TxId::NONE,
+            &self.otherend,
+            pvusb::FEATURE_MAX_INDIRECT_SEGMENTS_KEY,
+            0..=u32::from(u16::MAX),
+        )
+        .unwrap_or(0);
+        self.max_indirect = if self.indirect_wanted {
+            offers_indirect.min(u32::from(pvusb::MAX_INDIRECT_SEGMENTS)) as u16
+        } else {
+            0
+        };
         if let Err(e) = publish_rings(
             &mut self.xs,
             &dir,

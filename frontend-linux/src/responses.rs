@@ -72,14 +72,13 @@ where
             self.page_pool.extend(f.pages.iter().cloned());
             return true;
         }
-        let nr = usize::from(f.req.nr_buffer_segs) + iso_desc_segs(&f.req);
         let mut released = true;
-        for seg in &f.req.seg[..nr] {
+        for &gref in &f.grants {
             // gnttab_try_end_foreign_access: refused while the backend maps or copies.
-            if self.platform.grant_in_use(seg.gref) || self.platform.end_access(seg.gref).is_err() {
-                self.deferred_grants.push(seg.gref);
+            if self.platform.grant_in_use(gref) || self.platform.end_access(gref).is_err() {
+                self.deferred_grants.push(gref);
                 if released && self.error.is_none() {
-                    self.set_error(ProtocolError::GrantNotReleased { id, gref: seg.gref });
+                    self.set_error(ProtocolError::GrantNotReleased { id, gref });
                 }
                 released = false;
             }
@@ -105,7 +104,7 @@ where
         } else {
             Vec::new()
         };
-        let buffer_pages = usize::from(f.req.nr_buffer_segs);
+        let buffer_pages = count_pages(f.page_offset, f.buffer_length.max(1));
         let iso_packets = (0..f.iso_packets)
             .map(|i| {
                 let mut d = UsbIsoPacketDescriptor::new_zeroed();

@@ -21,9 +21,13 @@ where
         if urb.pipe.unlink || usize::from(urb.page_offset) >= PAGE_SIZE {
             return Err(Error::Invalid);
         }
-        if u16::try_from(urb.buffer.len()).is_err()
-            || segments_needed(&urb) > USBIF_MAX_SEGMENTS_PER_REQUEST
-        {
+        let fits = if self.sends_indirect(&urb) {
+            segments_needed(&urb) <= usize::from(self.max_indirect)
+        } else {
+            u16::try_from(urb.buffer.len()).is_ok()
+                && segments_needed(&urb) <= USBIF_MAX_SEGMENTS_PER_REQUEST
+        };
+        if !fits {
             return Err(Error::TooBig);
         }
         let handle = UrbHandle(self.next_handle);
@@ -37,6 +41,14 @@ where
         }
         self.do_submit(handle, &urb)?;
         Ok(handle)
+    }
+
+    /// Whether `urb` goes as an indirect request: a bulk URB of more than a stock request's
+    /// pages, on a connection where the backend offered indirect segments.
+    fn sends_indirect(&self, urb: &Urb) -> bool {
+        self.max_indirect > 0
+            && urb.pipe.transfer_type == TransferType::Bulk
+            && segments_needed(urb) > USBIF_MAX_SEGMENTS_PER_REQUEST
     }
 
     fn ring_full(&self) -> bool {
@@ -152,8 +164,11 @@ where
         } else {
             count_pages(0, urb.iso_packets.len() * ISO_DESCRIPTOR_SIZE)
         };
-        let mut pages = Vec::with_capacity(buffer_pages + iso_pages);
-        for _ in 0..buffer_pages + iso_pages {
+        // An indirect request's segments are listed in a page of their own, after the rest.
+        let indirect = self.sends_indirect(urb);
+        let list_pages = usize::from(indirect);
+        let mut pages = Vec::with_capacity(buffer_pages + iso_pages + list_pages);
+        for _ in 0..buffer_pages + iso_pages + list_pages {
             match self
                 .page_pool
                 .pop()
@@ -179,11 +194,12 @@ where
         req.nr_buffer_segs = buffer_pages as u16;
         let out = urb.pipe.direction == Direction::Out;
         let be = self.backend_id;
-        let mut granted = 0;
+        let mut grants = Vec::with_capacity(pages.len());
+        let mut data_segments = Vec::with_capacity(buffer_pages);
         let mut fail = None;
         // The buffer: one segment per page, only the first with an offset.
         let (mut at, mut left) = (offset, len);
-        for (i, (gfn, page)) in pages[..buffer_pages].iter().enumerate() {
+        for (gfn, page) in &pages[..buffer_pages] {
             let in_page = at % PAGE_SIZE;
             let bytes = (PAGE_SIZE - in_page).min(left);
             if out {
@@ -192,12 +208,12 @@ where
             }
             match self.grant_page(be, *gfn, out) {
                 Ok(gref) => {
-                    req.seg[i] = UsbifRequestSegment {
+                    data_segments.push(UsbifRequestSegment {
                         gref,
                         offset: in_page as u16,
                         length: bytes as u16,
-                    };
-                    granted += 1;
+                    });
+                    grants.push(gref);
                 }
                 Err(e) => {
                     fail = Some(e);
@@ -240,7 +256,7 @@ where
                                 offset: 0,
                                 length: chunk.len() as u16,
                             };
-                            granted += 1;
+                            grants.push(gref);
                         }
                         Err(e) => fail = Some(e),
                     }
@@ -250,11 +266,29 @@ where
             TransferType::Control => req.u = urb.setup,
             TransferType::Bulk => {}
         }
+        if fail.is_none() && indirect {
+            let (gfn, page) = &pages[buffer_pages + iso_pages];
+            let entries: Vec<u8> = data_segments
+                .iter()
+                .flat_map(|s| s.as_bytes().to_vec())
+                .collect();
+            page.write(0, &entries);
+            match self.grant_page(be, *gfn, true) {
+                Ok(gref) => {
+                    pvusb::encode_indirect(&mut req, &[gref], buffer_pages as u16, len as u32);
+                    grants.push(gref);
+                    self.stats.indirect += 1;
+                }
+                Err(e) => fail = Some(e),
+            }
+        } else {
+            req.seg[..data_segments.len()].copy_from_slice(&data_segments);
+        }
         if let Some(e) = fail {
             // Kept grants stay kept; the others end.
             if !self.persistent {
-                for seg in &req.seg[..granted] {
-                    let _ = self.platform.end_access(seg.gref);
+                for &gref in &grants {
+                    let _ = self.platform.end_access(gref);
                 }
             }
             self.page_pool.extend(pages);
@@ -263,6 +297,7 @@ where
         Ok(InFlight {
             handle,
             req,
+            grants,
             pages,
             direction: urb.pipe.direction,
             buffer_length: len,

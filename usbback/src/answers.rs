@@ -51,6 +51,7 @@ where
                 .release(core::mem::take(&mut a.frames), &mut self.unmaps);
         }
         self.unmap_released();
+        self.unthrottle();
         for a in answers.drain(..) {
             let mut rsp = a.rsp;
             if let Some(status) = copy_failure(&statuses, a.copies.clone()) {
@@ -84,6 +85,21 @@ where
         self.answer_copies.clear();
         self.answers = answers;
         self.statuses = statuses;
+    }
+
+    /// Serves again, in their turn, the frontends left unread for holding their share of
+    /// the pool that now have room for a request.
+    fn unthrottle(&mut self) {
+        for (id, d) in &mut self.devices {
+            if let Some(c) = d.conn.as_mut() {
+                if c.throttled && self.pool.has_room_for_a_request(*id) {
+                    c.throttled = false;
+                    if !self.busy.contains(id) {
+                        self.busy.push_back(*id);
+                    }
+                }
+            }
+        }
     }
 
     /// Unmaps, in one batch, the grants of transfers that are over.

@@ -28,6 +28,7 @@
 //!
 //! [`GrantCopier`]: xen::hypervisor::GrantCopier
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -37,9 +38,10 @@ use xen::abi::Gfn;
 use xen::abi::{DomId, GrantRef};
 use xen::hypervisor::{CopyOp, CopyPtr, GrantMapping, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
-use xen::pvusb::RequestSegment;
+use xen::pvusb::{RequestSegment, SegList, MAX_INDIRECT_SEGMENTS};
 
 use crate::persistent::{copy_page_bytes, PersistentGrants};
+use crate::DeviceId;
 
 /// A page of a request's buffer, by its place in the pool: one of our frames, or (with
 /// [`crate::DataPath::Map`]) a guest's grant mapped for the transfer.
@@ -49,12 +51,23 @@ pub struct FrameId(u16);
 /// Ids from here on name mapped grants, below it our frames.
 const MAPPED: u16 = 0x8000;
 
-/// A request's pages, one per segment: inline and small (names, not the pages), so taking
-/// them allocates nothing and moving a request along the path copies little.
-pub type Frames = heapless::Vec<FrameId, USBIF_MAX_SEGMENTS_PER_REQUEST>;
+/// A request's pages, one per segment: names, not the pages, inline for a stock request, so
+/// taking them allocates nothing and moving a request along the path copies little.
+pub type Frames = SegList<FrameId>;
 
 /// A request's segments, data then isochronous descriptors.
-pub type Segments = heapless::Vec<RequestSegment, USBIF_MAX_SEGMENTS_PER_REQUEST>;
+pub type Segments = SegList<RequestSegment>;
+
+/// Pages of one request, at most: an indirect request's data, or a stock request's data and
+/// isochronous descriptors.
+pub const MAX_REQUEST_PAGES: usize = {
+    let indirect = MAX_INDIRECT_SEGMENTS as usize;
+    if indirect > USBIF_MAX_SEGMENTS_PER_REQUEST {
+        indirect
+    } else {
+        USBIF_MAX_SEGMENTS_PER_REQUEST
+    }
+};
 
 /// How many grant references of a frontend [`WrittenGrants`] remembers: a ring's worth of
 /// requests of 16 segments.
@@ -111,14 +124,26 @@ impl WrittenGrants {
 /// driver domain running out of memory.
 pub const MAX_POOL_FRAMES: usize = 4096;
 
+/// Pages one frontend may hold at once, frames and mappings together (4 MiB): a quarter of
+/// the pool, so a frontend that keeps its ring full of megabyte requests leaves the pool to
+/// three more doing the same. Past it the frontend's next request waits on its ring
+/// ([`FramePool::has_room_for_a_request`]) until its transfers give pages back.
+pub const FRONTEND_PAGE_SHARE: usize = MAX_POOL_FRAMES / 4;
+
 /// Frames for bounce buffers: taken from the hypervisor layer on demand, up to
 /// [`MAX_POOL_FRAMES`], and reused after; and the grants mapped for transfers that go
-/// straight to a guest's pages ([`crate::DataPath::Map`]), until they are unmapped.
+/// straight to a guest's pages ([`crate::DataPath::Map`]), until they are unmapped. Each page
+/// handed out is counted against the frontend it was taken for.
 pub struct FramePool<P> {
     frames: Vec<LocalFrame<P>>,
     free: Vec<FrameId>,
     mapped: Vec<Option<GrantMapping<P>>>,
     mapped_free: Vec<u16>,
+    /// Who holds each frame, and each mapping, handed out.
+    frame_owner: Vec<Option<DeviceId>>,
+    mapped_owner: Vec<Option<DeviceId>>,
+    /// Pages held, by frontend (none held: no entry).
+    held_by: BTreeMap<DeviceId, usize>,
 }
 
 impl<P> Default for FramePool<P> {
@@ -128,14 +153,22 @@ impl<P> Default for FramePool<P> {
             free: Vec::new(),
             mapped: Vec::new(),
             mapped_free: Vec::new(),
+            frame_owner: Vec::new(),
+            mapped_owner: Vec::new(),
+            held_by: BTreeMap::new(),
         }
     }
 }
 
 impl<P> FramePool<P> {
-    /// `n` frames (at most a request's segments), all or none.
-    pub fn take<H: LocalFrames<Page = P>>(&mut self, hv: &mut H, n: usize) -> Option<Frames> {
-        if n > USBIF_MAX_SEGMENTS_PER_REQUEST {
+    /// `n` frames (at most [`MAX_REQUEST_PAGES`]) for `owner`, all or none.
+    pub fn take<H: LocalFrames<Page = P>>(
+        &mut self,
+        hv: &mut H,
+        n: usize,
+        owner: DeviceId,
+    ) -> Option<Frames> {
+        if n > MAX_REQUEST_PAGES {
             return None;
         }
         while self.free.len() < n {
@@ -146,24 +179,40 @@ impl<P> FramePool<P> {
             // Below MAX_POOL_FRAMES, which fits.
             self.free.push(FrameId(self.frames.len() as u16));
             self.frames.push(frame);
+            self.frame_owner.push(None);
         }
         let at = self.free.len() - n;
-        Some(self.free.drain(at..).collect())
+        let frames: Frames = self.free.drain(at..).collect();
+        for id in &frames {
+            self.frame_owner[usize::from(id.0)] = Some(owner);
+        }
+        self.count(owner, n, true);
+        Some(frames)
     }
 
-    /// Holds a mapped grant for a transfer; its id names it until [`FramePool::release`].
-    /// None when [`MAX_POOL_FRAMES`] are held already (the caller unmaps it).
-    pub fn hold_mapping(&mut self, m: GrantMapping<P>) -> Result<FrameId, GrantMapping<P>> {
-        if let Some(i) = self.mapped_free.pop() {
+    /// Holds a mapped grant for `owner`'s transfer; its id names it until
+    /// [`FramePool::release`]. None when [`MAX_POOL_FRAMES`] are held already (the caller
+    /// unmaps it).
+    pub fn hold_mapping(
+        &mut self,
+        m: GrantMapping<P>,
+        owner: DeviceId,
+    ) -> Result<FrameId, GrantMapping<P>> {
+        let i = if let Some(i) = self.mapped_free.pop() {
             self.mapped[usize::from(i)] = Some(m);
-            return Ok(FrameId(MAPPED | i));
-        }
-        if self.mapped.len() >= MAX_POOL_FRAMES {
-            return Err(m);
-        }
-        // Below MAX_POOL_FRAMES, which fits beside the MAPPED bit.
-        let i = self.mapped.len() as u16;
-        self.mapped.push(Some(m));
+            self.mapped_owner[usize::from(i)] = Some(owner);
+            i
+        } else {
+            if self.mapped.len() >= MAX_POOL_FRAMES {
+                return Err(m);
+            }
+            // Below MAX_POOL_FRAMES, which fits beside the MAPPED bit.
+            let i = self.mapped.len() as u16;
+            self.mapped.push(Some(m));
+            self.mapped_owner.push(Some(owner));
+            i
+        };
+        self.count(owner, 1, true);
         Ok(FrameId(MAPPED | i))
     }
 
@@ -171,17 +220,49 @@ impl<P> FramePool<P> {
     /// `unmap`, for the caller to unmap (in one batch with others).
     pub fn release(&mut self, frames: Frames, unmap: &mut Vec<GrantMapping<P>>) {
         for id in frames {
-            if id.0 & MAPPED == 0 {
+            let index = usize::from(id.0 & !MAPPED);
+            let owner = if id.0 & MAPPED == 0 {
+                let Some(owner) = self.frame_owner.get_mut(index).and_then(Option::take) else {
+                    continue;
+                };
                 self.free.push(id);
-            } else if let Some(m) = self
-                .mapped
-                .get_mut(usize::from(id.0 & !MAPPED))
-                .and_then(Option::take)
-            {
+                owner
+            } else {
+                let Some(m) = self.mapped.get_mut(index).and_then(Option::take) else {
+                    continue;
+                };
                 self.mapped_free.push(id.0 & !MAPPED);
                 unmap.push(m);
-            }
+                let Some(owner) = self.mapped_owner.get_mut(index).and_then(Option::take) else {
+                    continue;
+                };
+                owner
+            };
+            self.count(owner, 1, false);
         }
+    }
+
+    fn count(&mut self, owner: DeviceId, n: usize, taken: bool) {
+        let held = self.held_by.entry(owner).or_insert(0);
+        *held = if taken {
+            *held + n
+        } else {
+            held.saturating_sub(n)
+        };
+        if *held == 0 {
+            self.held_by.remove(&owner);
+        }
+    }
+
+    /// Pages `owner` holds (in flight, waiting to be answered, or quarantined).
+    pub fn held_by(&self, owner: DeviceId) -> usize {
+        self.held_by.get(&owner).copied().unwrap_or(0)
+    }
+
+    /// Whether `owner` may take one more request of any size without going past its
+    /// [`FRONTEND_PAGE_SHARE`].
+    pub fn has_room_for_a_request(&self, owner: DeviceId) -> bool {
+        self.held_by(owner) + MAX_REQUEST_PAGES <= FRONTEND_PAGE_SHARE
     }
 
     /// The page `id` names and the address a device reaches it at; None for an id that
@@ -197,7 +278,7 @@ impl<P> FramePool<P> {
     }
 
     /// The frame number of our frame `id`, for a grant copy; None for a mapped grant.
-    fn gfn(&self, id: FrameId) -> Option<Gfn> {
+    pub(crate) fn gfn(&self, id: FrameId) -> Option<Gfn> {
         (id.0 & MAPPED == 0)
             .then(|| self.frames.get(usize::from(id.0)).map(|f| f.gfn))
             .flatten()
@@ -436,7 +517,7 @@ mod tests {
 
     fn buffer() -> (FramePool<LocalPage>, Buffer) {
         let mut pool = FramePool::default();
-        let frames = pool.take(&mut Xen::new().create_domain(), 3).unwrap();
+        let frames = pool.take(&mut Xen::new().create_domain(), 3, A).unwrap();
         let seg = |gref, offset, length| RequestSegment {
             gref: GrantRef(gref),
             offset,
@@ -504,32 +585,70 @@ mod tests {
         );
     }
 
+    const A: DeviceId = DeviceId {
+        frontend: DomId(5),
+        devid: 0,
+    };
+    const B: DeviceId = DeviceId {
+        frontend: DomId(6),
+        devid: 0,
+    };
+
     #[test]
     fn frames_given_back_are_taken_again_and_the_pool_stops_at_its_cap() {
         let mut dom = Xen::new().create_domain();
         let mut pool: FramePool<LocalPage> = FramePool::default();
-        let a = pool.take(&mut dom, 16).unwrap();
+        let a = pool.take(&mut dom, 16, A).unwrap();
         assert_eq!(pool.held(), 16);
         assert!(
-            pool.take(&mut dom, 17).is_none(),
-            "more than a request's segments"
+            pool.take(&mut dom, MAX_REQUEST_PAGES + 1, A).is_none(),
+            "more than a request's pages"
         );
         let mut unmap = Vec::new();
         pool.release(a.clone(), &mut unmap);
         assert!(unmap.is_empty(), "our frames are not unmapped");
-        let b = pool.take(&mut dom, 16).unwrap();
+        let b = pool.take(&mut dom, 16, A).unwrap();
         let sorted = |f: &Frames| {
             let mut v: Vec<u16> = f.iter().map(|id| id.0).collect();
             v.sort_unstable();
             v
         };
         assert_eq!(sorted(&a), sorted(&b), "the same frames, no new ones");
-        while pool.held() + 16 <= MAX_POOL_FRAMES {
-            pool.take(&mut dom, 16).unwrap();
+        let owners = [A, B, DeviceId { devid: 1, ..A }, DeviceId { devid: 1, ..B }];
+        for owner in owners.iter().cycle() {
+            if pool.held() + 16 > MAX_POOL_FRAMES {
+                break;
+            }
+            pool.take(&mut dom, 16, *owner).unwrap();
         }
         assert!(
-            pool.take(&mut dom, 16).is_none(),
+            pool.take(&mut dom, 16, A).is_none(),
             "capped at MAX_POOL_FRAMES"
         );
+    }
+
+    #[test]
+    fn each_frontend_is_held_to_its_share_and_gets_it_back() {
+        let mut dom = Xen::new().create_domain();
+        let mut pool: FramePool<LocalPage> = FramePool::default();
+        let mut held = Vec::new();
+        while pool.has_room_for_a_request(A) {
+            held.push(pool.take(&mut dom, MAX_REQUEST_PAGES, A).unwrap());
+        }
+        assert!(pool.held_by(A) <= FRONTEND_PAGE_SHARE);
+        assert!(pool.held_by(A) + MAX_REQUEST_PAGES > FRONTEND_PAGE_SHARE);
+        assert_eq!(pool.held_by(B), 0, "another frontend's count is its own");
+        assert!(pool.has_room_for_a_request(B));
+        let mut unmap = Vec::new();
+        let first = held.remove(0);
+        // Given back twice: counted once.
+        pool.release(first.clone(), &mut unmap);
+        pool.release(first, &mut unmap);
+        assert!(pool.has_room_for_a_request(A));
+        for f in held {
+            pool.release(f, &mut unmap);
+        }
+        assert_eq!(pool.held_by(A), 0);
+        assert_eq!(pool.held(), 0);
     }
 }

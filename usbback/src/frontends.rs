@@ -188,6 +188,10 @@ where
                 let offers = [
                     (pvusb::MAX_RING_PAGE_ORDER_KEY, pvusb::MAX_RING_PAGE_ORDER),
                     (pvusb::FEATURE_PERSISTENT_KEY, 1),
+                    (
+                        pvusb::FEATURE_MAX_INDIRECT_SEGMENTS_KEY,
+                        u32::from(pvusb::MAX_INDIRECT_SEGMENTS),
+                    ),
                 ];
                 for (key, value) in offers {
                     let path = format!("{dir}/{key}");
@@ -435,6 +439,7 @@ where
             port,
             inflight: InFlightTable::with_capacity(ring_size),
             written: WrittenGrants::default(),
+            throttled: false,
             changes: VecDeque::new(),
             stats: Stats::default(),
             logged: Stats::default(),

@@ -24,7 +24,6 @@ use core::fmt;
 
 pub use usb::TransferError;
 use usb::{Direction, IsoPacket, Speed, TransferType};
-use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
 
 /// Configurations of a device a host offers: the first this many (USB allows 255; devices
 /// have one or two). Their classes are what [`DeviceInfo::interface_classes`] tells, and a
@@ -230,8 +229,9 @@ impl<P> Transfer<P> {
     }
 }
 
-/// A transfer's buffer: at most a request's segments, inline (no allocation per transfer).
-pub type TransferSegments<P> = heapless::Vec<PageSegment<P>, USBIF_MAX_SEGMENTS_PER_REQUEST>;
+/// A transfer's buffer: a request's pages, inline for a stock request (no allocation per
+/// transfer).
+pub type TransferSegments<P> = xen::pvusb::SegList<PageSegment<P>>;
 
 /// A finished transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]

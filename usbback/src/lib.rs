@@ -142,6 +142,11 @@ pub struct Stats {
     pub bytes: u64,
     /// Of those, IN data (device to guest: what a guest reads).
     pub bytes_in: u64,
+    /// Indirect requests taken (`feature-max-indirect-segments`).
+    pub indirect: u64,
+    /// Times its next request waited on the ring because it held its share of the pool
+    /// ([`bounce::FRONTEND_PAGE_SHARE`]).
+    pub throttled: u64,
 }
 
 /// A request handed to the host, with its buffer in our frames.
@@ -175,6 +180,9 @@ struct Connection<P> {
     written: WrittenGrants,
     /// Port changes (port, speed) not yet reported on the conn ring.
     changes: VecDeque<(u8, u8)>,
+    /// It held its share of the pool and its ring was left unread: served again once its
+    /// transfers give pages back.
+    throttled: bool,
     stats: Stats,
     logged: Stats,
 }
@@ -606,7 +614,7 @@ pub const PERIODIC_TARGET: &str = "periodic";
 fn log_stats(id: DeviceId, s: &Stats, phase: &str, in_flight: usize) {
     info!(
         target: PERIODIC_TARGET,
-        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} bytes_in={} in_flight={in_flight}",
-        id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes, s.bytes_in
+        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} bytes_in={} in_flight={in_flight} indirect={} throttled={}",
+        id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes, s.bytes_in, s.indirect, s.throttled
     );
 }

@@ -5,6 +5,7 @@
 //! ([`Backend::finish_answers`]).
 
 use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -13,9 +14,10 @@ use usb::request::GET_DESCRIPTOR;
 use usb::{descriptor, Direction, IsoPacket, TransferType};
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
-use xen::abi::GrantRef;
+use xen::abi::{GrantRef, PAGE_SIZE};
 use xen::hypervisor::{
-    CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest, MAX_GRANT_BATCH,
+    CopyOp, CopyPtr, EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest,
+    MAX_GRANT_BATCH,
 };
 use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
@@ -60,6 +62,13 @@ where
             };
             if taken == BUDGET {
                 break true;
+            }
+            // Its share of the pool is held: its next request waits on the ring until its
+            // transfers give pages back (`finish_answers` serves it again then).
+            if !self.pool.has_room_for_a_request(id) {
+                c.throttled = true;
+                c.stats.throttled += 1;
+                break false;
             }
             let next = match c.urb.next_request() {
                 Ok(Some(raw)) => Ok(Next::Request(raw)),
@@ -198,8 +207,100 @@ where
                 }
                 true
             }
-            Ok(UrbRequest::Submit(s)) => self.submit(id, s, host, stage),
+            Ok(UrbRequest::Submit(mut s)) => {
+                if s.indirect.is_some() {
+                    if let Err(reason) = self.resolve_indirect(id, &mut s, stage) {
+                        if self.may_warn(id) {
+                            warn!(
+                                "event=urb_invalid domid={} devid={} id={} {reason}",
+                                id.frontend, id.devid, s.id
+                            );
+                        }
+                        self.respond(id, response(s.id, USBIF_STATUS_INVAL, 0));
+                        return true;
+                    }
+                }
+                self.submit(id, s, host, stage)
+            }
         }
+    }
+
+    /// Reads an indirect request's pages (from the kept mapping of a frontend that promised
+    /// `feature-persistent`, else by one grant copy into our frame), once, into our memory,
+    /// and checks the segments they list ([`Submit::resolve_indirect`]).
+    fn resolve_indirect(
+        &mut self,
+        id: DeviceId,
+        s: &mut Submit,
+        stage: &mut Stage,
+    ) -> Result<(), String> {
+        let Some(pages) = s.indirect.clone() else {
+            return Ok(());
+        };
+        let mut entries = [0u8; pvusb::MAX_INDIRECT_PAGES * PAGE_SIZE];
+        for (i, &gref) in pages.pages.iter().enumerate() {
+            let at = i * PAGE_SIZE;
+            let into = &mut entries[at..at + pages.page_bytes(i)];
+            let kept = self
+                .devices
+                .get(&id)
+                .and_then(|d| d.conn.as_ref())
+                .and_then(|c| c.persistent.as_ref());
+            if let Some(page) = kept.and_then(|k| k.page(gref)) {
+                page.read(0, into);
+                continue;
+            }
+            if kept.is_some_and(|k| k.wants(gref)) {
+                stage.keep.push((id, gref));
+            }
+            self.copy_from_grant(id, gref, into).map_err(|status| {
+                format!("reason=indirect_page_copy_failed status={}", status.name())
+            })?;
+        }
+        // Every page but the last is full, so the entries lie end to end.
+        let listed = &entries[..pages.entry_bytes()];
+        s.resolve_indirect(listed).map_err(|e| format!("{e}"))?;
+        if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+            c.stats.indirect += 1;
+        }
+        Ok(())
+    }
+
+    /// Copies `into.len()` bytes from the start of `id`'s page `gref` into `into`, through
+    /// one of our frames (one grant copy).
+    fn copy_from_grant(
+        &mut self,
+        id: DeviceId,
+        gref: GrantRef,
+        into: &mut [u8],
+    ) -> Result<(), GntStatus> {
+        let frames = self
+            .pool
+            .take(&mut self.hv, 1, id)
+            .ok_or(GntStatus::NoSpace)?;
+        let result = (|| {
+            let gfn = self.pool.gfn(frames[0]).ok_or(GntStatus::GeneralError)?;
+            let op = CopyOp {
+                source: CopyPtr::Grant {
+                    dom: id.frontend,
+                    gref,
+                    offset: 0,
+                },
+                dest: CopyPtr::Local { gfn, offset: 0 },
+                // At most a page.
+                len: into.len() as u16,
+            };
+            let mut statuses = Vec::new();
+            run_copies(&mut self.hv, &[op], &mut statuses);
+            if let Some(status) = copy_failure(&statuses, 0..1) {
+                return Err(status);
+            }
+            let (page, _) = self.pool.page(frames[0]).ok_or(GntStatus::GeneralError)?;
+            page.read(0, into);
+            Ok(())
+        })();
+        self.pool.release(frames, &mut self.unmaps);
+        result
     }
 
     /// Checks a submission, answers the requests the backend handles itself, and stages the
@@ -287,7 +388,7 @@ where
         let taken = if map {
             Some(Frames::new())
         } else {
-            self.pool.take(&mut self.hv, segments.len())
+            self.pool.take(&mut self.hv, segments.len(), id)
         };
         let Some(frames) = taken else {
             if self.may_warn(id) {
@@ -409,7 +510,7 @@ where
             let mut map_failure = None;
             for result in mapped_in_order.by_ref().take(r.maps.len()) {
                 let held = match result {
-                    Ok(m) => self.pool.hold_mapping(m).map_err(|m| {
+                    Ok(m) => self.pool.hold_mapping(m, id).map_err(|m| {
                         self.unmaps.push(m);
                         GntStatus::NoSpace
                     }),
@@ -417,9 +518,7 @@ where
                 };
                 match held {
                     // Cannot overflow: a request has at most as many segments as Frames holds.
-                    Ok(f) => {
-                        let _ = r.buffer.frames.push(f);
-                    }
+                    Ok(f) => r.buffer.frames.push(f),
                     Err(status) => {
                         map_failure.get_or_insert(status);
                     }

@@ -214,14 +214,18 @@ pub struct Submit {
     pub pipe: Pipe,
     /// `USBIF_SHORT_NOT_OK`: a short IN transfer is an error.
     pub short_not_ok: bool,
-    /// Total data bytes: the sum of the buffer segments' lengths, up to 64 KiB (the wire's
-    /// u16 `buffer_length` holds it modulo 2^16).
+    /// Total data bytes: the sum of the buffer segments' lengths, up to 64 KiB for a stock
+    /// request (the wire's u16 `buffer_length` holds it modulo 2^16) and up to
+    /// [`MAX_INDIRECT_SEGMENTS`] pages for an indirect one (its `u` holds it whole).
     pub buffer_length: u32,
     /// Transfer-type specific fields.
     pub transfer: Transfer,
     /// The data buffer, contiguous: only the first segment may start inside its page and only
-    /// the last may end inside its page.
-    pub buffer: Vec<RequestSegment, USBIF_MAX_SEGMENTS_PER_REQUEST>,
+    /// the last may end inside its page. Empty for an indirect request until
+    /// [`Submit::resolve_indirect`] has read its segments.
+    pub buffer: SegList<RequestSegment>,
+    /// An indirect request ([`USBIF_F_INDIRECT`]): the pages that list its data segments.
+    pub indirect: Option<IndirectPages>,
     /// ISO only: the pages of the frontend's `usb_iso_packet_descriptor` array.
     pub iso_descriptors: Vec<RequestSegment, USBIF_MAX_SEGMENTS_PER_REQUEST>,
 }
@@ -257,8 +261,8 @@ pub enum RequestError {
     TooManySegments(usize),
     /// `buffer_length` is not the sum of the segment lengths.
     LengthMismatch {
-        /// `buffer_length` as sent.
-        buffer_length: u16,
+        /// `buffer_length` as sent (an indirect request's whole length).
+        buffer_length: u32,
         /// The sum of the segment lengths.
         segments_total: usize,
     },
@@ -273,6 +277,9 @@ pub enum RequestError {
     },
     /// The buffer segments are not one contiguous buffer.
     NotContiguous(usize),
+    /// An indirect request that is not bulk, or whose pages or `u` break the form
+    /// (`docs/pvusb-features.md`).
+    BadIndirect,
     /// An isochronous request with no packets, or descriptor pages too small for them.
     BadIsoDescriptors {
         /// `number_of_packets` as sent.
@@ -300,6 +307,7 @@ impl core::fmt::Display for RequestError {
                 "reason=bad_segment index={index} offset={offset} length={length}"
             ),
             RequestError::NotContiguous(i) => write!(f, "reason=not_contiguous index={i}"),
+            RequestError::BadIndirect => write!(f, "reason=bad_indirect"),
             RequestError::BadIsoDescriptors { number_of_packets, descriptor_bytes } => write!(
                 f,
                 "reason=bad_iso_descriptors packets={number_of_packets} bytes={descriptor_bytes}"
@@ -378,8 +386,11 @@ impl UrbRequest {
                 unlink_id: u16_at(&raw.u, U_UNLINK_ID),
             });
         }
-        if raw.transfer_flags & !USBIF_SHORT_NOT_OK != 0 {
+        if raw.transfer_flags & !(USBIF_SHORT_NOT_OK | USBIF_F_INDIRECT) != 0 {
             return Err(RequestError::UnknownTransferFlags(raw.transfer_flags));
+        }
+        if raw.transfer_flags & USBIF_F_INDIRECT != 0 {
+            return decode_indirect(raw, pipe);
         }
         let nr_buffer = usize::from(raw.nr_buffer_segs);
         let (transfer, nr_desc) = match pipe.transfer_type {
@@ -404,16 +415,9 @@ impl UrbRequest {
             return Err(RequestError::TooManySegments(nr_buffer + nr_desc));
         }
 
-        let mut buffer = Vec::new();
+        let mut buffer = SegList::new();
         for (i, s) in raw.seg[..nr_buffer].iter().enumerate() {
-            let seg = check_segment(i, s)?;
-            let starts_page = seg.offset == 0;
-            let ends_page = usize::from(seg.offset) + usize::from(seg.length) == PAGE_SIZE;
-            if (i > 0 && !starts_page) || (i + 1 < nr_buffer && !ends_page) {
-                return Err(RequestError::NotContiguous(i));
-            }
-            // Cannot fail: nr_buffer <= 16 was checked above.
-            let _ = buffer.push(seg);
+            buffer.push(check_data_segment(i, nr_buffer, s)?);
         }
         let total: usize = buffer.iter().map(|s| usize::from(s.length)).sum();
         // Linux's xen-hcd stores the URB's length in this u16 as it is, so a 64 KiB URB
@@ -421,7 +425,7 @@ impl UrbRequest {
         // are the length, and buffer_length must be their sum in 16 bits.
         if total as u16 != raw.buffer_length {
             return Err(RequestError::LengthMismatch {
-                buffer_length: raw.buffer_length,
+                buffer_length: u32::from(raw.buffer_length),
                 segments_total: total,
             });
         }
@@ -453,13 +457,34 @@ impl UrbRequest {
             buffer_length: total as u32,
             transfer,
             buffer,
+            indirect: None,
             iso_descriptors,
         }))
     }
 }
 
+/// Checks data segment `i` of `n`: a segment, and the buffer contiguous around it (only the
+/// first may start inside its page, only the last may end inside its page).
+fn check_data_segment(
+    i: usize,
+    n: usize,
+    s: &UsbifRequestSegment,
+) -> Result<RequestSegment, RequestError> {
+    let seg = check_segment(i, s)?;
+    let starts_page = seg.offset == 0;
+    let ends_page = usize::from(seg.offset) + usize::from(seg.length) == PAGE_SIZE;
+    if (i > 0 && !starts_page) || (i + 1 < n && !ends_page) {
+        return Err(RequestError::NotContiguous(i));
+    }
+    Ok(seg)
+}
+
+mod indirect;
 mod nodes;
+mod seglist;
+pub use indirect::*;
 pub use nodes::*;
+pub use seglist::SegList;
 
 #[cfg(test)]
 mod tests {

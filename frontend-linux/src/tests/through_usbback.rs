@@ -357,3 +357,93 @@ fn a_frontend_keeping_its_grants_is_served_without_grant_copies_once_warm() {
     assert_eq!(be_dom.mappings(), 0);
     assert!(fes[0].grants().is_empty(), "{:?}", fes[0].grants());
 }
+
+/// A megabyte each way, one URB each, through a frontend that sends indirect requests
+/// (`persistent` also keeps its grants). Returns the backend's grant copies in the last of
+/// three rounds.
+fn a_megabyte_each_way(persistent: bool) -> u64 {
+    let xen = Xen::new();
+    let be_dom = xen.create_domain();
+    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
+    let mut host: SimHost<LocalPage> = SimHost::new();
+    let stick = host.plug(Box::new(MassStorage::new(4096)), "1-1", Speed::Super);
+    let dom = xen.create_domain();
+    let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+    let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
+    xen.dom0()
+        .xenstore()
+        .write(TxId::NONE, &key, b"1-1")
+        .unwrap();
+    let fe = frontend(&dom).with_indirect_segments();
+    let mut fes = vec![if persistent {
+        fe.with_persistent_grants()
+    } else {
+        fe
+    }];
+    round(&mut be, &mut host, &mut fes);
+    assert_eq!(
+        fes[0].indirect_segments(),
+        xen::pvusb::MAX_INDIRECT_SEGMENTS
+    );
+    for setup in [[0, 5, 5, 0, 0, 0, 0, 0], [0, 9, 1, 0, 0, 0, 0, 0]] {
+        let address = if setup[1] == 5 { 0 } else { 5 };
+        fes[0]
+            .submit(Urb::control(1, address, setup, Vec::new()))
+            .unwrap();
+    }
+    round(&mut be, &mut host, &mut fes);
+    drain(&mut fes[0]);
+
+    const MIB: usize = 1 << 20;
+    let blocks = (MIB / BLOCK_SIZE) as u16;
+    let mut copies = 0;
+    for n in 0..3u32 {
+        let data: Vec<u8> = (0..MIB as u32).map(|i| (i / 7 + n) as u8).collect();
+        let before = be_dom.copy_calls();
+        let fe = &mut fes[0];
+        let cbw = |tag, write| read_write_10_cbw(tag, write, 8, blocks, BLOCK_SIZE as u32).to_vec();
+        fe.submit(Urb::new(pipe(Direction::Out, 2), cbw(1, true)))
+            .unwrap();
+        fe.submit(Urb::new(pipe(Direction::Out, 2), data.clone()))
+            .unwrap();
+        fe.submit(Urb::new(pipe(Direction::In, 1), vec![0; 13]))
+            .unwrap();
+        fe.submit(Urb::new(pipe(Direction::Out, 2), cbw(2, false)))
+            .unwrap();
+        fe.submit(Urb::new(pipe(Direction::In, 1), vec![0; MIB]))
+            .unwrap();
+        fe.submit(Urb::new(pipe(Direction::In, 1), vec![0; 13]))
+            .unwrap();
+        round(&mut be, &mut host, &mut fes);
+        let done = drain(&mut fes[0]);
+        assert_eq!(done.len(), 6, "round {n}");
+        assert!(done.iter().all(|c| c.status == 0), "round {n}: {done:?}");
+        assert_eq!(done[1].actual_length, MIB as u32);
+        assert!(
+            done[4].data == data,
+            "round {n}: read back what was written"
+        );
+        copies = be_dom.copy_calls() - before;
+    }
+    assert_eq!(fes[0].error(), None);
+    assert_eq!(fes[0].stats().indirect, 6, "the megabytes, and only they");
+    let id = usbback::DeviceId {
+        frontend: dom.domid(),
+        devid: 0,
+    };
+    assert_eq!(be.stats(id).unwrap().indirect, 6);
+    let disk = host.model::<MassStorage>(stick).unwrap().disk();
+    assert_eq!(disk[8 * 512 + MIB - 1], ((MIB - 1) / 7 + 2) as u8);
+    copies
+}
+
+#[test]
+fn a_megabyte_goes_in_one_indirect_request_each_way() {
+    let copies = a_megabyte_each_way(false);
+    assert!(copies > 0, "fresh grants are copied by grant");
+}
+
+#[test]
+fn with_persistent_grants_an_indirect_megabyte_costs_no_grant_copy_once_warm() {
+    assert_eq!(a_megabyte_each_way(true), 0);
+}

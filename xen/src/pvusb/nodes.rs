@@ -24,6 +24,11 @@ pub const RING_PAGE_ORDER_KEY: &str = "ring-page-order";
 /// stays bound to one page, granted writable, while connected, so the backend may keep it
 /// mapped.
 pub const FEATURE_PERSISTENT_KEY: &str = "feature-persistent";
+/// Indirect segments (`docs/pvusb-features.md`), after blkif's: the backend writes the most
+/// data segments one indirect bulk request may list ([`super::MAX_INDIRECT_SEGMENTS`]); a
+/// frontend that reads it may send such requests ([`super::USBIF_F_INDIRECT`]) and writes
+/// nothing.
+pub const FEATURE_MAX_INDIRECT_SEGMENTS_KEY: &str = "feature-max-indirect-segments";
 
 /// A controller's `usb-ver` of 3 (`docs/pvusb-features.md`): a USB 3 controller, whose
 /// frontend presents a USB 3 root hub. Stock xen-hcd refuses it at probe (it takes 1 or 2),
