@@ -23,7 +23,7 @@ use xen::ring::FrontRing;
 use xen::sim::{Domain, Xen};
 use xen::xenbus::{self, XenbusState};
 use xen::xenstore::TxId;
-use zerocopy::FromZeros;
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Requests put on the conn ring at connect: xen-hcd's count, more than any port count.
 const CONN_REQUESTS: u16 = 512;
@@ -252,6 +252,25 @@ pub fn with_buffer(mut r: UsbifUrbRequest, b: &Buffer) -> UsbifUrbRequest {
     for (i, s) in b.segs.iter().enumerate() {
         r.seg[i] = *s;
     }
+    r
+}
+
+/// The indirect page listing `data`'s segments (`docs/pvusb-features.md`), in a fresh page
+/// of `fe` granted read-only to `be`.
+pub fn indirect_list(fe: &Domain, be: DomId, data: &Buffer) -> Buffer {
+    let entries: Vec<u8> = data
+        .segs
+        .iter()
+        .flat_map(|s| s.as_bytes().to_vec())
+        .collect();
+    buffer(fe, be, 0, &entries, true)
+}
+
+/// `r` (a bulk request) as an indirect request for `data`, whose segments `list` lists.
+pub fn with_indirect(mut r: UsbifUrbRequest, list: &Buffer, data: &Buffer) -> UsbifUrbRequest {
+    let total: u32 = data.segs.iter().map(|s| u32::from(s.length)).sum();
+    let pages: Vec<GrantRef> = list.segs.iter().map(|s| s.gref).collect();
+    xen::pvusb::encode_indirect(&mut r, &pages, data.segs.len() as u16, total);
     r
 }
 

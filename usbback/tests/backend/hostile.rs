@@ -12,7 +12,8 @@ enum Step {
     /// Any 148 bytes as the next request.
     Raw(Vec<u8>),
     /// A plausible request, bent: its pipe bits, segment count, first segment's offset
-    /// and length, and id replaced by arbitrary values where `bend` says so.
+    /// and length, and id replaced by arbitrary values where `bend` says so; for an indirect
+    /// request, also an entry of its indirect page.
     Bent {
         template: u8,
         id: u16,
@@ -34,7 +35,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => proptest::collection::vec(any::<u8>(), 148).prop_map(Step::Raw),
         6 => (
-            0u8..4,
+            0u8..5,
             0u16..24,
             any::<u8>(),
             any::<u32>(),
@@ -78,6 +79,7 @@ proptest! {
         assign(&r.w.xen, r.be, r.fe, 1, "1-1");
         settle(&mut r.w.be, &mut r.host);
         let b = buffer(&r.w.fe, r.be, 0, &[0; 6000], false);
+        let list = indirect_list(&r.w.fe, r.be, &b);
         let mut plugged = true;
         let mut rsp_seen = r.front.urb_page.load_u32(8);
         for s in steps {
@@ -103,7 +105,16 @@ proptest! {
                             u.u[0] = (pipe & 0xf) as u8;
                             u
                         }
-                        _ => with_buffer(urb(id, 1, 0, 2, Direction::Out, TransferType::Bulk), &b),
+                        3 => with_buffer(urb(id, 1, 0, 2, Direction::Out, TransferType::Bulk), &b),
+                        _ => {
+                            if bend & 32 != 0 {
+                                // An entry of the indirect page, scribbled.
+                                let at = usize::from(offset % 16) * 2;
+                                list.pages[0].write(at, &length.to_le_bytes());
+                            }
+                            let bulk = urb(id, 1, 0, 1, Direction::In, TransferType::Bulk);
+                            with_indirect(bulk, &list, &b)
+                        }
                     };
                     if bend & 1 != 0 { req.pipe = pipe; }
                     if bend & 2 != 0 { req.nr_buffer_segs = segs; }
@@ -148,6 +159,7 @@ proptest! {
         xenbus::switch_state(&mut d0, &backend_dir(r.be, r.fe), XenbusState::Closing).unwrap();
         settle(&mut r.w.be, &mut r.host);
         prop_assert!(b.released(&r.w.fe), "a data page is still mapped");
+        prop_assert!(list.released(&r.w.fe), "an indirect page is still mapped");
         prop_assert!(r.front.grants.iter().all(|g| !r.w.fe.grant_in_use(*g)), "a ring is still mapped");
         prop_assert_eq!(r.w.be.in_flight(), 0);
         prop_assert_eq!(r.w.be.devices().count(), 0);

@@ -25,6 +25,7 @@ mod frontend_isolation;
 mod grant_copies;
 mod grant_maps;
 mod hostile;
+mod indirect;
 mod multi_page_ring;
 mod persistent_grants;
 mod simulated_devices;
