@@ -2,8 +2,9 @@
 /*
  * pvusb-hcd: a PVUSB frontend (a USB host controller driver per virtual
  * controller) that negotiates what the backend offers: a multi-page URB
- * ring, persistent grants and a USB 3 root hub. The wire format is Xen's
- * usbif; the negotiated keys are described in docs/pvusb-features.md.
+ * ring, persistent grants, indirect segments and a USB 3 root hub. The wire
+ * format is Xen's usbif; the negotiated keys are described in
+ * docs/pvusb-features.md.
  */
 #ifndef PVUSB_HCD_H
 #define PVUSB_HCD_H
@@ -27,6 +28,17 @@
  */
 #define PVUSB_MAX_POOL_PAGES		1024
 
+/*
+ * Data pages one indirect request may list: 1 MiB, the most a SuperSpeed
+ * usb-storage command carries (2048 sectors). They fit in one indirect page.
+ */
+#define PVUSB_MAX_INDIRECT_SEGMENTS	256
+#define PVUSB_SEGS_PER_INDIRECT_PAGE	\
+	(PAGE_SIZE / sizeof(struct xenusb_request_segment))
+
+/* transfer_flags of an indirect request: seg[0] names its list of segments. */
+#define PVUSB_F_INDIRECT		0x8000
+
 /* The speed code a backend reports for a SuperSpeed device (usb-ver 3). */
 #define PVUSB_SPEED_SUPER		4
 
@@ -49,7 +61,7 @@ struct pvusb_roothub {
 
 /* A page granted once to the backend and kept, for persistent grants. */
 struct pvusb_pool_page {
-	struct list_head list;
+	struct list_head list;	/* on pool_free, or on its request's shadow */
 	struct page *page;
 	grant_ref_t gref;
 };
@@ -68,10 +80,13 @@ struct pvusb_urb {
 struct pvusb_shadow {
 	struct xenusb_urb_request req;
 	struct pvusb_urb *purb;	/* NULL for an unlink request */
-	/* Pool pages holding this request's data (persistent grants). */
-	struct pvusb_pool_page *pool[XENUSB_MAX_SEGMENTS_PER_REQUEST];
-	unsigned int nr_pool;
-	unsigned int iso_pool;	/* index in pool[] of the ISO descriptors */
+	/*
+	 * Pool pages of this request (persistent grants), in order: its data
+	 * from the first page's offset 0 on, then its ISO descriptors (the
+	 * first of them is iso_desc) or its indirect page.
+	 */
+	struct list_head pool;
+	struct pvusb_pool_page *iso_desc;
 	bool in_flight;
 	u16 next_free;
 };
@@ -95,6 +110,7 @@ struct pvusb_hc {
 	/* Negotiated at connect. */
 	unsigned int ring_order;
 	bool persistent;
+	unsigned int max_indirect;	/* 0: no indirect requests */
 
 	struct xenusb_urb_front_ring urb_ring;
 	struct xenusb_conn_front_ring conn_ring;
@@ -119,6 +135,7 @@ struct pvusb_hc {
 	unsigned long urbs;
 	unsigned long ring_full;
 	unsigned long fresh_grants;
+	unsigned long indirect;
 };
 
 static inline struct pvusb_roothub *pvusb_rh(struct usb_hcd *hcd)

@@ -33,8 +33,10 @@ int pvusb_shadow_init(struct pvusb_hc *hc)
 	hc->shadow = kvcalloc(n, sizeof(*hc->shadow), GFP_KERNEL);
 	if (!hc->shadow)
 		return -ENOMEM;
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
+		INIT_LIST_HEAD(&hc->shadow[i].pool);
 		hc->shadow[i].next_free = i + 1 < n ? i + 1 : NO_ID;
+	}
 	hc->shadow_free = 0;
 	return 0;
 }
@@ -152,7 +154,8 @@ static int send_submit(struct pvusb_hc *hc, struct pvusb_urb *purb)
 		req->transfer_flags = XENUSB_SHORT_NOT_OK;
 	/*
 	 * Modulo 2^16, as xen-hcd sends it: a 64 KiB URB (16 full pages, which
-	 * usb-storage sends) goes as 0, its length being its segments'.
+	 * usb-storage sends) goes as 0, its length being its segments'. An
+	 * indirect request carries its whole length in u as well.
 	 */
 	req->buffer_length = (u16)urb->transfer_buffer_length;
 	switch (usb_pipetype(urb->pipe)) {

@@ -26,6 +26,11 @@ module_param(persistent_grants, bool, 0644);
 MODULE_PARM_DESC(persistent_grants,
 		 "Use persistent grants where the backend offers them");
 
+static unsigned int max_indirect_segments = PVUSB_MAX_INDIRECT_SEGMENTS;
+module_param(max_indirect_segments, uint, 0644);
+MODULE_PARM_DESC(max_indirect_segments,
+		 "Most data pages of one indirect bulk request (up to 256; 16 or less: none)");
+
 static void pvusb_fatal_work(struct work_struct *work)
 {
 	struct pvusb_hc *hc = container_of(work, struct pvusb_hc, fatal_work);
@@ -183,6 +188,25 @@ again:
 	return err;
 }
 
+/*
+ * With indirect requests the bus takes one scatter-gather URB per transfer
+ * (usb_sg_init(), usb-storage, uas) instead of one per entry, of any
+ * layout: its data is copied into pool pages anyway. Set before any port
+ * connects, so a device's drivers see it from their probe on.
+ */
+static void pvusb_set_sg(struct pvusb_hc *hc)
+{
+	struct usb_hcd *hcds[] = { hc->hcd, hc->usb3_hcd };
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(hcds); i++) {
+		if (!hcds[i])
+			continue;
+		hcds[i]->self.sg_tablesize = hc->max_indirect;
+		hcds[i]->self.no_sg_constraint = hc->max_indirect != 0;
+	}
+}
+
 /* The backend waits for us: take what it offers, within this module's limits. */
 static int pvusb_connect(struct pvusb_hc *hc)
 {
@@ -195,6 +219,18 @@ static int pvusb_connect(struct pvusb_hc *hc)
 			      (unsigned int)PVUSB_MAX_RING_PAGE_ORDER);
 	hc->persistent = persistent_grants &&
 		xenbus_read_unsigned(dev->otherend, "feature-persistent", 0) == 1;
+	offered = xenbus_read_unsigned(dev->otherend,
+				       "feature-max-indirect-segments", 0);
+	hc->max_indirect = min3(offered, max_indirect_segments,
+				(unsigned int)PVUSB_MAX_INDIRECT_SEGMENTS);
+	/*
+	 * An indirect request's data and list go through the pool, and an
+	 * offer of 16 segments or fewer is no more than a ring entry holds.
+	 */
+	if (!hc->persistent ||
+	    hc->max_indirect <= XENUSB_MAX_SEGMENTS_PER_REQUEST)
+		hc->max_indirect = 0;
+	pvusb_set_sg(hc);
 
 	err = pvusb_setup_rings(hc);
 	if (err) {
@@ -215,10 +251,10 @@ static int pvusb_connect(struct pvusb_hc *hc)
 		notify_remote_via_irq(hc->irq);
 
 	dev_info(&dev->dev,
-		 "event=hcd_connected backend_id=%d usb_ver=%d ports=%u urb_ring_pages=%u urb_ring_size=%u persistent=%s\n",
+		 "event=hcd_connected backend_id=%d usb_ver=%d ports=%u urb_ring_pages=%u urb_ring_size=%u persistent=%s indirect_segments=%u\n",
 		 dev->otherend_id, hc->usb_ver, hc->num_ports,
 		 1U << hc->ring_order, RING_SIZE(&hc->urb_ring),
-		 hc->persistent ? "yes" : "no");
+		 hc->persistent ? "yes" : "no", hc->max_indirect);
 	return 0;
 }
 
@@ -230,9 +266,9 @@ static void pvusb_disconnect(struct pvusb_hc *hc, const char *reason)
 	pvusb_fail_all(hc);
 	pvusb_unplug_all(hc);
 	dev_info(&hc->xbdev->dev,
-		 "event=hcd_disconnected reason=%s urbs=%lu ring_full=%lu fresh_grants=%lu pool_pages=%u\n",
+		 "event=hcd_disconnected reason=%s urbs=%lu ring_full=%lu fresh_grants=%lu pool_pages=%u indirect=%lu\n",
 		 reason, hc->urbs, hc->ring_full, hc->fresh_grants,
-		 hc->pool_pages);
+		 hc->pool_pages, hc->indirect);
 	pvusb_destroy_rings(hc);
 }
 
@@ -532,5 +568,5 @@ static void __exit pvusb_exit(void)
 module_exit(pvusb_exit);
 
 MODULE_ALIAS("xen:vusb");
-MODULE_DESCRIPTION("PVUSB frontend with multi-page rings, persistent grants and USB 3");
+MODULE_DESCRIPTION("PVUSB frontend with multi-page rings, persistent grants, indirect segments and USB 3");
 MODULE_LICENSE("GPL");

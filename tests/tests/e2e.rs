@@ -272,8 +272,9 @@ fn xen_end_to_end() {
             .find(|l| l.contains("event=hcd_connected "))
             .expect("pvusb-hcd logged event=hcd_connected in guest-a");
         assert_eq!(
-            ["usb_ver", "urb_ring_pages", "urb_ring_size", "persistent"].map(|k| field(hcd, k)),
-            ["3", "16", "256", "yes"].map(Some),
+            ["usb_ver", "urb_ring_pages", "urb_ring_size", "persistent", "indirect_segments"]
+                .map(|k| field(hcd, k)),
+            ["3", "16", "256", "yes", "256"].map(Some),
             "{hcd}"
         );
         for (name, log) in [("guest-a", &guest_a), ("guest-b", &guest_b)] {
@@ -515,6 +516,21 @@ fn xen_end_to_end() {
         };
         let a_removed = removed(a_id);
         println!("e2e: {a_removed}");
+        // guest-a's usb-storage sent its data stages as indirect requests (one per SCSI
+        // command); guest-b's xen-hcd never sends one.
+        let disconnected = |id: &str| {
+            usbdom
+                .iter()
+                .copied()
+                .find(|l| {
+                    l.contains("event=frontend_disconnected ") && field(l, "domid") == Some(id)
+                })
+                .unwrap_or_else(|| panic!("usbdom disconnected domain {id}'s frontend"))
+        };
+        let a_gone = disconnected(a_id);
+        println!("e2e: {a_gone}");
+        let indirect: u64 = field(a_gone, "indirect").unwrap().parse().unwrap();
+        assert!(indirect > 0, "{a_gone}");
         assert_eq!(field(a_removed, "reason"), Some("frontend_gone"));
         // guest-a's rings and kept data pages went with it: guest-b's two rings are left.
         assert_eq!(field(a_removed, "grants_mapped"), Some("2"), "{a_removed}");
@@ -565,6 +581,8 @@ fn xen_end_to_end() {
         // guest-b's controller went last, by usbctl: nothing is mapped any more.
         let b_removed = removed(b_id);
         assert_eq!(field(b_removed, "grants_mapped"), Some("0"), "{b_removed}");
+        let b_gone = disconnected(b_id);
+        assert_eq!(field(b_gone, "indirect"), Some("0"), "{b_gone}");
         assert!(phases.contains(&"hc_destroyed"), "phases: {phases:?}");
 
         // The same image as a PVH domU, its log read from xenconsoled's file (PV console).

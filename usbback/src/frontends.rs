@@ -502,6 +502,8 @@ where
             p.address = 0;
         }
         let dir = dev.dir.clone();
+        // What the connection carried, for the disconnect's line.
+        let mut carried = Stats::default();
         if let Some(c) = conn {
             let Connection {
                 mut rings,
@@ -542,6 +544,7 @@ where
             }
             let _ = self.hv.close(port);
             log_stats(id, &stats, "teardown", 0);
+            carried = stats;
             info!(
                 "event=frontend_transfers_cancelled domid={} devid={} count={cancelled} frames_quarantined={quarantined}",
                 id.frontend, id.devid
@@ -551,8 +554,8 @@ where
             warn!("event=xenstore_error op=write path={dir}/state error={e}");
         }
         info!(
-            "event=frontend_disconnected domid={} devid={} reason={why}",
-            id.frontend, id.devid
+            "event=frontend_disconnected domid={} devid={} reason={why} completed={} bytes={} indirect={}",
+            id.frontend, id.devid, carried.completed, carried.bytes, carried.indirect
         );
     }
 
