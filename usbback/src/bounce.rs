@@ -16,7 +16,9 @@
 //! another domain's memory. Our own frames never change owner (and under nested Xen the
 //! copies cost an eighth of the maps' time per MiB). A frame goes back to the pool only
 //! once the transfer using it has completed: a frontend that disconnects leaves its
-//! transfers' frames in quarantine until the host reports them finished.
+//! transfers' frames in quarantine until the host reports them finished. (A frontend's
+//! grants kept for `feature-persistent` are the exception: mapped once for the connection,
+//! a bulk transfer reaches them directly, [`FrameId::KEPT`]; see [`crate::persistent`].)
 //!
 //! An IN request's grants are checked before the device is asked for data: a zero-length
 //! copy into each, in the pass's batch, unless a copy into that grant of this frontend's
@@ -50,6 +52,12 @@ pub struct FrameId(u16);
 
 /// Ids from here on name mapped grants, below it our frames.
 const MAPPED: u16 = 0x8000;
+
+impl FrameId {
+    /// Not in the pool: the segment's own grant, kept mapped for a frontend that promised
+    /// `feature-persistent`, which the device reaches directly ([`crate::persistent`]).
+    pub const KEPT: FrameId = FrameId(u16::MAX);
+}
 
 /// A request's pages, one per segment: names, not the pages, inline for a stock request, so
 /// taking them allocates nothing and moving a request along the path copies little.
@@ -220,6 +228,9 @@ impl<P> FramePool<P> {
     /// `unmap`, for the caller to unmap (in one batch with others).
     pub fn release(&mut self, frames: Frames, unmap: &mut Vec<GrantMapping<P>>) {
         for id in frames {
+            if id == FrameId::KEPT {
+                continue;
+            }
             let index = usize::from(id.0 & !MAPPED);
             let owner = if id.0 & MAPPED == 0 {
                 let Some(owner) = self.frame_owner.get_mut(index).and_then(Option::take) else {

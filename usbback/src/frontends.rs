@@ -20,6 +20,7 @@ use xen::ring::BackRing;
 use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
+use crate::bounce::FrameId;
 use crate::host::UsbHost;
 use crate::persistent::PersistentGrants;
 use crate::*;
@@ -519,21 +520,38 @@ where
             // the host says it finished (a cancel is asynchronous, and may fail).
             let cancelled = inflight.len();
             let mut quarantined = 0;
+            // Transfers whose device reaches the kept mappings directly.
+            let mut direct = Vec::new();
             for f in inflight.drain() {
                 host.cancel(f.device, f.token);
                 self.tokens.take(f.token);
-                quarantined += f.buffer.frames.len();
+                let kept = f
+                    .buffer
+                    .frames
+                    .iter()
+                    .filter(|&&x| x == FrameId::KEPT)
+                    .count();
+                if kept > 0 {
+                    direct.push(f.token);
+                }
+                quarantined += f.buffer.frames.len() - kept;
                 self.quarantine.insert(f.token, f.buffer.frames);
             }
             // The rings are dropped before their pages are unmapped, in one batch with the
             // grants kept mapped (no device reaches those: its transfers use our frames).
             drop(urb);
             drop(conn);
-            rings.extend(
-                persistent
-                    .map(PersistentGrants::into_mappings)
-                    .unwrap_or_default(),
-            );
+            // The kept mappings a cancelled transfer may still reach stay mapped until the
+            // host reports every such transfer finished (`Backend::complete`).
+            let kept = persistent
+                .map(PersistentGrants::into_mappings)
+                .unwrap_or_default();
+            let deferred = if direct.is_empty() { 0 } else { kept.len() };
+            if direct.is_empty() {
+                rings.extend(kept);
+            } else {
+                self.deferred_unmaps.push((direct, kept));
+            }
             if let Err(s) = self.hv.unmap(rings) {
                 warn!(
                     "event=grant_unmap_failed domid={} devid={} status={} what=rings",
@@ -546,7 +564,7 @@ where
             log_stats(id, &stats, "teardown", 0);
             carried = stats;
             info!(
-                "event=frontend_transfers_cancelled domid={} devid={} count={cancelled} frames_quarantined={quarantined}",
+                "event=frontend_transfers_cancelled domid={} devid={} count={cancelled} frames_quarantined={quarantined} mappings_deferred={deferred}",
                 id.frontend, id.devid
             );
         }

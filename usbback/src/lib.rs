@@ -102,6 +102,10 @@ const USBIF_STATUS_NOMEM: i32 = -12;
 /// Bytes of Linux's `usb_iso_packet_descriptor`.
 const ISO_DESCRIPTOR_SIZE: usize = core::mem::size_of::<UsbIsoPacketDescriptor>();
 
+/// A disconnected frontend's kept mappings, and the host transfers (by token) that may
+/// still reach them: unmapped once the last of those is finished.
+type DeferredUnmap<P> = (Vec<u64>, Vec<GrantMapping<P>>);
+
 /// One frontend device: `backend/vusb/<frontend>/<devid>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DeviceId {
@@ -144,6 +148,9 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Indirect requests taken (`feature-max-indirect-segments`).
     pub indirect: u64,
+    /// Transfers whose device reached the frontend's kept pages directly, nothing copied
+    /// (`feature-persistent`).
+    pub zero_copy: u64,
     /// Times its next request waited on the ring because it held its share of the pool
     /// ([`bounce::FRONTEND_PAGE_SHARE`]).
     pub throttled: u64,
@@ -258,6 +265,9 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     /// the host reports the transfer finished, not before (a cancelled transfer may still
     /// be running).
     quarantine: BTreeMap<u64, bounce::Frames>,
+    /// A disconnected frontend's kept mappings, unmapped once the host has finished every
+    /// one of the listed transfers that reached them directly.
+    deferred_unmaps: Vec<DeferredUnmap<H::Page>>,
     /// Answers waiting for their copies, pushed together before publication
     /// ([`Backend::finish_answers`]), with the copies of all of them: one hypercall.
     answers: Vec<Answer>,
@@ -353,6 +363,7 @@ where
             tokens: Tokens::default(),
             pool: FramePool::default(),
             quarantine: BTreeMap::new(),
+            deferred_unmaps: Vec::new(),
             answers: Vec::new(),
             answer_copies: Vec::new(),
             data_path: DataPath::default(),
@@ -614,7 +625,7 @@ pub const PERIODIC_TARGET: &str = "periodic";
 fn log_stats(id: DeviceId, s: &Stats, phase: &str, in_flight: usize) {
     info!(
         target: PERIODIC_TARGET,
-        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} bytes_in={} in_flight={in_flight} indirect={} throttled={}",
-        id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes, s.bytes_in, s.indirect, s.throttled
+        "event=stats domid={} devid={} phase={phase} completed={} unlinked={} errors={} ring_full={} bytes={} bytes_in={} in_flight={in_flight} indirect={} zero_copy={} throttled={}",
+        id.frontend, id.devid, s.completed, s.unlinked, s.errors, s.ring_full, s.bytes, s.bytes_in, s.indirect, s.zero_copy, s.throttled
     );
 }

@@ -1,8 +1,18 @@
 //! Persistent grants (`feature-persistent`, `docs/pvusb-features.md`), after blkif's. A
 //! frontend that promises to keep each grant reference bound to one page, granted writable,
-//! for as long as it is connected lets usbdom map its data pages once and keep them. The
-//! copy path then moves bytes between a kept mapping and usbdom's own frame with the CPU:
-//! no grant hypercall per URB, and a device still reaches only usbdom's frames.
+//! for as long as it is connected lets usbdom map its data pages once and keep them: no
+//! grant hypercall per URB.
+//!
+//! A bulk transfer whose every page is kept goes straight to those pages: the device reads
+//! and writes the guest's kept pages and nothing is copied (`zero_copy=` in `event=stats`).
+//! The reason the copy path bounces through usbdom's own frames, a late DMA through an IOTLB
+//! entry that outlives an unmap, does not reach them: a kept mapping is unmapped only when
+//! the frontend disconnects, and then only once the host has reported every transfer that
+//! reaches it finished (cancelled ones included: `Backend::complete` releases them, from
+//! `deferred_unmaps`). Until then the guest cannot hand the page to anyone else, as a page
+//! with a live grant mapping stays its own. Other transfers (control, whose answers usbdom
+//! reads and rewrites; interrupt; isochronous) and pages not kept yet still go through
+//! usbdom's frames, copied by the CPU from and to the kept mapping.
 //!
 //! Only a frontend's promise makes this safe: Linux hands a freed grant reference out again
 //! for another page, so a mapping kept for a frontend that did not promise could show an old
@@ -43,6 +53,11 @@ impl<P> PersistentGrants<P> {
     /// The kept mapping of `gref`, if there is one.
     pub fn page(&self, gref: GrantRef) -> Option<&P> {
         self.mapped.get(&gref).map(|m| &m.page)
+    }
+
+    /// The kept mapping of `gref` and the bus address a device reaches it at.
+    pub fn dma(&self, gref: GrantRef) -> Option<(&P, u64)> {
+        self.mapped.get(&gref).map(|m| (&m.page, m.addr.0))
     }
 
     /// Whether `gref` is worth mapping to keep: not kept or refused yet, and room left.

@@ -24,7 +24,7 @@ use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
 use xen::xenstore::XsTransport;
 
 use crate::answers::{copy_failure, run_copies, Answer};
-use crate::bounce::{self, Buffer, Frames};
+use crate::bounce::{self, Buffer, FrameId, Frames};
 use crate::host::{self, Completion, UsbHost};
 use crate::{
     control, response, status_of, superspeed, Backend, DataPath, DeviceId, InFlight, BUDGET,
@@ -385,8 +385,23 @@ where
             _ => None,
         };
         let map = self.data_path == DataPath::Map && cached.is_none();
+        // Bulk data of a frontend that promised `feature-persistent`, every page of it kept
+        // mapped already: the device reaches those pages directly and nothing is copied
+        // (`persistent.rs` says why that is safe).
+        let direct = !map
+            && cached.is_none()
+            && s.pipe.transfer_type == TransferType::Bulk
+            && !segments.is_empty()
+            && self
+                .devices
+                .get(&id)
+                .and_then(|d| d.conn.as_ref())
+                .and_then(|c| c.persistent.as_ref())
+                .is_some_and(|k| segments.iter().all(|g| k.page(g.gref).is_some()));
         let taken = if map {
             Some(Frames::new())
+        } else if direct {
+            Some(segments.iter().map(|_| FrameId::KEPT).collect())
         } else {
             self.pool.take(&mut self.hv, segments.len(), id)
         };
@@ -563,29 +578,50 @@ where
                 self.respond(id, response(r.rid, USBIF_STATUS_INVAL, 0));
                 continue;
             }
-            let token = self.tokens.issue(id, r.rid);
             let shape = r.transfer;
             let buffer = &r.buffer;
+            let kept = self
+                .devices
+                .get(&id)
+                .and_then(|d| d.conn.as_ref())
+                .and_then(|c| c.persistent.as_ref());
+            // Each id was handed out for this request above: each names a page, ours or a
+            // kept mapping of the frontend's.
+            let segments: host::TransferSegments<H::Page> = buffer.frames[..buffer.data]
+                .iter()
+                .zip(&buffer.segments)
+                .filter_map(|(&f, g)| {
+                    let (page, phys) = if f == FrameId::KEPT {
+                        kept?.dma(g.gref)?
+                    } else {
+                        self.pool.page(f)?
+                    };
+                    Some(host::PageSegment {
+                        page: page.clone(),
+                        phys,
+                        offset: g.offset,
+                        len: g.length,
+                    })
+                })
+                .collect();
+            if segments.len() != buffer.data {
+                self.pool.release(r.buffer.frames, &mut self.unmaps);
+                self.respond(id, response(r.rid, USBIF_STATUS_IOERROR, 0));
+                continue;
+            }
+            if buffer.frames.first() == Some(&FrameId::KEPT) {
+                if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
+                    c.stats.zero_copy += 1;
+                }
+            }
+            let token = self.tokens.issue(id, r.rid);
             let transfer = host::Transfer {
                 token,
                 endpoint: shape.endpoint,
                 direction: shape.direction,
                 transfer_type: shape.transfer_type,
                 setup: shape.setup,
-                // Each id was handed out for this request above: each names a page.
-                segments: buffer.frames[..buffer.data]
-                    .iter()
-                    .zip(&buffer.segments)
-                    .filter_map(|(&f, g)| {
-                        let (page, phys) = self.pool.page(f)?;
-                        Some(host::PageSegment {
-                            page: page.clone(),
-                            phys,
-                            offset: g.offset,
-                            len: g.length,
-                        })
-                    })
-                    .collect(),
+                segments,
                 iso_packets: iso_packets.clone(),
                 start_frame: None,
             };
@@ -630,6 +666,14 @@ where
     pub(crate) fn complete(&mut self, c: Completion) -> Option<DeviceId> {
         if let Some(frames) = self.quarantine.remove(&c.token) {
             self.pool.release(frames, &mut self.unmaps);
+            for (tokens, mappings) in &mut self.deferred_unmaps {
+                tokens.retain(|&t| t != c.token);
+                if tokens.is_empty() {
+                    self.unmaps.append(mappings);
+                }
+            }
+            self.deferred_unmaps
+                .retain(|(tokens, _)| !tokens.is_empty());
             return None;
         }
         let (id, rid) = self.tokens.take(c.token)?;

@@ -153,3 +153,56 @@ fn without_the_promise_or_with_a_read_only_grant_nothing_is_kept() {
         "the rings and the writable page"
     );
 }
+
+#[test]
+fn kept_pages_are_reached_directly_and_stay_mapped_until_a_cancelled_transfer_into_them_ends() {
+    let mut r = persistent_frontend(true);
+    let out = buffer(&r.w.fe, r.be, 0, &[0; 4096], false);
+    let inb = buffer(&r.w.fe, r.be, 0, &[0; 8192], false);
+    // The first round keeps the pages; from the second on the device reaches them.
+    round(&mut r, &out, &inb, &[1; 4096], 1);
+    round(&mut r, &out, &inb, &[2; 4096], 3);
+    let id = DeviceId {
+        frontend: r.fe,
+        devid: 0,
+    };
+    assert_eq!(
+        r.w.be.stats(id).unwrap().zero_copy,
+        2,
+        "the second round's two"
+    );
+    assert_eq!(r.w.be.bounce_frames_held(), 0);
+
+    // A read the device holds, and whose cancel fails: the controller goes meanwhile.
+    r.host.hold = true;
+    r.host.cancel_fails = true;
+    let read = with_buffer(urb(9, 1, 5, 1, Direction::In, TransferType::Bulk), &inb);
+    send(&r.w.fe, &mut r.front, &[read]);
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(r.host.held.len(), 1);
+    let token = r.host.held[0].1.token;
+    assert_eq!(
+        r.w.be.bounce_frames_held(),
+        0,
+        "no frame: the guest's own pages"
+    );
+    let mut d0 = r.w.xen.dom0().xenstore();
+    let dir = backend_dir(r.be, r.fe);
+    d0.write(TxId::NONE, &format!("{dir}/online"), b"0")
+        .unwrap();
+    xenbus::switch_state(&mut d0, &dir, XenbusState::Closing).unwrap();
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(
+        r.w.be.hypervisor().mappings(),
+        out.segs.len() + inb.segs.len(),
+        "the kept pages stay mapped while the device may still write them"
+    );
+    assert!(!inb.released(&r.w.fe));
+
+    // The device's late write lands in the page still mapped; then everything goes.
+    r.host.finish_late(token, 0x77);
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(inb.read(), vec![0x77; 8192]);
+    assert_eq!(r.w.be.hypervisor().mappings(), 0);
+    assert!(out.released(&r.w.fe) && inb.released(&r.w.fe));
+}
