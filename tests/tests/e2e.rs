@@ -529,8 +529,10 @@ fn xen_end_to_end() {
         };
         let a_gone = disconnected(a_id);
         println!("e2e: {a_gone}");
-        let indirect: u64 = field(a_gone, "indirect").unwrap().parse().unwrap();
-        assert!(indirect > 0, "{a_gone}");
+        let count = |l: &str, k: &str| -> u64 { field(l, k).unwrap().parse().unwrap() };
+        assert!(count(a_gone, "indirect") > 0, "{a_gone}");
+        // Its kept pages took the device's bulk data directly.
+        assert!(count(a_gone, "zero_copy") > 0, "{a_gone}");
         assert_eq!(field(a_removed, "reason"), Some("frontend_gone"));
         // guest-a's rings and kept data pages went with it: guest-b's two rings are left.
         assert_eq!(field(a_removed, "grants_mapped"), Some("2"), "{a_removed}");
@@ -582,7 +584,11 @@ fn xen_end_to_end() {
         let b_removed = removed(b_id);
         assert_eq!(field(b_removed, "grants_mapped"), Some("0"), "{b_removed}");
         let b_gone = disconnected(b_id);
-        assert_eq!(field(b_gone, "indirect"), Some("0"), "{b_gone}");
+        assert_eq!(
+            ["indirect", "zero_copy"].map(|k| field(b_gone, k)),
+            [Some("0"); 2],
+            "{b_gone}"
+        );
         assert!(phases.contains(&"hc_destroyed"), "phases: {phases:?}");
 
         // The same image as a PVH domU, its log read from xenconsoled's file (PV console).

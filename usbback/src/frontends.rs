@@ -572,8 +572,8 @@ where
             warn!("event=xenstore_error op=write path={dir}/state error={e}");
         }
         info!(
-            "event=frontend_disconnected domid={} devid={} reason={why} completed={} bytes={} indirect={}",
-            id.frontend, id.devid, carried.completed, carried.bytes, carried.indirect
+            "event=frontend_disconnected domid={} devid={} reason={why} completed={} bytes={} indirect={} zero_copy={}",
+            id.frontend, id.devid, carried.completed, carried.bytes, carried.indirect, carried.zero_copy
         );
     }
 
