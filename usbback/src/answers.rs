@@ -87,17 +87,13 @@ where
         self.statuses = statuses;
     }
 
-    /// Serves again, in their turn, the frontends left unread for holding their share of
-    /// the pool that now have room for a request.
+    /// Serves again, in their turn, the frontends with submissions parked for want of
+    /// frames that now have room for one.
     fn unthrottle(&mut self) {
-        for (id, d) in &mut self.devices {
-            if let Some(c) = d.conn.as_mut() {
-                if c.throttled && self.pool.has_room_for_a_request(*id) {
-                    c.throttled = false;
-                    if !self.busy.contains(id) {
-                        self.busy.push_back(*id);
-                    }
-                }
+        for (id, d) in &self.devices {
+            let parked = d.conn.as_ref().is_some_and(|c| !c.parked.is_empty());
+            if parked && self.pool.has_room_for_a_request(*id) && !self.busy.contains(id) {
+                self.busy.push_back(*id);
             }
         }
     }

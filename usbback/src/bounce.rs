@@ -134,8 +134,9 @@ pub const MAX_POOL_FRAMES: usize = 4096;
 
 /// Pages one frontend may hold at once, frames and mappings together (4 MiB): a quarter of
 /// the pool, so a frontend that keeps its ring full of megabyte requests leaves the pool to
-/// three more doing the same. Past it the frontend's next request waits on its ring
-/// ([`FramePool::has_room_for_a_request`]) until its transfers give pages back.
+/// three more doing the same. Past it the frontend's submissions wait, taken off its ring
+/// ([`FramePool::has_room_for_a_request`]), until its transfers give pages back; its unlinks
+/// are served meanwhile.
 pub const FRONTEND_PAGE_SHARE: usize = MAX_POOL_FRAMES / 4;
 
 /// Frames for bounce buffers: taken from the hypervisor layer on demand, up to

@@ -440,7 +440,7 @@ where
             port,
             inflight: InFlightTable::with_capacity(ring_size),
             written: WrittenGrants::default(),
-            throttled: false,
+            parked: VecDeque::new(),
             changes: VecDeque::new(),
             stats: Stats::default(),
             logged: Stats::default(),

@@ -151,7 +151,7 @@ pub struct Stats {
     /// Transfers whose device reached the frontend's kept pages directly, nothing copied
     /// (`feature-persistent`).
     pub zero_copy: u64,
-    /// Times its next request waited on the ring because it held its share of the pool
+    /// Submissions that waited, taken off the ring, because it held its share of the pool
     /// ([`bounce::FRONTEND_PAGE_SHARE`]).
     pub throttled: u64,
 }
@@ -187,9 +187,10 @@ struct Connection<P> {
     written: WrittenGrants,
     /// Port changes (port, speed) not yet reported on the conn ring.
     changes: VecDeque<(u8, u8)>,
-    /// It held its share of the pool and its ring was left unread: served again once its
-    /// transfers give pages back.
-    throttled: bool,
+    /// Submissions taken off the ring while it held its share of the pool, in ring order:
+    /// served once its transfers give pages back (at most a ring's worth: each holds its
+    /// ring slot until answered). Unlinks behind them are served at once.
+    parked: VecDeque<UsbifUrbRequest>,
     stats: Stats,
     logged: Stats,
 }

@@ -63,12 +63,16 @@ where
             if taken == BUDGET {
                 break true;
             }
-            // Its share of the pool is held: its next request waits on the ring until its
-            // transfers give pages back (`finish_answers` serves it again then).
-            if !self.pool.has_room_for_a_request(id) {
-                c.throttled = true;
-                c.stats.throttled += 1;
-                break false;
+            // Submissions parked for want of frames go first, in ring order, once there is
+            // room (`finish_answers` serves the frontend again when its pages come back).
+            if !c.parked.is_empty() && self.pool.has_room_for_a_request(id) {
+                if let Some(raw) = c.parked.pop_front() {
+                    taken += 1;
+                    if !self.request(id, raw, host, &mut stage) {
+                        break false;
+                    }
+                }
+                continue;
             }
             let next = match c.urb.next_request() {
                 Ok(Some(raw)) => Ok(Next::Request(raw)),
@@ -86,6 +90,15 @@ where
             match next {
                 Ok(Next::Request(raw)) => {
                     taken += 1;
+                    // A submission that finds the frontend at its share of the pool, or
+                    // others parked before it, waits off the ring; an unlink is served at
+                    // once (it may cancel one of those).
+                    let submit = raw.pipe & USBIF_PIPE_UNLINK == 0;
+                    if submit && (!c.parked.is_empty() || !self.pool.has_room_for_a_request(id)) {
+                        c.parked.push_back(raw);
+                        c.stats.throttled += 1;
+                        continue;
+                    }
                     if !self.request(id, raw, host, &mut stage) {
                         break false;
                     }
@@ -157,6 +170,7 @@ where
                 .is_some_and(|c| {
                     c.inflight.contains(rid)
                         || c.inflight.values().any(|f| f.unlinked_by == Some(rid))
+                        || c.parked.iter().any(|r| r.id == rid)
                 })
     }
 
@@ -195,6 +209,14 @@ where
                 let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) else {
                     return false;
                 };
+                // A parked submission is answered as cancelled, then the unlink.
+                if let Some(at) = c.parked.iter().position(|r| r.id == unlink_id) {
+                    c.parked.remove(at);
+                    c.stats.unlinked += 1;
+                    self.respond(id, response(unlink_id, USBIF_STATUS_SHUTDOWN, 0));
+                    self.respond(id, response(rid, USBIF_STATUS_OK, 0));
+                    return true;
+                }
                 match c.inflight.get_mut(unlink_id) {
                     // Answered once the cancelled request is, right after it.
                     Some(f) if f.unlinked_by.is_none() => {

@@ -1,7 +1,7 @@
 //! Indirect segments (`docs/pvusb-features.md`): offered before InitWait, a bulk request
 //! listing its pages in an indirect page served as one transfer, every bent form refused
 //! alone, and a frontend that keeps megabyte requests coming held to its share of the
-//! bounce frames while another frontend is served.
+//! bounce frames while another frontend is served, its waiting requests still cancellable.
 
 use super::*;
 use usbback::bounce::FRONTEND_PAGE_SHARE;
@@ -123,7 +123,7 @@ fn an_indirect_request_is_one_transfer_and_bent_ones_are_refused_alone() {
 }
 
 #[test]
-fn a_frontend_holding_its_share_waits_on_its_ring_while_another_is_served() {
+fn a_frontend_holding_its_share_waits_while_another_is_served_and_can_still_unlink() {
     let ConnectedFrontend {
         mut w,
         mut host,
@@ -199,9 +199,23 @@ fn a_frontend_holding_its_share_waits_on_its_ring_while_another_is_served() {
     );
     assert_eq!(small.read(), [0x11; 512]);
 
+    // An unlink of a request still waiting is answered at once: that request as
+    // cancelled, then the unlink; it never reaches the device.
+    let mut unlink = urb(100, 1, 7, 1, Direction::In, TransferType::Bulk);
+    unlink.pipe |= USBIF_PIPE_UNLINK;
+    unlink.u[..2].copy_from_slice(&7u16.to_le_bytes());
+    send(&greedy_dom, &mut greedy, &[unlink]);
+    settle(&mut w.be, &mut host);
+    let rsp: Vec<(u16, i32)> = responses(&mut greedy)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(rsp, [(7, USBIF_STATUS_SHUTDOWN), (100, USBIF_STATUS_OK)]);
+    assert_eq!(host.held.len(), share);
+
     // As the greedy one's transfers finish, the rest of its requests are taken, each once.
     let mut answered = Vec::new();
-    while answered.len() < reads.len() {
+    while answered.len() < reads.len() - 1 {
         assert!(
             !host.held.is_empty(),
             "requests left on the ring: {answered:?}"
@@ -221,9 +235,10 @@ fn a_frontend_holding_its_share_waits_on_its_ring_while_another_is_served() {
         }
     }
     answered.sort();
-    assert_eq!(answered, (0..8).collect::<Vec<u16>>());
-    for (b, list) in &reads {
-        assert!(b.read().iter().all(|&x| x == 0x22));
+    assert_eq!(answered, (0..7).collect::<Vec<u16>>());
+    for (i, (b, list)) in reads.iter().enumerate() {
+        let want = if i == 7 { 0 } else { 0x22 };
+        assert!(b.read().iter().all(|&x| x == want), "read {i}");
         assert!(b.released(&greedy_dom) && list.released(&greedy_dom));
     }
     let stats =
@@ -232,7 +247,7 @@ fn a_frontend_holding_its_share_waits_on_its_ring_while_another_is_served() {
             devid: 0,
         })
         .unwrap();
-    assert_eq!(stats.indirect, 8);
-    assert!(stats.throttled > 0);
+    assert_eq!(stats.indirect, 7, "the cancelled one was never read");
+    assert_eq!(stats.throttled, 4, "four waited");
     assert_eq!(w.be.bounce_frames_held(), 0);
 }
