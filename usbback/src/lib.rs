@@ -43,6 +43,7 @@ pub mod bounce;
 mod control;
 mod frontends;
 pub mod host;
+mod indirect;
 mod inflight;
 pub mod persistent;
 pub mod policy;

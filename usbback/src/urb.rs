@@ -5,7 +5,6 @@
 //! ([`Backend::finish_answers`]).
 
 use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -14,10 +13,9 @@ use usb::request::GET_DESCRIPTOR;
 use usb::{descriptor, Direction, IsoPacket, TransferType};
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
-use xen::abi::{GrantRef, PAGE_SIZE};
+use xen::abi::GrantRef;
 use xen::hypervisor::{
-    CopyOp, CopyPtr, EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest,
-    MAX_GRANT_BATCH,
+    CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrames, MapRequest, MAX_GRANT_BATCH,
 };
 use xen::page::SharedPage;
 use xen::pvusb::{self, Submit, UrbRequest, UsbIsoPacketDescriptor};
@@ -245,84 +243,6 @@ where
                 self.submit(id, s, host, stage)
             }
         }
-    }
-
-    /// Reads an indirect request's pages (from the kept mapping of a frontend that promised
-    /// `feature-persistent`, else by one grant copy into our frame), once, into our memory,
-    /// and checks the segments they list ([`Submit::resolve_indirect`]).
-    fn resolve_indirect(
-        &mut self,
-        id: DeviceId,
-        s: &mut Submit,
-        stage: &mut Stage,
-    ) -> Result<(), String> {
-        let Some(pages) = s.indirect.clone() else {
-            return Ok(());
-        };
-        let mut entries = [0u8; pvusb::MAX_INDIRECT_PAGES * PAGE_SIZE];
-        for (i, &gref) in pages.pages.iter().enumerate() {
-            let at = i * PAGE_SIZE;
-            let into = &mut entries[at..at + pages.page_bytes(i)];
-            let kept = self
-                .devices
-                .get(&id)
-                .and_then(|d| d.conn.as_ref())
-                .and_then(|c| c.persistent.as_ref());
-            if let Some(page) = kept.and_then(|k| k.page(gref)) {
-                page.read(0, into);
-                continue;
-            }
-            if kept.is_some_and(|k| k.wants(gref)) {
-                stage.keep.push((id, gref));
-            }
-            self.copy_from_grant(id, gref, into).map_err(|status| {
-                format!("reason=indirect_page_copy_failed status={}", status.name())
-            })?;
-        }
-        // Every page but the last is full, so the entries lie end to end.
-        let listed = &entries[..pages.entry_bytes()];
-        s.resolve_indirect(listed).map_err(|e| format!("{e}"))?;
-        if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
-            c.stats.indirect += 1;
-        }
-        Ok(())
-    }
-
-    /// Copies `into.len()` bytes from the start of `id`'s page `gref` into `into`, through
-    /// one of our frames (one grant copy).
-    fn copy_from_grant(
-        &mut self,
-        id: DeviceId,
-        gref: GrantRef,
-        into: &mut [u8],
-    ) -> Result<(), GntStatus> {
-        let frames = self
-            .pool
-            .take(&mut self.hv, 1, id)
-            .ok_or(GntStatus::NoSpace)?;
-        let result = (|| {
-            let gfn = self.pool.gfn(frames[0]).ok_or(GntStatus::GeneralError)?;
-            let op = CopyOp {
-                source: CopyPtr::Grant {
-                    dom: id.frontend,
-                    gref,
-                    offset: 0,
-                },
-                dest: CopyPtr::Local { gfn, offset: 0 },
-                // At most a page.
-                len: into.len() as u16,
-            };
-            let mut statuses = Vec::new();
-            run_copies(&mut self.hv, &[op], &mut statuses);
-            if let Some(status) = copy_failure(&statuses, 0..1) {
-                return Err(status);
-            }
-            let (page, _) = self.pool.page(frames[0]).ok_or(GntStatus::GeneralError)?;
-            page.read(0, into);
-            Ok(())
-        })();
-        self.pool.release(frames, &mut self.unmaps);
-        result
     }
 
     /// Checks a submission, answers the requests the backend handles itself, and stages the
@@ -817,7 +737,7 @@ pub(crate) struct Stage {
     maps: Vec<MapRequest>,
     /// Grants of frontends that promised `feature-persistent`, to map and keep
     /// ([`crate::persistent`]).
-    keep: Vec<(DeviceId, GrantRef)>,
+    pub(crate) keep: Vec<(DeviceId, GrantRef)>,
     requests: Vec<Staged>,
 }
 
