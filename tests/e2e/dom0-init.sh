@@ -95,7 +95,13 @@ xl_destroy() {
 # ready NAME LOG REMAKE: waits for a guest's "guest: ready"; a guest that died first (its
 # domain gone) is made again once with REMAKE.
 ready() {
-  wait_for "$2" "guest: ready" 120 && return 0
+  i=0
+  while [ $i -lt 120 ]; do
+    grep -q -- "guest: ready" "$2" 2>/dev/null && return 0
+    # Gone (destroyed when it died, see the guests' configs): made again at once.
+    xl domid "$1" >/dev/null 2>&1 || break
+    sleep 1; i=$((i + 1))
+  done
   xl domid "$1" >/dev/null 2>&1 && return 1
   env_retry "guest_$1_died_booting"
   eval "$3" && wait_for "$2" "guest: ready" 120
