@@ -104,7 +104,7 @@ where
         } else {
             Vec::new()
         };
-        let buffer_pages = count_pages(f.page_offset, f.buffer_length.max(1));
+        let buffer_pages = count_pages(f.page_offset, f.buffer_length);
         let iso_packets = (0..f.iso_packets)
             .map(|i| {
                 let mut d = UsbIsoPacketDescriptor::new_zeroed();

@@ -268,11 +268,7 @@ where
         }
         if fail.is_none() && indirect {
             let (gfn, page) = &pages[buffer_pages + iso_pages];
-            let entries: Vec<u8> = data_segments
-                .iter()
-                .flat_map(|s| s.as_bytes().to_vec())
-                .collect();
-            page.write(0, &entries);
+            page.write(0, data_segments.as_bytes());
             match self.grant_page(be, *gfn, true) {
                 Ok(gref) => {
                     pvusb::encode_indirect(&mut req, &[gref], buffer_pages as u16, len as u32);

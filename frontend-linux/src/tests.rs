@@ -2,7 +2,7 @@
 //! backend that answers exactly what each test needs, including what xen-hcd refuses.
 
 use super::*;
-use testkit::raw_frontend::toolstack_add;
+use testkit::raw_frontend::{assign, toolstack_add, toolstack_remove};
 use usb::IsoPacket;
 use xen::abi::ring::SRING_RSP_PROD;
 use xen::hypervisor::{GrantMapper, GrantMapping, MapRequest};
@@ -160,11 +160,7 @@ fn backend_closing_gives_urbs_back_and_ends_every_grant() {
     let held = w.fe.grants();
     assert_eq!(held.len(), 2 + 16 * 2);
     // libxl removes the device: online=0, backend state Closing.
-    let mut d0 = w.xen.dom0().xenstore();
-    let bdir = w.nodes.backend_dir();
-    d0.write(TxId::NONE, &format!("{bdir}/online"), b"0")
-        .unwrap();
-    xenbus::switch_state(&mut d0, &bdir, XenbusState::Closing).unwrap();
+    toolstack_remove(&w.xen, w.nodes.backend, w.nodes.frontend);
     w.fe.poll().unwrap();
     assert_eq!(w.fe.state(), XenbusState::Closed);
     assert_eq!(
@@ -672,11 +668,7 @@ fn on_a_usb3_controller_a_superspeed_stick_comes_as_superspeed_through_usbback()
     let mut backend = usbback::Backend::new(be.clone(), be.xenstore(), be.domid()).unwrap();
     let mut host: SimHost<LocalPage> = SimHost::new();
     host.plug(Box::new(MassStorage::new(64)), "2-1", usb::Speed::Super);
-    let key = format!("{}/{}/1", nodes.backend_dir(), pvusb::ASSIGN_DIR);
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &key, b"2-1")
-        .unwrap();
+    assign(&xen, nodes.backend, nodes.frontend, 1, "2-1");
     let mut fe = fe;
     for _ in 0..4 {
         testkit::main_loop::turn(&mut backend, &mut host);

@@ -155,6 +155,26 @@ impl RawFrontend {
     }
 }
 
+/// What libxl does to remove `fe`'s controller: `online` 0, then the backend's state
+/// Closing.
+pub fn toolstack_remove(xen: &Xen, be: DomId, fe: DomId) {
+    let dir = backend_dir(be, fe);
+    let mut d0 = xen.dom0().xenstore();
+    d0.write(TxId::NONE, &format!("{dir}/online"), b"0")
+        .expect("dom0 writes anywhere");
+    xenbus::switch_state(&mut d0, &dir, XenbusState::Closing).expect("dom0 writes anywhere");
+}
+
+/// Key `key` of the backend directory of `fe`'s controller ("" when absent): what the
+/// backend offers there.
+pub fn backend_key(xen: &Xen, be: DomId, fe: DomId, key: &str) -> String {
+    let path = format!("{}/{key}", backend_dir(be, fe));
+    xen.dom0()
+        .xenstore()
+        .read_string(TxId::NONE, &path)
+        .unwrap_or_default()
+}
+
 /// Assigns host device `busid` to port `port` of `fe`'s controller, as `usbctl` does.
 pub fn assign(xen: &Xen, be: DomId, fe: DomId, port: u8, busid: &str) {
     let key = format!("{}/{ASSIGN_DIR}/{port}", backend_dir(be, fe));
@@ -258,12 +278,7 @@ pub fn with_buffer(mut r: UsbifUrbRequest, b: &Buffer) -> UsbifUrbRequest {
 /// The indirect page listing `data`'s segments (`docs/pvusb-features.md`), in a fresh page
 /// of `fe` granted read-only to `be`.
 pub fn indirect_list(fe: &Domain, be: DomId, data: &Buffer) -> Buffer {
-    let entries: Vec<u8> = data
-        .segs
-        .iter()
-        .flat_map(|s| s.as_bytes().to_vec())
-        .collect();
-    buffer(fe, be, 0, &entries, true)
+    buffer(fe, be, 0, data.segs.as_bytes(), true)
 }
 
 /// `r` (a bulk request) as an indirect request for `data`, whose segments `list` lists.

@@ -325,6 +325,12 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// Whether the device reaches the frontend's kept pages directly (every page of a
+    /// zero-copy transfer is [`FrameId::KEPT`], and no other's is).
+    pub fn reaches_kept_pages(&self) -> bool {
+        self.frames.first() == Some(&FrameId::KEPT)
+    }
+
     /// Total data bytes.
     pub fn data_len(&self) -> usize {
         self.segments[..self.data]

@@ -20,7 +20,6 @@ use xen::ring::BackRing;
 use xen::xenbus::{self, BackendAction, XenbusError, XenbusState};
 use xen::xenstore::{TxId, XenStore, XsError, XsTransport};
 
-use crate::bounce::FrameId;
 use crate::host::UsbHost;
 use crate::persistent::PersistentGrants;
 use crate::*;
@@ -525,20 +524,15 @@ where
             for f in inflight.drain() {
                 host.cancel(f.device, f.token);
                 self.tokens.take(f.token);
-                let kept = f
-                    .buffer
-                    .frames
-                    .iter()
-                    .filter(|&&x| x == FrameId::KEPT)
-                    .count();
-                if kept > 0 {
+                if f.buffer.reaches_kept_pages() {
                     direct.push(f.token);
+                } else {
+                    quarantined += f.buffer.frames.len();
                 }
-                quarantined += f.buffer.frames.len() - kept;
                 self.quarantine.insert(f.token, f.buffer.frames);
             }
             // The rings are dropped before their pages are unmapped, in one batch with the
-            // grants kept mapped (no device reaches those: its transfers use our frames).
+            // grants kept mapped unless a cancelled transfer may still reach those.
             drop(urb);
             drop(conn);
             // The kept mappings a cancelled transfer may still reach stay mapped until the

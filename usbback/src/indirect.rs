@@ -5,7 +5,6 @@
 
 use alloc::format;
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use xen::abi::grant_table::GntStatus;
 use xen::abi::{GrantRef, PAGE_SIZE};
@@ -15,6 +14,7 @@ use xen::pvusb::{self, Submit};
 use xen::xenstore::XsTransport;
 
 use crate::answers::{copy_failure, run_copies};
+use crate::persistent::kept_grants;
 use crate::urb::Stage;
 use crate::{Backend, DeviceId};
 
@@ -27,7 +27,7 @@ where
     /// Reads an indirect request's pages (from the kept mapping of a frontend that promised
     /// `feature-persistent`, else by one grant copy into our frame), once, into our memory,
     /// and checks the segments they list ([`Submit::resolve_indirect`]).
-    pub(crate) fn resolve_indirect(
+    pub(crate) fn read_indirect(
         &mut self,
         id: DeviceId,
         s: &mut Submit,
@@ -40,11 +40,7 @@ where
         for (i, &gref) in pages.pages.iter().enumerate() {
             let at = i * PAGE_SIZE;
             let into = &mut entries[at..at + pages.page_bytes(i)];
-            let kept = self
-                .devices
-                .get(&id)
-                .and_then(|d| d.conn.as_ref())
-                .and_then(|c| c.persistent.as_ref());
+            let kept = kept_grants(&self.devices, id);
             if let Some(page) = kept.and_then(|k| k.page(gref)) {
                 page.read(0, into);
                 continue;
@@ -89,9 +85,8 @@ where
                 // At most a page.
                 len: into.len() as u16,
             };
-            let mut statuses = Vec::new();
-            run_copies(&mut self.hv, &[op], &mut statuses);
-            if let Some(status) = copy_failure(&statuses, 0..1) {
+            run_copies(&mut self.hv, &[op], &mut self.statuses);
+            if let Some(status) = copy_failure(&self.statuses, 0..1) {
                 return Err(status);
             }
             let (page, _) = self.pool.page(frames[0]).ok_or(GntStatus::GeneralError)?;

@@ -26,7 +26,7 @@ use xen::hypervisor::{EventChannels, GrantMapper, GrantMapping, MapRequest, MAX_
 use xen::page::SharedPage;
 use xen::xenstore::XsTransport;
 
-use crate::{Backend, DeviceId};
+use crate::{Backend, Device, DeviceId};
 
 /// Grants of one frontend kept mapped, at most (4 MiB of its pages); past them its
 /// transfers are copied by grant as a stock frontend's are.
@@ -97,6 +97,16 @@ impl<P> PersistentGrants<P> {
     pub fn into_mappings(self) -> Vec<GrantMapping<P>> {
         self.mapped.into_values().collect()
     }
+}
+
+/// The grants `id`'s frontend keeps mapped, if it is connected and promised
+/// `feature-persistent` (the devices alone are borrowed: the pool and the copy batches stay
+/// free beside it).
+pub(crate) fn kept_grants<P>(
+    devices: &BTreeMap<DeviceId, Device<P>>,
+    id: DeviceId,
+) -> Option<&PersistentGrants<P>> {
+    devices.get(&id)?.conn.as_ref()?.persistent.as_ref()
 }
 
 impl<H, T> Backend<H, T>

@@ -24,6 +24,7 @@ use xen::xenstore::XsTransport;
 use crate::answers::{copy_failure, run_copies, Answer};
 use crate::bounce::{self, Buffer, FrameId, Frames};
 use crate::host::{self, Completion, UsbHost};
+use crate::persistent::kept_grants;
 use crate::{
     control, response, status_of, superspeed, Backend, DataPath, DeviceId, InFlight, BUDGET,
     ISO_DESCRIPTOR_SIZE, USBIF_STATUS_NOMEM, WARNINGS_PER_INTERVAL,
@@ -229,7 +230,7 @@ where
             }
             Ok(UrbRequest::Submit(mut s)) => {
                 if s.indirect.is_some() {
-                    if let Err(reason) = self.resolve_indirect(id, &mut s, stage) {
+                    if let Err(reason) = self.read_indirect(id, &mut s, stage) {
                         if self.may_warn(id) {
                             warn!(
                                 "event=urb_invalid domid={} devid={} id={} {reason}",
@@ -334,11 +335,7 @@ where
             && cached.is_none()
             && s.pipe.transfer_type == TransferType::Bulk
             && !segments.is_empty()
-            && self
-                .devices
-                .get(&id)
-                .and_then(|d| d.conn.as_ref())
-                .and_then(|c| c.persistent.as_ref())
+            && kept_grants(&self.devices, id)
                 .is_some_and(|k| segments.iter().all(|g| k.page(g.gref).is_some()));
         let taken = if map {
             Some(Frames::new())
@@ -368,8 +365,7 @@ where
             data: s.buffer.len(),
         };
         let conn = self.devices.get(&id).and_then(|d| d.conn.as_ref());
-        // The frontend's grants kept mapped, if it promised `feature-persistent`.
-        let kept = conn.and_then(|c| c.persistent.as_ref());
+        let kept = kept_grants(&self.devices, id);
         if let Some(config) = cached {
             let n = buffer.data_len().min(config.len());
             buffer.write_data(&self.pool, 0, &config[..n]);
@@ -395,7 +391,7 @@ where
                     readonly: i < buffer.data && direction == Direction::Out,
                 });
             }
-        } else {
+        } else if !direct {
             if direction == Direction::Out {
                 buffer.copy_in_data(&self.pool, kept, &mut stage.copies);
             } else {
@@ -522,11 +518,7 @@ where
             }
             let shape = r.transfer;
             let buffer = &r.buffer;
-            let kept = self
-                .devices
-                .get(&id)
-                .and_then(|d| d.conn.as_ref())
-                .and_then(|c| c.persistent.as_ref());
+            let kept = kept_grants(&self.devices, id);
             // Each id was handed out for this request above: each names a page, ours or a
             // kept mapping of the frontend's.
             let segments: host::TransferSegments<H::Page> = buffer.frames[..buffer.data]
@@ -551,7 +543,7 @@ where
                 self.respond(id, response(r.rid, USBIF_STATUS_IOERROR, 0));
                 continue;
             }
-            if buffer.frames.first() == Some(&FrameId::KEPT) {
+            if buffer.reaches_kept_pages() {
                 if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
                     c.stats.zero_copy += 1;
                 }
@@ -664,11 +656,7 @@ where
         }
         // Only bytes the device wrote go back: the frames held other requests' data before.
         let start = self.answer_copies.len();
-        let kept = self
-            .devices
-            .get(&id)
-            .and_then(|d| d.conn.as_ref())
-            .and_then(|c| c.persistent.as_ref());
+        let kept = kept_grants(&self.devices, id);
         if f.direction == Direction::In {
             if f.iso_packets.is_empty() {
                 f.buffer

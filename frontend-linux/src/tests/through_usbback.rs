@@ -32,6 +32,48 @@ fn round(
     }
 }
 
+/// usbback with a simulated stick at 1-1, assigned to port 1 of one guest's controller.
+struct OneStick {
+    xen: Xen,
+    be_dom: Domain,
+    be: usbback::Backend<Domain, SimXsTransport>,
+    host: SimHost<LocalPage>,
+    stick: u32,
+    dom: Domain,
+}
+
+/// [`OneStick`] with a stick of `blocks` blocks at `speed`.
+fn one_stick(blocks: usize, speed: Speed) -> OneStick {
+    let xen = Xen::new();
+    let be_dom = xen.create_domain();
+    let be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
+    let mut host: SimHost<LocalPage> = SimHost::new();
+    let stick = host.plug(Box::new(MassStorage::new(blocks)), "1-1", speed);
+    let dom = xen.create_domain();
+    toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+    assign(&xen, be_dom.domid(), dom.domid(), 1, "1-1");
+    OneStick {
+        xen,
+        be_dom,
+        be,
+        host,
+        stick,
+        dom,
+    }
+}
+
+/// SET_ADDRESS 5 and SET_CONFIGURATION 1 of the stick on port 1, through `fes[0]`.
+fn address_and_configure(r: &mut OneStick, fes: &mut [Fe]) {
+    for setup in [[0, 5, 5, 0, 0, 0, 0, 0], [0, 9, 1, 0, 0, 0, 0, 0]] {
+        let address = if setup[1] == 5 { 0 } else { 5 };
+        fes[0]
+            .submit(Urb::control(1, address, setup, Vec::new()))
+            .unwrap();
+    }
+    round(&mut r.be, &mut r.host, fes);
+    drain(&mut fes[0]);
+}
+
 #[test]
 fn eight_linux_frontends_each_write_and_read_their_own_stick() {
     let xen = Xen::new();
@@ -45,12 +87,8 @@ fn eight_linux_frontends_each_write_and_read_their_own_stick() {
             let busid = format!("1-{n}");
             sticks.push(host.plug(Box::new(MassStorage::new(256)), &busid, Speed::High));
             let dom = xen.create_domain();
-            let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
-            let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
-            xen.dom0()
-                .xenstore()
-                .write(TxId::NONE, &key, busid.as_bytes())
-                .unwrap();
+            toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+            assign(&xen, be_dom.domid(), dom.domid(), 1, &busid);
             doms.push(dom.clone());
             frontend(&dom)
         })
@@ -149,12 +187,8 @@ fn keyboard_behind_usbback() -> KeyboardBehindUsbback {
     let mut host: SimHost<LocalPage> = SimHost::new();
     let kbd = host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
     let dom = xen.create_domain();
-    let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
-    let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &key, b"1-1")
-        .unwrap();
+    toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
+    assign(&xen, be_dom.domid(), dom.domid(), 1, "1-1");
     KeyboardBehindUsbback {
         _xen: xen,
         be,
@@ -273,29 +307,19 @@ fn a_frontend_asking_for_four_ring_pages_keeps_64_urbs_in_flight_through_usbback
 
 #[test]
 fn a_frontend_keeping_its_grants_is_served_without_grant_copies_once_warm() {
-    let xen = Xen::new();
-    let be_dom = xen.create_domain();
-    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
-    let mut host: SimHost<LocalPage> = SimHost::new();
-    let stick = host.plug(Box::new(MassStorage::new(256)), "1-1", Speed::High);
-    let dom = xen.create_domain();
-    let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
-    let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &key, b"1-1")
-        .unwrap();
-    let mut fes = vec![frontend(&dom).with_persistent_grants()];
-    round(&mut be, &mut host, &mut fes);
+    let mut r = one_stick(256, Speed::High);
+    let mut fes = vec![frontend(&r.dom).with_persistent_grants()];
+    round(&mut r.be, &mut r.host, &mut fes);
     assert!(fes[0].persistent_grants(), "usbdom offers them");
-    for setup in [[0, 5, 5, 0, 0, 0, 0, 0], [0, 9, 1, 0, 0, 0, 0, 0]] {
-        let address = if setup[1] == 5 { 0 } else { 5 };
-        fes[0]
-            .submit(Urb::control(1, address, setup, Vec::new()))
-            .unwrap();
-    }
-    round(&mut be, &mut host, &mut fes);
-    drain(&mut fes[0]);
+    address_and_configure(&mut r, &mut fes);
+    let OneStick {
+        xen,
+        be_dom,
+        mut be,
+        mut host,
+        stick,
+        dom,
+    } = r;
 
     // Write 8 blocks and read them back, five times over, with fresh bytes each time.
     let mut copies = Vec::new();
@@ -339,16 +363,7 @@ fn a_frontend_keeping_its_grants_is_served_without_grant_copies_once_warm() {
     );
 
     // The controller goes: usbdom unmaps the kept grants, and they all end.
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &format!("{}/online", nodes.backend_dir()), b"0")
-        .unwrap();
-    xenbus::switch_state(
-        &mut xen.dom0().xenstore(),
-        &nodes.backend_dir(),
-        XenbusState::Closing,
-    )
-    .unwrap();
+    toolstack_remove(&xen, be_dom.domid(), dom.domid());
     fes[0].poll().unwrap();
     assert_eq!(fes[0].state(), XenbusState::Closed);
     for _ in 0..4 {
@@ -362,37 +377,27 @@ fn a_frontend_keeping_its_grants_is_served_without_grant_copies_once_warm() {
 /// (`persistent` also keeps its grants). Returns the backend's grant copies in the last of
 /// three rounds.
 fn a_megabyte_each_way(persistent: bool) -> u64 {
-    let xen = Xen::new();
-    let be_dom = xen.create_domain();
-    let mut be = usbback::Backend::new(be_dom.clone(), be_dom.xenstore(), be_dom.domid()).unwrap();
-    let mut host: SimHost<LocalPage> = SimHost::new();
-    let stick = host.plug(Box::new(MassStorage::new(4096)), "1-1", Speed::Super);
-    let dom = xen.create_domain();
-    let nodes = toolstack_add(&xen, be_dom.domid(), dom.domid(), 4);
-    let key = format!("{}/{}/1", nodes.backend_dir(), xen::pvusb::ASSIGN_DIR);
-    xen.dom0()
-        .xenstore()
-        .write(TxId::NONE, &key, b"1-1")
-        .unwrap();
-    let fe = frontend(&dom).with_indirect_segments();
+    let mut r = one_stick(4096, Speed::Super);
+    let fe = frontend(&r.dom).with_indirect_segments();
     let mut fes = vec![if persistent {
         fe.with_persistent_grants()
     } else {
         fe
     }];
-    round(&mut be, &mut host, &mut fes);
+    round(&mut r.be, &mut r.host, &mut fes);
     assert_eq!(
         fes[0].indirect_segments(),
         xen::pvusb::MAX_INDIRECT_SEGMENTS
     );
-    for setup in [[0, 5, 5, 0, 0, 0, 0, 0], [0, 9, 1, 0, 0, 0, 0, 0]] {
-        let address = if setup[1] == 5 { 0 } else { 5 };
-        fes[0]
-            .submit(Urb::control(1, address, setup, Vec::new()))
-            .unwrap();
-    }
-    round(&mut be, &mut host, &mut fes);
-    drain(&mut fes[0]);
+    address_and_configure(&mut r, &mut fes);
+    let OneStick {
+        be_dom,
+        mut be,
+        mut host,
+        stick,
+        dom,
+        ..
+    } = r;
 
     const MIB: usize = 1 << 20;
     let blocks = (MIB / BLOCK_SIZE) as u16;

@@ -154,9 +154,7 @@ proptest! {
             while let Ok(Some(_)) = r.front.urb.next_response() {}
         }
         // The toolstack takes the controller away: everything is given back.
-        let mut d0 = r.w.xen.dom0().xenstore();
-        d0.write(TxId::NONE, &format!("{}/online", backend_dir(r.be, r.fe)), b"0").unwrap();
-        xenbus::switch_state(&mut d0, &backend_dir(r.be, r.fe), XenbusState::Closing).unwrap();
+        toolstack_remove(&r.w.xen, r.be, r.fe);
         settle(&mut r.w.be, &mut r.host);
         prop_assert!(b.released(&r.w.fe), "a data page is still mapped");
         prop_assert!(list.released(&r.w.fe), "an indirect page is still mapped");

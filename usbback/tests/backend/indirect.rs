@@ -23,16 +23,10 @@ fn an_indirect_request_is_one_transfer_and_bent_ones_are_refused_alone() {
         be,
         fe,
     } = connected_frontend();
-    let offer = w
-        .xen
-        .dom0()
-        .xenstore()
-        .read_string(
-            TxId::NONE,
-            &format!("{}/feature-max-indirect-segments", backend_dir(be, fe)),
-        )
-        .unwrap();
-    assert_eq!(offer, MAX_INDIRECT_SEGMENTS.to_string());
+    assert_eq!(
+        backend_key(&w.xen, be, fe, "feature-max-indirect-segments"),
+        MAX_INDIRECT_SEGMENTS.to_string()
+    );
     assign(&w.xen, be, fe, 1, "1-1");
     settle(&mut w.be, &mut host);
     assert_eq!(port_changes(&mut front), [(1, USBIF_SPEED_HIGH)]);

@@ -122,17 +122,16 @@ fn toolstack_removal_unmaps_closes_and_deletes_the_directory() {
     let (be, fe) = (DomId(1), w.fe.domid());
     let front = RawFrontend::connect(&w.fe, be, None);
     pump(&mut w);
-    // libxl: online=0, state=Closing.
-    let mut d0 = w.xen.dom0().xenstore();
-    d0.write(TxId::NONE, &format!("{}/online", backend_dir(be, fe)), b"0")
-        .unwrap();
-    xenbus::switch_state(&mut d0, &backend_dir(be, fe), XenbusState::Closing).unwrap();
+    toolstack_remove(&w.xen, be, fe);
     pump(&mut w);
     for g in &front.grants {
         assert!(!w.fe.grant_in_use(*g), "grant {g} released");
     }
     assert_eq!(
-        d0.read(TxId::NONE, &backend_dir(be, fe)),
+        w.xen
+            .dom0()
+            .xenstore()
+            .read(TxId::NONE, &backend_dir(be, fe)),
         Err(XsError::Xs(XsdError::Enoent))
     );
     assert_eq!(w.be.devices().count(), 0);

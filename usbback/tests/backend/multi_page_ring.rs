@@ -11,16 +11,11 @@ fn a_four_page_ring_keeps_64_requests_in_flight_and_answers_each() {
     host.plug(info(1, "1-1", Speed::High, 0, &[8]));
     settle(&mut w.be, &mut host);
     let (be, fe) = (DomId(1), w.fe.domid());
-    let offer = w
-        .xen
-        .dom0()
-        .xenstore()
-        .read_string(
-            TxId::NONE,
-            &format!("{}/max-ring-page-order", backend_dir(be, fe)),
-        )
-        .unwrap();
-    assert_eq!(offer, "4", "offered before InitWait");
+    assert_eq!(
+        backend_key(&w.xen, be, fe, "max-ring-page-order"),
+        "4",
+        "offered before InitWait"
+    );
 
     let order = UrbRing::Pages {
         order: 2,

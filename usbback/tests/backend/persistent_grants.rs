@@ -12,16 +12,11 @@ fn persistent_frontend(promise: bool) -> ConnectedFrontend {
     let mut host = Model::default();
     host.plug(info(1, "1-1", Speed::High, 0, &[8]));
     settle(&mut w.be, &mut host);
-    let offer = w
-        .xen
-        .dom0()
-        .xenstore()
-        .read_string(
-            TxId::NONE,
-            &format!("{}/feature-persistent", backend_dir(be, fe)),
-        )
-        .unwrap();
-    assert_eq!(offer, "1", "offered before InitWait");
+    assert_eq!(
+        backend_key(&w.xen, be, fe, "feature-persistent"),
+        "1",
+        "offered before InitWait"
+    );
     if promise {
         w.fe.xenstore()
             .write(
@@ -113,11 +108,7 @@ fn a_frontend_that_promised_persistent_grants_is_served_without_grant_copies_onc
     }
 
     // The toolstack removes the controller: the kept mappings go with the rings.
-    let mut d0 = r.w.xen.dom0().xenstore();
-    let dir = backend_dir(r.be, r.fe);
-    d0.write(TxId::NONE, &format!("{dir}/online"), b"0")
-        .unwrap();
-    xenbus::switch_state(&mut d0, &dir, XenbusState::Closing).unwrap();
+    toolstack_remove(&r.w.xen, r.be, r.fe);
     settle(&mut r.w.be, &mut r.host);
     assert_eq!(r.w.be.hypervisor().mappings(), 0);
     assert!(out.released(&r.w.fe) && inb.released(&r.w.fe));
@@ -186,11 +177,7 @@ fn kept_pages_are_reached_directly_and_stay_mapped_until_a_cancelled_transfer_in
         0,
         "no frame: the guest's own pages"
     );
-    let mut d0 = r.w.xen.dom0().xenstore();
-    let dir = backend_dir(r.be, r.fe);
-    d0.write(TxId::NONE, &format!("{dir}/online"), b"0")
-        .unwrap();
-    xenbus::switch_state(&mut d0, &dir, XenbusState::Closing).unwrap();
+    toolstack_remove(&r.w.xen, r.be, r.fe);
     settle(&mut r.w.be, &mut r.host);
     assert_eq!(
         r.w.be.hypervisor().mappings(),
