@@ -189,6 +189,11 @@ impl Model {
             }
             _ => return Err(TransferError::Stall),
         };
+        // A device answers a control read with at most wLength bytes.
+        let asked = t.setup.map_or(reply.len(), |s| {
+            usize::from(u16::from_le_bytes([s[6], s[7]]))
+        });
+        let reply = &reply[..reply.len().min(asked)];
         let mut at = 0;
         for seg in &t.segments {
             let n = usize::from(seg.len).min(reply.len().saturating_sub(at));

@@ -165,8 +165,8 @@ struct InFlight {
     direction: Direction,
     /// Its isochronous packets (what is copied back of each).
     iso_packets: Vec<IsoPacket>,
-    /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten: its type and index.
-    rewrite: Option<(u8, u8)>,
+    /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten.
+    rewrite: Option<superspeed::Rewrite>,
     /// The virtual port it was sent to.
     port: u8,
     /// The unlink request waiting for this one's answer.

@@ -17,6 +17,25 @@ use usb::descriptor::{
 
 use crate::host::MAX_CONFIGURATIONS;
 
+/// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten for the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    /// bDescriptorType: DEVICE or CONFIGURATION.
+    pub kind: u8,
+    /// The descriptor index.
+    pub index: u8,
+    /// A configuration the guest reads in part (Linux reads the 9-byte header first) is
+    /// asked of the device whole, up to [`WHOLE_READ_BYTES`], into the start of the request's
+    /// one frame: only the whole one can be rewritten, and the header's wTotalLength must
+    /// already be the rewritten length the guest then asks for.
+    pub whole_read: bool,
+}
+
+/// The most of a configuration read in one go for a shorter read: one frame. A longer
+/// configuration (real ones are a few hundred bytes to a few KiB) read in part keeps the
+/// device's wTotalLength in its header.
+pub const WHOLE_READ_BYTES: u16 = xen::abi::PAGE_SIZE as u16;
+
 /// Rewrites the first bytes of a device descriptor in place (as many as the guest asked
 /// for).
 pub fn rewrite_device(d: &mut [u8]) {

@@ -25,6 +25,7 @@ use crate::answers::{copy_failure, run_copies, Answer};
 use crate::bounce::{self, Buffer, FrameId, Frames};
 use crate::host::{self, Completion, UsbHost};
 use crate::persistent::kept_grants;
+use crate::superspeed::Rewrite;
 use crate::{
     control, response, status_of, superspeed, Backend, DataPath, DeviceId, InFlight, BUDGET,
     ISO_DESCRIPTOR_SIZE, USBIF_STATUS_NOMEM, WARNINGS_PER_INTERVAL,
@@ -307,7 +308,11 @@ where
                 && setup[1] == GET_DESCRIPTOR
                 && (kind == descriptor::DEVICE || kind == descriptor::CONFIGURATION)
             {
-                rewrite = Some((kind, value as u8));
+                rewrite = Some(Rewrite {
+                    kind,
+                    index: value as u8,
+                    whole_read: false,
+                });
             }
         }
 
@@ -321,7 +326,11 @@ where
             .collect();
         // A configuration read whole before is answered as it was then.
         let cached = match rewrite {
-            Some((descriptor::CONFIGURATION, index)) => self.devices.get(&id).and_then(|d| {
+            Some(Rewrite {
+                kind: descriptor::CONFIGURATION,
+                index,
+                ..
+            }) => self.devices.get(&id).and_then(|d| {
                 let p = d.ports.get(usize::from(port_number) - 1)?;
                 p.configs.get(index).map(<[u8]>::to_vec)
             }),
@@ -379,6 +388,22 @@ where
                 inbound: true,
             });
             return true;
+        }
+        // A configuration read in part is asked of the device whole, into our frame
+        // (`superspeed::Rewrite`): never into a guest's mapped page, which holds more than
+        // the guest's buffer.
+        let mut setup = setup;
+        if let (Some(w), Some(s)) = (rewrite.as_mut(), setup.as_mut()) {
+            let asked = u16::from_le_bytes([s[6], s[7]]);
+            if w.kind == descriptor::CONFIGURATION
+                && !map
+                && buffer.segments.len() == 1
+                && buffer.data == 1
+                && asked < superspeed::WHOLE_READ_BYTES
+            {
+                w.whole_read = true;
+                s[6..8].copy_from_slice(&superspeed::WHOLE_READ_BYTES.to_le_bytes());
+            }
         }
         let (start, maps_start) = (stage.copies.len(), stage.maps.len());
         if map {
@@ -538,6 +563,13 @@ where
                     })
                 })
                 .collect();
+            let mut segments = segments;
+            if r.rewrite.is_some_and(|w| w.whole_read) {
+                if let Some(first) = segments.first_mut() {
+                    first.offset = 0;
+                    first.len = superspeed::WHOLE_READ_BYTES;
+                }
+            }
             if segments.len() != buffer.data {
                 self.pool.release(r.buffer.frames, &mut self.unmaps);
                 self.respond(id, response(r.rid, USBIF_STATUS_IOERROR, 0));
@@ -614,14 +646,27 @@ where
         let conn = self.devices.get_mut(&id)?.conn.as_mut()?;
         let f = conn.inflight.remove(rid)?;
         let total = f.buffer.data_len();
+        let whole_read = f.rewrite.is_some_and(|w| w.whole_read);
+        let asked = if whole_read {
+            usize::from(superspeed::WHOLE_READ_BYTES)
+        } else {
+            total
+        };
         let (status, mut actual) = match c.result {
-            Ok(n) => (USBIF_STATUS_OK, n.min(total)),
+            Ok(n) => (USBIF_STATUS_OK, n.min(asked)),
             Err(e) => (status_of(e), 0),
         };
         let mut whole_config = None;
-        if let (Some((kind, index)), USBIF_STATUS_OK) = (f.rewrite, status) {
+        if let (Some(Rewrite { kind, index, .. }), USBIF_STATUS_OK) = (f.rewrite, status) {
             let mut bytes = alloc::vec![0u8; actual];
-            f.buffer.read_data(&self.pool, 0, &mut bytes);
+            if whole_read {
+                // At the start of its one frame (`submit` asked only then).
+                if let Some((page, _)) = f.buffer.frames.first().and_then(|&i| self.pool.page(i)) {
+                    page.read(0, &mut bytes);
+                }
+            } else {
+                f.buffer.read_data(&self.pool, 0, &mut bytes);
+            }
             let rewritten = if kind == descriptor::DEVICE {
                 superspeed::rewrite_device(&mut bytes);
                 bytes
@@ -745,7 +790,7 @@ struct Staged {
     transfer: TransferShape,
     number_of_packets: u16,
     buffer_length: u32,
-    rewrite: Option<(u8, u8)>,
+    rewrite: Option<Rewrite>,
 }
 
 /// A transfer's kind, endpoint and flags: what [`host::Transfer`] has besides its buffer.

@@ -195,6 +195,48 @@ fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
 }
 
 #[test]
+fn a_superspeed_configuration_header_read_first_says_the_rewritten_total_length() {
+    // Linux reads a configuration's 9-byte header, then wTotalLength bytes: the header must
+    // already give the rewritten length, or Linux logs "config index 0 descriptor too short
+    // (expected 44, got 32)".
+    let mut r = connected_frontend();
+    r.host.plug(info(2, "2-1", Speed::Super, 0, &[8]));
+    assign(&r.w.xen, r.be, r.fe, 2, "2-1");
+    settle(&mut r.w.be, &mut r.host);
+    assert_eq!(port_changes(&mut r.front), [(2, USBIF_SPEED_HIGH)]);
+    // The guest's buffer sits mid-page, as a kmalloc'd one does.
+    let head = buffer(&r.w.fe, r.be, 0x9c0, &[0xee; 9], false);
+    let submitted = r.host.submitted;
+    let header = with_buffer(control(1, 2, 0, [0x80, 6, 0, 2, 0, 0, 9, 0]), &head);
+    send(&r.w.fe, &mut r.front, &[header]);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut r.front);
+    assert_eq!((got[0].status, got[0].actual_length), (USBIF_STATUS_OK, 9));
+    let h = head.read();
+    assert_eq!(&h[..2], &[9, 2]);
+    assert_eq!(
+        u16::from_le_bytes([h[2], h[3]]),
+        32,
+        "wTotalLength rewritten"
+    );
+    let whole = buffer(&r.w.fe, r.be, 0, &[0; 32], false);
+    let get = with_buffer(control(2, 2, 0, [0x80, 6, 0, 2, 0, 0, 32, 0]), &whole);
+    send(&r.w.fe, &mut r.front, &[get]);
+    settle(&mut r.w.be, &mut r.host);
+    let got = responses(&mut r.front);
+    assert_eq!(got[0].actual_length, 32, "as long as the header said");
+    let c = whole.read();
+    assert_eq!(c[..9], h[..]);
+    assert_eq!(&c[18..25], &[7, 5, 0x81, 2, 0x00, 0x02, 0]);
+    assert_eq!(
+        r.host.submitted - submitted,
+        1,
+        "the second read was answered from the first"
+    );
+    assert!(head.released(&r.w.fe) && whole.released(&r.w.fe));
+}
+
+#[test]
 fn on_a_usb3_controller_a_superspeed_device_is_reported_as_such_with_its_own_descriptors() {
     let mut w = machine(8);
     let (be, fe) = (DomId(1), w.fe.domid());
