@@ -6,8 +6,9 @@
 //! dom0 with xen-hcd (`qusb`), (d) the same with pvusb-hcd (`qusb_pvusb`: qusb offers no
 //! feature, so the stock protocol), (e) in an HVM guest with the controller passed through
 //! (`native`, as in the PVUSB 2009 table) — and prints each path against native and against
-//! qusb for read and write, and where the time went. Per MiB moved: the guest's and dom0's
-//! CPU time and, for the usbdom paths, usbdom's busy time and the part of it in hypercalls,
+//! qusb for read and write, and where the time went. Each guest also times one CPU copy of
+//! data (reading a file in memory), which bounds a path that copies once. Per MiB moved: the
+//! guest's and dom0's CPU time and, for the usbdom paths, usbdom's busy time and the part of it in hypercalls,
 //! its hypercalls, grant operations and the pages they carried, notifications, wakeups and
 //! requests, and how often a ring was full. dom0's side is `tests/e2e/bench.sh`. With
 //! `--runs N` the outer machine boots N times and each run's ratios are printed beside the
@@ -213,6 +214,7 @@ fn report(run: &Run, mib: u32, n: u32) {
             .collect();
         println!("bench run={n} op={op} {}", vs.join(" "));
     }
+    copy_bound(run, n);
     println!("bench run={n}: where the time went, per MiB moved ({per_op_mib} MiB per op)");
     println!(
         "  {:<10} {:<5} {:>6} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}",
@@ -296,6 +298,37 @@ fn report(run: &Run, mib: u32, n: u32) {
             ms("log_us"),
             ms("serve_us"),
             other
+        );
+    }
+}
+
+/// What one CPU copy per byte costs each path's guest (`op=copy`: reading a file in memory),
+/// and the most of native a path with one such copy in series with the device can reach:
+/// per MiB it takes native's time plus the copy's, `copy / (native + copy)` of native's rate.
+fn copy_bound(run: &Run, n: u32) {
+    let copy = |path: &str| {
+        run.rates
+            .contains_key(&(path.to_string(), "copy".to_string()))
+            .then(|| median(run, path, "copy"))
+    };
+    for path in PATHS {
+        if let Some(c) = copy(path) {
+            println!(
+                "bench run={n} path={path} copy_mb_s={c:.2} copy_ms_per_mib={:.2}",
+                1.048_576e3 / c
+            );
+        }
+    }
+    let Some(c) = copy("pvusb") else {
+        return;
+    };
+    for op in OPS {
+        let native = median(run, "native", op);
+        let bound = c / (native + c);
+        println!(
+            "bench run={n} op={op} one_copy_bound_vs_native={bound:.3} pvusb_vs_native={:.3} pvusb_vs_one_copy_bound={:.3}",
+            median(run, "pvusb", op) / native,
+            median(run, "pvusb", op) / native / bound
         );
     }
 }
