@@ -375,6 +375,14 @@ mark "want=keys_de"
 wait_for "$blog" "guest: keys 30:1 30:0 48:1 48:0 46:1 46:0 33:1 33:0 34:1 34:0 32:1 32:0 18:1 18:0 " 60 || fail "guest_b_no_keys_after"
 mark "phase=keys_after_destroy"
 
+# The stick, free again, to guest-b's USB 2 controller: its xen-hcd gets the SuperSpeed
+# stick as a high-speed one with rewritten descriptors, which Linux takes as they are
+# (a configuration header that disagreed with the body made it warn "descriptor too short").
+usbctl_step attach guest-b 0 2 2-1 || fail "attach_stick_b"
+wait_for "$blog" "guest: usbdev .* vid=46f4 pid=0001" 60 || fail "guest_b_no_stick"
+wait_for "$blog" "guest: sda sha256=.* round=1" 120 || fail "guest_b_no_disk"
+mark "phase=guest_b_disk"
+
 # The device leaves before its controller, as libxl removes usbdevs first: Linux's xen-hcd
 # cannot finish a device's URBs once its backend is gone.
 usbctl_step detach guest-b 0 1 || fail "detach_keyboard"
