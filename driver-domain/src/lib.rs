@@ -14,6 +14,7 @@ pub mod cmdline;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod frames;
+pub mod host_set;
 pub mod logfmt;
 pub mod msi;
 pub mod pci;

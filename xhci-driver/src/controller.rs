@@ -268,6 +268,9 @@ pub struct Controller<H: Hal> {
     deadline: Option<u64>,
     /// Events taken from the Event Ring since ERDP was last written.
     unacknowledged: u32,
+    /// The Linux bus number of its USB 2 ports; its USB 3 ports are on the next
+    /// ([`Controller::set_first_bus`]).
+    first_bus: u8,
 }
 
 /// DMA memory from the platform, or [`Error::NoMemory`].

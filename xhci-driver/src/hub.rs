@@ -295,10 +295,22 @@ mod tests {
             count: 4,
             slot_type: 0,
         }];
-        let root = RootPort::new(&usb2, 7);
+        let root = RootPort::new(&usb2, 7, 1);
         assert_eq!(busid(&root, &[]), "1-3");
         assert_eq!(busid(&root, &[1]), "1-3.1");
         assert_eq!(busid(&root, &[2, 1]), "1-3.2.1");
+        // The second controller's buses are 3 (USB 2) and 4 (USB 3), as Linux numbers them.
+        let both = [
+            usb2[0],
+            Protocol {
+                major: 3,
+                first_port: 1,
+                count: 4,
+                slot_type: 0,
+            },
+        ];
+        assert_eq!(busid(&RootPort::new(&both, 7, 3), &[]), "3-3");
+        assert_eq!(busid(&RootPort::new(&both, 2, 3), &[1]), "4-2.1");
     }
 
     #[test]

@@ -93,11 +93,11 @@ pub fn start(cmdline: &Cmdline) -> Option<DemoRun> {
 }
 
 /// One turn of the demo with the controller's `events`. True when anything moved.
-pub fn step(run: &mut DemoRun, mut usb: Option<&mut usb::Usb>, events: Vec<HostEvent>) -> bool {
+pub fn step(run: &mut DemoRun, mut usb: Option<&mut usb::Usbs>, events: Vec<HostEvent>) -> bool {
     let mut absent = Absent;
     let mut progress = match usb.as_deref_mut() {
         Some(u) => {
-            let mut host = SimPages::new(u.host(), bus_address);
+            let mut host = SimPages::new(u, bus_address);
             run.demo.step(&mut host, events)
         }
         None => {
@@ -163,7 +163,7 @@ fn mib_s(bytes: usize, us: u64) -> f64 {
 }
 
 impl Bench {
-    fn step(&mut self, demo: &mut Demo, usb: Option<&mut usb::Usb>) -> bool {
+    fn step(&mut self, demo: &mut Demo, usb: Option<&mut usb::Usbs>) -> bool {
         match self.step {
             Step::Setup => {
                 if !demo.all_idle() {
@@ -228,7 +228,7 @@ impl Bench {
 
     /// Round a (direct, run to its end here) then b (vm1's ring job) of `write`, or the
     /// next operation once every round ran.
-    fn next_pair(&mut self, demo: &mut Demo, usb: &mut usb::Usb, write: bool) {
+    fn next_pair(&mut self, demo: &mut Demo, usb: &mut usb::Usbs, write: bool) {
         let op = if write { "write" } else { "read" };
         if self.ring[usize::from(write)].len() as u32 == self.rounds {
             self.summary(demo, write);
@@ -263,6 +263,12 @@ impl Bench {
             write,
             lba,
             in_flight: self.in_flight,
+        };
+        // The direct round runs on the controller the stick is on.
+        let Some(usb) = usb::holding(usb, &busid) else {
+            warn!("event=bench_failed path=direct op={op} reason=stick_gone busid={busid}");
+            self.step = Step::Done;
+            return;
         };
         match selftest::bench_direct(usb, &busid, command, self.bytes, block_size) {
             Ok(us) => {

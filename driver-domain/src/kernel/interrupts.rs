@@ -134,7 +134,8 @@ struct Idt([u64; 512]);
 
 static IDT: spin::Mutex<Idt> = spin::Mutex::new(Idt([0; 512]));
 
-type Handler = fn(&mut Frame);
+/// An interrupt handler: it runs with interrupts off and sends its own EOI.
+pub type Handler = fn(&mut Frame);
 
 static HANDLERS: spin::Mutex<[Option<Handler>; 256]> = spin::Mutex::new([None; 256]);
 static NEXT_VECTOR: AtomicU8 = AtomicU8::new(FIRST_DYNAMIC);

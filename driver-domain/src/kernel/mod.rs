@@ -179,11 +179,11 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         apic::id()
     );
 
-    // PCI: find and take over the xHCI controller.
+    // PCI: find and take over the xHCI controllers.
     let mut cfg = pci::config_access(si.rsdp_paddr);
     let (xhci, bars) = pci::probe(&mut cfg);
     occupied.extend(bars);
-    let usb = xhci.as_ref().and_then(usb::bring_up);
+    let usb = Some(usb::bring_up_all(&xhci)).filter(|u| !u.is_empty());
     let window = driver_domain::frames::grant_window(&occupied, GRANT_WINDOW_SIZE);
     match window {
         Some(base) => info!("event=grant_window base={base:#x} size={GRANT_WINDOW_SIZE:#x}"),
@@ -243,22 +243,29 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
     }
     info!("event=timer_ok ticks={ticks}");
 
-    match &xhci {
+    // The first controller's place and vector; every controller's interrupts.
+    match xhci.first() {
         Some(x) => info!(
-            "event=ready uptime_us={} xhci={} xhci_vector={:#x} xhci_interrupts={}",
+            "event=ready uptime_us={} xhci={} xhci_vector={:#x} xhci_interrupts={} xhci_controllers={} usb_controllers={}",
             time::now_micros(),
             x.bdf,
             x.vector.unwrap_or(0),
-            pci::xhci_interrupts()
+            pci::all_xhci_interrupts(),
+            xhci.len(),
+            usb.as_ref().map_or(0, |u| u.len())
         ),
-        None => info!("event=ready uptime_us={} xhci=none", time::now_micros()),
+        None => info!(
+            "event=ready uptime_us={} xhci=none xhci_controllers=0 usb_controllers=0",
+            time::now_micros()
+        ),
     }
     // After `event=ready`, so the boot time stays what it is; before `qemu_exit`, so a test
     // run ends when the self-test has.
     #[cfg(feature = "demo")]
     let mut usb = usb;
     #[cfg(feature = "demo")]
-    match (cmdline.usb_test, usb.as_mut()) {
+    // The self-tests drive the first controller.
+    match (cmdline.usb_test, usb.as_mut().and_then(|u| u.member(0))) {
         (Some(UsbTest::Storage), Some(u)) => selftest::self_test_storage(u),
         (Some(UsbTest::Keyboard), Some(u)) => selftest::self_test_keyboard(u),
         (Some(UsbTest::Hotplug), Some(u)) => selftest::self_test_hotplug(u),
@@ -293,7 +300,7 @@ enum DemoRun {}
 #[cfg(feature = "demo")]
 fn demo_turn(
     d: &mut DemoRun,
-    usb: Option<&mut usb::Usb>,
+    usb: Option<&mut usb::Usbs>,
     events: alloc::vec::Vec<usbback::host::HostEvent>,
 ) -> bool {
     let busy = demo::step(d, usb, events);
@@ -306,7 +313,7 @@ fn demo_turn(
 #[cfg(not(feature = "demo"))]
 fn demo_turn(
     d: &mut DemoRun,
-    _: Option<&mut usb::Usb>,
+    _: Option<&mut usb::Usbs>,
     _: alloc::vec::Vec<usbback::host::HostEvent>,
 ) -> bool {
     match *d {}
@@ -318,7 +325,7 @@ fn demo_turn(
 /// is served at the next timer tick at the latest.
 fn main_loop(
     mut backend: Option<&mut Backend>,
-    mut usb: Option<usb::Usb>,
+    mut usb: Option<usb::Usbs>,
     mut demo: Option<DemoRun>,
 ) -> ! {
     use xen::hypervisor::EventChannels;
@@ -342,7 +349,7 @@ fn main_loop(
             demo_busy = demo_turn(d, usb.as_mut(), events);
         } else if let Some(be) = backend.as_deref_mut() {
             let host: &mut dyn usbback::host::UsbHost<GrantPage> = match usb.as_mut() {
-                Some(u) => u.host(),
+                Some(u) => u,
                 None => &mut absent,
             };
             be.host_events(host, &mut events);
@@ -399,7 +406,7 @@ fn main_loop(
         if ports.is_empty()
             && !demo_busy
             && !backend_busy
-            && !usb.as_mut().is_some_and(usb::has_work)
+            && !usb.as_mut().is_some_and(usb::any_work)
         {
             // COM1 gets a few bytes when nothing else waits: each one traps to the UART's
             // emulator. Then the loop looks for work again before it sleeps.
@@ -418,7 +425,7 @@ fn main_loop(
         cpu::enable_interrupts();
         if let Some(be) = backend.as_deref_mut() {
             let host: &mut dyn usbback::host::UsbHost<GrantPage> = match usb.as_mut() {
-                Some(u) => u.host(),
+                Some(u) => u,
                 None => &mut absent,
             };
             at = time::now_micros();

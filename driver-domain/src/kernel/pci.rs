@@ -1,11 +1,13 @@
 //! PCI on the machine: configuration access (ECAM when ACPI has an MCFG, else ports
-//! 0xCF8/0xCFC), the device list for the log, and taking over the xHCI controller: halt the
-//! controller firmware left running, map BAR0 uncached, enable memory and bus mastering, and
-//! route its interrupts through MSI-X (or MSI).
+//! 0xCF8/0xCFC), the device list for the log, and taking over every xHCI controller (up to
+//! [`MAX_CONTROLLERS`]): halt the controller firmware left running, map BAR0 uncached,
+//! enable memory and bus mastering, and route its interrupts through MSI-X (or MSI) to a
+//! vector of its own.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use driver_domain::frames::Range;
+use driver_domain::host_set::MAX_CONTROLLERS;
 use driver_domain::msi::{self, Message};
 use driver_domain::pci::{self, Bar, Bdf, ConfigSpace};
 use driver_domain::Mmio32;
@@ -91,8 +93,11 @@ pub fn config_access(rsdp_hint: u64) -> Config {
     Config::Ports(PortConfig)
 }
 
-/// The xHCI controller after takeover.
+/// An xHCI controller after takeover.
 pub struct Xhci {
+    /// Its place among the controllers taken over, from 0 in PCI order: it names its buses
+    /// (`driver_domain::host_set::first_bus`) and its interrupt counter.
+    pub index: usize,
     /// Where it sits.
     pub bdf: Bdf,
     /// The interrupt vector its first MSI/MSI-X message raises, if one is routed.
@@ -101,22 +106,39 @@ pub struct Xhci {
     pub regs: Mmio,
 }
 
-static XHCI_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// Interrupts each controller raised, by [`Xhci::index`].
+static XHCI_INTERRUPTS: [AtomicU64; MAX_CONTROLLERS] =
+    [const { AtomicU64::new(0) }; MAX_CONTROLLERS];
 
-fn on_xhci_interrupt(_: &mut interrupts::Frame) {
-    XHCI_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+/// The interrupt handler of controller `K`: each controller has its own vector, so an
+/// interrupt says which controller has events without reading any register.
+fn on_xhci_interrupt<const K: usize>(_: &mut interrupts::Frame) {
+    XHCI_INTERRUPTS[K].fetch_add(1, Ordering::Relaxed);
     apic::eoi();
 }
+
+/// The handler of each controller, by index.
+const XHCI_HANDLERS: [interrupts::Handler; MAX_CONTROLLERS] = [
+    on_xhci_interrupt::<0>,
+    on_xhci_interrupt::<1>,
+    on_xhci_interrupt::<2>,
+    on_xhci_interrupt::<3>,
+];
 
 /// Most memory BARs [`probe`] reports.
 pub const MAX_BARS: usize = 64;
 
-/// Logs every function and takes over the first xHCI controller.
-/// Returns it and the ranges every memory BAR decodes.
-pub fn probe(cfg: &mut Config) -> (Option<Xhci>, heapless::Vec<Range, MAX_BARS>) {
+/// Logs every function and takes over every xHCI controller, up to [`MAX_CONTROLLERS`].
+/// Returns them and the ranges every memory BAR decodes.
+pub fn probe(
+    cfg: &mut Config,
+) -> (
+    heapless::Vec<Xhci, MAX_CONTROLLERS>,
+    heapless::Vec<Range, MAX_BARS>,
+) {
     let devices = pci::scan(cfg);
     let mut bars = heapless::Vec::new();
-    let mut xhci = None;
+    let mut xhci = heapless::Vec::new();
     for (bdf, h) in &devices {
         info!(
             "event=pci_device bdf={bdf} vid={:04x} did={:04x} class={:06x}",
@@ -140,17 +162,26 @@ pub fn probe(cfg: &mut Config) -> (Option<Xhci>, heapless::Vec<Range, MAX_BARS>)
                 1
             };
         }
-        if h.class == pci::CLASS_XHCI && xhci.is_none() {
-            xhci = take_over(cfg, *bdf, h.vendor, h.device);
+        if h.class != pci::CLASS_XHCI {
+            continue;
+        }
+        if xhci.is_full() {
+            // Left as firmware left it: its DMA goes to memory not ours to watch, as before
+            // it was passed through.
+            warn!("event=xhci_refused bdf={bdf} reason=too_many_controllers max={MAX_CONTROLLERS}");
+            continue;
+        }
+        if let Some(x) = take_over(cfg, *bdf, h.vendor, h.device, xhci.len()) {
+            let _ = xhci.push(x);
         }
     }
-    if xhci.is_none() {
+    if xhci.is_empty() {
         warn!("event=no_controller reason=no_function_with_class_0c0330");
     }
     (xhci, bars)
 }
 
-fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16) -> Option<Xhci> {
+fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16, index: usize) -> Option<Xhci> {
     let Some(Bar::Memory { base, size, .. }) = pci::read_bar(cfg, bdf, 0) else {
         warn!("event=xhci_refused bdf={bdf} reason=bar0_not_memory");
         return None;
@@ -185,22 +216,34 @@ fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16) -> Option<Xhc
     }
     let cmd = cfg.read16(bdf, pci::reg::COMMAND);
     cfg.write16(bdf, pci::reg::COMMAND, cmd | pci::COMMAND_BUS_MASTER);
-    let vector = route_interrupt(cfg, bdf, &regs);
+    let vector = route_interrupt(cfg, bdf, &regs, XHCI_HANDLERS[index]);
+    let bus = driver_domain::host_set::first_bus(index);
     info!(
-        "event=xhci_found bdf={bdf} vid={vendor:04x} did={device:04x} bar0={base:#x} size={size:#x} hciversion={hciversion:#x} slots={} ports={}",
+        "event=xhci_found index={index} bdf={bdf} vid={vendor:04x} did={device:04x} bar0={base:#x} size={size:#x} hciversion={hciversion:#x} slots={} ports={} buses={bus},{}",
         hcsparams1 & 0xff,
-        hcsparams1 >> 24
+        hcsparams1 >> 24,
+        bus + 1
     );
-    Some(Xhci { bdf, vector, regs })
+    Some(Xhci {
+        index,
+        bdf,
+        vector,
+        regs,
+    })
 }
 
-/// Routes the controller's first interrupter to a fresh vector on this CPU: MSI-X entry 0
-/// (programmed masked, then unmasked), else MSI. The driver turns interrupts on in the
-/// controller.
-fn route_interrupt(cfg: &mut Config, bdf: Bdf, regs: &Mmio) -> Option<u8> {
+/// Routes the controller's first interrupter to a fresh vector on this CPU, served by
+/// `handler`: MSI-X entry 0 (programmed masked, then unmasked), else MSI. The driver turns
+/// interrupts on in the controller.
+fn route_interrupt(
+    cfg: &mut Config,
+    bdf: Bdf,
+    regs: &Mmio,
+    handler: interrupts::Handler,
+) -> Option<u8> {
     let vector = interrupts::allocate()?;
     let msg = Message::fixed(apic::id(), vector)?;
-    interrupts::register(vector, on_xhci_interrupt);
+    interrupts::register(vector, handler);
     if let Some(m) = pci::msix(cfg, bdf) {
         let table_len = u64::from(m.table_size) * msi::MSIX_ENTRY_SIZE as u64;
         let Some(table) = (m.table_bar == 0)
@@ -240,7 +283,17 @@ fn route_interrupt(cfg: &mut Config, bdf: Bdf, regs: &Mmio) -> Option<u8> {
     None
 }
 
-/// Interrupts the controller has raised.
-pub fn xhci_interrupts() -> u64 {
-    XHCI_INTERRUPTS.load(Ordering::Relaxed)
+/// Interrupts controller `index` has raised.
+pub fn xhci_interrupts(index: usize) -> u64 {
+    XHCI_INTERRUPTS
+        .get(index)
+        .map_or(0, |n| n.load(Ordering::Relaxed))
+}
+
+/// Interrupts all controllers have raised.
+pub fn all_xhci_interrupts() -> u64 {
+    XHCI_INTERRUPTS
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .sum()
 }

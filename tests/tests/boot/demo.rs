@@ -37,14 +37,17 @@ fn demo_mode_serves_two_simulated_vms_through_usbback_and_the_xhci_driver() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    // The stick is SuperSpeed: bus 2, port 1; the keyboard is high speed on QEMU port 2,
-    // Linux's 1-2.
+    // Two controllers, as laptops pass to the USB VM. The stick is SuperSpeed on the first:
+    // bus 2, port 1. The keyboard is on the second controller's first USB 2 port: bus 3
+    // (Linux numbers the k-th controller's buses 2k - 1 and 2k), Linux's 3-1.
     let machine = Machine::new("q35", "demo")
         .demo_image()
         .usb_stick_with("stick", &stick)
         .arg("-device")
-        .arg("usb-kbd,bus=xhci.0,port=2")
-        .append(&format!("assign=2-1:vm1,1-2:vm2 demo_mib={mib}"));
+        .arg("qemu-xhci,id=xhci2")
+        .arg("-device")
+        .arg("usb-kbd,bus=xhci2.0,port=1")
+        .append(&format!("assign=2-1:vm1,3-1:vm2 demo_mib={mib}"));
     let image = machine.scratch().join("stick.img");
     let run = machine.limit(Duration::from_secs(60)).boot();
     run.check(|r| {
@@ -55,18 +58,42 @@ fn demo_mode_serves_two_simulated_vms_through_usbback_and_the_xhci_driver() {
         assert!(r.event("demo_protocol_error").is_none());
         let (_, boot) = r.event("boot").unwrap();
         assert_eq!(field(boot, "platform"), Some("native"), "{boot}");
+        // Both controllers driven, each on its own buses and its own interrupt vector.
+        let found: Vec<&str> = r.events("xhci_found").collect();
+        assert_eq!(
+            found
+                .iter()
+                .map(|l| (field(l, "index").unwrap(), field(l, "buses").unwrap()))
+                .collect::<Vec<_>>(),
+            [("0", "1,2"), ("1", "3,4")],
+            "{found:#?}"
+        );
+        let vectors: Vec<&str> = r
+            .events("msix_routed")
+            .map(|l| field(l, "vector").unwrap())
+            .collect();
+        assert_eq!(vectors.len(), 2, "{vectors:?}");
+        assert_ne!(vectors[0], vectors[1]);
+        let enumerated: Vec<(&str, &str)> = r
+            .events("usb_enumerated")
+            .map(|l| (field(l, "index").unwrap(), field(l, "devices").unwrap()))
+            .collect();
+        assert_eq!(enumerated, [("0", "1"), ("1", "1")]);
+        let (_, ready) = r.event("ready").unwrap();
+        assert_eq!(field(ready, "xhci_controllers"), Some("2"), "{ready}");
+        assert_eq!(field(ready, "usb_controllers"), Some("2"), "{ready}");
 
         let vms: Vec<&str> = r.events("demo_vm").collect();
         assert_eq!(vms.len(), 2, "{vms:#?}");
         assert_eq!(field(vms[0], "busid"), Some("2-1"), "{}", vms[0]);
-        assert_eq!(field(vms[1], "busid"), Some("1-2"), "{}", vms[1]);
+        assert_eq!(field(vms[1], "busid"), Some("3-1"), "{}", vms[1]);
         // usbctl attach's way: once the backend offers the device and waits for the VM.
         let attached: Vec<(&str, &str)> = r
             .events("demo_attach")
             .map(|l| (field(l, "vm").unwrap(), field(l, "busid").unwrap()))
             .collect();
         assert_eq!(attached.len(), 2, "{attached:?}");
-        assert!(attached.contains(&("vm1", "2-1")) && attached.contains(&("vm2", "1-2")));
+        assert!(attached.contains(&("vm1", "2-1")) && attached.contains(&("vm2", "3-1")));
         // Each guest enumerates its device through usbback as Linux does.
         for vm in ["vm1", "vm2"] {
             for step in ["connected", "device_descriptor", "address", "configured"] {

@@ -20,8 +20,9 @@ pub(super) const PORT_RESET_TIMEOUT_US: u64 = 100_000;
 /// USB 2.0 TRSTRCY: the device's recovery time after a reset before it is addressed.
 pub(super) const RESET_RECOVERY_US: u64 = 10_000;
 
-/// A root port, named as Linux names it: USB2 ports are on bus 1 and USB3 ports on bus 2,
-/// each numbered from 1 within its protocol.
+/// A root port, named as Linux names it: a controller's USB2 ports are on one bus (1 for the
+/// first controller) and its USB3 ports on the next (2), each numbered from 1 within its
+/// protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RootPort {
     /// The xHCI port number (1-based), for PORTSC and the Slot Context.
@@ -37,8 +38,8 @@ pub struct RootPort {
 }
 
 impl RootPort {
-    /// Finds `port` in `protocols`.
-    pub fn new(protocols: &[Protocol], port: u8) -> RootPort {
+    /// Finds `port` in `protocols`, on a controller whose USB 2 bus is `first_bus`.
+    pub fn new(protocols: &[Protocol], port: u8, first_bus: u8) -> RootPort {
         let p = protocols.iter().find(|p| {
             port >= p.first_port && u16::from(port) < u16::from(p.first_port) + u16::from(p.count)
         });
@@ -47,7 +48,7 @@ impl RootPort {
                 port,
                 major: p.major,
                 slot_type: p.slot_type,
-                bus: if p.major >= 3 { 2 } else { 1 },
+                bus: first_bus.saturating_add(u8::from(p.major >= 3)),
                 number: port - p.first_port + 1,
             },
             None => RootPort {
@@ -123,7 +124,14 @@ impl<H: Hal> Controller<H> {
 
     /// Which protocol and Linux name a root port has.
     pub(super) fn root_port(&self, port: u8) -> RootPort {
-        RootPort::new(&self.protocols, port)
+        RootPort::new(&self.protocols, port, self.first_bus)
+    }
+
+    /// Names its root ports' buses from `bus` (its USB 2 ports) and `bus + 1` (USB 3), as
+    /// Linux numbers the buses of its `k`-th controller `2k - 1` and `2k`. Devices found
+    /// from then on carry the bus ids; 1 until this is called.
+    pub fn set_first_bus(&mut self, bus: u8) {
+        self.first_bus = bus;
     }
 
     fn portsc_offset(&self, port: u8) -> usize {

@@ -263,6 +263,7 @@ impl<H: Hal> Controller<H> {
             hubs: Vec::new(),
             deadline: None,
             unacknowledged: 0,
+            first_bus: 1,
         };
         xhci.run()?;
         info!(

@@ -50,11 +50,11 @@ fn a_capability_list_running_off_the_registers_is_cut_there() {
 #[test]
 fn root_ports_get_linux_bus_ids() {
     let p = qemu_protocols();
-    assert_eq!(RootPort::new(&p, 1).to_string(), "2-1");
-    assert_eq!(RootPort::new(&p, 4).to_string(), "2-4");
-    assert_eq!(RootPort::new(&p, 5).to_string(), "1-1");
-    assert_eq!(RootPort::new(&p, 7).to_string(), "1-3");
-    assert_eq!(RootPort::new(&p, 9).bus, 0, "a port no protocol lists");
+    assert_eq!(RootPort::new(&p, 1, 1).to_string(), "2-1");
+    assert_eq!(RootPort::new(&p, 4, 1).to_string(), "2-4");
+    assert_eq!(RootPort::new(&p, 5, 1).to_string(), "1-1");
+    assert_eq!(RootPort::new(&p, 7, 1).to_string(), "1-3");
+    assert_eq!(RootPort::new(&p, 9, 1).bus, 0, "a port no protocol lists");
 }
 
 #[test]
