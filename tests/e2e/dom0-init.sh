@@ -194,15 +194,21 @@ canary_check() {
 mode=$(sed -n 's/.*usbdom\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 # usbdom.datapath=copy|map (USBDOM_E2E_DATAPATH): usbdom's datapath= option.
 datapath=$(sed -n 's/.*usbdom\.datapath=\([a-z]*\).*/\1/p' /proc/cmdline)
-xhci=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1; exit}')
+# Every xHCI controller (the outer machine has two, as laptops do), and the first, the stick's.
+xhcis=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1}')
+xhci=$(echo "$xhcis" | head -n1)
 [ -n "$xhci" ] || fail "no_xhci_in_dom0"
-# The driver domain, HVM, with the xHCI controller passed through.
+# The driver domain, HVM, with every xHCI controller passed through.
 create_usbdom() {
-  timeout 60 xl pci-assignable-add "$xhci" || fail "pci_assignable_add"
-  sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|0000:00:05.0|$xhci|" \
+  pci=
+  for x in $xhcis; do
+    timeout 60 xl pci-assignable-add "$x" || fail "pci_assignable_add"
+    pci="${pci:+$pci, }\"$x\""
+  done
+  sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|^pci = .*|pci = [ $pci ]|" \
       -e "s|^extra = .*|extra = \"loglevel=${1:-debug}${datapath:+ datapath=$datapath}\"|" \
       /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
-  mark "phase=usbdom_create xhci=$xhci"
+  mark "phase=usbdom_create xhci=$(echo $xhcis | tr ' ' ,)"
   xl_create usbdom /tmp/usbdom.cfg || fail "xl_create_usbdom"
   wait_for /var/log/xen/console/guest-usbdom.log "event=ready" 90 || fail "usbdom_not_ready"
   mark "phase=usbdom_ready"

@@ -426,8 +426,11 @@ impl NestedXen {
             "qemu-xhci,id=xhci,addr=0x5",
             "-device",
             "usb-storage,bus=xhci.0,port=1,drive=usbdisk,id=stick",
+            // A second controller, the keyboard on it (usbdom drives both).
             "-device",
-            "usb-kbd,bus=xhci.0,port=2,id=kbd",
+            "qemu-xhci,id=xhci2,addr=0x6",
+            "-device",
+            "usb-kbd,bus=xhci2.0,port=1,id=kbd",
             "-device",
             "usb-hub,bus=xhci.0,port=3",
             "-device",

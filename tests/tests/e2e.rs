@@ -184,9 +184,29 @@ fn xen_end_to_end() {
             usbdom_event("xenstore").is_some(),
             "usbdom reached xenstore"
         );
-        let found = usbdom_event("xhci_found").expect("the passed-through controller is found");
-        assert_eq!(field(found, "vid"), Some("1b36"));
-        assert!(usbdom_event("msix_routed").is_some());
+        // Two controllers passed through, as a laptop passes its PCH's and Thunderbolt's: the
+        // stick, the hub and the tablet on the first (buses 1 and 2), the keyboard on the
+        // second (buses 3 and 4), each with its own MSI-X vector through Xen.
+        let found: Vec<&str> = usbdom
+            .iter()
+            .copied()
+            .filter(|l| l.contains("event=xhci_found "))
+            .collect();
+        assert_eq!(
+            found
+                .iter()
+                .map(|l| (field(l, "vid"), field(l, "buses")))
+                .collect::<Vec<_>>(),
+            [(Some("1b36"), Some("1,2")), (Some("1b36"), Some("3,4"))],
+            "{found:#?}"
+        );
+        let vectors: Vec<&str> = usbdom
+            .iter()
+            .filter(|l| l.contains("event=msix_routed "))
+            .filter_map(|l| field(l, "vector"))
+            .collect();
+        assert_eq!(vectors.len(), 2, "{vectors:?}");
+        assert_ne!(vectors[0], vectors[1], "a vector per controller");
         // The driver runs the passed-through controller: No Ops complete, their MSI-X
         // interrupts arrive through Xen, and QEMU's devices are enumerated.
         let noop = usbdom_event("xhci_noop").expect("event=xhci_noop");
@@ -194,6 +214,18 @@ fn xen_end_to_end() {
         let ready = usbdom_event("ready").expect("event=ready");
         let irqs: u64 = field(ready, "xhci_interrupts").unwrap().parse().unwrap();
         assert!(irqs > 0, "MSI-X delivered through Xen: {ready}");
+        assert_eq!(field(ready, "usb_controllers"), Some("2"), "{ready}");
+        let enumerated: Vec<(&str, &str)> = usbdom
+            .iter()
+            .filter(|l| l.contains("event=usb_enumerated "))
+            .map(|l| (field(l, "index").unwrap(), field(l, "devices").unwrap()))
+            .collect();
+        assert_eq!(
+            enumerated.iter().map(|e| e.0).collect::<Vec<_>>(),
+            ["0", "1"],
+            "{enumerated:?}"
+        );
+        assert_eq!(enumerated[1].1, "1", "the keyboard on the second: {enumerated:?}");
         let found: Vec<(&str, &str)> = usbdom
             .iter()
             .filter(|l| l.contains("event=usb_device "))
@@ -201,7 +233,7 @@ fn xen_end_to_end() {
             .collect();
         for want in [
             ("2-1", "46f4"),
-            ("1-2", "0627"),
+            ("3-1", "0627"),
             ("1-3", "0409"),
             ("1-3.1", "056a"),
         ] {
@@ -216,7 +248,7 @@ fn xen_end_to_end() {
             .collect();
         assert_eq!(
             offered,
-            ["1-2", "1-3.1", "2-1"],
+            ["1-3.1", "2-1", "3-1"],
             "usbctl list-assignable-devices"
         );
         assert!(usbdom_event("ready").is_some());
@@ -338,7 +370,7 @@ fn xen_end_to_end() {
         // The keyboard is high speed (3); the stick SuperSpeed (4) on guest-a's USB 3
         // controller, high speed on guest-b's USB 2 one.
         for (busid, guest, speed) in [
-            ("1-2", "guest_b", "3"),
+            ("3-1", "guest_b", "3"),
             ("2-1", "guest_a", "4"),
             ("2-1", "guest_b", "3"),
         ] {
@@ -605,7 +637,7 @@ fn xen_end_to_end() {
                 })
                 .unwrap_or_else(|| panic!("the monitor shows {busid}: {monitor:?}"))
         };
-        for (busid, name, id) in [("2-1", "guest-a", a_id), ("1-2", "guest-b", b_id)] {
+        for (busid, name, id) in [("2-1", "guest-a", a_id), ("3-1", "guest-b", b_id)] {
             let owner = format!(r#""owner":{{"devid":0,"domain":"{name}","domid":{id},"port":1}}"#);
             assert!(device(busid).contains(&owner), "{}", device(busid));
         }
