@@ -129,12 +129,15 @@ impl WrittenGrants {
 
 /// The most frames the pool grows to (16 MiB): a ring's worth of 16-page requests for each of
 /// 16 frontends at once. Past it a request is answered with an error rather than the
-/// driver domain running out of memory.
+/// driver domain running out of memory. A driver domain with less memory sets a lower
+/// limit ([`FramePool::set_limit`]), so the pool never takes the frames the controller
+/// driver needs for the next device plugged in.
 pub const MAX_POOL_FRAMES: usize = 4096;
 
-/// Pages one frontend may hold at once, frames and mappings together (4 MiB): a quarter of
-/// the pool, so a frontend that keeps its ring full of megabyte requests leaves the pool to
-/// three more doing the same. Past it the frontend's submissions wait, taken off its ring
+/// Pages one frontend may hold at once, frames and mappings together (4 MiB with the full
+/// pool): a quarter of the pool's limit, so a frontend that keeps its ring full of megabyte
+/// requests leaves the pool to three more doing the same, and never less than one request's
+/// [`MAX_REQUEST_PAGES`]. Past it the frontend's submissions wait, taken off its ring
 /// ([`FramePool::has_room_for_a_request`]), until its transfers give pages back; its unlinks
 /// are served meanwhile.
 pub const FRONTEND_PAGE_SHARE: usize = MAX_POOL_FRAMES / 4;
@@ -153,11 +156,14 @@ pub struct FramePool<P> {
     mapped_owner: Vec<Option<DeviceId>>,
     /// Pages held, by frontend (none held: no entry).
     held_by: BTreeMap<DeviceId, usize>,
+    /// The most frames it takes from the hypervisor layer.
+    limit: usize,
 }
 
 impl<P> Default for FramePool<P> {
     fn default() -> Self {
         FramePool {
+            limit: MAX_POOL_FRAMES,
             frames: Vec::new(),
             free: Vec::new(),
             mapped: Vec::new(),
@@ -170,6 +176,25 @@ impl<P> Default for FramePool<P> {
 }
 
 impl<P> FramePool<P> {
+    /// Grows to at most `frames` frames from now on, within [`MAX_REQUEST_PAGES`] (one
+    /// request fits) and [`MAX_POOL_FRAMES`]; returns the limit taken. Frames taken already
+    /// stay.
+    pub fn set_limit(&mut self, frames: usize) -> usize {
+        self.limit = frames.clamp(MAX_REQUEST_PAGES, MAX_POOL_FRAMES);
+        self.limit
+    }
+
+    /// The most frames it grows to.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Pages one frontend may hold at once: [`FRONTEND_PAGE_SHARE`] of the full pool, a
+    /// quarter of a smaller one, never less than one request.
+    pub fn share(&self) -> usize {
+        (self.limit / 4).max(MAX_REQUEST_PAGES)
+    }
+
     /// `n` frames (at most [`MAX_REQUEST_PAGES`]) for `owner`, all or none.
     pub fn take<H: LocalFrames<Page = P>>(
         &mut self,
@@ -181,7 +206,7 @@ impl<P> FramePool<P> {
             return None;
         }
         while self.free.len() < n {
-            if self.frames.len() >= MAX_POOL_FRAMES {
+            if self.frames.len() >= self.limit {
                 return None;
             }
             let frame = hv.alloc_frame().ok()?;
@@ -272,9 +297,9 @@ impl<P> FramePool<P> {
     }
 
     /// Whether `owner` may take one more request of any size without going past its
-    /// [`FRONTEND_PAGE_SHARE`].
+    /// [`FramePool::share`].
     pub fn has_room_for_a_request(&self, owner: DeviceId) -> bool {
-        self.held_by(owner) + MAX_REQUEST_PAGES <= FRONTEND_PAGE_SHARE
+        self.held_by(owner) + MAX_REQUEST_PAGES <= self.share()
     }
 
     /// The page `id` names and the address a device reaches it at; None for an id that
@@ -642,6 +667,39 @@ mod tests {
         assert!(
             pool.take(&mut dom, 16, A).is_none(),
             "capped at MAX_POOL_FRAMES"
+        );
+    }
+
+    #[test]
+    fn a_smaller_limit_caps_the_frames_taken_and_each_frontends_share() {
+        let mut dom = Xen::new().create_domain();
+        let mut pool: FramePool<LocalPage> = FramePool::default();
+        assert_eq!(pool.share(), FRONTEND_PAGE_SHARE);
+        assert_eq!(
+            pool.set_limit(1),
+            MAX_REQUEST_PAGES,
+            "one request always fits"
+        );
+        assert_eq!(pool.set_limit(usize::MAX), MAX_POOL_FRAMES);
+        assert_eq!(pool.set_limit(2048), 2048);
+        assert_eq!(pool.share(), 512);
+        let mut held = Vec::new();
+        while pool.has_room_for_a_request(A) {
+            held.push(pool.take(&mut dom, MAX_REQUEST_PAGES, A).unwrap());
+        }
+        assert_eq!(pool.held_by(A), 512);
+        let owners = [B, DeviceId { devid: 1, ..A }, DeviceId { devid: 1, ..B }];
+        for owner in owners {
+            while pool.has_room_for_a_request(owner) {
+                held.push(pool.take(&mut dom, MAX_REQUEST_PAGES, owner).unwrap());
+            }
+        }
+        assert_eq!(pool.held(), 2048);
+        let late = DeviceId { devid: 2, ..A };
+        assert!(pool.has_room_for_a_request(late));
+        assert!(
+            pool.take(&mut dom, 1, late).is_none(),
+            "no frame past the limit, though within its share"
         );
     }
 

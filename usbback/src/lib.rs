@@ -153,7 +153,7 @@ pub struct Stats {
     /// (`feature-persistent`).
     pub zero_copy: u64,
     /// Submissions that waited, taken off the ring, because it held its share of the pool
-    /// ([`bounce::FRONTEND_PAGE_SHARE`]).
+    /// (`bounce::FramePool::share`).
     pub throttled: u64,
 }
 
@@ -398,6 +398,17 @@ where
     pub fn set_data_path(&mut self, path: DataPath) {
         info!("event=usbback_data_path path={}", path.name());
         self.data_path = path;
+    }
+
+    /// Lets the bounce-frame pool grow to at most `frames` of the driver domain's memory
+    /// (`bounce::FramePool::set_limit`): a driver domain with little memory keeps the rest
+    /// for its controllers. Logs `event=bounce_pool`.
+    pub fn set_bounce_frames(&mut self, frames: usize) {
+        let limit = self.pool.set_limit(frames);
+        info!(
+            "event=bounce_pool max_frames={limit} frontend_share={}",
+            self.pool.share()
+        );
     }
 
     /// The hypervisor handle (the main loop scans its event channels).

@@ -361,7 +361,7 @@ where
                     id.devid,
                     s.id,
                     self.pool.held(),
-                    bounce::MAX_POOL_FRAMES
+                    self.pool.limit()
                 );
             }
             self.respond(id, response(s.id, USBIF_STATUS_NOMEM, 0));

@@ -97,6 +97,11 @@ pub fn dma_alloc(bytes: u64, align: u64, below_4g: bool) -> Option<DmaRegion> {
     })
 }
 
+/// Free frame memory, in bytes.
+pub fn free_bytes() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, FrameAllocator::free_bytes)
+}
+
 /// Returns a DMA region's frames.
 pub fn dma_free(region: DmaRegion) {
     if let Some(f) = FRAMES.lock().as_mut() {

@@ -228,6 +228,10 @@ extern "C" fn kernel_main(start_info_phys: u32) -> ! {
         };
         backend.set_policy(policy(&cmdline));
         backend.set_data_path(cmdline.data_path);
+        // The bounce frames come from the memory left after boot, less what the controllers'
+        // driver keeps for the devices plugged in later (their contexts and rings).
+        let spare = memory::free_bytes().saturating_sub(DRIVER_RESERVE_BYTES);
+        backend.set_bounce_frames((spare / xen::abi::PAGE_SIZE as u64) as usize);
         backend
     });
 
@@ -490,6 +494,11 @@ fn policy(cmdline: &Cmdline) -> usbback::policy::Policy {
 /// time, `logger::drain_serial`): about 16 traps to dom0's device model, some 16 ms under
 /// nested virtualisation, microseconds on hardware.
 const SERIAL_BYTES_PER_TURN: usize = 16;
+
+/// Frame memory the bounce pool leaves to the xHCI driver: a device's contexts, endpoint
+/// rings and buffers take some pages each (given back when it leaves), so 2 MiB serves tens
+/// of devices at once.
+const DRIVER_RESERVE_BYTES: u64 = 2 << 20;
 
 /// How often the frontends' counters are logged when they changed (`event=stats`).
 const STATS_INTERVAL_US: u64 = 1_000_000;
