@@ -22,6 +22,16 @@ pub enum Direction {
     In,
 }
 
+impl Direction {
+    /// The name logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
 /// USB transfer types (USB 2.0 5.4 to 5.8), as an endpoint's bmAttributes bits 1..0 encode
 /// them (USB 2.0 Table 9-13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use log::warn;
+use log::{debug, warn};
 use usb::request::GET_DESCRIPTOR;
 use usb::{descriptor, Direction, IsoPacket, TransferType};
 use xen::abi::grant_table::GntStatus;
@@ -592,6 +592,19 @@ where
                 start_frame: None,
             };
             let direction = shape.direction;
+            if !iso_packets.is_empty() {
+                debug!(
+                    "event=urb_iso_queued domid={} devid={} id={} port={} endpoint={} direction={} packets={} bytes={}",
+                    id.frontend,
+                    id.devid,
+                    r.rid,
+                    r.port,
+                    shape.endpoint,
+                    direction.name(),
+                    iso_packets.len(),
+                    buffer.data_len()
+                );
+            }
             match host.submit(r.device, transfer) {
                 Err(e) => {
                     self.tokens.take(token);
@@ -740,6 +753,18 @@ where
                     );
                 }
             }
+        }
+        if !f.iso_packets.is_empty() {
+            // Per URB, so only at debug: an audio stream answers a thousand a second.
+            debug!(
+                "event=urb_iso_done domid={} devid={} id={rid} port={} direction={} packets={} start_frame={} error_count={error_count} bytes={actual} status={status}",
+                id.frontend,
+                id.devid,
+                f.port,
+                f.direction.name(),
+                f.iso_packets.len(),
+                c.start_frame
+            );
         }
         self.answers.push(Answer {
             id,

@@ -403,11 +403,63 @@ pub fn endpoint_context(e: &Endpoint, speed: Speed) -> [u32; 5] {
     ]
 }
 
+/// MFINDEX (5.5.1) counts 125 µs microframes in 14 bits.
+pub const MICROFRAME_MASK: u16 = 0x3fff;
+
+/// Where an isochronous transfer's packets go on the bus, in microframes of MFINDEX's
+/// 14-bit count: the first packet's and the one after its last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsochSlot {
+    /// The first packet's microframe.
+    pub start: u16,
+    /// The microframe after its last packet's service interval: where a transfer queued
+    /// behind it starts.
+    pub next: u16,
+}
+
+impl IsochSlot {
+    /// The start as USB reports it for the transfer (Linux's `urb->start_frame`, which
+    /// PVUSB passes on): 1 ms frames (11 bits) at full and low speed, microframes (14 bits)
+    /// above.
+    pub fn start_frame(&self, speed: Speed) -> u16 {
+        match speed {
+            Speed::Full | Speed::Low => (self.start >> 3) & 0x7ff,
+            _ => self.start & MICROFRAME_MASK,
+        }
+    }
+}
+
+/// Where the controller puts an isochronous transfer of `packets` packets queued with Start
+/// Isoch ASAP (4.11.2.5) on an endpoint with Endpoint Context Interval `interval` (each
+/// packet one service interval of 2^interval microframes): right after the transfer before
+/// it when that is still queued (`behind`: its [`IsochSlot::next`]), else at the first
+/// service interval boundary the controller can still schedule, `ist` microframes
+/// (Isochronous Scheduling Threshold, 5.3.4) after MFINDEX `mfindex`. Two transfers queued
+/// back to back so never claim the same frame.
+pub fn isoch_slot(
+    mfindex: u16,
+    ist: u16,
+    interval: u8,
+    packets: usize,
+    behind: Option<u16>,
+) -> IsochSlot {
+    let period = 1u32 << interval.min(15);
+    let start = match behind {
+        Some(next) => u32::from(next),
+        None => (u32::from(mfindex & MICROFRAME_MASK) + u32::from(ist)).div_ceil(period) * period,
+    };
+    let next = start + period * packets as u32;
+    IsochSlot {
+        start: (start & u32::from(MICROFRAME_MASK)) as u16,
+        next: (next & u32::from(MICROFRAME_MASK)) as u16,
+    }
+}
+
 /// The Endpoint Context Interval (6.2.3.6): periods of 2^Interval × 125 µs. High and
 /// SuperSpeed endpoints and full-speed isochronous ones give an exponent (bInterval 1..16);
 /// full- and low-speed interrupt endpoints give milliseconds (1..255), rounded down to a
 /// power of two.
-fn interval(e: &Endpoint, speed: Speed) -> u8 {
+pub fn interval(e: &Endpoint, speed: Speed) -> u8 {
     let b = e.interval;
     match (speed, e.transfer_type) {
         (Speed::Full | Speed::Low, TransferType::Interrupt) => {
@@ -423,6 +475,36 @@ fn interval(e: &Endpoint, speed: Speed) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isochronous_transfers_queued_back_to_back_get_consecutive_slots() {
+        // Full speed, one packet a frame (Interval 3: 8 microframes), IST 1 frame.
+        let first = isoch_slot(0x101, 8, 3, 4, None);
+        assert_eq!(
+            first,
+            IsochSlot {
+                start: 0x110,
+                next: 0x130
+            }
+        );
+        assert_eq!(first.start_frame(Speed::Full), 0x22);
+        let second = isoch_slot(0x102, 8, 3, 4, Some(first.next));
+        assert_eq!(
+            second.start, first.next,
+            "right behind the first, not at MFINDEX"
+        );
+        assert_eq!(second.start_frame(Speed::Full), 0x26);
+        // High speed, every microframe: reported in microframes.
+        let hs = isoch_slot(0x3ffe, 2, 0, 3, None);
+        assert_eq!(
+            hs,
+            IsochSlot { start: 0, next: 3 },
+            "MFINDEX wraps at 14 bits"
+        );
+        assert_eq!(hs.start_frame(Speed::High), 0);
+        // A long interval starts on its boundary.
+        assert_eq!(isoch_slot(0x45, 0, 5, 1, None).start, 0x60);
+    }
 
     fn seg(phys: u64, len: usize) -> DmaSegment {
         DmaSegment { phys, len }

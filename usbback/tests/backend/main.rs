@@ -26,6 +26,7 @@ mod grant_copies;
 mod grant_maps;
 mod hostile;
 mod indirect;
+mod log_capture;
 mod multi_page_ring;
 mod persistent_grants;
 mod simulated_devices;

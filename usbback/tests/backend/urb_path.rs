@@ -634,6 +634,7 @@ fn a_destroyed_frontend_whose_directory_went_gets_its_backend_directory_removed(
 
 #[test]
 fn isochronous_results_land_in_the_frontends_packet_descriptors() {
+    super::log_capture::start();
     let mut r = connected_frontend();
     assign(&r.w.xen, r.be, r.fe, 1, "1-1");
     settle(&mut r.w.be, &mut r.host);
@@ -669,6 +670,22 @@ fn isochronous_results_land_in_the_frontends_packet_descriptors() {
             got[0].start_frame
         ),
         (9, 0, 3 * 192, 1, 77)
+    );
+    // What a user who turned debug on sees of it: queued, then done with its start frame.
+    let queued = super::log_capture::events("urb_iso_queued");
+    let done = super::log_capture::events("urb_iso_done");
+    assert_eq!((queued.len(), done.len()), (1, 1), "{queued:?} {done:?}");
+    assert!(
+        queued[0].contains(" id=9 port=1 endpoint=3 direction=out packets=4 bytes=768"),
+        "{}",
+        queued[0]
+    );
+    assert!(
+        done[0].contains(
+            " id=9 port=1 direction=out packets=4 start_frame=77 error_count=1 bytes=576 status=0"
+        ),
+        "{}",
+        done[0]
     );
     let d = descriptors.read();
     let field = |i: usize, at: usize| {

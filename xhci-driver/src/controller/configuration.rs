@@ -300,6 +300,7 @@ impl<H: Hal> Controller<H> {
                     pending: Vec::new(),
                     halted: false,
                     stopped_at: None,
+                    isoch_next: 0,
                 },
             ));
         }

@@ -225,6 +225,7 @@ impl<H: Hal> Controller<H> {
                 pending: Vec::new(),
                 halted: false,
                 stopped_at: None,
+                isoch_next: 0,
             }],
             config: None,
             alternates: Vec::new(),

@@ -90,6 +90,9 @@ pub struct Capabilities {
     pub dboff: usize,
     /// Runtime Register Space Offset.
     pub rtsoff: usize,
+    /// Isochronous Scheduling Threshold, in microframes: how far ahead of MFINDEX a
+    /// transfer must be queued for the controller to schedule it.
+    pub ist: u16,
 }
 
 impl Capabilities {
@@ -111,6 +114,8 @@ impl Capabilities {
             xecp: ((hcc1 >> 16) as usize) * 4,
             dboff: (hal.read32(DBOFF) & !0x3) as usize,
             rtsoff: (hal.read32(RTSOFF) & !0x1f) as usize,
+            // Bits 2:0 count microframes, or frames when bit 3 is set.
+            ist: ((hcs2 & 0x7) << if hcs2 & 0x8 != 0 { 3 } else { 0 }) as u16,
         }
     }
 }

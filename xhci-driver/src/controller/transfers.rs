@@ -17,7 +17,8 @@ use crate::descriptor::Endpoint;
 use crate::hal::{DmaBuffer, Hal};
 use crate::ring::ProducerRing;
 use crate::transfer::{
-    control_trbs, isoch_trbs, max_esit_payload, normal_td, DmaSegment, TransferTrbs,
+    control_trbs, interval, isoch_slot, isoch_trbs, max_esit_payload, normal_td, DmaSegment,
+    TransferTrbs,
 };
 
 /// A control transfer to a device that answers.
@@ -38,6 +39,9 @@ pub(super) struct EndpointRing<D> {
     pub(super) halted: bool,
     /// Where a Stop Endpoint found a transfer in progress (its Stopped event).
     pub(super) stopped_at: Option<u64>,
+    /// The microframe after the last isochronous transfer queued: where the next one
+    /// starts while that one is still queued (`transfer::isoch_slot`).
+    pub(super) isoch_next: u16,
 }
 
 impl<H: Hal> Controller<H> {
@@ -176,9 +180,20 @@ impl<H: Hal> Controller<H> {
             max_esit_payload(ep, speed) as usize,
         )
         .map_err(|_| Error::BadTransfer)?;
-        // MFINDEX counts 125 µs microframes; frames are 1 ms, 11 bits.
-        let frame = ((self.hal.read32(self.caps.rtsoff + MFINDEX) >> 3) & 0x7ff) as u16;
-        self.queue_trbs(index, e, trbs, TdKind::Isochronous, frame)
+        // Queued behind transfers still on the ring, it starts where they end; else at the
+        // first interval the controller can still schedule after MFINDEX.
+        let ring = &self.slots[index].endpoints[e];
+        let behind = (!ring.pending.is_empty()).then_some(ring.isoch_next);
+        let slot = isoch_slot(
+            self.hal.read32(self.caps.rtsoff + MFINDEX) as u16,
+            self.caps.ist,
+            interval(ep, speed),
+            packets.len(),
+            behind,
+        );
+        let id = self.queue_trbs(index, e, trbs, TdKind::Isochronous, slot.start_frame(speed))?;
+        self.slots[index].endpoints[e].isoch_next = slot.next;
+        Ok(id)
     }
 
     /// Puts a transfer's TRBs on endpoint `e` of slot `index` and rings its doorbell (a

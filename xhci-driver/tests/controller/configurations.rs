@@ -227,6 +227,19 @@ fn isochronous_packets_each_report_their_length() {
     let lengths: Vec<usize> = c.packets.iter().map(|p| p.actual_length).collect();
     assert_eq!(lengths, [100, 1024, 1024]);
     assert!(c.packets.iter().all(|p| p.status.is_ok()));
+    // Two queued back to back go out one after the other: the second starts where the
+    // first's three packets (one a microframe at high speed, bInterval 1) end, not at the
+    // same MFINDEX.
+    let a = xhci
+        .queue_isochronous(slot_id, 3, Direction::In, &seg, &packets)
+        .unwrap();
+    let b = xhci
+        .queue_isochronous(slot_id, 3, Direction::In, &seg, &packets)
+        .unwrap();
+    xhci.poll_events().unwrap();
+    let first = xhci.take_completed_of(a).unwrap().start_frame;
+    let second = xhci.take_completed_of(b).unwrap().start_frame;
+    assert_eq!(second, (first + 3) & 0x3fff, "microframes at high speed");
     assert_eq!(
         xhci.queue_transfer(slot_id, 3, Direction::In, &seg),
         Err(Error::BadTransfer),
