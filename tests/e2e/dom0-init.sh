@@ -189,7 +189,7 @@ canary_check() {
 }
 
 # usbdom.mode= on dom0's command line: test (the scenario below), bench (tests/e2e/bench.sh),
-# soak (tests/e2e/soak.sh)
+# soak (tests/e2e/soak.sh), devices (tests/e2e/devices.sh)
 # or shell (`cargo xtask run --xen`: the scenario's first half, then a shell on the console).
 mode=$(sed -n 's/.*usbdom\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 # usbdom.datapath=copy|map (USBDOM_E2E_DATAPATH): usbdom's datapath= option.
@@ -239,6 +239,10 @@ if [ "$mode" = bench ]; then
 fi
 if [ "$mode" = soak ]; then
   . /e2e/soak.sh
+  finish
+fi
+if [ "$mode" = devices ]; then
+  . /e2e/devices.sh
   finish
 fi
 create_usbdom

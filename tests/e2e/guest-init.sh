@@ -60,6 +60,35 @@ if [ -n "$attack" ]; then
   echo "guest: attack exit=$?"
   exec sleep 100000
 fi
+# The device-table run (`usbdom_devices`, tests/e2e/devices.sh): the class drivers of the
+# devices it gets, then each device used as a user would, with a `guest: device …` line
+# for each.
+if grep -q usbdom_devices /proc/cmdline; then
+  for m in $(cat /lib/modules/devices); do
+    set -- /lib/modules/$m.ko*
+    load_module "$1" 2>/dev/null || echo "guest: failed to load $m"
+  done
+  echo "guest: devices ready"
+  # Audio: one second of a 444 Hz square wave through the OSS emulation (8-bit unsigned,
+  # 8 kHz, mono: what /dev/dsp takes by default); the host finds it in QEMU's wav file.
+  i=0
+  while [ ! -e /dev/dsp ] && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
+  if [ -e /dev/dsp ]; then
+    # One period (9 samples high, 9 low), doubled to 512 periods, cut to 8000 samples.
+    printf '\340\340\340\340\340\340\340\340\340\040\040\040\040\040\040\040\040\040' > /tmp/tone.u8
+    for i in 1 2 3 4 5 6 7 8 9; do cat /tmp/tone.u8 /tmp/tone.u8 > /tmp/tone.2 && mv /tmp/tone.2 /tmp/tone.u8; done
+    head -c 8000 /tmp/tone.u8 > /tmp/tone.2 && mv /tmp/tone.2 /tmp/tone.u8
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    cat /tmp/tone.u8 > /dev/dsp 2>/tmp/dsp.err
+    rc=$?
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "guest: device audio bytes=$(wc -c < /tmp/tone.u8) rc=$rc seconds=$(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}') error=\"$(tr '\n' ' ' < /tmp/dsp.err)\""
+  else
+    echo "guest: device audio error=no_dsp"
+  fi
+  echo "guest: devices done"
+  exec sleep 100000
+fi
 # The soak (`usbdom_soak=<seconds>`, tests/e2e/soak.sh): new processes, one after the other,
 # for that long (each a fresh exec of busybox: the kernel reports any that crash), while a
 # stick, if one comes, is read on and on.

@@ -11,7 +11,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/e2e/xen-cfg" "$stage/boot"
 install -m 0755 "$here/dom0-init.sh" "$stage/init"
-cp "$here/bench.sh" "$here/soak.sh" "$stage/e2e/"
+cp "$here/bench.sh" "$here/soak.sh" "$here/devices.sh" "$stage/e2e/"
 cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
@@ -21,7 +21,7 @@ guest=$(mktemp -d)
 mkdir -p "$guest/bin" "$guest/lib/modules" "$guest/proc" "$guest/sys" "$guest/dev"
 cp "$cache/dom0/bin/busybox" "$guest/bin/busybox"
 cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.ko" "$cache/pvusb-hcd.ko" "$guest/lib/modules/"
-cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$guest/lib/modules/"
+cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$cache/guestmods/devices" "$guest/lib/modules/"
 install -m 0755 "$here/guest-init.sh" "$guest/init"
 # The hostile frontend a guest runs when its command line says usbdom_attack=<phases>.
 if [ -n "${USBATTACK:-}" ]; then install -m 0755 "$USBATTACK" "$guest/bin/usbattack"; fi

@@ -9,7 +9,8 @@
 #                  (frontend-linux/build-pvusb-hcd.sh); rebuilt whenever its source changes
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
 #   guestmods/     the guest's SCSI disk, usb-storage, HID, evdev, xHCI, gntalloc and evtchn
-#                  modules, in order
+#                  modules, in order (`order`), and the device-table run's sound and serial
+#                  ones (`devices`)
 # Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
 set -euo pipefail
 cache=${1:?cache dir}
@@ -56,19 +57,26 @@ fi
 guest_modules="scsi_common scsi_mod crct10dif_common crct10dif_generic crc-t10dif crc64 \
   crc64-rocksoft crc64_rocksoft_generic t10-pi sd_mod usb-storage hid usbhid hid-generic evdev \
   xhci-hcd xhci-pci xen-gntalloc xen-evtchn"
-if [ "$(cat guestmods/order 2>/dev/null)" != "$guest_modules" ]; then
+# The class drivers of the device-table run (`cargo xtask devices`, tests/e2e/devices.sh), in
+# order, loaded only by a guest told usbdom_devices: USB audio with the OSS emulation (a
+# guest plays through /dev/dsp with busybox's cat), and the FTDI serial driver.
+device_modules="soundcore snd snd-timer snd-pcm snd-hwdep snd-seq-device snd-rawmidi \
+  snd-usbmidi-lib mc snd-usb-audio snd-mixer-oss snd-pcm-oss usbserial ftdi_sio"
+if [ "$(cat guestmods/order 2>/dev/null)" != "$guest_modules" ] || \
+   [ "$(cat guestmods/devices 2>/dev/null)" != "$device_modules" ]; then
   log "taking the guest's storage and HID modules from the kernel package"
   [ -f "debs/linux-image-${kver}_"*.deb ] 2>/dev/null || \
     (cd debs && apt-get download -q "linux-image-$kver" >&2)
   rm -rf gm guestmods && mkdir gm guestmods
   dpkg -x "debs/linux-image-${kver}_"*.deb gm
-  for m in $guest_modules; do
+  for m in $guest_modules $device_modules; do
     f=$(find "gm/lib/modules/$kver/kernel" -name "$m.ko*" | head -n1)
     [ -n "$f" ] || { echo "prepare: no module $m in linux-image-$kver" >&2; exit 1; }
     cp "$f" guestmods/
   done
   rm -rf gm
   echo "$guest_modules" > guestmods/order
+  echo "$device_modules" > guestmods/devices
 fi
 
 if [ ! -f xen-hcd.ko ]; then

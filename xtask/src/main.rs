@@ -16,6 +16,8 @@
 //!   against qusb and passthrough on Xen.
 //! - `cargo xtask soak`: the nested machine's own soundness: crashed processes and triple
 //!   faults per domain with usbdom, qusb or no USB traffic (tests/examples/soak_e2e.rs).
+//! - `cargo xtask devices`: the device table: QEMU's class devices through usbdom to a Linux
+//!   guest's stock drivers, checked from the host (tests/examples/devices_e2e.rs).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,7 @@ fn main() {
         Some("e2e") => e2e_command(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("soak") => nested_xen_program("soak_e2e", "soak-stick.img", 64, &args[1..]),
+        Some("devices") => nested_xen_program("devices_e2e", "devices-stick.img", 64, &args[1..]),
         Some("install") => install(),
         _ => {
             eprintln!(
@@ -65,6 +68,8 @@ fn main() {
                  \x20          `bench e2e [--mib N] [--runs N]`: usbdom vs qusb vs passthrough on Xen\n\
                  \x20 soak     crashes in the nested machine with and without usbdom's traffic:\n\
                  \x20          `soak [--usb none|usbdom|qusb] [--type pvh|pv] [--seconds N] [--runs N]`\n\
+                 \x20 devices  the device table on real Xen: QEMU's class devices through usbdom to\n\
+                 \x20          a guest's stock drivers (so far usb-audio: a tone into QEMU's wav file)\n\
                  \x20 install  only install prerequisites"
             );
             exit(2);
