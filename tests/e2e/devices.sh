@@ -1,22 +1,63 @@
 # Sourced by dom0-init.sh with usbdom.mode=devices (`cargo xtask devices`): the device
-# table. QEMU's class devices on the outer machine's second controller go, through usbdom,
-# to a PVH guest with Linux's stock xen-hcd and class drivers, which uses each as a user
-# would (tests/e2e/guest-init.sh, `usbdom_devices`); the host checks what came out of
-# QEMU (tests/examples/devices_e2e.rs). Reported as `E2E: device …` lines.
+# table. QEMU's class devices on the outer machine's second controller go to a PVH guest
+# with Linux's stock xen-hcd and class drivers, which uses each as a user would
+# (tests/e2e/guest-init.sh, `usbdom_devices`): first through QEMU's qusb backend in dom0
+# (what users have), then through usbdom. The host checks what came out of QEMU
+# (tests/examples/devices_e2e.rs). Reported as `E2E: device …` lines.
+
+# The devices by ID: QEMU's usb-audio and its FTDI usb-serial.
+DEVICES="46f4:0002 0403:6001"
+
+# devices_guest NAME PATH [CONFIG LINE…]: a guest that uses its devices; its lines reported.
+devices_guest() {
+  name=$1 path=$2
+  shift 2
+  log=/var/log/xen/console/guest-$name.log
+  sed -e "s|^name = .*|name = \"$name\"|" \
+      -e "s|^extra = .*|extra = \"console=hvc0 usbdom_devices=$path\"|" \
+    /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$name.cfg"
+  printf 'on_reboot = "destroy"\non_crash = "destroy"\n' >> "/tmp/$name.cfg"
+  for line in "$@"; do echo "$line" >> "/tmp/$name.cfg"; done
+  xl_create "$name" "/tmp/$name.cfg" || fail "xl_create_$name"
+  wait_for "$log" "guest: devices ready" 180 || fail "${name}_not_ready"
+  mark "phase=${path}_guest_ready"
+}
+
+# devices_report NAME PATH: waits for the guest's devices, reports and destroys it.
+devices_report() {
+  log=/var/log/xen/console/guest-$1.log
+  wait_for "$log" "guest: devices done" 300 || fail "$2_devices_not_done"
+  whole_lines "$log" | grep "guest: device " | sed -e 's|\r||' -e 's|^.*guest: device |E2E: device |'
+  whole_lines "$log" | grep -E "snd|ftdi|ttyUSB|usb 1-" | tail -n 30 | sed "s|^|GUEST-$2 |"
+  xl_destroy "$1" || fail "xl_destroy_$1"
+  mark "phase=$2_done"
+}
+
+# qusb: dom0 drives both controllers, QEMU's PV backend in dom0 serves the guest.
+start_qusb
+usbdev=
+port=1
+for id in $DEVICES; do
+  for d in /sys/bus/usb/devices/*; do
+    [ "$(cat "$d/idVendor" 2>/dev/null):$(cat "$d/idProduct" 2>/dev/null)" = "$id" ] || continue
+    usbdev="${usbdev:+$usbdev, }'hostbus=$(cat "$d/busnum"),hostaddr=$(cat "$d/devnum"),controller=0,port=$port'"
+    port=$((port + 1))
+  done
+done
+devices_guest guest-q qusb "usbctrl = [ 'type=qusb,version=2,ports=4' ]" "usbdev = [ $usbdev ]"
+devices_report guest-q qusb
+kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
+
+# usbdom: both controllers go to the driver domain; the devices by their IDs, as a user
+# names them.
 create_usbdom
-dlog=/var/log/xen/console/guest-guest-d.log
-sed -e "s|^name = .*|name = \"guest-d\"|" \
-    -e "s|^extra = .*|extra = \"console=hvc0 usbdom_devices=1\"|" \
-  /e2e/xen-cfg/guest-pvh.cfg > /tmp/guest-d.cfg
-printf 'on_reboot = "destroy"\non_crash = "destroy"\n' >> /tmp/guest-d.cfg
-xl_create guest-d /tmp/guest-d.cfg || fail "xl_create_guest_d"
-wait_for "$dlog" "guest: devices ready" 180 || fail "guest_d_not_ready"
-mark "phase=guest_d_ready"
+devices_guest guest-d usbdom
 usbctl_step hc-create guest-d 2 8 || fail "hc_create_d"
-# The audio device: QEMU's usb-audio on the second controller's second USB 2 port.
-usbctl_step attach guest-d 0 1 3-2 || fail "attach_audio"
-wait_for "$dlog" "guest: devices done" 300 || fail "devices_not_done"
-grep "guest: device " "$dlog" | sed -e 's|\r||' -e 's|^.*guest: device |E2E: device |'
-grep -E "snd|usb 1-1|xen_hcd|xen-hcd" "$dlog" | tail -n 40 | sed 's|^|GUEST-D |'
-grep -E "urb_iso|port_|frontend_" /var/log/xen/console/guest-usbdom.log | tail -n 60 | sed 's|^|USBDOM |'
+port=1
+for id in $DEVICES; do
+  usbctl_step attach guest-d 0 $port "$id" || fail "attach_$id"
+  port=$((port + 1))
+done
+devices_report guest-d usbdom
+grep -E "urb_iso_done|port_" /var/log/xen/console/guest-usbdom.log | tail -n 40 | sed 's|^|USBDOM |'
 mark "result=pass"

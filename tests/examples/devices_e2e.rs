@@ -1,23 +1,30 @@
 //! `cargo xtask devices`: the device table on real Xen inside QEMU (tests/e2e/devices.sh).
-//! QEMU's class devices on the outer machine's second xHCI go through usbdom to a Linux guest
-//! with the stock xen-hcd and class drivers, which uses each as a user would; this side
-//! checks what came out of QEMU. So far: `usb-audio`, a one-second tone played through
-//! `/dev/dsp`, found in QEMU's wav file. Prints a line per device; exits 1 when the run did
-//! not get through or a device did not do its part.
+//! QEMU's class devices on the outer machine's second xHCI go to a Linux guest with the
+//! stock xen-hcd and class drivers, which uses each as a user would, first through QEMU's
+//! `qusb` backend in dom0 (what users have), then through usbdom; this side checks what came
+//! out of QEMU for each:
+//! - `usb-audio`: a one-second tone played through `/dev/dsp`, found in QEMU's wav file
+//!   (what the file grew by while each path played);
+//! - `usb-serial` (FTDI): a line written to `/dev/ttyUSB0`, found in the file QEMU's
+//!   character device writes.
+//!
+//! Prints a line per device and path (the table of `docs/tested-devices.md`); exits 1 when
+//! the run did not get through or a device did not do its part through usbdom.
 
 use std::path::Path;
 use std::time::Duration;
 
 use usbdom_tests::{field, run_qemu, NestedXen};
 
-/// Where QEMU writes what the guest played.
-fn wav_path() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e/devices-audio.wav")
+/// Where QEMU writes what a device sent out: `audio.wav`, `serial.txt`.
+fn out_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/e2e/devices-{name}"))
 }
 
 /// Seconds of sound in a wav file QEMU wrote (16-bit PCM), and how many of them are not
-/// silence (a sample above 1/32 of full scale in any channel).
-fn wav_seconds(bytes: &[u8]) -> Option<(f64, f64)> {
+/// silence (a sample above 1/32 of full scale in any channel), from byte `from` of its
+/// samples on (what was written after that point).
+fn wav_seconds(bytes: &[u8], from: usize) -> Option<(f64, f64)> {
     let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
     let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
     if bytes.get(..4)? != b"RIFF" || bytes.get(8..12)? != b"WAVE" || u16_at(34)? != 16 {
@@ -27,7 +34,7 @@ fn wav_seconds(bytes: &[u8]) -> Option<(f64, f64)> {
     let rate = f64::from(u32_at(24)?.max(1));
     // The samples follow the 44-byte header QEMU writes (its length fields are filled in
     // only when QEMU exits cleanly, so the file's own length counts).
-    let data = bytes.get(44..)?;
+    let data = bytes.get(44 + from.min(bytes.len().saturating_sub(44))..)?;
     let frames: Vec<&[u8]> = data.chunks_exact(2 * channels).collect();
     let loud = frames
         .iter()
@@ -41,8 +48,9 @@ fn wav_seconds(bytes: &[u8]) -> Option<(f64, f64)> {
 
 fn main() {
     let machine = NestedXen::from_env();
-    let wav = wav_path();
+    let (wav, serial) = (out_path("audio.wav"), out_path("serial.txt"));
     let _ = std::fs::remove_file(&wav);
+    let _ = std::fs::remove_file(&serial);
     let mut qemu = machine.args("usbdom.mode=devices", None);
     qemu.extend([
         "-serial".to_string(),
@@ -51,14 +59,26 @@ fn main() {
         format!("wav,id=snd0,path={}", wav.display()),
         "-device".into(),
         "usb-audio,audiodev=snd0,bus=xhci2.0,port=2".into(),
+        "-chardev".into(),
+        format!("file,id=ser0,path={}", serial.display()),
+        "-device".into(),
+        "usb-serial,chardev=ser0,bus=xhci2.0,port=3".into(),
     ]);
+    // How far the wav file's samples had got when the qusb guest was done: what the
+    // usbdom guest played comes after.
+    let qusb_done_at = std::sync::Mutex::new(0usize);
     eprintln!("devices e2e: one boot (about 5 minutes)");
     let out = run_qemu(&qemu, Duration::from_secs(15 * 60), |l| {
         if let Some(mark) = l.strip_prefix("E2E: ") {
             eprintln!("devices e2e: {mark}");
+            if mark.starts_with("phase=qusb_done") {
+                let len = std::fs::metadata(&wav).map_or(44, |m| m.len() as usize);
+                *qusb_done_at.lock().unwrap() = len.saturating_sub(44);
+            }
         }
         l.starts_with("E2E: done")
     });
+    let qusb_done_at = *qusb_done_at.lock().unwrap();
     let marks: Vec<&str> = out
         .lines
         .iter()
@@ -75,27 +95,46 @@ fn main() {
     for (_, l) in out
         .lines
         .iter()
-        .filter(|(_, l)| l.starts_with("GUEST-D ") || l.starts_with("USBDOM "))
+        .filter(|(_, l)| l.starts_with("GUEST-") || l.starts_with("USBDOM "))
     {
         println!("{l}");
     }
+    let guest = |device: &str, path: &str| {
+        marks
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("device {device} ")))
+            .find(|l| field(l, "path") == Some(path))
+            .map(str::to_string)
+    };
+    let wav_bytes = std::fs::read(&wav).unwrap_or_default();
+    let sent = std::fs::read_to_string(&serial).unwrap_or_default();
     let mut ok = passed;
-    let audio = marks.iter().find_map(|l| l.strip_prefix("device audio "));
-    match audio {
-        Some(a) => println!("devices audio guest: {a}"),
-        None => {
-            println!("devices audio guest: no line");
-            ok = false;
-        }
-    }
-    match std::fs::read(&wav).ok().as_deref().and_then(wav_seconds) {
-        Some((total, tone)) => {
-            println!("devices audio wav_seconds={total:.2} tone_seconds={tone:.2} (1.00 played)");
-            ok &= tone >= 0.9 && audio.is_some_and(|a| field(a, "rc") == Some("0"));
-        }
-        None => {
-            println!("devices audio wav: none or unreadable ({})", wav.display());
-            ok = false;
+    for path in ["qusb", "usbdom"] {
+        // Audio: the tone in what the wav file grew by while this path's guest played.
+        let (from, end) = if path == "qusb" {
+            (0, 44 + qusb_done_at)
+        } else {
+            (qusb_done_at, wav_bytes.len())
+        };
+        let part = &wav_bytes[..end.min(wav_bytes.len())];
+        let (total, tone) = wav_seconds(part, from).unwrap_or((0.0, 0.0));
+        let a = guest("audio", path);
+        let played = tone >= 0.9 && a.as_deref().is_some_and(|a| field(a, "rc") == Some("0"));
+        println!(
+            "devices device=audio path={path} result={} wav_seconds={total:.2} tone_seconds={tone:.2} guest=\"{}\"",
+            if played { "plays" } else { "fails" },
+            a.as_deref().unwrap_or("no line")
+        );
+        // Serial: this path's line in the host file.
+        let s = guest("serial", path);
+        let arrived = sent.contains(&format!("usbdom-device-table serial path={path}"));
+        println!(
+            "devices device=serial path={path} result={} guest=\"{}\"",
+            if arrived { "arrives" } else { "fails" },
+            s.as_deref().unwrap_or("no line")
+        );
+        if path == "usbdom" {
+            ok &= played && arrived;
         }
     }
     if !ok {
