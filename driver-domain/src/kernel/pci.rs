@@ -244,18 +244,22 @@ fn route_interrupt(
     let vector = interrupts::allocate()?;
     let msg = Message::fixed(apic::id(), vector)?;
     interrupts::register(vector, handler);
-    if let Some(m) = pci::msix(cfg, bdf) {
+    // MSI-X whose table is in BAR0 (where every xHCI seen so far has it); else MSI; else
+    // the controller is polled on every wake-up.
+    let msix = pci::msix(cfg, bdf).and_then(|m| {
         let table_len = u64::from(m.table_size) * msi::MSIX_ENTRY_SIZE as u64;
-        let Some(table) = (m.table_bar == 0)
+        let table = (m.table_bar == 0)
             .then(|| regs.slice(u64::from(m.table_offset), table_len))
-            .flatten()
-        else {
+            .flatten();
+        if table.is_none() {
             warn!(
-                "event=msix_unusable bdf={bdf} table_bar={} offset={:#x}",
+                "event=msix_unusable bdf={bdf} table_bar={} offset={:#x} next=msi",
                 m.table_bar, m.table_offset
             );
-            return None;
-        };
+        }
+        Some((m, table?))
+    });
+    if let Some((m, table)) = msix {
         // Function-masked while the table is written; every entry masked, entry 0 programmed.
         pci::set_msix_control(cfg, bdf, &m, true, true);
         for i in 0..usize::from(m.table_size) {

@@ -181,6 +181,38 @@ fn storage_pattern() -> Vec<u8> {
 }
 
 #[test]
+fn without_msix_the_controller_interrupts_through_msi_and_without_either_it_is_polled() {
+    // QEMU's model of NEC's (Renesas) xHCI, whose MSI and MSI-X can be turned off: without
+    // MSI-X, then without MSI too, the interrupt routing falls back, says so, and the stick
+    // works either way.
+    for (props, routed) in [
+        ("msix=off", "msi_routed"),
+        ("msi=off,msix=off", "interrupt_unrouted"),
+    ] {
+        let run = Machine::bare(
+            "q35",
+            &format!("usbtest-{}", props.replace([',', '='], "-")),
+        )
+        .arg("-device")
+        .arg(&format!("nec-usb-xhci,id=xhci,{props}"))
+        .demo_image()
+        .usb_stick("stick")
+        .append("usbtest=storage")
+        .boot();
+        run.check(|r| {
+            assert_eq!(r.exit, Some(EXIT_SUCCESS), "{props}");
+            assert!(r.event("msix_routed").is_none(), "{props}");
+            let (_, how) = r
+                .event(routed)
+                .unwrap_or_else(|| panic!("{props}: event={routed}"));
+            println!("usbtest {props}: {how}");
+            let (_, test) = r.event("usbtest_storage").expect("event=usbtest_storage");
+            assert_eq!(field(test, "match"), Some("true"), "{props}: {test}");
+        });
+    }
+}
+
+#[test]
 fn the_storage_self_test_writes_its_pattern_through_the_stick_to_the_image() {
     let machine = Machine::new("q35", "usbtest-storage")
         .demo_image()
