@@ -30,6 +30,9 @@ pub const CONFIG: usize = OP + 0x38;
 /// PORTSC of port 1 (USB3, empty); port 2 (USB2) follows 16 bytes on.
 pub const PORTSC1: usize = OP + 0x400;
 const XECP: usize = 0x800;
+/// USBLEGSUP of the USB Legacy Support Capability [`FakeXhci::with_firmware`] adds; its
+/// USBLEGCTLSTS follows.
+pub const USBLEGSUP: usize = XECP + 0x20;
 const DOORBELLS: usize = 0x2000;
 const RUNTIME: usize = 0x3000;
 /// Interrupter 0's Management register.
@@ -141,6 +144,9 @@ pub struct FakeXhci {
     pub hub_ports: RefCell<Vec<(u16, u16)>>,
     /// Whether the hub ends a port reset.
     pub hub_resets: Cell<bool>,
+    /// Firmware that owns the controller ([`FakeXhci::with_firmware`]) lets go when the OS
+    /// asks.
+    pub firmware_lets_go: Cell<bool>,
 }
 
 impl Default for FakeXhci {
@@ -203,7 +209,25 @@ impl FakeXhci {
             hub_descriptor: RefCell::new(None),
             hub_ports: RefCell::new(Vec::new()),
             hub_resets: Cell::new(true),
+            firmware_lets_go: Cell::new(true),
         }
+    }
+
+    /// The controller as a laptop's firmware leaves it: a USB Legacy Support Capability
+    /// after the protocol ones, HC BIOS Owned set, its SMIs on (USB SMI and on OS Ownership
+    /// Change) and an ownership-change SMI pending. Firmware clears HC BIOS Owned when HC OS
+    /// Owned is set, unless `lets_go` is false.
+    pub fn with_firmware(lets_go: bool) -> FakeXhci {
+        let fake = FakeXhci::new();
+        {
+            let mut regs = fake.regs.borrow_mut();
+            // The USB 2 protocol capability's Next now points 4 dwords on, to it.
+            regs[(XECP + 0x10) / 4] |= 4 << 8;
+            regs[USBLEGSUP / 4] = 1 | 1 << 16;
+            regs[USBLEGSUP / 4 + 1] = 1 | 1 << 13 | 1 << 29;
+        }
+        fake.firmware_lets_go.set(lets_go);
+        fake
     }
 
     /// The device on port 2 is a hub with `HUB_DESCRIPTOR`'s 4 ports, a full-speed device
@@ -683,7 +707,17 @@ impl Hal for &FakeXhci {
         if (PORTSC1..PORTSC1 + 0x20).contains(&offset) && offset % 0x10 == 0 {
             return self.write_portsc(offset, value);
         }
+        if offset == USBLEGSUP + 4 {
+            // The SMI status bits are RW1C.
+            let old = self.reg(offset);
+            self.regs.borrow_mut()[offset / 4] =
+                (value & !(0b111 << 29)) | (old & !value & (0b111 << 29));
+            return;
+        }
         self.regs.borrow_mut()[offset / 4] = value;
+        if offset == USBLEGSUP && value & 1 << 24 != 0 && self.firmware_lets_go.get() {
+            self.regs.borrow_mut()[offset / 4] &= !(1 << 16);
+        }
         if offset == ERDP {
             self.erdp_writes.set(self.erdp_writes.get() + 1);
         }

@@ -5,8 +5,9 @@
 //! crate. Layers: [`ring`] (Command, Transfer and Event Rings), [`port`] (PORTSC),
 //! [`descriptor`] (configuration descriptors), [`hub`] (hub descriptor and port status,
 //! Route Strings, bus ids, Transaction Translators), [`transfer`] (TDs of Normal TRBs,
-//! Endpoint Contexts), [`controller`] (bring-up, commands, root ports and hubs, enumeration,
-//! configuration, transfers of every type, cancellation, recovery).
+//! Endpoint Contexts), [`controller`] (taking the controller from firmware with
+//! [`legacy_handoff`], bring-up, commands, root ports and hubs, enumeration, configuration,
+//! transfers of every type, cancellation, recovery).
 //!
 //! # The API usbback uses
 //! usbback passes guests' requests through to devices, so this is raw USB, not class
@@ -58,8 +59,8 @@ pub mod ring;
 pub mod transfer;
 
 pub use controller::{
-    halt_and_reset, Capabilities, Completed, Controller, Error, IsoOutcome, RootPort, TransferId,
-    UsbDevice,
+    halt_and_reset, legacy_handoff, Capabilities, Completed, Controller, Error, Handoff,
+    IsoOutcome, RootPort, TransferId, UsbDevice,
 };
 pub use descriptor::{Configuration, DescriptorError, Endpoint, Interface};
 pub use hal::{DmaBuffer, Hal};

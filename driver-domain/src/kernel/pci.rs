@@ -205,9 +205,17 @@ fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16, index: usize)
     let cap = regs.read32(0);
     let hciversion = cap >> 16;
     let hcsparams1 = regs.read32(4);
+    // A laptop's firmware may own the controller (USB Legacy Support) and take SMIs on its
+    // events: it is asked to let go first, and its SMIs are turned off.
+    let hal = super::usb::KernelHal::new(regs);
+    let handoff = xhci_driver::legacy_handoff(&hal);
+    info!(
+        "event=xhci_legacy_handoff bdf={bdf} result={}",
+        handoff.name()
+    );
     // Firmware (SeaBIOS) leaves the controller running with DMA into memory that is ours
     // now: only a halted, reset controller may master the bus.
-    match xhci_driver::halt_and_reset(&super::usb::KernelHal::new(regs)) {
+    match xhci_driver::halt_and_reset(&hal) {
         Ok(was_running) => info!("event=xhci_reset was_running={was_running} ok=true"),
         Err(e) => {
             warn!("event=xhci_refused bdf={bdf} reason=reset_failed error={e}");

@@ -133,32 +133,47 @@ pub struct Protocol {
     pub slot_type: u8,
 }
 
-/// Walks the extended capability list for Supported Protocol Capabilities. `read32` reads
-/// at a byte offset from the base; the walk ends at a zero Next pointer or where a
-/// capability would not fit below `limit` (the register space's size).
+/// Walks the extended capability list (7): each capability's byte offset from the base and
+/// its first dword. `read32` reads at a byte offset; the walk ends at a zero Next pointer or
+/// where a capability would not fit below `limit` (the register space's size).
+pub(super) fn extended_capabilities(
+    read32: impl Fn(usize) -> u32,
+    xecp: usize,
+    limit: usize,
+) -> Vec<(usize, u32)> {
+    let mut found = Vec::new();
+    let mut at = xecp;
+    // A capability read here is at most 16 bytes, and Next only moves forward.
+    while at != 0 && at + 16 <= limit {
+        let header = read32(at);
+        found.push((at, header));
+        let next = ((header >> 8) & 0xff) as usize;
+        at = if next == 0 { 0 } else { at + next * 4 };
+    }
+    found
+}
+
+/// The Supported Protocol Capabilities in the extended capability list. `read32` reads at a
+/// byte offset from the base; the walk ends at a zero Next pointer or where a capability
+/// would not fit below `limit` (the register space's size).
 pub fn supported_protocols(
     read32: impl Fn(usize) -> u32,
     xecp: usize,
     limit: usize,
 ) -> Vec<Protocol> {
-    let mut found = Vec::new();
-    let mut at = xecp;
-    // A capability is at most 16 bytes here, and Next only moves forward.
-    while at != 0 && at + 16 <= limit {
-        let header = read32(at);
-        if header & 0xff == XECP_SUPPORTED_PROTOCOL {
+    extended_capabilities(&read32, xecp, limit)
+        .into_iter()
+        .filter(|(_, header)| header & 0xff == XECP_SUPPORTED_PROTOCOL)
+        .map(|(at, header)| {
             let ports = read32(at + 8);
-            found.push(Protocol {
+            Protocol {
                 major: (header >> 24) as u8,
                 first_port: ports as u8,
                 count: (ports >> 8) as u8,
                 slot_type: (read32(at + 12) & 0x1f) as u8,
-            });
-        }
-        let next = ((header >> 8) & 0xff) as usize;
-        at = if next == 0 { 0 } else { at + next * 4 };
-    }
-    found
+            }
+        })
+        .collect()
 }
 
 /// The memory a running controller owns: the Device Context Base Address Array, the

@@ -3,7 +3,7 @@
 use usb::request::{CLEAR_FEATURE, GET_DESCRIPTOR, SET_CONFIGURATION, SET_INTERFACE};
 use usb::{Direction, IsoPacket, Speed};
 
-use testkit::fake_xhci::{self as t, FakeXhci};
+use testkit::fake_xhci::{self as t, FakeXhci, USBLEGSUP};
 use xhci_driver::controller::*;
 use xhci_driver::descriptor;
 use xhci_driver::hal::DmaBuffer;
@@ -593,3 +593,26 @@ fn a_controller_error_fails_every_transfer_and_the_controller_comes_back() {
 
 mod configurations;
 mod hubs;
+
+#[test]
+fn the_controller_is_taken_from_firmware_that_owns_it_and_its_smis_are_turned_off() {
+    // No USB Legacy Support Capability (as on QEMU): nothing to take.
+    assert_eq!(legacy_handoff(&&FakeXhci::new()), Handoff::Absent);
+    // Firmware that lets go when asked.
+    let fake = FakeXhci::with_firmware(true);
+    assert_eq!(legacy_handoff(&&fake), Handoff::Released);
+    let legsup = (&fake).read32(USBLEGSUP);
+    assert_eq!(legsup & (1 << 16 | 1 << 24), 1 << 24, "OS owned, BIOS not");
+    let control = (&fake).read32(USBLEGSUP + 4);
+    assert_eq!(control & (1 | 1 << 13), 0, "SMIs off");
+    assert_eq!(control & (0b111 << 29), 0, "the pending SMI cleared");
+    // Firmware that never answers: overruled after the timeout.
+    let stubborn = FakeXhci::with_firmware(false);
+    assert_eq!(legacy_handoff(&&stubborn), Handoff::Forced);
+    assert_eq!((&stubborn).read32(USBLEGSUP) & (1 << 16 | 1 << 24), 1 << 24);
+    // Taken, the controller starts and finds its ports as before.
+    let mut xhci = Controller::start(&fake).unwrap();
+    assert_eq!(xhci.enumerate_root_ports().len(), 1);
+    // Asked again, nobody but the OS owns it.
+    assert_eq!(legacy_handoff(&&fake), Handoff::NotOwned);
+}
