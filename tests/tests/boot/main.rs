@@ -53,6 +53,14 @@ fn check_boot(machine: &str, run: &Run) {
         assert_eq!(field(found, "vid"), Some("1b36"));
         assert_eq!(field(found, "ports"), Some("8"));
         assert!(r.event("msix_routed").is_some(), "MSI-X is programmed");
+        let (_, handoff) = r
+            .event("xhci_legacy_handoff")
+            .expect("event=xhci_legacy_handoff");
+        assert_eq!(
+            field(handoff, "result"),
+            Some("absent"),
+            "QEMU's xHCI has no USB Legacy Support Capability"
+        );
         let method = field(r.event("pci_access").unwrap().1, "method");
         assert_eq!(
             method,
