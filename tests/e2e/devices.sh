@@ -33,6 +33,10 @@ devices_report() {
   mark "phase=$2_done"
 }
 
+# Two sticks beside them, by bus id (both are QEMU's 46f4:0001): the SuperSpeed one on the
+# first controller, and a full-speed one behind the hub there.
+STICKS="2-1 1-3.2"
+
 # qusb: dom0 drives both controllers, QEMU's PV backend in dom0 serves the guest.
 start_qusb
 usbdev=
@@ -44,7 +48,13 @@ for id in $DEVICES; do
     port=$((port + 1))
   done
 done
-devices_guest guest-q qusb "usbctrl = [ 'type=qusb,version=2,ports=4' ]" "usbdev = [ $usbdev ]"
+for busid in $STICKS; do
+  d=/sys/bus/usb/devices/$busid
+  [ -e "$d" ] || fail "dom0_no_$busid"
+  usbdev="$usbdev, 'hostbus=$(cat "$d/busnum"),hostaddr=$(cat "$d/devnum"),controller=0,port=$port'"
+  port=$((port + 1))
+done
+devices_guest guest-q qusb "usbctrl = [ 'type=qusb,version=2,ports=8' ]" "usbdev = [ $usbdev ]"
 devices_report guest-q qusb
 kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
 
@@ -54,7 +64,7 @@ create_usbdom
 devices_guest guest-d usbdom
 usbctl_step hc-create guest-d 2 8 || fail "hc_create_d"
 port=1
-for id in $DEVICES; do
+for id in $DEVICES $STICKS; do
   usbctl_step attach guest-d 0 $port "$id" || fail "attach_$id"
   port=$((port + 1))
 done

@@ -85,7 +85,9 @@ if [ -n "$devices" ]; then
     if kill -0 "$pid" 2>/dev/null; then echo stuck; else wait "$pid"; echo $?; fi
   }
   i=0
-  while { [ ! -e /dev/dsp ] || [ ! -e /dev/ttyUSB0 ]; } && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
+  while { [ ! -e /dev/dsp ] || [ ! -e /dev/ttyUSB0 ] || [ ! -b /dev/sdb ]; } && [ $i -lt 120 ]; do
+    sleep 1; i=$((i + 1))
+  done
   # Audio: one second of a 444 Hz square wave through the OSS emulation (8-bit unsigned,
   # 8 kHz, mono: what /dev/dsp takes by default); the host finds it in QEMU's wav file.
   if [ -e /dev/dsp ]; then
@@ -106,6 +108,24 @@ if [ -n "$devices" ]; then
     echo "guest: device serial path=$devices rc=$rc error=\"$(tr '\n' ' ' < /tmp/tty.err 2>/dev/null)\""
   else
     echo "guest: device serial path=$devices error=no_tty"
+  fi
+  # A full-speed stick behind a hub (the 8 MiB disk) read while the SuperSpeed stick (the
+  # other disk) is read flat out beside it: 4 MiB, direct I/O, timed by the uptime clock.
+  fs= ss=
+  for b in /sys/block/sd*; do
+    [ -e "$b" ] || continue
+    if [ "$(cat "$b/size")" = 16384 ]; then fs=/dev/${b##*/}; else ss=/dev/${b##*/}; fi
+  done
+  if [ -n "$fs" ] && [ -n "$ss" ]; then
+    (while true; do dd if="$ss" of=/dev/null bs=1M count=16 iflag=direct 2>/dev/null || sleep 1; done) &
+    busy=$!
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    rc=$(bounded 120 sh -c "dd if=$fs of=/dev/null bs=64k count=64 iflag=direct 2>/tmp/fs.err")
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    kill "$busy"
+    echo "guest: device fs_stick path=$devices bytes=4194304 rc=$rc seconds=$(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}') busy_disk=$ss"
+  else
+    echo "guest: device fs_stick path=$devices error=no_disks fs=$fs ss=$ss"
   fi
   echo "guest: devices done"
   exec sleep 100000

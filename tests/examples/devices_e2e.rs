@@ -6,7 +6,9 @@
 //! - `usb-audio`: a one-second tone played through `/dev/dsp`, found in QEMU's wav file
 //!   (what the file grew by while each path played);
 //! - `usb-serial` (FTDI): a line written to `/dev/ttyUSB0`, found in the file QEMU's
-//!   character device writes.
+//!   character device writes;
+//! - a full-speed `usb-storage` behind the hub: 4 MiB read while the SuperSpeed stick is
+//!   read flat out beside it, in MB/s (a figure, not a check).
 //!
 //! Prints a line per device and path (the table of `docs/tested-devices.md`); exits 1 when
 //! the run did not get through or a device did not do its part through usbdom.
@@ -51,6 +53,9 @@ fn main() {
     let (wav, serial) = (out_path("audio.wav"), out_path("serial.txt"));
     let _ = std::fs::remove_file(&wav);
     let _ = std::fs::remove_file(&serial);
+    // The full-speed stick: 8 MiB (the guest tells it from the other by its size).
+    let fs_stick = out_path("fs-stick.img");
+    std::fs::write(&fs_stick, vec![0x5au8; 8 << 20]).expect("the full-speed stick's image");
     let mut qemu = machine.args("usbdom.mode=devices", None);
     qemu.extend([
         "-serial".to_string(),
@@ -63,6 +68,10 @@ fn main() {
         format!("file,id=ser0,path={}", serial.display()),
         "-device".into(),
         "usb-serial,chardev=ser0,bus=xhci2.0,port=3".into(),
+        "-drive".into(),
+        format!("if=none,id=fsdisk,file={},format=raw", fs_stick.display()),
+        "-device".into(),
+        "usb-storage,bus=xhci.0,port=3.2,drive=fsdisk".into(),
     ]);
     // How far the wav file's samples had got when the qusb guest was done: what the
     // usbdom guest played comes after.
@@ -133,8 +142,20 @@ fn main() {
             if arrived { "arrives" } else { "fails" },
             s.as_deref().unwrap_or("no line")
         );
+        // The full-speed stick behind the hub, beside a busy SuperSpeed one.
+        let f = guest("fs_stick", path);
+        let rate = f.as_deref().and_then(|f| {
+            let bytes: f64 = field(f, "bytes")?.parse().ok()?;
+            let secs: f64 = field(f, "seconds")?.parse().ok()?;
+            (field(f, "rc") == Some("0") && secs > 0.0).then(|| bytes / secs / 1e6)
+        });
+        println!(
+            "devices device=fs_stick_behind_hub path={path} mb_s={} guest=\"{}\"",
+            rate.map_or("none".into(), |r| format!("{r:.3}")),
+            f.as_deref().unwrap_or("no line")
+        );
         if path == "usbdom" {
-            ok &= played && arrived;
+            ok &= played && arrived && rate.is_some();
         }
     }
     if !ok {
