@@ -8,13 +8,14 @@
 # The devices by ID: QEMU's usb-audio and its FTDI usb-serial.
 DEVICES="46f4:0002 0403:6001"
 
-# devices_guest NAME PATH [CONFIG LINE…]: a guest that uses its devices; its lines reported.
+# devices_guest NAME PATH HCD [CONFIG LINE…]: a guest that uses its devices with frontend
+# HCD (xen-hcd, pvusb-hcd); its lines reported.
 devices_guest() {
-  name=$1 path=$2
-  shift 2
+  name=$1 path=$2 hcd=$3
+  shift 3
   log=/var/log/xen/console/guest-$name.log
   sed -e "s|^name = .*|name = \"$name\"|" \
-      -e "s|^extra = .*|extra = \"console=hvc0 usbdom_devices=$path\"|" \
+      -e "s|^extra = .*|extra = \"console=hvc0 usbdom_devices=$path usbdom_hcd=$hcd\"|" \
     /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$name.cfg"
   printf 'on_reboot = "destroy"\non_crash = "destroy"\n' >> "/tmp/$name.cfg"
   for line in "$@"; do echo "$line" >> "/tmp/$name.cfg"; done
@@ -54,14 +55,14 @@ for busid in $STICKS; do
   usbdev="$usbdev, 'hostbus=$(cat "$d/busnum"),hostaddr=$(cat "$d/devnum"),controller=0,port=$port'"
   port=$((port + 1))
 done
-devices_guest guest-q qusb "usbctrl = [ 'type=qusb,version=2,ports=8' ]" "usbdev = [ $usbdev ]"
+devices_guest guest-q qusb xen-hcd "usbctrl = [ 'type=qusb,version=2,ports=8' ]" "usbdev = [ $usbdev ]"
 devices_report guest-q qusb
 kill "$(cat /run/qemu-dom0.pid)" 2>/dev/null
 
 # usbdom: both controllers go to the driver domain; the devices by their IDs, as a user
 # names them.
 create_usbdom
-devices_guest guest-d usbdom
+devices_guest guest-d usbdom xen-hcd
 usbctl_step hc-create guest-d 2 8 || fail "hc_create_d"
 port=1
 for id in $DEVICES $STICKS; do
@@ -69,5 +70,13 @@ for id in $DEVICES $STICKS; do
   port=$((port + 1))
 done
 devices_report guest-d usbdom
+
+# UAS: QEMU's usb-uas (high speed, on the third controller, whose ports are all USB 2: bus
+# 5) to a guest with our pvusb-hcd, which does scatter-gather as Linux's uas driver
+# requires.
+devices_guest guest-p uas pvusb-hcd
+usbctl_step hc-create guest-p 2 8 || fail "hc_create_p"
+usbctl_step attach guest-p 0 1 5-1 || fail "attach_uas"
+devices_report guest-p uas
 grep -E "urb_iso_done|port_" /var/log/xen/console/guest-usbdom.log | tail -n 40 | sed 's|^|USBDOM |'
 mark "result=pass"

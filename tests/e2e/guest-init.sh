@@ -84,6 +84,17 @@ if [ -n "$devices" ]; then
     while kill -0 "$pid" 2>/dev/null && [ $n -lt "$limit" ]; do sleep 1; n=$((n + 1)); done
     if kill -0 "$pid" 2>/dev/null; then echo stuck; else wait "$pid"; echo $?; fi
   }
+  # UAS (`usbdom_devices=uas`): which driver took the disk, and its first MiB's sha256.
+  if [ "$devices" = uas ]; then
+    i=0
+    while [ ! -b /dev/sda ] && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
+    # The SCSI device's target, host, then the USB interface the driver bound.
+    driver=$(basename "$(readlink /sys/block/sda/device/../../../driver 2>/dev/null)")
+    sum=$(dd if=/dev/sda bs=1M count=1 iflag=direct 2>/dev/null | sha256sum | cut -c1-64)
+    echo "guest: device uas path=usbdom driver=${driver:-none} sha256=${sum:-none} hcd=$hcd"
+    echo "guest: devices done"
+    exec sleep 100000
+  fi
   i=0
   while { [ ! -e /dev/dsp ] || [ ! -e /dev/ttyUSB0 ] || [ ! -b /dev/sdb ]; } && [ $i -lt 120 ]; do
     sleep 1; i=$((i + 1))

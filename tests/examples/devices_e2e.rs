@@ -8,7 +8,10 @@
 //! - `usb-serial` (FTDI): a line written to `/dev/ttyUSB0`, found in the file QEMU's
 //!   character device writes;
 //! - a full-speed `usb-storage` behind the hub: 4 MiB read while the SuperSpeed stick is
-//!   read flat out beside it, in MB/s (a figure, not a check).
+//!   read flat out beside it, in MB/s (a figure, not a check);
+//! - `usb-uas` (high speed, on a third controller with USB 2 ports only) to a guest with
+//!   our `pvusb-hcd`: the driver that took it, and its first MiB's sha256 against the
+//!   image's.
 //!
 //! Prints a line per device and path (the table of `docs/tested-devices.md`); exits 1 when
 //! the run did not get through or a device did not do its part through usbdom.
@@ -56,6 +59,20 @@ fn main() {
     // The full-speed stick: 8 MiB (the guest tells it from the other by its size).
     let fs_stick = out_path("fs-stick.img");
     std::fs::write(&fs_stick, vec![0x5au8; 8 << 20]).expect("the full-speed stick's image");
+    // The UAS disk: 32 MiB, its first MiB numbered so a wrong block shows.
+    let uas_disk = out_path("uas.img");
+    let mut uas = vec![0u8; 32 << 20];
+    for (i, b) in uas.iter_mut().take(1 << 20).enumerate() {
+        *b = (i % 251) as u8;
+    }
+    std::fs::write(&uas_disk, &uas).expect("the UAS disk's image");
+    let uas_sum: String = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(&uas[..1 << 20])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     let mut qemu = machine.args("usbdom.mode=devices", None);
     qemu.extend([
         "-serial".to_string(),
@@ -72,6 +89,16 @@ fn main() {
         format!("if=none,id=fsdisk,file={},format=raw", fs_stick.display()),
         "-device".into(),
         "usb-storage,bus=xhci.0,port=3.2,drive=fsdisk".into(),
+        "-drive".into(),
+        format!("if=none,id=uasdisk,file={},format=raw", uas_disk.display()),
+        // A third controller, with USB 2 ports only: the UAS device is high speed there,
+        // where Linux's uas driver needs no streams (which no PVUSB frontend offers).
+        "-device".into(),
+        "qemu-xhci,id=xhci3,p3=0,addr=0x7".into(),
+        "-device".into(),
+        "usb-uas,id=uas,bus=xhci3.0,port=1".into(),
+        "-device".into(),
+        "scsi-hd,bus=uas.0,scsi-id=0,lun=0,drive=uasdisk".into(),
     ]);
     // How far the wav file's samples had got when the qusb guest was done: what the
     // usbdom guest played comes after.
@@ -158,6 +185,17 @@ fn main() {
             ok &= played && arrived && rate.is_some();
         }
     }
+    // UAS through pvusb-hcd: Linux's uas driver (not usb-storage) took it and read it right.
+    let u = guest("uas", "usbdom");
+    let uas_ok = u.as_deref().is_some_and(|u| {
+        field(u, "driver") == Some("uas") && field(u, "sha256") == Some(uas_sum.as_str())
+    });
+    println!(
+        "devices device=uas path=usbdom hcd=pvusb-hcd result={} guest=\"{}\"",
+        if uas_ok { "reads" } else { "fails" },
+        u.as_deref().unwrap_or("no line")
+    );
+    ok &= uas_ok;
     if !ok {
         std::process::exit(1);
     }
