@@ -96,11 +96,6 @@ impl<H> HostSet<H> {
         self.by_member.get(&(index, id)).copied()
     }
 
-    /// Which host device `id` of the set's is on, and its id there.
-    pub fn locate(&self, id: u32) -> Option<(usize, u32)> {
-        self.ids.get(&id).copied()
-    }
-
     /// The host and its own id for the set's device `id`.
     fn route(&mut self, id: u32) -> Option<(&mut H, u32)> {
         let (index, inner) = *self.ids.get(&id)?;
@@ -126,20 +121,6 @@ impl<H> HostSet<H> {
     }
 }
 
-impl<H> HostSet<H> {
-    /// Polls host `index` alone (the one that interrupted) into `events`, with the set's ids.
-    pub fn poll_member<P>(&mut self, index: usize, events: &mut Vec<HostEvent>)
-    where
-        H: UsbHost<P>,
-    {
-        let from = events.len();
-        if let Some(h) = self.members.get_mut(index) {
-            h.poll(events);
-        }
-        self.adopt(index, &mut events[from..]);
-    }
-}
-
 impl<P, H: UsbHost<P>> UsbHost<P> for HostSet<H> {
     fn devices(&self) -> Vec<DeviceInfo> {
         let mut all = Vec::new();
@@ -156,7 +137,9 @@ impl<P, H: UsbHost<P>> UsbHost<P> for HostSet<H> {
 
     fn poll(&mut self, events: &mut Vec<HostEvent>) {
         for index in 0..self.members.len() {
-            self.poll_member::<P>(index, events);
+            let from = events.len();
+            self.members[index].poll(events);
+            self.adopt(index, &mut events[from..]);
         }
     }
 
