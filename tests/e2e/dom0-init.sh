@@ -92,19 +92,20 @@ xl_destroy() {
   xl domid "$1" >/dev/null 2>&1 || return 0
   timeout 60 xl destroy "$1"
 }
-# ready NAME LOG REMAKE: waits for a guest's "guest: ready"; a guest that died first (its
-# domain gone) is made again once with REMAKE.
+# ready NAME LOG REMAKE [LINE]: waits for a domain's LINE ("guest: ready" by default) in
+# LOG; a domain that died first (gone: destroyed when it died, see the configs) is made
+# again once with REMAKE.
 ready() {
+  line=${4:-guest: ready}
   i=0
   while [ $i -lt 120 ]; do
-    grep -q -- "guest: ready" "$2" 2>/dev/null && return 0
-    # Gone (destroyed when it died, see the guests' configs): made again at once.
+    grep -q -- "$line" "$2" 2>/dev/null && return 0
     xl domid "$1" >/dev/null 2>&1 || break
     sleep 1; i=$((i + 1))
   done
   xl domid "$1" >/dev/null 2>&1 && return 1
   env_retry "guest_$1_died_booting"
-  eval "$3" && wait_for "$2" "guest: ready" 120
+  eval "$3" && wait_for "$2" "$line" 120
 }
 # keys_ms PATTERN: waits up to 60 s for guest-b to show PATTERN; $latency is how long it
 # took, in ms (the host sends each key event 100 ms after the last).
@@ -210,7 +211,10 @@ create_usbdom() {
       /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
   mark "phase=usbdom_create xhci=$(echo $xhcis | tr ' ' ,)"
   xl_create usbdom /tmp/usbdom.cfg || fail "xl_create_usbdom"
-  wait_for /var/log/xen/console/guest-usbdom.log "event=ready" 90 || fail "usbdom_not_ready"
+  # The nested machine now and then ends an HVM domain in its firmware, before usbdom runs
+  # (a triple fault at a BIOS address): made again then.
+  ready usbdom /var/log/xen/console/guest-usbdom.log "xl_create usbdom /tmp/usbdom.cfg" "event=ready" \
+    || fail "usbdom_not_ready"
   mark "phase=usbdom_ready"
 }
 # start_qusb: dom0 drives the controller itself (xhci_hcd) and runs QEMU's PV backends in its
