@@ -154,13 +154,20 @@ fn an_unlink_is_answered_after_its_request_and_unassigning_cancels_and_reports_g
     assert_eq!(r.w.be.in_flight(), 0);
 }
 
-#[test]
-fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
+/// A frontend of a USB 2 controller with a SuperSpeed device on its port 2, shown to it as
+/// high speed.
+fn superspeed_stick_on_a_usb2_port() -> ConnectedFrontend {
     let mut r = connected_frontend();
     r.host.plug(info(2, "2-1", Speed::Super, 0, &[8]));
     assign(&r.w.xen, r.be, r.fe, 2, "2-1");
     settle(&mut r.w.be, &mut r.host);
     assert_eq!(port_changes(&mut r.front), [(2, USBIF_SPEED_HIGH)]);
+    r
+}
+
+#[test]
+fn superspeed_descriptors_are_rewritten_for_the_usb2_frontend() {
+    let mut r = superspeed_stick_on_a_usb2_port();
     let desc = buffer(&r.w.fe, r.be, 0, &[0; 18], false);
     let config = buffer(&r.w.fe, r.be, 0, &[0; 255], false);
     let get = with_buffer(control(1, 2, 0, GET_DEVICE), &desc);
@@ -199,11 +206,7 @@ fn a_superspeed_configuration_header_read_first_says_the_rewritten_total_length(
     // Linux reads a configuration's 9-byte header, then wTotalLength bytes: the header must
     // already give the rewritten length, or Linux logs "config index 0 descriptor too short
     // (expected 44, got 32)".
-    let mut r = connected_frontend();
-    r.host.plug(info(2, "2-1", Speed::Super, 0, &[8]));
-    assign(&r.w.xen, r.be, r.fe, 2, "2-1");
-    settle(&mut r.w.be, &mut r.host);
-    assert_eq!(port_changes(&mut r.front), [(2, USBIF_SPEED_HIGH)]);
+    let mut r = superspeed_stick_on_a_usb2_port();
     // The guest's buffer sits mid-page, as a kmalloc'd one does.
     let head = buffer(&r.w.fe, r.be, 0x9c0, &[0xee; 9], false);
     let submitted = r.host.submitted;
