@@ -11,9 +11,10 @@
 use alloc::vec::Vec;
 
 use usb::descriptor::{
-    CONFIGURATION, ENDPOINT, SUPERSPEEDPLUS_ISOCHRONOUS_ENDPOINT_COMPANION,
+    CONFIGURATION, DEVICE, ENDPOINT, SUPERSPEEDPLUS_ISOCHRONOUS_ENDPOINT_COMPANION,
     SUPERSPEED_USB_ENDPOINT_COMPANION,
 };
+use usb::request::GET_DESCRIPTOR;
 
 use crate::host::MAX_CONFIGURATIONS;
 
@@ -35,6 +36,59 @@ pub struct Rewrite {
 /// configuration (real ones are a few hundred bytes to a few KiB) read in part keeps the
 /// device's wTotalLength in its header.
 pub const WHOLE_READ_BYTES: u16 = xen::abi::PAGE_SIZE as u16;
+
+impl Rewrite {
+    /// The rewrite the request with SETUP packet `setup` needs on its way back from a
+    /// SuperSpeed device shown as high speed: a standard GET_DESCRIPTOR of the device or of
+    /// a configuration; `None` for any other request.
+    pub fn of(setup: &[u8; 8]) -> Option<Rewrite> {
+        let value = u16::from_le_bytes([setup[2], setup[3]]);
+        let kind = (value >> 8) as u8;
+        (setup[0] == 0x80
+            && setup[1] == GET_DESCRIPTOR
+            && (kind == DEVICE || kind == CONFIGURATION))
+            .then_some(Rewrite {
+                kind,
+                index: value as u8,
+                whole_read: false,
+            })
+    }
+
+    /// Makes a configuration read shorter than [`WHOLE_READ_BYTES`] ask the device for that
+    /// much (its wLength in `setup`), when the request's buffer is one of usbdom's frames
+    /// (`own_frame`): never a guest's mapped page, which holds more than the guest's buffer.
+    pub fn read_whole(&mut self, setup: &mut [u8; 8], own_frame: bool) {
+        let asked = u16::from_le_bytes([setup[6], setup[7]]);
+        if self.kind == CONFIGURATION && own_frame && asked < WHOLE_READ_BYTES {
+            self.whole_read = true;
+            setup[6..8].copy_from_slice(&WHOLE_READ_BYTES.to_le_bytes());
+        }
+    }
+
+    /// The most bytes the device may answer with: a whole read's page, else the guest's
+    /// `buffer` bytes.
+    pub fn device_bytes(&self, buffer: usize) -> usize {
+        if self.whole_read {
+            usize::from(WHOLE_READ_BYTES)
+        } else {
+            buffer
+        }
+    }
+
+    /// The guest's answer made of what the device sent (`bytes`), and, when `bytes` held a
+    /// whole configuration, the rewritten one with its index, to keep for the port.
+    pub fn answer(self, mut bytes: Vec<u8>) -> (Vec<u8>, Option<(u8, Vec<u8>)>) {
+        if self.kind == DEVICE {
+            rewrite_device(&mut bytes);
+            return (bytes, None);
+        }
+        let whole = bytes.len() >= 4
+            && bytes.len() >= usize::from(u16::from_le_bytes([bytes[2], bytes[3]]));
+        let rewritten = rewrite_configuration(&bytes);
+        let kept = whole.then(|| (self.index, rewritten.clone()));
+        (rewritten, kept)
+    }
+}
 
 /// Rewrites the first bytes of a device descriptor in place (as many as the guest asked
 /// for).
@@ -196,6 +250,42 @@ mod tests {
         let mut usb2 = [18, 1, 0x00, 0x02, 0, 0, 0, 64];
         rewrite_device(&mut usb2);
         assert_eq!(usb2, [18, 1, 0x00, 0x02, 0, 0, 0, 64]);
+    }
+
+    #[test]
+    fn only_descriptor_reads_are_rewritten_and_only_a_short_configuration_read_in_our_frame_is_widened(
+    ) {
+        assert_eq!(
+            Rewrite::of(&[0x80, 6, 0, 3, 0, 0, 255, 0]),
+            None,
+            "a string"
+        );
+        assert_eq!(
+            Rewrite::of(&[0x00, 9, 1, 0, 0, 0, 0, 0]),
+            None,
+            "SET_CONFIGURATION"
+        );
+        let mut header = [0x80, 6, 1, 2, 0, 0, 9, 0];
+        let mut w = Rewrite::of(&header).unwrap();
+        assert_eq!((w.kind, w.index, w.whole_read), (CONFIGURATION, 1, false));
+        w.read_whole(&mut header, false);
+        assert_eq!(
+            (w.whole_read, header[6]),
+            (false, 9),
+            "not into a guest's page"
+        );
+        w.read_whole(&mut header, true);
+        assert!(w.whole_read);
+        assert_eq!(u16::from_le_bytes([header[6], header[7]]), WHOLE_READ_BYTES);
+        assert_eq!(w.device_bytes(9), usize::from(WHOLE_READ_BYTES));
+        let mut device = [0x80, 6, 0, 1, 0, 0, 18, 0];
+        let mut d = Rewrite::of(&device).unwrap();
+        d.read_whole(&mut device, true);
+        assert_eq!(
+            (d.whole_read, d.device_bytes(18)),
+            (false, 18),
+            "a device descriptor"
+        );
     }
 
     #[test]

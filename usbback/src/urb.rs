@@ -9,7 +9,6 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use log::{debug, warn};
-use usb::request::GET_DESCRIPTOR;
 use usb::{descriptor, Direction, IsoPacket, TransferType};
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
@@ -301,18 +300,8 @@ where
             if self.standard_request(id, s.id, port_number, device, setup, host) {
                 return true;
             }
-            let value = u16::from_le_bytes([setup[2], setup[3]]);
-            let kind = (value >> 8) as u8;
-            if superspeed
-                && setup[0] == 0x80
-                && setup[1] == GET_DESCRIPTOR
-                && (kind == descriptor::DEVICE || kind == descriptor::CONFIGURATION)
-            {
-                rewrite = Some(Rewrite {
-                    kind,
-                    index: value as u8,
-                    whole_read: false,
-                });
+            if superspeed {
+                rewrite = Rewrite::of(&setup);
             }
         }
 
@@ -389,21 +378,10 @@ where
             });
             return true;
         }
-        // A configuration read in part is asked of the device whole, into our frame
-        // (`superspeed::Rewrite`): never into a guest's mapped page, which holds more than
-        // the guest's buffer.
+        // A configuration read in part is asked of the device whole, into our frame.
         let mut setup = setup;
         if let (Some(w), Some(s)) = (rewrite.as_mut(), setup.as_mut()) {
-            let asked = u16::from_le_bytes([s[6], s[7]]);
-            if w.kind == descriptor::CONFIGURATION
-                && !map
-                && buffer.segments.len() == 1
-                && buffer.data == 1
-                && asked < superspeed::WHOLE_READ_BYTES
-            {
-                w.whole_read = true;
-                s[6..8].copy_from_slice(&superspeed::WHOLE_READ_BYTES.to_le_bytes());
-            }
+            w.read_whole(s, !map && buffer.segments.len() == 1 && buffer.data == 1);
         }
         let (start, maps_start) = (stage.copies.len(), stage.maps.len());
         if map {
@@ -659,20 +637,15 @@ where
         let conn = self.devices.get_mut(&id)?.conn.as_mut()?;
         let f = conn.inflight.remove(rid)?;
         let total = f.buffer.data_len();
-        let whole_read = f.rewrite.is_some_and(|w| w.whole_read);
-        let asked = if whole_read {
-            usize::from(superspeed::WHOLE_READ_BYTES)
-        } else {
-            total
-        };
+        let asked = f.rewrite.map_or(total, |w| w.device_bytes(total));
         let (status, mut actual) = match c.result {
             Ok(n) => (USBIF_STATUS_OK, n.min(asked)),
             Err(e) => (status_of(e), 0),
         };
         let mut whole_config = None;
-        if let (Some(Rewrite { kind, index, .. }), USBIF_STATUS_OK) = (f.rewrite, status) {
+        if let (Some(w), USBIF_STATUS_OK) = (f.rewrite, status) {
             let mut bytes = alloc::vec![0u8; actual];
-            if whole_read {
+            if w.whole_read {
                 // At the start of its one frame (`submit` asked only then).
                 if let Some((page, _)) = f.buffer.frames.first().and_then(|&i| self.pool.page(i)) {
                     page.read(0, &mut bytes);
@@ -680,18 +653,8 @@ where
             } else {
                 f.buffer.read_data(&self.pool, 0, &mut bytes);
             }
-            let rewritten = if kind == descriptor::DEVICE {
-                superspeed::rewrite_device(&mut bytes);
-                bytes
-            } else {
-                let whole = bytes.len() >= 4
-                    && bytes.len() >= usize::from(u16::from_le_bytes([bytes[2], bytes[3]]));
-                let rewritten = superspeed::rewrite_configuration(&bytes);
-                if whole {
-                    whole_config = Some((index, rewritten.clone()));
-                }
-                rewritten
-            };
+            let (rewritten, whole) = w.answer(bytes);
+            whole_config = whole;
             f.buffer.write_data(&self.pool, 0, &rewritten);
             actual = rewritten.len().min(total);
         }
