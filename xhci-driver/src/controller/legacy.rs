@@ -5,7 +5,7 @@
 //! is overruled, as Linux does; and the SMIs are turned off, so that firmware never acts on
 //! the controller behind the driver's back.
 
-use super::registers::{extended_capabilities, Capabilities};
+use super::registers::{extended_capabilities, spin_until, Capabilities};
 use crate::hal::Hal;
 
 /// Extended Capability ID of USB Legacy Support.
@@ -63,22 +63,17 @@ pub fn legacy_handoff<H: Hal>(hal: &H) -> Handoff {
         return Handoff::Absent;
     };
     let legsup = hal.read32(at);
-    let mut result = Handoff::NotOwned;
-    if legsup & BIOS_OWNED != 0 {
-        hal.write32(at, legsup | OS_OWNED);
-        let until = hal.now_micros() + HANDOFF_TIMEOUT_US;
-        result = Handoff::Released;
-        while hal.read32(at) & BIOS_OWNED != 0 {
-            if hal.now_micros() > until {
-                hal.write32(at, (hal.read32(at) & !BIOS_OWNED) | OS_OWNED);
-                result = Handoff::Forced;
-                break;
-            }
-            core::hint::spin_loop();
-        }
+    hal.write32(at, legsup | OS_OWNED);
+    let result = if legsup & BIOS_OWNED == 0 {
+        Handoff::NotOwned
+    } else if spin_until(hal, HANDOFF_TIMEOUT_US, &|| {
+        hal.read32(at) & BIOS_OWNED == 0
+    }) {
+        Handoff::Released
     } else {
-        hal.write32(at, legsup | OS_OWNED);
-    }
+        hal.write32(at, (hal.read32(at) & !BIOS_OWNED) | OS_OWNED);
+        Handoff::Forced
+    };
     let control = hal.read32(at + LEGACY_CONTROL);
     hal.write32(at + LEGACY_CONTROL, (control & !SMI_ENABLES) | SMI_EVENTS);
     result

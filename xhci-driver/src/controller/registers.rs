@@ -225,6 +225,18 @@ impl<D: DmaBuffer> ControllerMemory<D> {
     }
 }
 
+/// Spins until `done` or `micros` have passed on the platform's clock; whether `done` came.
+pub(super) fn spin_until<H: Hal>(hal: &H, micros: u64, done: &dyn Fn() -> bool) -> bool {
+    let until = hal.now_micros() + micros;
+    while !done() {
+        if hal.now_micros() > until {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
 /// Takes a controller from whatever state firmware left it in to halted and reset (xHCI
 /// 4.2, 5.4.1): Run/Stop cleared, HCHalted awaited, then Host Controller Reset until it and
 /// Controller Not Ready clear. Returns whether it was running. SeaBIOS leaves QEMU's
@@ -235,14 +247,9 @@ pub fn halt_and_reset<H: Hal>(hal: &H) -> Result<bool, Error> {
     let cmd = hal.read32(op + USBCMD);
     hal.write32(op + USBCMD, cmd & !(USBCMD_RS | USBCMD_INTE));
     let wait = |what, micros, done: &dyn Fn() -> bool| {
-        let until = hal.now_micros() + micros;
-        while !done() {
-            if hal.now_micros() > until {
-                return Err(Error::Timeout(what));
-            }
-            core::hint::spin_loop();
-        }
-        Ok(())
+        spin_until(hal, micros, done)
+            .then_some(())
+            .ok_or(Error::Timeout(what))
     };
     wait("halt", RUN_TIMEOUT_US, &|| {
         hal.read32(op + USBSTS) & USBSTS_HCH != 0
