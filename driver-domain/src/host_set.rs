@@ -91,21 +91,15 @@ impl<H> HostSet<H> {
         outer
     }
 
-    /// The set's id of device `id` of host `index` as it is now, without giving one.
-    fn known(&self, index: usize, id: u32) -> Option<u32> {
-        self.by_member.get(&(index, id)).copied()
-    }
-
     /// The host and its own id for the set's device `id`.
     fn route(&mut self, id: u32) -> Option<(&mut H, u32)> {
         let (index, inner) = *self.ids.get(&id)?;
         Some((self.members.get_mut(index)?, inner))
     }
 
-    /// Puts the set's ids into `events`, all handed out by host `index` itself (a caller
-    /// that polls its hosts one by one): a device attached gets one (or the one it got when
-    /// the host was added), a device detached gives its up.
-    pub fn adopt(&mut self, index: usize, events: &mut [HostEvent]) {
+    /// Puts the set's ids into `events`, all handed out by host `index`: a device attached
+    /// gets one (or the one it got when the host was added), a device detached gives its up.
+    fn adopt(&mut self, index: usize, events: &mut [HostEvent]) {
         for e in events {
             match e {
                 HostEvent::Attached(info) => info.id = self.outer(index, info.id),
@@ -128,7 +122,7 @@ impl<P, H: UsbHost<P>> UsbHost<P> for HostSet<H> {
             // Every device has an id of the set's: those present when the host was added got
             // theirs then, the others with their Attached event, in the poll that listed them.
             all.extend(h.devices().into_iter().filter_map(|mut d| {
-                d.id = self.known(index, d.id)?;
+                d.id = *self.by_member.get(&(index, d.id))?;
                 Some(d)
             }));
         }

@@ -211,18 +211,12 @@ pub fn holding<'a>(usbs: &'a mut Usbs, busid: &str) -> Option<&'a mut Usb> {
         .find(|u| u.host.usb_devices().any(|d| d.busid() == busid))
 }
 
-/// Every controller's events ([`service_one`]), with the set's device ids, for usbback.
+/// Every controller's events ([`service_one`], through `Usb`'s `UsbHost::poll`), with the
+/// set's device ids, for usbback.
 pub fn service(usbs: &mut Usbs) -> Vec<HostEvent> {
-    let mut all = Vec::new();
-    for index in 0..usbs.len() {
-        let Some(usb) = usbs.member(index) else {
-            continue;
-        };
-        let mut events = service_one(usb);
-        usbs.adopt(index, &mut events);
-        all.append(&mut events);
-    }
-    all
+    let mut events = Vec::new();
+    UsbHost::<()>::poll(usbs, &mut events);
+    events
 }
 
 /// Takes the controller's events when its interrupt counter moved (or always, without an
