@@ -300,6 +300,52 @@ pub fn msix(cfg: &mut impl ConfigSpace, bdf: Bdf) -> Option<Msix> {
     })
 }
 
+/// Why a function's MSI-X table cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsixTableError {
+    /// The BAR indicator names no memory BAR (BIR 6 and 7 are reserved; or an I/O BAR).
+    NotMemory,
+    /// Firmware left that BAR unassigned.
+    Unassigned,
+    /// The table runs past the BAR's end.
+    OutsideBar,
+}
+
+impl MsixTableError {
+    /// The name in `event=msix_unusable reason=…`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MsixTableError::NotMemory => "table_bar_not_memory",
+            MsixTableError::Unassigned => "table_bar_unassigned",
+            MsixTableError::OutsideBar => "table_outside_bar",
+        }
+    }
+}
+
+/// Where MSI-X table of `msix` lies in physical memory: `(address, length)`. Any BAR may hold
+/// it (PCI 3.0 6.8.2.4; xHCIs have it in BAR0, but nothing requires that). The table is read
+/// from the function's own BAR, checked to fit inside it.
+pub fn msix_table(
+    cfg: &mut impl ConfigSpace,
+    bdf: Bdf,
+    msix: &Msix,
+) -> Result<(u64, u64), MsixTableError> {
+    let Some(Bar::Memory { base, size, .. }) = read_bar(cfg, bdf, msix.table_bar) else {
+        return Err(MsixTableError::NotMemory);
+    };
+    if base == 0 {
+        return Err(MsixTableError::Unassigned);
+    }
+    let len = u64::from(msix.table_size) * crate::msi::MSIX_ENTRY_SIZE as u64;
+    let end = u64::from(msix.table_offset)
+        .checked_add(len)
+        .ok_or(MsixTableError::OutsideBar)?;
+    if end > size {
+        return Err(MsixTableError::OutsideBar);
+    }
+    Ok((base + u64::from(msix.table_offset), len))
+}
+
 /// Sets MSI-X enable and function mask in the capability's message control.
 pub fn set_msix_control(
     cfg: &mut impl ConfigSpace,
@@ -489,6 +535,40 @@ mod tests {
         assert_eq!(bus.regs[&(x, 0x90)] >> 16, 0xc000 | 15);
         set_msix_control(&mut bus, x, &m, true, false);
         assert_eq!(bus.regs[&(x, 0x90)] >> 16, 0x8000 | 15);
+    }
+
+    #[test]
+    fn an_msix_table_is_found_in_whichever_bar_holds_it() {
+        let mut bus = FakeBus::default();
+        let x = bdf(0, 5, 0);
+        bus.add(x, 0x1b36, 0x000d, CLASS_XHCI, 0);
+        bus.regs.insert((x, 0x10), 0xfebd_0004); // BAR0: 64-bit, 64 KiB (BAR1 its top half)
+        bus.regs.insert((x, 0x14), 0);
+        bus.bar_masks.insert((x, 0x10), 0xffff_0000);
+        bus.bar_masks.insert((x, 0x14), 0xffff_ffff);
+        bus.regs.insert((x, 0x18), 0xfebe_0000); // BAR2: 32-bit, 8 KiB
+        bus.bar_masks.insert((x, 0x18), 0xffff_e000);
+        bus.regs.insert((x, 0x1c), 0xc001); // BAR3: I/O
+        bus.bar_masks.insert((x, 0x1c), 0xffff_ffe0);
+        bus.regs.insert((x, 0x20), 0); // BAR4: memory, unassigned
+        bus.bar_masks.insert((x, 0x20), 0xffff_f000);
+        let table = |bar: u8, offset: u32, entries: u16| Msix {
+            cap: 0x90,
+            table_size: entries,
+            table_bar: bar,
+            table_offset: offset,
+            pba_bar: bar,
+            pba_offset: 0,
+        };
+        let mut at = |m: Msix| msix_table(&mut bus, x, &m);
+        assert_eq!(at(table(0, 0x3000, 16)), Ok((0xfebd_3000, 256)));
+        assert_eq!(at(table(2, 0x1000, 8)), Ok((0xfebe_1000, 128)));
+        // 2048 entries (32 KiB) at 0 do not fit BAR2's 8 KiB, nor one entry at its last byte.
+        assert_eq!(at(table(2, 0, 2048)), Err(MsixTableError::OutsideBar));
+        assert_eq!(at(table(2, 0x1ff8, 1)), Err(MsixTableError::OutsideBar));
+        assert_eq!(at(table(3, 0, 1)), Err(MsixTableError::NotMemory));
+        assert_eq!(at(table(4, 0, 1)), Err(MsixTableError::Unassigned));
+        assert_eq!(at(table(6, 0, 1)), Err(MsixTableError::NotMemory));
     }
 
     #[test]

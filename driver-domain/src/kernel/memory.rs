@@ -177,14 +177,6 @@ impl Mmio {
         self.len
     }
 
-    /// A sub-region at `offset`.
-    pub fn slice(&self, offset: u64, len: u64) -> Option<Mmio> {
-        (offset.checked_add(len)? <= self.len).then_some(Mmio {
-            base: self.base + offset,
-            len,
-        })
-    }
-
     fn check(&self, offset: usize) -> u64 {
         assert!(
             offset % 4 == 0 && offset as u64 + 4 <= self.len,

@@ -224,7 +224,7 @@ fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16, index: usize)
     }
     let cmd = cfg.read16(bdf, pci::reg::COMMAND);
     cfg.write16(bdf, pci::reg::COMMAND, cmd | pci::COMMAND_BUS_MASTER);
-    let vector = route_interrupt(cfg, bdf, &regs, XHCI_HANDLERS[index]);
+    let vector = route_interrupt(cfg, bdf, XHCI_HANDLERS[index]);
     let bus = driver_domain::host_set::first_bus(index);
     info!(
         "event=xhci_found index={index} bdf={bdf} vid={vendor:04x} did={device:04x} bar0={base:#x} size={size:#x} hciversion={hciversion:#x} slots={} ports={} buses={bus},{}",
@@ -243,28 +243,26 @@ fn take_over(cfg: &mut Config, bdf: Bdf, vendor: u16, device: u16, index: usize)
 /// Routes the controller's first interrupter to a fresh vector on this CPU, served by
 /// `handler`: MSI-X entry 0 (programmed masked, then unmasked), else MSI. The driver turns
 /// interrupts on in the controller.
-fn route_interrupt(
-    cfg: &mut Config,
-    bdf: Bdf,
-    regs: &Mmio,
-    handler: interrupts::Handler,
-) -> Option<u8> {
+fn route_interrupt(cfg: &mut Config, bdf: Bdf, handler: interrupts::Handler) -> Option<u8> {
     let vector = interrupts::allocate()?;
     let msg = Message::fixed(apic::id(), vector)?;
     interrupts::register(vector, handler);
-    // MSI-X whose table is in BAR0 (where every xHCI seen so far has it); else MSI; else
-    // the controller is polled on every wake-up.
+    // MSI-X, its table in whichever BAR holds it; else MSI; else the controller is polled
+    // on every wake-up.
     let msix = pci::msix(cfg, bdf).and_then(|m| {
-        let table_len = u64::from(m.table_size) * msi::MSIX_ENTRY_SIZE as u64;
-        let table = (m.table_bar == 0)
-            .then(|| regs.slice(u64::from(m.table_offset), table_len))
-            .flatten();
-        if table.is_none() {
-            warn!(
-                "event=msix_unusable bdf={bdf} table_bar={} offset={:#x} next=msi",
-                m.table_bar, m.table_offset
-            );
-        }
+        let table = match pci::msix_table(cfg, bdf, &m) {
+            // Mapped on its own (the same uncached pages again when it is in BAR0).
+            Ok((at, len)) => memory::map_mmio(at, len),
+            Err(e) => {
+                warn!(
+                    "event=msix_unusable bdf={bdf} table_bar={} offset={:#x} reason={} next=msi",
+                    m.table_bar,
+                    m.table_offset,
+                    e.name()
+                );
+                return None;
+            }
+        };
         Some((m, table?))
     });
     if let Some((m, table)) = msix {
