@@ -5,6 +5,7 @@ export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 t0=$(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo 0)
 mark() {
   echo "E2E: $* uptime=$(cut -d' ' -f1 /proc/uptime)"
+  cut -d. -f1 /proc/uptime > /tmp/last_mark
   [ -n "${canary:-}" ] || return 0
   # A check reads the whole canary (slow under nested emulation): a few places only.
   case "$1" in phase=guest_disk|phase=attack_done|phase=hc_destroyed) canary_check "${1#phase=}" ;; esac
@@ -159,6 +160,26 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /run /tmp && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /run
 mkdir -p /run/xen /run/xenstored /var/run/xenstored /var/log/xen/console /var/lib/xen /var/lib/xenstored
 mark "phase=dom0_init"
+# The watchdog: a scenario with no mark for 90 s (no step waits that long in a passing run)
+# says, three times 10 s apart, what dom0's processes are doing and where they wait in the
+# kernel, and the last lines of usbdom's and the guests' logs. (Seen: the whole nested
+# machine silent for minutes after guest-c's controller got its device. Its lines show
+# whether dom0 itself still runs; the harness asks QEMU and Xen after 150 s of silence,
+# tests/src/stall.rs.)
+watchdog() {
+  n=0
+  while sleep 10; do
+    silent=$(( $(cut -d. -f1 /proc/uptime) - $(cat /tmp/last_mark) ))
+    if [ "$silent" -lt 90 ]; then n=0; continue; fi
+    n=$((n + 1)); [ $n -le 3 ] || continue
+    echo "E2E-WATCHDOG silent=${silent}s report=$n"
+    ps -eo pid,ppid,stat,etime,time,pcpu,wchan:24,args | awk '$2 != 2 && $1 != 2' \
+      | cut -c1-160 | sed 's|^|E2E-WATCHDOG ps |'
+    for f in /var/log/xen/console/guest-*.log; do
+      [ -f "$f" ] && tail -n 3 "$f" | cut -c1-200 | sed "s|^|E2E-WATCHDOG $(basename "$f"): |"
+    done
+  done
+}
 for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-pciback; do modprobe $m || fail "modprobe_$m"; done
 mount -t xenfs xenfs /proc/xen
 xenstored --pid-file /run/xenstored.pid || fail "xenstored"
@@ -193,6 +214,7 @@ canary_check() {
 # soak (tests/e2e/soak.sh), devices (tests/e2e/devices.sh)
 # or shell (`cargo xtask run --xen`: the scenario's first half, then a shell on the console).
 mode=$(sed -n 's/.*usbdom\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+[ "$mode" = test ] && watchdog &
 # usbdom.datapath=copy|map (USBDOM_E2E_DATAPATH): usbdom's datapath= option.
 datapath=$(sed -n 's/.*usbdom\.datapath=\([a-z]*\).*/\1/p' /proc/cmdline)
 # Every xHCI controller (the outer machine has two, as laptops do), and the first, the stick's.

@@ -12,6 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod stall;
+pub use stall::StallProbe;
+
 /// QEMU's exit status when the guest wrote the success value (0x10) to `isa-debug-exit`.
 pub const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
 
@@ -189,10 +192,26 @@ pub fn qemu() -> Command {
 /// Runs `qemu-system-x86_64 args`, collecting its serial output (stdout) line by line, until
 /// it exits, `done` returns true for a line (QEMU is then killed), or `limit` passes.
 pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -> Run {
+    run_qemu_probed(args, limit, None, done)
+}
+
+/// [`run_qemu`], and once the serial line has been silent for `probe.after`, asks the machine
+/// what it is doing ([`StallProbe`]); its findings are logged as [`stall::PREFIX`] lines.
+/// The serial line's input is QEMU's stdin then (`-serial stdio`).
+pub fn run_qemu_probed(
+    args: &[String],
+    limit: Duration,
+    probe: Option<&StallProbe>,
+    done: impl Fn(&str) -> bool,
+) -> Run {
     let started = Instant::now();
     let mut child = qemu()
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if probe.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -213,10 +232,23 @@ pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -
         let _ = stderr.read_to_string(&mut s);
         s
     });
+    let mut serial_input = child.stdin.take();
     let mut lines = Vec::new();
     let mut timed_out = false;
+    let mut last_line = Duration::ZERO;
+    let mut rounds = stall::Rounds::default();
     let status = loop {
+        let now = started.elapsed();
+        if let Some(probe) = probe.filter(|p| p.due(&rounds, now - last_line, now)) {
+            let found = probe.probe(&mut rounds, now - last_line, now, serial_input.as_mut());
+            lines.extend(
+                found
+                    .into_iter()
+                    .map(|l| (now, format!("{}{l}", stall::PREFIX))),
+            );
+        }
         while let Ok((t, line)) = rx.try_recv() {
+            last_line = t;
             // A failed check in `done` must not leave QEMU running (holding its image
             // locks for the next run).
             let finished =
@@ -243,6 +275,7 @@ pub fn run_qemu(args: &[String], limit: Duration, done: impl Fn(&str) -> bool) -
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    drop(serial_input);
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     Run {
@@ -305,12 +338,28 @@ impl Run {
                 .unwrap_or("(no message)");
             eprintln!("---- failed check: {why}");
             // A domain the emulated CPU ended (issue 13) explains many a later check.
+            // So does a machine that went silent (the stall probe's findings).
             for (t, l) in self
                 .lines
                 .iter()
-                .filter(|(_, l)| l.contains("Triple fault"))
+                .filter(|(_, l)| l.contains("Triple fault") || l.starts_with(stall::PREFIX))
             {
                 eprintln!("---- meanwhile, at {:.0} s: {l}", t.as_secs_f64());
+            }
+            // What the silent machine answered the probe (Xen's debug keys), for a report
+            // that shows only the tail.
+            if let Some(probed) = self
+                .lines
+                .iter()
+                .position(|(_, l)| l.starts_with(stall::PREFIX))
+            {
+                for (t, l) in self.lines[probed..]
+                    .iter()
+                    .filter(|(_, l)| !l.starts_with(stall::PREFIX))
+                    .take(400)
+                {
+                    eprintln!("---- answered, at {:.0} s: {l}", t.as_secs_f64());
+                }
             }
             std::panic::resume_unwind(e);
         }
@@ -401,8 +450,10 @@ impl NestedXen {
             Ok(path) => format!("{dom0_args} usbdom.datapath={path}"),
             Err(_) => dom0_args.to_string(),
         };
+        // USBDOM_E2E_SMP: the outer machine's CPUs (2 by default); dom0 has as many vCPUs.
+        let smp = var("USBDOM_E2E_SMP", "2");
         let xen_args = format!(
-            "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot iommu=no-sharept {}",
+            "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus={smp} noreboot iommu=no-sharept {}",
             var("USBDOM_E2E_XEN_ARGS", "")
         );
         let mut args: Vec<String> = [
@@ -413,7 +464,7 @@ impl NestedXen {
             "-cpu",
             &var("USBDOM_E2E_CPU", "max,-smap"),
             "-smp",
-            "2",
+            &smp,
             "-m",
             "2560",
             "-display",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use usbdom_tests::{field, qmp, run_qemu, NestedXen};
+use usbdom_tests::{field, qmp, run_qemu_probed, NestedXen, StallProbe};
 
 #[test]
 #[ignore = "needs the e2e artefacts: cargo xtask e2e"]
@@ -65,7 +65,14 @@ fn xen_end_to_end() {
     };
     // Every step of the scenario fails on its own after a bounded wait; this only catches
     // a machine that stopped altogether.
-    let run = run_qemu(&args, Duration::from_secs(10 * 60), |l| {
+    // A machine silent for 150 s (no step waits that long without a line; dom0's watchdog
+    // speaks after 90) is asked what it is doing before the limit ends it
+    // (tests/src/stall.rs).
+    let probe = StallProbe {
+        qmp: socket.clone(),
+        after: Duration::from_secs(150),
+    };
+    let run = run_qemu_probed(&args, Duration::from_secs(10 * 60), Some(&probe), |l| {
         if let Some(what) = l.strip_prefix("E2E: want=") {
             host_action(what.split_whitespace().next().unwrap_or(""));
         }
