@@ -77,10 +77,12 @@ xl_create() {
   timeout 60 xl destroy "$1" 2>/dev/null
   timeout 120 xl create "$2"
 }
-# usbctl_step ARGS…: one usbctl command, once more if the process died of a signal.
+# usbctl_step ARGS…: one usbctl command, once more if the process died of a signal or could
+# not be started (exit 126/127 from timeout: seen, "failed to run command 'usbctl': No such
+# file or directory" between two usbctl steps that ran).
 usbctl_step() {
   timeout 120 usbctl "$@"; rc=$?
-  [ "$rc" -gt 128 ] || return "$rc"
+  [ "$rc" -gt 128 ] || [ "$rc" -eq 126 ] || [ "$rc" -eq 127 ] || return "$rc"
   env_retry "usbctl_$1"
   timeout 120 usbctl "$@"
 }
