@@ -119,6 +119,10 @@ pub struct FakeXhci {
     pub control_delay_us: Cell<u64>,
     /// Writes of ERDP (its low dword) so far.
     pub erdp_writes: Cell<u32>,
+    /// When (its clock) Host Controller Reset was set, until the next register read.
+    reset_at: Cell<Option<u64>>,
+    /// µs of its clock from the last Host Controller Reset to the first read after it.
+    pub reset_to_read_us: Cell<Option<u64>>,
     /// Default Control Endpoints rung and not yet answered: (when, slot).
     deferred: RefCell<Vec<(u64, u8)>>,
     /// What GET_DESCRIPTOR(CONFIGURATION) of index 0 returns.
@@ -192,6 +196,8 @@ impl FakeXhci {
             regs: RefCell::new(regs),
             arena: Arena::new(0x10_0000, 1 << 20),
             clock: Cell::new(0),
+            reset_at: Cell::new(None),
+            reset_to_read_us: Cell::new(None),
             state: RefCell::new(State::default()),
             answer_commands: Cell::new(true),
             answer_transfers: Cell::new(true),
@@ -699,6 +705,9 @@ impl Hal for &FakeXhci {
     type Dma = Memory;
 
     fn read32(&self, offset: usize) -> u32 {
+        if let Some(at) = self.reset_at.take() {
+            self.reset_to_read_us.set(Some(self.clock.get() - at));
+        }
         self.reg(offset)
     }
 
@@ -729,6 +738,7 @@ impl Hal for &FakeXhci {
                 // Host Controller Reset completes at once here, and clears the errors.
                 if value & 2 != 0 {
                     regs[USBSTS / 4] &= !(1 << 2 | 1 << 12);
+                    self.reset_at.set(Some(self.clock.get()));
                 }
                 regs[USBCMD / 4] &= !2;
             }

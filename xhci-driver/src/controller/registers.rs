@@ -62,8 +62,12 @@ const XECP_SUPPORTED_PROTOCOL: u32 = 2;
 pub(super) const RING_BYTES: usize = 4096;
 /// Run/Stop to HCHalted clear.
 const RUN_TIMEOUT_US: u64 = 20_000;
-/// How long Host Controller Reset (and Controller Not Ready after it) may take.
-const RESET_TIMEOUT_US: u64 = 1_000_000;
+/// How long Host Controller Reset (and Controller Not Ready after it) may take: 10 s, as
+/// Linux allows at probe (a Renesas µPD720201 takes about 9 s; docs/xhci-quirks.md).
+const RESET_TIMEOUT_US: u64 = 10_000_000;
+/// How long nothing is read after Host Controller Reset is set: Linux waits 1 ms on Intel
+/// hosts, which can hang if read sooner; every controller here gets it, once per reset.
+const RESET_QUIET_US: u64 = 1_000;
 
 /// The capability registers that matter here.
 #[derive(Clone, Copy, Debug)]
@@ -255,6 +259,7 @@ pub fn halt_and_reset<H: Hal>(hal: &H) -> Result<bool, Error> {
         hal.read32(op + USBSTS) & USBSTS_HCH != 0
     })?;
     hal.write32(op + USBCMD, USBCMD_HCRST);
+    spin_until(hal, RESET_QUIET_US, &|| false);
     wait("reset", RESET_TIMEOUT_US, &|| {
         hal.read32(op + USBCMD) & USBCMD_HCRST == 0 && hal.read32(op + USBSTS) & USBSTS_CNR == 0
     })?;
