@@ -5,7 +5,8 @@ export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 t0=$(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo 0)
 mark() {
   echo "E2E: $* uptime=$(cut -d' ' -f1 /proc/uptime)"
-  cut -d. -f1 /proc/uptime > /tmp/last_mark
+  # Written whole, then renamed: the watchdog must never read it half-written.
+  cut -d. -f1 /proc/uptime > /tmp/last_mark.new && mv /tmp/last_mark.new /tmp/last_mark
   [ -n "${canary:-}" ] || return 0
   # A check reads the whole canary (slow under nested emulation): a few places only.
   case "$1" in phase=guest_disk|phase=attack_done|phase=hc_destroyed) canary_check "${1#phase=}" ;; esac
@@ -171,10 +172,15 @@ mark "phase=dom0_init"
 watchdog() {
   n=0
   while sleep 10; do
-    silent=$(( $(cut -d. -f1 /proc/uptime) - $(cat /tmp/last_mark) ))
+    # A bad number would end this shell (an arithmetic error is fatal in dash).
+    last=$(cat /tmp/last_mark 2>/dev/null)
+    case "$last" in ''|*[!0-9]*) continue ;; esac
+    silent=$(( $(cut -d. -f1 /proc/uptime) - last ))
     if [ "$silent" -lt 90 ]; then n=0; continue; fi
     n=$((n + 1)); [ $n -le 3 ] || continue
     echo "E2E-WATCHDOG silent=${silent}s report=$n"
+    # Also through the kernel's own console path: if only this line comes, the tty is stuck.
+    echo "E2E-WATCHDOG kmsg silent=${silent}s report=$n" > /dev/kmsg
     ps -eo pid,ppid,stat,etime,time,pcpu,wchan:24,args | awk '$2 != 2 && $1 != 2' \
       | cut -c1-160 | sed 's|^|E2E-WATCHDOG ps |'
     for f in /var/log/xen/console/guest-*.log; do
