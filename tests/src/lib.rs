@@ -440,6 +440,14 @@ impl NestedXen {
     /// page table format, not EPT's; with separate tables Xen keeps VT-d's own and flushes
     /// them. (It was first taken for the cause of the crashes of dom0's and the guests'
     /// processes; `cargo xtask soak` shows those with no passthrough and no USB at all.)
+    ///
+    /// `spec-ctrl=eager-fpu`: on an AMD CPU Xen switches vCPUs' FPU state lazily (CR0.TS set,
+    /// restored on the first #NM), and under QEMU 7.2's TCG a process then now and then
+    /// computes with another context's XMM registers. Seen: malloc's `unlink_chunk` taking a
+    /// pointer of another process's address space from `%xmm0`, TLS pointers that are garbage;
+    /// processes dying in malloc, looping in libc until the run's limit, or exec'ing nothing.
+    /// `cargo xtask soak --type pv`: 4-13 crashed processes per 2000-3600 before, none of
+    /// 4148 with eager switching.
     pub fn args(&self, dom0_args: &str, qmp: Option<&Path>) -> Vec<String> {
         // Experiments on the outer machine (`cargo xtask soak`): USBDOM_E2E_ACCEL and
         // USBDOM_E2E_CPU replace the accelerator's and the CPU's options, USBDOM_E2E_XEN_ARGS
@@ -453,7 +461,7 @@ impl NestedXen {
         // USBDOM_E2E_SMP: the outer machine's CPUs (2 by default); dom0 has as many vCPUs.
         let smp = var("USBDOM_E2E_SMP", "2");
         let xen_args = format!(
-            "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus={smp} noreboot iommu=no-sharept {}",
+            "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus={smp} noreboot iommu=no-sharept spec-ctrl=eager-fpu {}",
             var("USBDOM_E2E_XEN_ARGS", "")
         );
         let mut args: Vec<String> = [
