@@ -5,14 +5,16 @@
 //! it first) or `$USBDOM_IMAGE`; a machine that runs the demo or a `usbtest=` self-test
 //! boots `target/usbdom-demo.elf` ([`Machine::demo_image`], `$USBDOM_DEMO_IMAGE`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod qmp;
 pub mod stall;
+
+use qmp::Qmp;
 pub use stall::StallProbe;
 
 /// QEMU's exit status when the guest wrote the success value (0x10) to `isa-debug-exit`.
@@ -375,27 +377,10 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// Sends QMP `commands` (JSON, one per line) over the monitor socket and waits for each
 /// reply, so QEMU has acted on them before the socket closes.
 pub fn qmp(socket: &Path, commands: &[&str]) {
-    let stream = UnixStream::connect(socket).expect("QMP socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("QMP greeting");
-    let mut writer = stream;
-    for c in ["{\"execute\":\"qmp_capabilities\"}"]
-        .iter()
-        .chain(commands)
-    {
-        writeln!(writer, "{c}").unwrap();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("QMP reply");
-            assert!(!line.contains("\"error\""), "QMP {c}: {line}");
-            if line.contains("\"return\"") {
-                break;
-            }
-        }
+    let mut qmp = Qmp::connect(socket, Duration::from_secs(5)).expect("QMP socket");
+    for c in commands {
+        let reply = qmp.execute(c).expect("QMP reply");
+        assert!(!reply.contains("\"error\""), "QMP {c}: {reply}");
     }
 }
 

@@ -14,10 +14,11 @@
 //!   lines; a Xen that does not answer is itself stuck. Keys go a third of a second apart:
 //!   Xen's serial input drops characters typed fast.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::qmp::Qmp;
 
 /// The prefix of the lines the probe adds to a run's log.
 pub const PREFIX: &str = "STALL ";
@@ -94,7 +95,8 @@ impl StallProbe {
     }
 
     fn ask_qemu(&self) -> Result<Vec<String>, String> {
-        let mut qmp = Qmp::connect(&self.qmp)?;
+        // A QEMU whose main loop is stuck never answers: that is an answer too.
+        let mut qmp = Qmp::connect(&self.qmp, Duration::from_secs(10))?;
         let mut out = vec![format!(
             "qemu status: {}",
             qmp.execute(r#"{"execute":"query-status"}"#)?
@@ -124,68 +126,6 @@ fn vcpu_summary(registers: &str) -> impl Iterator<Item = String> + '_ {
             None
         }
     })
-}
-
-/// A QMP connection, past its greeting and capabilities negotiation.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    fn connect(socket: &std::path::Path) -> Result<Qmp, String> {
-        let stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-        // A QEMU whose main loop is stuck never answers: that is an answer too.
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        let mut qmp = Qmp {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        let mut greeting = String::new();
-        qmp.reader
-            .read_line(&mut greeting)
-            .map_err(|e| format!("no greeting: {e}"))?;
-        qmp.execute(r#"{"execute":"qmp_capabilities"}"#)?;
-        Ok(qmp)
-    }
-
-    /// Sends `command` and returns its reply line (events before it are skipped).
-    fn execute(&mut self, command: &str) -> Result<String, String> {
-        writeln!(self.writer, "{command}").map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.reader
-                .read_line(&mut line)
-                .map_err(|e| format!("no reply to {command}: {e}"))?;
-            if line.is_empty() {
-                return Err("QMP closed".into());
-            }
-            if line.contains("\"return\"") || line.contains("\"error\"") {
-                return Ok(line.trim().to_string());
-            }
-        }
-    }
-
-    /// A human monitor command's output.
-    fn human(&mut self, command: &str) -> Result<String, String> {
-        let reply = self.execute(&format!(
-            r#"{{"execute":"human-monitor-command","arguments":{{"command-line":"{command}"}}}}"#
-        ))?;
-        let text = reply
-            .split_once("\"return\": \"")
-            .and_then(|(_, rest)| rest.rsplit_once('"'))
-            .map(|(text, _)| text)
-            .ok_or(format!("{command}: {reply}"))?;
-        Ok(text
-            .replace("\\r\\n", "\n")
-            .replace("\\n", "\n")
-            .replace("\\t", " ")
-            .replace("\\\"", "\""))
-    }
 }
 
 #[cfg(test)]
