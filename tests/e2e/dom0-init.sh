@@ -219,12 +219,14 @@ canary_check() {
 }
 
 # usbdom.mode= on dom0's command line: test (the scenario below), bench (tests/e2e/bench.sh),
-# soak (tests/e2e/soak.sh), devices (tests/e2e/devices.sh)
+# soak (tests/e2e/soak.sh), devices (tests/e2e/devices.sh), keys (tests/e2e/keys.sh)
 # or shell (`cargo xtask run --xen`: the scenario's first half, then a shell on the console).
 mode=$(sed -n 's/.*usbdom\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 [ "$mode" = test ] && watchdog &
 # usbdom.datapath=copy|map (USBDOM_E2E_DATAPATH): usbdom's datapath= option.
 datapath=$(sed -n 's/.*usbdom\.datapath=\([a-z]*\).*/\1/p' /proc/cmdline)
+# usbdom.memory=<MiB> (USBDOM_E2E_MEMORY): usbdom's memory instead of xen-cfg/usbdom.cfg's.
+memory=$(sed -n 's/.*usbdom\.memory=\([0-9]*\).*/\1/p' /proc/cmdline)
 # Every xHCI controller (the outer machine has two, as laptops do), and the first, the stick's.
 xhcis=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1}')
 xhci=$(echo "$xhcis" | head -n1)
@@ -238,6 +240,7 @@ create_usbdom() {
   done
   sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|^pci = .*|pci = [ $pci ]|" \
       -e "s|^extra = .*|extra = \"loglevel=${1:-debug}${datapath:+ datapath=$datapath}\"|" \
+      ${memory:+-e "s|^memory = .*|memory = $memory|" -e "s|^maxmem = .*|maxmem = $memory|"} \
       /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
   mark "phase=usbdom_create xhci=$(echo $xhcis | tr ' ' ,)"
   xl_create usbdom /tmp/usbdom.cfg || fail "xl_create_usbdom"
@@ -277,6 +280,10 @@ if [ "$mode" = soak ]; then
 fi
 if [ "$mode" = devices ]; then
   . /e2e/devices.sh
+  finish
+fi
+if [ "$mode" = keys ]; then
+  . /e2e/keys.sh
   finish
 fi
 create_usbdom

@@ -162,6 +162,35 @@ if [ -n "$soak" ]; then
   echo "guest: soak execs=$n failed=$failed"
   exec sleep 100000
 fi
+# The key benchmark (tests/e2e/keys.sh). `usbdom_keyprobe`: the keyboard's evdev device is
+# read by keyprobe, which reports each press through Xen's debug port (frontend-linux/keyprobe).
+# `usbdom_load`: the stick, once it comes, is written flat out (direct I/O, after the first
+# 64 MiB) until the guest is destroyed, each 16 MiB timed by the uptime clock.
+if grep -q usbdom_keyprobe /proc/cmdline; then
+  i=0 dev=
+  while [ -z "$dev" ] && [ $i -lt 300 ]; do
+    for e in /sys/class/input/event*; do
+      grep -q "Keyboard" "$e/device/name" 2>/dev/null && dev=/dev/input/${e##*/}
+    done
+    [ -n "$dev" ] || sleep 1
+    i=$((i + 1))
+  done
+  if [ -n "$dev" ]; then again /bin/keyprobe "$dev"; else echo "guest: keyprobe error=no_keyboard"; fi
+  exec sleep 100000
+fi
+if grep -q usbdom_load /proc/cmdline; then
+  i=0
+  while [ ! -b /dev/sda ] && [ $i -lt 300 ]; do sleep 1; i=$((i + 1)); done
+  echo "guest: load writing"
+  while [ -b /dev/sda ]; do
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/zero of=/dev/sda bs=1M count=16 seek=64 oflag=direct 2>/tmp/dd.err || break
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "guest: load mib=16 $(echo "$t0 $t1" | awk '{printf "seconds=%.2f", $2 - $1}')"
+  done
+  echo "guest: load end error=\"$(tr '\n' ' ' < /tmp/dd.err)\""
+  exec sleep 100000
+fi
 # The benchmark (`usbdom_bench=<MiB>` on the command line): rounds of direct-I/O reads and
 # writes of the stick, each timed by dd, then nothing else.
 bench=$(sed -n 's/.*usbdom_bench=\([0-9]*\).*/\1/p' /proc/cmdline)

@@ -11,20 +11,22 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/e2e/xen-cfg" "$stage/boot"
 install -m 0755 "$here/dom0-init.sh" "$stage/init"
-cp "$here/bench.sh" "$here/soak.sh" "$here/devices.sh" "$stage/e2e/"
+cp "$here/bench.sh" "$here/soak.sh" "$here/devices.sh" "$here/keys.sh" "$stage/e2e/"
 cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
 # The guest's initramfs: busybox, the USB core modules, xen-hcd.ko, pvusb-hcd.ko, guest-init.sh and
-# (when USBATTACK names it) usbattack.
+# (when USBATTACK and KEYPROBE name them) usbattack and keyprobe.
 guest=$(mktemp -d)
 mkdir -p "$guest/bin" "$guest/lib/modules" "$guest/proc" "$guest/sys" "$guest/dev"
 cp "$cache/dom0/bin/busybox" "$guest/bin/busybox"
 cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.ko" "$cache/pvusb-hcd.ko" "$guest/lib/modules/"
 cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$cache/guestmods/devices" "$guest/lib/modules/"
 install -m 0755 "$here/guest-init.sh" "$guest/init"
-# The hostile frontend a guest runs when its command line says usbdom_attack=<phases>.
+# The hostile frontend a guest runs when its command line says usbdom_attack=<phases>, and
+# the key benchmark's keyprobe (usbdom_keyprobe).
 if [ -n "${USBATTACK:-}" ]; then install -m 0755 "$USBATTACK" "$guest/bin/usbattack"; fi
+if [ -n "${KEYPROBE:-}" ]; then install -m 0755 "$KEYPROBE" "$guest/bin/keyprobe"; fi
 (cd "$guest" && find . | cpio -o -H newc --quiet) > "$stage/boot/guest-initrd.img"
 rm -rf "$guest"
 # dom0 drives the controller itself while the benchmark measures QEMU's qusb backend.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod qmp;
 pub mod stall;
 
-use qmp::Qmp;
+pub use qmp::Qmp;
 pub use stall::StallProbe;
 
 /// QEMU's exit status when the guest wrote the success value (0x10) to `isa-debug-exit`.
@@ -206,6 +206,17 @@ pub fn run_qemu_probed(
     probe: Option<&StallProbe>,
     done: impl Fn(&str) -> bool,
 ) -> Run {
+    run_qemu_timed(args, limit, probe, |_, l| done(l))
+}
+
+/// [`run_qemu_probed`], `done` also given the instant each line arrived (read from QEMU's
+/// output, before the loop that calls `done` gets to it): what a benchmark times a line by.
+pub fn run_qemu_timed(
+    args: &[String],
+    limit: Duration,
+    probe: Option<&StallProbe>,
+    done: impl Fn(Instant, &str) -> bool,
+) -> Run {
     let started = Instant::now();
     let mut child = qemu()
         .args(args)
@@ -223,7 +234,7 @@ pub fn run_qemu_probed(
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if tx.send((started.elapsed(), line)).is_err() {
+            if tx.send((Instant::now(), line)).is_err() {
                 break;
             }
         }
@@ -249,19 +260,21 @@ pub fn run_qemu_probed(
                     .map(|l| (now, format!("{}{l}", stall::PREFIX))),
             );
         }
-        while let Ok((t, line)) = rx.try_recv() {
+        while let Ok((arrived, line)) = rx.try_recv() {
+            let t = arrived - started;
             last_line = t;
             // A failed check in `done` must not leave QEMU running (holding its image
             // locks for the next run).
-            let finished =
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(&line))) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        std::panic::resume_unwind(e);
-                    }
-                };
+            let finished = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                done(arrived, &line)
+            })) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::panic::resume_unwind(e);
+                }
+            };
             lines.push((t, line));
             if finished {
                 let _ = child.kill();
@@ -279,7 +292,7 @@ pub fn run_qemu_probed(
     };
     drop(serial_input);
     reader.join().unwrap();
-    lines.extend(rx.try_iter());
+    lines.extend(rx.try_iter().map(|(arrived, l)| (arrived - started, l)));
     Run {
         exit: status.code(),
         timed_out,
@@ -446,10 +459,14 @@ impl NestedXen {
         // is added to Xen's command line.
         let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
         // USBDOM_E2E_DATAPATH=copy|map: usbdom's `datapath=` in every scenario.
-        let dom0_args = match std::env::var("USBDOM_E2E_DATAPATH") {
+        let mut dom0_args = match std::env::var("USBDOM_E2E_DATAPATH") {
             Ok(path) => format!("{dom0_args} usbdom.datapath={path}"),
             Err(_) => dom0_args.to_string(),
         };
+        // USBDOM_E2E_MEMORY=<MiB>: usbdom's `memory` and `maxmem` instead of the config's.
+        if let Ok(mib) = std::env::var("USBDOM_E2E_MEMORY") {
+            dom0_args = format!("{dom0_args} usbdom.memory={mib}");
+        }
         // USBDOM_E2E_SMP: the outer machine's CPUs (2 by default); dom0 has as many vCPUs.
         let smp = var("USBDOM_E2E_SMP", "2");
         let xen_args = format!(

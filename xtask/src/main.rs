@@ -13,7 +13,8 @@
 //! - `cargo xtask e2e`: the end-to-end run: Xen 4.17 inside QEMU, dom0, usbdom, two guests.
 //! - `cargo xtask bench backend|qemu|e2e`: figures, not tests: usbback's CPU time per URB on
 //!   `xen::sim`; the ring path against the xHCI driver alone, in one demo-mode boot; usbdom
-//!   against qusb and passthrough on Xen.
+//!   against qusb and passthrough on Xen; `bench keys`: a keyboard's latency into one guest
+//!   while another writes a stick flat out, against the same with it idle.
 //! - `cargo xtask soak`: the nested machine's own soundness: crashed processes and triple
 //!   faults per domain with usbdom, qusb or no USB traffic (tests/examples/soak_e2e.rs).
 //! - `cargo xtask devices`: the device table: QEMU's class devices through usbdom to a Linux
@@ -65,7 +66,8 @@ fn main() {
                  \x20          `e2e --repeat N`: N runs in a row, and how many passed\n\
                  \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
                  \x20          `bench qemu [--datapath copy|map] [--in-flight N]`: the ring path against the driver alone, in QEMU;\n\
-                 \x20          `bench e2e [--mib N] [--runs N]`: usbdom vs qusb vs passthrough on Xen\n\
+                 \x20          `bench e2e [--mib N] [--runs N]`: usbdom vs qusb vs passthrough on Xen;\n\
+                 \x20          `bench keys [--presses N] [--load-hcd H]`: key latency on Xen, another guest idle and writing\n\
                  \x20 soak     crashes in the nested machine with and without usbdom's traffic:\n\
                  \x20          `soak [--usb none|usbdom|qusb] [--type pvh|pv] [--seconds N] [--runs N]`\n\
                  \x20 devices  the device table on real Xen: QEMU's class devices through usbdom to\n\
@@ -304,8 +306,10 @@ fn bench(args: &[String]) -> Result {
             nested_xen_program("bench_e2e", "bench-stick.img", 64 + mib, &args[1..])
         }
         Some("qemu") => bench_qemu(&args[1..]),
+        // guest-a writes 16 MiB after the first 64 over and over.
+        Some("keys") => nested_xen_program("bench_keys", "keys-stick.img", 80, &args[1..]),
         other => Err(format!(
-            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map] [--in-flight N]` and `cargo xtask bench e2e [--mib N] [--runs N]`"
+            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map] [--in-flight N]`, `cargo xtask bench e2e [--mib N] [--runs N]` and `cargo xtask bench keys [--presses N] [--load-hcd xen-hcd|pvusb-hcd]`"
         )),
     }
 }

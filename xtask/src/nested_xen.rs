@@ -137,17 +137,19 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
         )?;
         Ok(root().join("target/release/usbctl"))
     })?;
-    // The hostile frontend for an attacking guest: static, since the guest's initramfs has
-    // no C library; for the host's own target, so the flags reach no build script.
-    let usbattack = timed("usbattack", || {
+    // The guest's own programs: the hostile frontend of an attacking guest, and the key
+    // benchmark's keyprobe. Static, since the guest's initramfs has no C library; for the
+    // host's own target, so the flags reach no build script.
+    let guest_bins = timed("guest programs", || {
         step(
-            "usbattack build",
+            "guest programs build",
             cargo()
                 .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
                 .args(["-p", "usbattack", "--bin", "usbattack"])
+                .args(["-p", "keyprobe", "--bin", "keyprobe"])
                 .env("RUSTFLAGS", "-C target-feature=+crt-static"),
         )?;
-        Ok(root().join("target/x86_64-unknown-linux-gnu/release/usbattack"))
+        Ok(root().join("target/x86_64-unknown-linux-gnu/release"))
     })?;
     timed("pack", || {
         step(
@@ -157,7 +159,8 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
                 .arg(&image)
                 .arg(&initrd)
                 .env("USBCTL", &usbctl)
-                .env("USBATTACK", &usbattack),
+                .env("USBATTACK", guest_bins.join("usbattack"))
+                .env("KEYPROBE", guest_bins.join("keyprobe")),
         )
     })?;
     let stick = out.join(stick);
