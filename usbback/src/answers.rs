@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use log::warn;
+use log::{trace, warn};
 use xen::abi::grant_table::GntStatus;
 use xen::abi::usbif::*;
 use xen::hypervisor::{CopyOp, EventChannels, GrantCopier, GrantMapper, LocalFrames};
@@ -74,6 +74,14 @@ where
                     s.errors += 1;
                 }
             }
+            trace!(
+                "event=urb_answered domid={} devid={} id={} status={} bytes={}",
+                a.id.frontend,
+                a.id.devid,
+                rsp.id,
+                rsp.status,
+                rsp.actual_length
+            );
             // Cannot fail: every request is consumed before it is answered, once.
             if c.urb.push_response(&rsp).is_err() {
                 warn!(

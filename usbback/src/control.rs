@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 
 use log::warn;
 use usb::request::{CLEAR_FEATURE, SET_ADDRESS, SET_CONFIGURATION, SET_INTERFACE};
-use usb::{feature, request_type, Direction, SetupPacket};
+use usb::{feature, request_type, Direction, SetupPacket, TransferType};
 use xen::abi::usbif::{USBIF_STATUS_INVAL, USBIF_STATUS_OK};
 use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames};
 use xen::page::SharedPage;
@@ -210,6 +210,7 @@ where
                                 data: 0,
                             },
                             direction: Direction::Out,
+                            transfer_type: TransferType::Control,
                             iso_packets: Vec::new(),
                             rewrite: None,
                             port,

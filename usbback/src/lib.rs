@@ -59,7 +59,7 @@ use alloc::vec::Vec;
 use xen::abi::grant_table::GntStatus;
 
 use log::{info, warn};
-use usb::{Direction, IsoPacket, Speed};
+use usb::{Direction, IsoPacket, Speed, TransferType};
 use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort};
 
@@ -74,7 +74,7 @@ use xen::hypervisor::{
 use xen::page::{PageSpan, SharedPage};
 use xen::pvusb::{self, UsbIsoPacketDescriptor};
 
-use host::{DeviceInfo, HostEvent, TransferError, UsbHost};
+use host::{Completion, DeviceInfo, HostEvent, TransferError, UsbHost};
 use policy::Policy;
 use xen::ring::BackRing;
 use xen::xenbus::{XenbusError, XenbusState};
@@ -163,6 +163,8 @@ struct InFlight {
     device: u32,
     buffer: Buffer,
     direction: Direction,
+    /// Interrupt and isochronous completions are answered first ([`Backend::host_events`]).
+    transfer_type: TransferType,
     /// Its isochronous packets (what is copied back of each).
     iso_packets: Vec<IsoPacket>,
     /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten.
@@ -289,6 +291,9 @@ pub struct Backend<H: GrantMapper, T: XsTransport> {
     moved: Stats,
     /// [`Backend::host_events`]' frontends to flush, kept for its allocation.
     touched: Vec<DeviceId>,
+    /// [`Backend::host_events`]' events after the periodic completions, kept for its
+    /// allocation.
+    later: Vec<HostEvent>,
     /// A pass's staged requests and copies, kept for their allocations.
     stage: urb::Stage,
     /// The statuses of a batch of copies, kept for its allocation.
@@ -375,6 +380,7 @@ where
             busy: VecDeque::new(),
             moved: Stats::default(),
             touched: Vec::new(),
+            later: Vec::new(),
             stage: urb::Stage::default(),
             statuses: Vec::new(),
             policy: Policy::default(),
@@ -511,14 +517,31 @@ where
 
     /// Handles what the host reported: completed transfers are answered, devices that came
     /// are connected to the ports assigned them, devices that left are reported gone.
+    ///
+    /// Interrupt and isochronous completions are answered, and their frontends notified,
+    /// before anything else of the batch: a keyboard's report or an audio frame does not wait
+    /// behind the copies of another guest's bulk data. (Each endpoint's completions keep
+    /// their order: an endpoint's transfers are all of one type.)
     pub fn host_events<U: UsbHost<H::Page> + ?Sized>(
         &mut self,
         host: &mut U,
         events: &mut Vec<HostEvent>,
     ) {
         let mut touched = core::mem::take(&mut self.touched);
+        let mut later = core::mem::take(&mut self.later);
         self.inventory_changed |= events.iter().any(|e| !matches!(e, HostEvent::Completed(_)));
         for e in events.drain(..) {
+            match e {
+                HostEvent::Completed(c) if self.is_periodic(&c) => {
+                    if let Some(id) = self.complete(c) {
+                        touched.push(id);
+                    }
+                }
+                other => later.push(other),
+            }
+        }
+        self.flush_touched(&mut touched);
+        for e in later.drain(..) {
             match e {
                 HostEvent::Completed(c) => {
                     if let Some(id) = self.complete(c) {
@@ -584,15 +607,34 @@ where
                 }
             }
         }
-        touched.sort();
-        touched.dedup();
-        for &id in &touched {
-            self.flush(id);
-        }
+        self.flush_touched(&mut touched);
         // Grants of transfers whose frontend is gone, now finished.
         self.finish_answers();
-        touched.clear();
         self.touched = touched;
+        self.later = later;
+    }
+
+    /// Whether `c` is of an interrupt or isochronous transfer.
+    fn is_periodic(&self, c: &Completion) -> bool {
+        self.tokens
+            .owner(c.token)
+            .and_then(|(id, rid)| self.devices.get(&id)?.conn.as_ref()?.inflight.get(rid))
+            .is_some_and(|f| {
+                matches!(
+                    f.transfer_type,
+                    TransferType::Interrupt | TransferType::Isochronous
+                )
+            })
+    }
+
+    /// [`Backend::flush`]es each frontend in `touched` once, and empties it.
+    fn flush_touched(&mut self, touched: &mut Vec<DeviceId>) {
+        touched.sort();
+        touched.dedup();
+        for &id in touched.iter() {
+            self.flush(id);
+        }
+        touched.clear();
     }
 
     /// Pushes what is queued for `id`: port changes onto the conn ring (one per request

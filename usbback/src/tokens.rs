@@ -52,6 +52,15 @@ impl Tokens {
         Some(owner)
     }
 
+    /// The request `token` names, which it still names; `None` for a token not out.
+    pub(crate) fn owner(&self, token: u64) -> Option<(DeviceId, u16)> {
+        let slot = self.slots.get(token as u32 as usize)?;
+        if u64::from(slot.generation) != token >> 32 {
+            return None;
+        }
+        slot.owner
+    }
+
     /// Tokens out.
     pub(crate) fn len(&self) -> usize {
         self.in_use

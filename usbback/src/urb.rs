@@ -598,6 +598,7 @@ where
                                 device: r.device,
                                 buffer: r.buffer,
                                 direction,
+                                transfer_type: shape.transfer_type,
                                 iso_packets,
                                 rewrite: r.rewrite,
                                 port: r.port,

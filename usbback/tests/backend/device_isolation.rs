@@ -406,3 +406,100 @@ fn a_device_answering_every_configuration_index_with_64_kib_holds_a_bounded_cach
         "only the rings stay mapped"
     );
 }
+
+#[test]
+fn a_keyboard_report_is_answered_before_another_guests_bulk_data_of_the_same_batch() {
+    log_capture::start();
+    let (mut t, _) = two(
+        Box::new(Shifty::new(vec![Some(storage_config(1))])),
+        Speed::High,
+        "",
+    );
+    assert_eq!(port_changes(&mut t.a), [(1, USBIF_SPEED_HIGH)]);
+    let set_config_1 = control(0, 1, 0, [0, 9, 1, 0, 0, 0, 0, 0]);
+    assert_eq!(t.a_sends(&[set_config_1]), [(0, USBIF_STATUS_OK)]);
+    // B's keyboard is configured and polled; the poll waits for a key.
+    let report = buffer(&t.b_dom, t.be, 0, &[0; 8], false);
+    let poll = with_buffer(
+        urb(1, 1, 0, 1, Direction::In, TransferType::Interrupt),
+        &report,
+    );
+    send(&t.b_dom, &mut t.b, &[set_config_1, poll]);
+    t.settle();
+    assert_eq!(
+        responses(&mut t.b).len(),
+        1,
+        "only SET_CONFIGURATION answered"
+    );
+    // A reads a block (CBW, data, CSW) while a key is pressed: both complete in one batch
+    // of the host's events, A's data first.
+    let (fe, be) = (t.w.fe.clone(), t.be);
+    let wrapper = buffer(
+        &fe,
+        be,
+        0,
+        &read_write_10_cbw(1, false, 0, 1, BLOCK_SIZE as u32),
+        true,
+    );
+    let data = buffer(&fe, be, 0, &[0; BLOCK_SIZE], false);
+    let status = buffer(&fe, be, 0, &[0; 13], false);
+    let bulk = |id, dir, ep, b: &Buffer| with_buffer(urb(id, 1, 0, ep, dir, TransferType::Bulk), b);
+    send(
+        &fe,
+        &mut t.a,
+        &[
+            bulk(1, Direction::Out, 2, &wrapper),
+            bulk(2, Direction::In, 1, &data),
+            bulk(3, Direction::In, 1, &status),
+        ],
+    );
+    t.host
+        .model_mut::<Keyboard>(t.kbd)
+        .unwrap()
+        .press(0, &[0x04]);
+    let mut ports = Vec::new();
+    t.w.be.hypervisor().take_pending(&mut |p| ports.push(p));
+    for p in ports {
+        t.w.be.handle_event(p, &mut t.host);
+    }
+    let mut events = Vec::new();
+    t.host.poll(&mut events);
+    // The keyboard's report (8 bytes) last in the batch.
+    events.sort_by_key(|e| matches!(e, HostEvent::Completed(c) if c.result == Ok(8)));
+    let last = events.last();
+    assert!(
+        matches!(last, Some(HostEvent::Completed(c)) if c.result == Ok(8)),
+        "the report is in the batch: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, HostEvent::Completed(c) if c.result == Ok(BLOCK_SIZE))),
+        "and A's block: {events:?}"
+    );
+    t.w.be.host_events(&mut t.host, &mut events);
+    // Answered first, and both guests got everything.
+    let answered: Vec<String> = log_capture::events("urb_answered")
+        .iter()
+        .filter(|l| l.contains(" bytes=8") || l.contains(&format!(" bytes={BLOCK_SIZE}")))
+        .cloned()
+        .collect();
+    let b = t.b_dom.domid().0;
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(
+        answered[0].contains(&format!("domid={b} ")) && answered[0].contains(" bytes=8"),
+        "B's report first: {answered:?}"
+    );
+    let got: Vec<(u16, i32)> = responses(&mut t.b)
+        .iter()
+        .map(|r| (r.id, r.actual_length))
+        .collect();
+    assert_eq!(got, [(1, 8)]);
+    assert_eq!(report.read()[2], 0x04, "key a");
+    t.settle();
+    let got: Vec<(u16, i32)> = responses(&mut t.a)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(got, [(1, 0), (2, 0), (3, 0)]);
+}

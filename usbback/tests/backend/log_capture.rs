@@ -23,10 +23,10 @@ impl log::Log for Capture {
 
 static CAPTURE: Capture = Capture;
 
-/// Captures from now on, debug lines included (the first call installs the logger).
+/// Captures from now on, every level included (the first call installs the logger).
 pub fn start() {
     let _ = log::set_logger(&CAPTURE);
-    log::set_max_level(log::LevelFilter::Debug);
+    log::set_max_level(log::LevelFilter::Trace);
     LINES.with(|l| l.borrow_mut().clear());
 }
 
