@@ -426,6 +426,33 @@ mark "want=keys_de"
 wait_for "$blog" "guest: keys 30:1 30:0 48:1 48:0 46:1 46:0 33:1 33:0 34:1 34:0 32:1 32:0 18:1 18:0 " 60 || fail "guest_b_no_keys_after"
 mark "phase=keys_after_destroy"
 
+# Sticky ports. The keyboard, assigned to guest-b by its IDs, is moved on the host to
+# another port of its controller (QMP device_del, device_add): guest-b's port 1 gets it
+# there, and the keys go on.
+mark "want=move_keyboard"
+wait_for "$ulog" "event=port_connected domid=$b_id devid=0 port=1 busid=3-2 vid=0627 pid=0001" 60 \
+  || fail "keyboard_did_not_follow"
+wait_for "$blog" "guest: kbd listening .* n=2 " 60 || fail "guest_b_no_keyboard_after_move"
+mark "want=keys_hi"
+wait_for "$blog" "guest: keys 30:1 30:0 48:1 48:0 46:1 46:0 33:1 33:0 34:1 34:0 32:1 32:0 18:1 18:0 35:1 35:0 23:1 23:0 " 60 \
+  || fail "guest_b_no_keys_after_move"
+mark "phase=keyboard_followed"
+# The tablet, assigned to guest-b by its bus id, is replaced by a mouse at the same port, as
+# a device that switches modes comes back with other IDs: the port stays guest-b's.
+usbctl_step attach guest-b 0 3 1-3.1 || fail "attach_tablet_b"
+wait_for "$blog" "guest: usbdev 1-3 vid=056a" 60 || fail "guest_b_no_tablet"
+mark "want=swap_tablet"
+wait_for "$ulog" "event=port_connected domid=$b_id devid=0 port=3 busid=1-3.1 vid=0627 pid=0001" 60 \
+  || fail "usbdom_did_not_keep_the_port"
+wait_for "$blog" "guest: usbdev 1-3 vid=0627 pid=0001 .*product=\"QEMU USB Mouse\"" 60 || fail "guest_b_no_mouse"
+mark "phase=port_kept"
+# The mouse works: moves sent on the host (QMP) reach guest-b's evdev. (The tablet's pen
+# was read as a mouse too, before.)
+wait_for "$blog" "guest: mouse listening .* name=\"QEMU QEMU USB Mouse\"" 60 || fail "guest_b_not_reading_the_mouse"
+mark "want=mouse_moves"
+wait_for "$blog" "guest: mouse rel_x=15" 60 || fail "guest_b_no_mouse_moves"
+mark "phase=mouse_moved"
+
 # The stick, free again, to guest-b's USB 2 controller: its xen-hcd gets the SuperSpeed
 # stick as a high-speed one with rewritten descriptors, which Linux takes as they are
 # (a configuration header that disagreed with the body made it warn "descriptor too short").

@@ -84,6 +84,36 @@ if [ -n "$devices" ]; then
     while kill -0 "$pid" 2>/dev/null && [ $n -lt "$limit" ]; do sleep 1; n=$((n + 1)); done
     if kill -0 "$pid" 2>/dev/null; then echo stuck; else wait "$pid"; echo $?; fi
   }
+  # USB Ethernet (`usbdom_net=<n>`: QEMU's usb-net, on a QEMU-internal hub with another
+  # guest's): this guest is 192.168.77.<n>, the other 192.168.77.<3-n>, pinged until it
+  # answers (it may come up later), then 5 times.
+  net_check() {
+    n=$(sed -n 's/.*usbdom_net=\([12]\).*/\1/p' /proc/cmdline)
+    [ -n "$n" ] || return 0
+    iface= i=0
+    while [ -z "$iface" ] && [ $i -lt 120 ]; do
+      for d in /sys/class/net/*; do
+        [ -e "$d/device" ] && iface=${d##*/}
+      done
+      [ -n "$iface" ] || sleep 1
+      i=$((i + 1))
+    done
+    if [ -z "$iface" ]; then
+      echo "guest: device net path=$devices error=no_interface"
+      return 0
+    fi
+    driver=$(basename "$(readlink "/sys/class/net/$iface/device/driver")")
+    ip link set "$iface" up
+    ip addr add "192.168.77.$n/24" dev "$iface"
+    peer=192.168.77.$((3 - n))
+    i=0
+    while [ $i -lt 180 ] && ! ping -c 1 -W 1 "$peer" >/dev/null 2>&1; do
+      sleep 1
+      i=$((i + 1))
+    done
+    got=$(ping -c 5 -W 2 "$peer" 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    echo "guest: device net path=$devices iface=$iface driver=$driver address=192.168.77.$n peer=$peer sent=5 received=${got:-0} waited_s=$i"
+  }
   # UAS (`usbdom_devices=uas`): which driver took the disk, and its first MiB's sha256.
   if [ "$devices" = uas ]; then
     i=0
@@ -92,6 +122,7 @@ if [ -n "$devices" ]; then
     driver=$(basename "$(readlink /sys/block/sda/device/../../../driver 2>/dev/null)")
     sum=$(dd if=/dev/sda bs=1M count=1 iflag=direct 2>/dev/null | sha256sum | cut -c1-64)
     echo "guest: device uas path=usbdom driver=${driver:-none} sha256=${sum:-none} hcd=$hcd"
+    net_check
     echo "guest: devices done"
     exec sleep 100000
   fi
@@ -120,6 +151,23 @@ if [ -n "$devices" ]; then
   else
     echo "guest: device serial path=$devices error=no_tty"
   fi
+  # Smartcard reader: its slot's status through usbfs, as pcscd asks (ccidprobe; Linux has
+  # no kernel driver for CCID readers).
+  i=0 reader=
+  while [ -z "$reader" ] && [ $i -lt 30 ]; do
+    for d in /sys/bus/usb/devices/*; do
+      [ "$(cat "$d/idVendor" 2>/dev/null):$(cat "$d/idProduct" 2>/dev/null)" = 08e6:4433 ] || continue
+      reader=$(printf '/dev/bus/usb/%03d/%03d' "$(cat "$d/busnum")" "$(cat "$d/devnum")")
+    done
+    [ -n "$reader" ] || sleep 1
+    i=$((i + 1))
+  done
+  if [ -n "$reader" ]; then
+    line=$(again /bin/ccidprobe "$reader")
+    echo "guest: device ccid path=$devices rc=$? ${line#guest: ccidprobe }"
+  else
+    echo "guest: device ccid path=$devices error=no_reader"
+  fi
   # A full-speed stick behind a hub (the 8 MiB disk) read while the SuperSpeed stick (the
   # other disk) is read flat out beside it: 4 MiB, direct I/O, timed by the uptime clock.
   fs= ss=
@@ -138,6 +186,7 @@ if [ -n "$devices" ]; then
   else
     echo "guest: device fs_stick path=$devices error=no_disks fs=$fs ss=$ss"
   fi
+  net_check
   echo "guest: devices done"
   exec sleep 100000
 fi
@@ -163,7 +212,7 @@ if [ -n "$soak" ]; then
   exec sleep 100000
 fi
 # The key benchmark (tests/e2e/keys.sh). `usbdom_keyprobe`: the keyboard's evdev device is
-# read by keyprobe, which reports each press through Xen's debug port (frontend-linux/keyprobe).
+# read by keyprobe, which reports each press through Xen's debug port (frontend-linux/probes).
 # `usbdom_load`: the stick, once it comes, is written flat out (direct I/O, after the first
 # 64 MiB) until the guest is destroyed, each 16 MiB timed by the uptime clock.
 if grep -q usbdom_keyprobe /proc/cmdline; then
@@ -260,11 +309,16 @@ fi
 #   pattern is written at 32 MiB, the second time (after a replug) it is read on and on
 #   (the host destroys this guest during such a read);
 # - a keyboard: its evdev device is opened (usbhid polls only an opened device) and the
-#   EV_KEY events read from it are printed as code:value, repeats left out.
+#   EV_KEY events read from it are printed as code:value, repeats left out;
+# - a mouse: its horizontal moves are added up.
 disk_round=0
 disk_present=
 keys_file=
+keys_pid=
+keys_listens=0
 keys_seen=
+mouse_pid=
+mouse_x=0
 while true; do
   for hc in /sys/bus/usb/devices/usb*; do
     [ -e "$hc/maxchild" ] && echo "guest: hc $(basename "$hc") ports=$(cat "$hc/maxchild") product=\"$(cat "$hc/product" 2>/dev/null)\""
@@ -303,17 +357,20 @@ while true; do
     disk_present=
     echo "guest: sda gone"
   fi
-  if [ -z "$keys_file" ]; then
+  if [ -z "$keys_pid" ]; then
+    # No reader: none yet, or its keyboard left (the reader ends normally then). A keyboard
+    # here (again) is read, its keys after the last one's; n counts the readers started.
     for e in /sys/class/input/event*; do
       grep -q "Keyboard" "$e/device/name" 2>/dev/null || continue
       keys_file=/tmp/keys
       keys_dev=/dev/input/${e##*/}
-      cat "$keys_dev" > "$keys_file" &
+      cat "$keys_dev" >> "$keys_file" &
       keys_pid=$!
-      echo "guest: kbd listening ${e##*/} name=\"$(cat "$e/device/name")\""
+      keys_listens=$((keys_listens + 1))
+      echo "guest: kbd listening ${e##*/} n=$keys_listens name=\"$(cat "$e/device/name")\""
       break
     done
-  elif [ -n "$keys_pid" ] && ! kill -0 "$keys_pid" 2>/dev/null; then
+  elif ! kill -0 "$keys_pid" 2>/dev/null; then
     # The reader is gone: the keyboard left (it ends normally), or it died of a signal
     # before it read anything (see `again`) and is started once more.
     wait "$keys_pid"; rc=$?
@@ -338,6 +395,30 @@ while true; do
     if [ -n "$keys" ] && [ "$keys" != "$keys_seen" ]; then
       keys_seen=$keys
       echo "guest: keys $keys"
+    fi
+  fi
+  # A mouse: read as a keyboard is; the sum of its REL_X moves (EV_REL 2, REL_X 0, the
+  # value an s32 in two u16 words) is printed when it changes.
+  if [ -z "$mouse_pid" ]; then
+    for e in /sys/class/input/event*; do
+      grep -q "Mouse" "$e/device/name" 2>/dev/null || continue
+      cat "/dev/input/${e##*/}" >> /tmp/mouse &
+      mouse_pid=$!
+      echo "guest: mouse listening ${e##*/} name=\"$(cat "$e/device/name")\""
+      break
+    done
+  elif ! kill -0 "$mouse_pid" 2>/dev/null; then
+    wait "$mouse_pid"
+    mouse_pid=
+  fi
+  if [ -s /tmp/mouse ]; then
+    x=$(od -An -v -tu2 /tmp/mouse | awk '{for (i = 1; i <= NF; i++) w[n++] = $i}
+      END {for (i = 0; i + 11 < n; i += 12) if (w[i+8] == 2 && w[i+9] == 0) {
+             v = w[i+10] + w[i+11] * 65536; if (v >= 2147483648) v -= 4294967296; s += v }
+           printf "%d", s}')
+    if [ "$x" != "$mouse_x" ]; then
+      mouse_x=$x
+      echo "guest: mouse rel_x=$x"
     fi
   fi
   sleep 1

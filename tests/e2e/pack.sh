@@ -16,7 +16,7 @@ cp "$image" "$stage/e2e/usbdom.elf"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
 # The guest's initramfs: busybox, the USB core modules, xen-hcd.ko, pvusb-hcd.ko, guest-init.sh and
-# (when USBATTACK and KEYPROBE name them) usbattack and keyprobe.
+# (when USBATTACK, KEYPROBE and CCIDPROBE name them) usbattack, keyprobe and ccidprobe.
 guest=$(mktemp -d)
 mkdir -p "$guest/bin" "$guest/lib/modules" "$guest/proc" "$guest/sys" "$guest/dev"
 cp "$cache/dom0/bin/busybox" "$guest/bin/busybox"
@@ -24,9 +24,10 @@ cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache/xen-hcd.
 cp "$cache"/guestmods/*.ko* "$cache/guestmods/order" "$cache/guestmods/devices" "$guest/lib/modules/"
 install -m 0755 "$here/guest-init.sh" "$guest/init"
 # The hostile frontend a guest runs when its command line says usbdom_attack=<phases>, and
-# the key benchmark's keyprobe (usbdom_keyprobe).
+# the key benchmark's keyprobe (usbdom_keyprobe) and the device table's ccidprobe.
 if [ -n "${USBATTACK:-}" ]; then install -m 0755 "$USBATTACK" "$guest/bin/usbattack"; fi
 if [ -n "${KEYPROBE:-}" ]; then install -m 0755 "$KEYPROBE" "$guest/bin/keyprobe"; fi
+if [ -n "${CCIDPROBE:-}" ]; then install -m 0755 "$CCIDPROBE" "$guest/bin/ccidprobe"; fi
 (cd "$guest" && find . | cpio -o -H newc --quiet) > "$stage/boot/guest-initrd.img"
 rm -rf "$guest"
 # dom0 drives the controller itself while the benchmark measures QEMU's qusb backend.

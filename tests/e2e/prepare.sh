@@ -59,9 +59,11 @@ guest_modules="scsi_common scsi_mod crct10dif_common crct10dif_generic crc-t10di
   xhci-hcd xhci-pci xen-gntalloc xen-evtchn"
 # The class drivers of the device-table run (`cargo xtask devices`, tests/e2e/devices.sh), in
 # order, loaded only by a guest told usbdom_devices: USB audio with the OSS emulation (a
-# guest plays through /dev/dsp with busybox's cat), the FTDI serial driver, and UAS.
+# guest plays through /dev/dsp with busybox's cat), the FTDI serial driver, UAS, and USB
+# Ethernet (QEMU's usb-net: RNDIS or CDC ECM).
 device_modules="soundcore snd snd-timer snd-pcm snd-hwdep snd-seq-device snd-rawmidi \
-  snd-usbmidi-lib mc snd-usb-audio snd-mixer-oss snd-pcm-oss usbserial ftdi_sio uas"
+  snd-usbmidi-lib mc snd-usb-audio snd-mixer-oss snd-pcm-oss usbserial ftdi_sio uas \
+  mii usbnet cdc_ether rndis_host"
 if [ "$(cat guestmods/order 2>/dev/null)" != "$guest_modules" ] || \
    [ "$(cat guestmods/devices 2>/dev/null)" != "$device_modules" ]; then
   log "taking the guest's storage and HID modules from the kernel package"

@@ -2,7 +2,7 @@
 //! press on the host to the evdev event in guest-b, whose stock xen-hcd has the keyboard
 //! through usbdom: N presses with guest-a idle, then N while guest-a writes its stick (stock
 //! xen-hcd, or with `--load-hcd pvusb-hcd` our frontend at SuperSpeed; the same usbdom)
-//! flat out. guest-b's keyprobe (frontend-linux/keyprobe) writes
+//! flat out. guest-b's keyprobe (frontend-linux/probes) writes
 //! each press to Xen's debug port, which Xen prints on the serial line this program reads:
 //! the time from sending the press to that line's arrival is the press's latency, with no
 //! console daemon or dom0 process on the way. Presses go one at a time, 40-100 ms after the

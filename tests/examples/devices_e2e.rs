@@ -7,11 +7,15 @@
 //!   (what the file grew by while each path played);
 //! - `usb-serial` (FTDI): a line written to `/dev/ttyUSB0`, found in the file QEMU's
 //!   character device writes;
+//! - `usb-ccid` behind the hub: the reader's slot status read through usbfs by the guest's
+//!   `ccidprobe` (a GetSlotStatus answered as CCID says);
 //! - a full-speed `usb-storage` behind the hub: 4 MiB read while the SuperSpeed stick is
 //!   read flat out beside it, in MB/s (a figure, not a check);
 //! - `usb-uas` (high speed, on a third controller with USB 2 ports only) to a guest with
 //!   our `pvusb-hcd`: the driver that took it, and its first MiB's sha256 against the
-//!   image's.
+//!   image's;
+//! - two `usb-net` adapters on one QEMU-internal network hub, one to each of two guests
+//!   (one behind the USB hub): the guests ping each other.
 //!
 //! Prints a line per device and path (the table of `docs/tested-devices.md`); exits 1 when
 //! the run did not get through or a device did not do its part through usbdom.
@@ -99,6 +103,19 @@ fn main() {
         "usb-uas,id=uas,bus=xhci3.0,port=1".into(),
         "-device".into(),
         "scsi-hd,bus=uas.0,scsi-id=0,lun=0,drive=uasdisk".into(),
+        // Two USB Ethernet adapters on one QEMU-internal hub (nothing leaves QEMU): one on
+        // the second controller (3-4), one behind the first's hub (1-3.3), a guest each.
+        "-netdev".into(),
+        "hubport,id=usbnet1,hubid=7".into(),
+        "-device".into(),
+        "usb-net,netdev=usbnet1,bus=xhci2.0,port=4,mac=52:54:00:75:73:01".into(),
+        "-netdev".into(),
+        "hubport,id=usbnet2,hubid=7".into(),
+        "-device".into(),
+        "usb-net,netdev=usbnet2,bus=xhci.0,port=3.3,mac=52:54:00:75:73:02".into(),
+        // A smartcard reader behind the hub, no card in it.
+        "-device".into(),
+        "usb-ccid,bus=xhci.0,port=3.4".into(),
     ]);
     // How far the wav file's samples had got when the qusb guest was done: what the
     // usbdom guest played comes after.
@@ -181,8 +198,16 @@ fn main() {
             rate.map_or("none".into(), |r| format!("{r:.3}")),
             f.as_deref().unwrap_or("no line")
         );
+        // The smartcard reader answered a GetSlotStatus through usbfs (no card: status 2).
+        let c = guest("ccid", path);
+        let answered = c.as_deref().is_some_and(|c| field(c, "rc") == Some("0"));
+        println!(
+            "devices device=ccid path={path} result={} guest=\"{}\"",
+            if answered { "answers" } else { "fails" },
+            c.as_deref().unwrap_or("no line")
+        );
         if path == "usbdom" {
-            ok &= played && arrived && rate.is_some();
+            ok &= played && arrived && rate.is_some() && answered;
         }
     }
     // UAS through pvusb-hcd: Linux's uas driver (not usb-storage) took it and read it right.
@@ -196,6 +221,20 @@ fn main() {
         u.as_deref().unwrap_or("no line")
     );
     ok &= uas_ok;
+    // USB Ethernet: each guest's pings of the other answered.
+    let nets = [guest("net", "usbdom"), guest("net", "uas")];
+    let pinged = nets.iter().all(|n| {
+        n.as_deref()
+            .and_then(|n| field(n, "received")?.parse::<u32>().ok())
+            .is_some_and(|r| r > 0)
+    });
+    println!(
+        "devices device=net path=usbdom result={} guest_d=\"{}\" guest_p=\"{}\"",
+        if pinged { "pings" } else { "fails" },
+        nets[0].as_deref().unwrap_or("no line"),
+        nets[1].as_deref().unwrap_or("no line")
+    );
+    ok &= pinged;
     if !ok {
         std::process::exit(1);
     }

@@ -502,7 +502,7 @@ impl NestedXen {
             "-device",
             "usb-hub,bus=xhci.0,port=3",
             "-device",
-            "usb-wacom-tablet,bus=xhci.0,port=3.1",
+            "usb-wacom-tablet,bus=xhci.0,port=3.1,id=tablet",
             "-append",
             xen_args.trim_end(),
         ]

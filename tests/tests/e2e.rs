@@ -37,11 +37,12 @@ fn xen_end_to_end() {
             .collect()
     };
     let host_action = |what: &str| match what {
-        "keys_abc" | "keys_fg" | "keys_de" => {
+        "keys_abc" | "keys_fg" | "keys_de" | "keys_hi" => {
             let names: &[&str] = match what {
                 "keys_abc" => &["a", "b", "c"],
                 "keys_fg" => &["f", "g"],
-                _ => &["d", "e"],
+                "keys_de" => &["d", "e"],
+                _ => &["h", "i"],
             };
             for k in keys(names) {
                 qmp(&socket, &[&k]);
@@ -61,6 +62,34 @@ fn xen_end_to_end() {
                 r#"{"execute":"device_add","arguments":{"driver":"usb-storage","bus":"xhci.0","port":"1","drive":"usbdisk2","id":"stick2"}}"#,
             ],
         ),
+        // The keyboard pulled out and put into another port of its controller.
+        "move_keyboard" => qmp(
+            &socket,
+            &[
+                r#"{"execute":"device_del","arguments":{"id":"kbd"}}"#,
+                r#"{"execute":"device_add","arguments":{"driver":"usb-kbd","bus":"xhci2.0","port":"2","id":"kbd2"}}"#,
+            ],
+        ),
+        // Another model at the tablet's port: what a device that switches modes looks like.
+        "swap_tablet" => qmp(
+            &socket,
+            &[
+                r#"{"execute":"device_del","arguments":{"id":"tablet"}}"#,
+                r#"{"execute":"device_add","arguments":{"driver":"usb-mouse","bus":"xhci.0","port":"3.1","id":"mouse"}}"#,
+            ],
+        ),
+        // Three moves right of 5: guest-b's mouse adds up 15.
+        "mouse_moves" => {
+            for _ in 0..3 {
+                qmp(
+                    &socket,
+                    &[
+                        r#"{"execute":"input-send-event","arguments":{"events":[{"type":"rel","data":{"axis":"x","value":5}}]}}"#,
+                    ],
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         other => panic!("dom0 asked for {other}"),
     };
     // Every step of the scenario fails on its own after a bounded wait; this only catches
@@ -455,8 +484,9 @@ fn xen_end_to_end() {
         );
 
         // Keys typed into the outer QEMU reached guest-b's evdev in order, before and after
-        // guest-a was destroyed (a=30 b=48 c=46 d=32 e=18, down 1 then up 0).
-        for p in ["keys_typed", "keys_after_destroy"] {
+        // guest-a was destroyed and after the keyboard moved to another port (a=30 b=48
+        // c=46 d=32 e=18 h=35 i=23, down 1 then up 0).
+        for p in ["keys_typed", "keys_after_destroy", "keyboard_followed"] {
             assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
         }
         let keys = guest_b
@@ -467,8 +497,14 @@ fn xen_end_to_end() {
             .trim();
         assert_eq!(
             keys,
-            "30:1 30:0 48:1 48:0 46:1 46:0 33:1 33:0 34:1 34:0 32:1 32:0 18:1 18:0"
+            "30:1 30:0 48:1 48:0 46:1 46:0 33:1 33:0 34:1 34:0 32:1 32:0 18:1 18:0 35:1 35:0 23:1 23:0"
         );
+        // Sticky ports: the keyboard, assigned by its IDs, followed them to the port it was
+        // moved to; the port assigned by bus id kept what came there in the tablet's place.
+        // And the mouse that came there works.
+        for p in ["port_kept", "mouse_moved"] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
 
         // The hostile guest-c (usbattack) while guest-a read and guest-b typed: every attack
         // went as the protocol says (refused, or guest-c disconnected where it broke the

@@ -137,8 +137,8 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
         )?;
         Ok(root().join("target/release/usbctl"))
     })?;
-    // The guest's own programs: the hostile frontend of an attacking guest, and the key
-    // benchmark's keyprobe. Static, since the guest's initramfs has no C library; for the
+    // The guest's own programs: the hostile frontend of an attacking guest, the key
+    // benchmark's keyprobe and the device table's ccidprobe. Static, since the guest's initramfs has no C library; for the
     // host's own target, so the flags reach no build script.
     let guest_bins = timed("guest programs", || {
         step(
@@ -146,7 +146,14 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
             cargo()
                 .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
                 .args(["-p", "usbattack", "--bin", "usbattack"])
-                .args(["-p", "keyprobe", "--bin", "keyprobe"])
+                .args([
+                    "-p",
+                    "guest-probes",
+                    "--bin",
+                    "keyprobe",
+                    "--bin",
+                    "ccidprobe",
+                ])
                 .env("RUSTFLAGS", "-C target-feature=+crt-static"),
         )?;
         Ok(root().join("target/x86_64-unknown-linux-gnu/release"))
@@ -160,7 +167,8 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
                 .arg(&initrd)
                 .env("USBCTL", &usbctl)
                 .env("USBATTACK", guest_bins.join("usbattack"))
-                .env("KEYPROBE", guest_bins.join("keyprobe")),
+                .env("KEYPROBE", guest_bins.join("keyprobe"))
+                .env("CCIDPROBE", guest_bins.join("ccidprobe")),
         )
     })?;
     let stick = out.join(stick);
