@@ -453,6 +453,13 @@ impl NestedXen {
     /// e008:ffff82d0402044a5, CR2 the same): one in three e2e runs lost a guest so.
     /// `cargo xtask soak --type pvh --usb usbdom`: 10 such triple faults in one run with it,
     /// none without.
+    ///
+    /// One CPU: with two, QEMU 7.2's two vCPU threads now and then get the emulated VMRUN
+    /// back into a guest wrong, and the guest ends in a triple fault at the instruction after
+    /// one that exited to Xen (`vmmcall`, `in`, `out`, `wrmsr` to the x2APIC EOI). `cargo
+    /// xtask soak --type pvh --usb usbdom` counted 10 in 90 s with two CPUs and none with one,
+    /// whose guests also got further (1026 processes and 30 reads against the two CPUs'
+    /// guests' 6 reads, dying over and over).
     pub fn args(&self, dom0_args: &str, qmp: Option<&Path>) -> Vec<String> {
         // Experiments on the outer machine (`cargo xtask soak`): USBDOM_E2E_ACCEL and
         // USBDOM_E2E_CPU replace the accelerator's and the CPU's options, USBDOM_E2E_XEN_ARGS
@@ -467,8 +474,9 @@ impl NestedXen {
         if let Ok(mib) = std::env::var("USBDOM_E2E_MEMORY") {
             dom0_args = format!("{dom0_args} usbdom.memory={mib}");
         }
-        // USBDOM_E2E_SMP: the outer machine's CPUs (2 by default); dom0 has as many vCPUs.
-        let smp = var("USBDOM_E2E_SMP", "2");
+        // USBDOM_E2E_SMP: the outer machine's CPUs (1 by default, see above); dom0 has as many
+        // vCPUs.
+        let smp = var("USBDOM_E2E_SMP", "1");
         let xen_args = format!(
             "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus={smp} noreboot iommu=no-sharept spec-ctrl=eager-fpu {}",
             var("USBDOM_E2E_XEN_ARGS", "")
