@@ -96,11 +96,15 @@ where
     }
 
     /// Serves again, in their turn, the frontends with submissions parked for want of
-    /// frames that now have room for one.
+    /// frames that now have room for the first of them.
     fn unthrottle(&mut self) {
         for (id, d) in &self.devices {
-            let parked = d.conn.as_ref().is_some_and(|c| !c.parked.is_empty());
-            if parked && self.pool.has_room_for_a_request(*id) && !self.busy.contains(id) {
+            let fits = d
+                .conn
+                .as_ref()
+                .and_then(|c| c.parked.front())
+                .is_some_and(|r| self.pool.has_room_for(*id, crate::bounce::pages_at_most(r)));
+            if fits && !self.busy.contains(id) {
                 self.busy.push_back(*id);
             }
         }

@@ -35,12 +35,12 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use xen::abi::grant_table::GntStatus;
-use xen::abi::usbif::USBIF_MAX_SEGMENTS_PER_REQUEST;
+use xen::abi::usbif::{UsbifUrbRequest, USBIF_MAX_SEGMENTS_PER_REQUEST};
 use xen::abi::Gfn;
 use xen::abi::{DomId, GrantRef};
 use xen::hypervisor::{CopyOp, CopyPtr, GrantMapping, LocalFrame, LocalFrames};
 use xen::page::SharedPage;
-use xen::pvusb::{RequestSegment, SegList, MAX_INDIRECT_SEGMENTS};
+use xen::pvusb::{RequestSegment, SegList, MAX_INDIRECT_SEGMENTS, USBIF_F_INDIRECT};
 
 use crate::persistent::{copy_page_bytes, PersistentGrants};
 use crate::DeviceId;
@@ -76,6 +76,19 @@ pub const MAX_REQUEST_PAGES: usize = {
         USBIF_MAX_SEGMENTS_PER_REQUEST
     }
 };
+
+/// The most pages of the pool `raw` can take, from its header alone (decoding checks it
+/// against what the request holds): an indirect request's data segments, a stock request's
+/// most. A frontend's submission waits while this would take it past its share: with the
+/// most any request can take instead, a small pool's share is one such request, and a
+/// frontend holding one page (a keyboard's poll, waiting for a key) could send nothing more.
+pub fn pages_at_most(raw: &UsbifUrbRequest) -> usize {
+    if raw.transfer_flags & USBIF_F_INDIRECT != 0 {
+        usize::from(raw.nr_buffer_segs).min(MAX_REQUEST_PAGES)
+    } else {
+        USBIF_MAX_SEGMENTS_PER_REQUEST
+    }
+}
 
 /// How many grant references of a frontend [`WrittenGrants`] remembers: a ring's worth of
 /// requests of 16 segments.
@@ -138,7 +151,7 @@ pub const MAX_POOL_FRAMES: usize = 4096;
 /// pool): a quarter of the pool's limit, so a frontend that keeps its ring full of megabyte
 /// requests leaves the pool to three more doing the same, and never less than one request's
 /// [`MAX_REQUEST_PAGES`]. Past it the frontend's submissions wait, taken off its ring
-/// ([`FramePool::has_room_for_a_request`]), until its transfers give pages back; its unlinks
+/// ([`FramePool::has_room_for`]), until its transfers give pages back; its unlinks
 /// are served meanwhile.
 pub const FRONTEND_PAGE_SHARE: usize = MAX_POOL_FRAMES / 4;
 
@@ -296,10 +309,9 @@ impl<P> FramePool<P> {
         self.held_by.get(&owner).copied().unwrap_or(0)
     }
 
-    /// Whether `owner` may take one more request of any size without going past its
-    /// [`FramePool::share`].
-    pub fn has_room_for_a_request(&self, owner: DeviceId) -> bool {
-        self.held_by(owner) + MAX_REQUEST_PAGES <= self.share()
+    /// Whether `owner` may take `pages` more without going past its [`FramePool::share`].
+    pub fn has_room_for(&self, owner: DeviceId, pages: usize) -> bool {
+        self.held_by(owner) + pages <= self.share()
     }
 
     /// The page `id` names and the address a device reaches it at; None for an id that
@@ -684,19 +696,19 @@ mod tests {
         assert_eq!(pool.set_limit(2048), 2048);
         assert_eq!(pool.share(), 512);
         let mut held = Vec::new();
-        while pool.has_room_for_a_request(A) {
+        while pool.has_room_for(A, MAX_REQUEST_PAGES) {
             held.push(pool.take(&mut dom, MAX_REQUEST_PAGES, A).unwrap());
         }
         assert_eq!(pool.held_by(A), 512);
         let owners = [B, DeviceId { devid: 1, ..A }, DeviceId { devid: 1, ..B }];
         for owner in owners {
-            while pool.has_room_for_a_request(owner) {
+            while pool.has_room_for(owner, MAX_REQUEST_PAGES) {
                 held.push(pool.take(&mut dom, MAX_REQUEST_PAGES, owner).unwrap());
             }
         }
         assert_eq!(pool.held(), 2048);
         let late = DeviceId { devid: 2, ..A };
-        assert!(pool.has_room_for_a_request(late));
+        assert!(pool.has_room_for(late, MAX_REQUEST_PAGES));
         assert!(
             pool.take(&mut dom, 1, late).is_none(),
             "no frame past the limit, though within its share"
@@ -708,19 +720,19 @@ mod tests {
         let mut dom = Xen::new().create_domain();
         let mut pool: FramePool<LocalPage> = FramePool::default();
         let mut held = Vec::new();
-        while pool.has_room_for_a_request(A) {
+        while pool.has_room_for(A, MAX_REQUEST_PAGES) {
             held.push(pool.take(&mut dom, MAX_REQUEST_PAGES, A).unwrap());
         }
         assert!(pool.held_by(A) <= FRONTEND_PAGE_SHARE);
         assert!(pool.held_by(A) + MAX_REQUEST_PAGES > FRONTEND_PAGE_SHARE);
         assert_eq!(pool.held_by(B), 0, "another frontend's count is its own");
-        assert!(pool.has_room_for_a_request(B));
+        assert!(pool.has_room_for(B, MAX_REQUEST_PAGES));
         let mut unmap = Vec::new();
         let first = held.remove(0);
         // Given back twice: counted once.
         pool.release(first.clone(), &mut unmap);
         pool.release(first, &mut unmap);
-        assert!(pool.has_room_for_a_request(A));
+        assert!(pool.has_room_for(A, MAX_REQUEST_PAGES));
         for f in held {
             pool.release(f, &mut unmap);
         }

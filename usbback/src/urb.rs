@@ -64,7 +64,11 @@ where
             }
             // Submissions parked for want of frames go first, in ring order, once there is
             // room (`finish_answers` serves the frontend again when its pages come back).
-            if !c.parked.is_empty() && self.pool.has_room_for_a_request(id) {
+            let parked_fits = c
+                .parked
+                .front()
+                .is_some_and(|r| self.pool.has_room_for(id, bounce::pages_at_most(r)));
+            if parked_fits {
                 if let Some(raw) = c.parked.pop_front() {
                     taken += 1;
                     if !self.request(id, raw, host, &mut stage) {
@@ -93,7 +97,8 @@ where
                     // others parked before it, waits off the ring; an unlink is served at
                     // once (it may cancel one of those).
                     let submit = raw.pipe & USBIF_PIPE_UNLINK == 0;
-                    if submit && (!c.parked.is_empty() || !self.pool.has_room_for_a_request(id)) {
+                    let fits = self.pool.has_room_for(id, bounce::pages_at_most(&raw));
+                    if submit && (!c.parked.is_empty() || !fits) {
                         c.parked.push_back(raw);
                         c.stats.throttled += 1;
                         continue;

@@ -245,3 +245,48 @@ fn a_frontend_holding_its_share_waits_while_another_is_served_and_can_still_unli
     assert_eq!(stats.throttled, 4, "four waited");
     assert_eq!(w.be.bounce_frames_held(), 0);
 }
+
+#[test]
+fn in_a_small_pool_a_frontend_with_a_poll_waiting_still_sends_its_other_requests() {
+    let ConnectedFrontend {
+        mut w,
+        mut host,
+        mut front,
+        be,
+        fe,
+    } = connected_frontend();
+    // usbdom in 8 MiB: 668 frames, a frontend's share one indirect request's most.
+    w.be.set_bounce_frames(668);
+    assign(&w.xen, be, fe, 1, "1-1");
+    settle(&mut w.be, &mut host);
+    let fe_dom = w.fe.clone();
+    address(&mut w, &mut host, &fe_dom, &mut front);
+    // A poll the device holds, as a keyboard's waits for a key: one page held.
+    host.hold = true;
+    let report = buffer(&fe_dom, be, 0, &[0; 8], false);
+    let poll = with_buffer(
+        urb(1, 1, 7, 1, Direction::In, TransferType::Interrupt),
+        &report,
+    );
+    send(&fe_dom, &mut front, &[poll]);
+    settle(&mut w.be, &mut host);
+    assert_eq!(host.held.len(), 1);
+    // A read meanwhile reaches the device and is answered; nothing waited for frames.
+    host.hold = false;
+    let block = buffer(&fe_dom, be, 0, &[0; 512], false);
+    let read = with_buffer(urb(2, 1, 7, 1, Direction::In, TransferType::Bulk), &block);
+    send(&fe_dom, &mut front, &[read]);
+    settle(&mut w.be, &mut host);
+    let rsp: Vec<(u16, i32)> = responses(&mut front)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(rsp, [(2, USBIF_STATUS_OK)]);
+    let stats =
+        w.be.stats(DeviceId {
+            frontend: fe,
+            devid: 0,
+        })
+        .unwrap();
+    assert_eq!(stats.throttled, 0);
+}
