@@ -68,7 +68,7 @@ fn main() {
                  \x20 bench    `bench backend`: usbback's CPU time per URB on xen::sim;\n\
                  \x20          `bench qemu [--datapath copy|map] [--in-flight N]`: the ring path against the driver alone, in QEMU;\n\
                  \x20          `bench e2e [--mib N] [--runs N]`: usbdom vs qusb vs passthrough on Xen;\n\
-                 \x20          `bench keys [--presses N] [--load-hcd H]`: key latency on Xen, another guest idle and writing\n\
+                 \x20          `bench keys [--presses N] [--load-hcd H] [--cpus N]`: key latency on Xen, another guest idle and writing\n\
                  \x20 soak     crashes in the nested machine with and without usbdom's traffic:\n\
                  \x20          `soak [--usb none|usbdom|qusb] [--type pvh|pv] [--seconds N] [--runs N]`\n\
                  \x20 devices  the device table on real Xen: QEMU's class devices through usbdom to\n\
@@ -313,7 +313,7 @@ fn bench(args: &[String]) -> Result {
         // guest-a writes 16 MiB after the first 64 over and over.
         Some("keys") => nested_xen_program("bench_keys", "keys-stick.img", 80, &args[1..]),
         other => Err(format!(
-            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map] [--in-flight N]`, `cargo xtask bench e2e [--mib N] [--runs N]` and `cargo xtask bench keys [--presses N] [--load-hcd xen-hcd|pvusb-hcd]`"
+            "bench: unknown benchmark {other:?}; there are `cargo xtask bench backend`, `cargo xtask bench qemu [--rounds N] [--mib N] [--datapath copy|map] [--in-flight N]`, `cargo xtask bench e2e [--mib N] [--runs N]` and `cargo xtask bench keys [--presses N] [--load-hcd xen-hcd|pvusb-hcd] [--cpus N]`"
         )),
     }
 }
