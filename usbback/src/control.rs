@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 
 use log::warn;
 use usb::request::{CLEAR_FEATURE, SET_ADDRESS, SET_CONFIGURATION, SET_INTERFACE};
-use usb::{feature, request_type, Direction, SetupPacket, TransferType};
+use usb::{feature, request_type, Direction, SetupPacket};
 use xen::abi::usbif::{USBIF_STATUS_INVAL, USBIF_STATUS_OK};
 use xen::hypervisor::{EventChannels, GrantCopier, GrantMapper, LocalFrames};
 use xen::page::SharedPage;
@@ -194,7 +194,7 @@ where
         device: u32,
         op: impl FnOnce(&mut Self, u64) -> Result<(), TransferError>,
     ) {
-        let token = self.tokens.issue(id, rid);
+        let token = self.tokens.issue(id, rid, false);
         match op(self, token) {
             Ok(()) => {
                 if let Some(c) = self.devices.get_mut(&id).and_then(|d| d.conn.as_mut()) {
@@ -210,7 +210,6 @@ where
                                 data: 0,
                             },
                             direction: Direction::Out,
-                            transfer_type: TransferType::Control,
                             iso_packets: Vec::new(),
                             rewrite: None,
                             port,

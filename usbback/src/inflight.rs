@@ -28,10 +28,6 @@ impl InFlightTable {
         self.entries.iter().any(|e| e.0 == rid)
     }
 
-    pub(crate) fn get(&self, rid: u16) -> Option<&InFlight> {
-        self.entries.iter().find(|e| e.0 == rid).map(|e| &e.1)
-    }
-
     pub(crate) fn get_mut(&mut self, rid: u16) -> Option<&mut InFlight> {
         self.entries
             .iter_mut()

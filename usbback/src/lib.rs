@@ -59,7 +59,7 @@ use alloc::vec::Vec;
 use xen::abi::grant_table::GntStatus;
 
 use log::{info, warn};
-use usb::{Direction, IsoPacket, Speed, TransferType};
+use usb::{Direction, IsoPacket, Speed};
 use xen::abi::usbif::*;
 use xen::abi::{DomId, EvtchnPort};
 
@@ -74,7 +74,7 @@ use xen::hypervisor::{
 use xen::page::{PageSpan, SharedPage};
 use xen::pvusb::{self, UsbIsoPacketDescriptor};
 
-use host::{Completion, DeviceInfo, HostEvent, TransferError, UsbHost};
+use host::{DeviceInfo, HostEvent, TransferError, UsbHost};
 use policy::Policy;
 use xen::ring::BackRing;
 use xen::xenbus::{XenbusError, XenbusState};
@@ -163,8 +163,6 @@ struct InFlight {
     device: u32,
     buffer: Buffer,
     direction: Direction,
-    /// Interrupt and isochronous completions are answered first ([`Backend::host_events`]).
-    transfer_type: TransferType,
     /// Its isochronous packets (what is copied back of each).
     iso_packets: Vec<IsoPacket>,
     /// A GET_DESCRIPTOR of a SuperSpeed device whose answer is rewritten.
@@ -532,7 +530,7 @@ where
         self.inventory_changed |= events.iter().any(|e| !matches!(e, HostEvent::Completed(_)));
         for e in events.drain(..) {
             match e {
-                HostEvent::Completed(c) if self.is_periodic(&c) => {
+                HostEvent::Completed(c) if self.tokens.is_periodic(c.token) => {
                     if let Some(id) = self.complete(c) {
                         touched.push(id);
                     }
@@ -612,19 +610,6 @@ where
         self.finish_answers();
         self.touched = touched;
         self.later = later;
-    }
-
-    /// Whether `c` is of an interrupt or isochronous transfer.
-    fn is_periodic(&self, c: &Completion) -> bool {
-        self.tokens
-            .owner(c.token)
-            .and_then(|(id, rid)| self.devices.get(&id)?.conn.as_ref()?.inflight.get(rid))
-            .is_some_and(|f| {
-                matches!(
-                    f.transfer_type,
-                    TransferType::Interrupt | TransferType::Isochronous
-                )
-            })
     }
 
     /// [`Backend::flush`]es each frontend in `touched` once, and empties it.

@@ -20,21 +20,26 @@ struct Slot {
     generation: u32,
     /// The frontend and request id, while the token is out.
     owner: Option<(DeviceId, u16)>,
+    /// The request is an interrupt or isochronous transfer.
+    periodic: bool,
 }
 
 impl Tokens {
-    /// A token for request `rid` of `id`, until [`Tokens::take`] takes it back.
-    pub(crate) fn issue(&mut self, id: DeviceId, rid: u16) -> u64 {
+    /// A token for request `rid` of `id` (an interrupt or isochronous transfer when
+    /// `periodic`), until [`Tokens::take`] takes it back.
+    pub(crate) fn issue(&mut self, id: DeviceId, rid: u16, periodic: bool) -> u64 {
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot {
                 generation: 0,
                 owner: None,
+                periodic: false,
             });
             (self.slots.len() - 1) as u32
         });
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.owner = Some((id, rid));
+        slot.periodic = periodic;
         self.in_use += 1;
         u64::from(slot.generation) << 32 | u64::from(index)
     }
@@ -52,13 +57,12 @@ impl Tokens {
         Some(owner)
     }
 
-    /// The request `token` names, which it still names; `None` for a token not out.
-    pub(crate) fn owner(&self, token: u64) -> Option<(DeviceId, u16)> {
-        let slot = self.slots.get(token as u32 as usize)?;
-        if u64::from(slot.generation) != token >> 32 {
-            return None;
-        }
-        slot.owner
+    /// Whether `token` names an interrupt or isochronous transfer, whose completion
+    /// [`crate::Backend::host_events`] answers first; false for a token not out.
+    pub(crate) fn is_periodic(&self, token: u64) -> bool {
+        self.slots.get(token as u32 as usize).is_some_and(|slot| {
+            u64::from(slot.generation) == token >> 32 && slot.owner.is_some() && slot.periodic
+        })
     }
 
     /// Tokens out.
@@ -79,22 +83,27 @@ mod tests {
             devid: 0,
         };
         let mut t = Tokens::default();
-        let a = t.issue(id, 7);
-        let b = t.issue(id, 8);
+        let a = t.issue(id, 7, false);
+        let b = t.issue(id, 8, true);
+        assert!(!t.is_periodic(a) && t.is_periodic(b));
         assert_ne!(a, b);
         assert_eq!(t.len(), 2);
         assert_eq!(t.take(a), Some((id, 7)));
         assert_eq!(t.take(a), None, "taken already");
-        let c = t.issue(id, 9);
+        let c = t.issue(id, 9, false);
         assert_ne!(c, a, "the slot is reused under a new generation");
         assert_eq!(c as u32, a as u32);
         assert_eq!(t.take(a), None, "the old name names nothing");
         assert_eq!(t.take(u64::MAX), None);
         assert_eq!((t.take(b), t.take(c)), (Some((id, 8)), Some((id, 9))));
+        assert!(
+            !t.is_periodic(b),
+            "a token taken back names nothing periodic"
+        );
         assert_eq!(t.len(), 0);
         // Slots are reused: no growth past the most held at once.
         for _ in 0..100 {
-            let x = t.issue(id, 1);
+            let x = t.issue(id, 1, false);
             t.take(x);
         }
         assert_eq!(t.slots.len(), 2);

@@ -563,7 +563,11 @@ where
                     c.stats.zero_copy += 1;
                 }
             }
-            let token = self.tokens.issue(id, r.rid);
+            let periodic = matches!(
+                shape.transfer_type,
+                TransferType::Interrupt | TransferType::Isochronous
+            );
+            let token = self.tokens.issue(id, r.rid, periodic);
             let transfer = host::Transfer {
                 token,
                 endpoint: shape.endpoint,
@@ -603,7 +607,6 @@ where
                                 device: r.device,
                                 buffer: r.buffer,
                                 direction,
-                                transfer_type: shape.transfer_type,
                                 iso_packets,
                                 rewrite: r.rewrite,
                                 port: r.port,
