@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use usbdom_tests::{field, run_qemu_timed, NestedXen, Qmp, StallProbe};
+use usbdom_tests::{field, key_event, run_qemu_timed, NestedXen, Qmp, StallProbe};
 
 /// The phases dom0 asks for (`E2E: want=keys_<phase>`), in order.
 const PHASES: [&str; 2] = ["idle", "load"];
@@ -157,13 +157,6 @@ struct Phase {
     lost: usize,
     /// What went wrong talking to QEMU, if anything.
     error: Option<String>,
-}
-
-/// A QMP `input-send-event` of `key`, pressed or released.
-fn key_event(key: &str, down: bool) -> String {
-    format!(
-        r#"{{"execute":"input-send-event","arguments":{{"events":[{{"type":"key","data":{{"down":{down},"key":{{"type":"qcode","data":"{key}"}}}}}}]}}}}"#
-    )
 }
 
 /// Presses [`KEY`] `presses` times, one at a time, timing each to its echo on `echoes`; then

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod qmp;
 pub mod stall;
 
-pub use qmp::Qmp;
+pub use qmp::{key_event, Qmp};
 pub use stall::StallProbe;
 
 /// QEMU's exit status when the guest wrote the success value (0x10) to `isa-debug-exit`.

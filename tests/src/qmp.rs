@@ -70,3 +70,11 @@ impl Qmp {
             .replace("\\\"", "\""))
     }
 }
+
+/// The QMP command that presses (`down`) or releases `key`, a QEMU qcode ("a", "esc"), on the
+/// machine's first keyboard.
+pub fn key_event(key: &str, down: bool) -> String {
+    format!(
+        r#"{{"execute":"input-send-event","arguments":{{"events":[{{"type":"key","data":{{"down":{down},"key":{{"type":"qcode","data":"{key}"}}}}}}]}}}}"#
+    )
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use usbdom_tests::{field, qmp, run_qemu_probed, NestedXen, StallProbe};
+use usbdom_tests::{field, key_event, qmp, run_qemu_probed, NestedXen, StallProbe};
 
 #[test]
 #[ignore = "needs the e2e artefacts: cargo xtask e2e"]
@@ -29,11 +29,7 @@ fn xen_end_to_end() {
         names
             .iter()
             .flat_map(|k| [true, false].map(|down| (k, down)))
-            .map(|(k, down)| {
-                format!(
-                    r#"{{"execute":"input-send-event","arguments":{{"events":[{{"type":"key","data":{{"down":{down},"key":{{"type":"qcode","data":"{k}"}}}}}}]}}}}"#
-                )
-            })
+            .map(|(k, down)| key_event(k, down))
             .collect()
     };
     let host_action = |what: &str| match what {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use usbdom_tests::{field, qmp, Machine, Run, EXIT_SUCCESS};
+use usbdom_tests::{field, key_event, qmp, Machine, Run, EXIT_SUCCESS};
 
 fn boot(machine: &str) -> Run {
     Machine::new(machine, &format!("boot-{machine}"))
@@ -553,12 +553,8 @@ fn a_keyboard_behind_a_hub_delivers_its_reports_too() {
 fn keyboard_report(machine: Machine) {
     let socket = machine.scratch().join("qmp.sock");
     let _ = std::fs::remove_file(&socket);
-    let key = |down: bool| {
-        format!(
-            r#"{{"execute":"input-send-event","arguments":{{"events":[{{"type":"key","data":{{"down":{down},"key":{{"type":"qcode","data":"a"}}}}}}]}}}}"#
-        )
-    };
-    let key_b = |down: bool| key(down).replace(r#""data":"a""#, r#""data":"b""#);
+    let key = |down: bool| key_event("a", down);
+    let key_b = |down: bool| key_event("b", down);
     let pressed = std::cell::Cell::new(false);
     let run = machine
         .arg("-qmp")
