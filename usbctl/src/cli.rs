@@ -15,7 +15,9 @@ DOMAIN is a name or id. DEVICE names a device the backend offers: a bus id, Linu
 (1-2, 1-4.3), or vid:pid[:serial] (0627:0001), which follows the device to any port.
 `up` runs `xl create GUEST.CFG ...`, then does what `apply` does: creates the controllers and
 attaches the devices of the config's vusb = [ 'usbver=2, numports=8, port_1=1-2' ] entries.
-Devices not plugged in are attached when they are.";
+Devices not plugged in are attached when they are. `up` and `apply` record the config
+(/var/lib/usbdom/guests), so `start` gives the guest its controllers again after the driver
+domain was restarted.";
 
 /// PVUSB controllers served by the usbdom driver domain, from dom0.
 #[derive(Parser, Debug)]
@@ -42,6 +44,26 @@ pub enum Command {
         /// Passed on to `xl create`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         xl_args: Vec<String>,
+    },
+    /// Starts the driver domain as usbdom.service does: makes the config's `pci` controllers
+    /// assignable, runs `xl create`, waits for usbdom's `event=ready`, then gives each running
+    /// guest its config's controllers back (the configs `up` and `apply` recorded, and
+    /// /etc/xen/auto's). With the domain already running, only the last step.
+    Start {
+        /// The driver domain's xl config.
+        #[arg(default_value = crate::service::DRIVER_DOMAIN_CONFIG)]
+        config: String,
+        /// How long to wait for `event=ready`, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Stops the driver domain as usbdom.service does: removes every controller it serves
+    /// (their devices first, as `hc-destroy` does), destroys it and gives its controllers
+    /// back to dom0 (`xl pci-assignable-remove -r`).
+    Stop {
+        /// The driver domain's xl config.
+        #[arg(default_value = crate::service::DRIVER_DOMAIN_CONFIG)]
+        config: String,
     },
     /// Shows usbdom's devices, their owners and each controller's counters from its log;
     /// exits 2 with the panic text if usbdom panicked.
@@ -121,8 +143,29 @@ impl Cli {
     /// text clap would print.
     pub fn parse_args(args: &[String]) -> Result<Cli, Error> {
         Cli::try_parse_from(core::iter::once("usbctl".to_string()).chain(args.iter().cloned()))
-            .map_err(|e| Error(e.render().to_string().trim_end().to_string()))
+            .map_err(|e| Error(one_line(&e)))
     }
+}
+
+/// A command-line mistake as one line, as scripts and logs want it: clap's message with its
+/// list items joined, then the usage line (`--help` says the rest).
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut message = Vec::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+        } else if !line.starts_with("For more information") {
+            message.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    let mut out = message.join(" ");
+    if let Some(u) = usage {
+        out.push_str("; usage: ");
+        out.push_str(&u);
+    }
+    out
 }
 
 /// Carries out `command` with `backend_name` as the backend, printing results to `out`.

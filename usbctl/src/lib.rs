@@ -42,6 +42,7 @@ pub fn devices_dir(backend: DomId) -> String {
 
 pub mod cli;
 pub mod monitor;
+pub mod service;
 pub mod xlcfg;
 
 pub use xen::pvusb::busid_key;

@@ -6,7 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::process::exit;
 use std::time::Duration;
 
+mod toolstack;
+
 use clap::Parser;
+
 use usbctl::cli::{self, Cli, Command, XenstoreCommand};
 use usbctl::Error;
 use xen::xenstore::{XenStore, XsError, XsTransport};
@@ -15,7 +18,7 @@ use xen::xenstore::{XenStore, XsError, XsTransport};
 const SOCKETS: &[&str] = &["/run/xenstored/socket", "/var/run/xenstored/socket"];
 
 /// xenstore over xenstored's unix socket; bytes a blocking wait read early wait in `early`.
-struct Socket {
+pub(crate) struct Socket {
     stream: UnixStream,
     early: Vec<u8>,
 }
@@ -67,7 +70,7 @@ impl XsTransport for Socket {
     }
 }
 
-fn connect() -> Result<XenStore<Socket>, Error> {
+pub(crate) fn connect() -> Result<XenStore<Socket>, Error> {
     for path in SOCKETS {
         if let Ok(s) = UnixStream::connect(path) {
             return Ok(XenStore::new(Socket {
@@ -82,31 +85,8 @@ fn connect() -> Result<XenStore<Socket>, Error> {
     )))
 }
 
-/// `up GUEST.CFG [ARGS]`: the config is checked, `xl create GUEST.CFG ARGS` runs, then
-/// `apply` for the domain the config names.
-fn up(backend: &str, file: &str, xl_args: &[String]) -> Result<(), Error> {
-    let cfg = usbctl::read_config(file)?;
-    let name = cfg
-        .name
-        .ok_or_else(|| Error(format!("{file}: no name = \"...\" (xl needs one too)")))?;
-    let status = std::process::Command::new("xl")
-        .arg("create")
-        .arg(file)
-        .args(xl_args)
-        .status()
-        .map_err(|e| Error(format!("xl: {e}")))?;
-    if !status.success() {
-        return Err(Error(format!("xl create {file} failed ({status})")));
-    }
-    let apply = XenstoreCommand::Apply {
-        domain: name,
-        config: file.into(),
-    };
-    cli::run(backend, apply, connect, tick(), &mut std::io::stdout())
-}
-
 /// What runs while usbctl waits for the backend.
-fn tick() -> Box<dyn FnMut()> {
+pub(crate) fn tick() -> Box<dyn FnMut()> {
     Box::new(|| std::thread::sleep(Duration::from_millis(100)))
 }
 
@@ -167,10 +147,30 @@ fn monitor(
     }
 }
 
+/// The command line, or its exit: help exits 0, a mistake 2 with one line.
+fn parse() -> Cli {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            exit(0)
+        }
+        Err(e) => {
+            eprintln!("usbctl: {}", cli::one_line(&e));
+            exit(2)
+        }
+    }
+}
+
 fn main() {
-    let Cli { backend, command } = Cli::parse();
+    let Cli { backend, command } = parse();
     let result = match command {
-        Command::Up { config, xl_args } => up(&backend, &config, &xl_args),
+        Command::Up { config, xl_args } => toolstack::up(&backend, &config, &xl_args),
+        Command::Start { config, timeout } => {
+            toolstack::start(&config, Duration::from_secs(timeout))
+        }
+        Command::Stop { config } => toolstack::stop(&config),
         Command::Monitor {
             follow,
             json,
@@ -182,7 +182,15 @@ fn main() {
             Err(e) => Err(e),
         },
         Command::Xenstore(command) => {
-            cli::run(&backend, command, connect, tick(), &mut std::io::stdout())
+            let record = match &command {
+                XenstoreCommand::Apply { domain, config } => Some((domain.clone(), config.clone())),
+                _ => None,
+            };
+            cli::run(&backend, command, connect, tick(), &mut std::io::stdout()).map(|()| {
+                if let Some((domain, config)) = record {
+                    toolstack::record(&domain, &config);
+                }
+            })
         }
     };
     if let Err(e) = result {

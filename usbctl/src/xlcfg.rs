@@ -30,13 +30,18 @@ pub struct Vusb {
     pub assigned: Vec<(u32, DeviceSelector)>,
 }
 
-/// What usbctl takes from a guest's config file.
+/// What usbctl takes from an xl config file: a guest's, or the driver domain's (`usbctl start`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuestConfig {
     /// `name`.
     pub name: Option<String>,
     /// `vusb`, in order.
     pub vusb: Vec<Vusb>,
+    /// `pci`: the devices passed through (the driver domain's USB controllers), each as xl
+    /// takes it (`0000:00:14.0`, maybe with `,option=…`).
+    pub pci: Vec<String>,
+    /// `serial` (the driver domain's log: `file:/var/log/xen/usbdom-serial.log`).
+    pub serial: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -186,6 +191,12 @@ pub fn parse(file: &str, text: &str) -> Result<GuestConfig, Error> {
             ("vusb", Value::One(_)) => {
                 return Err(syntax(line, "vusb must be a list: vusb = [ '...' ]"))
             }
+            ("pci", Value::List(devices)) => cfg.pci = devices.into_iter().map(|d| d.1).collect(),
+            ("pci", Value::One(_)) => {
+                return Err(syntax(line, "pci must be a list: pci = [ '0000:00:14.0' ]"))
+            }
+            ("serial", Value::One(s)) => cfg.serial = Some(s),
+            ("serial", Value::List(l)) => cfg.serial = l.into_iter().next().map(|s| s.1),
             _ => {}
         }
     }

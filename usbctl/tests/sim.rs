@@ -459,8 +459,15 @@ fn the_command_line_reports_what_is_wrong() {
     assert!(no_domain.contains("--backend <DOMAIN>"), "{no_domain}");
     let unknown = e(cli(&w, &["frobnicate"]));
     assert!(
-        unknown.contains("unrecognized subcommand 'frobnicate'") && unknown.contains("Usage:"),
-        "{unknown}"
+        unknown.contains("unrecognized subcommand 'frobnicate'")
+            && unknown.contains("; usage: usbctl [OPTIONS] <COMMAND>")
+            && !unknown.contains('\n'),
+        "one line: {unknown}"
+    );
+    assert_eq!(
+        e(cli(&w, &["attach", "guest", "0"])),
+        "the following required arguments were not provided: <PORT> <DEVICE>; \
+         usage: usbctl attach <DOMAIN> <DEVID> <PORT> <DEVICE>"
     );
 
     let created = cli(&w, &["hc-create", "guest", "2", "8"]).unwrap();
@@ -492,4 +499,101 @@ fn hc_create_accepts_a_backend_that_already_went_past_initwait() {
     });
     let mut u = Usbctl::new(w.xen.dom0().xenstore(), tick).with_timeout(Duration::from_millis(200));
     assert_eq!(u.hc_create(w.guest, w.usbdom, 2, 8), Ok(0));
+}
+
+#[test]
+fn start_gives_a_guest_its_controllers_back_from_a_new_driver_domain() {
+    let w = machine(true);
+    let cfg = usbctl::xlcfg::parse(
+        "guest.cfg",
+        "name = 'guest'\nvusb = [ 'usbver=2, numports=4, port_1=1-1' ]\n",
+    )
+    .unwrap();
+    let mut u = usbctl(&w);
+    let first = u.reapply(w.guest, &cfg.vusb, "usbdom").unwrap();
+    assert_eq!(
+        first,
+        [
+            "controller 0: USB 2, 4 ports, backend usbdom",
+            "  port 1: 1-1 connected"
+        ]
+    );
+    // The service started again with usbdom still running: nothing changes.
+    assert_eq!(
+        u.reapply(w.guest, &cfg.vusb, "usbdom").unwrap(),
+        ["served by usbdom already"]
+    );
+    assert_eq!(u.served_by(w.usbdom).unwrap(), [(w.guest, 0)]);
+
+    // usbdom dies without `usbctl stop` (libxl removes its directory) and a new one starts
+    // under the same name: the guest's dead controller goes and devid 0 comes back, served
+    // by the new domain, its keyboard on port 1.
+    w.xen.destroy_domain(w.usbdom);
+    w.xen
+        .dom0()
+        .xenstore()
+        .rm(TxId::NONE, &format!("/local/domain/{}", w.usbdom))
+        .unwrap();
+    let usbdom2 = w.xen.create_domain();
+    name(&w.xen, usbdom2.domid(), "usbdom");
+    *w.backend.borrow_mut() =
+        Some(Backend::new(usbdom2.clone(), usbdom2.xenstore(), usbdom2.domid()).unwrap());
+    // The new driver domain enumerates the controller's devices afresh.
+    let mut host = SimHost::new();
+    host.plug(Box::new(Keyboard::new()), "1-1", Speed::Full);
+    *w.host.borrow_mut() = host;
+    let again = u.reapply(w.guest, &cfg.vusb, "usbdom").unwrap();
+    assert_eq!(
+        again,
+        [
+            "controller 0 removed: its backend domain is gone",
+            "controller 0: USB 2, 4 ports, backend usbdom",
+            "  port 1: 1-1 connected"
+        ]
+    );
+    let list = u.list(w.guest).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].backend, usbdom2.domid());
+    assert_eq!(list[0].assigned, [(1, "1-1".to_string())]);
+    assert_eq!(u.served_by(usbdom2.domid()).unwrap(), [(w.guest, 0)]);
+}
+
+#[test]
+fn start_finds_recorded_configs_then_xendomains_ones() {
+    use usbctl::service::{guest_configs, record_guest};
+    let dir = std::env::temp_dir().join(format!("usbctl-service-{}", std::process::id()));
+    let (recorded, auto, files) = (dir.join("guests"), dir.join("auto"), dir.join("files"));
+    for d in [&auto, &files] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let write = |path: &std::path::Path, name: &str| {
+        let text = format!("name = \"{name}\"\nvusb = [ 'port_1=1-1' ]\n");
+        std::fs::write(path, text).unwrap();
+    };
+    write(&files.join("b.cfg"), "guest-b");
+    write(&files.join("gone.cfg"), "guest-gone");
+    record_guest(&recorded, "guest-b", &files.join("b.cfg")).unwrap();
+    record_guest(&recorded, "guest-gone", &files.join("gone.cfg")).unwrap();
+    std::fs::remove_file(files.join("gone.cfg")).unwrap();
+    // xendomains' copy of guest-b: the recorded one counts.
+    write(&auto.join("b.cfg"), "guest-b");
+    write(&auto.join("c.cfg"), "guest-c");
+    std::fs::write(auto.join("broken.cfg"), "name = [\n").unwrap();
+    let found: Vec<_> = guest_configs(&recorded, &auto)
+        .into_iter()
+        .map(|r| r.map_err(|e| e.0))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            Ok(("guest-b".to_string(), recorded.join("guest-b.cfg"))),
+            Err(format!(
+                "{}:1: unterminated name list",
+                auto.join("broken.cfg").display()
+            )),
+            Ok(("guest-c".to_string(), auto.join("c.cfg"))),
+        ]
+    );
+    assert!(record_guest(&recorded, "../x", &files.join("b.cfg")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,204 @@
+//! The commands that run `xl` as well as xenstore: `up`, and `start` and `stop`, which are
+//! what `usbdom.service` runs (its xenstore side is `usbctl::service`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use usbctl::cli::{self, XenstoreCommand};
+use usbctl::service::{self, ReadyWatch, AUTO_DIR, GUESTS_DIR};
+use usbctl::{read_config, Error, Usbctl};
+
+use crate::{connect, tick};
+
+/// Runs `xl ARGS`; its output goes where usbctl's does.
+fn xl(args: &[&str]) -> Result<(), Error> {
+    let status = Command::new("xl")
+        .args(args)
+        .status()
+        .map_err(|e| Error(format!("xl: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error(format!("xl {} failed ({status})", args.join(" "))))
+    }
+}
+
+/// Records `config` as guest `domain`'s for `start`; a record that cannot be written is
+/// said, not fatal (the controllers are there; only a restart of usbdom would miss them).
+pub(crate) fn record(domain: &str, config: &str) {
+    let name = read_config(config)
+        .ok()
+        .and_then(|c| c.name)
+        .unwrap_or_else(|| domain.to_string());
+    if let Err(e) = service::record_guest(Path::new(GUESTS_DIR), &name, Path::new(config)) {
+        eprintln!("usbctl: not recorded for `usbctl start`: {e}");
+    }
+}
+
+/// `up GUEST.CFG [ARGS]`: the config is checked, `xl create GUEST.CFG ARGS` runs, then
+/// `apply` for the domain the config names, and the config is recorded.
+pub(crate) fn up(backend: &str, file: &str, xl_args: &[String]) -> Result<(), Error> {
+    let cfg = read_config(file)?;
+    let name = cfg
+        .name
+        .ok_or_else(|| Error(format!("{file}: no name = \"...\" (xl needs one too)")))?;
+    let mut args = vec!["create", file];
+    args.extend(xl_args.iter().map(String::as_str));
+    xl(&args)?;
+    let apply = XenstoreCommand::Apply {
+        domain: name.clone(),
+        config: file.into(),
+    };
+    cli::run(backend, apply, connect, tick(), &mut std::io::stdout())?;
+    record(&name, file);
+    Ok(())
+}
+
+/// The PCI address of an xl `pci` entry (`0000:00:14.0,permissive=1` → `0000:00:14.0`).
+fn bdf(entry: &str) -> &str {
+    entry.split(',').next().unwrap_or(entry).trim()
+}
+
+/// What `xl pci-assignable-list` lists.
+fn assignable() -> Vec<String> {
+    Command::new("xl")
+        .arg("pci-assignable-list")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `start [CONFIG]`.
+pub(crate) fn start(config: &str, timeout: Duration) -> Result<(), Error> {
+    let cfg = read_config(config)?;
+    let name = cfg
+        .name
+        .ok_or_else(|| Error(format!("{config}: no name = \"...\"")))?;
+    let mut u = Usbctl::new(connect()?, tick());
+    if let Ok(id) = u.domain(&name) {
+        println!("usbctl: {name} runs already (domain {id})");
+    } else {
+        if cfg.pci.is_empty() {
+            return Err(Error(format!(
+                "{config} passes no USB controller through: set pci = [ \"0000:00:14.0\" ] \
+                 (`lspci -D -d ::0c03` lists them)"
+            )));
+        }
+        let listed = assignable();
+        for entry in &cfg.pci {
+            let bdf = bdf(entry);
+            if listed.iter().any(|l| l.ends_with(bdf)) {
+                continue;
+            }
+            xl(&["pci-assignable-add", bdf])?;
+            println!("usbctl: {bdf} is assignable");
+        }
+        let log = cfg.serial.as_deref().and_then(service::serial_file);
+        let watch = log.map(|l| ReadyWatch::new(Path::new(l)));
+        xl(&["create", config])?;
+        match watch {
+            Some(watch) => {
+                let line = wait_ready(&mut u, &name, &watch, timeout)?;
+                println!("usbctl: {name} serves: {line}");
+            }
+            None => println!(
+                "usbctl: {name} created; {config} has no serial = \"file:...\" to wait for its event=ready in"
+            ),
+        }
+    }
+    reapply_all(&mut u, &name);
+    Ok(())
+}
+
+/// Waits for the ready line; fails at once if the domain is gone (it stopped booting).
+fn wait_ready(
+    u: &mut Usbctl<crate::Socket>,
+    name: &str,
+    watch: &ReadyWatch,
+    timeout: Duration,
+) -> Result<String, Error> {
+    let start = Instant::now();
+    loop {
+        if let Some(line) = watch.ready_line() {
+            return Ok(line);
+        }
+        if u.domain(name).is_err() {
+            return Err(Error(format!(
+                "{name} ended before it logged event=ready (see its log, `xl dmesg`)"
+            )));
+        }
+        if start.elapsed() > timeout {
+            return Err(Error(format!(
+                "{name} logged no event=ready within {} s (see its log)",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Gives each running guest with a known config its controllers back; a guest that fails
+/// is said and the others go on.
+fn reapply_all(u: &mut Usbctl<crate::Socket>, backend: &str) {
+    let running = u.running_domains().unwrap_or_default();
+    for found in service::guest_configs(Path::new(GUESTS_DIR), Path::new(AUTO_DIR)) {
+        let (name, path) = match found {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("usbctl: skipped: {e}");
+                continue;
+            }
+        };
+        let Some((id, _)) = running.iter().find(|(_, n)| *n == name) else {
+            continue;
+        };
+        let done = read_config(&path.display().to_string())
+            .and_then(|cfg| u.reapply(*id, &cfg.vusb, backend));
+        match done {
+            Ok(lines) => {
+                for line in lines {
+                    println!("usbctl: {name}: {line}");
+                }
+            }
+            Err(e) => eprintln!("usbctl: {name}: {e}"),
+        }
+    }
+}
+
+/// `stop [CONFIG]`.
+pub(crate) fn stop(config: &str) -> Result<(), Error> {
+    let cfg = read_config(config)?;
+    let name = cfg
+        .name
+        .ok_or_else(|| Error(format!("{config}: no name = \"...\"")))?;
+    let mut u = Usbctl::new(connect()?, tick());
+    match u.domain(&name) {
+        Ok(backend) => {
+            for (frontend, devid) in u.served_by(backend)? {
+                // A guest that is gone as well has nothing to see go.
+                match u.hc_destroy(frontend, devid) {
+                    Ok(()) => println!("usbctl: removed controller {devid} of domain {frontend}"),
+                    Err(e) => eprintln!("usbctl: controller {devid} of domain {frontend}: {e}"),
+                }
+            }
+            xl(&["destroy", &name])?;
+            println!("usbctl: {name} destroyed");
+        }
+        Err(_) => println!("usbctl: {name} is not running"),
+    }
+    let listed = assignable();
+    for entry in &cfg.pci {
+        let bdf = bdf(entry);
+        if listed.iter().any(|l| l.ends_with(bdf)) {
+            xl(&["pci-assignable-remove", "-r", bdf])?;
+            println!("usbctl: {bdf} is dom0's again");
+        }
+    }
+    Ok(())
+}
