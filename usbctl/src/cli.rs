@@ -45,8 +45,9 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         xl_args: Vec<String>,
     },
-    /// Starts the driver domain as usbdom.service does: makes the config's `pci` controllers
-    /// assignable, runs `xl create`, waits for usbdom's `event=ready`, then gives each running
+    /// Starts the driver domain and gives running guests their controllers (usbdom.service).
+    ///
+    /// Makes the config's `pci` controllers assignable, runs `xl create`, waits for usbdom's `event=ready`, then gives each running
     /// guest its config's controllers back (the configs `up` and `apply` recorded, and
     /// /etc/xen/auto's). With the domain already running, only the last step.
     Start {
@@ -57,8 +58,9 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         timeout: u64,
     },
-    /// Stops the driver domain as usbdom.service does: removes every controller it serves
-    /// (their devices first, as `hc-destroy` does), destroys it and gives its controllers
+    /// Takes every guest's controllers away and stops the driver domain (usbdom.service).
+    ///
+    /// Removes every controller the driver domain serves (their devices first, as `hc-destroy` does), destroys it and gives its controllers
     /// back to dom0 (`xl pci-assignable-remove -r`).
     Stop {
         /// The driver domain's xl config.

@@ -9,6 +9,8 @@
 //!   hypervisor the kernel runs its demo (simulated VMs served through usbback).
 //! - `cargo xtask run --xen`: Xen inside QEMU with dom0, usbdom and two Linux guests using
 //!   USB devices through it, then a shell on dom0's console.
+//! - `cargo xtask deb`: the Debian packages (`usbdom` for dom0, `usbdom-frontend-dkms` for
+//!   guests) in `target/deb/`, checked by lintian (xtask/src/deb.rs).
 //! - `cargo xtask demo`: the PVUSB connection played out on `xen::sim`.
 //! - `cargo xtask e2e`: the end-to-end run: Xen 4.17 inside QEMU, dom0, usbdom, two guests.
 //! - `cargo xtask bench backend|qemu|e2e`: figures, not tests: usbback's CPU time per URB on
@@ -25,6 +27,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
+mod deb;
 mod nested_xen;
 use nested_xen::{e2e, e2e_command, nested_xen_program};
 
@@ -38,6 +41,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("binutils", "/usr/bin/objcopy"),
     // QEMU for the boot tests and `run`; bookworm's 7.2 is also what nested Xen needs.
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    // `cargo xtask deb`: usbctl's library dependencies, and the packages' check.
+    ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
+    ("lintian", "/usr/bin/lintian"),
 ];
 
 /// The bare-metal target the unikernel and its no_std crates build for.
@@ -54,6 +60,7 @@ fn main() {
         Some("bench") => bench(&args[1..]),
         Some("soak") => nested_xen_program("soak_e2e", "soak-stick.img", 64, &args[1..]),
         Some("devices") => nested_xen_program("devices_e2e", "devices-stick.img", 64, &args[1..]),
+        Some("deb") => deb::deb_command(),
         Some("install") => install(),
         _ => {
             eprintln!(
@@ -73,6 +80,7 @@ fn main() {
                  \x20          `soak [--usb none|usbdom|qusb] [--type pvh|pv] [--seconds N] [--runs N]`\n\
                  \x20 devices  the device table on real Xen: QEMU's class devices through usbdom to\n\
                  \x20          guests' stock drivers, each checked from the host\n\
+                 \x20 deb      the Debian packages usbdom and usbdom-frontend-dkms, checked by lintian\n\
                  \x20 install  only install prerequisites"
             );
             exit(2);
