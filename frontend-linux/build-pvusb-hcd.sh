@@ -5,9 +5,12 @@
 # `checkpatch.pl --strict`, taken from Debian's kernel source package: an ERROR or a WARNING
 # fails the build.
 #
-# Usage: build-pvusb-hcd.sh KERNEL_VERSION OUT_DIR
+# Usage: build-pvusb-hcd.sh KERNEL_VERSION OUT_DIR [PACKAGE.deb]
 #   KERNEL_VERSION  e.g. 6.1.0-57-amd64 (the guest's `uname -r`)
 #   OUT_DIR         where pvusb-hcd.ko is written (and the kernel source package cached)
+#   PACKAGE.deb     usbdom-frontend-dkms (`cargo xtask deb`): the source is taken from the
+#                   package, from /usr/src as its installation leaves it for DKMS, instead of
+#                   from this directory
 # Needs (installed here through apt when missing, as root): dkms, linux-headers-KERNEL_VERSION,
 # make, gcc, xz-utils, perl; the source comes from linux-source-<major.minor> via
 # `apt-get download`.
@@ -16,6 +19,7 @@ kver=${1:?kernel version, e.g. 6.1.0-57-amd64}
 out=${2:?output directory}
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/pvusb-hcd
+deb=${3:-}
 series=$(echo "$kver" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/')
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -23,13 +27,23 @@ out=$(cd "$out" && pwd)
 . "$(dirname "$0")/apt-packages.sh"
 need_packages build-pvusb-hcd dkms "linux-headers-$kver" make gcc xz-utils perl
 
-name=$(sed -n 's/^PACKAGE_NAME="\(.*\)"/\1/p' "$src/dkms.conf")
-version=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$src/dkms.conf")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/src/$name-$version" "$work/dkms"
-cp "$src"/*.c "$src"/*.h "$src/Kbuild" "$src/Makefile" "$src/dkms.conf" "$work/src/$name-$version/"
-dkms build --dkmstree "$work/dkms" --sourcetree "$work/src" -m "$name" -v "$version" -k "$kver" >&2
+if [ -n "$deb" ]; then
+  dpkg-deb -x "$deb" "$work/root"
+  src=$(dirname "$(ls "$work"/root/usr/src/*/dkms.conf)")
+fi
+name=$(sed -n 's/^PACKAGE_NAME="\(.*\)"/\1/p' "$src/dkms.conf")
+version=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$src/dkms.conf")
+mkdir -p "$work/dkms"
+if [ -n "$deb" ]; then
+  sourcetree=$work/root/usr/src
+else
+  sourcetree=$work/src
+  mkdir -p "$sourcetree/$name-$version"
+  cp "$src"/*.c "$src"/*.h "$src/Kbuild" "$src/Makefile" "$src/dkms.conf" "$sourcetree/$name-$version/"
+fi
+dkms build --dkmstree "$work/dkms" --sourcetree "$sourcetree" -m "$name" -v "$version" -k "$kver" >&2
 ko=$(find "$work/dkms/$name/$version/$kver" -name "$name.ko*" | head -n1)
 [ -n "$ko" ] || { echo "build-pvusb-hcd: dkms built no $name.ko" >&2; exit 1; }
 cp "$ko" "$out/$name.ko"

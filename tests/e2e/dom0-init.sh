@@ -147,6 +147,15 @@ reads_in() {
   while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do sleep 1; done
   reads=$(( $(reads_done) - r0 ))
 }
+# wait_more FILE PATTERN COUNT SECONDS: waits for FILE to have more than COUNT lines with PATTERN.
+wait_more() {
+  i=0
+  while [ $i -lt "$4" ]; do
+    [ "$(grep -c -- "$2" "$1" 2>/dev/null)" -gt "$3" ] && return 0
+    sleep 1; i=$((i + 1))
+  done
+  return 1
+}
 # wait_for FILE PATTERN SECONDS
 wait_for() {
   i=0
@@ -231,24 +240,46 @@ memory=$(sed -n 's/.*usbdom\.memory=\([0-9]*\).*/\1/p' /proc/cmdline)
 xhcis=$(lspci -D -n | awk '$2 ~ /^0c03:/ && $3 == "1b36:000d" {print $1}')
 xhci=$(echo "$xhcis" | head -n1)
 [ -n "$xhci" ] || fail "no_xhci_in_dom0"
-# The driver domain, HVM, with every xHCI controller passed through.
+# The usbdom package (`cargo xtask deb`) installed as on any Debian dom0: the image, usbctl,
+# /etc/xen/usbdom.cfg and usbdom.service.
+install_usbdom() {
+  dpkg -i /e2e/usbdom.deb > /tmp/dpkg.out 2>&1 || { sed 's|^|dpkg: |' /tmp/dpkg.out; fail "dpkg_install_usbdom"; }
+  mark "phase=usbdom_installed version=$(dpkg-query -W -f='${Version}' usbdom) usbctl=$(command -v usbctl)"
+}
+# unit_exec KEY: the command usbdom.service gives for KEY (ExecStart, ExecStop), run as systemd
+# would run it: dom0 here has no systemd, so its init runs the unit's commands itself.
+unit_exec() {
+  cmd=$(sed -n "s/^$1=//p" /lib/systemd/system/usbdom.service)
+  [ -n "$cmd" ] || fail "unit_has_no_$1"
+  echo "unit: $1=$cmd"
+  timeout 300 $cmd 2>&1 | sed 's|^|unit: |'
+}
+# The driver domain, HVM, with every xHCI controller passed through, started by the service's
+# ExecStart after the administrator's edits to /etc/xen/usbdom.cfg: the controllers, and
+# this run's log level, datapath and memory.
 create_usbdom() {
+  [ -f /lib/systemd/system/usbdom.service ] || install_usbdom
   pci=
-  for x in $xhcis; do
-    timeout 60 xl pci-assignable-add "$x" || fail "pci_assignable_add"
-    pci="${pci:+$pci, }\"$x\""
-  done
-  sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" -e "s|^pci = .*|pci = [ $pci ]|" \
+  for x in $xhcis; do pci="${pci:+$pci, }\"$x\""; done
+  sed -i -e "s|^pci = .*|pci = [ $pci ]|" \
       -e "s|^extra = .*|extra = \"loglevel=${1:-debug}${datapath:+ datapath=$datapath}\"|" \
       ${memory:+-e "s|^memory = .*|memory = $memory|" -e "s|^maxmem = .*|maxmem = $memory|"} \
-      /e2e/xen-cfg/usbdom.cfg > /tmp/usbdom.cfg
+      /etc/xen/usbdom.cfg
   mark "phase=usbdom_create xhci=$(echo $xhcis | tr ' ' ,)"
-  xl_create usbdom /tmp/usbdom.cfg || fail "xl_create_usbdom"
-  # The nested machine now and then ends an HVM domain in its firmware, before usbdom runs
-  # (a triple fault at a BIOS address): made again then.
-  ready usbdom /var/log/xen/console/guest-usbdom.log "xl_create usbdom /tmp/usbdom.cfg" "event=ready" \
-    || fail "usbdom_not_ready"
+  start_usbdom
   mark "phase=usbdom_ready"
+}
+# start_usbdom: the unit's ExecStart, for a usbdom not running. The nested machine now and
+# then ends an HVM domain in its firmware, before usbdom runs (a triple fault at a BIOS
+# address): started again then, from nothing.
+start_usbdom() {
+  unit_exec ExecStart
+  if ! grep -q "event=ready" /var/log/xen/console/guest-usbdom.log 2>/dev/null; then
+    env_retry "usbdom_start"
+    xl destroy usbdom 2>/dev/null
+    unit_exec ExecStart
+  fi
+  wait_for /var/log/xen/console/guest-usbdom.log "event=ready" 30 || fail "usbdom_not_ready"
 }
 # start_qusb: dom0 drives the controller itself (xhci_hcd) and runs QEMU's PV backends in its
 # device model, as users have it today; sets $bus and $addr of the stick.
@@ -473,7 +504,8 @@ wait_for "$ulog" "event=vusb_removed domid=$b_id " 30 || fail "usbdom_did_not_re
 mark "phase=hc_destroyed"
 
 # The same image as a PVH domU: no passthrough there, but it serves xenstore and PVUSB.
-sed -e "s|^kernel = .*|kernel = \"/e2e/usbdom.elf\"|" /e2e/xen-cfg/usbdom-pvh.cfg > /tmp/usbdom-pvh.cfg
+# The image the package installed, where the config has it.
+cp /e2e/xen-cfg/usbdom-pvh.cfg /tmp/usbdom-pvh.cfg
 xl_create usbdom-pvh /tmp/usbdom-pvh.cfg || fail "xl_create_usbdom_pvh"
 plog=/var/log/xen/console/guest-usbdom-pvh.log
 wait_for "$plog" "event=ready" 90 || fail "usbdom_pvh_not_ready"
@@ -484,6 +516,40 @@ wait_for "$blog" "guest: hc usb[0-9]* ports=4" 60 || fail "pvh_guest_hc_missing"
 mark "phase=pvh_frontend_connected"
 usbctl_step hc-destroy guest-b 0 || fail "hc_destroy_pvh"
 mark "phase=pvh_hc_destroyed"
+
+# usbdom.service. Started again with usbdom running, it gives guest-b, whose config
+# `usbctl up` recorded, its controller back, with a 0627:0001 on port 1 (the keyboard or the
+# mouse: QEMU gives both those IDs).
+b_hid=$(grep -c "guest: usbdev .* vid=0627 pid=0001" "$blog")
+b_port1=$(grep -c "event=port_connected domid=$b_id devid=0 port=1 " "$ulog")
+unit_exec ExecStart
+wait_more "$ulog" "event=port_connected domid=$b_id devid=0 port=1 .* vid=0627 pid=0001" "$b_port1" 60 \
+  || fail "service_did_not_reapply"
+wait_more "$blog" "guest: usbdev .* vid=0627 pid=0001" "$b_hid" 60 || fail "guest_b_no_device_on_reapply"
+mark "phase=service_reapplied"
+# Stopped: every controller usbdom serves goes, devices first, and usbdom with them.
+b_gone=$(grep -c "USB disconnect" "$blog")
+unit_exec ExecStop
+xl domid usbdom >/dev/null 2>&1 && fail "service_left_usbdom"
+xenstore-exists "/local/domain/$b_id/device/vusb/0" && fail "service_left_a_controller"
+wait_more "$blog" "USB disconnect" "$b_gone" 30 || fail "guest_b_no_disconnect_on_stop"
+mark "phase=service_stopped"
+# Started from nothing, as at boot with guest-b running: a new usbdom, and guest-b's
+# controller and device from its recorded config. The first usbdom's logs are set aside
+# meanwhile and put back, for the checks of the scenario above; the new one's log is
+# guest-usbdom-restarted.log.
+b_hid=$(grep -c "guest: usbdev .* vid=0627 pid=0001" "$blog")
+mv "$ulog" /tmp/usbdom-first.log
+mv /var/log/xen/usbdom-serial.log /tmp/usbdom-first-serial.log
+start_usbdom
+wait_for "$ulog" "event=port_connected domid=$b_id devid=0 port=1 .* vid=0627 pid=0001" 60 \
+  || fail "service_restart_not_reapplied"
+wait_more "$blog" "guest: usbdev .* vid=0627 pid=0001" "$b_hid" 60 || fail "guest_b_no_device_on_restart"
+mark "phase=service_restarted usbdom=$(xl domid usbdom)"
+mv "$ulog" /var/log/xen/console/guest-usbdom-restarted.log
+mv /tmp/usbdom-first.log "$ulog"
+mv /var/log/xen/usbdom-serial.log /var/log/xen/usbdom-restarted-serial.log
+mv /tmp/usbdom-first-serial.log /var/log/xen/usbdom-serial.log
 
 mark "result=pass environment_retries=$env_retries guest_environment_retries=$(guest_env_retries)"
 finish

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Packs dom0's initramfs for one end-to-end run: the cached root (dom0-base.cpio) followed by
-# a small archive with /init (dom0-init.sh), the usbdom image, the xl configs, usbctl, the
-# guest's kernel and initramfs. Linux unpacks concatenated cpio archives in order.
-# Usage: pack.sh CACHE_DIR IMAGE OUT
+# a small archive with /init (dom0-init.sh), the usbdom package (its image, usbctl, its config
+# and unit: dom0 installs it), the guests' xl configs, the guest's kernel and initramfs.
+# Linux unpacks concatenated cpio archives in order.
+# Usage: pack.sh CACHE_DIR USBDOM.deb OUT
 set -euo pipefail
-cache=$1 image=$2 out=$3
+cache=$1 deb=$2 out=$3
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 stage=$(mktemp -d)
@@ -12,7 +13,7 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/e2e/xen-cfg" "$stage/boot"
 install -m 0755 "$here/dom0-init.sh" "$stage/init"
 cp "$here/bench.sh" "$here/soak.sh" "$here/devices.sh" "$here/keys.sh" "$stage/e2e/"
-cp "$image" "$stage/e2e/usbdom.elf"
+cp "$deb" "$stage/e2e/usbdom.deb"
 cp "$repo"/xen-cfg/*.cfg "$stage/e2e/xen-cfg/"
 cp "$cache/vmlinuz" "$stage/boot/vmlinuz"
 # The guest's initramfs: busybox, the USB core modules, xen-hcd.ko, pvusb-hcd.ko, guest-init.sh and
@@ -33,7 +34,6 @@ rm -rf "$guest"
 # dom0 drives the controller itself while the benchmark measures QEMU's qusb backend.
 mkdir -p "$stage/e2e/mods"
 cp "$cache"/usbmods/usb-common.ko* "$cache"/usbmods/usbcore.ko* "$cache"/guestmods/xhci-*.ko* "$stage/e2e/mods/"
-if [ -n "${USBCTL:-}" ]; then mkdir -p "$stage/usr/local/bin"; cp "$USBCTL" "$stage/usr/local/bin/usbctl"; fi
 (cd "$stage" && find . | cpio -o -H newc --quiet) > "$out.extra"
 cat "$cache/dom0-base.cpio" "$out.extra" > "$out"
 rm -f "$out.extra"

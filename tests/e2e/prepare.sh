@@ -5,13 +5,16 @@
 #   vmlinuz        Debian's kernel, for dom0 and the guest
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
 #   xen-hcd.ko     Linux's PVUSB frontend (frontend-linux/build-xen-hcd.sh)
-#   pvusb-hcd.ko   our own PVUSB frontend, built with DKMS and checked with checkpatch
-#                  (frontend-linux/build-pvusb-hcd.sh); rebuilt whenever its source changes
+#   pvusb-hcd.ko   our own PVUSB frontend, built with DKMS from the usbdom-frontend-dkms
+#                  package FRONTEND_DKMS_DEB names (`cargo xtask deb`) and checked with
+#                  checkpatch (frontend-linux/build-pvusb-hcd.sh); rebuilt whenever its source
+#                  changes
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
 #   guestmods/     the guest's SCSI disk, usb-storage, HID, evdev, xHCI, gntalloc and evtchn
 #                  modules, in order (`order`), and the device-table run's sound and serial
 #                  ones (`devices`)
-# Usage: prepare.sh CACHE_DIR   (prints the kernel version on its last line)
+# Usage: FRONTEND_DKMS_DEB=PACKAGE.deb prepare.sh CACHE_DIR   (prints the kernel version on its
+# last line)
 set -euo pipefail
 cache=${1:?cache dir}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -90,8 +93,8 @@ fi
 # Keyed by its source: a change to the module rebuilds (and re-checks) it.
 pvusb_src=$(cd "$here/../../frontend-linux" && cat build-pvusb-hcd.sh pvusb-hcd/*.[ch] pvusb-hcd/Kbuild pvusb-hcd/Makefile pvusb-hcd/dkms.conf | sha256sum | cut -c1-16)
 if [ "$(cat pvusb-hcd.src 2>/dev/null)" != "$pvusb_src" ] || [ ! -f pvusb-hcd.ko ]; then
-  log "building pvusb-hcd.ko for $kver (DKMS, checkpatch)"
-  "$here/../../frontend-linux/build-pvusb-hcd.sh" "$kver" "$cache/hcd" >&2
+  log "building pvusb-hcd.ko for $kver (DKMS from $(basename "$FRONTEND_DKMS_DEB"), checkpatch)"
+  "$here/../../frontend-linux/build-pvusb-hcd.sh" "$kver" "$cache/hcd" "${FRONTEND_DKMS_DEB:?the usbdom-frontend-dkms package}" >&2
   cp hcd/pvusb-hcd.ko pvusb-hcd.ko
   echo "$pvusb_src" > pvusb-hcd.src
 fi

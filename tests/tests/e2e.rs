@@ -136,6 +136,7 @@ fn xen_end_to_end() {
     }
     for (_, l) in &run.lines {
         if l.starts_with("usbctl-up: ")
+            || l.starts_with("unit: ")
             || l.starts_with("monitor: ")
             || l.starts_with("LOG dom0-free: ")
         {
@@ -738,6 +739,39 @@ fn xen_end_to_end() {
         assert_eq!(
             (field(connected, "ports"), field(connected, "usb_ver")),
             (Some("4"), Some("1"))
+        );
+
+        // The usbdom package, installed in dom0, and its unit's commands (dom0's init runs
+        // them: no systemd there). Started again with usbdom running, the service gave
+        // guest-b (`usbctl up`) its controller back; stopped, it took it away and ended
+        // usbdom; started from nothing, a new usbdom served guest-b's config again.
+        let installed = marks
+            .iter()
+            .find(|(_, l)| field(l, "phase") == Some("usbdom_installed"))
+            .expect("phase=usbdom_installed")
+            .1;
+        assert_eq!(field(installed, "usbctl"), Some("/usr/sbin/usbctl"), "{installed}");
+        for p in ["service_reapplied", "service_stopped", "service_restarted"] {
+            assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
+        }
+        let restarted: Vec<&str> = r
+            .lines
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix("LOG guest-usbdom-restarted.log: "))
+            .collect();
+        let restarted_event = |name: &str| {
+            restarted
+                .iter()
+                .copied()
+                .find(|l| l.split_whitespace().any(|w| w == format!("event={name}")))
+        };
+        let ready = restarted_event("ready").expect("the restarted usbdom is ready");
+        assert_eq!(field(ready, "usb_controllers"), Some("2"), "{ready}");
+        let connected = restarted_event("port_connected").expect("guest-b's device again");
+        assert_eq!(
+            [field(connected, "domid"), field(connected, "port"), field(connected, "vid")],
+            [Some(b_id), Some("1"), Some("0627")],
+            "{connected}"
         );
     });
 }

@@ -7,7 +7,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{cargo, image, install, pseudo_random, root, step, Result};
+use super::{cargo, install, pseudo_random, root, step, Result};
 
 /// Where the end-to-end artefacts are cached between runs (they take minutes to build).
 fn e2e_cache() -> PathBuf {
@@ -121,22 +121,21 @@ fn qemu_for_nested_xen(cache: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// zero. Returns the environment that `usbdom_tests::NestedXen` and `run_qemu` read.
 fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
     install()?;
-    let image = timed("image", image)?.production;
+    // dom0 installs the usbdom package; the guests' pvusb-hcd is DKMS's build of the other.
+    let debs = timed("packages", crate::deb::build)?;
     let cache = e2e_cache();
     let here = root().join("tests/e2e");
     timed("artefacts", || {
-        step("prepare", Command::new(here.join("prepare.sh")).arg(&cache))
+        step(
+            "prepare",
+            Command::new(here.join("prepare.sh"))
+                .arg(&cache)
+                .env("FRONTEND_DKMS_DEB", &debs.frontend_dkms),
+        )
     })?;
     let out = root().join("target/e2e");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let initrd = out.join("dom0.cpio");
-    let usbctl = timed("usbctl", || {
-        step(
-            "usbctl build",
-            cargo().args(["build", "--release", "-p", "usbctl"]),
-        )?;
-        Ok(root().join("target/release/usbctl"))
-    })?;
     // The guest's own programs: the hostile frontend of an attacking guest, the key
     // benchmark's keyprobe and the device table's ccidprobe. Static, since the guest's initramfs has no C library; for the
     // host's own target, so the flags reach no build script.
@@ -163,9 +162,8 @@ fn e2e_prepare(stick: &str, mib: usize) -> Result<Vec<(String, PathBuf)>> {
             "pack",
             Command::new(here.join("pack.sh"))
                 .arg(&cache)
-                .arg(&image)
+                .arg(&debs.usbdom)
                 .arg(&initrd)
-                .env("USBCTL", &usbctl)
                 .env("USBATTACK", guest_bins.join("usbattack"))
                 .env("KEYPROBE", guest_bins.join("keyprobe"))
                 .env("CCIDPROBE", guest_bins.join("ccidprobe")),
