@@ -246,13 +246,38 @@ install_usbdom() {
   dpkg -i /e2e/usbdom.deb > /tmp/dpkg.out 2>&1 || { sed 's|^|dpkg: |' /tmp/dpkg.out; fail "dpkg_install_usbdom"; }
   mark "phase=usbdom_installed version=$(dpkg-query -W -f='${Version}' usbdom) usbctl=$(command -v usbctl)"
 }
-# unit_exec KEY: the command usbdom.service gives for KEY (ExecStart, ExecStop), run as systemd
-# would run it: dom0 here has no systemd, so its init runs the unit's commands itself.
-unit_exec() {
+# dom0 here has no systemd, so its init runs usbdom.service's own commands as systemd would.
+# unit_cmd KEY: the unit's command for KEY (ExecStart, ExecStop).
+unit_cmd() {
   cmd=$(sed -n "s/^$1=//p" /lib/systemd/system/usbdom.service)
   [ -n "$cmd" ] || fail "unit_has_no_$1"
-  echo "unit: $1=$cmd"
+  echo "$cmd"
+}
+# unit_start: ExecStart, its process kept running (Type=notify: it stays, following the
+# guests); started once it says it serves ("usbctl: following", what it tells systemd as
+# READY=1), or failed when it ends first. Its output goes on to /tmp/unit-start.out.
+unit_start() {
+  cmd=$(unit_cmd ExecStart)
+  echo "unit: ExecStart=$cmd"
+  : > /tmp/unit-start.out
+  $cmd >> /tmp/unit-start.out 2>&1 &
+  unit_pid=$!
+  i=0
+  while [ $i -lt 300 ] && ! grep -q "usbctl: following" /tmp/unit-start.out; do
+    kill -0 "$unit_pid" 2>/dev/null || break
+    sleep 1; i=$((i + 1))
+  done
+  sed 's|^|unit: |' /tmp/unit-start.out
+}
+# unit_stop: ExecStop, then the main process must end by itself, successfully.
+unit_stop() {
+  cmd=$(unit_cmd ExecStop)
+  echo "unit: ExecStop=$cmd"
   timeout 300 $cmd 2>&1 | sed 's|^|unit: |'
+  i=0
+  while kill -0 "$unit_pid" 2>/dev/null && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
+  wait "$unit_pid"; unit_status=$?
+  sed 's|^|unit-main: |' /tmp/unit-start.out
 }
 # The driver domain, HVM, with every xHCI controller passed through, started by the service's
 # ExecStart after the administrator's edits to /etc/xen/usbdom.cfg: the controllers, and
@@ -273,11 +298,12 @@ create_usbdom() {
 # then ends an HVM domain in its firmware, before usbdom runs (a triple fault at a BIOS
 # address): started again then, from nothing.
 start_usbdom() {
-  unit_exec ExecStart
+  unit_start
   if ! grep -q "event=ready" /var/log/xen/console/guest-usbdom.log 2>/dev/null; then
     env_retry "usbdom_start"
+    kill "$unit_pid" 2>/dev/null
     xl destroy usbdom 2>/dev/null
-    unit_exec ExecStart
+    unit_start
   fi
   wait_for /var/log/xen/console/guest-usbdom.log "event=ready" 30 || fail "usbdom_not_ready"
 }
@@ -330,9 +356,12 @@ clog=/var/log/xen/console/guest-guest-c.log
 # A guest that dies booting (the nested machine's triple faults) is destroyed, not restarted
 # by xl: a restart would bring it back without the controller usbctl made for it (xl knows
 # nothing of those), and `ready` makes it again the way it was made.
+# guest-b alone is restarted when it reboots, as guests usually are: the service's main process
+# gives it its controller back then (at the end of the scenario).
 for g in guest-a guest-b guest-c; do
   sed -e "s|^name = .*|name = \"$g\"|" /e2e/xen-cfg/guest-pvh.cfg > "/tmp/$g.cfg"
-  printf 'on_reboot = "destroy"\non_crash = "destroy"\n' >> "/tmp/$g.cfg"
+  reboot=destroy; [ "$g" = guest-b ] && reboot=restart
+  printf 'on_reboot = "%s"\non_crash = "destroy"\n' "$reboot" >> "/tmp/$g.cfg"
 done
 # guest-a runs our own frontend (frontend-linux/pvusb-hcd) on a USB 3 controller; guest-b
 # Linux's stock xen-hcd: both at once against one usbdom.
@@ -517,19 +546,28 @@ mark "phase=pvh_frontend_connected"
 usbctl_step hc-destroy guest-b 0 || fail "hc_destroy_pvh"
 mark "phase=pvh_hc_destroyed"
 
-# usbdom.service. Started again with usbdom running, it gives guest-b, whose config
-# `usbctl up` recorded, its controller back, with a 0627:0001 on port 1 (the keyboard or the
-# mouse: QEMU gives both those IDs).
+# usbdom.service's main process follows the guests: guest-b reboots (xl makes it again,
+# under a new id) and gets its config's controller back, with a 0627:0001 on port 1 (the
+# keyboard or the mouse: QEMU gives both those IDs).
 b_hid=$(grep -c "guest: usbdev .* vid=0627 pid=0001" "$blog")
-b_port1=$(grep -c "event=port_connected domid=$b_id devid=0 port=1 " "$ulog")
-unit_exec ExecStart
-wait_more "$ulog" "event=port_connected domid=$b_id devid=0 port=1 .* vid=0627 pid=0001" "$b_port1" 60 \
-  || fail "service_did_not_reapply"
-wait_more "$blog" "guest: usbdev .* vid=0627 pid=0001" "$b_hid" 60 || fail "guest_b_no_device_on_reapply"
-mark "phase=service_reapplied"
-# Stopped: every controller usbdom serves goes, devices first, and usbdom with them.
+b_ready=$(grep -c "guest: ready" "$blog")
+xl reboot guest-b || fail "xl_reboot_guest_b"
+i=0
+while [ "$(xl domid guest-b 2>/dev/null)" = "$b_id" ] || ! xl domid guest-b >/dev/null 2>&1; do
+  i=$((i + 1)); [ $i -lt 60 ] || fail "guest_b_not_remade"; sleep 1
+done
+b_id=$(xl domid guest-b)
+mark "phase=guest_b_rebooting domid=$b_id"
+wait_more "$blog" "guest: ready" "$b_ready" 120 || fail "guest_b_not_ready_after_reboot"
+wait_for "$ulog" "event=port_connected domid=$b_id devid=0 port=1 .* vid=0627 pid=0001" 60 \
+  || fail "service_did_not_follow_the_reboot"
+wait_more "$blog" "guest: usbdev .* vid=0627 pid=0001" "$b_hid" 60 || fail "guest_b_no_device_after_reboot"
+mark "phase=guest_b_rebooted domid=$b_id"
+# Stopped: every controller usbdom serves goes, devices first, and usbdom with them; the
+# main process then ends, successfully.
 b_gone=$(grep -c "USB disconnect" "$blog")
-unit_exec ExecStop
+unit_stop
+[ "$unit_status" -eq 0 ] || fail "unit_main_process_status_$unit_status"
 xl domid usbdom >/dev/null 2>&1 && fail "service_left_usbdom"
 xenstore-exists "/local/domain/$b_id/device/vusb/0" && fail "service_left_a_controller"
 wait_more "$blog" "USB disconnect" "$b_gone" 30 || fail "guest_b_no_disconnect_on_stop"

@@ -137,6 +137,7 @@ fn xen_end_to_end() {
     for (_, l) in &run.lines {
         if l.starts_with("usbctl-up: ")
             || l.starts_with("unit: ")
+            || l.starts_with("unit-main: ")
             || l.starts_with("monitor: ")
             || l.starts_with("LOG dom0-free: ")
         {
@@ -742,8 +743,8 @@ fn xen_end_to_end() {
         );
 
         // The usbdom package, installed in dom0, and its unit's commands (dom0's init runs
-        // them: no systemd there). Started again with usbdom running, the service gave
-        // guest-b (`usbctl up`) its controller back; stopped, it took it away and ended
+        // them: no systemd there). guest-b (`usbctl up`) rebooted, and the service's main
+        // process gave it its controller back; stopped, the service took it away and ended
         // usbdom; started from nothing, a new usbdom served guest-b's config again.
         let installed = marks
             .iter()
@@ -751,9 +752,24 @@ fn xen_end_to_end() {
             .expect("phase=usbdom_installed")
             .1;
         assert_eq!(field(installed, "usbctl"), Some("/usr/sbin/usbctl"), "{installed}");
-        for p in ["service_reapplied", "service_stopped", "service_restarted"] {
+        for p in ["guest_b_rebooted", "service_stopped", "service_restarted"] {
             assert!(phases.contains(&p), "phase {p} not reached: {phases:?}");
         }
+        let rebooted = marks
+            .iter()
+            .find(|(_, l)| field(l, "phase") == Some("guest_b_rebooted"))
+            .and_then(|(_, l)| field(l, "domid"))
+            .expect("guest-b's id after its reboot");
+        assert_ne!(rebooted, b_id, "xl made guest-b again");
+        let followed = usbdom
+            .iter()
+            .find(|l| l.contains("event=port_connected ") && field(l, "domid") == Some(rebooted))
+            .expect("usbdom connected a device to the rebooted guest-b");
+        assert_eq!(
+            [field(followed, "devid"), field(followed, "port"), field(followed, "vid")],
+            [Some("0"), Some("1"), Some("0627")],
+            "{followed}"
+        );
         let restarted: Vec<&str> = r
             .lines
             .iter()
@@ -770,7 +786,7 @@ fn xen_end_to_end() {
         let connected = restarted_event("port_connected").expect("guest-b's device again");
         assert_eq!(
             [field(connected, "domid"), field(connected, "port"), field(connected, "vid")],
-            [Some(b_id), Some("1"), Some("0627")],
+            [Some(rebooted), Some("1"), Some("0627")],
             "{connected}"
         );
     });

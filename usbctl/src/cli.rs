@@ -49,7 +49,8 @@ pub enum Command {
     ///
     /// Makes the config's `pci` controllers assignable, runs `xl create`, waits for usbdom's `event=ready`, then gives each running
     /// guest its config's controllers back (the configs `up` and `apply` recorded, and
-    /// /etc/xen/auto's). With the domain already running, only the last step.
+    /// /etc/xen/auto's). With the domain already running, only the last step. usbdom.service
+    /// runs `start --follow`.
     Start {
         /// The driver domain's xl config.
         #[arg(default_value = crate::service::DRIVER_DOMAIN_CONFIG)]
@@ -57,6 +58,11 @@ pub enum Command {
         /// How long to wait for `event=ready`, in seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         timeout: u64,
+        /// Then keeps running: a guest that appears with a known config (xl restarts one
+        /// that rebooted, under a new id) gets its controllers; exits 1 if the driver domain
+        /// ends other than by `usbctl stop`. Tells systemd when it serves (Type=notify).
+        #[arg(long)]
+        follow: bool,
     },
     /// Takes every guest's controllers away and stops the driver domain (usbdom.service).
     ///

@@ -216,6 +216,32 @@ impl<T: XsTransport> Usbctl<T> {
         usb_ver: u32,
         ports: u32,
     ) -> Result<u32, Error> {
+        self.create(frontend, backend, usb_ver, ports, false)
+            .map(|devid| devid.expect("created unconditionally"))
+    }
+
+    /// [`Usbctl::hc_create`], unless `backend` serves a controller of `frontend` already:
+    /// then nothing is written and the answer is `None`. Looked at in the transaction that
+    /// creates it, so two usbctls giving a guest its controllers at once (`up`, and `start
+    /// --follow` seeing the guest appear) make one.
+    pub fn hc_create_unless_served(
+        &mut self,
+        frontend: DomId,
+        backend: DomId,
+        usb_ver: u32,
+        ports: u32,
+    ) -> Result<Option<u32>, Error> {
+        self.create(frontend, backend, usb_ver, ports, true)
+    }
+
+    fn create(
+        &mut self,
+        frontend: DomId,
+        backend: DomId,
+        usb_ver: u32,
+        ports: u32,
+        unless_served: bool,
+    ) -> Result<Option<u32>, Error> {
         if !(1..=pvusb::USB_VER_SUPERSPEED).contains(&usb_ver) {
             return err(format!(
                 "usb version must be 1, 2 or 3 (3 only for guests whose frontend knows it), not {usb_ver}"
@@ -228,12 +254,21 @@ impl<T: XsTransport> Usbctl<T> {
             return err("a domain cannot be its own USB backend");
         }
         let mut devid = 0;
-        self.xs.transaction(5, |xs, tx| {
+        let served = self.xs.transaction(5, |xs, tx| {
             let existing = match xs.directory(tx, &Self::vusb_dir(frontend)) {
                 Ok(d) => d,
                 Err(XsError::Xs(XsdError::Enoent)) => Vec::new(),
                 Err(e) => return Err(e),
             };
+            if unless_served {
+                for d in &existing {
+                    let key = format!("{}/{d}/backend-id", Self::vusb_dir(frontend));
+                    let id = xs.read_string(tx, &key).ok();
+                    if id.as_deref().and_then(DomId::parse) == Some(backend) {
+                        return Ok(true);
+                    }
+                }
+            }
             devid = existing
                 .iter()
                 .filter_map(|d| parse_decimal(d))
@@ -256,8 +291,11 @@ impl<T: XsTransport> Usbctl<T> {
                     name.as_bytes(),
                 )?;
             }
-            Ok(())
+            Ok(false)
         })?;
+        if served {
+            return Ok(None);
+        }
         let bdir = Self::backend_dir(backend, frontend, devid);
         if let Err(e) = self.wait_state(&bdir, XenbusState::InitWait, "the backend", false) {
             // Leave nothing behind that a later attempt would trip over.
@@ -269,7 +307,7 @@ impl<T: XsTransport> Usbctl<T> {
                 "{e}: is usbdom running and serving xenstore? (`xl list`, its log)"
             ));
         }
-        Ok(devid)
+        Ok(Some(devid))
     }
 
     /// `hc-destroy`: libxl's removal (online=0, state Closing, wait for Closed and for the
@@ -611,7 +649,30 @@ impl<T: XsTransport> Usbctl<T> {
         vusb: &[xlcfg::Vusb],
         default_backend: &str,
     ) -> Result<Vec<String>, Error> {
+        self.apply_entries(frontend, vusb, default_backend, false)
+    }
+
+    /// [`Usbctl::apply`] for a guest its backends may serve already (`up`, `start`): an
+    /// entry whose backend serves the guest already is left out (the first controller of a
+    /// backend decides for the backend's other entries).
+    pub fn apply_unless_served(
+        &mut self,
+        frontend: DomId,
+        vusb: &[xlcfg::Vusb],
+        default_backend: &str,
+    ) -> Result<Vec<String>, Error> {
+        self.apply_entries(frontend, vusb, default_backend, true)
+    }
+
+    fn apply_entries(
+        &mut self,
+        frontend: DomId,
+        vusb: &[xlcfg::Vusb],
+        default_backend: &str,
+        unless_served: bool,
+    ) -> Result<Vec<String>, Error> {
         let mut done = Vec::new();
+        let mut created_by: Vec<DomId> = Vec::new();
         for v in vusb {
             let name = v.backend.as_deref().unwrap_or(default_backend);
             let backend = self.domain(name).map_err(|_| {
@@ -619,7 +680,12 @@ impl<T: XsTransport> Usbctl<T> {
                     "the backend domain '{name}' is not running (start it: xl create usbdom.cfg)"
                 ))
             })?;
-            let devid = self.hc_create(frontend, backend, v.usb_ver, v.ports)?;
+            let check = unless_served && !created_by.contains(&backend);
+            let Some(devid) = self.create(frontend, backend, v.usb_ver, v.ports, check)? else {
+                done.push(format!("served by {name} already"));
+                continue;
+            };
+            created_by.push(backend);
             done.push(format!(
                 "controller {devid}: USB {}, {} ports, backend {name}",
                 v.usb_ver, v.ports

@@ -167,9 +167,11 @@ fn main() {
     let Cli { backend, command } = parse();
     let result = match command {
         Command::Up { config, xl_args } => toolstack::up(&backend, &config, &xl_args),
-        Command::Start { config, timeout } => {
-            toolstack::start(&config, Duration::from_secs(timeout))
-        }
+        Command::Start {
+            config,
+            timeout,
+            follow,
+        } => toolstack::start(&config, Duration::from_secs(timeout), follow),
         Command::Stop { config } => toolstack::stop(&config),
         Command::Monitor {
             follow,

@@ -177,7 +177,7 @@ impl<T: XsTransport> Usbctl<T> {
     }
 
     /// What the service does for one running guest once the driver domain serves: its dead
-    /// backends' controllers go, and its config's `vusb` entries are applied unless a running
+    /// backends' controllers go, and its config's `vusb` entries are applied unless their
     /// backend serves it already (a restart of the service with the driver domain still
     /// running changes nothing). Returns what was done, a line each.
     pub fn reapply(
@@ -191,13 +191,30 @@ impl<T: XsTransport> Usbctl<T> {
             .into_iter()
             .map(|devid| format!("controller {devid} removed: its backend domain is gone"))
             .collect();
-        if let Ok(backend) = self.domain(default_backend) {
-            if self.list(frontend)?.iter().any(|c| c.backend == backend) {
-                done.push(format!("served by {default_backend} already"));
-                return Ok(done);
-            }
-        }
-        done.extend(self.apply(frontend, vusb, default_backend)?);
+        done.extend(self.apply_unless_served(frontend, vusb, default_backend)?);
         Ok(done)
+    }
+}
+
+/// The domains that appeared since the last look: a guest xl made again after a reboot
+/// (same name, a new id) or one started later.
+#[derive(Default)]
+pub struct NewDomains {
+    seen: std::collections::BTreeSet<DomId>,
+}
+
+impl NewDomains {
+    /// Those of `running` not running at the last call (all of them at the first). One
+    /// without a name yet (the toolstack still making it) is not counted as seen: it comes
+    /// back once it has one.
+    pub fn since_last(&mut self, running: &[(DomId, String)]) -> Vec<(DomId, String)> {
+        let named: Vec<&(DomId, String)> = running.iter().filter(|(_, n)| !n.is_empty()).collect();
+        let new = named
+            .iter()
+            .filter(|(id, _)| !self.seen.contains(id))
+            .map(|d| (*d).clone())
+            .collect();
+        self.seen = named.iter().map(|(id, _)| *id).collect();
+        new
     }
 }

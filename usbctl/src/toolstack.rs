@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use usbctl::cli::{self, XenstoreCommand};
-use usbctl::service::{self, ReadyWatch, AUTO_DIR, GUESTS_DIR};
+use usbctl::service::{self, NewDomains, ReadyWatch, AUTO_DIR, GUESTS_DIR};
 use usbctl::{read_config, Error, Usbctl};
+use xen::abi::DomId;
 
 use crate::{connect, tick};
 
@@ -46,12 +46,14 @@ pub(crate) fn up(backend: &str, file: &str, xl_args: &[String]) -> Result<(), Er
     let mut args = vec!["create", file];
     args.extend(xl_args.iter().map(String::as_str));
     xl(&args)?;
-    let apply = XenstoreCommand::Apply {
-        domain: name.clone(),
-        config: file.into(),
-    };
-    cli::run(backend, apply, connect, tick(), &mut std::io::stdout())?;
+    // Recorded first: a `start --follow` that sees the guest appear gives it its controllers
+    // too; whichever comes second finds them made (`apply_unless_served`).
     record(&name, file);
+    let mut u = Usbctl::new(connect()?, tick());
+    let frontend = u.domain(&name)?;
+    for line in u.apply_unless_served(frontend, &cfg.vusb, backend)? {
+        println!("usbctl: {name}: {line}");
+    }
     Ok(())
 }
 
@@ -75,7 +77,8 @@ fn assignable() -> Vec<String> {
 }
 
 /// `start [CONFIG]`.
-pub(crate) fn start(config: &str, timeout: Duration) -> Result<(), Error> {
+pub(crate) fn start(config: &str, timeout: Duration, follow: bool) -> Result<(), Error> {
+    let _ = std::fs::remove_file(STOPPING);
     let cfg = read_config(config)?;
     let name = cfg
         .name
@@ -112,8 +115,75 @@ pub(crate) fn start(config: &str, timeout: Duration) -> Result<(), Error> {
             ),
         }
     }
-    reapply_all(&mut u, &name);
+    let mut new_domains = NewDomains::default();
+    let running = u.running_domains()?;
+    reapply(&mut u, &name, &new_domains.since_last(&running));
+    if follow {
+        return follow_guests(&mut u, &name, new_domains);
+    }
     Ok(())
+}
+
+/// Written by `stop` before it ends the driver domain, so `start --follow` knows the end
+/// was asked for.
+const STOPPING: &str = "/run/usbdom/stopping";
+
+/// `start --follow`, once the driver domain serves: tells systemd (Type=notify), then gives
+/// each guest that appears with a known config its controllers, until the driver domain
+/// ends: by `stop` (Ok), else an error, so that systemd's `Restart=on-failure` starts it
+/// again and the guests get their controllers back.
+fn follow_guests(
+    u: &mut Usbctl<crate::Socket>,
+    backend: &str,
+    mut new_domains: NewDomains,
+) -> Result<(), Error> {
+    u.xenstore().watch("@introduceDomain", "usbctl-introduce")?;
+    u.xenstore().watch("@releaseDomain", "usbctl-release")?;
+    println!("usbctl: following: a guest that comes back or starts with a known config gets its controllers");
+    sd_notify("READY=1");
+    loop {
+        u.xenstore().poll()?;
+        let mut changed = false;
+        while u.xenstore().next_event().is_some() {
+            changed = true;
+        }
+        if changed {
+            let running = u.running_domains()?;
+            if !running.iter().any(|(_, n)| n == backend) {
+                if Path::new(STOPPING).exists() {
+                    println!("usbctl: {backend} stopped");
+                    return Ok(());
+                }
+                return Err(Error(format!(
+                    "{backend} ended without `usbctl stop` (see its log, `xl dmesg`)"
+                )));
+            }
+            reapply(u, backend, &new_domains.since_last(&running));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Tells systemd `state` when it asked to be told ($NOTIFY_SOCKET, `Type=notify`).
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = std::os::unix::net::UnixDatagram::unbound();
+    let sent = socket.and_then(|s| {
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            // An abstract socket: its name after a NUL.
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            s.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            s.send_to(state.as_bytes(), &path)
+        }
+    });
+    if let Err(e) = sent {
+        eprintln!("usbctl: could not tell systemd {state}: {e}");
+    }
 }
 
 /// Waits for the ready line; fails at once if the domain is gone (it stopped booting).
@@ -143,10 +213,12 @@ fn wait_ready(
     }
 }
 
-/// Gives each running guest with a known config its controllers back; a guest that fails
+/// Gives each of `domains` with a known config its controllers (back); a guest that fails
 /// is said and the others go on.
-fn reapply_all(u: &mut Usbctl<crate::Socket>, backend: &str) {
-    let running = u.running_domains().unwrap_or_default();
+fn reapply(u: &mut Usbctl<crate::Socket>, backend: &str, domains: &[(DomId, String)]) {
+    if domains.is_empty() {
+        return;
+    }
     for found in service::guest_configs(Path::new(GUESTS_DIR), Path::new(AUTO_DIR)) {
         let (name, path) = match found {
             Ok(f) => f,
@@ -155,7 +227,7 @@ fn reapply_all(u: &mut Usbctl<crate::Socket>, backend: &str) {
                 continue;
             }
         };
-        let Some((id, _)) = running.iter().find(|(_, n)| *n == name) else {
+        let Some((id, _)) = domains.iter().find(|(_, n)| *n == name) else {
             continue;
         };
         let done = read_config(&path.display().to_string())
@@ -163,10 +235,10 @@ fn reapply_all(u: &mut Usbctl<crate::Socket>, backend: &str) {
         match done {
             Ok(lines) => {
                 for line in lines {
-                    println!("usbctl: {name}: {line}");
+                    println!("usbctl: {name} (domain {id}): {line}");
                 }
             }
-            Err(e) => eprintln!("usbctl: {name}: {e}"),
+            Err(e) => eprintln!("usbctl: {name} (domain {id}): {e}"),
         }
     }
 }
@@ -180,6 +252,13 @@ pub(crate) fn stop(config: &str) -> Result<(), Error> {
     let mut u = Usbctl::new(connect()?, tick());
     match u.domain(&name) {
         Ok(backend) => {
+            if let Err(e) =
+                std::fs::create_dir_all("/run/usbdom").and_then(|()| std::fs::write(STOPPING, b""))
+            {
+                eprintln!(
+                    "usbctl: {STOPPING}: {e} (`start --follow` will take the end for a crash)"
+                );
+            }
             for (frontend, devid) in u.served_by(backend)? {
                 // A guest that is gone as well has nothing to see go.
                 match u.hc_destroy(frontend, devid) {

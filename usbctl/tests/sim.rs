@@ -597,3 +597,52 @@ fn start_finds_recorded_configs_then_xendomains_ones() {
     assert!(record_guest(&recorded, "../x", &files.join("b.cfg")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_guest_gets_one_controller_from_two_usbctls_and_new_domains_are_seen_once() {
+    use usbctl::service::NewDomains;
+    let w = machine(true);
+    let cfg = usbctl::xlcfg::parse(
+        "g.cfg",
+        "vusb = [ 'usbver=2, numports=4', 'usbver=1, numports=2' ]\n",
+    )
+    .unwrap();
+    // `up` and `start --follow` both giving the guest its controllers: the second finds the
+    // backend serving it and makes nothing; the config's second entry came with the first.
+    let mut up = usbctl(&w);
+    let mut follow = usbctl(&w);
+    assert_eq!(
+        up.apply_unless_served(w.guest, &cfg.vusb, "usbdom")
+            .unwrap(),
+        [
+            "controller 0: USB 2, 4 ports, backend usbdom",
+            "controller 1: USB 1, 2 ports, backend usbdom"
+        ]
+    );
+    assert_eq!(
+        follow.reapply(w.guest, &cfg.vusb, "usbdom").unwrap(),
+        ["served by usbdom already", "served by usbdom already"]
+    );
+    assert_eq!(up.list(w.guest).unwrap().len(), 2);
+    assert_eq!(
+        up.hc_create_unless_served(w.guest, w.usbdom, 2, 8),
+        Ok(None)
+    );
+
+    let mut seen = NewDomains::default();
+    let dom = |id: u16, name: &str| (DomId(id), name.to_string());
+    assert_eq!(
+        seen.since_last(&[dom(0, "Domain-0"), dom(3, "guest-b")]),
+        [dom(0, "Domain-0"), dom(3, "guest-b")]
+    );
+    // guest-b rebooted: xl made it again as domain 7, its name written after its directory.
+    assert_eq!(seen.since_last(&[dom(0, "Domain-0"), dom(7, "")]), []);
+    assert_eq!(
+        seen.since_last(&[dom(0, "Domain-0"), dom(7, "guest-b")]),
+        [dom(7, "guest-b")]
+    );
+    assert_eq!(
+        seen.since_last(&[dom(0, "Domain-0"), dom(7, "guest-b")]),
+        []
+    );
+}
