@@ -5,10 +5,11 @@
 #   vmlinuz        Debian's kernel, for dom0 and the guest
 #   dom0-base.cpio dom0's root: debootstrap'd bookworm with the Xen tools, trimmed
 #   xen-hcd.ko     Linux's PVUSB frontend (frontend-linux/build-xen-hcd.sh)
-#   pvusb-hcd.ko   our own PVUSB frontend, built with DKMS from the usbdom-frontend-dkms
-#                  package FRONTEND_DKMS_DEB names (`cargo xtask deb`) and checked with
-#                  checkpatch (frontend-linux/build-pvusb-hcd.sh); rebuilt whenever its source
-#                  changes
+#   guestroot/     a guest's Debian root with dkms and the kernel's headers
+#   pvusb-hcd.ko   our own PVUSB frontend: the usbdom-frontend-dkms package FRONTEND_DKMS_DEB
+#                  names (`cargo xtask deb`) installed with dpkg in guestroot, where DKMS
+#                  builds it; checked with checkpatch (frontend-linux/build-pvusb-hcd.sh);
+#                  rebuilt whenever its source or packaging changes
 #   usbmods/       the guest's USB core modules (pack.sh builds its initramfs)
 #   guestmods/     the guest's SCSI disk, usb-storage, HID, evdev, xHCI, gntalloc and evtchn
 #                  modules, in order (`order`), and the device-table run's sound and serial
@@ -90,12 +91,45 @@ if [ ! -f xen-hcd.ko ]; then
   cp hcd/xen-hcd.ko xen-hcd.ko
 fi
 
-# Keyed by its source: a change to the module rebuilds (and re-checks) it.
-pvusb_src=$(cd "$here/../../frontend-linux" && cat build-pvusb-hcd.sh pvusb-hcd/*.[ch] pvusb-hcd/Kbuild pvusb-hcd/Makefile pvusb-hcd/dkms.conf | sha256sum | cut -c1-16)
+# The guest's root as a Debian guest with the usbdom-frontend-dkms package has it:
+# debootstrap'd once with dkms and the guest kernel's headers, the machine's own apt sources.
+if [ ! -f guestroot/.usbdom-root-done ]; then
+  log "debootstrap of a guest's root for DKMS (cached after the first run)"
+  rm -rf guestroot
+  debootstrap --variant=minbase --include=dkms,kmod,make,gcc bookworm guestroot >&2
+  cp /etc/apt/sources.list guestroot/etc/apt/ 2>/dev/null || true
+  cp -r /etc/apt/sources.list.d/. guestroot/etc/apt/sources.list.d/ 2>/dev/null || true
+  chroot guestroot apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive chroot guestroot apt-get install -y -q --no-install-recommends "linux-headers-$kver" >&2
+  chroot guestroot apt-get clean
+  touch guestroot/.usbdom-root-done
+fi
+
+# Keyed by its source and packaging: a change rebuilds (and re-checks) it. The package is
+# installed in the guest's root with dpkg: its postinst has DKMS build and install pvusb-hcd
+# for the guest's kernel, and that module goes into the guest's initramfs; then it is
+# purged (its prerm takes the module out of DKMS). checkpatch checks the same source
+# (build-pvusb-hcd.sh, which builds it once more, in a private DKMS tree, to check that too).
+deb=${FRONTEND_DKMS_DEB:?the usbdom-frontend-dkms package}
+pvusb_src=$(cd "$here/../.." && cat frontend-linux/build-pvusb-hcd.sh frontend-linux/pvusb-hcd/*.[ch] \
+  frontend-linux/pvusb-hcd/Kbuild frontend-linux/pvusb-hcd/Makefile frontend-linux/pvusb-hcd/dkms.conf \
+  build/debian/usbdom-frontend-dkms.* | sha256sum | cut -c1-16)
 if [ "$(cat pvusb-hcd.src 2>/dev/null)" != "$pvusb_src" ] || [ ! -f pvusb-hcd.ko ]; then
-  log "building pvusb-hcd.ko for $kver (DKMS from $(basename "$FRONTEND_DKMS_DEB"), checkpatch)"
-  "$here/../../frontend-linux/build-pvusb-hcd.sh" "$kver" "$cache/hcd" "${FRONTEND_DKMS_DEB:?the usbdom-frontend-dkms package}" >&2
-  cp hcd/pvusb-hcd.ko pvusb-hcd.ko
+  log "checking pvusb-hcd (checkpatch, a DKMS build from $(basename "$deb"))"
+  "$here/../../frontend-linux/build-pvusb-hcd.sh" "$kver" "$cache/hcd" "$deb" >&2
+  log "installing $(basename "$deb") in the guest's root: DKMS builds pvusb-hcd.ko for $kver"
+  cp "$deb" guestroot/tmp/frontend-dkms.deb
+  mount -t proc proc guestroot/proc
+  trap 'umount guestroot/proc 2>/dev/null || true' EXIT
+  chroot guestroot dpkg -i /tmp/frontend-dkms.deb >&2
+  ko=guestroot/lib/modules/$kver/updates/dkms/pvusb-hcd.ko
+  [ -f "$ko" ] || { echo "prepare: the package's installation left no $ko" >&2; exit 1; }
+  cp "$ko" pvusb-hcd.ko
+  chroot guestroot dpkg --purge usbdom-frontend-dkms >&2
+  [ ! -f "$ko" ] || { echo "prepare: purging the package left $ko" >&2; exit 1; }
+  rm -f guestroot/tmp/frontend-dkms.deb
+  umount guestroot/proc
+  trap - EXIT
   echo "$pvusb_src" > pvusb-hcd.src
 fi
 
