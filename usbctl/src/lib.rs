@@ -494,28 +494,10 @@ impl<T: XsTransport> Usbctl<T> {
 
     /// Every assignment of `backend`: (frontend, devid, port, bus id).
     fn all_assignments(&mut self, backend: DomId) -> Result<Vec<(DomId, u32, u32, String)>, Error> {
-        let root = format!("/local/domain/{backend}/backend/vusb");
-        let frontends = match self.xs.directory(TxId::NONE, &root) {
-            Ok(d) => d,
-            Err(XsError::Xs(XsdError::Enoent)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
         let mut out = Vec::new();
-        for fe in frontends {
-            let Some(frontend) = DomId::parse(&fe) else {
-                continue;
-            };
-            for d in self
-                .xs
-                .directory(TxId::NONE, &format!("{root}/{fe}"))
-                .unwrap_or_default()
-            {
-                let Some(devid) = parse_decimal(&d).and_then(|v| u32::try_from(v).ok()) else {
-                    continue;
-                };
-                for (port, busid) in self.assignments(&format!("{root}/{fe}/{d}"))? {
-                    out.push((frontend, devid, port, busid));
-                }
+        for (frontend, devid) in self.served_by(backend)? {
+            for (port, busid) in self.assignments(&Self::backend_dir(backend, frontend, devid))? {
+                out.push((frontend, devid, port, busid));
             }
         }
         Ok(out)
