@@ -574,7 +574,8 @@ wait_more "$blog" "USB disconnect" "$b_gone" 30 || fail "guest_b_no_disconnect_o
 mark "phase=service_stopped"
 # Started from nothing, as at boot with guest-b running: a new usbdom, and guest-b's
 # controller and device from its recorded config. The first usbdom's logs are set aside
-# meanwhile and put back, for the checks of the scenario above; the new one's log is
+# meanwhile and put back, for the checks of the scenario above (usbctl start would move the
+# serial one to .old, once for each start); the new one's console log is
 # guest-usbdom-restarted.log.
 b_hid=$(grep -c "guest: usbdev .* vid=0627 pid=0001" "$blog")
 mv "$ulog" /tmp/usbdom-first.log

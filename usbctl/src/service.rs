@@ -77,35 +77,39 @@ pub fn guest_configs(recorded: &Path, auto: &Path) -> Vec<Result<(String, PathBu
     out
 }
 
-/// Where an `event=ready` line is, reading a log that grows: from the offset the log had
-/// before the domain was created (or from its start, if it was truncated since).
+/// Waits for the `event=ready` line in the driver domain's serial log. The device model
+/// truncates the file when it opens it, and the new boot's lines may not reach the old
+/// length for a long time, so the last boot's log is moved aside first (to `<log>.old`, where
+/// it stays for a look at why that boot ended) and the new one is read from its start.
 pub struct ReadyWatch {
     path: PathBuf,
-    offset: u64,
 }
 
 impl ReadyWatch {
-    /// Starts watching `path` at its present end.
-    pub fn new(path: &Path) -> ReadyWatch {
-        let offset = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        ReadyWatch {
-            path: path.to_path_buf(),
-            offset,
+    /// Moves the last boot's log at `path` aside; an error when it is there and cannot be.
+    pub fn fresh(path: &Path) -> Result<ReadyWatch, Error> {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".old");
+        match std::fs::rename(path, &old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error(format!("{}: {e}", path.display())))
+            }
+            _ => {}
         }
+        Ok(ReadyWatch {
+            path: path.to_path_buf(),
+        })
     }
 
-    /// The ready line, once the log has it after the starting offset.
+    /// The ready line, once the log has it whole.
     pub fn ready_line(&self) -> Option<String> {
         let bytes = std::fs::read(&self.path).ok()?;
-        let from = if (bytes.len() as u64) < self.offset {
-            0
-        } else {
-            self.offset as usize
-        };
-        let text = String::from_utf8_lossy(&bytes[from..]);
-        text.lines()
+        let text = String::from_utf8_lossy(&bytes);
+        // Whole lines only: the serial file gets usbdom's lines a few bytes at a time.
+        text.split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
             .find(|l| l.contains(READY_EVENT))
-            .map(|l| l.trim_end_matches('\r').to_string())
+            .map(|l| l.trim_end().to_string())
     }
 }
 

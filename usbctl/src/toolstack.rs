@@ -103,7 +103,7 @@ pub(crate) fn start(config: &str, timeout: Duration, follow: bool) -> Result<(),
             println!("usbctl: {bdf} is assignable");
         }
         let log = cfg.serial.as_deref().and_then(service::serial_file);
-        let watch = log.map(|l| ReadyWatch::new(Path::new(l)));
+        let watch = log.map(|l| ReadyWatch::fresh(Path::new(l))).transpose()?;
         xl(&["create", config])?;
         match watch {
             Some(watch) => {

@@ -646,3 +646,30 @@ fn a_guest_gets_one_controller_from_two_usbctls_and_new_domains_are_seen_once() 
         []
     );
 }
+
+#[test]
+fn the_ready_line_counts_whole_and_from_this_boot() {
+    use std::io::Write;
+    use usbctl::service::ReadyWatch;
+    let path = std::env::temp_dir().join(format!("usbctl-ready-{}", std::process::id()));
+    let old = path.with_extension("old");
+    let last_boot = "t=1 level=info event=ready uptime_us=5 xhci=old\n";
+    std::fs::write(&path, last_boot).unwrap();
+    // The last boot's log is set aside, whole; its line does not count.
+    let watch = ReadyWatch::fresh(&path).unwrap();
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), last_boot);
+    assert_eq!(watch.ready_line(), None);
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(b"t=0 level=info event=boot\nt=2 level=info event=ready upt")
+        .unwrap();
+    assert_eq!(watch.ready_line(), None, "half a line");
+    f.write_all(b"ime_us=7 xhci=0000:00:05.0\r\n").unwrap();
+    assert_eq!(
+        watch.ready_line().as_deref(),
+        Some("t=2 level=info event=ready uptime_us=7 xhci=0000:00:05.0")
+    );
+    // No log yet is no error.
+    std::fs::remove_file(&path).unwrap();
+    assert!(ReadyWatch::fresh(&path).is_ok());
+    std::fs::remove_file(&old).unwrap();
+}
