@@ -36,8 +36,9 @@ pub(crate) fn record(domain: &str, config: &str) {
     }
 }
 
-/// `up GUEST.CFG [ARGS]`: the config is checked, `xl create GUEST.CFG ARGS` runs, then
-/// `apply` for the domain the config names, and the config is recorded.
+/// `up GUEST.CFG [ARGS]`: the config is checked, `xl create GUEST.CFG ARGS` runs, the config
+/// is recorded, then its controllers are made for the domain it names (unless the service's
+/// `start --follow` made them first).
 pub(crate) fn up(backend: &str, file: &str, xl_args: &[String]) -> Result<(), Error> {
     let cfg = read_config(file)?;
     let name = cfg
