@@ -163,6 +163,15 @@ fn parse() -> Cli {
     }
 }
 
+/// The driver domain's config, or usbctl's exit with status 2: a mistake in it is not
+/// something a retry mends.
+fn driver_domain(config: &str, to_start: bool) -> toolstack::DriverDomain {
+    toolstack::driver_domain(config, to_start).unwrap_or_else(|e| {
+        eprintln!("usbctl: {e}");
+        exit(2)
+    })
+}
+
 fn main() {
     let Cli { backend, command } = parse();
     let result = match command {
@@ -171,8 +180,12 @@ fn main() {
             config,
             timeout,
             follow,
-        } => toolstack::start(&config, Duration::from_secs(timeout), follow),
-        Command::Stop { config } => toolstack::stop(&config),
+        } => toolstack::start(
+            &driver_domain(&config, true),
+            Duration::from_secs(timeout),
+            follow,
+        ),
+        Command::Stop { config } => toolstack::stop(&driver_domain(&config, false)),
         Command::Monitor {
             follow,
             json,

@@ -77,25 +77,46 @@ fn assignable() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `start [CONFIG]`.
-pub(crate) fn start(config: &str, timeout: Duration, follow: bool) -> Result<(), Error> {
-    let _ = std::fs::remove_file(STOPPING);
+/// What `start` and `stop` take from the driver domain's config.
+pub(crate) struct DriverDomain {
+    config: String,
+    name: String,
+    pci: Vec<String>,
+    serial: Option<String>,
+}
+
+/// Reads the driver domain's config; `start` needs its `pci` list to name a controller. A
+/// mistake in it is the administrator's to mend: main exits 2 then, which usbdom.service
+/// does not retry (`RestartPreventExitStatus=2`).
+pub(crate) fn driver_domain(config: &str, to_start: bool) -> Result<DriverDomain, Error> {
     let cfg = read_config(config)?;
     let name = cfg
         .name
         .ok_or_else(|| Error(format!("{config}: no name = \"...\"")))?;
+    if to_start && cfg.pci.is_empty() {
+        return Err(Error(format!(
+            "{config} passes no USB controller through: set pci = [ \"0000:00:14.0\" ] \
+             (`lspci -D -d ::0c03` lists them)"
+        )));
+    }
+    Ok(DriverDomain {
+        config: config.to_string(),
+        name,
+        pci: cfg.pci,
+        serial: cfg.serial,
+    })
+}
+
+/// `start [CONFIG]`.
+pub(crate) fn start(dd: &DriverDomain, timeout: Duration, follow: bool) -> Result<(), Error> {
+    let _ = std::fs::remove_file(STOPPING);
+    let (config, name) = (dd.config.as_str(), dd.name.as_str());
     let mut u = Usbctl::new(connect()?, tick());
-    if let Ok(id) = u.domain(&name) {
+    if let Ok(id) = u.domain(name) {
         println!("usbctl: {name} runs already (domain {id})");
     } else {
-        if cfg.pci.is_empty() {
-            return Err(Error(format!(
-                "{config} passes no USB controller through: set pci = [ \"0000:00:14.0\" ] \
-                 (`lspci -D -d ::0c03` lists them)"
-            )));
-        }
         let listed = assignable();
-        for entry in &cfg.pci {
+        for entry in &dd.pci {
             let bdf = bdf(entry);
             if listed.iter().any(|l| l.ends_with(bdf)) {
                 continue;
@@ -103,12 +124,12 @@ pub(crate) fn start(config: &str, timeout: Duration, follow: bool) -> Result<(),
             xl(&["pci-assignable-add", bdf])?;
             println!("usbctl: {bdf} is assignable");
         }
-        let log = cfg.serial.as_deref().and_then(service::serial_file);
+        let log = dd.serial.as_deref().and_then(service::serial_file);
         let watch = log.map(|l| ReadyWatch::fresh(Path::new(l))).transpose()?;
         xl(&["create", config])?;
         match watch {
             Some(watch) => {
-                let line = wait_ready(&mut u, &name, &watch, timeout)?;
+                let line = wait_ready(&mut u, name, &watch, timeout)?;
                 println!("usbctl: {name} serves: {line}");
             }
             None => println!(
@@ -118,9 +139,9 @@ pub(crate) fn start(config: &str, timeout: Duration, follow: bool) -> Result<(),
     }
     let mut new_domains = NewDomains::default();
     let running = u.running_domains()?;
-    reapply(&mut u, &name, &new_domains.since_last(&running));
+    reapply(&mut u, name, &new_domains.since_last(&running));
     if follow {
-        return follow_guests(&mut u, &name, new_domains);
+        return follow_guests(&mut u, name, new_domains);
     }
     Ok(())
 }
@@ -245,13 +266,10 @@ fn reapply(u: &mut Usbctl<crate::Socket>, backend: &str, domains: &[(DomId, Stri
 }
 
 /// `stop [CONFIG]`.
-pub(crate) fn stop(config: &str) -> Result<(), Error> {
-    let cfg = read_config(config)?;
-    let name = cfg
-        .name
-        .ok_or_else(|| Error(format!("{config}: no name = \"...\"")))?;
+pub(crate) fn stop(dd: &DriverDomain) -> Result<(), Error> {
+    let name = dd.name.as_str();
     let mut u = Usbctl::new(connect()?, tick());
-    match u.domain(&name) {
+    match u.domain(name) {
         Ok(backend) => {
             if let Err(e) =
                 std::fs::create_dir_all("/run/usbdom").and_then(|()| std::fs::write(STOPPING, b""))
@@ -267,13 +285,13 @@ pub(crate) fn stop(config: &str) -> Result<(), Error> {
                     Err(e) => eprintln!("usbctl: controller {devid} of domain {frontend}: {e}"),
                 }
             }
-            xl(&["destroy", &name])?;
+            xl(&["destroy", name])?;
             println!("usbctl: {name} destroyed");
         }
         Err(_) => println!("usbctl: {name} is not running"),
     }
     let listed = assignable();
-    for entry in &cfg.pci {
+    for entry in &dd.pci {
         let bdf = bdf(entry);
         if listed.iter().any(|l| l.ends_with(bdf)) {
             xl(&["pci-assignable-remove", "-r", bdf])?;

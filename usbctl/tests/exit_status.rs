@@ -33,3 +33,31 @@ fn a_missing_argument_exits_2_with_one_line() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn a_driver_domain_config_that_cannot_start_exits_2_before_anything_runs() {
+    // usbdom.service does not retry status 2 (RestartPreventExitStatus=2).
+    let dir = std::env::temp_dir().join(format!("usbctl-exit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("usbdom.cfg");
+    std::fs::write(&cfg, "name = \"usbdom\"\npci = [ ]\n").unwrap();
+    let out = usbctl(&["start", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "usbctl: {} passes no USB controller through: set pci = [ \"0000:00:14.0\" ] \
+             (`lspci -D -d ::0c03` lists them)\n",
+            cfg.display()
+        )
+    );
+    let missing = dir.join("none.cfg");
+    let out = usbctl(&["stop", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().count(),
+        1,
+        "{out:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
