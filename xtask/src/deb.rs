@@ -246,6 +246,7 @@ fn usbdom_package(out: &Path) -> Result<PathBuf> {
         "lib/systemd/system/usbdom.service",
         0o644,
     )?;
+    verify_unit(&stage.join("lib/systemd/system/usbdom.service"))?;
     // usbctl(8), and a page per command, usbctl-attach(8) …, which it lists.
     let mut cli = usbctl::cli::Cli::command();
     cli.build();
@@ -382,6 +383,33 @@ fn frontend_package(out: &Path) -> Result<PathBuf> {
         &[],
         out,
     )
+}
+
+/// systemd's own reading of the unit (`systemd-analyze verify`): a line it names with its
+/// number (an unknown key, a value it cannot parse) fails. What it says of the machine (the
+/// command and the man page are not installed here) does not.
+fn verify_unit(unit: &Path) -> Result {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit)
+        .output()
+        .map_err(|e| format!("systemd-analyze: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("{}:", unit.display());
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(&prefix)
+                .and_then(|rest| rest.split(':').next())
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    if problems.is_empty() {
+        eprintln!("xtask: systemd-analyze verify: usbdom.service reads cleanly");
+        Ok(())
+    } else {
+        Err(format!("usbdom.service: {}", problems.join("; ")))
+    }
 }
 
 /// lintian on `debs`: its report is printed; an error fails.

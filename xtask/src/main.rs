@@ -44,6 +44,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // `cargo xtask deb`: usbctl's library dependencies, and the packages' check.
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
     ("lintian", "/usr/bin/lintian"),
+    // `systemd-analyze verify` reads the package's unit as systemd will.
+    ("systemd", "/usr/bin/systemd-analyze"),
 ];
 
 /// The bare-metal target the unikernel and its no_std crates build for.
