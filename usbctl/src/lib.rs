@@ -405,15 +405,10 @@ impl<T: XsTransport> Usbctl<T> {
                 continue;
             };
             let fdir = format!("{}/{devid}", Self::vusb_dir(frontend));
-            let Ok(bdir) = self.xs.read_string(TxId::NONE, &format!("{fdir}/backend")) else {
+            let Some(backend) = self.backend_of(frontend, devid) else {
                 continue;
             };
-            let backend = self
-                .xs
-                .read_string(TxId::NONE, &format!("{fdir}/backend-id"))
-                .ok()
-                .and_then(|b| DomId::parse(&b));
-            let Some(backend) = backend else { continue };
+            let bdir = Self::backend_dir(backend, frontend, devid);
             let num = |xs: &mut XenStore<T>, k| {
                 xenbus::read_u32(xs, TxId::NONE, &bdir, k, 0..=u32::MAX).unwrap_or(0)
             };
@@ -503,21 +498,27 @@ impl<T: XsTransport> Usbctl<T> {
         Ok(out)
     }
 
+    /// The backend domain of controller `devid` of `frontend`, from the frontend directory's
+    /// `backend-id`. Its backend directory is then derived, never read from the frontend
+    /// directory's `backend` node: the guest can write both, and a `backend` naming another
+    /// guest's controller would have `hc-destroy`, `detach` and `usbctl stop` act on that
+    /// one. Derived, the path names this frontend's own controller whatever the guest wrote.
+    fn backend_of(&mut self, frontend: DomId, devid: u32) -> Option<DomId> {
+        let key = format!("{}/{devid}/backend-id", Self::vusb_dir(frontend));
+        DomId::parse(&self.xs.read_string(TxId::NONE, &key).ok()?)
+    }
+
     fn controller_backend_dir(
         &mut self,
         frontend: DomId,
         devid: u32,
     ) -> Result<(String, u32), Error> {
-        let fdir = format!("{}/{devid}", Self::vusb_dir(frontend));
-        let bdir = match self.xs.read_string(TxId::NONE, &format!("{fdir}/backend")) {
-            Ok(b) => b,
-            Err(XsError::Xs(XsdError::Enoent)) => {
-                return err(format!(
-                    "domain {frontend} has no USB controller {devid} (see `usbctl list`)"
-                ))
-            }
-            Err(e) => return Err(e.into()),
+        let Some(backend) = self.backend_of(frontend, devid) else {
+            return err(format!(
+                "domain {frontend} has no USB controller {devid} (see `usbctl list`)"
+            ));
         };
+        let bdir = Self::backend_dir(backend, frontend, devid);
         let ports = xenbus::read_u32(
             &mut self.xs,
             TxId::NONE,

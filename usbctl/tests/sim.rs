@@ -673,3 +673,46 @@ fn the_ready_line_counts_whole_and_from_this_boot() {
     assert!(ReadyWatch::fresh(&path).is_ok());
     std::fs::remove_file(&old).unwrap();
 }
+
+#[test]
+fn a_guest_pointing_its_backend_node_at_another_guests_controller_reaches_only_its_own() {
+    let w = machine(true);
+    let victim = w.xen.create_domain().domid();
+    name(&w.xen, victim, "victim");
+    let mut u = usbctl(&w);
+    assert_eq!(u.hc_create(victim, w.usbdom, 2, 8), Ok(0));
+    assert!(matches!(
+        u.attach(victim, 0, 1, "1-1", false),
+        Ok(Attached::Connected)
+    ));
+    assert_eq!(u.hc_create(w.guest, w.usbdom, 2, 8), Ok(0));
+    let victim_dir = format!("/local/domain/{}/backend/vusb/{victim}/0", w.usbdom);
+    // The guest writes its own frontend directory, as it may.
+    w.xen
+        .domain(w.guest)
+        .unwrap()
+        .xenstore()
+        .write(
+            TxId::NONE,
+            &format!("/local/domain/{}/device/vusb/0/backend", w.guest),
+            victim_dir.as_bytes(),
+        )
+        .unwrap();
+    // What the administrator (or `usbctl stop`) does to the guest's controller stays there.
+    assert_eq!(u.list(w.guest).unwrap()[0].assigned, []);
+    assert!(
+        u.detach(w.guest, 0, 1).is_err(),
+        "the guest's port 1 is empty"
+    );
+    u.hc_destroy(w.guest, 0).unwrap();
+    assert_eq!(u.list(w.guest).unwrap(), []);
+    let victims = u.list(victim).unwrap();
+    assert_eq!(victims.len(), 1);
+    assert_eq!(victims[0].assigned, [(1, "1-1".to_string())]);
+    assert_eq!(
+        u.xenstore()
+            .read_string(TxId::NONE, &format!("{victim_dir}/online"))
+            .unwrap(),
+        "1"
+    );
+}
